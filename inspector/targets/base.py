@@ -1,0 +1,112 @@
+"""The Target interface: what every way of reaching a kernel provides.
+
+A target hands out raw bytes and register values and nothing decoded; the
+decoders and the session turn those into records. Targets: the GDB remote
+stub (QEMU's or any other), and later the in-kernel agent over serial.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["DescriptorTableRegister", "SegmentRegister", "SystemRegisters", "Target"]
+
+
+@dataclass(frozen=True, slots=True)
+class DescriptorTableRegister:
+    """GDTR or IDTR: a linear base and a limit."""
+
+    base: int
+    limit: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"base": self.base, "limit": self.limit}
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRegister:
+    """A selector with its hidden (cached) part, as the CPU holds it."""
+
+    selector: int
+    base: int
+    limit: int
+    attributes: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "selector": self.selector,
+            "base": self.base,
+            "limit": self.limit,
+            "attributes": self.attributes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SystemRegisters:
+    """The registers a gdb stub usually hides: GDTR, IDTR, TR, LDTR."""
+
+    gdtr: DescriptorTableRegister
+    idtr: DescriptorTableRegister
+    tr: SegmentRegister | None
+    ldtr: SegmentRegister | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "gdtr": self.gdtr.to_dict(),
+            "idtr": self.idtr.to_dict(),
+            "tr": self.tr.to_dict() if self.tr else None,
+            "ldtr": self.ldtr.to_dict() if self.ldtr else None,
+        }
+
+
+class Target(ABC):
+    """A live kernel we can read. Reads need the target stopped."""
+
+    #: a short human description, e.g. "gdb remote stub /tmp/x/gdb.sock (QEMU)"
+    description: str = "target"
+
+    @abstractmethod
+    def read_virtual(self, address: int, size: int) -> bytes:
+        """Read guest virtual memory through the CPU's current page tables."""
+
+    @abstractmethod
+    def read_physical(self, address: int, size: int) -> bytes:
+        """Read guest physical memory. Raises FaultError past RAM."""
+
+    @abstractmethod
+    def registers(self) -> Mapping[str, int]:
+        """General, segment and control registers by lower-case name (rip, cr3, efer, ...)."""
+
+    @abstractmethod
+    def system_registers(self) -> SystemRegisters:
+        """GDTR/IDTR/TR/LDTR, or TargetError when this target cannot see them."""
+
+    @property
+    @abstractmethod
+    def state(self) -> str:
+        """"stopped", "running" or "exited"."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the target (no-op when already stopped)."""
+
+    @abstractmethod
+    def resume(self) -> None:
+        """Let the target run."""
+
+    @abstractmethod
+    def close(self, *, resume: bool = True) -> None:
+        """Let go of the target, running again when ``resume``."""
+
+    @property
+    def ram_size(self) -> int | None:
+        """Bytes of guest RAM when known."""
+        return None
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

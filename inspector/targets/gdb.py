@@ -1,0 +1,354 @@
+"""A target behind any GDB remote stub, driven through GDB/MI.
+
+With QEMU's stub, physical memory is read by switching the stub into physical
+mode (``Qqemu.PhyMemMode:1``, a setting global to the stub, so it is switched
+back before any virtual read) and GDTR/IDTR/TR come from the QEMU monitor.
+Other stubs (kgdb, OpenOCD, probe servers) have neither: physical memory is
+then read through a direct map of physical memory, at a base the user gives
+or found from the kernel's symbols.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+from protocols.gdbmi import MiClosed, MiError, MiSession, MiTimeout, mi_quote
+
+from ..errors import FaultError, InspectorError, TargetError
+from .base import SystemRegisters, Target
+from .qemu_text import decode_memory_size_summary, system_registers_from_info
+
+__all__ = ["DIRECT_MAP_SYMBOLS", "GdbTarget"]
+
+#: Variables that hold the base of a kernel's direct map of physical memory.
+DIRECT_MAP_SYMBOLS = ("direct_map_base", "page_offset_base")
+
+_REGISTER_NAMES = (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+    "rip", "eflags", "cs", "ss", "ds", "es", "fs", "gs",
+    "fs_base", "gs_base", "k_gs_base", "cr0", "cr2", "cr3", "cr4", "cr8", "efer",
+)  # fmt: skip
+
+CONNECT_TIMEOUT = 10.0
+READ_CHUNK = 64 * 1024
+
+
+class GdbTarget(Target):
+    """A kernel behind a GDB remote stub (QEMU's, kgdb, OpenOCD, ...)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        elf: str | None = None,
+        phys_base: int | None = None,
+        timeout: float = 10.0,
+        gdb: str = "gdb",
+    ) -> None:
+        self.endpoint = endpoint
+        self.elf = elf
+        self.timeout = timeout
+        self._phys_base = phys_base
+        self._phys_mode = False
+        self._register_numbers: dict[str, int] | None = None
+        self._ram_size: int | None = None
+        self._closed = False
+        try:
+            self._mi = MiSession(gdb)
+        except MiClosed as exc:
+            raise TargetError(str(exc)) from exc
+        try:
+            self._connect()
+        except BaseException:
+            self._mi.close()
+            raise
+
+    # -- connection ----------------------------------------------------------
+
+    def _connect(self) -> None:
+        for setting in (
+            "-gdb-set mi-async on",
+            "-gdb-set pagination off",
+            "-gdb-set confirm off",
+            "-gdb-set width 0",
+            "-gdb-set stack-cache off",
+            "-gdb-set code-cache off",
+            "-gdb-set tcp connect-timeout 3",
+            "-gdb-set tcp auto-retry off",
+            "-gdb-set remotetimeout 5",
+        ):
+            self._call(setting)
+        if self.elf:
+            if not os.path.isfile(self.elf):
+                raise TargetError(f"ELF file {self.elf} does not exist")
+            self._call(f"-file-exec-and-symbols {mi_quote(self.elf)}")
+        else:
+            self._call("-gdb-set architecture i386:x86-64")
+        endpoint = self.endpoint
+        if endpoint.startswith("unix:"):
+            endpoint = endpoint[len("unix:") :]
+        if not endpoint or any(c.isspace() for c in endpoint):
+            raise TargetError(f"bad target {self.endpoint!r}: give host:port or a socket path")
+        try:
+            self._mi.command(f"-target-select remote {endpoint}", timeout=CONNECT_TIMEOUT)
+        except MiError as exc:
+            raise TargetError(f"cannot attach to {self.endpoint}: {exc.message}") from exc
+        except MiTimeout as exc:
+            raise TargetError(
+                f"cannot attach to {self.endpoint}: no answer within {CONNECT_TIMEOUT:g} s"
+            ) from exc
+        except MiClosed as exc:
+            raise TargetError(f"cannot attach to {self.endpoint}: gdb exited ({exc})") from exc
+        self._mi.state = "stopped"
+        self.is_qemu = self._probe_qemu()
+        if self.is_qemu:
+            self._set_phys_mode(False)
+            try:
+                self._ram_size = decode_memory_size_summary(
+                    self._console("monitor info memory_size_summary")
+                )
+            except TargetError:
+                self._ram_size = None
+        self.description = f"gdb remote stub {self.endpoint}" + (" (QEMU)" if self.is_qemu else "")
+
+    def _probe_qemu(self) -> bool:
+        reply = self._packet("qqemu.PhyMemMode")
+        return reply in ("0", "1")
+
+    @property
+    def ram_size(self) -> int | None:
+        return self._ram_size
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _call(self, command: str, timeout: float | None = None):
+        """One MI command with our errors: TargetError for everything but ^error."""
+        try:
+            return self._mi.command(command, timeout=timeout or self.timeout)
+        except MiTimeout as exc:
+            raise TargetError(
+                f"the target did not answer within {exc.timeout:g} s ({self.endpoint})"
+            ) from exc
+        except MiClosed as exc:
+            raise TargetError(f"lost the connection to gdb: {exc}") from exc
+
+    def _checked(self, command: str, timeout: float | None = None):
+        try:
+            return self._call(command, timeout)
+        except MiError as exc:
+            self._raise_if_gone(exc)
+            raise TargetError(exc.message) from exc
+
+    def _raise_if_gone(self, exc: MiError) -> None:
+        text = exc.message.lower()
+        if "remote connection closed" in text or "not connected" in text or "the program is not being run" in text:
+            self._mi.state = "exited"
+            raise TargetError(f"the target has gone away ({exc.message})") from exc
+        if "while the target is running" in text:
+            raise TargetError("the target is running; stop it first") from exc
+
+    def _console(self, text: str, timeout: float | None = None) -> str:
+        try:
+            return self._call(f"-interpreter-exec console {mi_quote(text)}", timeout).text
+        except MiError as exc:
+            self._raise_if_gone(exc)
+            raise TargetError(f"{text}: {exc.message}") from exc
+
+    def _packet(self, packet: str) -> str:
+        """Send a raw remote packet; return what the stub answered ('' if unsupported)."""
+        text = self._console(f"maintenance packet {packet}")
+        match = re.search(r'received: "(.*)"', text)
+        return match.group(1) if match else ""
+
+    def _set_phys_mode(self, on: bool) -> None:
+        if self._phys_mode == on:
+            return
+        reply = self._packet(f"Qqemu.PhyMemMode:{1 if on else 0}")
+        if reply != "OK":
+            raise TargetError(f"QEMU refused physical-memory mode ({reply or 'no reply'})")
+        self._phys_mode = on
+        # gdb caches target memory between stops; the mode change invalidates it.
+        self._call("-interpreter-exec console \"flushregs\"")
+
+    # -- memory ------------------------------------------------------------------
+
+    def _read(self, address: int, size: int, what: str) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            chunk = min(READ_CHUNK, size - len(out))
+            start = address + len(out)
+            try:
+                result = self._call(f"-data-read-memory-bytes {start:#x} {chunk}")
+            except MiError as exc:
+                self._raise_if_gone(exc)
+                raise FaultError(start, f"cannot read {what} memory ({exc.message})") from exc
+            blocks = result.payload.get("memory", []) if isinstance(result.payload, dict) else []
+            data = bytearray()
+            for block in blocks:
+                begin = int(block["begin"], 16) + int(block.get("offset", "0"), 16)
+                if begin != start + len(data):
+                    break
+                data += bytes.fromhex(block["contents"])
+            if len(data) < chunk:
+                raise FaultError(start + len(data), f"cannot read {what} memory (not mapped)")
+            out += data[:chunk]
+        return bytes(out)
+
+    def read_virtual(self, address: int, size: int) -> bytes:
+        if not _is_canonical(address):
+            raise FaultError(address, "non-canonical address (bits 63:56 must all equal bit 56)")
+        self._require_stopped()
+        if self._phys_mode:
+            self._set_phys_mode(False)
+        return self._read(address, size, "virtual")
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        if address < 0 or size < 0 or address + size > 1 << 52:
+            raise FaultError(address, "physical address out of range (above 2^52)")
+        self._require_stopped()
+        if self._ram_size is not None and address + size > self._ram_size:
+            raise FaultError(
+                address,
+                f"physical address past the end of RAM ({self._ram_size // (1 << 20)} MiB)",
+            )
+        if self.is_qemu:
+            self._set_phys_mode(True)
+            return self._read(address, size, "physical")
+        base = self._direct_map_base()
+        if self._phys_mode:
+            self._set_phys_mode(False)
+        return self._read(base + address, size, "physical (through the direct map)")
+
+    def _direct_map_base(self) -> int:
+        if self._phys_base is not None:
+            return self._phys_base
+        for symbol in DIRECT_MAP_SYMBOLS:
+            try:
+                result = self._call(
+                    f"-data-evaluate-expression {mi_quote(f'(unsigned long long){symbol}')}"
+                )
+            except MiError:
+                continue
+            value = result.payload.get("value", "") if isinstance(result.payload, dict) else ""
+            try:
+                self._phys_base = int(value.split()[0], 0)
+            except (ValueError, IndexError):
+                continue
+            return self._phys_base
+        raise TargetError(
+            "this stub cannot read physical memory: pass --phys-base with the kernel's "
+            "direct-map base, or --elf with a kernel that defines "
+            + " or ".join(DIRECT_MAP_SYMBOLS)
+        )
+
+    # -- registers -----------------------------------------------------------------
+
+    def registers(self) -> Mapping[str, int]:
+        self._require_stopped()
+        if self._register_numbers is None:
+            names = self._checked("-data-list-register-names").payload.get("register-names", [])
+            self._register_numbers = {name: i for i, name in enumerate(names) if name}
+        wanted = [self._register_numbers[n] for n in _REGISTER_NAMES if n in self._register_numbers]
+        by_number = {v: k for k, v in self._register_numbers.items()}
+        payload = self._checked(
+            "-data-list-register-values --skip-unavailable x " + " ".join(map(str, wanted))
+        ).payload
+        values: dict[str, int] = {}
+        for item in payload.get("register-values", []):
+            name = by_number.get(int(item["number"]))
+            value = item.get("value")
+            if name is None or not isinstance(value, str):
+                continue
+            try:
+                values["rflags" if name == "eflags" else name] = int(value, 16)
+            except ValueError:
+                continue
+        return values
+
+    def system_registers(self) -> SystemRegisters:
+        if not self.is_qemu:
+            raise TargetError(
+                "this gdb stub does not expose GDTR/IDTR/TR; attach the in-kernel agent to see them"
+            )
+        self._require_stopped()
+        text = self._console("monitor info registers")
+        try:
+            return system_registers_from_info(text)
+        except InspectorError as exc:
+            raise TargetError(f"cannot read GDTR/IDTR from QEMU's monitor: {exc}") from exc
+
+    # -- run control -------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if self._mi.alive:
+            try:
+                self._mi.poll()
+            except MiClosed:
+                return "exited"
+        return self._mi.state
+
+    def stop(self, *, timeout: float | None = None) -> dict:
+        """Stop the target; return the stop record."""
+        if self.state == "stopped":
+            return self._mi.last_stop or {}
+        self._checked("-exec-interrupt")
+        try:
+            return self._mi.wait_for_stop(timeout or self.timeout)
+        except MiTimeout as exc:
+            raise TargetError(f"the target did not stop within {exc.timeout:g} s") from exc
+        except MiClosed as exc:
+            raise TargetError(f"lost the connection to gdb: {exc}") from exc
+
+    def resume(self) -> None:
+        if self.state == "running":
+            return
+        self._set_phys_mode(False)
+        self._checked("-exec-continue")
+
+    def wait_for_stop(self, timeout: float) -> dict:
+        try:
+            return self._mi.wait_for_stop(timeout)
+        except MiTimeout as exc:
+            raise TargetError(f"the target did not stop within {exc.timeout:g} s") from exc
+        except MiClosed as exc:
+            raise TargetError(f"lost the connection to gdb: {exc}") from exc
+
+    def break_insert(self, location: str) -> int:
+        """Set a breakpoint at a symbol or ``*address``; return its number."""
+        payload = self._checked(f"-break-insert {location}").payload
+        return int(payload["bkpt"]["number"])
+
+    def _require_stopped(self) -> None:
+        state = self.state
+        if state == "running":
+            raise TargetError("the target is running; stop it first (kinspect stops it for you unless --no-stop)")
+        if state == "exited":
+            raise TargetError("the target has gone away")
+
+    def close(self, *, resume: bool = True) -> None:
+        """Detach (the stub lets the target run) or disconnect leaving it stopped."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._mi.alive and self._mi.state != "exited":
+                if self._phys_mode:
+                    self._set_phys_mode(False)
+                if resume:
+                    self._call("-target-detach", timeout=3)
+                else:
+                    self._call("-interpreter-exec console \"disconnect\"", timeout=3)
+        except (InspectorError, MiError):
+            pass
+        finally:
+            self._mi.close()
+
+
+def _is_canonical(address: int) -> bool:
+    """Canonical under 5-level paging, the widest there is (the session checks the mode)."""
+    top = address >> 56
+    return top == 0 or top == 0xFF

@@ -1,0 +1,209 @@
+"""Start a kernel in QEMU with every channel on a unix socket of our own.
+
+The gdb stub, QMP and the serial port each listen on a unix socket in a
+private temporary directory, so nothing listens on the network and two
+launches never collide (QEMU's ``-s`` would bind every interface on a fixed
+port). The serial port also logs to a file, so the kernel's early output is
+kept even before anyone connects. QEMU is stopped by its PID, politely first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocols.qmp import QmpClient, QmpError
+
+from ..errors import TargetError
+
+__all__ = ["QemuConfig", "QemuInstance", "launch_qemu"]
+
+READY_MARKER = "kinspect-demo: ready"
+
+
+@dataclass(slots=True)
+class QemuConfig:
+    """What to boot and how."""
+
+    kernel: Path
+    memory: str = "128M"
+    cpu: str = "qemu64,+pdpe1gb"
+    accel: str = "tcg"
+    extra_args: Sequence[str] = field(default_factory=tuple)
+    qemu: str = "qemu-system-x86_64"
+    stopped: bool = False  # start with -S (CPU halted before the first instruction)
+
+
+class QemuInstance:
+    """A QEMU process we started, with the paths of its sockets."""
+
+    def __init__(self, config: QemuConfig) -> None:
+        self.config = config
+        self.workdir = Path(tempfile.mkdtemp(prefix="kinspect-qemu-"))
+        self.gdb_socket = self.workdir / "gdb.sock"
+        self.qmp_socket = self.workdir / "qmp.sock"
+        self.serial_socket = self.workdir / "serial.sock"
+        self.serial_log = self.workdir / "serial.log"
+        self.stderr_log = self.workdir / "qemu.stderr"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def gdb_endpoint(self) -> str:
+        """What ``target remote`` takes to reach this QEMU's gdb stub."""
+        return str(self.gdb_socket)
+
+    def command_line(self) -> list[str]:
+        config = self.config
+        binary = shutil.which(config.qemu)
+        if binary is None:
+            raise TargetError(
+                f"{config.qemu} was not found; install it (apt-get install qemu-system-x86)"
+            )
+        args = [
+            binary,
+            "-accel", config.accel,
+            "-cpu", config.cpu,
+            "-m", config.memory,
+            "-kernel", str(config.kernel),
+            "-display", "none",
+            "-no-reboot",
+            "-nodefaults",
+            "-monitor", "none",
+            "-chardev",
+            f"socket,id=serial0,path={self.serial_socket},server=on,wait=off,"
+            f"logfile={self.serial_log}",
+            "-serial", "chardev:serial0",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+            "-gdb", f"unix:{self.gdb_socket},server=on,wait=off",
+        ]
+        if config.stopped:
+            args.append("-S")
+        args.extend(config.extra_args)
+        return args
+
+    def start(self, *, timeout: float = 10.0) -> None:
+        """Start QEMU and wait until its QMP socket answers."""
+        if not Path(self.config.kernel).is_file():
+            raise TargetError(f"kernel image {self.config.kernel} does not exist (run make kernel)")
+        args = self.command_line()
+        with open(self.stderr_log, "wb") as stderr:
+            self.process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            if self.qmp_socket.exists() and self.gdb_socket.exists():
+                try:
+                    with QmpClient(str(self.qmp_socket), timeout=max(0.5, deadline - time.monotonic())):
+                        return
+                except QmpError:
+                    pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TargetError(f"QEMU did not become ready within {timeout:g} s")
+            time.sleep(0.02)
+
+    def serial_output(self) -> str:
+        try:
+            return self.serial_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_serial(self, marker: str = READY_MARKER, *, timeout: float = 20.0) -> str:
+        """Wait until the kernel prints ``marker`` on its serial port."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.serial_output()
+            if marker in text:
+                return text
+            self._check_alive()
+            if time.monotonic() > deadline:
+                tail = text.strip().splitlines()[-3:]
+                raise TargetError(
+                    f"the kernel did not print {marker!r} within {timeout:g} s"
+                    + (f" (last serial output: {' | '.join(tail)})" if tail else " (no serial output)")
+                )
+            time.sleep(0.02)
+
+    def qmp(self, *, timeout: float = 5.0) -> QmpClient:
+        try:
+            return QmpClient(str(self.qmp_socket), timeout=timeout)
+        except QmpError as exc:
+            raise TargetError(str(exc)) from exc
+
+    def monitor(self, command_line: str, *, timeout: float = 60.0) -> str:
+        """Run a human monitor command through QMP (independent of gdb)."""
+        try:
+            with QmpClient(str(self.qmp_socket), timeout=timeout) as client:
+                return client.human_monitor_command(command_line, timeout=timeout)
+        except QmpError as exc:
+            raise TargetError(str(exc)) from exc
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, *, timeout: float = 5.0) -> None:
+        """Stop our QEMU by PID: SIGTERM, then SIGKILL. Removes the sockets."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=timeout)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> QemuInstance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _check_alive(self) -> None:
+        if self.process is None:
+            raise TargetError("QEMU has not been started")
+        status = self.process.poll()
+        if status is not None:
+            try:
+                detail = self.stderr_log.read_text(errors="replace").strip().splitlines()
+            except FileNotFoundError:
+                detail = []
+            last = detail[-1] if detail else "no message"
+            raise TargetError(f"QEMU exited with status {status}: {last}")
+
+
+def launch_qemu(
+    kernel: Path | str,
+    *,
+    memory: str = "128M",
+    wait_ready: bool = True,
+    ready_marker: str = READY_MARKER,
+    timeout: float = 30.0,
+    extra_args: Sequence[str] = (),
+) -> QemuInstance:
+    """Boot ``kernel`` and (optionally) wait for its ready line on serial."""
+    instance = QemuInstance(QemuConfig(Path(kernel), memory=memory, extra_args=tuple(extra_args)))
+    instance.start(timeout=min(timeout, 10.0))
+    if wait_ready:
+        try:
+            instance.wait_for_serial(ready_marker, timeout=timeout)
+        except TargetError:
+            instance.stop()
+            raise
+    return instance
