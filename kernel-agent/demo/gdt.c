@@ -1,0 +1,98 @@
+#include "gdt.h"
+#include "kprintf.h"
+
+extern char boot_stack_top[];
+extern char df_stack_top[];
+
+struct gdt kernel_gdt __aligned(16);
+struct tss kernel_tss __aligned(16);
+
+uint64_t segment_descriptor(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
+{
+	return ((uint64_t)(limit & 0xffff) << 0) |
+	       ((uint64_t)(base & 0xffffff) << 16) |
+	       ((uint64_t)access << 40) |
+	       ((uint64_t)((limit >> 16) & 0xf) << 48) |
+	       ((uint64_t)(flags & 0xf) << 52) |
+	       ((uint64_t)((base >> 24) & 0xff) << 56);
+}
+
+struct tss_descriptor tss_descriptor(uint64_t base, uint32_t limit)
+{
+	struct tss_descriptor d = {
+		.limit_low = (uint16_t)(limit & 0xffff),
+		.base_low = (uint16_t)(base & 0xffff),
+		.base_mid = (uint8_t)((base >> 16) & 0xff),
+		.access = SEG_P | SEG_DPL(0) | SEG_TYPE_TSS64_AVAILABLE,
+		.limit_high_flags = (uint8_t)((limit >> 16) & 0xf),
+		.base_high = (uint8_t)((base >> 24) & 0xff),
+		.base_upper = (uint32_t)(base >> 32),
+		.reserved = 0,
+	};
+
+	return d;
+}
+
+uint64_t tss_descriptor_base(const struct tss_descriptor *d)
+{
+	return (uint64_t)d->base_low |
+	       ((uint64_t)d->base_mid << 16) |
+	       ((uint64_t)d->base_high << 24) |
+	       ((uint64_t)d->base_upper << 32);
+}
+
+/* LGDT, then reload CS with a far return and the data segments with movs. */
+static void load_gdt(const struct descriptor_table_register *gdtr)
+{
+	__asm__ volatile("lgdt %0\n\t"
+			 "pushq %1\n\t"
+			 "leaq 1f(%%rip), %%rax\n\t"
+			 "pushq %%rax\n\t"
+			 "lretq\n"
+			 "1:\n\t"
+			 "movl %2, %%eax\n\t"
+			 "movl %%eax, %%ds\n\t"
+			 "movl %%eax, %%es\n\t"
+			 "movl %%eax, %%ss\n\t"
+			 "xorl %%eax, %%eax\n\t"
+			 "movl %%eax, %%fs\n\t"
+			 "movl %%eax, %%gs\n\t"
+			 :
+			 : "m"(*gdtr), "i"(GDT_KERNEL_CODE), "i"(GDT_KERNEL_DATA)
+			 : "rax", "memory");
+}
+
+void gdt_init(void)
+{
+	const uint8_t code = SEG_P | SEG_S | SEG_E | SEG_RW | SEG_A;
+	const uint8_t data = SEG_P | SEG_S | SEG_RW | SEG_A;
+	uint64_t tss_base = (uint64_t)&kernel_tss;
+
+	kernel_tss.rsp[0] = (uint64_t)boot_stack_top;
+	kernel_tss.ist[IST_DOUBLE_FAULT - 1] = (uint64_t)df_stack_top;
+	/* An I/O map base at or past the limit means no I/O permission bitmap. */
+	kernel_tss.iomap_base = sizeof(struct tss);
+
+	kernel_gdt.null = 0;
+	kernel_gdt.kernel_code = segment_descriptor(0, 0xfffff, code | SEG_DPL(0),
+						    SEG_FLAG_G | SEG_FLAG_L);
+	kernel_gdt.kernel_data = segment_descriptor(0, 0xfffff, data | SEG_DPL(0),
+						    SEG_FLAG_G | SEG_FLAG_DB);
+	kernel_gdt.user_data = segment_descriptor(0, 0xfffff, data | SEG_DPL(3),
+						  SEG_FLAG_G | SEG_FLAG_DB);
+	kernel_gdt.user_code = segment_descriptor(0, 0xfffff, code | SEG_DPL(3),
+						  SEG_FLAG_G | SEG_FLAG_L);
+	kernel_gdt.tss = tss_descriptor(tss_base, sizeof(struct tss) - 1);
+
+	if (tss_descriptor_base(&kernel_gdt.tss) != tss_base)
+		panic("gdt: TSS base 0x%lx reassembles as 0x%lx", tss_base,
+		      tss_descriptor_base(&kernel_gdt.tss));
+
+	struct descriptor_table_register gdtr = {
+		.limit = sizeof(kernel_gdt) - 1,
+		.base = (uint64_t)&kernel_gdt,
+	};
+
+	load_gdt(&gdtr);
+	__asm__ volatile("ltr %w0" : : "r"((uint16_t)GDT_TSS) : "memory");
+}

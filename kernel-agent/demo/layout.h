@@ -1,0 +1,37 @@
+/*
+ * Virtual memory layout of the demo kernel. Shared by C, assembly and the
+ * linker script, so it holds only plain constants.
+ */
+#ifndef DEMO_LAYOUT_H
+#define DEMO_LAYOUT_H
+
+/* The kernel image is linked at KERNEL_VMA + physical address. */
+#define KERNEL_VMA 0xffffffff80000000
+#define KERNEL_PHYS 0x100000
+
+/* Direct map of all RAM, 2 MiB pages (Linux's __PAGE_OFFSET with 4 levels). */
+#define DIRECT_MAP_BASE 0xffff888000000000
+
+/* MMIO window: physical MMIO_PHYS..MMIO_PHYS+MMIO_SIZE, one 1 GiB page. */
+#define MMIO_WINDOW_BASE 0xffffc90000000000
+#define MMIO_PHYS 0xc0000000
+#define MMIO_SIZE 0x40000000
+
+/* Low identity map left over from boot, at most this much. */
+#define IDENTITY_MAP_MAX 0x40000000
+
+#define PAGE_SIZE 0x1000
+#define LARGE_PAGE_SIZE 0x200000
+#define HUGE_PAGE_SIZE 0x40000000
+
+#define BOOT_STACK_SIZE 0x4000
+#define DF_STACK_SIZE 0x4000
+
+/* Segment selectors of the kernel GDT (gdt.c). */
+#define GDT_KERNEL_CODE 0x08
+#define GDT_KERNEL_DATA 0x10
+#define GDT_USER_DATA 0x18
+#define GDT_USER_CODE 0x20
+#define GDT_TSS 0x28
+
+#endif

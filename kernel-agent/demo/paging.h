@@ -1,0 +1,34 @@
+/* Final 4-level page tables (see layout.h for the address map). */
+#ifndef DEMO_PAGING_H
+#define DEMO_PAGING_H
+
+#include "types.h"
+
+/* Page-table entry bits (SDM Vol. 3A 4.5). */
+#define PTE_P (1UL << 0)
+#define PTE_RW (1UL << 1)
+#define PTE_US (1UL << 2)
+#define PTE_PWT (1UL << 3)
+#define PTE_PCD (1UL << 4)
+#define PTE_A (1UL << 5)
+#define PTE_D (1UL << 6)
+#define PTE_PS (1UL << 7)
+#define PTE_G (1UL << 8)
+#define PTE_NX (1UL << 63)
+#define PTE_ADDR_MASK 0x000ffffffffff000UL
+
+#define PT_ENTRIES 512
+/* Page-table pages for everything but the PML4 (bounds the direct map). */
+#define PT_POOL_PAGES 64
+#define DIRECT_MAP_MAX (32UL << 30)
+
+extern uint64_t kernel_pml4[PT_ENTRIES];
+extern const uint64_t direct_map_base;
+
+/*
+ * Builds the final tables and switches CR3 to them, then sets CR4.PGE.
+ * has_1g_pages selects a 1 GiB page for the MMIO window.
+ */
+void paging_init(bool has_1g_pages);
+
+#endif
