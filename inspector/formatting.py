@@ -1,0 +1,95 @@
+"""Text for people: the tables and lines the CLI prints and the TUI shows.
+
+Pure functions from records to strings, so the CLI and the TUI print the
+same facts the same way. Layouts follow the tools readers already know:
+Linux's ``/sys/kernel/debug/page_tables`` (ptdump) for ranges, the SDM's
+register figures for registers. No I/O here, and no import of the decoders
+at run time (they import :func:`format_size` from here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inspector.x86.control import DecodedRegister
+    from inspector.x86.paging import Range, Translation
+
+__all__ = [
+    "format_ranges",
+    "format_register",
+    "format_size",
+    "format_translation",
+]
+
+_UNITS = "BKMGTPE"
+
+
+def format_size(n: int) -> str:
+    """A byte count the way ptdump prints it: the largest exact unit (``20K``, ``2M``, ``1G``).
+
+    Like Linux, a size is only scaled while it stays a whole number, so
+    1.5 MiB prints as ``1536K`` and nothing is rounded away.
+    """
+    if n < 0:
+        raise ValueError(f"a size cannot be negative: {n}")
+    unit = 0
+    while n and not n & 1023 and unit < len(_UNITS) - 1:
+        n >>= 10
+        unit += 1
+    return f"{n}{_UNITS[unit]}"
+
+
+def format_ranges(ranges: Iterable[Range]) -> str:
+    """A ptdump-style table of ranges, one per line, with a header.
+
+    Columns: ``start-end``, size, then ``USR``, ``RW``/``ro``, ``PWT``,
+    ``PCD``, ``PSE``, ``PAT``, ``GLB``, ``x``/``NX`` and the Linux level
+    name of the leaves (``pte``, ``pmd``, ``pud``). USR, RW and x are the
+    effective rights over the whole walk; the others are the leaf's bits.
+    """
+    lines = [
+        f"{'start':<18} {'end':<18}   {'size':>10} flags",
+    ]
+    lines.extend(str(r) for r in ranges)
+    return "\n".join(lines)
+
+
+def format_translation(t: Translation) -> str:
+    """One line per level walked, then the result or the reason it failed.
+
+    ``PML4[511] at 0x1000ff8: PML4E 0x... P RW A -> 0x2000`` for each step;
+    the last line is ``=> 0xffffffff81000000 -> 0x1000000 (2M page, ro ker x)``
+    or ``fault: PD entry 3 at 0x1234018 is not present``.
+    """
+    lines = [f"  {step}" for step in t.steps]
+    if t.fault is not None:
+        lines.insert(0, f"{t.va:#x}:")
+        lines.append(f"fault: {t.fault}")
+    else:
+        lines.insert(0, f"{t.va:#x}:")
+        lines.append(f"=> {t}")
+    return "\n".join(lines)
+
+
+def format_register(decoded: DecodedRegister) -> str:
+    """A register on one line, then one line per field that is set (name, bits, meaning).
+
+    The first line is ``str(decoded)`` (``CR0=0x80050033 [PE MP ET NE WP AM PG]``);
+    unknown bits get a line of their own so they are never missed.
+    """
+    lines = [str(decoded)]
+    for field in decoded.fields:
+        if not field.value or field.field.hidden:
+            continue
+        if field.width == 1:
+            bits = f"bit {field.lsb}"
+            value = ""
+        else:
+            bits = f"bits {field.lsb + field.width - 1}:{field.lsb}"
+            value = f"={field.value:#x}" if field.field.as_address else f"={field.value}"
+        lines.append(f"  {field.name + value:<22} {bits:<12} {field.description}")
+    if decoded.unknown:
+        lines.append(f"  {decoded.unknown:<#22x} {'':<12} bits no table names (reserved?)")
+    return "\n".join(lines)
