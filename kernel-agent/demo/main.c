@@ -31,7 +31,8 @@ static bool cpu_has_1g_pages(void)
 
 static void print_state(bool has_1g_pages)
 {
-	kprintf("kinspect-demo: ram_size=0x%lx (%lu MiB)\n", ram_size, ram_size >> 20);
+	kprintf("kinspect-demo: ram_size=0x%lx (end of RAM), %lu MiB usable\n", ram_size,
+		memmap_usable_bytes() >> 20);
 	kprintf("kinspect-demo: direct_map_base=0x%lx\n", direct_map_base);
 	kprintf("kinspect-demo: mmio window 0x%lx -> phys 0x%lx (%s)\n",
 		(uint64_t)MMIO_WINDOW_BASE, (uint64_t)MMIO_PHYS,
@@ -64,6 +65,7 @@ void kernel_main(uint32_t start_info_paddr)
 	for (;;) {
 		/* STI's one-instruction shadow makes sti; hlt race-free. */
 		__asm__ volatile("sti; hlt" : : : "memory");
+		/* A serial agent would poll COM1 here (serial_try_getc). */
 		demo_work(demo_ticks);
 	}
 }

@@ -113,3 +113,12 @@ bool memmap_overlaps_ram(uint64_t start, uint64_t end)
 	}
 	return false;
 }
+
+uint64_t memmap_usable_bytes(void)
+{
+	uint64_t total = 0;
+
+	for (unsigned i = 0; i < ram_range_count; i++)
+		total += ram_ranges[i].end - ram_ranges[i].start;
+	return total;
+}

@@ -15,6 +15,8 @@ extern uint64_t ram_size;
  * while the boot page tables still identity map the first GiB.
  */
 void memmap_init(uint32_t start_info_paddr);
+/* Sum of the usable-RAM ranges (bytes). */
+uint64_t memmap_usable_bytes(void);
 /* True if [start, end) overlaps usable RAM. */
 bool memmap_overlaps_ram(uint64_t start, uint64_t end);
 
