@@ -49,9 +49,7 @@ def format_ranges(ranges: Iterable[Range]) -> str:
     name of the leaves (``pte``, ``pmd``, ``pud``). USR, RW and x are the
     effective rights over the whole walk; the others are the leaf's bits.
     """
-    lines = [
-        f"{'start':<18} {'end':<18}   {'size':>10} flags",
-    ]
+    lines = [f"{'start-end':<37}   {'size':>10} flags"]
     lines.extend(str(r) for r in ranges)
     return "\n".join(lines)
 
@@ -63,13 +61,9 @@ def format_translation(t: Translation) -> str:
     the last line is ``=> 0xffffffff81000000 -> 0x1000000 (2M page, ro ker x)``
     or ``fault: PD entry 3 at 0x1234018 is not present``.
     """
-    lines = [f"  {step}" for step in t.steps]
-    if t.fault is not None:
-        lines.insert(0, f"{t.va:#x}:")
-        lines.append(f"fault: {t.fault}")
-    else:
-        lines.insert(0, f"{t.va:#x}:")
-        lines.append(f"=> {t}")
+    lines = [f"{t.va:#x}:"]
+    lines.extend(f"  {step}" for step in t.steps)
+    lines.append(f"fault: {t.fault}" if t.fault is not None else f"=> {t}")
     return "\n".join(lines)
 
 
@@ -91,5 +85,8 @@ def format_register(decoded: DecodedRegister) -> str:
             value = f"={field.value:#x}" if field.field.as_address else f"={field.value}"
         lines.append(f"  {field.name + value:<22} {bits:<12} {field.description}")
     if decoded.unknown:
-        lines.append(f"  {decoded.unknown:<#22x} {'':<12} bits no table names (reserved?)")
+        lines.append(
+            f"  {decoded.unknown:<#22x} {'':<12} bits no field names"
+            " (reserved, or newer than this table)"
+        )
     return "\n".join(lines)

@@ -274,7 +274,7 @@ class PageTableEntry:
 
     def __str__(self) -> str:
         kind = "PTE" if self.level == 1 else f"{self.level_name}E"
-        text = f"{kind} {self.raw:#018x} {self.describe()}"
+        text = f"{kind} {self.raw:#018x} {self.describe() if self.present else 'not present'}"
         if self.present:
             text += f" -> {self.address:#x}"
             if self.is_leaf and self.level > 1:
@@ -445,11 +445,13 @@ class WalkProblem:
     """Something the walk could not follow, and why.
 
     ``kind`` is ``"reserved"`` (an entry with reserved bits set: the CPU
-    would fault with RSVD=1, so we do not follow it), ``"fault"`` (a table
-    could not be read, e.g. past the end of RAM), ``"short-read"`` (the
-    reader returned fewer than 4096 bytes) or ``"truncated"`` (the budget
-    ran out; ``va`` is where the walk stopped). ``va`` is the first address
-    the entry would map.
+    would fault with RSVD=1, so the walk does not follow it), ``"fault"``
+    (the table an entry points to cannot be read, e.g. past the end of RAM,
+    or returned fewer than 4096 bytes) or ``"truncated"`` (the budget ran
+    out; the walk stopped at ``va``). ``level``, ``table_address`` and
+    ``index`` locate the entry concerned and ``entry`` is that entry; for a
+    CR3 that cannot be read they name the top table and ``entry`` is None.
+    ``va`` is the first address the entry would map.
     """
 
     kind: str
@@ -462,7 +464,7 @@ class WalkProblem:
 
     @property
     def entry_address(self) -> int:
-        """Physical address of the offending entry (or of the table, for reads)."""
+        """Physical address of the entry concerned."""
         return self.table_address + 8 * self.index
 
     def __str__(self) -> str:
@@ -534,41 +536,23 @@ def walk_page_tables(
     addr_table = address_mask
     addr_leaf = {lv: _address_mask(lv, True, maxphyaddr) for lv in (1, 2, 3)}
 
-    pages: dict[int, tuple[int, ...] | WalkProblem] = {}
+    pages: dict[int, tuple[int, ...] | str] = {}
     entry_cache: dict[tuple[int, int], PageTableEntry] = {}
 
-    def load(table: int, level: int, va: int) -> tuple[int, ...] | WalkProblem:
+    def load(table: int) -> tuple[int, ...] | str:
+        """The table's 512 raw entries, or why it cannot be read; read once per walk."""
         got = pages.get(table)
         if got is None:
             try:
                 data = read_physical(table, PAGE_SIZE)
             except FaultError as error:
-                got = WalkProblem(
-                    kind="fault",
-                    va=va,
-                    level=level,
-                    table_address=table,
-                    index=0,
-                    entry=None,
-                    reason=f"cannot read {LEVEL_NAMES[level]} at {table:#x}: {error.reason}",
-                )
+                got = error.reason
             else:
-                if len(data) != PAGE_SIZE:
-                    got = WalkProblem(
-                        kind="short-read",
-                        va=va,
-                        level=level,
-                        table_address=table,
-                        index=0,
-                        entry=None,
-                        reason=f"reading {LEVEL_NAMES[level]} at {table:#x} gave {len(data)} bytes,"
-                        f" not {PAGE_SIZE}",
-                    )
-                else:
+                if len(data) == PAGE_SIZE:
                     got = struct.unpack("<512Q", data)
+                else:
+                    got = f"the read gave {len(data)} bytes, not {PAGE_SIZE}"
             pages[table] = got
-        if isinstance(got, WalkProblem) and (got.va != va or got.level != level):
-            got = WalkProblem(got.kind, va, level, table, 0, None, got.reason)
         return got
 
     def entry_of(raw: int, level: int, address: int, reserved: int) -> PageTableEntry:
@@ -582,9 +566,17 @@ def walk_page_tables(
     leaves = 0
     entries = 0
 
-    top = load(root, levels, 0)
-    if isinstance(top, WalkProblem):
-        yield top
+    top = load(root)
+    if isinstance(top, str):
+        yield WalkProblem(
+            kind="fault",
+            va=0,
+            level=levels,
+            table_address=root,
+            index=0,
+            entry=None,
+            reason=f"cannot read the {LEVEL_NAMES[levels]} at {root:#x} (from CR3): {top}",
+        )
         return
     # Stack frames: (level, entries, next index, table VA base, table path, W, U, NX).
     stack: list[tuple[int, tuple[int, ...], int, int, tuple[int, ...], int, int, int]] = [
@@ -648,9 +640,18 @@ def walk_page_tables(
                 )
                 continue
             child = raw & addr_table
-            loaded = load(child, level - 1, va)
-            if isinstance(loaded, WalkProblem):
-                yield loaded
+            loaded = load(child)
+            if isinstance(loaded, str):
+                yield WalkProblem(
+                    kind="fault",
+                    va=va,
+                    level=level,
+                    table_address=table_address,
+                    index=i,
+                    entry=decode_entry(raw, level, maxphyaddr=maxphyaddr, nxe=nxe),
+                    reason=f"{_entry_text(level, i, table_address + 8 * i)} points to a"
+                    f" {LEVEL_NAMES[level - 1]} at {child:#x} that cannot be read: {loaded}",
+                )
                 continue
             # Resume this table after the child, then descend into the child.
             stack.append((level, table, index, base, path, w, u, nx))

@@ -238,9 +238,13 @@ def test_table_past_ram_is_a_reported_problem_not_a_crash():
     space = walk(pt)
     assert [leaf.va for leaf in space.leaves] == [0x400000, 0x7F0000000000]
     (problem,) = space.problems
-    assert problem.kind == "fault" and problem.va == 1 << 39 and problem.level == 3
-    assert problem.table_address == 0x2_0000_0000
-    assert "beyond the end of RAM" in problem.reason
+    assert problem.kind == "fault" and problem.va == 1 << 39
+    assert (problem.level, problem.table_address, problem.index) == (4, pt.root, 1)
+    assert problem.entry_address == pt.root + 8 and problem.entry.address == 0x2_0000_0000
+    assert problem.reason == (
+        f"PML4 entry 1 at {pt.root + 8:#x} points to a PDPT at 0x200000000"
+        " that cannot be read: beyond the end of RAM"
+    )
     t = translate(pt.memory.read_physical, pt.root, MODE4, (1 << 39) + 0x1000)
     assert not t.ok and "cannot read PDPT entry 0 at 0x200000000" in t.fault
 
@@ -249,6 +253,29 @@ def test_cr3_past_ram():
     pt = PageTables()
     space = collect_address_space(pt.memory.read_physical, 0x9_0000_0000, MODE4)
     assert not space.leaves and [p.kind for p in space.problems] == ["fault"]
+    assert "cannot read the PML4 at 0x900000000 (from CR3)" in space.problems[0].reason
+
+
+def test_short_read_is_a_fault_problem():
+    pt = PageTables()
+    pt.map(0x400000, 0x3000)
+
+    def short(address, size):
+        data = pt.memory.read_physical(address, size)
+        return data[:100] if address != pt.root else data
+
+    space = collect_address_space(short, pt.root, MODE4)
+    assert not space.leaves and "gave 100 bytes" in space.problems[0].reason
+
+
+def test_a_bad_table_shared_by_many_entries_is_reported_for_each_but_read_once():
+    pt = PageTables()
+    for index in range(3):
+        pt.memory.write_u64(pt.root + 8 * index, 0x2_0000_0000 | P)
+    pt.memory.reads.clear()
+    space = walk(pt)
+    assert [p.index for p in space.problems] == [0, 1, 2]
+    assert pt.memory.reads == [(pt.root, 4096), (0x2_0000_0000, 4096)]
 
 
 def test_reserved_bits_in_a_table_entry_stop_that_subtree_only():
