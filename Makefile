@@ -1,0 +1,36 @@
+# kinspect: every target installs what it needs first (scripts/bootstrap.sh).
+PY      := .venv/bin/python
+KERNEL  := kernel-agent/build/demo-kernel.elf
+
+.PHONY: all deps kernel demo test unit integration bench lint clean
+
+all: kernel
+
+deps:
+	@bash scripts/bootstrap.sh
+
+kernel: deps
+	@$(MAKE) --no-print-directory -C kernel-agent
+
+# Boot the demo kernel in QEMU and open the inspector on it.
+demo: kernel
+	$(PY) -m inspector.cli demo --elf $(KERNEL)
+
+# The whole suite: unit tests and QEMU integration tests.
+test: kernel
+	$(PY) -m pytest -q -p no:cacheprovider
+
+unit: deps
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+integration: kernel
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+
+bench: kernel
+	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-only
+
+lint: deps
+	$(PY) -m ruff check inspector protocols tui tests
+
+clean:
+	@$(MAKE) --no-print-directory -C kernel-agent clean

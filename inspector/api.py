@@ -1,0 +1,67 @@
+"""The public Python API for scripted inspections.
+
+    from inspector import api
+    with api.launch_demo() as qemu, api.attach(qemu.gdb_endpoint) as k:
+        for r in k.ranges():
+            print(r)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import (
+    AgentError,
+    DecodeError,
+    FaultError,
+    InspectorError,
+    ProtocolError,
+    TargetError,
+)
+from .session import ControlState, Session
+from .targets.gdb import GdbTarget
+from .targets.qemu import QemuInstance, launch_qemu
+
+__all__ = [
+    "DEMO_KERNEL",
+    "AgentError",
+    "ControlState",
+    "DecodeError",
+    "FaultError",
+    "InspectorError",
+    "ProtocolError",
+    "QemuInstance",
+    "Session",
+    "TargetError",
+    "attach",
+    "launch_demo",
+    "launch_qemu",
+]
+
+#: Where ``make kernel`` puts the demo kernel.
+DEMO_KERNEL = Path(__file__).resolve().parent.parent / "kernel-agent" / "build" / "demo-kernel.elf"
+
+
+def attach(
+    endpoint: str,
+    *,
+    elf: str | Path | None = None,
+    phys_base: int | None = None,
+    timeout: float = 10.0,
+) -> Session:
+    """Attach to a GDB remote stub (``host:port`` or a unix socket path).
+
+    Attaching stops the kernel; closing the session lets it run again
+    (``session.close(resume=False)`` leaves it stopped).
+    """
+    target = GdbTarget(
+        endpoint, elf=str(elf) if elf else None, phys_base=phys_base, timeout=timeout
+    )
+    return Session(target, elf=str(elf) if elf else None)
+
+
+def launch_demo(*, memory: str = "128M", timeout: float = 30.0) -> QemuInstance:
+    """Boot the demo kernel in QEMU and wait until it says it is ready."""
+    if not DEMO_KERNEL.is_file():
+        raise TargetError(f"the demo kernel is not built ({DEMO_KERNEL}); run `make kernel`")
+    return launch_qemu(DEMO_KERNEL, memory=memory, timeout=timeout)

@@ -1,0 +1,257 @@
+"""The ``kinspect`` command line: text for people, ``--json`` for scripts.
+
+Every failure a user can cause (a bad address, a dead target, a port with
+nothing listening) ends as one line on stderr and a non-zero exit status:
+1 for target and address errors, 2 for usage errors. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from .errors import InspectorError
+from .formatting import format_ranges, format_register, format_translation
+from .session import Session
+
+__all__ = ["main"]
+
+JSON_VERSION = 1
+
+
+def _number(text: str) -> str:
+    return text  # resolved by the session (numbers or symbols)
+
+
+def _common_options(*, suppress: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after the command's name.
+
+    The copy given to the subcommands has suppressed defaults, so an option
+    given before the command is not reset by the subcommand's parser.
+    """
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS if suppress else None)
+    common.add_argument(
+        "--target", "-t",
+        help="GDB remote stub: host:port, a unix socket path, or any spec gdb's "
+        "'target remote' takes",
+    )
+    common.add_argument("--elf", help="the kernel's ELF file, for symbols")
+    common.add_argument(
+        "--phys-base", type=lambda s: int(s, 0),
+        help="virtual base of the kernel's direct map, to read physical memory on stubs "
+        "other than QEMU's",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON (see docs/json.md)")
+    common.add_argument(
+        "--no-resume", action="store_true",
+        help="leave the kernel stopped on exit (default: let it run again)",
+    )
+    common.add_argument(
+        "--timeout", type=float, help="seconds per target request (default 10)",
+        **({} if suppress else {"default": 10.0}),
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options(suppress=True)
+    parser = argparse.ArgumentParser(
+        prog="kinspect",
+        description="Inspect a live x86_64 kernel: control registers, page tables.",
+        parents=[_common_options(suppress=False)],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    demo = sub.add_parser("demo", parents=[common], help="boot the demo kernel in QEMU and inspect it")
+    demo.add_argument("--keep", action="store_true", help="leave QEMU running afterwards")
+    demo.add_argument("--memory", default="128M", help="guest RAM (default 128M)")
+    demo.add_argument("--kernel", help="boot this kernel image instead of the demo kernel")
+
+    sub.add_parser("regs", parents=[common], help="control and general registers, decoded")
+
+    pt = sub.add_parser("pt", parents=[common], help="page tables as coalesced ranges")
+    pt.add_argument("--leaves", action="store_true", help="one line per leaf instead of ranges")
+
+    vtop = sub.add_parser("vtop", parents=[common], help="translate a virtual address, walk shown")
+    vtop.add_argument("address", type=_number, help="virtual address or symbol")
+
+    ptov = sub.add_parser("ptov", parents=[common], help="every virtual address of a physical one")
+    ptov.add_argument("address", type=_number, help="physical address")
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------
+
+
+def cmd_regs(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    control = session.control_registers()
+    general = {k: v for k, v in session.registers().items() if not k.startswith(("cr", "efer"))}
+    if args.json:
+        _dump(out, "regs", session, {
+            "control": {n: r.to_dict() for n, r in control.registers.items()},
+            "paging": control.paging.to_dict(),
+            "general": general,
+        })
+        return 0
+    for reg in control.registers.values():
+        print(format_register(reg), file=out)
+    print(f"paging: {control.paging}", file=out)
+    names = list(general)
+    for i in range(0, len(names), 4):
+        print("  ".join(f"{n:>9}={general[n]:#018x}" for n in names[i : i + 4]), file=out)
+    return 0
+
+
+def cmd_pt(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    space = session.address_space()
+    control = session.control_registers()
+    body: dict[str, Any] = {
+        "cr3": control["CR3"].value,
+        "paging": control.paging.to_dict(),
+        "leaf_count": len(space.leaves),
+        "truncated": space.truncated,
+        "problems": [p.to_dict() for p in space.problems],
+    }
+    if args.json:
+        if args.leaves:
+            body["leaves"] = [leaf.to_dict() for leaf in space.leaves]
+        else:
+            body["ranges"] = [r.to_dict() for r in session.ranges()]
+        _dump(out, "pt", session, body)
+        return 0
+    print(f"CR3={control['CR3'].value:#x}  {control.paging}", file=out)
+    if args.leaves:
+        for leaf in space.leaves:
+            print(str(leaf), file=out)
+    else:
+        print(format_ranges(session.ranges()), file=out)
+    ranges = len(session.ranges())
+    print(f"{len(space.leaves)} leaves in {ranges} ranges", file=out)
+    for problem in space.problems:
+        print(f"problem: {problem}", file=out)
+    if space.truncated:
+        print("the walk stopped early (entry budget exhausted): the tables loop or are garbage",
+              file=out)
+    return 0
+
+
+def cmd_vtop(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    virtual = session.resolve(args.address)
+    translation = session.translate(virtual)
+    if args.json:
+        _dump(out, "vtop", session, translation.to_dict())
+    else:
+        print(format_translation(translation), file=out)
+    if not translation.ok:
+        if args.json:
+            return 1
+        raise InspectorError(f"{virtual:#x} does not translate: {translation.fault}")
+    return 0
+
+
+def cmd_ptov(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    physical = session.resolve(args.address)
+    aliases = session.aliases(physical)
+    if args.json:
+        _dump(out, "ptov", session, {"physical": physical, "virtual": aliases})
+        return 0 if aliases else 1
+    if not aliases:
+        raise InspectorError(f"no virtual address maps physical {physical:#x}")
+    symbols = session.symbols
+    for va in aliases:
+        name = f"  {symbols.format_address(va)}" if symbols and symbols.symbolize(va) else ""
+        print(f"{va:#018x}{name}", file=out)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    from . import api
+
+    kernel = args.kernel or str(api.DEMO_KERNEL)
+    elf = args.elf or (kernel if args.kernel is None else None)
+    if args.kernel is None and not api.DEMO_KERNEL.is_file():
+        raise InspectorError(f"the demo kernel is not built ({api.DEMO_KERNEL}); run `make kernel`")
+    print(f"booting {kernel} in QEMU (TCG)...", file=sys.stderr)
+    qemu = api.launch_qemu(kernel, memory=args.memory, wait_ready=args.kernel is None)
+    try:
+        session = api.attach(qemu.gdb_endpoint, elf=elf, timeout=args.timeout)
+        try:
+            if not args.json:
+                print(f"attached: {session.target.description}, QEMU pid {qemu.pid}", file=out)
+                print("== registers ==", file=out)
+            cmd_regs(session, args, out)
+            if not args.json:
+                print("\n== page tables ==", file=out)
+            args.leaves = False
+            cmd_pt(session, args, out)
+            if not args.json and session.symbols:
+                print("\n== where the kernel's entry point lives ==", file=out)
+                entry = session.symbols.lookup("kernel_main")
+                if entry is not None:
+                    print(format_translation(session.translate(entry)), file=out)
+        finally:
+            session.close(resume=True)
+        if args.keep:
+            print(
+                f"\nQEMU keeps running (pid {qemu.pid}). Try:\n"
+                f"  kinspect --target {qemu.gdb_endpoint} --elf {kernel} vtop kernel_main\n"
+                f"stop it with: kill {qemu.pid}",
+                file=out,
+            )
+            qemu.process = None  # hand it over: do not stop it on exit
+    finally:
+        if not args.keep:
+            qemu.stop()
+    return 0
+
+
+def _dump(out: TextIO, command: str, session: Session, body: dict[str, Any]) -> None:
+    document = {"kinspect": JSON_VERSION, "command": command,
+                "target": session.target.description, **body}
+    json.dump(document, out, indent=1)
+    out.write("\n")
+
+
+COMMANDS: dict[str, Callable[[Session, argparse.Namespace, TextIO], int]] = {
+    "regs": cmd_regs,
+    "pt": cmd_pt,
+    "vtop": cmd_vtop,
+    "ptov": cmd_ptov,
+}
+
+
+def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return cmd_demo(args, out)
+    if not args.target:
+        parser.error(f"{args.command} needs --target (a gdb stub: host:port or a socket path)")
+    from . import api
+
+    session = api.attach(args.target, elf=args.elf, phys_base=args.phys_base, timeout=args.timeout)
+    try:
+        return COMMANDS[args.command](session, args, out)
+    finally:
+        session.close(resume=not args.no_resume)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except InspectorError as exc:
+        print(f"kinspect: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("kinspect: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

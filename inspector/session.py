@@ -1,0 +1,220 @@
+"""The inspection session: the one facade every face (CLI, TUI, API) stands on.
+
+A session holds a target, caches what it read for as long as the target stays
+stopped, and hands the bytes to the pure decoders. A fact the CLI prints and
+the TUI shows comes from the same call here, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import FaultError, InspectorError, TargetError
+from .symbols import SymbolTable
+from .targets.base import SystemRegisters, Target
+from .x86.control import (
+    DecodedRegister,
+    PagingMode,
+    decode_cr0,
+    decode_cr3,
+    decode_cr4,
+    decode_efer,
+    decode_paging_mode,
+    decode_rflags,
+)
+from .x86.paging import (
+    AddressSpace,
+    Range,
+    Translation,
+    coalesce_ranges,
+    collect_address_space,
+    find_aliases,
+    is_canonical,
+    translate,
+)
+
+__all__ = ["ControlState", "Session"]
+
+TABLE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ControlState:
+    """The decoded control registers and the paging mode they imply."""
+
+    registers: Mapping[str, DecodedRegister]
+    paging: PagingMode
+
+    def __getitem__(self, name: str) -> DecodedRegister:
+        return self.registers[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "registers": {name: reg.to_dict() for name, reg in self.registers.items()},
+            "paging": self.paging.to_dict(),
+        }
+
+
+class Session:
+    """A live inspection of one target."""
+
+    def __init__(self, target: Target, *, elf: str | None = None) -> None:
+        self.target = target
+        self.elf = elf
+        self._symbols: SymbolTable | None = None
+        self._registers: Mapping[str, int] | None = None
+        self._space: AddressSpace | None = None
+        self._ranges: list[Range] | None = None
+        self._tables: dict[int, bytes] = {}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def close(self, *, resume: bool = True) -> None:
+        self.target.close(resume=resume)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def invalidate(self) -> None:
+        """Forget everything read: the target ran (or was changed) since."""
+        self._registers = None
+        self._space = None
+        self._ranges = None
+        self._tables.clear()
+
+    def stop(self) -> None:
+        if self.target.state != "stopped":
+            self.target.stop()
+            self.invalidate()
+
+    def resume(self) -> None:
+        self.invalidate()
+        self.target.resume()
+
+    @property
+    def symbols(self) -> SymbolTable | None:
+        """The kernel's symbols when an ELF was given (loaded on first use)."""
+        if self._symbols is None and self.elf:
+            self._symbols = SymbolTable.from_elf(self.elf)
+        return self._symbols
+
+    def resolve(self, text: str) -> int:
+        """An address from user text: ``0x...``, decimal, or a symbol name."""
+        try:
+            return int(text.replace("_", "") if text.lower().startswith("0x") else text, 0)
+        except ValueError:
+            pass
+        symbols = self.symbols
+        address = symbols.lookup(text) if symbols else None
+        if address is None:
+            hint = "" if symbols else " (pass --elf to use symbol names)"
+            raise InspectorError(f"{text!r} is neither a number nor a known symbol{hint}")
+        return address
+
+    # -- registers ---------------------------------------------------------------
+
+    def registers(self) -> Mapping[str, int]:
+        """General, segment and control registers as the target reports them."""
+        if self._registers is None:
+            self.stop()
+            self._registers = dict(self.target.registers())
+        return self._registers
+
+    def control_registers(self) -> ControlState:
+        regs = self.registers()
+        missing = [n for n in ("cr0", "cr3", "cr4", "efer") if n not in regs]
+        if missing:
+            raise TargetError(
+                f"the stub does not report {', '.join(missing)}; "
+                "kinspect needs the control registers to walk page tables"
+            )
+        cr4 = decode_cr4(regs["cr4"])
+        decoded = {
+            "CR0": decode_cr0(regs["cr0"]),
+            "CR3": decode_cr3(regs["cr3"], pcide=cr4.is_set("PCIDE")),
+            "CR4": cr4,
+            "EFER": decode_efer(regs["efer"]),
+        }
+        if "rflags" in regs:
+            decoded["RFLAGS"] = decode_rflags(regs["rflags"])
+        paging = decode_paging_mode(regs["cr0"], regs["cr4"], regs["efer"])
+        return ControlState(decoded, paging)
+
+    def paging_mode(self) -> PagingMode:
+        return self.control_registers().paging
+
+    def system_registers(self) -> SystemRegisters:
+        self.stop()
+        return self.target.system_registers()
+
+    # -- memory --------------------------------------------------------------------
+
+    def read_virtual(self, address: int, size: int) -> bytes:
+        self.stop()
+        self._check_canonical(address)
+        return self.target.read_virtual(address, size)
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        self.stop()
+        return self.target.read_physical(address, size)
+
+    def _read_table(self, address: int, size: int) -> bytes:
+        """read_physical for the walkers: whole table pages, cached per stop."""
+        page = address & ~(TABLE_SIZE - 1)
+        data = self._tables.get(page)
+        if data is None:
+            data = self.target.read_physical(page, TABLE_SIZE)
+            self._tables[page] = data
+        offset = address - page
+        if offset + size <= TABLE_SIZE:
+            return data[offset : offset + size]
+        return self.target.read_physical(address, size)
+
+    def _walk_inputs(self) -> tuple[int, PagingMode]:
+        state = self.control_registers()
+        mode = state.paging
+        if not mode.is_long_mode:
+            raise InspectorError(
+                f"cannot walk page tables: {mode} (kinspect walks 4- and 5-level paging)"
+            )
+        return state["CR3"].value, mode
+
+    # -- page tables ---------------------------------------------------------------
+
+    def address_space(self) -> AddressSpace:
+        """Every leaf of the current page tables (walked once per stop)."""
+        if self._space is None:
+            cr3, mode = self._walk_inputs()
+            self._space = collect_address_space(self._read_table, cr3, mode)
+        return self._space
+
+    def ranges(self) -> list[Range]:
+        if self._ranges is None:
+            self._ranges = coalesce_ranges(self.address_space().leaves)
+        return self._ranges
+
+    def translate(self, virtual: int) -> Translation:
+        cr3, mode = self._walk_inputs()
+        return translate(self._read_table, cr3, mode, virtual)
+
+    def aliases(self, physical: int) -> list[int]:
+        """Every virtual address that maps ``physical``, ascending."""
+        if physical < 0 or physical >= 1 << 52:
+            raise FaultError(physical, "not a physical address (must be below 2^52)")
+        return [va for va, _leaf in find_aliases(self.address_space().leaves, physical)]
+
+    def _check_canonical(self, address: int) -> None:
+        regs = self.registers()
+        if "cr4" in regs and "efer" in regs and "cr0" in regs:
+            mode = self.paging_mode()
+            if mode.is_long_mode and not is_canonical(address, mode.levels):
+                bits = mode.virtual_address_bits
+                raise FaultError(
+                    address,
+                    f"non-canonical address (bits 63:{bits - 1} must all equal bit {bits - 1})",
+                )

@@ -1,0 +1,43 @@
+"""Boot the real demo kernel in QEMU (TCG) for the integration tests.
+
+Nothing here is skipped for convenience: if QEMU, gdb or the demo kernel are
+missing, the tests fail and say what to install or build.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from inspector import api
+
+KERNEL = api.DEMO_KERNEL
+
+
+@pytest.fixture(scope="session")
+def demo_kernel() -> str:
+    for tool in ("qemu-system-x86_64", "gdb"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: run `make test` (it installs it)")
+    if not KERNEL.is_file():
+        pytest.fail(f"{KERNEL} is not built: run `make kernel`")
+    return str(KERNEL)
+
+
+@pytest.fixture(scope="module")
+def qemu(demo_kernel):
+    instance = api.launch_demo()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture
+def session(qemu, demo_kernel):
+    s = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+    try:
+        yield s
+    finally:
+        s.close()

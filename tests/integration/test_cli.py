@@ -1,0 +1,170 @@
+"""The kinspect command line against the live demo kernel, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from inspector import api
+from inspector.targets.qemu_text import decode_info_tlb
+
+from .test_paging_vs_qemu import tlb_flags
+
+pytestmark = pytest.mark.integration
+
+
+def kinspect(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "inspector.cli", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *, contains: str = "") -> None:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("kinspect: error: ")
+    assert contains in lines[0]
+
+
+def test_pt_json_agrees_with_info_tlb_page_for_page(qemu, demo_kernel):
+    result = kinspect("--target", qemu.gdb_endpoint, "--elf", demo_kernel, "pt", "--json", "--leaves")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["command"] == "pt" and doc["paging"]["levels"] == 4
+    ours = {(leaf["va"], leaf["pa"], tlb_flags(leaf["entry"]["raw"])) for leaf in doc["leaves"]}
+    truth = {tuple(line) for line in decode_info_tlb(qemu.monitor("info tlb"))}
+    assert ours == truth
+
+
+def test_pt_json_ranges_cover_the_leaves(qemu):
+    result = kinspect("--target", qemu.gdb_endpoint, "pt", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert sum(r["end"] - r["start"] for r in doc["ranges"]) > 0
+    truth = list(decode_info_tlb(qemu.monitor("info tlb")))
+    for va, pa, _flags in truth[:: max(1, len(truth) // 200)]:
+        covering = [r for r in doc["ranges"] if r["start"] <= va < r["end"]]
+        assert len(covering) == 1
+        assert covering[0]["phys"] + (va - covering[0]["start"]) == pa
+
+
+def test_pt_text_is_ptdump_like(qemu):
+    result = kinspect("--target", qemu.gdb_endpoint, "pt")
+    assert result.returncode == 0, result.stderr
+    assert "0xffffffff80" in result.stdout and "leaves in" in result.stdout
+
+
+def test_regs_text_and_json(qemu):
+    text = kinspect("--target", qemu.gdb_endpoint, "regs")
+    assert text.returncode == 0, text.stderr
+    assert "PG" in text.stdout and "NXE" in text.stdout and "4-level" in text.stdout
+    doc = json.loads(kinspect("--target", qemu.gdb_endpoint, "regs", "--json").stdout)
+    assert doc["control"]["CR0"]["value"] & 0x80000000
+    assert "rip" in doc["general"]
+
+
+def test_vtop_by_symbol_shows_the_walk(qemu, demo_kernel):
+    result = kinspect("--target", qemu.gdb_endpoint, "--elf", demo_kernel, "vtop", "demo_level3")
+    assert result.returncode == 0, result.stderr
+    for level in ("PML4", "PDPT", "PD", "PT"):
+        assert level in result.stdout
+
+
+def test_ptov_lists_aliases(qemu):
+    result = kinspect("--target", qemu.gdb_endpoint, "ptov", "0x100000")
+    assert result.returncode == 0, result.stderr
+    vas = [int(line.split()[0], 16) for line in result.stdout.splitlines()]
+    assert 0x100000 in vas and 0xFFFF888000100000 in vas and 0xFFFFFFFF80100000 in vas
+
+
+def test_vtop_unmapped_is_one_line_error(qemu):
+    assert_one_line_error(kinspect("--target", qemu.gdb_endpoint, "vtop", "0x0"),
+                          contains="not present")
+
+
+def test_vtop_non_canonical_is_one_line_error(qemu):
+    assert_one_line_error(kinspect("--target", qemu.gdb_endpoint, "vtop", "0x0000800000000000"),
+                          contains="canonical")
+
+
+def test_unknown_symbol_is_one_line_error(qemu, demo_kernel):
+    assert_one_line_error(
+        kinspect("--target", qemu.gdb_endpoint, "--elf", demo_kernel, "vtop", "no_such_symbol"),
+        contains="no_such_symbol",
+    )
+
+
+def test_nothing_listening_is_one_line_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        started = time.monotonic()
+        result = kinspect("--target", f"127.0.0.1:{port}", "regs", timeout=30)
+    assert_one_line_error(result, contains="cannot attach")
+    assert time.monotonic() - started < 20
+
+
+def test_missing_socket_path_is_one_line_error(tmp_path):
+    assert_one_line_error(kinspect("--target", str(tmp_path / "nope.sock"), "pt"),
+                          contains="cannot attach")
+
+
+def test_usage_error_exits_2():
+    result = kinspect("pt")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_kernel_keeps_running_between_inspections(qemu, demo_kernel):
+    """Each command stops the kernel, reads, and lets it run again on exit."""
+
+    def ticks() -> int:
+        with api.attach(qemu.gdb_endpoint, elf=demo_kernel) as s:
+            address = s.symbols.lookup("demo_ticks")
+            return int.from_bytes(s.read_virtual(address, 8), "little")
+
+    first = ticks()
+    time.sleep(0.5)
+    second = ticks()
+    assert second > first
+
+
+def test_no_resume_leaves_the_kernel_stopped(qemu):
+    result = kinspect("--target", qemu.gdb_endpoint, "--no-resume", "regs")
+    assert result.returncode == 0, result.stderr
+    with qemu.qmp() as q:
+        assert q.execute("query-status")["running"] is False
+        q.execute("cont")
+        assert q.execute("query-status")["running"] is True
+
+
+def test_qemu_exiting_mid_walk_is_one_line_error(demo_kernel):
+    instance = api.launch_demo()
+    try:
+        session = api.attach(instance.gdb_endpoint, elf=demo_kernel)
+        original = session.target.read_physical
+        calls = 0
+
+        def dying_read(address: int, size: int) -> bytes:
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                os.kill(instance.pid, 9)
+                instance.process.wait(5)
+            return original(address, size)
+
+        session.target.read_physical = dying_read
+        with pytest.raises(api.TargetError) as excinfo:
+            session.address_space()
+        assert "\n" not in str(excinfo.value)
+        session.close()
+    finally:
+        instance.stop()

@@ -1,0 +1,125 @@
+"""kinspect's view of the demo kernel against QEMU's own monitor.
+
+The monitor is reached through QMP, not through gdb, so the truth we compare
+with does not pass through any of our code but the text parser.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from inspector.targets.qemu_text import decode_info_mem, decode_info_registers, decode_info_tlb
+
+pytestmark = pytest.mark.integration
+
+DIRECT_MAP = 0xFFFF888000000000
+
+
+def tlb_flags(raw: int) -> str:
+    """The flags ``info tlb`` prints for a leaf: its raw bits, XGPDACTUW."""
+    bits = [(63, "X"), (8, "G"), (7, "P"), (6, "D"), (5, "A"), (4, "C"), (3, "T"), (2, "U"), (1, "W")]
+    return "".join(letter if raw >> bit & 1 else "-" for bit, letter in bits)
+
+
+def gva2gpa(qemu, va: int) -> int | None:
+    text = qemu.monitor(f"gva2gpa {va:#x}")
+    match = re.search(r"gpa:\s*(0x[0-9a-f]+)", text)
+    return int(match.group(1), 16) if match else None
+
+
+def test_control_registers_match_info_registers(session, qemu):
+    control = session.control_registers()
+    truth = decode_info_registers(qemu.monitor("info registers"))
+    for name in ("CR0", "CR3", "CR4", "EFER"):
+        assert control[name].value == truth[name.lower()], name
+    assert control["CR0"].is_set("PG") and control["CR0"].is_set("WP")
+    assert control["CR4"].is_set("PAE") and control["CR4"].is_set("PGE")
+    assert control["EFER"].is_set("LME") and control["EFER"].is_set("LMA")
+    assert control["EFER"].is_set("NXE")
+    assert control.paging.levels == 4
+
+
+def test_every_leaf_matches_info_tlb(session, qemu):
+    space = session.address_space()
+    assert not space.problems and not space.truncated
+    ours = {(leaf.va, leaf.pa, tlb_flags(leaf.entry.raw)) for leaf in space.leaves}
+    theirs = set(decode_info_tlb(qemu.monitor("info tlb")))
+    assert len(theirs) > 100
+    assert ours == {tuple(line) for line in theirs}
+
+
+def test_effective_ranges_match_info_mem(session, qemu):
+    """info mem merges on the effective U/W bits (ANDed across levels), NX ignored."""
+    merged: list[list] = []
+    for leaf in session.address_space().leaves:
+        prot = ("u" if leaf.permissions.user else "-") + "r" + (
+            "w" if leaf.permissions.writable else "-"
+        )
+        if merged and merged[-1][1] == leaf.va and merged[-1][2] == prot:
+            merged[-1][1] = leaf.va + leaf.size
+        else:
+            merged.append([leaf.va, leaf.va + leaf.size, prot])
+    theirs = [list(r) for r in decode_info_mem(qemu.monitor("info mem"))]
+    assert merged == theirs
+
+
+def test_demo_kernel_layout(session):
+    """The mappings a careful kernel has: checked on kinspect's own ranges."""
+    symbols = session.symbols
+    by_va = {leaf.va: leaf for leaf in session.address_space().leaves}
+    # page 0 unmapped, the rest of the low identity map present
+    assert not session.translate(0).ok
+    assert session.translate(0x1000).ok
+    # text RX, rodata R NX, data RW NX
+    text = session.translate(symbols.lookup("demo_level3"))
+    assert text.ok and text.permissions.executable and not text.permissions.writable
+    data = session.translate(symbols.lookup("demo_ticks"))
+    assert data.ok and data.permissions.writable and not data.permissions.executable
+    # the direct map uses 2 MiB pages, RW NX
+    direct = [leaf for va, leaf in by_va.items() if DIRECT_MAP <= va < DIRECT_MAP + (1 << 30)]
+    assert direct and all(leaf.size == 2 << 20 for leaf in direct)
+    assert all(leaf.permissions.writable and not leaf.permissions.executable for leaf in direct)
+    # one 1 GiB page (the MMIO window)
+    assert any(leaf.size == 1 << 30 for leaf in by_va.values())
+    # the stack's guard page is unmapped
+    bottom = symbols.lookup("boot_stack_bottom")
+    assert session.translate(bottom).ok
+    assert not session.translate(bottom - 0x1000).ok
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["demo_level3", "demo_ticks", "kernel_pml4", "direct+0x123456", "low+0x200010", "guard", "zero"],
+)
+def test_vtop_matches_gva2gpa(session, qemu, where):
+    symbols = session.symbols
+    if where == "direct+0x123456":
+        va = DIRECT_MAP + 0x123456
+    elif where == "low+0x200010":
+        va = 0x200010
+    elif where == "guard":
+        va = symbols.lookup("boot_stack_bottom") - 0x800
+    elif where == "zero":
+        va = 0x10
+    else:
+        va = symbols.lookup(where) + 8
+    ours = session.translate(va)
+    truth = gva2gpa(qemu, va)
+    assert (ours.pa if ours.ok else None) == truth
+    if ours.ok:
+        assert len(ours.steps) >= 2 and ours.steps[-1].entry.is_leaf
+    else:
+        assert ours.fault and "not present" in ours.fault
+
+
+def test_ptov_finds_every_alias(session, qemu):
+    va = session.symbols.lookup("demo_level3")
+    pa = session.translate(va).pa
+    aliases = session.aliases(pa)
+    assert va in aliases  # the higher-half kernel mapping
+    assert DIRECT_MAP + pa in aliases  # the direct map
+    assert pa in aliases  # the low identity map
+    for alias in aliases:
+        assert gva2gpa(qemu, alias) == pa
