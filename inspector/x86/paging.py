@@ -28,8 +28,8 @@ from inspector.x86.flags import BitField, format_flags
 
 __all__ = [
     "ENTRY_FIELDS",
-    "LEVEL_NAMES",
     "LEAF_SIZES",
+    "LEVEL_NAMES",
     "PAGE_SIZE",
     "AddressSpace",
     "Leaf",
@@ -66,6 +66,24 @@ LEAF_SIZES: dict[int, int] = {1: 1 << 12, 2: 1 << 21, 3: 1 << 30}
 
 _LEVEL_SHIFT = {5: 48, 4: 39, 3: 30, 2: 21, 1: 12}
 _LINUX_LEVEL = {1: "pte", 2: "pmd", 3: "pud", 4: "p4d", 5: "pgd"}
+_HEX_FIELDS = frozenset(
+    {"va", "pa", "size", "phys", "start", "end", "page_size", "table_address", "entry_address"}
+)
+
+
+def _repr(record: Any) -> str:
+    """Constructor-style repr with addresses and sizes in hex, so they can be read."""
+    parts = []
+    for name in record.__slots__:
+        value = getattr(record, name)
+        if name in _HEX_FIELDS and isinstance(value, int):
+            parts.append(f"{name}={value:#x}")
+        elif name == "table_path":
+            parts.append(f"table_path=({', '.join(f'{a:#x}' for a in value)},)")
+        else:
+            parts.append(f"{name}={value!r}")
+    return f"{type(record).__name__}({', '.join(parts)})"
+
 
 _P = 1 << 0
 _RW = 1 << 1
@@ -427,6 +445,9 @@ class Leaf:
             f"{self.permissions} [{self.entry.describe()}]"
         )
 
+    def __repr__(self) -> str:
+        return _repr(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON shape, see ``docs/json.md``."""
         return {
@@ -469,6 +490,9 @@ class WalkProblem:
 
     def __str__(self) -> str:
         return f"{self.va:#018x}: {self.reason}"
+
+    def __repr__(self) -> str:
+        return _repr(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON shape, see ``docs/json.md``."""
@@ -745,6 +769,9 @@ class Range:
             + _LINUX_LEVEL[self.level]
         )
 
+    def __repr__(self) -> str:
+        return _repr(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON shape, see ``docs/json.md``."""
         return {
@@ -823,6 +850,9 @@ class WalkStep:
     def __str__(self) -> str:
         return f"{self.level_name}[{self.index}] at {self.entry_address:#x}: {self.entry}"
 
+    def __repr__(self) -> str:
+        return _repr(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON shape, see ``docs/json.md``."""
         return {
@@ -864,6 +894,9 @@ class Translation:
         return (
             f"{self.va:#x} -> {self.pa:#x} ({format_size(self.page_size)} page, {self.permissions})"
         )
+
+    def __repr__(self) -> str:
+        return _repr(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON shape, see ``docs/json.md``."""

@@ -422,3 +422,19 @@ def test_records_serialize_to_json_with_int_values():
     assert t["pa"] == 0x3010 and t["fault"] is None and len(t["steps"]) == 4
     assert t["steps"][0]["entry"]["level_name"] == "PML4"
     json.dumps(t)
+
+
+def test_reprs_read_like_constructors_in_hex():
+    from inspector.x86 import paging
+
+    pt = PageTables()
+    pt.map(0xFFFFFFFF81000000, 0x1000000, MiB2, P | G)
+    pt.memory.write_u64(pt.root + 8, 0x2_0000_0000 | P)
+    space = walk(pt)
+    (leaf,) = space.leaves
+    assert repr(leaf).startswith("Leaf(va=0xffffffff81000000, pa=0x1000000, size=0x200000,")
+    (problem,) = space.problems
+    (rng,) = coalesce_ranges(space.leaves)
+    t = translate(pt.memory.read_physical, pt.root, MODE4, 0xFFFFFFFF81000010)
+    for record in (leaf, problem, rng, t, t.steps[0]):
+        assert eval(repr(record), vars(paging)) == record
