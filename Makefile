@@ -27,7 +27,7 @@ integration: kernel
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 bench: kernel
-	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-only
+	$(PY) -m pytest -q -p no:cacheprovider -o python_files="bench_*.py" benchmarks --benchmark-only --benchmark-columns=min,median,mean,max,rounds
 
 lint: deps
 	$(PY) -m ruff check inspector protocols tui tests

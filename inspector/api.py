@@ -47,15 +47,26 @@ def attach(
     *,
     elf: str | Path | None = None,
     phys_base: int | None = None,
+    physical: str | None = None,
     timeout: float = 10.0,
 ) -> Session:
     """Attach to a GDB remote stub (``host:port`` or a unix socket path).
 
     Attaching stops the kernel; closing the session lets it run again
-    (``session.close(resume=False)`` leaves it stopped).
+    (``session.close(resume=False)`` leaves it stopped). ``physical`` picks
+    how physical memory is read: ``"qemu"`` (QEMU's physical mode),
+    ``"direct-map"`` (through the kernel's direct map at ``phys_base`` or
+    found from the ELF's symbols) or ``None`` (QEMU's mode when available,
+    the direct map when ``phys_base`` is given or the stub is not QEMU's).
     """
+    if physical is None:
+        physical = "direct-map" if phys_base is not None else "auto"
     target = GdbTarget(
-        endpoint, elf=str(elf) if elf else None, phys_base=phys_base, timeout=timeout
+        endpoint,
+        elf=str(elf) if elf else None,
+        phys_base=phys_base,
+        physical=physical,
+        timeout=timeout,
     )
     return Session(target, elf=str(elf) if elf else None)
 

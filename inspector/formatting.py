@@ -44,13 +44,16 @@ def format_size(n: int) -> str:
 def format_ranges(ranges: Iterable[Range]) -> str:
     """A ptdump-style table of ranges, one per line, with a header.
 
-    Columns: ``start-end``, size, then ``USR``, ``RW``/``ro``, ``PWT``,
+    Columns: ``start-end``, size, the first physical address, then ``USR``, ``RW``/``ro``, ``PWT``,
     ``PCD``, ``PSE``, ``PAT``, ``GLB``, ``x``/``NX`` and the Linux level
     name of the leaves (``pte``, ``pmd``, ``pud``). USR, RW and x are the
     effective rights over the whole walk; the others are the leaf's bits.
     """
-    lines = [f"{'start-end':<37}   {'size':>10} flags"]
-    lines.extend(str(r) for r in ranges)
+    lines = [f"{'start-end':<37} {'size':>6}  {'physical':<18} flags"]
+    lines.extend(
+        f"{r.start:#018x}-{r.end:#018x} {format_size(r.size):>6}  {r.phys:#018x} {r.flags_text()}"
+        for r in ranges
+    )
     return "\n".join(lines)
 
 

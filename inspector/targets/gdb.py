@@ -45,9 +45,16 @@ class GdbTarget(Target):
         *,
         elf: str | None = None,
         phys_base: int | None = None,
+        physical: str = "auto",
         timeout: float = 10.0,
         gdb: str = "gdb",
     ) -> None:
+        """``physical`` says how physical memory is read: ``"qemu"`` (the
+        stub's physical mode), ``"direct-map"`` (through the kernel's direct
+        map) or ``"auto"`` (QEMU's mode when the stub has it)."""
+        if physical not in ("auto", "qemu", "direct-map"):
+            raise TargetError(f"unknown physical-memory method {physical!r}")
+        self.physical = physical
         self.endpoint = endpoint
         self.elf = elf
         self.timeout = timeout
@@ -80,13 +87,13 @@ class GdbTarget(Target):
             "-gdb-set tcp auto-retry off",
             "-gdb-set remotetimeout 5",
         ):
-            self._call(setting)
+            self._checked(setting)
         if self.elf:
             if not os.path.isfile(self.elf):
                 raise TargetError(f"ELF file {self.elf} does not exist")
-            self._call(f"-file-exec-and-symbols {mi_quote(self.elf)}")
+            self._checked(f"-file-exec-and-symbols {mi_quote(self.elf)}")
         else:
-            self._call("-gdb-set architecture i386:x86-64")
+            self._checked("-gdb-set architecture i386:x86-64")
         endpoint = self.endpoint
         if endpoint.startswith("unix:"):
             endpoint = endpoint[len("unix:") :]
@@ -104,6 +111,10 @@ class GdbTarget(Target):
             raise TargetError(f"cannot attach to {self.endpoint}: gdb exited ({exc})") from exc
         self._mi.state = "stopped"
         self.is_qemu = self._probe_qemu()
+        if self.physical == "qemu" and not self.is_qemu:
+            raise TargetError("this stub has no physical-memory mode (it is not QEMU's)")
+        if self.physical == "auto":
+            self.physical = "qemu" if self.is_qemu else "direct-map"
         if self.is_qemu:
             self._set_phys_mode(False)
             try:
@@ -169,9 +180,7 @@ class GdbTarget(Target):
         reply = self._packet(f"Qqemu.PhyMemMode:{1 if on else 0}")
         if reply != "OK":
             raise TargetError(f"QEMU refused physical-memory mode ({reply or 'no reply'})")
-        self._phys_mode = on
-        # gdb caches target memory between stops; the mode change invalidates it.
-        self._call("-interpreter-exec console \"flushregs\"")
+        self._phys_mode = on  # gdb's memory caches are off (stack-cache, code-cache)
 
     # -- memory ------------------------------------------------------------------
 
@@ -214,7 +223,7 @@ class GdbTarget(Target):
                 address,
                 f"physical address past the end of RAM ({self._ram_size // (1 << 20)} MiB)",
             )
-        if self.is_qemu:
+        if self.physical == "qemu":
             self._set_phys_mode(True)
             return self._read(address, size, "physical")
         base = self._direct_map_base()

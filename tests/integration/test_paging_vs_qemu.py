@@ -123,3 +123,22 @@ def test_ptov_finds_every_alias(session, qemu):
     assert pa in aliases  # the low identity map
     for alias in aliases:
         assert gva2gpa(qemu, alias) == pa
+
+
+def test_walk_through_the_direct_map_like_a_non_qemu_stub(qemu, demo_kernel):
+    """kgdb/OpenOCD have no physical mode: read tables through direct_map_base."""
+    from inspector import api
+
+    with api.attach(qemu.gdb_endpoint, elf=demo_kernel, physical="direct-map") as s:
+        assert s.target.physical == "direct-map"
+        ours = {(leaf.va, leaf.pa, tlb_flags(leaf.entry.raw)) for leaf in s.address_space().leaves}
+    truth = {tuple(line) for line in decode_info_tlb(qemu.monitor("info tlb"))}
+    assert ours == truth
+
+
+def test_direct_map_needs_a_base_or_symbols(qemu):
+    from inspector import api
+
+    with api.attach(qemu.gdb_endpoint, physical="direct-map") as s:
+        with pytest.raises(api.TargetError, match="--phys-base"):
+            s.address_space()

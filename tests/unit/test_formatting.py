@@ -48,10 +48,10 @@ def test_format_ranges_is_a_ptdump_table():
     space = collect_address_space(pt.memory.read_physical, pt.root, PagingMode(levels=4))
     text = format_ranges(coalesce_ranges(space.leaves))
     assert text.splitlines() == [
-        "start-end                                     size flags",
-        "0x0000000000400000-0x0000000000401000           4K USR ro                     x  pte",
-        "0x0000000000401000-0x0000000000402000           4K USR RW                     NX pte",
-        "0xffffffff81000000-0xffffffff81200000           2M     ro         PSE     GLB x  pmd",
+        "start-end                               size  physical           flags",
+        "0x0000000000400000-0x0000000000401000     4K  0x0000000000003000 USR ro                     x  pte",
+        "0x0000000000401000-0x0000000000402000     4K  0x0000000000004000 USR RW                     NX pte",
+        "0xffffffff81000000-0xffffffff81200000     2M  0x0000000001000000     ro         PSE     GLB x  pmd",
     ]
 
 
