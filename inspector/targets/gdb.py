@@ -218,10 +218,12 @@ class GdbTarget(Target):
         if address < 0 or size < 0 or address + size > 1 << 52:
             raise FaultError(address, "physical address out of range (above 2^52)")
         self._require_stopped()
-        if self._ram_size is not None and address + size > self._ram_size:
+        limit = self._physical_limit()
+        if limit is not None and address + size > limit:
             raise FaultError(
                 address,
-                f"physical address past the end of RAM ({self._ram_size // (1 << 20)} MiB)",
+                f"physical address past the end of RAM ({self._ram_size // (1 << 20)} MiB): "
+                "QEMU would answer zeros",
             )
         if self.physical == "qemu":
             self._set_phys_mode(True)
@@ -230,6 +232,18 @@ class GdbTarget(Target):
         if self._phys_mode:
             self._set_phys_mode(False)
         return self._read(base + address, size, "physical (through the direct map)")
+
+    def _physical_limit(self) -> int | None:
+        """Where RAM ends in the physical address space, as far as we know.
+
+        Up to 2 GiB, QEMU's PC machines put all RAM below 4 GiB; above, part
+        of it moves above 4 GiB (past the PCI hole), so the bound is looser.
+        """
+        if self._ram_size is None:
+            return None
+        if self._ram_size <= 1 << 31:
+            return self._ram_size
+        return (1 << 32) + self._ram_size
 
     def _direct_map_base(self) -> int:
         if self._phys_base is not None:

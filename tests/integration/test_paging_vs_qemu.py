@@ -142,3 +142,23 @@ def test_direct_map_needs_a_base_or_symbols(qemu):
     with api.attach(qemu.gdb_endpoint, physical="direct-map") as s:
         with pytest.raises(api.TargetError, match="--phys-base"):
             s.address_space()
+
+
+def test_physical_reads_past_ram_are_refused(session, qemu):
+    """QEMU answers zeros past RAM; kinspect refuses with a reason instead."""
+    from inspector.errors import FaultError
+
+    summary = qemu.monitor("info memory_size_summary")
+    assert str(session.target.ram_size) in summary
+    assert session.read_physical(session.target.ram_size - 16, 16)
+    with pytest.raises(FaultError, match="past the end of RAM"):
+        session.read_physical(session.target.ram_size, 16)
+
+
+def test_unmapped_virtual_read_is_a_fault(session):
+    from inspector.errors import FaultError
+
+    with pytest.raises(FaultError):
+        session.read_virtual(0x0, 8)
+    with pytest.raises(FaultError, match="non-canonical"):
+        session.read_virtual(0x0000800000000000, 8)
