@@ -241,4 +241,3 @@ class MiSession:
                     raise MiClosed(f"gdb exited with status {self._process.returncode}")
             elif self._process.poll() is not None:
                 raise MiClosed(f"gdb exited with status {self._process.returncode}")
-

@@ -54,8 +54,9 @@ class QmpClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def execute(self, command: str, arguments: dict[str, Any] | None = None,
-                *, timeout: float | None = None) -> Any:
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
         """Run one QMP command and return its ``return`` value."""
         request_id = self._next_id
         self._next_id += 1

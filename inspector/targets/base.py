@@ -86,7 +86,7 @@ class Target(ABC):
     @property
     @abstractmethod
     def state(self) -> str:
-        """"stopped", "running" or "exited"."""
+        """ "stopped", "running" or "exited"."""
 
     @abstractmethod
     def stop(self) -> None:

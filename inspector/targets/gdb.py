@@ -155,7 +155,11 @@ class GdbTarget(Target):
 
     def _raise_if_gone(self, exc: MiError) -> None:
         text = exc.message.lower()
-        if "remote connection closed" in text or "not connected" in text or "the program is not being run" in text:
+        if (
+            "remote connection closed" in text
+            or "not connected" in text
+            or "the program is not being run" in text
+        ):
             self._mi.state = "exited"
             raise TargetError(f"the target has gone away ({exc.message})") from exc
         if "while the target is running" in text:
@@ -348,7 +352,9 @@ class GdbTarget(Target):
     def _require_stopped(self) -> None:
         state = self.state
         if state == "running":
-            raise TargetError("the target is running; stop it first (kinspect stops it for you unless --no-stop)")
+            raise TargetError(
+                "the target is running; stop it first (kinspect stops it for you unless --no-stop)"
+            )
         if state == "exited":
             raise TargetError("the target has gone away")
 
@@ -364,7 +370,7 @@ class GdbTarget(Target):
                 if resume:
                     self._call("-target-detach", timeout=3)
                 else:
-                    self._call("-interpreter-exec console \"disconnect\"", timeout=3)
+                    self._call('-interpreter-exec console "disconnect"', timeout=3)
         except (InspectorError, MiError):
             pass
         finally:

@@ -72,20 +72,29 @@ class QemuInstance:
             )
         args = [
             binary,
-            "-accel", config.accel,
-            "-cpu", config.cpu,
-            "-m", config.memory,
-            "-kernel", str(config.kernel),
-            "-display", "none",
+            "-accel",
+            config.accel,
+            "-cpu",
+            config.cpu,
+            "-m",
+            config.memory,
+            "-kernel",
+            str(config.kernel),
+            "-display",
+            "none",
             "-no-reboot",
             "-nodefaults",
-            "-monitor", "none",
+            "-monitor",
+            "none",
             "-chardev",
             f"socket,id=serial0,path={self.serial_socket},server=on,wait=off,"
             f"logfile={self.serial_log}",
-            "-serial", "chardev:serial0",
-            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
-            "-gdb", f"unix:{self.gdb_socket},server=on,wait=off",
+            "-serial",
+            "chardev:serial0",
+            "-qmp",
+            f"unix:{self.qmp_socket},server=on,wait=off",
+            "-gdb",
+            f"unix:{self.gdb_socket},server=on,wait=off",
         ]
         if config.stopped:
             args.append("-S")
@@ -99,7 +108,10 @@ class QemuInstance:
         args = self.command_line()
         with open(self.stderr_log, "wb") as stderr:
             self.process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
@@ -107,7 +119,9 @@ class QemuInstance:
             self._check_alive()
             if self.qmp_socket.exists() and self.gdb_socket.exists():
                 try:
-                    with QmpClient(str(self.qmp_socket), timeout=max(0.5, deadline - time.monotonic())):
+                    with QmpClient(
+                        str(self.qmp_socket), timeout=max(0.5, deadline - time.monotonic())
+                    ):
                         return
                 except QmpError:
                     pass
@@ -134,7 +148,11 @@ class QemuInstance:
                 tail = text.strip().splitlines()[-3:]
                 raise TargetError(
                     f"the kernel did not print {marker!r} within {timeout:g} s"
-                    + (f" (last serial output: {' | '.join(tail)})" if tail else " (no serial output)")
+                    + (
+                        f" (last serial output: {' | '.join(tail)})"
+                        if tail
+                        else " (no serial output)"
+                    )
                 )
             time.sleep(0.02)
 

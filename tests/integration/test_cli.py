@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 def kinspect(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "inspector.cli", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -36,7 +38,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *, contains: str 
 
 
 def test_pt_json_agrees_with_info_tlb_page_for_page(qemu, demo_kernel):
-    result = kinspect("--target", qemu.gdb_endpoint, "--elf", demo_kernel, "pt", "--json", "--leaves")
+    result = kinspect(
+        "--target", qemu.gdb_endpoint, "--elf", demo_kernel, "pt", "--json", "--leaves"
+    )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["command"] == "pt" and doc["paging"]["levels"] == 4
@@ -87,13 +91,15 @@ def test_ptov_lists_aliases(qemu):
 
 
 def test_vtop_unmapped_is_one_line_error(qemu):
-    assert_one_line_error(kinspect("--target", qemu.gdb_endpoint, "vtop", "0x0"),
-                          contains="not present")
+    assert_one_line_error(
+        kinspect("--target", qemu.gdb_endpoint, "vtop", "0x0"), contains="not present"
+    )
 
 
 def test_vtop_non_canonical_is_one_line_error(qemu):
-    assert_one_line_error(kinspect("--target", qemu.gdb_endpoint, "vtop", "0x0000800000000000"),
-                          contains="canonical")
+    assert_one_line_error(
+        kinspect("--target", qemu.gdb_endpoint, "vtop", "0x0000800000000000"), contains="canonical"
+    )
 
 
 def test_unknown_symbol_is_one_line_error(qemu, demo_kernel):
@@ -114,8 +120,9 @@ def test_nothing_listening_is_one_line_error():
 
 
 def test_missing_socket_path_is_one_line_error(tmp_path):
-    assert_one_line_error(kinspect("--target", str(tmp_path / "nope.sock"), "pt"),
-                          contains="cannot attach")
+    assert_one_line_error(
+        kinspect("--target", str(tmp_path / "nope.sock"), "pt"), contains="cannot attach"
+    )
 
 
 def test_usage_error_exits_2():

@@ -19,7 +19,17 @@ DIRECT_MAP = 0xFFFF888000000000
 
 def tlb_flags(raw: int) -> str:
     """The flags ``info tlb`` prints for a leaf: its raw bits, XGPDACTUW."""
-    bits = [(63, "X"), (8, "G"), (7, "P"), (6, "D"), (5, "A"), (4, "C"), (3, "T"), (2, "U"), (1, "W")]
+    bits = [
+        (63, "X"),
+        (8, "G"),
+        (7, "P"),
+        (6, "D"),
+        (5, "A"),
+        (4, "C"),
+        (3, "T"),
+        (2, "U"),
+        (1, "W"),
+    ]
     return "".join(letter if raw >> bit & 1 else "-" for bit, letter in bits)
 
 
@@ -54,8 +64,10 @@ def test_effective_ranges_match_info_mem(session, qemu):
     """info mem merges on the effective U/W bits (ANDed across levels), NX ignored."""
     merged: list[list] = []
     for leaf in session.address_space().leaves:
-        prot = ("u" if leaf.permissions.user else "-") + "r" + (
-            "w" if leaf.permissions.writable else "-"
+        prot = (
+            ("u" if leaf.permissions.user else "-")
+            + "r"
+            + ("w" if leaf.permissions.writable else "-")
         )
         if merged and merged[-1][1] == leaf.va and merged[-1][2] == prot:
             merged[-1][1] = leaf.va + leaf.size
@@ -91,7 +103,15 @@ def test_demo_kernel_layout(session):
 
 @pytest.mark.parametrize(
     "where",
-    ["demo_level3", "demo_ticks", "kernel_pml4", "direct+0x123456", "low+0x200010", "guard", "zero"],
+    [
+        "demo_level3",
+        "demo_ticks",
+        "kernel_pml4",
+        "direct+0x123456",
+        "low+0x200010",
+        "guard",
+        "zero",
+    ],
 )
 def test_vtop_matches_gva2gpa(session, qemu, where):
     symbols = session.symbols

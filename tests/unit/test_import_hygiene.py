@@ -22,7 +22,9 @@ HEADLESS = [
 @pytest.mark.parametrize("module", HEADLESS)
 def test_headless_module_does_not_import_textual(module):
     code = f"import sys, {module}; print('textual' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
 
@@ -32,6 +34,8 @@ def test_protocols_import_nothing_of_ours():
         "import sys, protocols.gdbmi, protocols.qmp; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('inspector', 'tui')))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
