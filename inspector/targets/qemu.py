@@ -70,32 +70,25 @@ class QemuInstance:
             raise TargetError(
                 f"{config.qemu} was not found; install it (apt-get install qemu-system-x86)"
             )
+        # fmt: off
         args = [
             binary,
-            "-accel",
-            config.accel,
-            "-cpu",
-            config.cpu,
-            "-m",
-            config.memory,
-            "-kernel",
-            str(config.kernel),
-            "-display",
-            "none",
+            "-accel", config.accel,
+            "-cpu", config.cpu,
+            "-m", config.memory,
+            "-kernel", str(config.kernel),
+            "-display", "none",
             "-no-reboot",
             "-nodefaults",
-            "-monitor",
-            "none",
+            "-monitor", "none",
             "-chardev",
             f"socket,id=serial0,path={self.serial_socket},server=on,wait=off,"
             f"logfile={self.serial_log}",
-            "-serial",
-            "chardev:serial0",
-            "-qmp",
-            f"unix:{self.qmp_socket},server=on,wait=off",
-            "-gdb",
-            f"unix:{self.gdb_socket},server=on,wait=off",
+            "-serial", "chardev:serial0",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+            "-gdb", f"unix:{self.gdb_socket},server=on,wait=off",
         ]
+        # fmt: on
         if config.stopped:
             args.append("-S")
         args.extend(config.extra_args)
