@@ -97,7 +97,8 @@ class GdbTarget(Target):
         endpoint = self.endpoint
         if endpoint.startswith("unix:"):
             endpoint = endpoint[len("unix:") :]
-        if not endpoint or any(c.isspace() for c in endpoint):
+        piped = endpoint.startswith("|")  # "| command": gdb talks to a program's stdio
+        if not endpoint or (not piped and any(c.isspace() for c in endpoint)) or "\n" in endpoint:
             raise TargetError(f"bad target {self.endpoint!r}: give host:port or a socket path")
         try:
             self._mi.command(f"-target-select remote {endpoint}", timeout=CONNECT_TIMEOUT)
