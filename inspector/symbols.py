@@ -1,13 +1,26 @@
-"""Kernel symbols from an ELF file (pyelftools): name to address and back."""
+"""Kernel symbols from an ELF file: names, source lines and call-frame information.
+
+:class:`SymbolTable` reads the ELF given with ``--elf`` (pyelftools):
+``.symtab`` for ``addr2sym`` and name lookups, the DWARF line tables (DWARF 5
+as gcc 12 writes them, and older) for ``addr2line``, and ``.eh_frame`` plus
+``.debug_frame`` merged into one :class:`~inspector.dwarf.CfiTable` for the
+unwinder. Every run-time address goes through one load ``slide`` (relocated
+or KASLR kernels), given or computed from a symbol whose run-time address is
+known (:meth:`SymbolTable.slide_for`).
+"""
 
 from __future__ import annotations
 
 import bisect
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from .errors import InspectorError
+from .dwarf import CfiTable, Fde, parse_cfi
+from .errors import DecodeError, InspectorError
 
-__all__ = ["Symbol", "SymbolTable"]
+__all__ = ["LineTable", "SourceLine", "Symbol", "SymbolTable", "SymbolicAddress"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,24 +31,159 @@ class Symbol:
     kind: str  # "func", "object", "notype"
 
 
-class SymbolTable:
-    """The function and object symbols of one ELF file, with a load slide."""
+@dataclass(frozen=True, slots=True)
+class SourceLine:
+    """A source position: ``file`` as the line table names it, ``path`` made absolute."""
 
-    def __init__(self, symbols: list[Symbol], *, slide: int = 0) -> None:
+    file: str
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "path": self.path, "line": self.line}
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolicAddress:
+    """What ``sym ADDR`` answers: the symbol, the offset into it, and the source line."""
+
+    address: int
+    symbol: str | None
+    offset: int
+    line: SourceLine | None
+
+    def __str__(self) -> str:
+        text = f"{self.address:#x}"
+        if self.symbol:
+            text += f" {self.symbol}+{self.offset:#x}" if self.offset else f" {self.symbol}"
+        if self.line:
+            text += f" at {self.line}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "symbol": self.symbol,
+            "offset": self.offset,
+            "line": self.line.to_dict() if self.line else None,
+        }
+
+
+class LineTable:
+    """Address ranges to source lines, from every line-number program.
+
+    Each row covers ``[address, next row's address)`` within its sequence;
+    an end-of-sequence row closes the range and covers nothing.
+    """
+
+    def __init__(self, rows: Iterable[tuple[int, SourceLine | None]]) -> None:
+        ordered = sorted(rows, key=lambda r: (r[0], r[1] is not None))
+        self._addresses = [a for a, _ in ordered]
+        self._lines = [line for _, line in ordered]
+
+    def __len__(self) -> int:
+        return len(self._addresses)
+
+    def lookup(self, address: int) -> SourceLine | None:
+        index = bisect.bisect_right(self._addresses, address) - 1
+        return self._lines[index] if index >= 0 else None
+
+    @classmethod
+    def from_dwarf(cls, dwarf: Any) -> LineTable:
+        rows: list[tuple[int, SourceLine | None]] = []
+        for cu in dwarf.iter_CUs():
+            program = dwarf.line_program_for_CU(cu)
+            if program is None:
+                continue
+            top = cu.get_top_DIE()
+            comp_dir_attr = top.attributes.get("DW_AT_comp_dir")
+            comp_dir = _text(comp_dir_attr.value) if comp_dir_attr else ""
+            names = _file_names(program, comp_dir)
+            for entry in program.get_entries():
+                state = entry.state
+                if state is None:
+                    continue
+                if state.end_sequence:
+                    rows.append((state.address, None))
+                    continue
+                file, path = names.get(state.file, ("?", "?"))
+                rows.append((state.address, SourceLine(file, path, state.line)))
+        return cls(_dedupe(rows))
+
+
+def _dedupe(rows: list[tuple[int, SourceLine | None]]) -> list[tuple[int, SourceLine | None]]:
+    """Keep the last row of each address within a sequence (what addr2line and gdb report)."""
+    result: dict[int, SourceLine | None] = {}
+    for address, line in rows:
+        if line is None and result.get(address) is not None:
+            continue  # an empty sequence ending where another starts
+        result[address] = line
+    return list(result.items())
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _file_names(program: Any, comp_dir: str) -> dict[int, tuple[str, str]]:
+    """File index to (name as the table gives it, absolute path); DWARF 5 counts from 0."""
+    header = program.header
+    version = header["version"]
+    dirs = [_text(d) for d in header["include_directory"]]
+    if version < 5:
+        dirs = [comp_dir, *dirs]  # directory 0 is the compilation directory
+    names: dict[int, tuple[str, str]] = {}
+    for index, entry in enumerate(header["file_entry"], start=0 if version >= 5 else 1):
+        name = _text(entry.name)
+        directory = dirs[entry.dir_index] if 0 < entry.dir_index < len(dirs) else ""
+        file = os.path.join(directory, name)
+        path = os.path.normpath(os.path.join(comp_dir, directory, name))
+        names[index] = (file, path)
+    return names
+
+
+class SymbolTable:
+    """The symbols, line table and CFI of one ELF file, with a load slide."""
+
+    def __init__(
+        self,
+        symbols: list[Symbol],
+        *,
+        slide: int = 0,
+        lines: LineTable | None = None,
+        cfi_fdes: list[Fde] | None = None,
+        path: str | None = None,
+    ) -> None:
         self.slide = slide
+        self.path = path
+        self._symbols = symbols
         self._by_name = {s.name: s for s in symbols}
-        self._sorted = sorted(symbols, key=lambda s: s.address)
+        kinds = {"notype": 0, "object": 1, "func": 2}  # the last of equals wins
+        self._sorted = sorted(symbols, key=lambda s: (s.address, kinds.get(s.kind, 3)))
         self._addresses = [s.address for s in self._sorted]
+        self._lines = lines
+        self._fdes = cfi_fdes or []
+        self._cfi: CfiTable | None = None
 
     @classmethod
     def from_elf(cls, path: str, *, slide: int = 0) -> SymbolTable:
+        """Read symbols, line tables and CFI from ``path``.
+
+        A kernel without DWARF still gives symbols; without CFI the unwinder
+        falls back to frame pointers.
+        """
         try:
-            from elftools.common.exceptions import ELFError
+            from elftools.common.exceptions import DWARFError, ELFError
             from elftools.elf.elffile import ELFFile
             from elftools.elf.sections import SymbolTableSection
         except ImportError as exc:  # pragma: no cover - a declared dependency
             raise InspectorError("pyelftools is not installed") from exc
         symbols: list[Symbol] = []
+        fdes: list[Fde] = []
+        lines: LineTable | None = None
         try:
             with open(path, "rb") as stream:
                 elf = ELFFile(stream)
@@ -51,18 +199,54 @@ class SymbolTable:
                         symbols.append(
                             Symbol(sym.name, sym["st_value"], sym["st_size"], kind[4:].lower())
                         )
+                for name, eh in ((".eh_frame", True), (".debug_frame", False)):
+                    section = elf.get_section_by_name(name)
+                    if section is None or section["sh_type"] == "SHT_NOBITS":
+                        continue
+                    try:
+                        fdes.extend(parse_cfi(section.data(), section["sh_addr"], eh_frame=eh))
+                    except DecodeError as exc:
+                        raise InspectorError(f"{path}: cannot parse {name}: {exc}") from exc
+                if elf.has_dwarf_info() and elf.get_section_by_name(".debug_line") is not None:
+                    try:
+                        lines = LineTable.from_dwarf(
+                            elf.get_dwarf_info(relocate_dwarf_sections=False)
+                        )
+                    except (DWARFError, KeyError, IndexError, ValueError) as exc:
+                        raise InspectorError(
+                            f"{path}: cannot read the DWARF line tables: {exc}"
+                        ) from exc
         except OSError as exc:
             raise InspectorError(f"cannot read ELF file {path}: {exc.strerror}") from exc
         except ELFError as exc:
             raise InspectorError(f"{path} is not a valid ELF file: {exc}") from exc
-        return cls(symbols, slide=slide)
+        return cls(symbols, slide=slide, lines=lines, cfi_fdes=fdes, path=path)
+
+    def with_slide(self, slide: int) -> SymbolTable:
+        """The same table loaded ``slide`` bytes away from its link address."""
+        return SymbolTable(
+            self._symbols, slide=slide, lines=self._lines, cfi_fdes=self._fdes, path=self.path
+        )
+
+    def slide_for(self, name: str, runtime_address: int) -> int:
+        """The slide that puts symbol ``name`` at ``runtime_address`` (KASLR: ``_text``)."""
+        symbol = self._by_name.get(name)
+        if symbol is None:
+            raise InspectorError(f"no symbol {name!r} in {self.path or 'the ELF file'}")
+        return runtime_address - symbol.address
+
+    # -- names ------------------------------------------------------------------------
 
     def lookup(self, name: str) -> int | None:
         symbol = self._by_name.get(name)
         return None if symbol is None else symbol.address + self.slide
 
     def symbolize(self, address: int) -> tuple[Symbol, int] | None:
-        """The symbol containing ``address`` and the offset into it."""
+        """The symbol containing ``address`` and the offset into it.
+
+        Among symbols at one address a function wins over an object, and
+        both over a label; an unsized label covers up to 64 KiB after it.
+        """
         unslid = address - self.slide
         index = bisect.bisect_right(self._addresses, unslid) - 1
         while index >= 0:
@@ -83,3 +267,28 @@ class SymbolTable:
             return f"{address:#x}"
         symbol, offset = found
         return f"{symbol.name}+{offset:#x}" if offset else symbol.name
+
+    # -- lines and frames --------------------------------------------------------------
+
+    @property
+    def has_lines(self) -> bool:
+        return self._lines is not None and len(self._lines) > 0
+
+    def addr2line(self, address: int) -> SourceLine | None:
+        """The source line of run-time ``address``, or None without DWARF lines for it."""
+        if self._lines is None:
+            return None
+        return self._lines.lookup(address - self.slide)
+
+    def addr2sym(self, address: int) -> SymbolicAddress:
+        """Symbol, offset and source line of run-time ``address``."""
+        found = self.symbolize(address)
+        name, offset = (found[0].name, found[1]) if found else (None, 0)
+        return SymbolicAddress(address, name, offset, self.addr2line(address))
+
+    @property
+    def cfi(self) -> CfiTable:
+        """``.eh_frame`` and ``.debug_frame`` merged, at the current slide."""
+        if self._cfi is None or self._cfi.slide != self.slide:
+            self._cfi = CfiTable(self._fdes, slide=self.slide)
+        return self._cfi

@@ -1,0 +1,456 @@
+"""The stack unwinder: DWARF CFI first, frame pointers where CFI is missing,
+and interrupt and exception frames (IRETQ frames) crossed and reported.
+
+:func:`unwind` knows no target. It takes a ``read_virtual(address, size)``
+callable, the registers of the stopped CPU, the CFI table and symbols of the
+kernel, and a ``mapping(address)`` lookup (from the page-table walk) that
+names the mapping a stack address lies in, or None when nothing maps it. So
+it is tested with bytes, and it never hangs or throws: it returns the frames
+it found and says why it stopped.
+
+Frames are found in three ways (``Frame.how``):
+
+- ``cfi``: the caller's registers come from the callee's CFI row;
+- ``frame-pointer``: no FDE covers the PC, so ``[rbp]`` is the caller's RBP
+  and ``[rbp+8]`` its return address (checked: RBP aligned, above RSP, mapped);
+- ``interrupt``: the callee's CFI is a signal frame (CIE augmentation ``S``,
+  as interrupt entry code writes it) or its PC is an IDT handler's first
+  instruction, so the caller is the interrupted context, read from the IRETQ
+  frame (RIP, CS, RFLAGS, RSP, SS). Its PC is exact, not a return address.
+
+The PC of a frame reached by a return address points after the call, so its
+symbol and line are looked up at PC-1, as gdb and the Linux unwinder do.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .dwarf import DWARF_REGISTERS, CfiRow
+from .errors import DecodeError, InspectorError
+from .symbols import SourceLine, Symbol
+from .x86.descriptors import ERROR_CODE_VECTORS, vector_name
+
+__all__ = [
+    "MAX_DEPTH",
+    "Backtrace",
+    "Frame",
+    "InterruptFrame",
+    "unwind",
+]
+
+#: Frames walked before the unwinder gives up.
+MAX_DEPTH = 64
+
+ReadVirtual = Callable[[int, int], bytes]
+MappingLookup = Callable[[int], "str | None"]
+_NUMBERS = {name: number for number, name in DWARF_REGISTERS.items()}
+_RIP, _RSP, _RBP = 16, 7, 6
+
+
+class _Cfi(Protocol):
+    def row(self, pc: int) -> CfiRow | None: ...
+
+
+class _Symbols(Protocol):
+    def symbolize(self, address: int) -> tuple[Symbol, int] | None: ...
+    def addr2line(self, address: int) -> SourceLine | None: ...
+    def format_address(self, address: int) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptFrame:
+    """The IRETQ frame the CPU pushed on an interrupt or exception.
+
+    ``address`` is where the saved RIP lies (the frame is 5 quadwords from
+    there up). ``error_code`` is the quadword just below it: the CPU's error
+    code when the vector pushes one, or the entry stub's placeholder where
+    it pushes none (Linux's ``orig_ax``, the demo kernel's dummy 0); None
+    when it could not be read. ``vector`` is known when the unwinder saw the
+    handler's entry (IDT lookup), else None.
+    """
+
+    address: int
+    rip: int
+    cs: int
+    rflags: int
+    rsp: int
+    ss: int
+    error_code: int | None
+    vector: int | None
+
+    def __str__(self) -> str:
+        vector = ""
+        if self.vector is not None:
+            vector = f" vector {self.vector}" + (
+                f" ({vector_name(self.vector)})" if vector_name(self.vector) else ""
+            )
+        error = "" if self.error_code is None else f" error={self.error_code:#x}"
+        return (
+            f"interrupt frame at {self.address:#x}{vector}: RIP={self.rip:#x} CS={self.cs:#x} "
+            f"RFLAGS={self.rflags:#x} RSP={self.rsp:#x} SS={self.ss:#x}{error}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "rip": self.rip,
+            "cs": self.cs,
+            "rflags": self.rflags,
+            "rsp": self.rsp,
+            "ss": self.ss,
+            "error_code": self.error_code,
+            "vector": self.vector,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One stack frame.
+
+    ``pc`` is the frame's instruction pointer (a return address for callers
+    found through ``cfi`` or ``frame-pointer``); ``sp`` its stack pointer;
+    ``cfa`` its Canonical Frame Address when known (the caller's RSP before
+    the call). ``how`` says how this frame was found: ``registers`` (frame
+    0), ``cfi``, ``frame-pointer`` or ``interrupt`` (then ``interrupt`` holds
+    the IRETQ frame crossed). ``mapping`` names the mapping ``sp`` lies in,
+    None when nothing maps it.
+    """
+
+    index: int
+    pc: int
+    sp: int
+    cfa: int | None
+    symbol: str | None
+    offset: int
+    line: SourceLine | None
+    how: str
+    mapping: str | None
+    interrupt: InterruptFrame | None
+
+    @property
+    def function(self) -> str | None:
+        return self.symbol
+
+    def __str__(self) -> str:
+        where = self.symbol or "??"
+        if self.symbol and self.offset:
+            where += f"+{self.offset:#x}"
+        text = f"#{self.index:<2} {self.pc:#018x} {where}"
+        if self.line:
+            text += f" at {self.line}"
+        cfa = f"{self.cfa:#x}" if self.cfa is not None else "?"
+        text += f"  [{self.how}] sp={self.sp:#x} cfa={cfa}"
+        text += f" in {self.mapping}" if self.mapping else " (unmapped stack)"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "pc": self.pc,
+            "sp": self.sp,
+            "cfa": self.cfa,
+            "symbol": self.symbol,
+            "offset": self.offset,
+            "file": self.line.file if self.line else None,
+            "path": self.line.path if self.line else None,
+            "line": self.line.line if self.line else None,
+            "how": self.how,
+            "mapping": self.mapping,
+            "interrupt": self.interrupt.to_dict() if self.interrupt else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Backtrace:
+    """The frames found, innermost first, and why the walk stopped.
+
+    ``stop`` is one of ``outermost`` (the CFI marks the return address
+    undefined: the first frame of the stack), ``null-return`` (a return
+    address of 0), ``no-unwind-info`` (no CFI and no usable frame pointer),
+    ``unmapped-stack``, ``unreadable-stack``, ``bad-return-address``
+    (non-canonical), ``loop`` (the stack pointer did not move up, or a
+    frame repeated), ``depth-limit``, ``unsupported-cfi`` (a DWARF
+    expression) or ``error``; ``reason`` says it in a sentence.
+    """
+
+    frames: tuple[Frame, ...]
+    stop: str
+    reason: str
+
+    @property
+    def interrupts(self) -> tuple[InterruptFrame, ...]:
+        """The interrupt frames crossed, innermost first."""
+        return tuple(f.interrupt for f in self.frames if f.interrupt is not None)
+
+    def __str__(self) -> str:
+        lines = []
+        for frame in self.frames:
+            if frame.interrupt is not None:
+                lines.append(f"    --- {frame.interrupt} ---")
+            lines.append(str(frame))
+        lines.append(f"stopped: {self.stop}: {self.reason}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "frames": [f.to_dict() for f in self.frames],
+            "stop": self.stop,
+            "reason": self.reason,
+            "interrupts_crossed": len(self.interrupts),
+        }
+
+
+class _Stop(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _is_canonical(address: int) -> bool:
+    top = address >> 47
+    return top == 0 or top == (1 << 17) - 1
+
+
+def unwind(
+    read_virtual: ReadVirtual,
+    registers: Mapping[str, int],
+    *,
+    cfi: _Cfi | None = None,
+    symbols: _Symbols | None = None,
+    mapping: MappingLookup | None = None,
+    idt_handlers: Mapping[int, int] | None = None,
+    max_depth: int = MAX_DEPTH,
+) -> Backtrace:
+    """Walk the stack from ``registers`` (``rip``, ``rsp``, ``rbp``, ...).
+
+    ``idt_handlers`` maps handler addresses to vectors, so that a PC at a
+    handler's first instruction is known to sit on an IRETQ frame. Never
+    raises: every failure becomes the backtrace's stop reason.
+    """
+    regs: dict[int, int] = {}
+    for name, value in registers.items():
+        number = _NUMBERS.get(name.lower())
+        if number is not None:
+            regs[number] = value & ((1 << 64) - 1)
+    frames: list[Frame] = []
+    if _RIP not in regs or _RSP not in regs:
+        return Backtrace((), "error", "the registers have no RIP or RSP")
+
+    def read_u64(address: int) -> int:
+        try:
+            data = read_virtual(address, 8)
+        except InspectorError as exc:
+            raise _Stop(
+                "unreadable-stack", f"cannot read the stack at {address:#x}: {exc}"
+            ) from exc
+        if len(data) != 8:
+            raise _Stop("unreadable-stack", f"short read at {address:#x}")
+        return struct.unpack("<Q", data)[0]
+
+    def describe(address: int) -> str:
+        return symbols.format_address(address) if symbols else f"{address:#x}"
+
+    exact = True  # frame 0, and frames reached through an interrupt frame
+    how = "registers"
+    interrupt: InterruptFrame | None = None
+    seen: set[tuple[int, int]] = set()
+    stop, reason = "depth-limit", f"stopped after {max_depth} frames"
+    while True:
+        pc, sp = regs[_RIP], regs[_RSP]
+        lookup = pc if exact else pc - 1
+        symbol, offset, line = None, 0, None
+        if symbols is not None:
+            try:
+                found = symbols.symbolize(lookup)
+                if found is not None:
+                    symbol, offset = found[0].name, pc - found[0].address - _slide(symbols)
+                line = symbols.addr2line(lookup)
+            except Exception:  # symbols are a help, never a reason to fail
+                pass
+        region = None
+        if mapping is not None:
+            try:
+                region = mapping(sp)
+            except Exception:
+                region = None
+        cfa: int | None = None
+        try:
+            if len(frames) + 1 >= max_depth:
+                raise _Stop("depth-limit", f"stopped after {max_depth} frames")
+            if mapping is not None and region is None:
+                raise _Stop(
+                    "unmapped-stack",
+                    f"the stack pointer {sp:#x} ({describe(sp)}) lies in no mapping: "
+                    "the stack overflowed into a guard page, or RSP is corrupt",
+                )
+            cfa, caller, caller_how, caller_interrupt = _step(
+                read_u64, regs, pc, lookup, cfi, idt_handlers, describe
+            )
+        except _Stop as stop_exc:
+            frames.append(
+                Frame(len(frames), pc, sp, cfa, symbol, offset, line, how, region, interrupt)
+            )
+            stop, reason = stop_exc.code, stop_exc.reason
+            break
+        except Exception as exc:  # never throw: a bug or bad data ends the walk, said plainly
+            frames.append(
+                Frame(len(frames), pc, sp, cfa, symbol, offset, line, how, region, interrupt)
+            )
+            stop, reason = "error", f"unwinding failed at {pc:#x}: {exc}"
+            break
+        frames.append(Frame(len(frames), pc, sp, cfa, symbol, offset, line, how, region, interrupt))
+        new_pc, new_sp = caller.get(_RIP), caller.get(_RSP)
+        if new_pc is None or new_sp is None:
+            stop, reason = "no-unwind-info", f"the caller of {describe(pc)} has no RIP or RSP"
+            break
+        if new_pc == 0:
+            stop, reason = "null-return", f"{describe(pc)} returns to address 0: the stack's end"
+            break
+        if not _is_canonical(new_pc):
+            stop, reason = (
+                "bad-return-address",
+                f"{describe(pc)} returns to {new_pc:#x}, which is not canonical",
+            )
+            break
+        if (new_pc, new_sp) in seen or (caller_interrupt is None and new_sp <= sp):
+            stop, reason = (
+                "loop",
+                f"the caller of {describe(pc)} has RSP {new_sp:#x}, not above {sp:#x}: "
+                "the stack loops",
+            )
+            break
+        seen.add((new_pc, new_sp))
+        regs = caller
+        exact = caller_interrupt is not None
+        how = caller_how
+        interrupt = caller_interrupt
+    return Backtrace(tuple(frames), stop, reason)
+
+
+def _slide(symbols: Any) -> int:
+    return getattr(symbols, "slide", 0)
+
+
+def _step(
+    read_u64: Callable[[int], int],
+    regs: dict[int, int],
+    pc: int,
+    lookup: int,
+    cfi: _Cfi | None,
+    idt_handlers: Mapping[int, int] | None,
+    describe: Callable[[int], str],
+) -> tuple[int, dict[int, int], str, InterruptFrame | None]:
+    """(CFA, the caller's registers, how it was found, the interrupt frame crossed)."""
+    sp = regs[_RSP]
+    if idt_handlers and pc in idt_handlers:
+        # The first instruction of a handler: the IRETQ frame is on top of
+        # the stack, above the error code when the vector pushes one.
+        vector = idt_handlers[pc]
+        has_error = vector in ERROR_CODE_VECTORS
+        frame_at = sp + (8 if has_error else 0)
+        error = read_u64(sp) if has_error else None
+        return _from_iret(read_u64, regs, frame_at, frame_at + 40, error, vector)
+    row = None
+    if cfi is not None:
+        try:
+            row = cfi.row(lookup)
+        except DecodeError as exc:
+            raise _Stop(
+                "unsupported-cfi", f"the CFI of {describe(pc)} does not decode: {exc}"
+            ) from exc
+    if row is None:
+        return _frame_pointer(read_u64, regs, describe(pc))
+    if row.cfa_expression is not None:
+        raise _Stop("unsupported-cfi", f"the CFA of {describe(pc)} is a DWARF expression")
+    base = regs.get(row.cfa_register)
+    if base is None:
+        name = DWARF_REGISTERS.get(row.cfa_register, str(row.cfa_register))
+        raise _Stop(
+            "no-unwind-info", f"the CFA of {describe(pc)} needs {name}, which is unknown here"
+        )
+    cfa = (base + row.cfa_offset) & ((1 << 64) - 1)
+    ra_rule = row.rule(row.return_register)
+    if ra_rule.kind == "undefined":
+        raise _Stop("outermost", f"the CFI marks {describe(pc)} as the outermost frame")
+    caller: dict[int, int] = {}
+    for register in range(17):
+        rule = row.rule(register) if register != _RIP else ra_rule
+        value = _apply(rule, register, regs, cfa, read_u64, describe(pc))
+        if value is not None:
+            caller[register] = value
+    if row.rule(_RSP).kind == "same_value" and _RSP not in row.rules:
+        caller[_RSP] = cfa  # the CFA is by definition the caller's stack pointer
+    if row.signal_frame and ra_rule.kind == "offset":
+        frame_at = cfa + ra_rule.value
+        try:
+            error = read_u64(frame_at - 8)
+        except _Stop:
+            error = None
+        _cfa, iret_regs, how, interrupt = _from_iret(read_u64, caller, frame_at, cfa, error, None)
+        return cfa, iret_regs, how, interrupt
+    return cfa, caller, "cfi", None
+
+
+def _apply(
+    rule: Any,
+    register: int,
+    regs: dict[int, int],
+    cfa: int,
+    read_u64: Callable[[int], int],
+    where: str,
+) -> int | None:
+    kind = rule.kind
+    if kind == "same_value":
+        return regs.get(register)
+    if kind == "undefined":
+        return None
+    if kind == "offset":
+        return read_u64((cfa + rule.value) & ((1 << 64) - 1))
+    if kind == "val_offset":
+        return (cfa + rule.value) & ((1 << 64) - 1)
+    if kind == "register":
+        return regs.get(rule.value)
+    if register in (_RIP, _RSP):
+        raise _Stop(
+            "unsupported-cfi",
+            f"the CFI of {where} gives {DWARF_REGISTERS[register]} by a DWARF expression",
+        )
+    return None  # an expression for a register we can do without
+
+
+def _from_iret(
+    read_u64: Callable[[int], int],
+    regs: dict[int, int],
+    frame_at: int,
+    cfa: int,
+    error: int | None,
+    vector: int | None,
+) -> tuple[int, dict[int, int], str, InterruptFrame]:
+    rip, cs, rflags, rsp, ss = (read_u64(frame_at + 8 * i) for i in range(5))
+    interrupt = InterruptFrame(frame_at, rip, cs, rflags, rsp, ss, error, vector)
+    caller = dict(regs)
+    caller[_RIP] = rip
+    caller[_RSP] = rsp
+    return cfa, caller, "interrupt", interrupt
+
+
+def _frame_pointer(
+    read_u64: Callable[[int], int], regs: dict[int, int], where: str
+) -> tuple[int, dict[int, int], str, None]:
+    sp, rbp = regs[_RSP], regs.get(_RBP)
+    if rbp is None or rbp & 7 or rbp < sp or rbp - sp > 1 << 20:
+        shown = "unknown" if rbp is None else f"{rbp:#x}"
+        raise _Stop(
+            "no-unwind-info",
+            f"no CFI covers {where} and RBP ({shown}) is not a frame pointer above RSP {sp:#x}",
+        )
+    caller = {r: v for r, v in regs.items() if r in (3, 12, 13, 14, 15)}  # callee-saved
+    caller[_RBP] = read_u64(rbp)
+    caller[_RIP] = read_u64(rbp + 8)
+    caller[_RSP] = rbp + 16
+    return rbp + 16, caller, "frame-pointer", None
