@@ -2,6 +2,7 @@
  * kinspect demo kernel: sets up real paging, GDT/TSS, IDT and a timer, then
  * idles so that the inspector has careful state to decode.
  */
+#include "agent_port.h"
 #include "gdt.h"
 #include "idt.h"
 #include "kprintf.h"
@@ -60,12 +61,13 @@ void kernel_main(uint32_t start_info_paddr)
 	pit_init(PIT_HZ);
 
 	print_state(has_1g_pages);
+	demo_agent_init();
 	kprintf("kinspect-demo: ready\n");
 
 	for (;;) {
 		/* STI's one-instruction shadow makes sti; hlt race-free. */
 		__asm__ volatile("sti; hlt" : : : "memory");
-		/* A serial agent would poll COM1 here (serial_try_getc). */
+		demo_agent_poll(); /* requests and console input on COM1 */
 		demo_work(demo_ticks);
 	}
 }

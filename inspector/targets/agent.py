@@ -1,0 +1,256 @@
+"""A target reached through the in-kernel agent over a serial line alone.
+
+The agent runs inside the kernel (its idle loop or UART interrupt), so it sees
+what a gdb stub often cannot: GDTR/IDTR/TR/LDTR, EFER and IA32_PAT by rdmsr.
+"Stopped" here means the agent holds the CPU in its request loop with
+interrupts off (the ``stop`` request) until ``resume``: the kernel makes no
+progress, so several reads see one consistent state.
+
+Memory reads never fault the kernel: the agent walks the page tables before
+touching a virtual address and reads physical memory only where its host
+says it may; anything else is an error reply, raised here as FaultError.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from protocols.agent_client import (
+    AgentClient,
+    AgentClientError,
+    AgentProtocolError,
+    AgentRemoteError,
+    AgentTimeout,
+)
+from protocols.agent_wire import ERROR_NAMES
+from protocols.transports import Transport, TransportError, open_transport
+
+from ..errors import AgentError, FaultError, ProtocolError, TargetError
+from ..x86.paging import Permissions, Range
+from .base import DescriptorTableRegister, SegmentRegister, SystemRegisters, Target
+
+__all__ = ["AgentTarget", "AgentTranslation", "RANGE_FLAGS", "decode_walk_range"]
+
+FAULT = 4
+
+#: Bits of a walk range's flags (AGENT_PROTOCOL.md, "walk").
+RANGE_FLAGS = {"W": 1, "U": 2, "X": 4, "G": 8, "PWT": 16, "PCD": 32, "PAT": 64}
+
+#: Registers named as GdbTarget names them (what Session and the CLI expect).
+_GDB_NAMES = ("rsp", "rflags", "cs", "ss", "ds", "es", "fs", "gs",
+              "cr0", "cr2", "cr3", "cr4", "cr8", "efer")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTranslation:
+    """The agent's own translation of one virtual address."""
+
+    va: int
+    pa: int
+    page_size: int
+    flags: int
+    entries: tuple[int, ...]
+
+
+def decode_walk_range(item: list[int]) -> Range:
+    """One ``[start, size, phys, page_size, flags]`` of a walk reply as a Range."""
+    if not isinstance(item, list) or len(item) != 5 or not all(isinstance(x, int) for x in item):
+        raise ProtocolError(f"walk range is not 5 integers: {item!r}")
+    start, size, phys, page_size, flags = item
+    if page_size not in (1 << 12, 1 << 21, 1 << 30) or size <= 0 or size % page_size:
+        raise ProtocolError(f"walk range has page size {page_size:#x} and size {size:#x}")
+    permissions = Permissions(bool(flags & 1), bool(flags & 2), bool(flags & 4))
+    attributes = tuple(n for n in ("G", "PWT", "PCD", "PAT") if flags & RANGE_FLAGS[n])
+    return Range(start, start + size, phys, page_size, permissions, attributes)
+
+
+class AgentTarget(Target):
+    """A kernel that embeds the kinspect agent, on a serial line (or socket, or pty)."""
+
+    def __init__(
+        self,
+        spec: str | Transport,
+        *,
+        timeout: float = 2.0,
+        retries: int = 3,
+        baudrate: int = 115200,
+        on_console=None,
+    ) -> None:
+        try:
+            transport = (
+                spec
+                if isinstance(spec, Transport)
+                else open_transport(spec, baudrate=baudrate, timeout=timeout)
+            )
+        except TransportError as exc:
+            raise TargetError(str(exc)) from exc
+        self.spec = spec if isinstance(spec, str) else transport.description
+        self.client = AgentClient(
+            transport, timeout=timeout, retries=retries, on_console=on_console
+        )
+        self._closed = False
+        self._stopped_by_us = False
+        try:
+            self.info = self._call("hello")
+        except Exception:
+            self.client.close()
+            raise
+        if not isinstance(self.info, dict) or self.info.get("protocol") != 1:
+            self.client.close()
+            raise ProtocolError(f"{self.spec} does not speak agent protocol 1: {self.info!r}")
+        self.max_read = int(self.info.get("max_read", 1024))
+        self._state = "stopped" if self.info.get("stopped") else "running"
+        self.description = f"kinspect agent {self.info.get('agent', '?')} on {self.spec}"
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _call(self, method: str, *params: Any) -> Any:
+        if self._closed:
+            raise TargetError("the agent connection is closed")
+        try:
+            return self.client.call(method, *params)
+        except AgentRemoteError as exc:
+            if exc.code == FAULT and exc.address is not None:
+                raise FaultError(exc.address, exc.message) from exc
+            name = ERROR_NAMES.get(exc.code, "error")
+            raise AgentError(exc.code, f"{method}: {exc.message} ({name})") from exc
+        except AgentTimeout as exc:
+            raise TargetError(f"the agent on {self.spec} did not answer: {exc}") from exc
+        except AgentProtocolError as exc:
+            raise ProtocolError(str(exc)) from exc
+        except AgentClientError as exc:
+            raise TargetError(f"agent on {self.spec}: {exc}") from exc
+
+    # -- memory ------------------------------------------------------------------
+
+    def _read(self, method: str, address: int, size: int) -> bytes:
+        if address < 0 or size < 0 or address + size > 1 << 64:
+            raise FaultError(address, "address out of range")
+        out = bytearray()
+        while len(out) < size:
+            chunk = min(self.max_read, size - len(out))
+            data = self._call(method, address + len(out), chunk)
+            if not isinstance(data, bytes) or len(data) != chunk:
+                raise ProtocolError(f"{method} returned {type(data).__name__}, not {chunk} bytes")
+            out += data
+        return bytes(out)
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        if address + size > 1 << 52:
+            raise FaultError(address, "physical address out of range (above 2^52)")
+        return self._read("read_phys", address, size)
+
+    def read_virtual(self, address: int, size: int) -> bytes:
+        return self._read("read_virt", address, size)
+
+    # -- registers -----------------------------------------------------------------
+
+    def agent_registers(self) -> dict[str, int]:
+        """Everything the agent's ``regs`` reports (PAT, GDTR, IDTR, TR, LDTR included)."""
+        regs = self._call("regs")
+        if not isinstance(regs, dict) or not all(isinstance(v, int) for v in regs.values()):
+            raise ProtocolError(f"regs reply is not a map of integers: {regs!r}")
+        return regs
+
+    def registers(self) -> Mapping[str, int]:
+        regs = self.agent_registers()
+        return {name: regs[name] for name in _GDB_NAMES if name in regs}
+
+    def system_registers(self) -> SystemRegisters:
+        """GDTR/IDTR from sgdt/sidt; TR/LDTR from their selector and GDT descriptor.
+
+        The hidden part of TR and LDTR is rebuilt from the descriptor in the
+        GDT (base, limit, and the attribute bits as QEMU shows them: the
+        descriptor's high dword masked with 0x00f0ff00).
+        """
+        regs = self.agent_registers()
+        gdtr = DescriptorTableRegister(regs["gdtr_base"], regs["gdtr_limit"])
+        idtr = DescriptorTableRegister(regs["idtr_base"], regs["idtr_limit"])
+        return SystemRegisters(
+            gdtr,
+            idtr,
+            self._system_segment(gdtr, regs["tr"]),
+            self._system_segment(gdtr, regs["ldtr"]),
+        )
+
+    def _system_segment(
+        self, gdtr: DescriptorTableRegister, selector: int
+    ) -> SegmentRegister | None:
+        index = selector & ~7
+        if index == 0 or index + 15 > gdtr.limit:
+            return None
+        raw = self.read_virtual(gdtr.base + index, 16)
+        low, high, upper = struct.unpack_from("<IIQ", raw)
+        base = (
+            (low >> 16) | ((high & 0xFF) << 16) | (high & 0xFF000000) | ((upper & 0xFFFFFFFF) << 32)
+        )
+        limit = (low & 0xFFFF) | (high & 0x000F0000)
+        if high & (1 << 23):  # G: 4 KiB granularity
+            limit = (limit << 12) | 0xFFF
+        return SegmentRegister(selector, base, limit, high & 0x00F0FF00)
+
+    # -- the agent's own walk ----------------------------------------------------------
+
+    def walk_ranges(self, *, start: int = 0, max_ranges: int | None = None) -> list[Range]:
+        """The coalesced map from the agent's in-kernel walk (a few hundred bytes)."""
+        ranges: list[Range] = []
+        self.walk_stats = {"leaves": 0, "problems": 0, "requests": 0}
+        cursor: int | None = start
+        while cursor is not None:
+            params = (cursor,) if max_ranges is None else (cursor, max_ranges)
+            reply = self._call("walk", *params)
+            if not isinstance(reply, list) or len(reply) != 5 or not isinstance(reply[0], list):
+                raise ProtocolError(
+                    f"walk reply is not [ranges, next, leaves, problems, root]: {reply!r}"
+                )
+            items, following, leaves, problems, _root = reply
+            ranges.extend(decode_walk_range(item) for item in items)
+            self.walk_stats["leaves"] += leaves
+            self.walk_stats["problems"] += problems
+            self.walk_stats["requests"] += 1
+            if following is not None and (following <= cursor or not items):
+                raise ProtocolError(f"walk did not advance past {cursor:#x}")
+            cursor = following
+        return ranges
+
+    def translate(self, va: int) -> AgentTranslation:
+        pa, page_size, flags, entries = self._call("translate", va)
+        return AgentTranslation(va, pa, page_size, flags, tuple(entries))
+
+    # -- run control -------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return "exited" if self._closed else self._state
+
+    def stop(self) -> None:
+        if self._state != "stopped":
+            self._call("stop")
+            self._state = "stopped"
+            self._stopped_by_us = True
+
+    def resume(self) -> None:
+        self._call("resume")
+        self._state = "running"
+        self._stopped_by_us = False
+
+    def close(self, *, resume: bool = True) -> None:
+        """Let the kernel run again (when we stopped it and ``resume``), then hang up."""
+        if self._closed:
+            return
+        try:
+            if resume and self._state == "stopped":
+                self.resume()
+        except (TargetError, AgentError, ProtocolError, FaultError):
+            pass
+        finally:
+            self._closed = True
+            self.client.close()
+
+    @property
+    def console(self) -> bytes:
+        """Console text seen on the line since we attached."""
+        return bytes(self.client.console)

@@ -1,0 +1,116 @@
+/*
+ * kinspect agent: answers the inspector's requests over a serial line that it
+ * shares with the kernel's console (protocols/AGENT_PROTOCOL.md).
+ *
+ * A host kernel embeds it like this (see kernel-agent/README.md):
+ *
+ *	static struct agent agent;
+ *	static const struct agent_ops ops = { .rx = ..., .tx = ..., .read_phys = ...,
+ *					       .read_cpu = agent_x86_read_cpu };
+ *	agent_init(&agent, &ops, my_context);
+ *	... in the idle loop or the UART interrupt:
+ *	agent_poll(&agent);
+ *
+ * No libc, no allocation, no floating point: all state is in struct agent.
+ * Every call returns an agent_status; agent_strerror() names it.
+ */
+#ifndef AGENT_H
+#define AGENT_H
+
+#include "agent_types.h"
+#include "agent_wire.h"
+
+#define AGENT_VERSION "0.1.0"
+#define AGENT_PROTOCOL_VERSION 1
+/* Largest read_phys/read_virt a request may ask for (fits one reply frame). */
+#define AGENT_MAX_READ 4096
+/* Mutating requests whose replies are kept for retries. */
+#define AGENT_REPLAY_SLOTS 8
+#define AGENT_REPLAY_MAX 32
+
+/* Statuses 1-7 are also the error codes on the wire. */
+enum agent_status {
+	AGENT_OK = 0,
+	AGENT_E_MALFORMED = 1, /* a frame that is not a valid request */
+	AGENT_E_METHOD = 2, /* unknown method */
+	AGENT_E_PARAMS = 3, /* wrong number or type of parameters */
+	AGENT_E_FAULT = 4, /* address not mapped or not readable */
+	AGENT_E_TOO_BIG = 5, /* the reply would not fit a frame */
+	AGENT_E_UNSUPPORTED = 6, /* the host did not provide the hook */
+	AGENT_E_INTERNAL = 7,
+	AGENT_E_ARG = 8, /* a bad argument to an agent_* call (local only) */
+};
+
+/* CPU state a host reports through read_cpu (x86_64: agent_x86_read_cpu). */
+struct agent_cpu {
+	uint64_t cr0, cr2, cr3, cr4, cr8;
+	uint64_t efer, pat;
+	uint64_t rsp, rflags;
+	uint64_t gdtr_base, idtr_base;
+	uint16_t gdtr_limit, idtr_limit;
+	uint16_t cs, ss, ds, es, fs, gs, tr, ldtr;
+	uint8_t maxphyaddr; /* CPUID.80000008h:EAX[7:0]; 0 means 52 */
+};
+
+struct agent_ops {
+	/* Required: the next received byte, or -1 if none is waiting (never blocks). */
+	int (*rx)(void *ctx);
+	/* Required: send bytes (may busy-wait on the UART). */
+	void (*tx)(void *ctx, const uint8_t *buf, size_t len);
+	/*
+	 * Required: copy physical memory into buf. Return AGENT_OK, or
+	 * AGENT_E_FAULT for a range the host cannot read safely (not RAM, MMIO).
+	 * The page-table walk and virtual reads go through this call only.
+	 */
+	int (*read_phys)(void *ctx, uint64_t pa, void *buf, size_t len);
+	/* Optional: fill in the CPU state (regs, walk and read_virt need it). */
+	int (*read_cpu)(void *ctx, struct agent_cpu *cpu);
+	/* Optional: a byte of console input (outside frames) typed on the line. */
+	void (*console_input)(void *ctx, uint8_t byte);
+	/* Optional: disable interrupts, returning what irq_restore needs. */
+	uint64_t (*irq_save)(void *ctx);
+	void (*irq_restore)(void *ctx, uint64_t saved);
+	/* Optional: called while stopped and no byte is waiting (e.g. pause). */
+	void (*relax)(void *ctx);
+};
+
+struct agent_replay {
+	uint32_t id;
+	bool used;
+	uint16_t len;
+	uint8_t reply[AGENT_REPLAY_MAX];
+};
+
+struct agent {
+	const struct agent_ops *ops;
+	void *ctx;
+	int last_error;
+	bool stopped;
+	uint32_t stops; /* times a stop request took effect */
+	uint32_t requests, errors;
+	struct agent_frame_decoder decoder;
+	uint8_t rx_buf[AGENT_COBS_MAX(AGENT_MAX_REQUEST)];
+	uint8_t tx_buf[AGENT_MAX_FRAME];
+	struct agent_replay replay[AGENT_REPLAY_SLOTS];
+	unsigned replay_next;
+};
+
+int agent_init(struct agent *agent, const struct agent_ops *ops, void *ctx);
+/*
+ * Handles every byte waiting on the line. After a "stop" request it keeps
+ * serving requests, with interrupts off, until "resume".
+ */
+int agent_poll(struct agent *agent);
+/* Handles one received byte (for hosts that get bytes from an interrupt). */
+int agent_feed(struct agent *agent, uint8_t byte);
+const char *agent_strerror(int status);
+/* The status of the last failed call (or the last error answered). */
+int agent_last_error(const struct agent *agent);
+
+/* x86_64 hooks (agent_x86.c): CRs, MSRs, descriptor registers; cli/sti; pause. */
+int agent_x86_read_cpu(void *ctx, struct agent_cpu *cpu);
+uint64_t agent_x86_irq_save(void *ctx);
+void agent_x86_irq_restore(void *ctx, uint64_t saved);
+void agent_x86_relax(void *ctx);
+
+#endif

@@ -1,0 +1,87 @@
+/*
+ * The demo kernel's port of the agent: COM1 for bytes (shared with kprintf),
+ * physical memory through the direct map, and only where the direct map has
+ * it (2 MiB chunks that hold RAM), so a request for MMIO or a hole is an
+ * error reply instead of a machine check or a #PF. Console input typed on
+ * the line between frames is echoed back a line at a time.
+ */
+#include "agent.h"
+#include "agent_port.h"
+#include "kprintf.h"
+#include "layout.h"
+#include "memmap.h"
+#include "paging.h"
+#include "serial.h"
+#include "string.h"
+
+#define ECHO_MAX 80
+
+static struct agent demo_agent;
+static char echo_line[ECHO_MAX + 1];
+static unsigned echo_len;
+
+static int port_rx(void *ctx)
+{
+	(void)ctx;
+	return serial_try_getc();
+}
+
+static void port_tx(void *ctx, const uint8_t *buf, size_t len)
+{
+	(void)ctx;
+	serial_write(buf, len);
+}
+
+static int port_read_phys(void *ctx, uint64_t pa, void *buf, size_t len)
+{
+	(void)ctx;
+	if (pa + len < pa || pa + len > DIRECT_MAP_MAX)
+		return AGENT_E_FAULT;
+	for (uint64_t chunk = pa & ~(LARGE_PAGE_SIZE - 1); chunk < pa + len;
+	     chunk += LARGE_PAGE_SIZE)
+		if (!memmap_overlaps_ram(chunk, chunk + LARGE_PAGE_SIZE))
+			return AGENT_E_FAULT;
+	memcpy(buf, (const void *)(direct_map_base + pa), len);
+	return AGENT_OK;
+}
+
+static void port_console_input(void *ctx, uint8_t byte)
+{
+	(void)ctx;
+	if (byte == '\r' || byte == '\n') {
+		if (echo_len) {
+			echo_line[echo_len] = 0;
+			kprintf("kinspect-demo: echo %s\n", echo_line);
+			echo_len = 0;
+		}
+		return;
+	}
+	if (echo_len < ECHO_MAX && byte >= 0x20 && byte < 0x7f)
+		echo_line[echo_len++] = (char)byte;
+}
+
+static const struct agent_ops demo_agent_ops = {
+	.rx = port_rx,
+	.tx = port_tx,
+	.read_phys = port_read_phys,
+	.read_cpu = agent_x86_read_cpu,
+	.console_input = port_console_input,
+	.irq_save = agent_x86_irq_save,
+	.irq_restore = agent_x86_irq_restore,
+	.relax = agent_x86_relax,
+};
+
+void demo_agent_init(void)
+{
+	int status = agent_init(&demo_agent, &demo_agent_ops, NULL);
+
+	if (status != AGENT_OK)
+		panic("agent: %s", agent_strerror(status));
+	kprintf("kinspect-demo: agent %s on COM1 (protocol %u)\n", AGENT_VERSION,
+		AGENT_PROTOCOL_VERSION);
+}
+
+void demo_agent_poll(void)
+{
+	agent_poll(&demo_agent);
+}

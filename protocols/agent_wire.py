@@ -1,0 +1,310 @@
+"""The agent's wire format, sans-I/O: COBS frames with a CRC-32, msgpack messages.
+
+A frame on the wire is ``00 COBS(body + CRC32(body)) 00``: the zero byte
+cannot occur inside COBS output, so a receiver resyncs at the next zero after
+any loss. ``body`` is one msgpack message; the CRC-32 (ISO-HDLC, zlib's) is
+appended little-endian. Bytes outside frames are console text.
+
+:class:`FrameDecoder` is fed bytes in any split and returns :class:`Frame`
+and :class:`ConsoleText` events; damaged candidates are counted and dropped.
+The messages are msgpack-RPC shaped (see ``AGENT_PROTOCOL.md``)::
+
+    request  [0, id, method, params]
+    reply    [1, id, error, result]      error: nil or [code, message, (address)]
+
+This module imports nothing of kinspect's and raises :class:`WireError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "ERROR_NAMES",
+    "MSG_REPLY",
+    "MSG_REQUEST",
+    "PROTOCOL_VERSION",
+    "ConsoleText",
+    "Frame",
+    "FrameDecoder",
+    "Reply",
+    "Request",
+    "WireError",
+    "cobs_decode",
+    "cobs_encode",
+    "crc32",
+    "decode_message",
+    "decode_reply",
+    "decode_request",
+    "encode_frame",
+    "encode_reply",
+    "encode_request",
+    "max_encoded_size",
+    "unframe",
+]
+
+PROTOCOL_VERSION = 1
+#: The largest frame body plus CRC (decoded bytes) this side accepts.
+DEFAULT_MAX_FRAME = 4608
+MSG_REQUEST = 0
+MSG_REPLY = 1
+
+#: Error codes of the agent (AGENT_PROTOCOL.md, "Errors").
+ERROR_NAMES = {
+    1: "malformed",
+    2: "unknown-method",
+    3: "bad-params",
+    4: "fault",
+    5: "too-big",
+    6: "unsupported",
+    7: "internal",
+}
+
+
+class WireError(Exception):
+    """Bytes or a message that do not follow the agent protocol."""
+
+
+def crc32(data: bytes) -> int:
+    """CRC-32/ISO-HDLC (poly 0x04C11DB7 reflected, init and xorout 0xFFFFFFFF)."""
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def cobs_encode(data: bytes) -> bytes:
+    """Consistent Overhead Byte Stuffing: the output holds no zero byte.
+
+    Blocks end at a zero byte (which the block stands for) or after 254
+    non-zero bytes; a full block at the very end is not followed by an empty
+    one (the variant of Cheshire and Baker's paper, and of the C agent).
+    """
+    out = bytearray()
+    pos = 0
+    n = len(data)
+    while True:
+        zero = data.find(b"\x00", pos, pos + 254)
+        run = (min(n, pos + 254) if zero < 0 else zero) - pos
+        out.append(run + 1)
+        out += data[pos : pos + run]
+        pos += run
+        if pos == n:
+            return bytes(out)
+        if run == 254:
+            continue
+        pos += 1  # the zero this block stands for
+
+
+def cobs_decode(data: bytes) -> bytes:
+    """Undo :func:`cobs_encode`; WireError on a zero byte or a code past the end."""
+    out = bytearray()
+    i = 0
+    n = len(data)
+    while i < n:
+        code = data[i]
+        if code == 0:
+            raise WireError("zero byte inside a COBS block")
+        end = i + code
+        if end > n:
+            raise WireError("COBS block runs past the end of the frame")
+        block = data[i + 1 : end]
+        if 0 in block:
+            raise WireError("zero byte inside a COBS block")
+        out += block
+        i = end
+        if code != 0xFF and i < n:
+            out.append(0)
+    return bytes(out)
+
+
+def max_encoded_size(payload: int) -> int:
+    """COBS output size bound for ``payload`` bytes (without the two delimiters)."""
+    return payload + payload // 254 + 1
+
+
+def encode_frame(body: bytes) -> bytes:
+    """``00 COBS(body + CRC32 LE) 00``: one frame, ready for the wire."""
+    return b"\x00" + cobs_encode(body + struct.pack("<I", crc32(body))) + b"\x00"
+
+
+def unframe(encoded: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """The body of one frame's COBS bytes (no delimiters); WireError if damaged."""
+    if len(encoded) > max_encoded_size(max_frame):
+        raise WireError(f"frame longer than {max_frame} bytes")
+    payload = cobs_decode(encoded)
+    if len(payload) < 5:
+        raise WireError("frame too short for a body and a CRC")
+    if len(payload) > max_frame:
+        raise WireError(f"frame longer than {max_frame} bytes")
+    body, (check,) = payload[:-4], struct.unpack("<I", payload[-4:])
+    if crc32(body) != check:
+        raise WireError("CRC mismatch")
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """An intact frame's body (msgpack bytes)."""
+
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleText:
+    """Bytes that arrived outside any frame: the kernel's console output."""
+
+    data: bytes
+
+
+class FrameDecoder:
+    """Split a byte stream into frames and console text.
+
+    Outside a frame, bytes are console text, passed on as they come. A zero
+    byte opens a candidate frame; the next zero closes it. A candidate that
+    decodes (COBS, length, CRC) is a :class:`Frame` and the decoder returns to
+    text; a damaged or empty one is dropped and the closing zero is taken as
+    the opening of the next candidate, so a frame whose delimiters arrive
+    intact is always found whatever came before it. A candidate longer than
+    the largest frame cannot be one: its bytes go out as console text.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._limit = max_encoded_size(max_frame)
+        self._in_frame = False
+        self._buffer = bytearray()
+        #: damaged candidates dropped so far
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> list[Frame | ConsoleText]:
+        events: list[Frame | ConsoleText] = []
+        text = bytearray()
+        i = 0
+        n = len(data)
+        while i < n:
+            if not self._in_frame:
+                zero = data.find(b"\x00", i)
+                if zero < 0:
+                    text += data[i:]
+                    break
+                text += data[i:zero]
+                self._in_frame = True
+                self._buffer.clear()
+                i = zero + 1
+                continue
+            zero = data.find(b"\x00", i)
+            chunk = data[i:] if zero < 0 else data[i:zero]
+            self._buffer += chunk
+            if len(self._buffer) > self._limit:
+                # Too long for a frame: it was text after a lost delimiter.
+                text += self._buffer
+                self._buffer.clear()
+                self._in_frame = False
+                if zero < 0:
+                    break
+                i = zero  # this zero may open a frame
+                continue
+            if zero < 0:
+                break
+            i = zero + 1
+            candidate = bytes(self._buffer)
+            self._buffer.clear()
+            if not candidate:
+                continue  # two zeros in a row: still between delimiters
+            try:
+                body = unframe(candidate, self.max_frame)
+            except WireError:
+                self.dropped += 1
+                continue  # the closing zero opens the next candidate
+            if text:
+                events.append(ConsoleText(bytes(text)))
+                text.clear()
+            events.append(Frame(body))
+            self._in_frame = False
+        if text:
+            events.append(ConsoleText(bytes(text)))
+        return events
+
+
+# -- messages ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: int
+    method: str
+    params: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply: ``error`` is None or (code, message, address or None)."""
+
+    id: int
+    error: tuple[int, str, int | None] | None
+    result: Any
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def encode_request(request_id: int, method: str, params: tuple[Any, ...] | list[Any] = ()) -> bytes:
+    """The msgpack body of a request."""
+    if not 0 <= request_id <= 0xFFFFFFFF:
+        raise WireError(f"request id {request_id} is not a 32-bit unsigned integer")
+    return _pack([MSG_REQUEST, request_id, method, list(params)])
+
+
+def encode_reply(
+    request_id: int,
+    result: Any = None,
+    error: tuple[int, str] | tuple[int, str, int] | None = None,
+) -> bytes:
+    """The msgpack body of a reply (what the agent sends; used by tests and fakes)."""
+    return _pack([MSG_REPLY, request_id, list(error) if error else None, result])
+
+
+def decode_message(body: bytes) -> list[Any]:
+    try:
+        message = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise WireError(f"not a msgpack message: {exc}") from exc
+    if not isinstance(message, list) or len(message) != 4 or message[0] not in (0, 1):
+        raise WireError("not a [type, id, ...] message of 4 elements")
+    if not isinstance(message[1], int) or not 0 <= message[1] <= 0xFFFFFFFF:
+        raise WireError("message id is not a 32-bit unsigned integer")
+    return message
+
+
+def decode_request(body: bytes) -> Request:
+    message = decode_message(body)
+    if message[0] != MSG_REQUEST:
+        raise WireError("expected a request, got a reply")
+    _, request_id, method, params = message
+    if not isinstance(method, str) or not isinstance(params, list):
+        raise WireError("request method must be a string and params an array")
+    return Request(request_id, method, tuple(params))
+
+
+def decode_reply(body: bytes) -> Reply:
+    message = decode_message(body)
+    if message[0] != MSG_REPLY:
+        raise WireError("expected a reply, got a request")
+    _, request_id, error, result = message
+    if error is None:
+        return Reply(request_id, None, result)
+    if (
+        not isinstance(error, list)
+        or len(error) not in (2, 3)
+        or not isinstance(error[0], int)
+        or not isinstance(error[1], str)
+        or (len(error) == 3 and not isinstance(error[2], int))
+    ):
+        raise WireError("reply error must be [code, message] or [code, message, address]")
+    address = error[2] if len(error) == 3 else None
+    return Reply(request_id, (error[0], error[1], address), result)

@@ -1,0 +1,218 @@
+"""The real C agent, built for the host, on page tables built by ptbuilder.
+
+The agent's in-kernel walk must give exactly the ranges kinspect's own walker
+and coalescer give for the same tables (4 and 5 levels, 1 GiB / 2 MiB /
+4 KiB leaves, permissions combined across levels, NX without EFER.NXE,
+reserved bits). Its reads, translations, errors and the replay of mutating
+requests are checked through the Python client, over a pipe.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from inspector.errors import AgentError, FaultError
+from inspector.targets.agent import AgentTarget
+from inspector.x86.control import decode_paging_mode
+from inspector.x86.paging import coalesce_ranges, collect_address_space, translate
+from protocols.agent_client import AgentClient, AgentRemoteError
+from protocols.agent_wire import encode_frame, encode_request
+
+from .agent_host import HostAgent, host_tools, write_image
+from .ptbuilder import NX, PAT_LARGE, PAT_PTE, PCD, PWT, RW, US, G, P, PageTables, PhysicalMemory
+
+CR4_PAE, CR4_LA57 = 1 << 5, 1 << 12
+EFER_LONG = 0x500  # LME | LMA
+EFER_NXE = 1 << 11
+
+
+def demo_like_tables(levels: int = 4) -> PageTables:
+    pt = PageTables(levels, PhysicalMemory(ram_size=1 << 31))
+    for i in range(1, 40):  # 4 KiB identity pages, one hole and a permission change
+        if i != 17:
+            pt.map(i << 12, i << 12, flags=P | RW | (US if i < 30 else 0))
+    for i in range(1, 8):
+        pt.map(i << 21, i << 21, 1 << 21, P | RW)
+    for i in range(4):  # a direct map in 2 MiB pages, G and NX
+        pt.map(0xFFFF888000000000 + (i << 21), i << 21, 1 << 21, P | RW | G | NX)
+    pt.map(0xFFFFC90000000000, 0xC0000000, 1 << 30, P | RW | PWT | PCD | G | NX)
+    pt.map(0xFFFFC90040000000, 0x80000000, 1 << 30, P | RW | PAT_LARGE | NX)
+    for i, flags in enumerate(
+        [P | G] * 5 + [P | G | NX] * 3 + [P | RW | G | NX] * 4 + [P | PAT_PTE]
+    ):
+        pt.map(0xFFFFFFFF80100000 + (i << 12), 0x100000 + (i << 12), flags=flags)
+    # NX on an upper level applies to everything below it.
+    pt.map(0x7F0000000000, 0x400000, flags=P | RW | US)
+    pt.set_flags(0x7F0000000000, levels, set_=NX)
+    return pt
+
+
+@pytest.fixture
+def machine(tmp_path):
+    """Returns a function: tables and registers in, a running host agent out."""
+    agents = []
+
+    def start(
+        pt: PageTables,
+        *,
+        cr4: int = CR4_PAE,
+        efer: int = EFER_LONG | EFER_NXE,
+        maxphyaddr: int = 52,
+    ) -> HostAgent:
+        image = tmp_path / f"image{len(agents)}"
+        write_image(
+            image,
+            pt.memory,
+            ram_size=pt.memory.ram_size,
+            cr3=pt.root,
+            cr4=cr4,
+            efer=efer,
+            maxphyaddr=maxphyaddr,
+        )
+        agent = HostAgent(host_tools()["host_agent"], image)
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        stderr = agent.close()
+        assert "runtime error" not in stderr and "AddressSanitizer" not in stderr, stderr
+
+
+def python_ranges(pt: PageTables, *, cr4: int, efer: int, maxphyaddr: int = 52):
+    mode = decode_paging_mode(0x80010011, cr4, efer, maxphyaddr=maxphyaddr)
+    return coalesce_ranges(collect_address_space(pt.memory.read_physical, pt.root, mode).leaves)
+
+
+@pytest.mark.parametrize("levels", [4, 5])
+@pytest.mark.parametrize("nxe", [True, False])
+def test_walk_matches_kinspects_walker(machine, levels, nxe):
+    pt = demo_like_tables(levels)
+    cr4 = CR4_PAE | (CR4_LA57 if levels == 5 else 0)
+    efer = EFER_LONG | (EFER_NXE if nxe else 0)
+    target = AgentTarget(machine(pt, cr4=cr4, efer=efer).transport, timeout=5)
+    expected = python_ranges(pt, cr4=cr4, efer=efer)
+    got = target.walk_ranges()
+    assert got == expected
+    # Without EFER.NXE, NX is a reserved bit: both walkers skip those entries.
+    assert len(got) > (10 if nxe else 1)
+    # Paged in small replies, the walk gives the same ranges.
+    assert target.walk_ranges(max_ranges=1) == expected
+    assert target.walk_stats["requests"] == len(expected)
+    target.close()
+
+
+def test_walk_skips_reserved_bits_like_the_walker(machine):
+    pt = demo_like_tables()
+    slot = pt.map(0x600000000000, 0x1000, flags=P | RW)
+    pt.memory.write_u64(slot, pt.memory.read_u64(slot) | (1 << 45))  # above MAXPHYADDR 40
+    target = AgentTarget(machine(pt, maxphyaddr=40).transport, timeout=5)
+    expected = python_ranges(pt, cr4=CR4_PAE, efer=EFER_LONG | EFER_NXE, maxphyaddr=40)
+    assert target.walk_ranges() == expected
+    assert target.walk_stats["problems"] == 1
+    assert all(r.start != 0x600000000000 for r in expected)
+    target.close()
+
+
+def test_reads_and_translations(machine):
+    pt = demo_like_tables()
+    pt.memory.page(0x105000)[0x10:0x18] = b"kinspect"
+    target = AgentTarget(machine(pt).transport, timeout=5)
+    assert target.read_physical(0x105010, 8) == b"kinspect"
+    assert target.read_virtual(0xFFFFFFFF80105010, 8) == b"kinspect"
+    # Across pages, longer than one reply: chunks and pages both split.
+    assert target.read_physical(0x104000, 9000) == pt.memory.read_physical(0x104000, 9000)
+    assert target.read_virtual(0xFFFFFFFF80104FF0, 32) == pt.memory.read_physical(0x104FF0, 32)
+
+    mode = decode_paging_mode(0x80010011, CR4_PAE, EFER_LONG | EFER_NXE)
+    ours = translate(pt.memory.read_physical, pt.root, mode, 0xFFFFC90000123456)
+    theirs = target.translate(0xFFFFC90000123456)
+    assert theirs.pa == ours.pa == 0xC0123456
+    assert theirs.page_size == 1 << 30
+    assert theirs.entries == tuple(step.entry.raw for step in ours.steps)
+
+    with pytest.raises(FaultError) as hole:
+        target.read_virtual(0x11000, 4)  # page 17 is not mapped
+    assert hole.value.address == 0x11000
+    with pytest.raises(FaultError) as straddle:
+        target.read_virtual(0x10FF0, 32)  # the second page is the hole
+    assert straddle.value.address == 0x11000
+    with pytest.raises(FaultError, match="non-canonical"):
+        target.read_virtual(0x0000800000000000, 8)
+    with pytest.raises(FaultError) as beyond:
+        target.read_physical((1 << 31) - 4, 8)  # past the image's RAM
+    assert beyond.value.address == (1 << 31) - 4
+    target.close()
+
+
+def test_registers_and_handshake(machine):
+    target = AgentTarget(machine(demo_like_tables()).transport, timeout=5)
+    assert target.info["protocol"] == 1 and target.info["paging_levels"] == 4
+    assert set(target.info["methods"]) >= {"hello", "regs", "read_phys", "read_virt", "walk"}
+    regs = target.registers()
+    assert regs["cr3"] == 0x100000 and regs["efer"] == EFER_LONG | EFER_NXE
+    assert target.agent_registers()["pat"] == 0x0007040600070406
+    target.close()
+
+
+def test_errors_are_replies(machine):
+    agent = machine(demo_like_tables())
+    client = AgentClient(agent.transport, timeout=5)
+    with pytest.raises(AgentRemoteError) as unknown:
+        client.call("frobnicate")
+    assert unknown.value.code == 2
+    with pytest.raises(AgentRemoteError) as params:
+        client.call("read_phys", 0x1000)
+    assert params.value.code == 3
+    with pytest.raises(AgentRemoteError) as too_long:
+        client.call("read_phys", 0x1000, 4097)
+    assert too_long.value.code == 3
+    with pytest.raises(AgentRemoteError) as kind:
+        client.call("read_phys", "0x1000", 4)
+    assert kind.value.code == 3
+    # A frame with a good CRC that is not a request: error 1, id 0.
+    agent.transport.write(encode_frame(b"\x93\x00\x01\x02"))
+    client.transport.write(encode_frame(encode_request(77, "hello")))
+    client.pump(0.5)
+    assert client.stats.stale_replies == 2  # both replies were for no call of ours
+    assert client.call("hello")["protocol"] == 1
+
+
+def test_mutating_request_is_not_applied_twice(machine):
+    """A repeated stop (same id: the client retrying) gets the kept reply."""
+    agent = machine(demo_like_tables())
+    client = AgentClient(agent.transport, timeout=5)
+    client.call("hello")
+    frame = encode_frame(encode_request(1000, "stop"))
+    replies = []
+    for _ in range(3):
+        agent.transport.write(frame)
+    import time
+
+    from protocols.agent_wire import Frame, decode_reply
+
+    deadline = time.monotonic() + 5
+    while len(replies) < 3 and time.monotonic() < deadline:
+        for event in client.decoder.feed(agent.transport.read(0.5)):
+            if isinstance(event, Frame):
+                replies.append(decode_reply(event.body))
+    assert [r.result for r in replies] == [1, 1, 1]
+    assert client.call("resume") == 1
+    assert client.call("stop") == 2  # a new id: a new stop
+    assert client.call("resume") == 2
+
+
+def test_console_input_reaches_the_host(machine):
+    agent = machine(demo_like_tables())
+    client = AgentClient(agent.transport, timeout=5)
+    client.send_console(b"typed text\r")
+    assert client.call("hello")["protocol"] == 1
+    client.close()
+    assert "typed text\r" in agent.close()
+
+
+def test_agent_error_for_a_non_fault(machine):
+    target = AgentTarget(machine(demo_like_tables()).transport, timeout=5)
+    with pytest.raises(AgentError, match="bad parameters|max_ranges"):
+        target.walk_ranges(max_ranges=0)
+    target.close()
