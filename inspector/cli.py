@@ -46,6 +46,10 @@ def _common_options(*, suppress: bool) -> argparse.ArgumentParser:
     )
     common.add_argument("--json", action="store_true", help="print JSON (see docs/json.md)")
     common.add_argument(
+        "--slide",
+        help="load slide of the kernel (KASLR): a number, or SYMBOL=ADDRESS to compute it",
+    )
+    common.add_argument(
         "--no-resume", action="store_true",
         help="leave the kernel stopped on exit (default: let it run again)",
     )
@@ -81,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ptov = sub.add_parser("ptov", parents=[common], help="every virtual address of a physical one")
     ptov.add_argument("address", type=_number, help="physical address")
+
+    sub.add_parser("gdt", parents=[common], help="the GDT and LDT, loaded selectors checked")
+    sub.add_parser("idt", parents=[common], help="the IDT gate by gate, handlers symbolized")
+    sub.add_parser("tss", parents=[common], help="the TSS: RSP0-2, IST1-7 and where they point")
+    bt = sub.add_parser("bt", parents=[common], help="the stack frames of the stopped CPU")
+    bt.add_argument("--max-depth", type=int, default=64, help="frames walked at most (default 64)")
+    sym = sub.add_parser("sym", parents=[common], help="symbol+offset and file:line of addresses")
+    sym.add_argument("addresses", nargs="+", metavar="ADDR", help="addresses or symbol names")
     return parser
 
 
@@ -209,6 +221,115 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _apply_slide(session: Session, args: argparse.Namespace) -> None:
+    """``--slide 0x200000`` or ``--slide _text=0xffffffff9a000000``."""
+    text = getattr(args, "slide", None)
+    if not text:
+        return
+    symbols = session.symbols
+    if symbols is None:
+        raise InspectorError("--slide needs the kernel's symbols: pass --elf")
+    name, sep, value = text.partition("=")
+    try:
+        if sep:
+            slide = symbols.slide_for(name, int(value, 0))
+        else:
+            slide = int(text, 0)
+    except ValueError:
+        raise InspectorError(f"--slide {text!r}: give a number or SYMBOL=ADDRESS") from None
+    session.set_slide(slide)
+
+
+def cmd_gdt(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    gdt = session.gdt()
+    ldt = session.ldt()
+    if args.json:
+        _dump(out, "gdt", session, {"gdt": gdt.to_dict(), "ldt": ldt.to_dict() if ldt else None})
+        return 0
+    print(gdt, file=out)
+    print(ldt if ldt else "LDT: none (LDTR is null)", file=out)
+    return 0
+
+
+def cmd_idt(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    _apply_slide(session, args)
+    idt = session.idt()
+    if args.json:
+        _dump(out, "idt", session, {"idt": idt.to_dict()})
+    else:
+        print(idt, file=out)
+    return 0
+
+
+def cmd_tss(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    _apply_slide(session, args)
+    tss = session.tss()
+    if args.json:
+        _dump(out, "tss", session, {"tss": tss.to_dict()})
+    else:
+        print(tss, file=out)
+    return 0
+
+
+def cmd_bt(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    _apply_slide(session, args)
+    if session.symbols is None and not args.json:
+        print("(no --elf: frames without names, frame pointers only)", file=sys.stderr)
+    backtrace = session.backtrace(max_depth=args.max_depth)
+    if args.json:
+        _dump(out, "bt", session, {"backtrace": backtrace.to_dict()})
+    else:
+        print(backtrace, file=out)
+    return 0
+
+
+def cmd_sym(session: Session | None, args: argparse.Namespace, out: TextIO) -> int:
+    """Symbolize with a session, or with the ELF alone when no --target is given."""
+    from .symbols import SymbolTable
+
+    if session is None:
+        if not args.elf:
+            raise InspectorError("sym needs --elf (the kernel's ELF file)")
+        symbols = SymbolTable.from_elf(args.elf)
+        holder = _SymbolsOnly(symbols)
+    else:
+        holder = session
+    _apply_slide(holder, args)  # type: ignore[arg-type]
+    found = [holder.addr2sym(holder.resolve(text)) for text in args.addresses]
+    if args.json:
+        document = {"kinspect": JSON_VERSION, "command": "sym",
+                    "target": session.target.description if session else None,
+                    "addresses": [f.to_dict() for f in found]}
+        json.dump(document, out, indent=1)
+        out.write("\n")
+    else:
+        for item in found:
+            print(item, file=out)
+    return 0
+
+
+class _SymbolsOnly:
+    """What cmd_sym needs of a session, from the ELF alone."""
+
+    def __init__(self, symbols: Any) -> None:
+        self.symbols = symbols
+
+    def set_slide(self, slide: int) -> None:
+        self.symbols = self.symbols.with_slide(slide)
+
+    def addr2sym(self, address: int) -> Any:
+        return self.symbols.addr2sym(address)
+
+    def resolve(self, text: str) -> int:
+        try:
+            return int(text.replace("_", "") if text.lower().startswith("0x") else text, 0)
+        except ValueError:
+            address = self.symbols.lookup(text)
+            if address is None:
+                raise InspectorError(f"{text!r} is neither a number nor a known symbol") from None
+            return address
+
+
 def _dump(out: TextIO, command: str, session: Session, body: dict[str, Any]) -> None:
     document = {"kinspect": JSON_VERSION, "command": command,
                 "target": session.target.description, **body}
@@ -221,6 +342,11 @@ COMMANDS: dict[str, Callable[[Session, argparse.Namespace, TextIO], int]] = {
     "pt": cmd_pt,
     "vtop": cmd_vtop,
     "ptov": cmd_ptov,
+    "gdt": cmd_gdt,
+    "idt": cmd_idt,
+    "tss": cmd_tss,
+    "bt": cmd_bt,
+    "sym": cmd_sym,
 }
 
 
@@ -229,6 +355,8 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         return cmd_demo(args, out)
+    if args.command == "sym" and not args.target:
+        return cmd_sym(None, args, out)  # symbols need only the ELF
     if not args.target:
         parser.error(f"{args.command} needs --target (a gdb stub: host:port or a socket path)")
     from . import api

@@ -12,8 +12,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import FaultError, InspectorError, TargetError
-from .symbols import SymbolTable
+from .symbols import SymbolicAddress, SymbolTable
+from .tables import (
+    SEGMENT_REGISTERS,
+    InterruptTable,
+    MappingLookup,
+    TaskState,
+    describe_gdt,
+    describe_idt,
+    describe_ldt,
+    describe_tss,
+    mapping_lookup,
+)
 from .targets.base import SystemRegisters, Target
+from .unwind import MAX_DEPTH, Backtrace, unwind
 from .x86.control import (
     DecodedRegister,
     PagingMode,
@@ -24,6 +36,7 @@ from .x86.control import (
     decode_paging_mode,
     decode_rflags,
 )
+from .x86.descriptors import DescriptorTable
 from .x86.paging import (
     AddressSpace,
     Range,
@@ -207,6 +220,88 @@ class Session:
         if physical < 0 or physical >= 1 << 52:
             raise FaultError(physical, "not a physical address (must be below 2^52)")
         return [va for va, _leaf in find_aliases(self.address_space().leaves, physical)]
+
+    # -- symbols, descriptor tables, stack frames ---------------------------------
+    # (the analysis lives in tables.py and unwind.py; these gather its inputs)
+
+    def set_slide(self, slide: int) -> None:
+        """Use the ELF's symbols ``slide`` bytes away from their link addresses (KASLR)."""
+        symbols = self.symbols
+        if symbols is None:
+            raise InspectorError("a load slide needs the kernel's symbols: pass --elf")
+        self._symbols = symbols.with_slide(slide)
+
+    def addr2sym(self, address: int) -> SymbolicAddress:
+        """Symbol+offset and file:line of a run-time address."""
+        symbols = self.symbols
+        if symbols is None:
+            raise InspectorError("symbolizing needs the kernel's ELF: pass --elf")
+        return symbols.addr2sym(address)
+
+    def _long_mode(self) -> bool:
+        efer = self.registers().get("efer")
+        return True if efer is None else bool(efer >> 10 & 1)  # EFER.LMA
+
+    def _loaded_selectors(self, system: SystemRegisters) -> dict[str, int]:
+        regs = self.registers()
+        loaded = {name.upper(): regs[name] for name in SEGMENT_REGISTERS if name in regs}
+        if system.tr is not None:
+            loaded["TR"] = system.tr.selector
+        if system.ldtr is not None:
+            loaded["LDTR"] = system.ldtr.selector
+        return loaded
+
+    def gdt(self) -> DescriptorTable:
+        """The GDT at GDTR, each slot decoded, loaded selectors marked and checked."""
+        system = self.system_registers()
+        return describe_gdt(
+            self.read_virtual, system.gdtr, self._loaded_selectors(system),
+            long_mode=self._long_mode(),
+        )  # fmt: skip
+
+    def ldt(self) -> DescriptorTable | None:
+        """The LDT LDTR holds, or None when LDTR is null."""
+        system = self.system_registers()
+        return describe_ldt(
+            self.read_virtual, system.ldtr, self._loaded_selectors(system),
+            long_mode=self._long_mode(),
+        )  # fmt: skip
+
+    def idt(self) -> InterruptTable:
+        """Every IDT gate with its handler rebuilt and symbolized."""
+        return describe_idt(
+            self.read_virtual, self.system_registers().idtr, self.symbols,
+            long_mode=self._long_mode(),
+        )  # fmt: skip
+
+    def tss(self) -> TaskState:
+        """The TSS TR selects, with RSP0-2 and IST1-7 and whether each stack is mapped."""
+        system = self.system_registers()
+        gdt = describe_gdt(
+            self.read_virtual, system.gdtr, self._loaded_selectors(system),
+            long_mode=self._long_mode(),
+        )  # fmt: skip
+        return describe_tss(self.read_virtual, system.tr, gdt, self.symbols, self.mapping())
+
+    def mapping(self) -> MappingLookup | None:
+        """``address -> mapped range`` from the page tables, None when they cannot be walked."""
+        try:
+            return mapping_lookup(self.ranges())
+        except InspectorError:
+            return None
+
+    def backtrace(self, *, max_depth: int = MAX_DEPTH) -> Backtrace:
+        """The stack frames of the stopped CPU, innermost first (never raises on bad stacks)."""
+        regs = self.registers()
+        symbols = self.symbols
+        try:
+            handlers = self.idt().handlers()
+        except InspectorError:
+            handlers = None  # a target without IDTR: no IDT-entry frames
+        return unwind(
+            self.read_virtual, regs, cfi=symbols.cfi if symbols else None, symbols=symbols,
+            mapping=self.mapping(), idt_handlers=handlers, max_depth=max_depth,
+        )  # fmt: skip
 
     def _check_canonical(self, address: int) -> None:
         regs = self.registers()

@@ -244,22 +244,34 @@ class SymbolTable:
     def symbolize(self, address: int) -> tuple[Symbol, int] | None:
         """The symbol containing ``address`` and the offset into it.
 
-        Among symbols at one address a function wins over an object, and
-        both over a label; an unsized label covers up to 64 KiB after it.
+        A sized symbol (function or object) that holds the address wins over
+        an unsized label inside it (gdb's choice too); among symbols at one
+        address a function wins over an object, and both over a label; an
+        unsized label covers up to 64 KiB after it.
         """
         unslid = address - self.slide
         index = bisect.bisect_right(self._addresses, unslid) - 1
+        label: tuple[Symbol, int] | None = None
         while index >= 0:
             symbol = self._sorted[index]
             offset = unslid - symbol.address
             if symbol.size == 0 and offset > 0x10000:
-                return None
-            if symbol.size == 0 or offset < symbol.size:
-                return symbol, offset
-            if symbol.kind != "notype":
-                return None
+                break
+            if symbol.size and offset < symbol.size:
+                return symbol, offset  # a sized symbol holding it beats a label inside it
+            if symbol.size == 0 and label is None:
+                label = (symbol, offset)
+            elif symbol.size and symbol.kind != "notype":
+                break
             index -= 1
-        return None
+        return label
+
+    def names_at(self, address: int) -> list[str]:
+        """Every symbol name at exactly run-time ``address`` (``boot_stack_top``, ...)."""
+        unslid = address - self.slide
+        lo = bisect.bisect_left(self._addresses, unslid)
+        hi = bisect.bisect_right(self._addresses, unslid)
+        return sorted(s.name for s in self._sorted[lo:hi])
 
     def format_address(self, address: int) -> str:
         found = self.symbolize(address)

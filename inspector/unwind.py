@@ -205,10 +205,11 @@ class Backtrace:
 
 
 class _Stop(Exception):
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, cfa: int | None = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.cfa = cfa
 
 
 def _is_canonical(address: int) -> bool:
@@ -272,30 +273,26 @@ def unwind(
                 line = symbols.addr2line(lookup)
             except Exception:  # symbols are a help, never a reason to fail
                 pass
-        region = None
-        if mapping is not None:
-            try:
-                region = mapping(sp)
-            except Exception:
-                region = None
+        region = _region(mapping, sp)
         cfa: int | None = None
         try:
             if len(frames) + 1 >= max_depth:
                 raise _Stop("depth-limit", f"stopped after {max_depth} frames")
-            if mapping is not None and region is None:
-                raise _Stop(
-                    "unmapped-stack",
-                    f"the stack pointer {sp:#x} ({describe(sp)}) lies in no mapping: "
-                    "the stack overflowed into a guard page, or RSP is corrupt",
-                )
             cfa, caller, caller_how, caller_interrupt = _step(
                 read_u64, regs, pc, lookup, cfi, idt_handlers, describe
             )
         except _Stop as stop_exc:
+            cfa = stop_exc.cfa
             frames.append(
                 Frame(len(frames), pc, sp, cfa, symbol, offset, line, how, region, interrupt)
             )
             stop, reason = stop_exc.code, stop_exc.reason
+            if stop == "unreadable-stack" and mapping is not None and region is None:
+                stop, reason = (
+                    "unmapped-stack",
+                    f"the stack pointer {sp:#x} ({describe(sp)}) lies in no mapping: "
+                    "the stack overflowed into a guard page, or RSP is corrupt",
+                )
             break
         except Exception as exc:  # never throw: a bug or bad data ends the walk, said plainly
             frames.append(
@@ -330,6 +327,20 @@ def unwind(
         how = caller_how
         interrupt = caller_interrupt
     return Backtrace(tuple(frames), stop, reason)
+
+
+def _region(mapping: MappingLookup | None, sp: int) -> str | None:
+    """The mapping holding the stack slot at ``sp``; an empty stack's RSP is its top,
+    one past the mapping, so that case names the mapping below."""
+    if mapping is None:
+        return None
+    try:
+        region = mapping(sp)
+        if region is None and not sp & 0xFFF and mapping(sp - 8) is not None:
+            region = f"{mapping(sp - 8)} (RSP at its top: empty)"
+        return region
+    except Exception:
+        return None
 
 
 def _slide(symbols: Any) -> int:
@@ -376,7 +387,7 @@ def _step(
     cfa = (base + row.cfa_offset) & ((1 << 64) - 1)
     ra_rule = row.rule(row.return_register)
     if ra_rule.kind == "undefined":
-        raise _Stop("outermost", f"the CFI marks {describe(pc)} as the outermost frame")
+        raise _Stop("outermost", f"the CFI marks {describe(pc)} as the outermost frame", cfa)
     caller: dict[int, int] = {}
     for register in range(17):
         rule = row.rule(register) if register != _RIP else ra_rule

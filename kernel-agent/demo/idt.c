@@ -2,6 +2,7 @@
 #include "gdt.h"
 #include "kprintf.h"
 #include "pic.h"
+#include "trap_demo.h"
 #include "x86.h"
 
 extern const uint64_t isr_stub_table[IDT_STUBS];
@@ -100,6 +101,8 @@ static __noreturn void exception_handler(const struct interrupt_frame *f)
 
 void interrupt_dispatch(struct interrupt_frame *frame)
 {
+	if (frame->vector == 14 && trap_demo_fixup(frame))
+		return;
 	if (frame->vector < IRQ_BASE_VECTOR)
 		exception_handler(frame);
 	else

@@ -1,4 +1,5 @@
 #include "work.h"
+#include "trap_demo.h"
 
 /*
  * noinline keeps the frames; noclone keeps the symbol names (no .isra or
@@ -39,6 +40,7 @@ CHAIN_FN uint64_t demo_work(uint64_t ticks)
 {
 	uint64_t r = demo_level1(ticks);
 
+	r += trap_demo(ticks); /* a handled #PF: see trap_demo.h */
 	demo_work_calls++;
 	return r;
 }
