@@ -1,0 +1,183 @@
+"""Stack frames of the live demo kernel against GDB's own backtrace, and source lines
+against binutils' addr2line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from inspector import api
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def nm(demo_kernel) -> dict[str, int]:
+    out = subprocess.run(["nm", demo_kernel], capture_output=True, text=True, check=True).stdout
+    return {
+        parts[2]: int(parts[0], 16) for parts in map(str.split, out.splitlines()) if len(parts) == 3
+    }
+
+
+def stop_at(session, location: str) -> dict:
+    """Break at ``location``, let the kernel run into it, and return the stop record."""
+    session.target.break_insert(location)
+    session.resume()
+    record = session.target.wait_for_stop(30)
+    session.invalidate()
+    assert record.get("reason") == "breakpoint-hit", record
+    return record
+
+
+def gdb_frames(session) -> list[dict]:
+    return session.target._mi.command("-stack-list-frames").payload["stack"]
+
+
+def ours(frame) -> tuple:
+    return (frame.symbol, frame.line.file if frame.line else None,
+            frame.line.line if frame.line else None)  # fmt: skip
+
+
+def theirs(frame: dict) -> tuple:
+    line = frame.get("line")
+    return (frame.get("func"), frame.get("file"), int(line) if line else None)
+
+
+def test_frames_at_demo_level3_equal_gdbs(session):
+    stop_at(session, "demo_level3")
+    bt = session.backtrace()
+    truth = gdb_frames(session)
+    assert [ours(f) for f in bt.frames] == [theirs(f) for f in truth]
+    assert [f.pc for f in bt.frames] == [int(f["addr"], 16) for f in truth]
+    assert [f.line.path for f in bt.frames] == [f["fullname"] for f in truth]
+    assert [f.symbol for f in bt.frames] == [
+        "demo_level3", "demo_level2", "demo_level1", "demo_work", "kernel_main", "start64",
+    ]  # fmt: skip
+    assert bt.stop == "outermost" and bt.interrupts == ()
+    assert [f.how for f in bt.frames] == ["registers"] + ["cfi"] * 5
+    assert all(f.mapping for f in bt.frames)  # every frame on the mapped boot stack
+    cfas = [f.cfa for f in bt.frames]
+    assert cfas == sorted(cfas) and len(set(cfas)) == len(cfas)
+
+
+def test_inside_the_page_fault_handler_unwinds_through_the_iretq_frame(session, nm):
+    stop_at(session, "trap_demo_inner")
+    regs = session.registers()
+    assert regs["cr2"] == nm["boot_stack_guard"]  # the fault really happened where we said
+    bt = session.backtrace()
+    names = [f.symbol for f in bt.frames]
+    assert names == [
+        "trap_demo_inner", "trap_demo_handler", "trap_demo_fixup", "interrupt_dispatch",
+        "interrupt_common", "trap_demo_fault", "trap_demo", "demo_work", "kernel_main", "start64",
+    ]  # fmt: skip
+    assert bt.stop == "outermost"
+    crossed = [f for f in bt.frames if f.how == "interrupt"]
+    assert len(crossed) == 1 and len(bt.interrupts) == 1
+    interrupted = crossed[0]
+    frame = interrupted.interrupt
+    assert interrupted.symbol == "trap_demo_fault" and interrupted.pc == nm["trap_demo_fault_insn"]
+    assert frame.rip == nm["trap_demo_fault_insn"] and frame.cs == 0x08 and frame.ss == 0x10
+    assert frame.error_code == 0x2  # #PF: a supervisor write to a not-present page
+    assert frame.rsp == interrupted.sp and frame.rflags & 0x2
+    assert "interrupt frame" in str(bt)
+
+    # GDB, frame for frame; it calls the interrupt entry '<signal handler called>'.
+    truth = gdb_frames(session)
+    assert len(truth) == len(bt.frames)
+    for mine, gdbs in zip(bt.frames, truth, strict=True):
+        assert mine.pc == int(gdbs["addr"], 16)
+        if gdbs["func"] == "<signal handler called>":
+            assert mine.symbol == "interrupt_common"
+            assert bt.frames[mine.index + 1].how == "interrupt"
+        else:
+            assert ours(mine) == theirs(gdbs)
+
+
+def test_cli_bt_json_inside_the_handler(qemu, demo_kernel, nm):
+    session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+    try:
+        stop_at(session, "trap_demo_handler")
+    finally:
+        session.close(resume=False)  # leave the CPU where it stopped
+    result = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "--target", qemu.gdb_endpoint, "--elf",
+         demo_kernel, "bt", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)["backtrace"]
+    assert doc["frames"][0]["symbol"] == "trap_demo_handler"
+    assert doc["interrupts_crossed"] == 1 and doc["stop"] == "outermost"
+    interrupted = next(f for f in doc["frames"] if f["how"] == "interrupt")
+    assert interrupted["symbol"] == "trap_demo_fault"
+    assert interrupted["interrupt"]["rip"] == nm["trap_demo_fault_insn"]
+    assert interrupted["file"] == "demo/trap_demo.c" and interrupted["line"] > 0
+
+
+def test_sym_without_a_target(demo_kernel, nm):
+    result = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "--elf", demo_kernel, "sym", "demo_level2",
+         hex(nm["demo_level2"] + 3), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    first, second = json.loads(result.stdout)["addresses"]
+    assert first["symbol"] == "demo_level2" and first["offset"] == 0
+    assert second["offset"] == 3 and second["line"]["file"] == "demo/work.c"
+
+
+def test_addr2line_agrees_with_binutils(demo_kernel, nm):
+    from inspector.symbols import SymbolTable
+
+    table = SymbolTable.from_elf(demo_kernel)
+    addresses = list(range(nm["__text_start"], nm["__text_end"], 3))
+    out = subprocess.run(
+        ["addr2line", "-e", demo_kernel], input="\n".join(map(hex, addresses)),
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert len(out) == len(addresses)
+    compared = 0
+    for address, line in zip(addresses, out, strict=True):
+        path, _, number = line.split(" ")[0].rpartition(":")
+        mine = table.addr2line(address)
+        if path == "??" or number == "?":  # no line here (binutils may name the object)
+            assert mine is None, hex(address)
+            continue
+        assert mine is not None, hex(address)
+        assert (mine.path, mine.line) == (path, int(number)), hex(address)
+        compared += 1
+    assert compared > len(addresses) // 2
+
+
+@pytest.mark.parametrize(
+    ("args", "contains"),
+    [
+        (("sym", "no_such_symbol"), "no_such_symbol"),
+        (("--slide", "bogus", "sym", "demo_work"), "--slide"),
+        (("--slide", "nope=0x1000", "sym", "demo_work"), "nope"),
+    ],
+)
+def test_sym_errors_are_one_line(demo_kernel, args, contains):
+    result = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "--elf", demo_kernel, *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kinspect: error: ") and contains in lines[0]
+
+
+def test_slide_from_a_symbol_moves_every_address(demo_kernel, nm):
+    slid = nm["demo_work"] + 0x200000
+    result = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "--elf", demo_kernel, "--slide",
+         f"demo_work={slid:#x}", "sym", hex(slid + 4), "demo_level3", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    first, second = json.loads(result.stdout)["addresses"]
+    assert (first["symbol"], first["offset"]) == ("demo_work", 4)
+    assert second["address"] == nm["demo_level3"] + 0x200000
