@@ -34,6 +34,7 @@ __all__ = [
     "Session",
     "TargetError",
     "attach",
+    "attach_agent",
     "launch_demo",
     "launch_qemu",
 ]
@@ -67,6 +68,29 @@ def attach(
         phys_base=phys_base,
         physical=physical,
         timeout=timeout,
+    )
+    return Session(target, elf=str(elf) if elf else None)
+
+
+def attach_agent(
+    spec: str,
+    *,
+    elf: str | Path | None = None,
+    timeout: float = 10.0,
+    retries: int = 3,
+    baudrate: int = 115200,
+) -> Session:
+    """Attach to the in-kernel agent on a serial line, with no gdb stub.
+
+    ``spec`` is a device path, ``tcp:HOST:PORT``, ``unix:PATH``, ``pty:PATH``
+    or a pyserial URL. ``timeout`` bounds each request, retries included.
+    Reading stops the kernel (the agent holds it in its request loop);
+    closing the session lets it run again.
+    """
+    from .targets.agent import AgentTarget
+
+    target = AgentTarget(
+        spec, timeout=timeout / (retries + 1), retries=retries, baudrate=baudrate
     )
     return Session(target, elf=str(elf) if elf else None)
 

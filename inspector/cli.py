@@ -38,6 +38,11 @@ def _common_options(*, suppress: bool) -> argparse.ArgumentParser:
         help="GDB remote stub: host:port, a unix socket path, or any spec gdb's "
         "'target remote' takes",
     )
+    common.add_argument(
+        "--agent", "-a",
+        help="the in-kernel agent's serial line instead of a gdb stub: a device, "
+        "tcp:HOST:PORT, unix:PATH, pty:PATH or a pyserial URL",
+    )
     common.add_argument("--elf", help="the kernel's ELF file, for symbols")
     common.add_argument(
         "--phys-base", type=lambda s: int(s, 0),
@@ -93,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--max-depth", type=int, default=64, help="frames walked at most (default 64)")
     sym = sub.add_parser("sym", parents=[common], help="symbol+offset and file:line of addresses")
     sym.add_argument("addresses", nargs="+", metavar="ADDR", help="addresses or symbol names")
+    from .cli_agent import add_agent_parser
+
+    add_agent_parser(sub, common)
     return parser
 
 
@@ -357,6 +365,10 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         return cmd_demo(args, out)
     if args.command == "sym" and not args.target:
         return cmd_sym(None, args, out)  # symbols need only the ELF
+    if args.command == "agent" or args.agent:
+        from .cli_agent import run_agent
+
+        return run_agent(parser, args, out, COMMANDS)
     if not args.target:
         parser.error(f"{args.command} needs --target (a gdb stub: host:port or a socket path)")
     from . import api

@@ -80,7 +80,7 @@ class LineTable:
     """
 
     def __init__(self, rows: Iterable[tuple[int, SourceLine | None]]) -> None:
-        ordered = sorted(rows, key=lambda r: (r[0], r[1] is not None))
+        ordered = sorted(rows, key=lambda r: (r[0], r[1] is not None))  # stable within an address
         self._addresses = [a for a, _ in ordered]
         self._lines = [line for _, line in ordered]
 
@@ -107,21 +107,39 @@ class LineTable:
                 if state is None:
                     continue
                 if state.end_sequence:
-                    rows.append((state.address, None))
+                    rows.append((state.address, None, True))
                     continue
                 file, path = names.get(state.file, ("?", "?"))
-                rows.append((state.address, SourceLine(file, path, state.line)))
-        return cls(_dedupe(rows))
+                rows.append((state.address, SourceLine(file, path, state.line), state.is_stmt))
+        return cls(_pick_rows(rows))
 
 
-def _dedupe(rows: list[tuple[int, SourceLine | None]]) -> list[tuple[int, SourceLine | None]]:
-    """Keep the last row of each address within a sequence (what addr2line and gdb report)."""
-    result: dict[int, SourceLine | None] = {}
-    for address, line in rows:
-        if line is None and result.get(address) is not None:
-            continue  # an empty sequence ending where another starts
-        result[address] = line
-    return list(result.items())
+def _pick_rows(
+    rows: list[tuple[int, SourceLine | None, bool]],
+) -> list[tuple[int, SourceLine | None]]:
+    """One line per address, chosen the way gdb chooses it.
+
+    gcc writes several rows at one address (views): gdb takes the last,
+    unless it is not a statement boundary (``is_stmt`` clear), then the last
+    row at that address that is one. An end of sequence never hides a row
+    that starts at the same address.
+    """
+    by_address: dict[int, list[tuple[SourceLine | None, bool]]] = {}
+    for address, line, is_stmt in rows:
+        by_address.setdefault(address, []).append((line, is_stmt))
+    result: list[tuple[int, SourceLine | None]] = []
+    for address, group in by_address.items():
+        lines = [(line, stmt) for line, stmt in group if line is not None]
+        if not lines:
+            result.append((address, None))
+            continue
+        chosen = lines[-1][0]
+        if not lines[-1][1]:
+            statements = [line for line, stmt in lines if stmt]
+            if statements:
+                chosen = statements[-1]
+        result.append((address, chosen))
+    return result
 
 
 def _text(value: Any) -> str:

@@ -423,7 +423,7 @@ static int m_regs(struct agent *a, struct params *p, struct mp_writer *w, struct
 	kv(w, "efer", cpu.efer);
 	kv(w, "pat", cpu.pat);
 	kv(w, "rsp", cpu.rsp);
-	kv(w, "rflags", cpu.rflags);
+	kv(w, "rflags", a->irq_saved ? a->irq_state : cpu.rflags);
 	kv(w, "gdtr_base", cpu.gdtr_base);
 	kv(w, "gdtr_limit", cpu.gdtr_limit);
 	kv(w, "idtr_base", cpu.idtr_base);
@@ -769,6 +769,7 @@ int agent_init(struct agent *agent, const struct agent_ops *ops, void *ctx)
 	agent->ctx = ctx;
 	agent->last_error = AGENT_OK;
 	agent->stopped = false;
+	agent->irq_saved = false;
 	agent->stops = agent->requests = agent->errors = 0;
 	agent->replay_next = 0;
 	for (unsigned i = 0; i < AGENT_REPLAY_SLOTS; i++)
@@ -788,18 +789,15 @@ int agent_feed(struct agent *agent, uint8_t byte)
 
 int agent_poll(struct agent *agent)
 {
-	bool irq_saved = false;
-	uint64_t saved = 0;
-
 	if (!agent || !agent->ops)
 		return AGENT_E_ARG;
 	for (;;) {
-		if (agent->stopped && !irq_saved && agent->ops->irq_save) {
-			saved = agent->ops->irq_save(agent->ctx);
-			irq_saved = true;
-		} else if (!agent->stopped && irq_saved) {
-			agent->ops->irq_restore(agent->ctx, saved);
-			irq_saved = false;
+		if (agent->stopped && !agent->irq_saved && agent->ops->irq_save) {
+			agent->irq_state = agent->ops->irq_save(agent->ctx);
+			agent->irq_saved = true;
+		} else if (!agent->stopped && agent->irq_saved) {
+			agent->irq_saved = false;
+			agent->ops->irq_restore(agent->ctx, agent->irq_state);
 		}
 		int c = agent->ops->rx(agent->ctx);
 

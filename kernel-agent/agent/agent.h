@@ -67,7 +67,11 @@ struct agent_ops {
 	int (*read_cpu)(void *ctx, struct agent_cpu *cpu);
 	/* Optional: a byte of console input (outside frames) typed on the line. */
 	void (*console_input)(void *ctx, uint8_t byte);
-	/* Optional: disable interrupts, returning what irq_restore needs. */
+	/*
+	 * Optional: disable interrupts, returning what irq_restore needs. On x86
+	 * that is RFLAGS, and while stopped "regs" reports it as rflags (the
+	 * kernel's flags before the agent masked interrupts).
+	 */
 	uint64_t (*irq_save)(void *ctx);
 	void (*irq_restore)(void *ctx, uint64_t saved);
 	/* Optional: called while stopped and no byte is waiting (e.g. pause). */
@@ -88,6 +92,8 @@ struct agent {
 	bool stopped;
 	uint32_t stops; /* times a stop request took effect */
 	uint32_t requests, errors;
+	bool irq_saved; /* while stopped: what irq_save returned */
+	uint64_t irq_state;
 	struct agent_frame_decoder decoder;
 	uint8_t rx_buf[AGENT_COBS_MAX(AGENT_MAX_REQUEST)];
 	uint8_t tx_buf[AGENT_MAX_FRAME];

@@ -129,7 +129,10 @@ def test_sym_without_a_target(demo_kernel, nm):
     assert second["offset"] == 3 and second["line"]["file"] == "demo/work.c"
 
 
-def test_addr2line_agrees_with_binutils(demo_kernel, nm):
+def test_addr2line_agrees_with_binutils_and_gdb(demo_kernel, nm):
+    """binutils for every third text byte; where several rows share an address and
+    binutils takes the last while gdb prefers a statement boundary, gdb decides
+    (its backtraces are the truth the frames are held to)."""
     from inspector.symbols import SymbolTable
 
     table = SymbolTable.from_elf(demo_kernel)
@@ -139,7 +142,7 @@ def test_addr2line_agrees_with_binutils(demo_kernel, nm):
         capture_output=True, text=True, check=True,
     ).stdout.splitlines()  # fmt: skip
     assert len(out) == len(addresses)
-    compared = 0
+    compared, disputed = 0, {}
     for address, line in zip(addresses, out, strict=True):
         path, _, number = line.split(" ")[0].rpartition(":")
         mine = table.addr2line(address)
@@ -147,9 +150,21 @@ def test_addr2line_agrees_with_binutils(demo_kernel, nm):
             assert mine is None, hex(address)
             continue
         assert mine is not None, hex(address)
-        assert (mine.path, mine.line) == (path, int(number)), hex(address)
+        if (mine.path, mine.line) != (path, int(number)):
+            disputed[address] = mine
         compared += 1
     assert compared > len(addresses) // 2
+    assert len(disputed) < compared // 4, "binutils and kinspect disagree too often"
+    if disputed:
+        commands = [arg for a in disputed for arg in ("-ex", f"info line *{a:#x}")]
+        gdb = subprocess.run(
+            ["gdb", "-nx", "-batch", *commands, demo_kernel],
+            capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
+        answers = [line for line in gdb.splitlines() if line.startswith("Line ")]
+        assert len(answers) == len(disputed), gdb
+        for (address, mine), answer in zip(disputed.items(), answers, strict=True):
+            assert answer.startswith(f'Line {mine.line} of "{mine.file}"'), (hex(address), answer)
 
 
 @pytest.mark.parametrize(
@@ -181,3 +196,98 @@ def test_slide_from_a_symbol_moves_every_address(demo_kernel, nm):
     first, second = json.loads(result.stdout)["addresses"]
     assert (first["symbol"], first["offset"]) == ("demo_work", 4)
     assert second["address"] == nm["demo_level3"] + 0x200000
+
+
+def instruction_addresses(demo_kernel: str, function: str) -> list[int]:
+    """Every instruction of ``function`` but padding, from binutils' objdump."""
+    return [a for a, insn in instructions(demo_kernel, function) if not insn.startswith("nop")]
+
+
+def instructions(demo_kernel: str, function: str) -> list[tuple[int, str]]:
+    """(address, mnemonic and operands) of each instruction of ``function`` (objdump)."""
+    out = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", demo_kernel],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    body = out.split(f"<{function}>:\n", 1)[1].split("\n\n", 1)[0]
+    result = []
+    for line in body.splitlines():
+        address, _, insn = line.strip().partition(":")
+        if insn.strip():
+            result.append((int(address, 16), insn.strip()))
+    return result
+
+
+@pytest.mark.parametrize("function", ["demo_work", "demo_level2"])
+def test_every_instruction_of_a_function_unwinds_like_gdb(session, demo_kernel, function):
+    """Prologue, body and epilogue: the CFI row changes at each, gdb follows it too."""
+    addresses = instruction_addresses(demo_kernel, function)
+    assert len(addresses) >= 8
+    for address in addresses:
+        number = session.target.break_insert(f"*{address:#x}")
+        stop_at_current(session)
+        bt = session.backtrace()
+        truth = gdb_frames(session)
+        assert bt.frames[0].pc == address
+        assert [ours(f) for f in bt.frames] == [theirs(f) for f in truth], hex(address)
+        assert [f.pc for f in bt.frames] == [int(f["addr"], 16) for f in truth], hex(address)
+        assert bt.stop == "outermost"
+        session.target._mi.command(f"-break-delete {number}")
+
+
+def stop_at_current(session) -> None:
+    session.resume()
+    record = session.target.wait_for_stop(30)
+    session.invalidate()
+    assert record.get("reason") == "breakpoint-hit", record
+
+
+def test_timer_interrupt_unwinds_like_gdb(session):
+    """IRQ0 from wherever the PIT caught the kernel (mostly HLT in kernel_main)."""
+    stop_at(session, "pic_irq")
+    bt = session.backtrace()
+    truth = gdb_frames(session)
+    assert len(bt.interrupts) == 1 and bt.stop == "outermost"
+    assert len(truth) == len(bt.frames)
+    for mine, gdbs in zip(bt.frames, truth, strict=True):
+        assert mine.pc == int(gdbs["addr"], 16)
+        if gdbs["func"] == "<signal handler called>":
+            assert mine.symbol == "interrupt_common"
+        else:
+            assert ours(mine) == theirs(gdbs)
+    assert bt.interrupts[0].rflags & 0x200  # IF was set: the CPU took the IRQ
+    assert bt.interrupts[0].error_code == 0  # the stub's placeholder
+
+
+def test_at_a_stub_without_cfi_the_idt_says_an_iretq_frame_is_on_top(session, nm):
+    stop_at(session, f"*{nm['isr_stub_32']:#x}")
+    bt = session.backtrace()
+    assert bt.frames[0].symbol == "isr_stub_32" and bt.frames[0].how == "registers"
+    interrupted = bt.frames[1]
+    assert interrupted.how == "interrupt" and interrupted.interrupt.vector == 32
+    assert interrupted.interrupt.error_code is None  # IRQs push none
+    assert interrupted.interrupt.address == bt.frames[0].sp
+    assert interrupted.interrupt.cs == 0x08 and interrupted.interrupt.rflags & 0x200
+    assert "vector 32" in str(bt)
+    assert bt.frames[-1].symbol == "start64" and bt.stop == "outermost"
+    # CR2 and the general registers are untouched by the entry: RIP is in kernel text.
+    assert nm["__text_start"] <= interrupted.pc < nm["__text_end"]
+
+
+def test_frame_pointers_alone_give_gdbs_frames_outside_leaf_functions(session, demo_kernel):
+    """The fallback for code without CFI, on real frames: -fno-omit-frame-pointer code."""
+    from inspector.unwind import unwind
+
+    # At the call to demo_level3 demo_level2 has pushed RBP and set it up.
+    call = next(
+        a for a, insn in instructions(demo_kernel, "demo_level2") if insn.startswith("call")
+    )
+    stop_at(session, f"*{call:#x}")
+    truth = gdb_frames(session)
+    bt = unwind(
+        session.read_virtual, session.registers(), cfi=None, symbols=session.symbols,
+        mapping=session.mapping(),
+    )  # fmt: skip
+    assert [f.how for f in bt.frames[1:]] == ["frame-pointer"] * (len(bt.frames) - 1)
+    assert [ours(f) for f in bt.frames] == [theirs(f) for f in truth]
+    assert bt.stop == "no-unwind-info"  # start64 zeroes RBP: no frame pointer above it

@@ -1,0 +1,141 @@
+"""The ``--agent`` side of the command line: every reading command through the
+in-kernel agent, and ``kinspect agent hello|regs|read|walk`` for what only the
+agent offers (its handshake, IA32_PAT and the descriptor registers, raw reads,
+its own page-table walk). Kept apart from cli.py, which calls in here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
+
+from .errors import InspectorError
+from .formatting import format_ranges
+from .session import Session
+from .targets.agent import AgentTarget
+
+__all__ = ["add_agent_parser", "run_agent"]
+
+AGENT_HELP = (
+    "the in-kernel agent's serial line: a device (/dev/ttyUSB0), tcp:HOST:PORT, unix:PATH, "
+    "pty:PATH or a pyserial URL"
+)
+
+
+def add_agent_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    agent = sub.add_parser(
+        "agent", parents=[common], help="talk to the in-kernel agent (needs --agent)"
+    )
+    actions = agent.add_subparsers(dest="agent_command", metavar="ACTION")
+    actions.required = True
+    actions.add_parser("hello", parents=[common], help="handshake: versions, methods, limits")
+    actions.add_parser(
+        "regs", parents=[common], help="every register the agent reads (PAT, GDTR, IDTR, TR)"
+    )
+    read = actions.add_parser("read", parents=[common], help="hex dump of memory")
+    read.add_argument("address", help="address or symbol")
+    read.add_argument("length", type=lambda s: int(s, 0), help="bytes to read")
+    read.add_argument("--physical", action="store_true", help="a physical address")
+    actions.add_parser(
+        "walk", parents=[common], help="the page tables as the agent walks and coalesces them"
+    )
+
+
+def run_agent(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    out: TextIO,
+    commands: Mapping[str, Callable[[Session, argparse.Namespace, TextIO], int]],
+) -> int:
+    if getattr(args, "target", None):
+        parser.error(
+            "give --target or --agent, not both (a session on both at once is not supported yet)"
+        )
+    if not getattr(args, "agent", None):
+        parser.error(f"agent needs --agent ({AGENT_HELP})")
+    if args.command not in commands and args.command != "agent":
+        parser.error(f"{args.command} does not work through the agent")
+    from . import api
+
+    session = api.attach_agent(args.agent, elf=args.elf, timeout=args.timeout)
+    try:
+        if args.command == "agent":
+            return cmd_agent(session, args, out)
+        return commands[args.command](session, args, out)
+    finally:
+        session.close(resume=not args.no_resume)
+
+
+def cmd_agent(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    from .cli import _dump
+
+    target = session.target
+    if not isinstance(target, AgentTarget):  # pragma: no cover - run_agent attaches one
+        raise InspectorError("not attached to an agent")
+    action = args.agent_command
+    if action == "hello":
+        info = target.info
+        if args.json:
+            _dump(out, "agent hello", session, {"hello": info})
+            return 0
+        for key, value in info.items():
+            shown = ", ".join(value) if isinstance(value, list) else value
+            print(f"{key:>13}: {shown}", file=out)
+        return 0
+    if action == "regs":
+        session.stop()
+        regs = target.agent_registers()
+        if args.json:
+            _dump(out, "agent regs", session, {"registers": regs})
+            return 0
+        names = list(regs)
+        for i in range(0, len(names), 3):
+            print("  ".join(f"{n:>10}={regs[n]:#018x}" for n in names[i : i + 3]), file=out)
+        return 0
+    if action == "read":
+        address = session.resolve(args.address)
+        if args.length < 0 or args.length > 1 << 20:
+            raise InspectorError("length must be between 0 and 1 MiB")
+        if args.physical:
+            data = session.read_physical(address, args.length)
+        else:
+            data = session.read_virtual(address, args.length)
+        if args.json:
+            body = {"address": address, "physical": args.physical, "data": data.hex()}
+            _dump(out, "agent read", session, body)
+            return 0
+        for offset in range(0, len(data), 16):
+            row = data[offset : offset + 16]
+            text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in row)
+            print(f"{address + offset:016x}  {row.hex(' '):<47}  {text}", file=out)
+        return 0
+    if action == "walk":
+        session.stop()
+        client = target.client
+        sent, received = client.stats.bytes_sent, client.stats.bytes_received
+        started = time.monotonic()
+        ranges = target.walk_ranges()
+        elapsed = time.monotonic() - started
+        stats = dict(target.walk_stats)
+        stats["bytes_sent"] = client.stats.bytes_sent - sent
+        stats["bytes_received"] = client.stats.bytes_received - received
+        stats["seconds"] = round(elapsed, 4)
+        if args.json:
+            body = {"ranges": [r.to_dict() for r in ranges], "stats": stats}
+            _dump(out, "agent walk", session, body)
+            return 0
+        print(format_ranges(ranges), file=out)
+        print(
+            f"{stats['leaves']} leaves in {len(ranges)} ranges; {stats['requests']} request(s), "
+            f"{stats['bytes_received']} bytes received in {elapsed * 1000:.1f} ms",
+            file=out,
+        )
+        if stats["problems"]:
+            print(
+                f"{stats['problems']} entries skipped (reserved bits set or table unreadable)",
+                file=out,
+            )
+        return 0
+    raise InspectorError(f"unknown agent action {action!r}")  # pragma: no cover

@@ -1,0 +1,205 @@
+"""Transports (TCP, unix socket, pty, pyserial URL, paced) and the client's
+timeouts and retries, against in-process peers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from inspector.errors import TargetError
+from inspector.targets.agent import AgentTarget
+from protocols.agent_client import AgentClient, AgentRemoteError, AgentTimeout
+from protocols.agent_wire import FrameDecoder, decode_request, encode_frame, encode_reply
+from protocols.transports import (
+    FdTransport,
+    PacedTransport,
+    SerialTransport,
+    SocketTransport,
+    TransportError,
+    open_transport,
+)
+
+
+def echo_server(sock: socket.socket) -> threading.Thread:
+    def serve():
+        conn, _ = sock.accept()
+        with conn:
+            while data := conn.recv(4096):
+                conn.sendall(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def read_exactly(transport, n: int, timeout: float = 2.0) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        out += transport.read(deadline - time.monotonic())
+    return out
+
+
+def test_tcp_with_nodelay():
+    server = socket.create_server(("127.0.0.1", 0))
+    echo_server(server)
+    with open_transport(f"tcp:127.0.0.1:{server.getsockname()[1]}") as t:
+        assert isinstance(t, SocketTransport)
+        assert t.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        t.write(b"\x00hello\x00")
+        assert read_exactly(t, 7) == b"\x00hello\x00"
+        assert t.read(0.05) == b""
+    server.close()
+
+
+@pytest.mark.parametrize("form", ["unix:{}", "{}"])
+def test_unix_socket(tmp_path, form):
+    path = str(tmp_path / "serial.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    echo_server(server)
+    with open_transport(form.format(path)) as t:
+        t.write(b"abc")
+        assert read_exactly(t, 3) == b"abc"
+    server.close()
+
+
+def test_pty():
+    master, slave = os.openpty()
+    t = open_transport(os.ttyname(slave))
+    assert isinstance(t, FdTransport)
+    os.write(master, b"\x00\x01\x02kernel\r\n")
+    assert read_exactly(t, 11) == b"\x00\x01\x02kernel\r\n"  # raw mode: nothing translated
+    t.write(b"\x00\xff\x00")
+    assert os.read(master, 16) == b"\x00\xff\x00"
+    t.close()
+    os.close(slave)
+    os.close(master)
+
+
+def test_pyserial_url():
+    t = open_transport("loop://")
+    assert isinstance(t, SerialTransport)
+    t.write(b"\x00loop\x00")
+    assert read_exactly(t, 6) == b"\x00loop\x00"
+    t.close()
+
+
+def test_bad_specs():
+    with pytest.raises(TransportError, match="tcp:HOST:PORT"):
+        open_transport("tcp:nohost")
+    with pytest.raises(TransportError, match="No such file"):
+        open_transport("/nonexistent/ttyUSB9")
+    with pytest.raises(TransportError, match="cannot connect"):
+        open_transport("unix:/nonexistent/serial.sock")
+    with pytest.raises(TransportError, match="neither"):
+        open_transport("/etc/hostname")
+
+
+def test_closed_peer_is_an_error():
+    ours, theirs = socket.socketpair()
+    t = SocketTransport(ours, "pair")
+    theirs.close()
+    with pytest.raises(TransportError, match="closed"):
+        t.read(1.0)
+
+
+def test_paced_transport_takes_line_time():
+    ours, theirs = socket.socketpair()
+    t = PacedTransport(SocketTransport(ours, "pair"), baud=115200)
+    theirs.sendall(bytes(1152))  # 0.1 s at 115200 baud, 8N1
+    started = time.monotonic()
+    assert len(read_exactly(t, 1152)) == 1152
+    assert time.monotonic() - started >= 0.095
+    t.close()
+    theirs.close()
+
+
+class FakeAgent(threading.Thread):
+    """Answers requests on a socket; ``silent`` requests are swallowed N times."""
+
+    def __init__(self, sock: socket.socket, silent: int = 0, console: bytes = b"") -> None:
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.silent = silent
+        self.console = console
+        self.seen: list[int] = []
+        self.start()
+
+    def run(self):
+        decoder = FrameDecoder()
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            for event in decoder.feed(data):
+                if not hasattr(event, "body"):
+                    continue
+                request = decode_request(event.body)
+                self.seen.append(request.id)
+                if self.silent:
+                    self.silent -= 1
+                    continue
+                if request.method == "hello":
+                    reply = encode_reply(
+                        request.id, {"protocol": 1, "agent": "fake", "max_read": 64}
+                    )
+                elif request.method == "read_phys":
+                    address, size = request.params
+                    reply = encode_reply(request.id, bytes(size))
+                else:
+                    reply = encode_reply(request.id, None, (2, "unknown method"))
+                # An old reply first (a stale id), console text, then the answer.
+                self.sock.sendall(
+                    encode_frame(encode_reply(request.id - 1, None))
+                    + self.console
+                    + encode_frame(reply)
+                )
+
+
+def test_client_retries_with_the_same_id_and_skips_stale_replies():
+    ours, theirs = socket.socketpair()
+    fake = FakeAgent(theirs, silent=2, console=b"[console]")
+    seen = bytearray()
+    client = AgentClient(
+        SocketTransport(ours, "pair"), timeout=0.2, retries=3, on_console=seen.extend
+    )
+    assert client.hello()["agent"] == "fake"
+    assert len(fake.seen) == 3 and len(set(fake.seen)) == 1  # one id, sent three times
+    assert client.stats.retries == 2 and client.stats.stale_replies == 1
+    assert bytes(seen) == b"[console]"
+    with pytest.raises(AgentRemoteError) as error:
+        client.call("frobnicate")
+    assert error.value.code == 2 and str(error.value) == "agent error 2: unknown method"
+    client.close()
+
+
+def test_client_gives_up_after_its_retries():
+    ours, theirs = socket.socketpair()
+    FakeAgent(theirs, silent=100)
+    client = AgentClient(SocketTransport(ours, "pair"), timeout=0.05, retries=2)
+    started = time.monotonic()
+    with pytest.raises(AgentTimeout, match="3 attempt"):
+        client.call("hello")
+    assert 0.15 <= time.monotonic() - started < 1.0
+    client.close()
+
+
+def test_agent_target_reads_in_max_read_chunks_and_wraps_timeouts():
+    ours, theirs = socket.socketpair()
+    fake = FakeAgent(theirs)
+    target = AgentTarget(SocketTransport(ours, "pair"), timeout=0.1)
+    assert target.read_physical(0x1000, 200) == bytes(200)
+    assert len(fake.seen) == 1 + 4  # hello, then 64+64+64+8
+    fake.silent = 100
+    with pytest.raises(TargetError, match="did not answer"):
+        target.read_physical(0, 8)
+    target.close()
