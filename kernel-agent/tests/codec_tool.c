@@ -89,7 +89,19 @@ static bool dump(struct mp_reader *r, int depth)
 	case MP_BOOL: printf(it.v.b ? "true" : "false"); return true;
 	case MP_UINT: printf("%llu", (unsigned long long)it.v.u); return true;
 	case MP_INT: printf("%lld", (long long)it.v.i); return true;
-	case MP_STR: printf("\"%.*s\"", (int)it.v.bytes.len, (const char *)it.v.bytes.data); return true;
+	case MP_STR:
+		/* Printable ASCII as is, anything else (quotes, newlines, UTF-8) escaped. */
+		putchar('"');
+		for (uint32_t i = 0; i < it.v.bytes.len; i++) {
+			uint8_t c = it.v.bytes.data[i];
+
+			if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\')
+				putchar(c);
+			else
+				printf("\\x%02x", c);
+		}
+		putchar('"');
+		return true;
 	case MP_BIN: printf("b:"); puthex(it.v.bytes.data, it.v.bytes.len); return true;
 	case MP_ARRAY:
 	case MP_MAP: {

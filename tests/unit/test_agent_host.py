@@ -9,14 +9,19 @@ requests are checked through the Python client, over a pipe.
 
 from __future__ import annotations
 
+import time
+
+import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from inspector.errors import AgentError, FaultError
 from inspector.targets.agent import AgentTarget
 from inspector.x86.control import decode_paging_mode
 from inspector.x86.paging import coalesce_ranges, collect_address_space, translate
 from protocols.agent_client import AgentClient, AgentRemoteError
-from protocols.agent_wire import encode_frame, encode_request
+from protocols.agent_wire import Frame, decode_reply, encode_frame, encode_request
 
 from .agent_host import HostAgent, host_tools, write_image
 from .ptbuilder import NX, PAT_LARGE, PAT_PTE, PCD, PWT, RW, US, G, P, PageTables, PhysicalMemory
@@ -187,9 +192,6 @@ def test_mutating_request_is_not_applied_twice(machine):
     replies = []
     for _ in range(3):
         agent.transport.write(frame)
-    import time
-
-    from protocols.agent_wire import Frame, decode_reply
 
     deadline = time.monotonic() + 5
     while len(replies) < 3 and time.monotonic() < deadline:
@@ -216,3 +218,59 @@ def test_agent_error_for_a_non_fault(machine):
     with pytest.raises(AgentError, match="bad parameters|max_ranges"):
         target.walk_ranges(max_ranges=0)
     target.close()
+
+
+@pytest.fixture(scope="module")
+def fuzz_agent(tmp_path_factory):
+    pt = demo_like_tables()
+    image = tmp_path_factory.mktemp("fuzz") / "image"
+    write_image(
+        image,
+        pt.memory,
+        ram_size=pt.memory.ram_size,
+        cr3=pt.root,
+        cr4=CR4_PAE,
+        efer=EFER_LONG | EFER_NXE,
+    )
+    agent = HostAgent(host_tools()["host_agent"], image)
+    yield agent
+    stderr = agent.close()
+    assert "runtime error" not in stderr and "AddressSanitizer" not in stderr, stderr
+
+
+_params = st.lists(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.binary(max_size=8)
+    | st.text(max_size=8),
+    max_size=4,
+)
+_methods = st.sampled_from(
+    ["hello", "regs", "read_phys", "read_virt", "translate", "walk", "stop", "resume", "x", ""]
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.one_of(
+        st.tuples(st.integers(0, 2**32 - 1), _methods, _params).map(
+            lambda t: msgpack.packb([0, t[0], t[1], t[2]])
+        ),
+        st.binary(min_size=1, max_size=64),  # not even msgpack
+    )
+)
+def test_every_request_frame_gets_exactly_one_reply(fuzz_agent, body):
+    """Whatever a frame with a good CRC holds, the agent answers it, and survives."""
+    client = AgentClient(fuzz_agent.transport, timeout=5)
+    fuzz_agent.transport.write(encode_frame(body))
+    replies = []
+    deadline = time.monotonic() + 5
+    while not replies and time.monotonic() < deadline:
+        for event in client.decoder.feed(fuzz_agent.transport.read(0.5)):
+            if isinstance(event, Frame):
+                replies.append(decode_reply(event.body))
+    assert len(replies) == 1
+    # Leave the agent running for the next example.
+    if replies[0].error is None and replies[0].result is not None:
+        client.call("resume")
