@@ -35,6 +35,7 @@ __all__ = [
     "TargetError",
     "attach",
     "attach_agent",
+    "attach_with_agent",
     "launch_demo",
     "launch_qemu",
 ]
@@ -92,6 +93,36 @@ def attach_agent(
     target = AgentTarget(
         spec, timeout=timeout / (retries + 1), retries=retries, baudrate=baudrate
     )
+    return Session(target, elf=str(elf) if elf else None)
+
+
+def attach_with_agent(
+    endpoint: str,
+    agent: str,
+    *,
+    elf: str | Path | None = None,
+    phys_base: int | None = None,
+    timeout: float = 10.0,
+    system_from: str = "auto",
+) -> Session:
+    """A gdb stub, helped by the agent with what the stub cannot see.
+
+    The agent is asked first, while the kernel runs (the stub stops it):
+    GDTR/IDTR/TR/LDTR come from it on stubs other than QEMU's, and its
+    registers (IA32_PAT too) are ``session.target.agent_registers``.
+    """
+    from .targets.agent import AgentAssistedTarget
+
+    def make_stub() -> GdbTarget:
+        return GdbTarget(
+            endpoint,
+            elf=str(elf) if elf else None,
+            phys_base=phys_base,
+            physical="direct-map" if phys_base is not None else "auto",
+            timeout=timeout,
+        )
+
+    target = AgentAssistedTarget(agent, make_stub, timeout=timeout / 4, system_from=system_from)
     return Session(target, elf=str(elf) if elf else None)
 
 

@@ -49,17 +49,21 @@ def run_agent(
     out: TextIO,
     commands: Mapping[str, Callable[[Session, argparse.Namespace, TextIO], int]],
 ) -> int:
-    if getattr(args, "target", None):
-        parser.error(
-            "give --target or --agent, not both (a session on both at once is not supported yet)"
-        )
     if not getattr(args, "agent", None):
         parser.error(f"agent needs --agent ({AGENT_HELP})")
     if args.command not in commands and args.command != "agent":
         parser.error(f"{args.command} does not work through the agent")
     from . import api
 
-    session = api.attach_agent(args.agent, elf=args.elf, timeout=args.timeout)
+    if getattr(args, "target", None):
+        if args.command == "agent":
+            parser.error("agent talks to the agent alone: drop --target")
+        # Both: the stub reads, the agent adds what the stub cannot see.
+        session = api.attach_with_agent(
+            args.target, args.agent, elf=args.elf, phys_base=args.phys_base, timeout=args.timeout
+        )
+    else:
+        session = api.attach_agent(args.agent, elf=args.elf, timeout=args.timeout)
     try:
         if args.command == "agent":
             return cmd_agent(session, args, out)

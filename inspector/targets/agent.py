@@ -14,7 +14,7 @@ says it may; anything else is an error reply, raised here as FaultError.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,13 @@ from ..errors import AgentError, FaultError, ProtocolError, TargetError
 from ..x86.paging import Permissions, Range
 from .base import DescriptorTableRegister, SegmentRegister, SystemRegisters, Target
 
-__all__ = ["AgentTarget", "AgentTranslation", "RANGE_FLAGS", "decode_walk_range"]
+__all__ = [
+    "RANGE_FLAGS",
+    "AgentAssistedTarget",
+    "AgentTarget",
+    "AgentTranslation",
+    "decode_walk_range",
+]
 
 FAULT = 4
 
@@ -254,3 +260,84 @@ class AgentTarget(Target):
     def console(self) -> bytes:
         """Console text seen on the line since we attached."""
         return bytes(self.client.console)
+
+
+class AgentAssistedTarget(Target):
+    """A gdb stub for memory, registers and run control; the agent for what it cannot see.
+
+    A stub that stops the CPU stops the agent with it, so the agent is asked
+    first, while the kernel still runs: its registers (IA32_PAT among them)
+    and GDTR/IDTR/TR/LDTR are kept from that moment, just before the stub
+    attached. They are the ones kernels set once at boot. ``system_from``:
+    ``"auto"`` takes GDTR/IDTR/TR from the stub when it is QEMU's (whose
+    monitor shows the CPU's cached copies) and from the agent otherwise;
+    ``"agent"`` and ``"stub"`` force one.
+    """
+
+    def __init__(
+        self,
+        agent_spec: str | Transport,
+        make_stub: Callable[[], Target],
+        *,
+        timeout: float = 2.0,
+        retries: int = 3,
+        system_from: str = "auto",
+    ) -> None:
+        if system_from not in ("auto", "agent", "stub"):
+            raise TargetError(f"system_from must be auto, agent or stub, not {system_from!r}")
+        agent = AgentTarget(agent_spec, timeout=timeout, retries=retries)
+        try:
+            if agent.state == "stopped":
+                raise TargetError(
+                    "the agent holds the kernel stopped (an earlier --no-resume?); "
+                    "resume it before attaching a stub as well"
+                )
+            #: every register the agent reported (``pat``, ``gdtr_base``, ...)
+            self.agent_registers = agent.agent_registers()
+            self._agent_system = agent.system_registers()
+            self.agent_info = agent.info
+        finally:
+            agent.close(resume=False)
+        self.stub = make_stub()
+        use_agent = system_from == "agent" or (
+            system_from == "auto" and not getattr(self.stub, "is_qemu", False)
+        )
+        self.system_from = "agent" if use_agent else "stub"
+        self.description = f"{self.stub.description} with {agent.description}"
+
+    def __getattr__(self, name: str) -> Any:
+        # Optional capabilities of the stub (breakpoints, stepping, waiting for stops).
+        if name == "stub":
+            raise AttributeError(name)
+        return getattr(self.stub, name)
+
+    def read_virtual(self, address: int, size: int) -> bytes:
+        return self.stub.read_virtual(address, size)
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        return self.stub.read_physical(address, size)
+
+    def registers(self) -> Mapping[str, int]:
+        return self.stub.registers()
+
+    def system_registers(self) -> SystemRegisters:
+        if self.system_from == "agent":
+            return self._agent_system
+        return self.stub.system_registers()
+
+    @property
+    def state(self) -> str:
+        return self.stub.state
+
+    def stop(self) -> None:
+        self.stub.stop()
+
+    def resume(self) -> None:
+        self.stub.resume()
+
+    def close(self, *, resume: bool = True) -> None:
+        self.stub.close(resume=resume)
+
+    @property
+    def ram_size(self) -> int | None:
+        return self.stub.ram_size

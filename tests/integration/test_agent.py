@@ -357,5 +357,35 @@ def test_cli_agent_commands_and_errors(qemu, demo_kernel, agent_spec):
     assert bad.stderr.startswith("kinspect: error: 0x0:") and "Traceback" not in bad.stderr
     nothing = cli("--agent", "unix:/nonexistent/serial.sock", "regs")
     assert nothing.returncode == 1 and nothing.stderr.startswith("kinspect: error: cannot connect")
-    both = cli("--agent", agent_spec, "--target", qemu.gdb_endpoint, "regs")
-    assert both.returncode == 2
+    both = cli("--agent", agent_spec, "--target", qemu.gdb_endpoint, "agent", "hello")
+    assert both.returncode == 2 and "drop --target" in both.stderr
+
+
+def test_stub_and_agent_together(qemu, demo_kernel, agent_spec):
+    """The agent adds to a stub what the stub cannot see (here forced: QEMU's can)."""
+    helped = api.attach_with_agent(
+        qemu.gdb_endpoint, agent_spec, elf=demo_kernel, system_from="agent"
+    )
+    try:
+        assert helped.target.system_from == "agent"
+        assert helped.target.agent_registers["pat"] == 0x0007040600070406
+        ours = helped.system_registers()
+        theirs = helped.target.stub.system_registers()  # QEMU's monitor
+        assert (ours.gdtr, ours.idtr) == (theirs.gdtr, theirs.idtr)
+        assert (ours.tr.base, ours.tr.limit) == (theirs.tr.base, theirs.tr.limit)
+        # Everything else is the stub's: general registers the agent has not.
+        assert "rip" in helped.registers()
+        assert helped.target.state == "stopped"
+    finally:
+        helped.close()
+    auto = api.attach_with_agent(qemu.gdb_endpoint, agent_spec, elf=demo_kernel)
+    try:
+        assert auto.target.system_from == "stub"  # QEMU's stub sees them itself
+    finally:
+        auto.close()
+    tss_both = cli(
+        "--agent", agent_spec, "--target", qemu.gdb_endpoint, "--elf", demo_kernel, "tss"
+    )
+    tss_gdb = cli("--target", qemu.gdb_endpoint, "--elf", demo_kernel, "tss")
+    assert tss_both.returncode == 0, tss_both.stderr
+    assert tss_both.stdout == tss_gdb.stdout
