@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave QEMU running afterwards")
     demo.add_argument("--memory", default="128M", help="guest RAM (default 128M)")
     demo.add_argument("--kernel", help="boot this kernel image instead of the demo kernel")
+    demo.add_argument(
+        "--report", action="store_true",
+        help="print a report instead of opening the TUI (the default when stdout is not a "
+        "terminal)",
+    )
+
+    sub.add_parser("tui", parents=[common], help="the live TUI on a target (Textual)")
 
     sub.add_parser("regs", parents=[common], help="control and general registers, decoded")
 
@@ -338,6 +345,54 @@ class _SymbolsOnly:
             return address
 
 
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _run_tui(connect: Callable[[], Session], *, resume: bool) -> int:
+    """Open the TUI; imported here so the headless commands never load Textual."""
+    from tui.app import make_app
+
+    session = connect()
+    make_app(session, connect=connect, resume_on_exit=resume).run()
+    return 0
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from . import api
+
+    def connect() -> Session:
+        return api.attach(args.target, elf=args.elf, phys_base=args.phys_base, timeout=args.timeout)
+
+    return _run_tui(connect, resume=not args.no_resume)
+
+
+def cmd_demo_tui(args: argparse.Namespace) -> int:
+    """``kinspect demo`` in a terminal: boot the demo kernel and open the TUI on it."""
+    from . import api
+
+    kernel = args.kernel or str(api.DEMO_KERNEL)
+    elf = args.elf or (kernel if args.kernel is None else None)
+    if args.kernel is None and not api.DEMO_KERNEL.is_file():
+        raise InspectorError(f"the demo kernel is not built ({api.DEMO_KERNEL}); run `make kernel`")
+    print(f"booting {kernel} in QEMU (TCG)...", file=sys.stderr)
+    qemu = api.launch_qemu(kernel, memory=args.memory, wait_ready=args.kernel is None)
+    try:
+
+        def connect() -> Session:
+            return api.attach(qemu.gdb_endpoint, elf=elf, timeout=args.timeout)
+
+        _run_tui(connect, resume=True)
+        if args.keep:
+            print(f"QEMU keeps running (pid {qemu.pid}): kinspect --target {qemu.gdb_endpoint}"
+                  f" --elf {kernel} tui", file=sys.stderr)
+            qemu.process = None
+    finally:
+        if not args.keep:
+            qemu.stop()
+    return 0
+
+
 def _dump(out: TextIO, command: str, session: Session, body: dict[str, Any]) -> None:
     document = {"kinspect": JSON_VERSION, "command": command,
                 "target": session.target.description, **body}
@@ -362,7 +417,13 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
+        if not (args.report or args.json) and out is sys.stdout and _interactive():
+            return cmd_demo_tui(args)
         return cmd_demo(args, out)
+    if args.command == "tui":
+        if not args.target:
+            parser.error("tui needs --target (a gdb stub: host:port or a socket path)")
+        return cmd_tui(args)
     if args.command == "sym" and not args.target:
         return cmd_sym(None, args, out)  # symbols need only the ELF
     if args.command == "agent" or args.agent:

@@ -39,10 +39,12 @@ from .x86.control import (
 from .x86.descriptors import DescriptorTable
 from .x86.paging import (
     AddressSpace,
+    PageTableEntry,
     Range,
     Translation,
     coalesce_ranges,
     collect_address_space,
+    decode_table,
     find_aliases,
     is_canonical,
     translate,
@@ -108,6 +110,57 @@ class Session:
     def resume(self) -> None:
         self.invalidate()
         self.target.resume()
+
+    # -- run control (what a live face needs: the TUI) ---------------------------
+
+    @property
+    def state(self) -> str:
+        """The target's ``"stopped"``, ``"running"`` or ``"exited"``."""
+        return self.target.state
+
+    @property
+    def last_stop(self) -> Mapping[str, Any]:
+        """The record of the last stop (``reason``, ``frame``...), empty when unknown."""
+        return getattr(self.target, "last_stop", None) or {}
+
+    def wait_for_stop(self, timeout: float) -> Mapping[str, Any] | None:
+        """Wait up to ``timeout`` s for the running target to stop.
+
+        The stop record, or None while the target still runs; TargetError
+        when it has gone away or cannot report stops.
+        """
+        if self.target.state == "stopped":
+            record = self.last_stop
+        else:
+            wait = getattr(self.target, "wait_for_stop", None)
+            if wait is None:
+                raise TargetError(f"{self.target.description} cannot report stops")
+            try:
+                record = wait(timeout)
+            except TargetError:
+                if self.target.state == "running":
+                    return None
+                raise
+        self.invalidate()
+        return record or {}
+
+    def step_instruction(self) -> Mapping[str, Any]:
+        """Execute one instruction and return the stop record."""
+        step = getattr(self.target, "step_instruction", None)
+        if step is None:
+            raise TargetError(f"{self.target.description} cannot single-step")
+        self.stop()
+        self.invalidate()
+        return step()
+
+    def break_insert(self, location: str) -> tuple[int, int]:
+        """A breakpoint at a symbol or address (user text); its number and address."""
+        insert = getattr(self.target, "break_insert", None)
+        if insert is None:
+            raise TargetError(f"{self.target.description} cannot set breakpoints")
+        address = self.resolve(location)
+        self.stop()
+        return insert(f"*{address:#x}"), address
 
     @property
     def symbols(self) -> SymbolTable | None:
@@ -214,6 +267,21 @@ class Session:
     def translate(self, virtual: int) -> Translation:
         cr3, mode = self._walk_inputs()
         return translate(self._read_table, cr3, mode, virtual)
+
+    def page_table(self, address: int, level: int) -> tuple[PageTableEntry, ...]:
+        """The 512 entries of the table at physical ``address`` holding ``level`` entries.
+
+        For tools that drill down one table at a time (the TUI's tree): the
+        root is ``page_table(root_table(), paging_mode().levels)``.
+        """
+        mode = self.paging_mode()
+        data = self._read_table(address & ~(TABLE_SIZE - 1), TABLE_SIZE)
+        return decode_table(data, level, maxphyaddr=mode.maxphyaddr, nxe=mode.nxe)
+
+    def root_table(self) -> int:
+        """Physical address of the top paging structure (CR3's base)."""
+        cr3, mode = self._walk_inputs()
+        return cr3 & ((1 << mode.maxphyaddr) - 1) & ~(TABLE_SIZE - 1)
 
     def aliases(self, physical: int) -> list[int]:
         """Every virtual address that maps ``physical``, ascending."""

@@ -345,6 +345,18 @@ class GdbTarget(Target):
         except MiClosed as exc:
             raise TargetError(f"lost the connection to gdb: {exc}") from exc
 
+    @property
+    def last_stop(self) -> dict:
+        """The payload of the last ``*stopped`` record (``reason``, ``frame``...)."""
+        return self._mi.last_stop or {}
+
+    def step_instruction(self, *, timeout: float | None = None) -> dict:
+        """Execute one instruction (``stepi``); return the stop record."""
+        self._require_stopped()
+        self._set_phys_mode(False)
+        self._checked("-exec-step-instruction")
+        return self.wait_for_stop(timeout or self.timeout)
+
     def break_insert(self, location: str) -> int:
         """Set a breakpoint at a symbol or ``*address``; return its number."""
         payload = self._checked(f"-break-insert {location}").payload

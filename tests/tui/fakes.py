@@ -1,0 +1,192 @@
+"""An in-memory target built from the real Linux 6.1 capture, for Pilot tests.
+
+The page-table pages, CR0/CR3/CR4/EFER and the general registers are the
+ones captured from Debian's 6.1 kernel under QEMU (tests/fixtures/
+linux-6.1-nokaslr). Run control is simulated: ``resume`` lets it "run",
+a breakpoint is hit on the next wait, ``stop`` interrupts; ``on_resume``
+may change memory or registers while it runs (a remap between two stops).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from inspector.errors import FaultError, TargetError
+from inspector.session import Session
+from inspector.symbols import Symbol, SymbolTable
+from inspector.targets.base import Target
+from inspector.x86.control import decode_paging_mode
+from inspector.x86.paging import translate
+from tests.unit.test_x86_linux_capture import load_pages
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "linux-6.1-nokaslr"
+CR0, CR3, CR4, EFER = 0x80050033, 0x487C000, 0x6F0, 0xD01
+MODE = decode_paging_mode(CR0, CR4, EFER)
+TEXT = 0xFFFFFFFF81000000
+
+REGISTERS = {
+    "rax": 0x1AD40, "rbx": 0, "rcx": 0x20, "rdx": 0x4000000000000000,
+    "rsi": 0x83, "rdi": 0x2E4, "rbp": 0xFFFFFFFF82A1AA40, "rsp": 0xFFFFFFFF82A03E98,
+    "r8": 0xFFFF88801F423000, "r9": 7, "r10": 0xFFFFFFFB, "r11": 0, "r12": 0, "r13": 0,
+    "r14": 0xFFFFFFFF82A1A118, "r15": 0x14790, "rip": 0xFFFFFFFF81A592EB, "rflags": 0x246,
+    "cs": 0x10, "ss": 0x18, "ds": 0, "es": 0, "fs": 0, "gs": 0,
+    "fs_base": 0, "gs_base": 0xFFFF88801F400000, "k_gs_base": 0,
+    "cr0": CR0, "cr2": 0x5E22C0, "cr3": CR3, "cr4": CR4, "cr8": 0, "efer": EFER,
+}  # fmt: skip
+
+_PAGES: dict[int, bytes] | None = None
+
+
+def capture_pages() -> dict[int, bytes]:
+    global _PAGES
+    if _PAGES is None:
+        _PAGES = load_pages()
+    return _PAGES
+
+
+def capture_symbols() -> SymbolTable:
+    symbols = [Symbol("_text", TEXT, 0, "notype")]
+    for line in (FIXTURE / "kallsyms-idt-handlers.txt").read_text().splitlines():
+        address, _kind, name = line.split()[:3]
+        symbols.append(Symbol(name, int(address, 16), 0x20, "func"))
+    return SymbolTable(symbols)
+
+
+class MemoryTarget(Target):
+    """A stopped Linux 6.1 kernel in memory, with simulated run control."""
+
+    description = "in-memory Linux 6.1 capture"
+
+    def __init__(self, *, wx: bool = False) -> None:
+        """``wx``: make the first 2 MiB of kernel text writable (a W+X mapping to find)."""
+        self.pages = dict(capture_pages())
+        self.regs = dict(REGISTERS)
+        self._state = "stopped"
+        self.last_stop: dict = {"reason": "signal-received", "signal-name": "SIGINT"}
+        self.breakpoints: list[int] = []
+        self.on_resume: Callable[[MemoryTarget], None] | None = None
+        self.fail: BaseException | None = None  # raised by the next read
+        self.closed = False
+        self.reads = 0
+        if wx:
+            step = translate(self.read_physical, CR3, MODE, TEXT).steps[-1]
+            self.write_entry(step.entry_address, step.entry.raw | 0x2)
+            self.reads = 0
+
+    # -- memory ----------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.fail is not None:
+            error, self.fail = self.fail, None
+            if "gone away" in str(error):
+                self._state = "exited"
+            raise error
+        if self._state == "running":
+            raise TargetError("the target is running; stop it first")
+        if self._state == "exited":
+            raise TargetError("the target has gone away")
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        self._check()
+        self.reads += 1
+        out = bytearray()
+        while len(out) < size:
+            at = address + len(out)
+            page = self.pages.get(at & ~0xFFF)
+            if page is None:
+                raise FaultError(at, "not in the capture")
+            offset = at & 0xFFF
+            out += page[offset : offset + min(size - len(out), 4096 - offset)]
+        return bytes(out)
+
+    def read_virtual(self, address: int, size: int) -> bytes:
+        self._check()
+        out = bytearray()
+        while len(out) < size:
+            va = address + len(out)
+            t = translate(self.read_physical, self.regs["cr3"], MODE, va)
+            if not t.ok:
+                raise FaultError(va, t.fault or "not mapped")
+            chunk = min(size - len(out), 4096 - (va & 0xFFF))
+            out += self.read_physical(t.pa, chunk)
+        return bytes(out)
+
+    def write_entry(self, address: int, value: int) -> None:
+        """Change one page-table entry (a remap between two stops)."""
+        page = bytearray(self.pages[address & ~0xFFF])
+        struct.pack_into("<Q", page, address & 0xFFF, value)
+        self.pages[address & ~0xFFF] = bytes(page)
+
+    def registers(self):
+        self._check()
+        return dict(self.regs)
+
+    def system_registers(self):
+        raise TargetError("the in-memory capture has no GDTR/IDTR")
+
+    # -- run control --------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def stop(self) -> dict:
+        if self._state == "exited":
+            raise TargetError("the target has gone away")
+        if self._state == "running":
+            self._stopped({"reason": "signal-received", "signal-name": "SIGINT"})
+        return self.last_stop
+
+    def resume(self) -> None:
+        if self._state == "exited":
+            raise TargetError("the target has gone away")
+        self._state = "running"
+        if self.on_resume is not None:
+            self.on_resume(self)
+
+    def wait_for_stop(self, timeout: float) -> dict:
+        if self._state == "stopped":
+            return self.last_stop
+        if self._state == "exited":
+            raise TargetError("the target has gone away")
+        if self.breakpoints:
+            number = 1
+            self.regs["rip"] = self.breakpoints[0]
+            self.regs["rax"] += 1
+            self._stopped(
+                {
+                    "reason": "breakpoint-hit",
+                    "bkptno": str(number),
+                    "frame": {"addr": f"{self.breakpoints[0]:#x}"},
+                }
+            )
+            return self.last_stop
+        time.sleep(timeout)
+        raise TargetError(f"the target did not stop within {timeout:g} s")
+
+    def step_instruction(self) -> dict:
+        self._check()
+        self.regs["rip"] += 2
+        self._stopped({"reason": "end-stepping-range", "frame": {"addr": f"{self.regs['rip']:#x}"}})
+        return self.last_stop
+
+    def break_insert(self, location: str) -> int:
+        self._check()
+        self.breakpoints.append(int(location.lstrip("*"), 16))
+        return len(self.breakpoints)
+
+    def _stopped(self, record: dict) -> None:
+        self._state = "stopped"
+        self.last_stop = record
+
+    def close(self, *, resume: bool = True) -> None:
+        self.closed = True
+
+
+def memory_session(*, wx: bool = False) -> Session:
+    session = Session(MemoryTarget(wx=wx))
+    session._symbols = capture_symbols()  # what --elf would load
+    return session

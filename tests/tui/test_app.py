@@ -1,0 +1,420 @@
+"""The TUI on the real Linux 6.1 capture: views, filters, walks, run control, failures.
+
+Every figure the app shows is compared with an independent Session over the
+same bytes (the ``truth`` fixture), so the app cannot drift from the core.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from inspector.errors import TargetError
+from inspector.session import Session
+from tui.app import make_app
+from tui.screens.help import HelpScreen
+from tui.widgets.memory import HexView
+from tui.widgets.ranges import RangeList
+from tui.widgets.registers import RegistersView
+from tui.widgets.status import StatusLine
+from tui.widgets.tables import TableTree
+from tui.widgets.walk import WalkView
+
+from .conftest import run
+from .fakes import REGISTERS, MemoryTarget, memory_session
+
+SIZE = (160, 48)
+
+
+async def started(app, pilot):
+    await app.wait_idle(30)
+    await pilot.pause()
+    assert app.stops == 1, app.errors
+
+
+def same_walk(a, b):
+    return (a.va, a.pa, a.fault, [(s.entry_address, s.entry.raw) for s in a.steps]) == (
+        b.va,
+        b.pa,
+        b.fault,
+        [(s.entry_address, s.entry.raw) for s in b.steps],
+    )
+
+
+def test_first_stop_fills_registers_status_and_ranges(session, truth):
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            regs = app.query_one(RegistersView)
+            assert regs.generation == 1
+            assert regs.snapshot.values["rip"] == REGISTERS["rip"]
+            assert regs.changed == frozenset()  # nothing to compare with yet
+            text = regs.export_text()
+            assert "CR0=0x80050033" in text and "PG" in text and "EFER=0xd01" in text
+            status = app.query_one(StatusLine)
+            assert status.state == "stopped" and status.health == "ok"
+            assert "4-level" in status.mode or "level" in status.mode
+            assert len(app.ranges) == len(truth.ranges())
+            assert [r.start for r in app.ranges[:50]] == [r.start for r in truth.ranges()[:50]]
+            # virtualized: one widget for 65k rows
+            assert len(app.query(RangeList)) == 1 and len(app.query_one(RangeList).rows) > 60000
+            assert app.errors == []
+
+    run(go())
+
+
+def test_wx_filter_shows_exactly_the_writable_executable_ranges():
+    session = memory_session(wx=True)  # kernel text's first 2 MiB made writable
+    truth = Session(MemoryTarget(wx=True))
+    expected = [r for r in truth.ranges() if r.permissions.writable and r.permissions.executable]
+    assert len(expected) == 1 and expected[0].start == 0xFFFFFFFF81000000
+    user = [r for r in truth.ranges() if r.permissions.user]
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            await pilot.press("2")
+            await pilot.click("#f-wx")
+            await pilot.pause()
+            shown = app.query_one(RangeList).rows
+            assert [row.range for row in shown] == expected
+            summary = str(app.query_one("#range-summary").render())
+            assert f"{len(expected)} of {len(truth.ranges())} rows" in summary
+            assert f"W+X {len(expected)}" in summary
+            await pilot.click("#f-wx")
+            await pilot.click("#f-user")
+            await pilot.pause()
+            assert [row.range for row in app.query_one(RangeList).rows] == user
+
+    run(go())
+
+
+def test_search_box_finds_the_range_of_an_address(session):
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            await pilot.press("slash")
+            search = app.query_one("#range-search")
+            assert app.focused is search
+            search.value = "0xffffffff81000000"  # as typed (typing costs 50 ms a key)
+            await pilot.pause()
+            rows = app.query_one(RangeList).rows
+            assert len(rows) == 1
+            assert rows[0].range.start <= 0xFFFFFFFF81000000 < rows[0].range.end
+            assert not rows[0].range.permissions.writable  # kernel text: ro, x
+            assert rows[0].range.permissions.executable
+
+    run(go())
+
+
+def test_moving_in_the_range_list_shows_each_range_walk(session, truth):
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            await pilot.press("2")
+            await pilot.press("down", "down", "down")
+            await app.wait_idle()
+            await pilot.pause()
+            view = app.query_one(RangeList)
+            assert view.cursor == 3
+            start = truth.ranges()[3].start
+            walk = app.query_one("#range-walk", WalkView).translation
+            assert same_walk(walk, truth.translate(start))
+            await pilot.press("end")
+            await app.wait_idle()
+            await pilot.pause()
+            assert view.cursor == len(view.rows) - 1
+
+    run(go())
+
+
+def test_vtop_from_the_input_box_shows_the_sessions_walk(session, truth):
+    address = 0xFFFFFFFF81C00A10  # asm_exc_coproc_segment_overrun, in kernel text
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            # typed, key by key: an unmapped address; the fault, from the same walk
+            await pilot.press("v")
+            await pilot.press(*"0x1000", "enter")
+            await app.wait_idle()
+            await pilot.pause()
+            walk = app.query_one("#range-walk", WalkView)
+            assert not walk.translation.ok
+            assert walk.translation.fault == truth.translate(0x1000).fault
+            assert same_walk(walk.translation, truth.translate(0x1000))
+            command = app.query_one("#command")
+            for text in (f"{address:#x}", "asm_exc_coproc_segment_overrun"):
+                await pilot.press("v")
+                command.value += text
+                await pilot.press("enter")
+                await app.wait_idle()
+                await pilot.pause()
+                assert same_walk(walk.translation, truth.translate(address))
+                assert walk.translation.ok and "2M page" in walk.plain
+            assert "asm_exc_coproc_segment_overrun" in walk.plain
+
+    run(go())
+
+
+def test_ptov_lists_every_alias(session, truth):
+    pa = truth.translate(0xFFFFFFFF81000000).pa
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            app.run_command(f"ptov {pa:#x}")
+            await app.wait_idle()
+            await pilot.pause()
+            text = app.query_one("#range-walk", WalkView).plain
+            aliases = truth.aliases(pa)
+            assert f"{len(aliases)} virtual addresses" in text
+            for va in aliases[:5]:
+                assert f"{va:#018x}" in text
+
+    run(go())
+
+
+def test_tree_drills_down_one_table_per_expand(session, truth):
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            await pilot.press("3")
+            await app.wait_idle()
+            await pilot.pause()
+            tree = app.query_one(TableTree)
+            pml4 = truth.page_table(truth.root_table(), 4)
+            present = [i for i, e in enumerate(pml4) if e.present]
+            children = [n for n in tree.root.children if n.data is not None]
+            assert [n.data.index for n in children] == present
+            # lazy: the kernel-text PML4 entry (511) has no children until expanded
+            node = next(n for n in children if n.data.index == 511)
+            assert not node.children and not node.data.loaded
+            node.expand()
+            await pilot.pause()
+            await app.wait_idle()
+            await pilot.pause()
+            assert node.data.loaded
+            pdpt = [n for n in node.children if n.data is not None]
+            assert [n.data.index for n in pdpt] == [
+                i for i, e in enumerate(truth.page_table(node.data.table, 3)) if e.present
+            ]
+            # highlighting an entry shows its walk
+            tree.focus()
+            tree.select_node(pdpt[0])
+            tree.move_cursor(pdpt[0])
+            await pilot.pause()
+            await app.wait_idle()
+            await pilot.pause()
+            walk = app.query_one("#tree-walk", WalkView).translation
+            assert walk is not None
+            assert same_walk(walk, truth.translate(pdpt[0].data.va))
+
+    run(go())
+
+
+def test_memory_view_names_pointers_that_hit_a_symbol(session):
+    page = bytearray(4096)
+    struct.pack_into("<QQ", page, 0, 0xFFFFFFFF81C00A10, 0x1234)
+    session.target.pages[0x7000] = bytes(page)
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            app.run_command("phys 0x7000")
+            await app.wait_idle()
+            await pilot.pause()
+            hexview = app.query_one(HexView)
+            lines = hexview.plain.splitlines()
+            assert lines[0].startswith("physical memory at 0x7000")
+            assert lines[1].startswith("0x0000000000007000: 10 0a c0 81 ff ff ff ff 34 12")
+            assert "+0x0=asm_exc_coproc_segment_overrun" in lines[1]
+            await pilot.press("4", "pagedown")
+            await app.wait_idle()
+            await pilot.pause()
+            assert hexview.address == 0x7100
+            # virtual: the PML4 page through the direct map
+            app.run_command("mem 0xffff88800487c000")
+            await app.wait_idle()
+            await pilot.pause()
+            assert hexview.space == "virtual"
+            first = session.target.pages[0x487C000][:8].hex(" ")
+            assert first in hexview.plain.splitlines()[1]
+
+    run(go())
+
+
+def test_breakpoint_continue_and_stop_refresh_registers(session):
+    address = 0xFFFFFFFF81C00A10
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            await pilot.press("b")
+            app.query_one("#command").value += "asm_exc_coproc_segment_overrun"
+            await pilot.press("enter")
+            await app.wait_idle()
+            await pilot.pause()
+            assert session.target.breakpoints == [address]
+            regs = app.query_one(RegistersView)
+            before = regs.generation
+            await pilot.press("c")
+            for _ in range(200):
+                await pilot.pause(0.01)
+                if regs.generation > before and regs.snapshot.values["rip"] == address:
+                    break
+            assert regs.snapshot.values["rip"] == address
+            assert {"rip", "rax"} <= regs.changed
+            status = app.query_one(StatusLine)
+            assert status.state == "stopped"
+            assert status.reason == "breakpoint 1 at asm_exc_coproc_segment_overrun"
+            await app.wait_idle()
+            assert app.errors == []
+
+    run(go())
+
+
+def test_step_changes_rip_only(session):
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            await pilot.press("s")
+            regs = app.query_one(RegistersView)
+            for _ in range(200):
+                await pilot.pause(0.01)
+                if regs.generation == 2:
+                    break
+            assert regs.snapshot.values["rip"] == REGISTERS["rip"] + 2
+            assert regs.changed == {"rip"}
+            assert app.query_one(StatusLine).reason.startswith("stepped")
+
+    run(go())
+
+
+def test_ranges_changed_while_running_are_marked(session, truth):
+    # the first writable range's first entry: clear RW (protect) while the kernel runs
+    first = next(r for r in truth.ranges() if r.permissions.writable)
+    step = truth.translate(first.start).steps[-1]
+
+    def protect(target: MemoryTarget) -> None:
+        target.write_entry(step.entry_address, step.entry.raw & ~0x2)
+
+    session.target.on_resume = protect
+    session.target.breakpoints = [REGISTERS["rip"]]
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            await pilot.press("c")
+            for _ in range(300):
+                await pilot.pause(0.01)
+                if app.stops == 2 and not app.link.pending:
+                    break
+            await app.wait_idle()
+            await pilot.pause()
+            marked = [row for row in app.rows if row.mark]
+            assert marked and all(row.mark == "~" for row in marked)
+            assert marked[0].range.start == first.start
+            assert not marked[0].range.permissions.writable
+            await pilot.press("2")
+            await pilot.click("#f-changed")
+            await pilot.pause()
+            assert app.query_one(RangeList).rows == marked
+
+    run(go())
+
+
+def test_a_failing_target_is_a_notification_and_reconnect_recovers(session):
+    def connect():
+        return memory_session()
+
+    async def go():
+        app = make_app(session, connect=connect)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            session.target.fail = TargetError("the target has gone away (test)")
+            await pilot.press("r")
+            await app.wait_idle()
+            await pilot.pause()
+            assert app.errors == ["the target has gone away (test)"]
+            assert any("gone away" in n.message for n in app._notifications)
+            status = app.query_one(StatusLine)
+            assert status.state == "exited" and "R reconnects" in status.health
+            await pilot.press("R")
+            await app.wait_idle()
+            await pilot.pause()
+            assert status.health == "ok" and status.state == "stopped"
+            assert app.session is not session and session.target.closed
+            assert app.stops == 2
+
+    run(go())
+
+
+def test_bad_input_and_unexpected_exceptions_are_reported_not_raised(session):
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            app.run_command("vtop no_such_symbol")
+            app.run_command("frobnicate")
+            session.target.fail = ZeroDivisionError("bug")
+            app.run_command("phys 0x487c000")
+            await app.wait_idle()
+            await pilot.pause()
+            errors = sorted(app.errors)
+            assert len(errors) == 3
+            assert errors[0] == "'no_such_symbol' is neither a number nor a known symbol"
+            assert errors[1] == "internal error: ZeroDivisionError: bug"
+            assert errors[2] == "unknown command 'frobnicate' (try help)"
+            assert app.is_running
+
+    run(go())
+
+
+def test_export_text_and_svg(session, tmp_path):
+    async def go():
+        app = make_app(session, export_dir=tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            await pilot.press("2")
+            await pilot.click("#f-wx")
+            await pilot.pause()
+            await pilot.press("e")
+            await pilot.press("E")
+            await pilot.pause()
+            texts = list(tmp_path.glob("kinspect-ranges-*.txt"))
+            svgs = list(tmp_path.glob("kinspect-ranges-*.svg"))
+            assert len(texts) == 1 and len(svgs) == 1
+            body = texts[0].read_text()
+            assert "STOPPED" in body and "W+X" in body
+            assert len(body.splitlines()) >= len(app.shown_rows)
+            assert svgs[0].read_text().startswith("<svg")
+
+    run(go())
+
+
+def test_help_screen_and_palette(session):
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
+            await pilot.press("escape")
+            await pilot.pause()
+            assert not isinstance(app.screen, HelpScreen)
+            titles = [c.title for c in app.get_system_commands(app.screen)]
+            assert {"Continue", "Stop", "Single step", "Breakpoint", "vtop"} <= set(titles)
+
+    run(go())

@@ -1,0 +1,679 @@
+"""The kinspect TUI: a live view of a kernel that follows it as it runs and stops.
+
+Everything shown comes from the :class:`~inspector.session.Session` (the same
+calls the CLI makes); this module only arranges it. Target I/O runs in one
+thread worker that owns the session (:class:`~tui.link.Link`); results come
+back as messages; every failure goes through :meth:`KinspectApp.report_failure`.
+
+``make_app(session)`` builds the app, so tests inject an in-memory target.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Checkbox, Footer, Input, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from inspector.errors import InspectorError, TargetError
+from inspector.session import Session
+from inspector.x86.paging import Range
+
+from .link import Job, Link, RegisterSnapshot, take_register_snapshot
+from .model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
+from .screens.help import HelpScreen
+from .widgets.memory import WINDOW, HexView
+from .widgets.ranges import RangeList
+from .widgets.registers import RegistersView
+from .widgets.status import StatusLine
+from .widgets.tables import TableTree
+from .widgets.walk import WalkView
+
+__all__ = ["KinspectApp", "describe_stop", "make_app"]
+
+_LOST = ("gone away", "lost the connection", "gdb exited", "did not answer", "not connected")
+
+
+def describe_stop(record: Mapping[str, Any], symbolize: Callable[[int], str | None]) -> str:
+    """Why the target stopped, in a few words: ``breakpoint 1 at demo_level3``."""
+    reason = str(record.get("reason", "") or "")
+    frame = record.get("frame") if isinstance(record.get("frame"), Mapping) else {}
+    where = ""
+    addr = frame.get("addr") if frame else None
+    if isinstance(addr, str):
+        try:
+            where = symbolize(int(addr, 16)) or addr
+        except ValueError:
+            where = addr
+    if reason == "breakpoint-hit":
+        text = f"breakpoint {record.get('bkptno', '?')}"
+    elif reason == "signal-received":
+        signal = record.get("signal-name", "signal")
+        text = "interrupted" if signal in ("SIGINT", "0") else f"signal {signal}"
+    elif reason == "end-stepping-range":
+        text = "stepped"
+    elif reason:
+        text = reason.replace("-", " ")
+    else:
+        text = "stopped"
+    return f"{text} at {where}" if where else text
+
+
+class KinspectApp(App[None]):
+    """Registers, page tables (range map and tree), memory, run control."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "kinspect"
+    AUTO_FOCUS = "#registers-view"
+
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("c", "resume", "Continue"),
+        Binding("p", "interrupt", "Stop"),
+        Binding("s", "step", "Step"),
+        Binding("b", "prompt('break ')", "Break"),
+        Binding("v", "prompt('vtop ')", "vtop"),
+        Binding("o", "prompt('ptov ')", "ptov"),
+        Binding("g", "prompt('mem ')", "Memory"),
+        Binding("colon", "prompt('')", "Command", show=False),
+        Binding("slash", "search", "Search", show=False),
+        Binding("1", "tab('registers')", "Regs", show=False),
+        Binding("2", "tab('ranges')", "Ranges", show=False),
+        Binding("3", "tab('tables')", "Tables", show=False),
+        Binding("4", "tab('memory')", "Mem", show=False),
+        Binding("r", "refresh", "Refresh", show=False),
+        Binding("R", "reconnect", "Reconnect", show=False),
+        Binding("e", "export_text", "Export", show=False),
+        Binding("E", "export_svg", "SVG", show=False),
+        Binding("question_mark,f1", "help", "Help"),
+        Binding("escape", "unfocus", "Leave input", show=False),
+    ]
+
+    class Delivered(Message):
+        """A result from the owner thread, to run in the UI thread."""
+
+        def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+            super().__init__()
+            self.fn = fn
+            self.args = args
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        connect: Callable[[], Session] | None = None,
+        resume_on_exit: bool = True,
+        export_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.session = session
+        self._connect = connect
+        self.resume_on_exit = resume_on_exit
+        self.export_dir = Path(export_dir) if export_dir else Path.cwd()
+        self.link = Link(
+            session,
+            deliver=self._deliver,
+            on_stop=self._on_stop,
+            on_error=self.report_failure,
+            on_idle=self._on_idle,
+        )
+        self.errors: list[str] = []  # every failure reported, for tests and the log
+        self.ranges: list[Range] = []
+        self.rows: list[RangeRow] = []
+        self.shown_rows: list[RangeRow] = []
+        self.range_filter = RangeFilter()
+        self.stops = 0  # stops shown (each refreshes every view)
+        self.last_latency: float | None = None  # stop seen -> registers on screen, seconds
+        self._previous_ranges: list[Range] | None = None
+        self._previous_values: Mapping[str, int] | None = None
+        self._tree_generation = 0
+        self._memory: tuple[int, str] | None = None
+        self._symbols = None
+        self._row_texts = RowTexts([])
+        self._wx = self._marks = self._problems = 0
+
+    # -- layout -------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine(id="status")
+        with TabbedContent(initial="registers", id="tabs"):
+            with TabPane("Registers [1]", id="registers"):
+                yield RegistersView(id="registers-view")
+            with TabPane("Ranges [2]", id="ranges"):
+                with Vertical():
+                    with Horizontal(id="range-filters"):
+                        yield Checkbox("user", id="f-user")
+                        yield Checkbox("kernel", id="f-kernel")
+                        yield Checkbox("writable", id="f-writable")
+                        yield Checkbox("exec", id="f-executable")
+                        yield Checkbox("W+X", id="f-wx")
+                        yield Checkbox("changed", id="f-changed")
+                        yield Input(placeholder="search: text or address", id="range-search")
+                    yield Static("no ranges yet", id="range-summary")
+                    with Horizontal(classes="split"):
+                        yield RangeList(id="range-list")
+                        with VerticalScroll(classes="walk-pane"):
+                            yield WalkView(id="range-walk")
+            with TabPane("Tables [3]", id="tables"):
+                with Horizontal(classes="split"):
+                    yield TableTree(id="table-tree")
+                    with VerticalScroll(classes="walk-pane"):
+                        yield WalkView(id="tree-walk")
+            with TabPane("Memory [4]", id="memory"):
+                yield HexView(id="hex")
+        yield Input(
+            placeholder=": vtop ADDR | ptov PADDR | mem ADDR | phys PADDR | break SYM|ADDR"
+            " | continue | stop | step | help",
+            id="command",
+            select_on_focus=False,
+        )
+        yield Footer()
+
+    def on_mount(self) -> None:
+        status = self.query_one(StatusLine)
+        status.target = self.session.target.description
+        self.query_one(RegistersView).symbolize = self.symbolize
+        self._own_target()
+        self._attach()
+
+    def on_unmount(self) -> None:
+        self.link.close()
+        self.link.finished.wait(10)
+
+    # -- the owner thread -----------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="target", name="target")
+    def _own_target(self) -> None:
+        """The one thread that talks to the target, for the app's whole life."""
+        self.link.run(resume_on_exit=self.resume_on_exit)
+
+    def _deliver(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.post_message(self.Delivered(fn, args))  # thread-safe, never blocks
+
+    def on_kinspect_app_delivered(self, message: Delivered) -> None:
+        message.fn(*message.args)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            self.report_failure(event.worker.error)
+
+    def submit(
+        self,
+        name: str,
+        work: Callable[[Session], Any],
+        done: Callable[[Any], None] | None = None,
+        *,
+        failed: Callable[[BaseException], None] | None = None,
+        watch: bool = False,
+    ) -> None:
+        """Queue target I/O for the owner thread; ``done(result)`` runs back here."""
+        self.query_one(StatusLine).busy = True
+        self.link.submit(Job(name, work, done, failed, watch))
+
+    def _on_idle(self) -> None:
+        self.query_one(StatusLine).busy = False
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until every submitted job was answered (tests, the benchmark)."""
+        import asyncio
+
+        deadline = time.monotonic() + timeout
+        while self.link.pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.link.pending} target jobs still pending")
+            await asyncio.sleep(0.01)
+
+    # -- the one failure handler ------------------------------------------------------------
+
+    def report_failure(self, error: BaseException) -> None:
+        """Every failure ends here: a notification and, for a lost target, the status line."""
+        if isinstance(error, InspectorError):
+            message = str(error)
+        else:
+            message = f"internal error: {type(error).__name__}: {error}"
+            self.log.error(message)
+        self.errors.append(message)
+        status = self.query_one(StatusLine)
+        status.busy = False
+        if isinstance(error, TargetError) and any(word in message for word in _LOST):
+            status.health = "connection lost: R reconnects"
+            status.state = "exited"
+            self.link.watching = False
+        self.notify(message, title="kinspect", severity="error", timeout=8)
+
+    # -- stops ------------------------------------------------------------------------------------
+
+    def _attach(self) -> None:
+        def work(session: Session) -> tuple[Mapping[str, Any], RegisterSnapshot]:
+            session.invalidate()  # read everything again
+            session.stop()
+            _ = session.symbols  # load the ELF here, not in the UI thread
+            return dict(session.last_stop) or {"reason": "attached"}, take_register_snapshot(
+                session
+            )
+
+        self.submit("attach", work, lambda result: self._on_stop(*result))
+
+    def _on_stop(self, record: Mapping[str, Any], snapshot: RegisterSnapshot | None) -> None:
+        """A stop: registers first (already read), then the slower views."""
+        self._symbols = self.session.symbols
+        status = self.query_one(StatusLine)
+        status.state = "stopped"
+        status.health = "ok"
+        status.reason = describe_stop(record, self.symbolize)
+        if snapshot is not None:
+            if snapshot.control is not None:
+                status.mode = str(snapshot.control.paging)
+            self.query_one(RegistersView).show(snapshot, self._previous_values)
+            self._previous_values = snapshot.values
+            seen = self.link.stop_seen_at or snapshot.taken
+            self.call_after_refresh(self._record_latency, seen)
+        self.stops += 1
+        self._load_ranges()
+        self._load_tree()
+        if self._memory is not None:
+            self.show_memory(*self._memory)
+
+    def _record_latency(self, seen: float) -> None:
+        self.last_latency = time.perf_counter() - seen
+
+    def _load_ranges(self) -> None:
+        def work(session: Session) -> tuple[list[Range], int]:
+            ranges = session.ranges()
+            return ranges, len(session.address_space().problems)
+
+        self.submit("ranges", work, self._show_ranges)
+
+    def _show_ranges(self, result: tuple[list[Range], int]) -> None:
+        ranges, problems = result
+        self.ranges = ranges
+        self.rows = diff_ranges(self._previous_ranges, ranges)
+        self._previous_ranges = ranges
+        self._problems = problems
+        self._row_texts = RowTexts(self.rows)
+        self._wx = sum(1 for r in ranges if r.permissions.writable and r.permissions.executable)
+        self._marks = sum(1 for row in self.rows if row.mark)
+        self._apply_filter()
+
+    def _load_tree(self) -> None:
+        def work(session: Session) -> tuple[int, int]:
+            return session.root_table(), session.paging_mode().levels
+
+        def done(result: tuple[int, int]) -> None:
+            self._tree_generation += 1
+            tree = self.query_one(TableTree)
+            tree.reset(*result)
+            tree.root.expand()
+
+        self.submit("tree", work, done)
+
+    # -- range map --------------------------------------------------------------------------
+
+    @on(Checkbox.Changed)
+    def _flag_changed(self, event: Checkbox.Changed) -> None:
+        self._filters_changed()
+
+    @on(Input.Changed, "#range-search")
+    def _search_changed(self, event: Input.Changed) -> None:
+        self._filters_changed()
+
+    def _filters_changed(self) -> None:
+        def flag(name: str) -> bool:
+            return self.query_one(f"#f-{name}", Checkbox).value
+
+        self.range_filter = RangeFilter(
+            user=flag("user"),
+            kernel=flag("kernel"),
+            writable=flag("writable"),
+            executable=flag("executable"),
+            wx=flag("wx"),
+            changed=flag("changed"),
+            text=self.query_one("#range-search", Input).value.strip(),
+        )
+        self._apply_filter()
+
+    def _apply_filter(self) -> None:
+        view = self.query_one(RangeList)
+        keep = view.current.range.start if view.current else None
+        self.shown_rows = filter_rows(self.rows, self.range_filter, self._row_texts)
+        view.set_rows(self.shown_rows, keep=keep)
+        self.query_one("#range-summary", Static).update(
+            f"{len(self.shown_rows)} of {len(self.rows)} rows shown | {len(self.ranges)} ranges"
+            f" | W+X {self._wx} | changed since last stop {self._marks}"
+            f" | walk problems {self._problems}"
+        )
+
+    @on(RangeList.Highlighted)
+    def _range_highlighted(self, event: RangeList.Highlighted) -> None:
+        if event.row is not None:
+            r = event.row.range
+            self.show_walk(r.start, "range-walk", title=f"walk of {r.start:#x} (range start)")
+
+    def show_walk(self, va: int, view_id: str, *, title: str = "") -> None:
+        def done(translation) -> None:
+            name = self.symbolize(va)
+            extra = f"symbol: {name}" if name else ""
+            self.query_one(f"#{view_id}", WalkView).show_walk(translation, title=title, extra=extra)
+
+        self.submit("walk", lambda session: session.translate(va), done)
+
+    # -- tree ----------------------------------------------------------------------------------
+
+    @on(TableTree.Load)
+    def _load_table(self, event: TableTree.Load) -> None:
+        node = event.node
+        spot = node.data
+        generation = self._tree_generation
+
+        def done(entries) -> None:
+            if generation == self._tree_generation:
+                event.tree.fill(node, entries)
+
+        self.submit("table", lambda session: session.page_table(spot.table, spot.level), done)
+
+    @on(TableTree.EntryHighlighted)
+    def _entry_highlighted(self, event: TableTree.EntryHighlighted) -> None:
+        spot = event.spot
+        self.show_walk(spot.va, "tree-walk", title=f"walk of {spot.va:#x}")
+
+    # -- memory ----------------------------------------------------------------------------------
+
+    def show_memory(self, address: int, space: str) -> None:
+        self._memory = (address, space)
+
+        def work(session: Session) -> bytes:
+            if space == "physical":
+                return session.read_physical(address, WINDOW)
+            return session.read_virtual(address, WINDOW)
+
+        def done(data: bytes) -> None:
+            self.query_one(HexView).show(
+                address, space, data, self.symbolize, title=self.symbolize(address) or ""
+            )
+
+        def failed(error: BaseException) -> None:
+            self.query_one(HexView).show_error(address, space, str(error))
+            self.report_failure(error)
+
+        self.submit("memory", work, done, failed=failed)
+
+    @on(HexView.Move)
+    def _memory_move(self, event: HexView.Move) -> None:
+        if self._memory is not None:
+            address, space = self._memory
+            self.show_memory(max(address + event.delta, 0), space)
+
+    # -- symbols -------------------------------------------------------------------------------
+
+    def symbolize(self, address: int) -> str | None:
+        """``name+0x12`` when ``address`` falls inside a symbol (loaded in the owner thread)."""
+        symbols = self._symbols
+        if symbols is None:
+            return None
+        found = symbols.symbolize(address)
+        if found is None:
+            return None
+        symbol, offset = found
+        if symbol.size == 0 and offset > 0x100:
+            return None
+        return f"{symbol.name}+{offset:#x}" if offset else symbol.name
+
+    # -- run control --------------------------------------------------------------------------
+
+    def action_resume(self) -> None:
+        def done(_: None) -> None:
+            status = self.query_one(StatusLine)
+            status.state = "running"
+            status.reason = ""
+
+        self.submit("continue", lambda session: session.resume(), done, watch=True)
+
+    def action_interrupt(self) -> None:
+        self.submit("stop", lambda session: session.stop(), watch=True)
+
+    def action_step(self) -> None:
+        self.submit("step", lambda session: session.step_instruction(), watch=True)
+
+    def set_breakpoint(self, location: str) -> None:
+        def done(result: tuple[int, int]) -> None:
+            number, address = result
+            name = self.symbolize(address)
+            self.notify(f"breakpoint {number} at {address:#x}" + (f" ({name})" if name else ""))
+
+        self.submit("break", lambda session: session.break_insert(location), done, watch=True)
+
+    def action_refresh(self) -> None:
+        self._attach()
+
+    def action_reconnect(self) -> None:
+        if self._connect is None:
+            self.report_failure(InspectorError("this session has no way to reconnect"))
+            return
+        connect = self._connect
+        link = self.link
+        self.query_one(StatusLine).state = "connecting"
+
+        def work(old: Session) -> tuple[Session, Mapping[str, Any], RegisterSnapshot]:
+            try:
+                old.close(resume=False)
+            except Exception:  # noqa: BLE001 - it is gone already
+                pass
+            new = connect()
+            link.session = new
+            new.stop()
+            _ = new.symbols
+            return new, dict(new.last_stop) or {"reason": "attached"}, take_register_snapshot(new)
+
+        def done(result: tuple[Session, Mapping[str, Any], RegisterSnapshot]) -> None:
+            self.session, record, snapshot = result
+            self.query_one(StatusLine).target = self.session.target.description
+            self.notify("reconnected")
+            self._on_stop(record, snapshot)
+
+        self.submit("reconnect", work, done)
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def action_prompt(self, prefix: str) -> None:
+        command = self.query_one("#command", Input)
+        command.value = prefix
+        command.cursor_position = len(prefix)
+        command.focus()
+
+    def action_search(self) -> None:
+        self.action_tab("ranges")
+        self.query_one("#range-search", Input).focus()
+
+    def action_tab(self, name: str) -> None:
+        self.query_one(TabbedContent).active = name
+        focus = {"ranges": RangeList, "tables": TableTree, "memory": HexView}.get(name)
+        if focus is not None:
+            self.query_one(focus).focus()
+
+    def action_unfocus(self) -> None:
+        self.set_focus(None)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.BINDINGS))
+
+    @on(Input.Submitted, "#command")
+    def _command_submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        event.input.value = ""
+        if text:
+            self.run_command(text)
+        self.set_focus(None)
+
+    def run_command(self, text: str) -> None:
+        """One command line: the same verbs as the CLI, and run control."""
+        verb, _, arg = text.partition(" ")
+        verb = verb.lower()
+        arg = arg.strip()
+        needs_arg = {"vtop", "v", "ptov", "mem", "x", "phys", "break", "b"}
+        if verb in needs_arg and not arg:
+            self.report_failure(InspectorError(f"{verb} needs an address or a symbol"))
+            return
+        if verb in ("vtop", "v"):
+            self.vtop(arg)
+        elif verb == "ptov":
+            self.ptov(arg)
+        elif verb in ("mem", "x", "phys"):
+            space = "physical" if verb == "phys" else "virtual"
+            self.submit(
+                "resolve",
+                lambda session: session.resolve(arg),
+                lambda address: (self.action_tab("memory"), self.show_memory(address, space)),
+            )
+        elif verb in ("break", "b"):
+            self.set_breakpoint(arg)
+        elif verb in ("continue", "c"):
+            self.action_resume()
+        elif verb in ("stop", "interrupt"):
+            self.action_interrupt()
+        elif verb in ("step", "si", "stepi"):
+            self.action_step()
+        elif verb == "refresh":
+            self.action_refresh()
+        elif verb == "reconnect":
+            self.action_reconnect()
+        elif verb == "export":
+            self.action_export_text()
+        elif verb == "svg":
+            self.action_export_svg()
+        elif verb == "help":
+            self.action_help()
+        else:
+            self.report_failure(InspectorError(f"unknown command {verb!r} (try help)"))
+
+    def vtop(self, text: str) -> None:
+        """Translate an address or symbol; the walk goes to the range map's walk pane."""
+
+        def work(session: Session):
+            va = session.resolve(text)
+            return va, session.translate(va)
+
+        def done(result) -> None:
+            va, translation = result
+            if self.query_one(TabbedContent).active not in ("ranges", "tables"):
+                self.query_one(TabbedContent).active = "ranges"
+            view_id = (
+                "tree-walk" if self.query_one(TabbedContent).active == "tables" else "range-walk"
+            )
+            name = self.symbolize(va)
+            self.query_one(f"#{view_id}", WalkView).show_walk(
+                translation, title=f"vtop {text}", extra=f"symbol: {name}" if name else ""
+            )
+
+        self.submit("vtop", work, done)
+
+    def ptov(self, text: str) -> None:
+        def work(session: Session):
+            pa = session.resolve(text)
+            return pa, session.aliases(pa)
+
+        def done(result) -> None:
+            pa, aliases = result
+            if not aliases:
+                lines = [f"no virtual address maps physical {pa:#x}"]
+            else:
+                lines = [f"{len(aliases)} virtual addresses map physical {pa:#x}:"]
+                for va in aliases[:200]:
+                    name = self.symbolize(va)
+                    lines.append(f"  {va:#018x}" + (f"  {name}" if name else ""))
+                if len(aliases) > 200:
+                    lines.append(f"  ... and {len(aliases) - 200} more")
+            self.query_one(TabbedContent).active = "ranges"
+            self.query_one("#range-walk", WalkView).show_text("\n".join(lines))
+
+        self.submit("ptov", work, done)
+
+    # -- export ----------------------------------------------------------------------------------
+
+    def current_view_text(self) -> str:
+        active = self.query_one(TabbedContent).active
+        status = self.query_one(StatusLine).export_text()
+        if active == "registers":
+            body = self.query_one(RegistersView).export_text()
+        elif active == "ranges":
+            body = (
+                str(self.query_one("#range-summary", Static).render())
+                + "\n"
+                + self.query_one(RangeList).export_text()
+                + "\n"
+                + self.query_one("#range-walk", WalkView).export_text()
+            )
+        elif active == "tables":
+            body = self.query_one(TableTree).export_text() + "\n"
+            body += self.query_one("#tree-walk", WalkView).export_text()
+        else:
+            body = self.query_one(HexView).export_text()
+        return f"{status}\n\n{body}"
+
+    def action_export_text(self) -> None:
+        active = self.query_one(TabbedContent).active
+        path = self.export_dir / f"kinspect-{active}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+        try:
+            path.write_text(self.current_view_text())
+        except OSError as exc:
+            self.report_failure(InspectorError(f"cannot write {path}: {exc.strerror}"))
+            return
+        self.notify(f"saved {path}")
+
+    def action_export_svg(self) -> None:
+        active = self.query_one(TabbedContent).active
+        name = f"kinspect-{active}-{time.strftime('%Y%m%d-%H%M%S')}.svg"
+        try:
+            path = self.save_screenshot(name, str(self.export_dir))
+        except OSError as exc:
+            self.report_failure(InspectorError(f"cannot write {name}: {exc.strerror}"))
+            return
+        self.notify(f"saved {path}")
+
+    # -- command palette -------------------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Continue", "Let the kernel run (c)", self.action_resume)
+        yield SystemCommand("Stop", "Interrupt the kernel (p)", self.action_interrupt)
+        yield SystemCommand("Single step", "Execute one instruction (s)", self.action_step)
+        yield SystemCommand(
+            "Breakpoint", "Break on a symbol or address (b)", lambda: self.action_prompt("break ")
+        )
+        yield SystemCommand(
+            "vtop", "Translate a virtual address (v)", lambda: self.action_prompt("vtop ")
+        )
+        yield SystemCommand(
+            "ptov", "Virtual aliases of a physical address (o)", lambda: self.action_prompt("ptov ")
+        )
+        yield SystemCommand(
+            "Memory", "Hex view at an address (g)", lambda: self.action_prompt("mem ")
+        )
+        yield SystemCommand("Refresh", "Read everything again (r)", self.action_refresh)
+        yield SystemCommand("Reconnect", "Attach to the target again (R)", self.action_reconnect)
+        yield SystemCommand(
+            "Export text", "Save the current view as text (e)", self.action_export_text
+        )
+        yield SystemCommand("Export SVG", "Save the screen as SVG (E)", self.action_export_svg)
+        yield SystemCommand("Help", "Keys and commands (?)", self.action_help)
+
+
+def make_app(
+    session: Session,
+    *,
+    connect: Callable[[], Session] | None = None,
+    resume_on_exit: bool = True,
+    export_dir: str | Path | None = None,
+) -> KinspectApp:
+    """The TUI on ``session``; ``connect`` makes a new session for reconnecting."""
+    return KinspectApp(
+        session, connect=connect, resume_on_exit=resume_on_exit, export_dir=export_dir
+    )

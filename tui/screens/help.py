@@ -1,0 +1,80 @@
+"""The help screen: every key and every command, on one page."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+__all__ = ["HelpScreen"]
+
+COMMANDS = (
+    ("vtop ADDR|SYMBOL", "translate a virtual address; the walk, level by level"),
+    ("ptov PADDR", "every virtual address that maps a physical one"),
+    ("mem ADDR|SYMBOL", "hex view of virtual memory (PageUp/PageDown move)"),
+    ("phys PADDR", "hex view of physical memory"),
+    ("break SYMBOL|ADDR", "a breakpoint; c continues to it"),
+    ("continue, stop, step", "run control (also c, p, s)"),
+    ("refresh, reconnect", "read everything again; attach again after a lost link"),
+    ("export, svg", "save the current view as text, or the screen as SVG"),
+)
+
+VIEWS = (
+    ("Registers", "general and control registers; yellow = changed since the last stop"),
+    (
+        "Ranges",
+        "coalesced mappings (ptdump); + added, - removed, ~ changed since the last "
+        "stop; magenta = writable and executable; filters combine (AND); the search takes "
+        "text or an address",
+    ),
+    ("Tables", "PML4 -> PDPT -> PD -> PT; Enter or Space expands (one table read each)"),
+    ("Memory", "16 bytes a row; qwords that point into a symbol are named on the right"),
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss", "Close")]
+
+    def __init__(self, bindings: Sequence[Binding | tuple]) -> None:
+        super().__init__()
+        self._keys = [b for b in bindings if isinstance(b, Binding)]
+
+    def compose(self) -> ComposeResult:
+        keys = Table(title="Keys", box=None, show_header=False, title_justify="left")
+        keys.add_column(style="bold cyan")
+        keys.add_column()
+        for binding in self._keys:
+            keys.add_row(
+                binding.key.replace("question_mark", "?")
+                .replace("colon", ":")
+                .replace("slash", "/"),
+                binding.description,
+            )
+        keys.add_row("ctrl+p", "command palette")
+        commands = Table(
+            title="Commands (: or the box at the bottom)",
+            box=None,
+            show_header=False,
+            title_justify="left",
+        )
+        commands.add_column(style="bold cyan")
+        commands.add_column()
+        for name, text in COMMANDS:
+            commands.add_row(name, text)
+        views = Table(title="Views", box=None, show_header=False, title_justify="left")
+        views.add_column(style="bold cyan")
+        views.add_column()
+        for name, text in VIEWS:
+            views.add_row(name, text)
+        with VerticalScroll(id="help-body"):
+            yield Static(Text("kinspect: a live kernel inspector", style="bold"))
+            yield Static(keys)
+            yield Static(commands)
+            yield Static(views)
+            yield Static(Text("Escape closes this screen.", style="dim"))

@@ -1,0 +1,101 @@
+"""Memory as hex: 16 bytes a row, ASCII beside, and the symbol of any qword that hits one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import Static
+
+__all__ = ["HexView", "format_hex_rows"]
+
+ROW = 16
+ROWS = 16
+WINDOW = ROW * ROWS
+
+
+def format_hex_rows(
+    address: int, data: bytes, symbolize: Callable[[int], str | None] | None = None
+) -> list[tuple[str, str]]:
+    """``(row text, symbols)`` per 16 bytes: ``addr: hex  |ascii|`` and the qwords' symbols."""
+    rows = []
+    for offset in range(0, len(data), ROW):
+        chunk = data[offset : offset + ROW]
+        hexes = " ".join(chunk[i : i + 8].hex(" ") for i in range(0, len(chunk), 8))
+        ascii_text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        names = []
+        if symbolize is not None:
+            for i in range(0, len(chunk) - 7, 8):
+                value = int.from_bytes(chunk[i : i + 8], "little")
+                if value > 0xFFFF:
+                    name = symbolize(value)
+                    if name:
+                        names.append(f"+{offset + i:#x}={name}")
+        rows.append((f"{address + offset:#018x}: {hexes:<48}  |{ascii_text:<16}|", " ".join(names)))
+    return rows
+
+
+class HexView(Static, can_focus=True):
+    """A window of memory; PageUp/PageDown ask the app (``Move``) for the next window."""
+
+    BINDINGS = [
+        Binding("pageup", "move(-1)", "Back", show=False),
+        Binding("pagedown", "move(1)", "Forward", show=False),
+        Binding("up", "move_row(-1)", "Row up", show=False),
+        Binding("down", "move_row(1)", "Row down", show=False),
+    ]
+
+    class Move(Message):
+        """Show memory ``delta`` bytes away from the current address."""
+
+        def __init__(self, view: HexView, delta: int) -> None:
+            super().__init__()
+            self.view = view
+            self.delta = delta
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(
+            "no memory shown: press g and give an address (mem ADDR, phys ADDR)", **kwargs
+        )
+        self.address: int | None = None
+        self.space = "virtual"
+        self.plain = ""
+
+    def show(
+        self,
+        address: int,
+        space: str,
+        data: bytes,
+        symbolize: Callable[[int], str | None] | None = None,
+        *,
+        title: str = "",
+    ) -> None:
+        self.address, self.space = address, space
+        text = Text()
+        head = f"{space} memory at {address:#x}" + (f" ({title})" if title else "")
+        text.append(head + "\n", style="bold underline")
+        lines = [head]
+        for row, names in format_hex_rows(address, data, symbolize):
+            text.append(row)
+            if names:
+                text.append("  " + names, style="cyan")
+            text.append("\n")
+            lines.append(row + ("  " + names if names else ""))
+        self.plain = "\n".join(lines)
+        self.update(text)
+
+    def show_error(self, address: int, space: str, message: str) -> None:
+        self.address, self.space = address, space
+        self.plain = f"{space} memory at {address:#x}: {message}"
+        self.update(Text(self.plain, style="bold red"))
+
+    def action_move(self, direction: int) -> None:
+        self.post_message(self.Move(self, direction * WINDOW))
+
+    def action_move_row(self, direction: int) -> None:
+        self.post_message(self.Move(self, direction * ROW))
+
+    def export_text(self) -> str:
+        return self.plain + "\n"

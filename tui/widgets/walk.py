@@ -1,0 +1,58 @@
+"""A walk, level by level: every entry read on the way and its bits by SDM name."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.text import Text
+from textual.widgets import Static
+
+from inspector.formatting import format_size
+from inspector.x86.paging import Translation
+
+__all__ = ["WalkView"]
+
+
+class WalkView(Static):
+    """Shows a :class:`Translation` (``show_walk``) or any short text (``show_text``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__("select a range or an entry to see its walk", *args, **kwargs)
+        self.translation: Translation | None = None
+        self.plain = ""
+
+    def show_walk(self, t: Translation, *, title: str = "", extra: str = "") -> None:
+        self.translation = t
+        parts: list[Text] = []
+        if title:
+            parts.append(Text(title, style="bold underline"))
+        parts.append(Text(f"{t.va:#x}", style="bold"))
+        for step in t.steps:
+            e = step.entry
+            line = Text(f"  {step.level_name}[{step.index}] at {step.entry_address:#x}\n    ")
+            line.append(f"{e.raw:#018x} ", style="bold")
+            line.append(
+                e.describe() if e.present else "not present", style="green" if e.present else "red"
+            )
+            if e.present:
+                line.append(f" -> {e.address:#x}")
+                if e.is_leaf and e.level > 1:
+                    line.append(f" ({format_size(e.page_size)} page)")
+            if e.reserved:
+                line.append(f" RESERVED={e.reserved:#x}", style="bold red")
+            parts.append(line)
+        if t.ok:
+            parts.append(Text(f"=> {t}", style="bold green"))
+        else:
+            parts.append(Text(f"fault: {t.fault}", style="bold red"))
+        if extra:
+            parts.append(Text(extra))
+        self.plain = "\n".join(p.plain for p in parts)
+        self.update(Group(*parts))
+
+    def show_text(self, text: str, *, style: str = "") -> None:
+        self.translation = None
+        self.plain = text
+        self.update(Text(text, style=style))
+
+    def export_text(self) -> str:
+        return self.plain + "\n"
