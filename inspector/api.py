@@ -126,8 +126,14 @@ def attach_with_agent(
     return Session(target, elf=str(elf) if elf else None)
 
 
-def launch_demo(*, memory: str = "128M", timeout: float = 30.0) -> QemuInstance:
-    """Boot the demo kernel in QEMU and wait until it says it is ready."""
+def launch_demo(
+    *, memory: str = "128M", timeout: float = 30.0, serial: str = "unix"
+) -> QemuInstance:
+    """Boot the demo kernel in QEMU and wait until it says it is ready.
+
+    ``serial`` puts COM1 (console and agent) on a unix socket, on TCP at
+    127.0.0.1 or on a pty; ``instance.agent_endpoint`` is what ``--agent`` takes.
+    """
     if not DEMO_KERNEL.is_file():
         raise TargetError(f"the demo kernel is not built ({DEMO_KERNEL}); run `make kernel`")
-    return launch_qemu(DEMO_KERNEL, memory=memory, timeout=timeout)
+    return launch_qemu(DEMO_KERNEL, memory=memory, timeout=timeout, serial=serial)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -39,6 +40,9 @@ class QemuConfig:
     extra_args: Sequence[str] = field(default_factory=tuple)
     qemu: str = "qemu-system-x86_64"
     stopped: bool = False  # start with -S (CPU halted before the first instruction)
+    #: COM1 on "unix" (a socket in the workdir), "tcp" (127.0.0.1, a free port,
+    #: TCP_NODELAY) or "pty"; logged to serial.log in every case
+    serial: str = "unix"
 
 
 class QemuInstance:
@@ -51,6 +55,7 @@ class QemuInstance:
         self.qmp_socket = self.workdir / "qmp.sock"
         self.serial_socket = self.workdir / "serial.sock"
         self.serial_log = self.workdir / "serial.log"
+        self.serial_port: int | None = None
         self.stderr_log = self.workdir / "qemu.stderr"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -62,6 +67,38 @@ class QemuInstance:
     def gdb_endpoint(self) -> str:
         """What ``target remote`` takes to reach this QEMU's gdb stub."""
         return str(self.gdb_socket)
+
+    @property
+    def agent_endpoint(self) -> str:
+        """What ``--agent`` takes to reach the kernel's COM1 (the agent's line)."""
+        serial = self.config.serial
+        if serial == "tcp":
+            return f"tcp:127.0.0.1:{self.serial_port}"
+        if serial == "pty":
+            with self.qmp() as client:
+                for chardev in client.execute("query-chardev"):
+                    if chardev.get("label") == "serial0":
+                        return chardev["filename"]  # "pty:/dev/pts/N"
+            raise TargetError("QEMU did not report the pty of serial0")
+        return f"unix:{self.serial_socket}"
+
+    def _serial_chardev(self) -> str:
+        serial = self.config.serial
+        log = f"logfile={self.serial_log}"
+        if serial == "unix":
+            return f"socket,id=serial0,path={self.serial_socket},server=on,wait=off,{log}"
+        if serial == "tcp":
+            if self.serial_port is None:
+                with socket.socket() as probe:  # a free port on loopback only
+                    probe.bind(("127.0.0.1", 0))
+                    self.serial_port = probe.getsockname()[1]
+            return (
+                f"socket,id=serial0,host=127.0.0.1,port={self.serial_port},server=on,"
+                f"wait=off,nodelay=on,{log}"
+            )
+        if serial == "pty":
+            return f"pty,id=serial0,{log}"
+        raise TargetError(f"unknown serial kind {serial!r} (unix, tcp or pty)")
 
     def command_line(self) -> list[str]:
         config = self.config
@@ -81,9 +118,7 @@ class QemuInstance:
             "-no-reboot",
             "-nodefaults",
             "-monitor", "none",
-            "-chardev",
-            f"socket,id=serial0,path={self.serial_socket},server=on,wait=off,"
-            f"logfile={self.serial_log}",
+            "-chardev", self._serial_chardev(),
             "-serial", "chardev:serial0",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
             "-gdb", f"unix:{self.gdb_socket},server=on,wait=off",
@@ -207,9 +242,12 @@ def launch_qemu(
     ready_marker: str = READY_MARKER,
     timeout: float = 30.0,
     extra_args: Sequence[str] = (),
+    serial: str = "unix",
 ) -> QemuInstance:
     """Boot ``kernel`` and (optionally) wait for its ready line on serial."""
-    instance = QemuInstance(QemuConfig(Path(kernel), memory=memory, extra_args=tuple(extra_args)))
+    instance = QemuInstance(
+        QemuConfig(Path(kernel), memory=memory, extra_args=tuple(extra_args), serial=serial)
+    )
     instance.start(timeout=min(timeout, 10.0))
     if wait_ready:
         try:

@@ -389,3 +389,28 @@ def test_stub_and_agent_together(qemu, demo_kernel, agent_spec):
     tss_gdb = cli("--target", qemu.gdb_endpoint, "--elf", demo_kernel, "tss")
     assert tss_both.returncode == 0, tss_both.stderr
     assert tss_both.stdout == tss_gdb.stdout
+
+
+@pytest.mark.parametrize("serial", ["tcp", "pty"])
+def test_agent_over_tcp_and_pty(demo_kernel, serial):
+    """QEMU's COM1 on TCP (127.0.0.1, nodelay) or a pty instead of a unix socket."""
+    instance = api.launch_demo(serial=serial)
+    try:
+        endpoint = instance.agent_endpoint
+        assert endpoint.startswith({"tcp": "tcp:127.0.0.1:", "pty": "pty:/dev/pts/"}[serial])
+        session = api.attach_agent(endpoint, elf=demo_kernel)
+        try:
+            assert len(session.target.walk_ranges()) == 10
+            text = session.read_physical(0x100000, 4096)
+            started = time.monotonic()
+            for _ in range(10):
+                session.target.agent_registers()
+            per_request = (time.monotonic() - started) / 10
+        finally:
+            session.close()
+        theirs = gdb_snapshot(instance, demo_kernel, lambda s: s.read_physical(0x100000, 4096))
+        assert text == theirs
+        # With TCP_NODELAY on both ends no reply waits for Nagle's ~40 ms.
+        assert per_request < 0.03, per_request
+    finally:
+        instance.stop()
