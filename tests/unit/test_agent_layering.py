@@ -1,0 +1,35 @@
+"""The agent's Python side keeps the layering: protocols/ imports nothing of
+ours, the framing imports no transport, nothing headless loads Textual."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def loaded_after(imports: str) -> set[str]:
+    code = f"import sys, {imports}; print(' '.join(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+def test_agent_protocol_modules_import_nothing_of_ours():
+    loaded = loaded_after("protocols.agent_wire, protocols.agent_client, protocols.transports")
+    assert not {m for m in loaded if m.split(".")[0] in ("inspector", "tui")}
+    assert "textual" not in loaded
+
+
+def test_framing_imports_no_transport_or_io():
+    loaded = loaded_after("protocols.agent_wire")
+    assert "protocols.transports" not in loaded
+    assert "serial" not in loaded and "socket" not in loaded
+
+
+@pytest.mark.parametrize("module", ["inspector.targets.agent", "inspector.cli_agent"])
+def test_agent_faces_do_not_load_textual(module):
+    assert "textual" not in loaded_after(module)
