@@ -15,6 +15,7 @@ from .errors import InspectorError
 from .formatting import format_ranges
 from .session import Session
 from .targets.agent import AgentTarget
+from .x86.pat import decode_pat
 
 __all__ = ["add_agent_parser", "run_agent"]
 
@@ -91,12 +92,14 @@ def cmd_agent(session: Session, args: argparse.Namespace, out: TextIO) -> int:
     if action == "regs":
         session.stop()
         regs = target.agent_registers()
+        pat = decode_pat(regs["pat"])
         if args.json:
-            _dump(out, "agent regs", session, {"registers": regs})
+            _dump(out, "agent regs", session, {"registers": regs, "pat": pat.to_dict()})
             return 0
         names = list(regs)
         for i in range(0, len(names), 3):
             print("  ".join(f"{n:>10}={regs[n]:#018x}" for n in names[i : i + 3]), file=out)
+        print(pat, file=out)
         return 0
     if action == "read":
         address = session.resolve(args.address)
@@ -126,11 +129,25 @@ def cmd_agent(session: Session, args: argparse.Namespace, out: TextIO) -> int:
         stats["bytes_sent"] = client.stats.bytes_sent - sent
         stats["bytes_received"] = client.stats.bytes_received - received
         stats["seconds"] = round(elapsed, 4)
+        pat = decode_pat(target.agent_registers()["pat"])
+        types = [pat.memory_type_of(r.attributes) for r in ranges]
         if args.json:
-            body = {"ranges": [r.to_dict() for r in ranges], "stats": stats}
+            body = {
+                "ranges": [
+                    {**r.to_dict(), "memory_type": t} for r, t in zip(ranges, types, strict=True)
+                ],
+                "pat": pat.to_dict(),
+                "stats": stats,
+            }
             _dump(out, "agent walk", session, body)
             return 0
-        print(format_ranges(ranges), file=out)
+        # The ptdump table, with each range's memory type (IA32_PAT, MTRRs aside).
+        table = format_ranges(ranges).splitlines()
+        if len(table) == len(ranges) + 1:
+            table = [table[0] + "  type"] + [
+                f"{line}  {t}" for line, t in zip(table[1:], types, strict=True)
+            ]
+        print("\n".join(table), file=out)
         print(
             f"{stats['leaves']} leaves in {len(ranges)} ranges; {stats['requests']} request(s), "
             f"{stats['bytes_received']} bytes received in {elapsed * 1000:.1f} ms",

@@ -346,6 +346,12 @@ def test_cli_agent_gives_the_same_answers_as_the_gdb_stub(qemu, demo_kernel, age
 def test_cli_agent_commands_and_errors(qemu, demo_kernel, agent_spec):
     walk = cli("--agent", agent_spec, "agent", "walk")
     assert walk.returncode == 0 and "in 10 ranges" in walk.stdout
+    walk_json = json.loads(cli("--agent", agent_spec, "--json", "agent", "walk").stdout)
+    types = {r["start"]: r["memory_type"] for r in walk_json["ranges"]}
+    assert types.pop(0xFFFFC90000000000) == "UC"  # the MMIO window: PWT PCD -> PA3
+    assert set(types.values()) == {"WB"}
+    assert walk_json["pat"]["entries"] == ["WB", "WT", "UC-", "UC"] * 2
+    assert walk_json["stats"]["requests"] == 1 and walk_json["stats"]["bytes_received"] < 400
     read = cli(
         "--agent", agent_spec, "--elf", demo_kernel, "--json", "agent", "read", "kernel_main", "16"
     )
