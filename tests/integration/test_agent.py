@@ -330,11 +330,21 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_agent_gives_the_same_answers_as_the_gdb_stub(qemu, demo_kernel, agent_spec):
     """Done-when of issue 4: regs, pt and vtop through the agent alone."""
-    for command in (["pt"], ["vtop", "kernel_main"], ["vtop", "0xffff888000123456"]):
+    # pt comes from the agent's own walk, pt --leaves from the raw tables read through it.
+    for command in (
+        ["pt"],
+        ["pt", "--leaves"],
+        ["vtop", "kernel_main"],
+        ["vtop", "0xffff888000123456"],
+    ):
         through_agent = cli("--agent", agent_spec, "--elf", demo_kernel, *command)
         through_gdb = cli("--target", qemu.gdb_endpoint, "--elf", demo_kernel, *command)
         assert through_agent.returncode == through_gdb.returncode == 0, through_agent.stderr
         assert through_agent.stdout == through_gdb.stdout
+    pt_agent = json.loads(cli("--agent", agent_spec, "--json", "pt").stdout)
+    pt_gdb = json.loads(cli("--target", qemu.gdb_endpoint, "--json", "pt").stdout)
+    assert pt_agent.pop("target") != pt_gdb.pop("target")
+    assert pt_agent == pt_gdb
     regs_agent = json.loads(cli("--agent", agent_spec, "--json", "regs").stdout)
     regs_gdb = json.loads(cli("--target", qemu.gdb_endpoint, "--json", "regs").stdout)
     for name in ("CR0", "CR3", "CR4", "EFER"):

@@ -24,7 +24,20 @@ from protocols.agent_client import AgentClient, AgentRemoteError
 from protocols.agent_wire import Frame, decode_reply, encode_frame, encode_request
 
 from .agent_host import HostAgent, host_tools, write_image
-from .ptbuilder import NX, PAT_LARGE, PAT_PTE, PCD, PWT, RW, US, G, P, PageTables, PhysicalMemory
+from .ptbuilder import (
+    NX,
+    PAT_LARGE,
+    PAT_PTE,
+    PCD,
+    PS,
+    PWT,
+    RW,
+    US,
+    G,
+    P,
+    PageTables,
+    PhysicalMemory,
+)
 
 CR4_PAE, CR4_LA57 = 1 << 5, 1 << 12
 EFER_LONG = 0x500  # LME | LMA
@@ -274,3 +287,78 @@ def test_every_request_frame_gets_exactly_one_reply(fuzz_agent, body):
     # Leave the agent running for the next example.
     if replies[0].error is None and replies[0].result is not None:
         client.call("resume")
+
+
+@pytest.fixture
+def agent_on_a_pty(tmp_path):
+    """The host agent on a pty's master side; kinspect opens the slave by path."""
+    import os
+    import subprocess
+    import tty
+
+    agents = []
+
+    def start(pt: PageTables) -> str:
+        image = tmp_path / f"pty-image{len(agents)}"
+        write_image(
+            image,
+            pt.memory,
+            ram_size=pt.memory.ram_size,
+            cr3=pt.root,
+            cr4=CR4_PAE,
+            efer=EFER_LONG | EFER_NXE,
+        )
+        master, slave = os.openpty()
+        tty.setraw(master)
+        process = subprocess.Popen(
+            [str(host_tools()["host_agent"]), str(image)],
+            stdin=master,
+            stdout=master,
+            stderr=subprocess.PIPE,
+        )
+        os.close(master)
+        path = os.ttyname(slave)
+        agents.append((process, slave))
+        return path
+
+    yield start
+    for process, slave in agents:
+        os.close(slave)
+        process.kill()
+        process.wait()
+        process.stderr.close()
+
+
+def test_cli_pt_uses_the_agent_walk_and_falls_back_for_problems(agent_on_a_pty, monkeypatch):
+    import io
+
+    from inspector import cli
+    from inspector.targets.agent import AgentTarget
+
+    clean = demo_like_tables()
+    expected = coalesce_ranges(
+        collect_address_space(
+            clean.memory.read_physical,
+            clean.root,
+            decode_paging_mode(0x80010011, CR4_PAE, EFER_LONG | EFER_NXE),
+        ).leaves
+    )
+    path = agent_on_a_pty(clean)
+
+    def no_raw_reads(self, address, size):
+        raise AssertionError("pt read raw tables although the agent's walk was clean")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AgentTarget, "read_physical", no_raw_reads)
+        out = io.StringIO()
+        assert cli.run(["--agent", path, "pt"], out) == 0
+    text = out.getvalue()
+    assert f"in {len(expected)} ranges" in text and "problem" not in text
+
+    broken = demo_like_tables()
+    broken.map(0x600000000000, 0x1000, flags=P | RW)
+    broken.set_flags(0x600000000000, 4, set_=PS)  # PS is reserved in a PML4E
+    out = io.StringIO()
+    # The agent counts one problem; pt walks the raw tables to say which.
+    assert cli.run(["--agent", agent_on_a_pty(broken), "pt"], out) == 0
+    assert "problem: " in out.getvalue()
