@@ -161,16 +161,23 @@ class MiSession:
         console: list[str] = []
         deadline = time.monotonic() + timeout
         while True:
-            for record in self._read_available(deadline, command, timeout):
+            records = self._read_available(deadline, command, timeout)
+            for index, record in enumerate(records):
                 kind = record.get("type")
                 if kind == "result" and record.get("token") == token:
                     message = record.get("message") or ""
                     payload = record.get("payload")
+                    if message == "running":
+                        self.state = "running"
+                    # Async records gdb printed after the result arrive in the same
+                    # read (``*running``, and ``*stopped`` when the target stops at
+                    # once): dropping them would lose the stop for good.
+                    for later in records[index + 1 :]:
+                        if later.get("type") == "notify":
+                            self._handle_async(later)
                     if message == "error":
                         text = payload.get("msg", "") if isinstance(payload, dict) else ""
                         raise MiError(command, text or "gdb reported an error")
-                    if message == "running":
-                        self.state = "running"
                     return MiResult(message, payload, console)
                 if kind in ("console", "target") and isinstance(record.get("payload"), str):
                     console.append(record["payload"])

@@ -170,7 +170,7 @@ def test_client_retries_with_the_same_id_and_skips_stale_replies():
     fake = FakeAgent(theirs, silent=2, console=b"[console]")
     seen = bytearray()
     client = AgentClient(
-        SocketTransport(ours, "pair"), timeout=0.2, retries=3, on_console=seen.extend
+        SocketTransport(ours, "pair"), timeout=0.5, retries=3, on_console=seen.extend
     )
     assert client.hello()["agent"] == "fake"
     assert len(fake.seen) == 3 and len(set(fake.seen)) == 1  # one id, sent three times
@@ -189,7 +189,7 @@ def test_client_gives_up_after_its_retries():
     started = time.monotonic()
     with pytest.raises(AgentTimeout, match="3 attempt"):
         client.call("hello")
-    assert 0.15 <= time.monotonic() - started < 1.0
+    assert 0.15 <= time.monotonic() - started < 3.0
     client.close()
 
 

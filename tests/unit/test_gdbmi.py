@@ -58,3 +58,18 @@ def test_dead_gdb_raises_mi_closed(mi):
 
 def test_mi_quote_escapes():
     assert mi_quote('a "b" \\ c') == '"a \\"b\\" \\\\ c"'
+
+
+def test_a_stop_in_the_same_read_as_the_result_is_not_lost(mi, monkeypatch):
+    """``^running`` and a quick ``*stopped`` can come in one read: keep the stop."""
+    token = mi._next_token
+    batch = [
+        {"type": "result", "token": token, "message": "running", "payload": None},
+        {"type": "notify", "message": "running", "payload": {"thread-id": "all"}},
+        {"type": "notify", "message": "stopped", "payload": {"reason": "breakpoint-hit"}},
+    ]
+    monkeypatch.setattr(mi._controller.io_manager, "write", lambda *a, **k: None)
+    monkeypatch.setattr(mi, "_read_available", lambda *a: batch)
+    assert mi.command("-exec-continue").message == "running"
+    assert mi.state == "stopped"
+    assert mi.wait_for_stop(0.1) == {"reason": "breakpoint-hit"}
