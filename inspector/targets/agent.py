@@ -46,7 +46,7 @@ FAULT = 4
 RANGE_FLAGS = {"W": 1, "U": 2, "X": 4, "G": 8, "PWT": 16, "PCD": 32, "PAT": 64}
 
 #: Registers named as GdbTarget names them (what Session and the CLI expect).
-_GDB_NAMES = ("rsp", "rflags", "cs", "ss", "ds", "es", "fs", "gs",
+_GDB_NAMES = ("rbp", "rsp", "rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs",
               "cr0", "cr2", "cr3", "cr4", "cr8", "efer")  # fmt: skip
 
 

@@ -414,7 +414,7 @@ static int m_regs(struct agent *a, struct params *p, struct mp_writer *w, struct
 	status = a->ops->read_cpu(a->ctx, &cpu);
 	if (status != AGENT_OK)
 		return fail(f, status, "read_cpu failed");
-	mp_write_map(w, 22);
+	mp_write_map(w, 24);
 	kv(w, "cr0", cpu.cr0);
 	kv(w, "cr2", cpu.cr2);
 	kv(w, "cr3", cpu.cr3);
@@ -422,7 +422,14 @@ static int m_regs(struct agent *a, struct params *p, struct mp_writer *w, struct
 	kv(w, "cr8", cpu.cr8);
 	kv(w, "efer", cpu.efer);
 	kv(w, "pat", cpu.pat);
+	if (a->stopped && a->have_caller) {
+		cpu.rip = a->caller_rip;
+		cpu.rsp = a->caller_rsp;
+		cpu.rbp = a->caller_rbp;
+	}
+	kv(w, "rip", cpu.rip);
 	kv(w, "rsp", cpu.rsp);
+	kv(w, "rbp", cpu.rbp);
 	kv(w, "rflags", a->irq_saved ? a->irq_state : cpu.rflags);
 	kv(w, "gdtr_base", cpu.gdtr_base);
 	kv(w, "gdtr_limit", cpu.gdtr_limit);
@@ -770,6 +777,7 @@ int agent_init(struct agent *agent, const struct agent_ops *ops, void *ctx)
 	agent->last_error = AGENT_OK;
 	agent->stopped = false;
 	agent->irq_saved = false;
+	agent->have_caller = false;
 	agent->stops = agent->requests = agent->errors = 0;
 	agent->replay_next = 0;
 	for (unsigned i = 0; i < AGENT_REPLAY_SLOTS; i++)
@@ -791,6 +799,20 @@ int agent_poll(struct agent *agent)
 {
 	if (!agent || !agent->ops)
 		return AGENT_E_ARG;
+#if defined(__x86_64__)
+	/*
+	 * The caller's state as it will be after this call returns: RIP the
+	 * return address, RSP above it, RBP the one our prologue saved. The
+	 * stack above this frame does not change while stopped, so an unwinder
+	 * walks the kernel from there (requests run in frames below it).
+	 */
+	uint64_t *frame = __builtin_frame_address(0);
+
+	agent->caller_rbp = frame[0];
+	agent->caller_rip = (uint64_t)__builtin_return_address(0);
+	agent->caller_rsp = (uint64_t)(frame + 2);
+	agent->have_caller = true;
+#endif
 	for (;;) {
 		if (agent->stopped && !agent->irq_saved && agent->ops->irq_save) {
 			agent->irq_state = agent->ops->irq_save(agent->ctx);

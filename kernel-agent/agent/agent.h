@@ -45,7 +45,7 @@ enum agent_status {
 struct agent_cpu {
 	uint64_t cr0, cr2, cr3, cr4, cr8;
 	uint64_t efer, pat;
-	uint64_t rsp, rflags;
+	uint64_t rip, rsp, rbp, rflags; /* where read_cpu runs: the agent's own frame */
 	uint64_t gdtr_base, idtr_base;
 	uint16_t gdtr_limit, idtr_limit;
 	uint16_t cs, ss, ds, es, fs, gs, tr, ldtr;
@@ -94,6 +94,9 @@ struct agent {
 	uint32_t requests, errors;
 	bool irq_saved; /* while stopped: what irq_save returned */
 	uint64_t irq_state;
+	/* Where the kernel called agent_poll (x86_64): reported by "regs" while stopped. */
+	bool have_caller;
+	uint64_t caller_rip, caller_rsp, caller_rbp;
 	struct agent_frame_decoder decoder;
 	uint8_t rx_buf[AGENT_COBS_MAX(AGENT_MAX_REQUEST)];
 	uint8_t tx_buf[AGENT_MAX_FRAME];

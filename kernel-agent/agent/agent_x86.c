@@ -68,7 +68,9 @@ int agent_x86_read_cpu(void *ctx, struct agent_cpu *cpu)
 	cpu->es = READ_SEG(es);
 	cpu->fs = READ_SEG(fs);
 	cpu->gs = READ_SEG(gs);
-	__asm__ volatile("mov %%rsp, %0" : "=r"(cpu->rsp));
+	/* One instant, so that an unwinder finds the CFI of this RIP valid for this RSP/RBP. */
+	__asm__ volatile("lea 0(%%rip), %0; mov %%rsp, %1; mov %%rbp, %2"
+			 : "=r"(cpu->rip), "=r"(cpu->rsp), "=r"(cpu->rbp));
 	__asm__ volatile("pushfq; popq %0" : "=r"(cpu->rflags));
 	__asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(0x80000000u), "c"(0));
 	cpu->maxphyaddr = 36; /* the architectural default without leaf 80000008h */

@@ -434,3 +434,21 @@ def test_agent_over_tcp_and_pty(demo_kernel, serial):
         assert per_request < 0.03, per_request
     finally:
         instance.stop()
+
+
+def test_backtrace_through_the_agent_is_the_outer_part_of_gdbs(agent, qemu, demo_kernel):
+    """While stopped, the agent reports the kernel's registers where it called
+    agent_poll; gdb, stopping the VM inside the agent, sees the same frames
+    further out (same pc, same CFA)."""
+    from inspector.session import Session
+
+    agent.stop()
+    ours = Session(agent, elf=demo_kernel).backtrace()
+    theirs = gdb_snapshot(qemu, demo_kernel, lambda s: s.backtrace())
+    assert ours.stop == "outermost" and theirs.stop == "outermost"
+    outer = [(f.pc, f.cfa) for f in ours.frames]
+    assert len(outer) >= 2
+    assert [(f.pc, f.cfa) for f in theirs.frames][-len(outer) :] == outer
+    names = [f.symbol for f in theirs.frames]
+    assert "agent_poll" in names  # gdb found the CPU in the agent's loop
+    agent.resume()
