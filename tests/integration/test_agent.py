@@ -452,3 +452,24 @@ def test_backtrace_through_the_agent_is_the_outer_part_of_gdbs(agent, qemu, demo
     names = [f.symbol for f in theirs.frames]
     assert "agent_poll" in names  # gdb found the CPU in the agent's loop
     agent.resume()
+
+
+def test_no_resume_leaves_the_kernel_stopped_until_the_next_command(agent_spec, demo_kernel):
+    from inspector.symbols import SymbolTable
+
+    ticks = SymbolTable.from_elf(demo_kernel).lookup("demo_ticks")
+    assert cli("--agent", agent_spec, "--no-resume", "regs").returncode == 0
+    client = AgentClient(open_transport(agent_spec), timeout=2)
+    try:
+        assert client.call("hello")["stopped"] is True
+        before = client.call("read_virt", ticks, 8)
+        time.sleep(0.1)  # ten timer ticks, were interrupts on
+        assert client.call("read_virt", ticks, 8) == before
+    finally:
+        client.close()
+    assert cli("--agent", agent_spec, "agent", "hello").returncode == 0  # attaches, resumes on exit
+    client = AgentClient(open_transport(agent_spec), timeout=2)
+    try:
+        assert client.call("hello")["stopped"] is False
+    finally:
+        client.close()
