@@ -226,7 +226,7 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             print(
                 f"\nQEMU keeps running (pid {qemu.pid}). Try:\n"
                 f"  kinspect --target {qemu.gdb_endpoint} --elf {kernel} vtop kernel_main\n"
-                f"  kinspect --agent {qemu.agent_endpoint} --elf {kernel} pt   (the in-kernel agent)\n"
+                f"  kinspect --agent {qemu.agent_endpoint} --elf {kernel} pt   (no gdb)\n"
                 f"stop it with: kill {qemu.pid}",
                 file=out,
             )
