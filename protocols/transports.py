@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 READ_SIZE = 65536
+#: Longest a write may block (a peer that stopped reading), seconds.
+WRITE_TIMEOUT = 10.0
 
 
 class TransportError(Exception):
@@ -91,8 +93,12 @@ class SocketTransport(Transport):
 
     def write(self, data: bytes) -> None:
         try:
-            self.sock.settimeout(None)
+            self.sock.settimeout(WRITE_TIMEOUT)
             self.sock.sendall(data)
+        except TimeoutError as exc:
+            raise TransportError(
+                f"{self.description}: the other end took nothing for {WRITE_TIMEOUT:g} s"
+            ) from exc
         except OSError as exc:
             raise TransportError(
                 f"{self.description}: write failed: {exc.strerror or exc}"
@@ -138,11 +144,17 @@ class FdTransport(Transport):
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
+        deadline = time.monotonic() + WRITE_TIMEOUT
         while view:
             try:
                 n = os.write(self.write_fd, view)
             except BlockingIOError:
-                select.select([], [self.write_fd], [], 1.0)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransportError(
+                        f"{self.description}: the other end took nothing for {WRITE_TIMEOUT:g} s"
+                    ) from None
+                select.select([], [self.write_fd], [], min(left, 1.0))
                 continue
             except OSError as exc:
                 raise TransportError(f"{self.description}: write failed: {exc.strerror}") from exc
@@ -183,7 +195,9 @@ class SerialTransport(Transport):
             raise TransportError("pyserial is not installed (pip install pyserial)") from exc
         self._serial_module = serial
         try:
-            self.port = serial.serial_for_url(url, baudrate=baudrate, timeout=0)
+            self.port = serial.serial_for_url(
+                url, baudrate=baudrate, timeout=0, write_timeout=WRITE_TIMEOUT
+            )
         except (serial.SerialException, ValueError) as exc:
             raise TransportError(f"cannot open serial port {url}: {exc}") from exc
         self.description = f"serial:{url}@{baudrate}"
@@ -192,6 +206,10 @@ class SerialTransport(Transport):
         try:
             self.port.write(data)
             self.port.flush()
+        except self._serial_module.SerialTimeoutException as exc:
+            raise TransportError(
+                f"{self.description}: the line took nothing for {WRITE_TIMEOUT:g} s"
+            ) from exc
         except self._serial_module.SerialException as exc:
             raise TransportError(f"{self.description}: write failed: {exc}") from exc
 

@@ -203,3 +203,24 @@ def test_agent_target_reads_in_max_read_chunks_and_wraps_timeouts():
     with pytest.raises(TargetError, match="did not answer"):
         target.read_physical(0, 8)
     target.close()
+
+
+def test_a_peer_that_reads_nothing_makes_writes_time_out(monkeypatch):
+    import protocols.transports as transports
+
+    monkeypatch.setattr(transports, "WRITE_TIMEOUT", 0.2)
+    ours, theirs = socket.socketpair()
+    t = SocketTransport(ours, "pair")
+    with pytest.raises(TransportError, match="took nothing"):
+        for _ in range(10000):  # fills both socket buffers, then blocks
+            t.write(bytes(65536))
+    t.close()
+    theirs.close()
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    pipe = FdTransport(read_fd, write_fd, "pipe")
+    with pytest.raises(TransportError, match="took nothing"):
+        for _ in range(10000):
+            pipe.write(bytes(65536))
+    pipe.close()
