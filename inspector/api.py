@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import (
@@ -80,18 +81,25 @@ def attach_agent(
     timeout: float = 10.0,
     retries: int = 3,
     baudrate: int = 115200,
+    on_console: Callable[[bytes], None] | None = None,
 ) -> Session:
     """Attach to the in-kernel agent on a serial line, with no gdb stub.
 
     ``spec`` is a device path, ``tcp:HOST:PORT``, ``unix:PATH``, ``pty:PATH``
     or a pyserial URL. ``timeout`` bounds each request, retries included.
     Reading stops the kernel (the agent holds it in its request loop);
-    closing the session lets it run again.
+    closing the session lets it run again. The kernel's console text on the
+    same line goes to ``on_console`` as it arrives (and is kept in
+    ``session.target.console``).
     """
     from .targets.agent import AgentTarget
 
     target = AgentTarget(
-        spec, timeout=timeout / (retries + 1), retries=retries, baudrate=baudrate
+        spec,
+        timeout=timeout / (retries + 1),
+        retries=retries,
+        baudrate=baudrate,
+        on_console=on_console,
     )
     return Session(target, elf=str(elf) if elf else None)
 

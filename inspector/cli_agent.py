@@ -7,6 +7,7 @@ its own page-table walk). Kept apart from cli.py, which calls in here.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
@@ -44,6 +45,12 @@ def add_agent_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _console_to_stderr(data: bytes) -> None:
+    """The kernel's console text on the agent's line, passed on as it comes."""
+    sys.stderr.write(data.decode(errors="replace"))
+    sys.stderr.flush()
+
+
 def run_agent(
     parser: argparse.ArgumentParser,
     args: argparse.Namespace,
@@ -64,7 +71,9 @@ def run_agent(
             args.target, args.agent, elf=args.elf, phys_base=args.phys_base, timeout=args.timeout
         )
     else:
-        session = api.attach_agent(args.agent, elf=args.elf, timeout=args.timeout)
+        session = api.attach_agent(
+            args.agent, elf=args.elf, timeout=args.timeout, on_console=_console_to_stderr
+        )
     try:
         if args.command == "agent":
             return cmd_agent(session, args, out)

@@ -473,3 +473,15 @@ def test_no_resume_leaves_the_kernel_stopped_until_the_next_command(agent_spec, 
         assert client.call("hello")["stopped"] is False
     finally:
         client.close()
+
+
+def test_console_text_reaches_the_api_user(agent_spec, demo_kernel):
+    seen = bytearray()
+    session = api.attach_agent(agent_spec, elf=demo_kernel, on_console=seen.extend)
+    try:
+        session.target.client.send_console(b"api console check\r")
+        assert session.control_registers()["CR0"].is_set("PG")
+    finally:
+        session.close()
+    assert b"kinspect-demo: echo api console check\r\n" in bytes(seen)
+    assert bytes(seen) in session.target.console
