@@ -405,7 +405,7 @@ def _run(
             if not stack:
                 raise DecodeError(r.pos - 1, "DW_CFA_restore_state with nothing remembered")
             saved = stack.pop()
-            # The CFA is not part of the remembered state in GCC's reading; restore all.
+            # The remembered state holds the CFA rule too (DWARF 5, 6.4.2.4; GCC, readelf).
             state.cfa_register, state.cfa_offset = saved.cfa_register, saved.cfa_offset
             state.cfa_expression, state.rules = saved.cfa_expression, saved.rules
         elif opcode == 0x0C:

@@ -291,3 +291,30 @@ def test_frame_pointers_alone_give_gdbs_frames_outside_leaf_functions(session, d
     assert [f.how for f in bt.frames[1:]] == ["frame-pointer"] * (len(bt.frames) - 1)
     assert [ours(f) for f in bt.frames] == [theirs(f) for f in truth]
     assert bt.stop == "no-unwind-info"  # start64 zeroes RBP: no frame pointer above it
+
+
+def test_a_stack_pointer_in_the_guard_page_is_named(session, nm):
+    """RSP moved into boot_stack_guard (what an overflow does), on the real page tables
+    and memory: the frame says its stack is unmapped; where the CFA hangs off RSP the
+    walk cannot go on and says why, where it hangs off RBP it goes on, as gdb would."""
+    from inspector.unwind import unwind
+
+    stop_at(session, "demo_level3")  # RBP is demo_level2's frame pointer here
+    in_level2 = session.backtrace().frames[1].pc
+    regs = dict(session.registers())
+    regs["rsp"] = nm["boot_stack_guard"] + 0xFF8
+
+    def walk(rip: int):
+        return unwind(
+            session.read_virtual, {**regs, "rip": rip}, cfi=session.symbols.cfi,
+            symbols=session.symbols, mapping=session.mapping(),
+        )  # fmt: skip
+
+    leaf = walk(nm["demo_level3"])  # CFA = RSP+8: the return address is in the guard page
+    assert len(leaf.frames) == 1 and leaf.frames[0].mapping is None
+    assert leaf.stop == "unmapped-stack" and "boot_stack_guard+0xff8" in leaf.reason
+    assert "(unmapped stack)" in str(leaf)
+    framed = walk(in_level2)  # demo_level2's CFA is RBP+16, still on the stack
+    assert framed.frames[0].mapping is None and framed.frames[1].mapping is not None
+    assert [f.symbol for f in framed.frames[:2]] == ["demo_level2", "demo_level1"]
+    assert framed.stop == "outermost"
