@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 CONSOLE_KEEP = 1 << 16
+#: Largest request (body + CRC) an agent must accept; hello says the real one.
+MAX_REQUEST = 512
 
 
 class AgentClientError(Exception):
@@ -146,7 +148,13 @@ class AgentClient:
         timeout = self.timeout if timeout is None else timeout
         retries = self.retries if retries is None else retries
         request_id = self._new_id()
-        frame = encode_frame(encode_request(request_id, method, params))
+        body = encode_request(request_id, method, params)
+        limit = self.info.get("max_request", MAX_REQUEST)
+        if len(body) + 4 > limit:
+            raise AgentProtocolError(
+                f"{method!r} request is {len(body) + 4} bytes; the agent takes at most {limit}"
+            )
+        frame = encode_frame(body)
         self.stats.requests += 1
         for attempt in range(retries + 1):
             if attempt:

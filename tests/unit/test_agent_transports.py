@@ -224,3 +224,15 @@ def test_a_peer_that_reads_nothing_makes_writes_time_out(monkeypatch):
         for _ in range(10000):
             pipe.write(bytes(65536))
     pipe.close()
+
+
+def test_client_refuses_a_request_larger_than_the_agent_takes():
+    from protocols.agent_client import AgentProtocolError
+
+    ours, theirs = socket.socketpair()
+    FakeAgent(theirs)
+    client = AgentClient(SocketTransport(ours, "pair"), timeout=0.5)
+    with pytest.raises(AgentProtocolError, match="at most 512"):
+        client.call("read_phys", "x" * 600)
+    assert client.stats.bytes_sent == 0
+    client.close()
