@@ -163,6 +163,84 @@ def _file_names(program: Any, comp_dir: str) -> dict[int, tuple[str, str]]:
     return names
 
 
+def _open_elf(path: str) -> Any:
+    from elftools.elf.elffile import ELFFile
+
+    return ELFFile(open(path, "rb"))  # noqa: SIM115 - closed by the caller
+
+
+def _read_fdes(path: str) -> list[Fde]:
+    """``.eh_frame`` and ``.debug_frame`` of ``path``: every FDE of both."""
+    fdes: list[Fde] = []
+    elf = _open_elf(path)
+    try:
+        for name, eh in ((".eh_frame", True), (".debug_frame", False)):
+            section = elf.get_section_by_name(name)
+            if section is None or section["sh_type"] == "SHT_NOBITS":
+                continue
+            try:
+                fdes.extend(parse_cfi(section.data(), section["sh_addr"], eh_frame=eh))
+            except DecodeError as exc:
+                raise InspectorError(f"{path}: cannot parse {name}: {exc}") from exc
+    finally:
+        elf.stream.close()
+    return fdes
+
+
+def _read_lines(path: str) -> LineTable | None:
+    """The DWARF line tables of ``path``, None without ``.debug_line``."""
+    from elftools.common.exceptions import DWARFError
+
+    elf = _open_elf(path)
+    try:
+        if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_line") is None:
+            return None
+        try:
+            return LineTable.from_dwarf(elf.get_dwarf_info(relocate_dwarf_sections=False))
+        except (DWARFError, KeyError, IndexError, ValueError) as exc:
+            raise InspectorError(f"{path}: cannot read the DWARF line tables: {exc}") from exc
+    finally:
+        elf.stream.close()
+
+
+class _DebugInfo:
+    """Line tables and CFI of one ELF, read on first use: a vmlinux's DWARF takes
+    long to parse, and commands such as ``pt`` need only its symbols."""
+
+    def __init__(self, path: str | None, lines: LineTable | None, fdes: list[Fde] | None) -> None:
+        self.path = path
+        self._lines = lines
+        self._fdes = fdes
+        self._lines_read = lines is not None or path is None
+        self._fdes_read = fdes is not None or path is None
+
+    @property
+    def lines(self) -> LineTable | None:
+        if not self._lines_read:
+            self._lines = _read_elf(self.path, _read_lines)
+            self._lines_read = True
+        return self._lines
+
+    @property
+    def fdes(self) -> list[Fde]:
+        if not self._fdes_read:
+            self._fdes = _read_elf(self.path, _read_fdes)
+            self._fdes_read = True
+        return self._fdes or []
+
+
+def _read_elf(path: str | None, reader: Any) -> Any:
+    from elftools.common.exceptions import ELFError
+
+    assert path is not None
+    try:
+        return reader(path)
+    except OSError as exc:
+        raise InspectorError(f"cannot read ELF file {path}: {exc.strerror}") from exc
+    except ELFError as exc:
+        raise InspectorError(f"{path} is not a valid ELF file: {exc}") from exc
+
+
 class SymbolTable:
     """The symbols, line table and CFI of one ELF file, with a load slide."""
 
@@ -174,6 +252,7 @@ class SymbolTable:
         lines: LineTable | None = None,
         cfi_fdes: list[Fde] | None = None,
         path: str | None = None,
+        _debug: _DebugInfo | None = None,
     ) -> None:
         self.slide = slide
         self.path = path
@@ -182,26 +261,23 @@ class SymbolTable:
         kinds = {"notype": 0, "object": 1, "func": 2}  # the last of equals wins
         self._sorted = sorted(symbols, key=lambda s: (s.address, kinds.get(s.kind, 3)))
         self._addresses = [s.address for s in self._sorted]
-        self._lines = lines
-        self._fdes = cfi_fdes or []
+        self._debug = _debug or _DebugInfo(path, lines, cfi_fdes)
         self._cfi: CfiTable | None = None
 
     @classmethod
     def from_elf(cls, path: str, *, slide: int = 0) -> SymbolTable:
-        """Read symbols, line tables and CFI from ``path``.
+        """Read the symbols of ``path``; its line tables and CFI are read on first use.
 
         A kernel without DWARF still gives symbols; without CFI the unwinder
         falls back to frame pointers.
         """
         try:
-            from elftools.common.exceptions import DWARFError, ELFError
+            from elftools.common.exceptions import ELFError
             from elftools.elf.elffile import ELFFile
             from elftools.elf.sections import SymbolTableSection
         except ImportError as exc:  # pragma: no cover - a declared dependency
             raise InspectorError("pyelftools is not installed") from exc
         symbols: list[Symbol] = []
-        fdes: list[Fde] = []
-        lines: LineTable | None = None
         try:
             with open(path, "rb") as stream:
                 elf = ELFFile(stream)
@@ -217,34 +293,23 @@ class SymbolTable:
                         symbols.append(
                             Symbol(sym.name, sym["st_value"], sym["st_size"], kind[4:].lower())
                         )
-                for name, eh in ((".eh_frame", True), (".debug_frame", False)):
-                    section = elf.get_section_by_name(name)
-                    if section is None or section["sh_type"] == "SHT_NOBITS":
-                        continue
-                    try:
-                        fdes.extend(parse_cfi(section.data(), section["sh_addr"], eh_frame=eh))
-                    except DecodeError as exc:
-                        raise InspectorError(f"{path}: cannot parse {name}: {exc}") from exc
-                if elf.has_dwarf_info() and elf.get_section_by_name(".debug_line") is not None:
-                    try:
-                        lines = LineTable.from_dwarf(
-                            elf.get_dwarf_info(relocate_dwarf_sections=False)
-                        )
-                    except (DWARFError, KeyError, IndexError, ValueError) as exc:
-                        raise InspectorError(
-                            f"{path}: cannot read the DWARF line tables: {exc}"
-                        ) from exc
         except OSError as exc:
             raise InspectorError(f"cannot read ELF file {path}: {exc.strerror}") from exc
         except ELFError as exc:
             raise InspectorError(f"{path} is not a valid ELF file: {exc}") from exc
-        return cls(symbols, slide=slide, lines=lines, cfi_fdes=fdes, path=path)
+        return cls(symbols, slide=slide, path=path)
 
     def with_slide(self, slide: int) -> SymbolTable:
         """The same table loaded ``slide`` bytes away from its link address."""
-        return SymbolTable(
-            self._symbols, slide=slide, lines=self._lines, cfi_fdes=self._fdes, path=self.path
-        )
+        return SymbolTable(self._symbols, slide=slide, path=self.path, _debug=self._debug)
+
+    @property
+    def _lines(self) -> LineTable | None:
+        return self._debug.lines
+
+    @property
+    def _fdes(self) -> list[Fde]:
+        return self._debug.fdes
 
     def slide_for(self, name: str, runtime_address: int) -> int:
         """The slide that puts symbol ``name`` at ``runtime_address`` (KASLR: ``_text``)."""
