@@ -28,6 +28,7 @@ from .x86.descriptors import (
 from .x86.paging import Range
 
 __all__ = [
+    "SEGMENT_REGISTERS",
     "IdtEntry",
     "InterruptTable",
     "StackPointer",

@@ -94,6 +94,9 @@ class InterruptFrame:
             f"RFLAGS={self.rflags:#x} RSP={self.rsp:#x} SS={self.ss:#x}{error}"
         )
 
+    def __repr__(self) -> str:
+        return _repr(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "address": self.address,
@@ -146,6 +149,9 @@ class Frame:
         text += f"  [{self.how}] sp={self.sp:#x} cfa={cfa}"
         text += f" in {self.mapping}" if self.mapping else " (unmapped stack)"
         return text
+
+    def __repr__(self) -> str:
+        return _repr(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -202,6 +208,20 @@ class Backtrace:
             "reason": self.reason,
             "interrupts_crossed": len(self.interrupts),
         }
+
+
+_HEX = frozenset({"address", "rip", "cs", "rflags", "rsp", "ss", "error_code", "pc", "sp", "cfa",
+                  "offset"})  # fmt: skip
+
+
+def _repr(record: Any) -> str:
+    """Constructor-style repr with addresses in hex."""
+    parts = []
+    for name in record.__slots__:
+        value = getattr(record, name)
+        shown = f"{value:#x}" if name in _HEX and isinstance(value, int) else repr(value)
+        parts.append(f"{name}={shown}")
+    return f"{type(record).__name__}({', '.join(parts)})"
 
 
 class _Stop(Exception):

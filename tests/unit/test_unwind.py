@@ -239,3 +239,13 @@ def test_without_symbols_or_cfi():
     bt = unwind(mem.read, {"rip": NOCFI, "rsp": sp, "rbp": rbp})
     assert bt.frames[0].symbol is None and bt.stop == "null-return"
     assert bt.to_dict()["frames"][0]["symbol"] is None
+
+
+def test_reprs_read_like_constructors_with_addresses_in_hex():
+    mem = Memory()
+    sp = STACK + 0x3E00
+    mem.put(sp, 0)
+    frame = unwind(mem.read, {"rip": LEAF, "rsp": sp}, cfi=CFI, symbols=SYMBOLS).frames[0]
+    text = repr(frame)
+    assert text.startswith("Frame(index=0, pc=0xffffffff80100100, sp=0xffffffff80303e00")
+    assert "how='registers'" in text
