@@ -233,8 +233,9 @@ class _Stop(Exception):
 
 
 def _is_canonical(address: int) -> bool:
-    top = address >> 47
-    return top == 0 or top == (1 << 17) - 1
+    """Canonical under 5-level paging, the widest (a 4-level kernel's reads refuse the rest)."""
+    top = address >> 56
+    return top == 0 or top == 0xFF
 
 
 def unwind(

@@ -217,7 +217,7 @@ def test_null_and_non_canonical_return_addresses():
     mem.put(sp, 0)
     bt = unwind(mem.read, {"rip": LEAF, "rsp": sp}, cfi=CFI, symbols=SYMBOLS, mapping=mapping)
     assert bt.stop == "null-return"
-    mem.put(sp, 0x0000900000000000)
+    mem.put(sp, 0x1000000000000000)  # non-canonical under 4- and 5-level paging
     bt = unwind(mem.read, {"rip": LEAF, "rsp": sp}, cfi=CFI, symbols=SYMBOLS, mapping=mapping)
     assert bt.stop == "bad-return-address" and "not canonical" in bt.reason
 
