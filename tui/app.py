@@ -76,27 +76,40 @@ class KinspectApp(App[None]):
     AUTO_FOCUS = "#registers-view"
 
     BINDINGS = [
-        Binding("q", "quit", "Quit"),
-        Binding("c", "resume", "Continue"),
-        Binding("p", "interrupt", "Stop"),
-        Binding("s", "step", "Step"),
-        Binding("b", "prompt('break ')", "Break"),
-        Binding("v", "prompt('vtop ')", "vtop"),
-        Binding("o", "prompt('ptov ')", "ptov"),
-        Binding("g", "prompt('mem ')", "Memory"),
-        Binding("colon", "prompt('')", "Command", show=False),
-        Binding("slash", "search", "Search", show=False),
-        Binding("1", "tab('registers')", "Regs", show=False),
-        Binding("2", "tab('ranges')", "Ranges", show=False),
-        Binding("3", "tab('tables')", "Tables", show=False),
-        Binding("4", "tab('memory')", "Mem", show=False),
-        Binding("r", "refresh", "Refresh", show=False),
-        Binding("R", "reconnect", "Reconnect", show=False),
-        Binding("e", "export_text", "Export", show=False),
-        Binding("E", "export_svg", "SVG", show=False),
-        Binding("question_mark,f1", "help", "Help"),
+        Binding("q", "quit", "Quit", priority=True),
+        Binding("c", "resume", "Continue", priority=True),
+        Binding("p", "interrupt", "Stop", priority=True),
+        Binding("s", "step", "Step", priority=True),
+        Binding("b", "prompt('break ')", "Break", priority=True),
+        Binding("v", "prompt('vtop ')", "vtop", priority=True),
+        Binding("o", "prompt('ptov ')", "ptov", priority=True),
+        Binding("g", "prompt('mem ')", "Memory", priority=True),
+        Binding("colon", "prompt('')", "Command", show=False, priority=True),
+        Binding("slash", "search", "Search", show=False, priority=True),
+        Binding("1", "tab('registers')", "Regs", show=False, priority=True),
+        Binding("2", "tab('ranges')", "Ranges", show=False, priority=True),
+        Binding("3", "tab('tables')", "Tables", show=False, priority=True),
+        Binding("4", "tab('memory')", "Mem", show=False, priority=True),
+        Binding("r", "refresh", "Refresh", show=False, priority=True),
+        Binding("R", "reconnect", "Reconnect", show=False, priority=True),
+        Binding("e", "export_text", "Export", show=False, priority=True),
+        Binding("E", "export_svg", "SVG", show=False, priority=True),
+        Binding("question_mark,f1", "help", "Help", priority=True),
         Binding("escape", "unfocus", "Leave input", show=False),
     ]
+
+    # Priority bindings act the moment the app reads the key, before it forwards
+    # the next one: with keys arriving in a burst (a paste, a loaded machine,
+    # tmux send-keys), "b" must have moved the focus to the command box before
+    # the "d" of "demo_level3" is forwarded. check_action turns them off while
+    # a text box has the focus or another screen is on top, so they type there.
+    _PRIORITY = frozenset(b.action.split("(")[0] for b in BINDINGS if b.priority)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self._PRIORITY:
+            if isinstance(self.focused, Input) or len(self.screen_stack) > 1:
+                return False
+        return True
 
     class Delivered(Message):
         """A result from the owner thread, to run in the UI thread."""
@@ -133,6 +146,8 @@ class KinspectApp(App[None]):
         self.range_filter = RangeFilter()
         self.stops = 0  # stops shown (each refreshes every view)
         self.last_latency: float | None = None  # stop seen -> registers on screen, seconds
+        self.latencies: list[float] = []
+        self.on_registers_drawn: Callable[[], None] | None = None  # the benchmark's hook
         self._previous_ranges: list[Range] | None = None
         self._previous_values: Mapping[str, int] | None = None
         self._tree_generation = 0
@@ -214,10 +229,15 @@ class KinspectApp(App[None]):
         *,
         failed: Callable[[BaseException], None] | None = None,
         watch: bool = False,
+        while_running: str = "fail",
     ) -> None:
-        """Queue target I/O for the owner thread; ``done(result)`` runs back here."""
+        """Queue target I/O for the owner thread; ``done(result)`` runs back here.
+
+        ``while_running``: what to do if the kernel runs when the job's turn
+        comes (see :class:`~tui.link.Job`).
+        """
         self.query_one(StatusLine).busy = True
-        self.link.submit(Job(name, work, done, failed, watch))
+        self.link.submit(Job(name, work, done, failed, watch, while_running))
 
     def _on_idle(self) -> None:
         self.query_one(StatusLine).busy = False
@@ -261,7 +281,7 @@ class KinspectApp(App[None]):
                 session
             )
 
-        self.submit("attach", work, lambda result: self._on_stop(*result))
+        self.submit("attach", work, lambda result: self._on_stop(*result), while_running="run")
 
     def _on_stop(self, record: Mapping[str, Any], snapshot: RegisterSnapshot | None) -> None:
         """A stop: registers first (already read), then the slower views."""
@@ -281,17 +301,21 @@ class KinspectApp(App[None]):
         self._load_ranges()
         self._load_tree()
         if self._memory is not None:
-            self.show_memory(*self._memory)
+            self.show_memory(*self._memory, while_running="skip")
 
     def _record_latency(self, seen: float) -> None:
+        """Runs once the screen showing the new registers was drawn."""
         self.last_latency = time.perf_counter() - seen
+        self.latencies.append(self.last_latency)
+        if self.on_registers_drawn is not None:
+            self.on_registers_drawn()
 
     def _load_ranges(self) -> None:
         def work(session: Session) -> tuple[list[Range], int]:
             ranges = session.ranges()
             return ranges, len(session.address_space().problems)
 
-        self.submit("ranges", work, self._show_ranges)
+        self.submit("ranges", work, self._show_ranges, while_running="skip")
 
     def _show_ranges(self, result: tuple[list[Range], int]) -> None:
         ranges, problems = result
@@ -314,7 +338,7 @@ class KinspectApp(App[None]):
             tree.reset(*result)
             tree.root.expand()
 
-        self.submit("tree", work, done)
+        self.submit("tree", work, done, while_running="skip")
 
     # -- range map --------------------------------------------------------------------------
 
@@ -364,7 +388,7 @@ class KinspectApp(App[None]):
             extra = f"symbol: {name}" if name else ""
             self.query_one(f"#{view_id}", WalkView).show_walk(translation, title=title, extra=extra)
 
-        self.submit("walk", lambda session: session.translate(va), done)
+        self.submit("walk", lambda session: session.translate(va), done, while_running="skip")
 
     # -- tree ----------------------------------------------------------------------------------
 
@@ -378,7 +402,12 @@ class KinspectApp(App[None]):
             if generation == self._tree_generation:
                 event.tree.fill(node, entries)
 
-        self.submit("table", lambda session: session.page_table(spot.table, spot.level), done)
+        self.submit(
+            "table",
+            lambda session: session.page_table(spot.table, spot.level),
+            done,
+            while_running="skip",
+        )
 
     @on(TableTree.EntryHighlighted)
     def _entry_highlighted(self, event: TableTree.EntryHighlighted) -> None:
@@ -387,7 +416,7 @@ class KinspectApp(App[None]):
 
     # -- memory ----------------------------------------------------------------------------------
 
-    def show_memory(self, address: int, space: str) -> None:
+    def show_memory(self, address: int, space: str, *, while_running: str = "fail") -> None:
         self._memory = (address, space)
 
         def work(session: Session) -> bytes:
@@ -404,13 +433,21 @@ class KinspectApp(App[None]):
             self.query_one(HexView).show_error(address, space, str(error))
             self.report_failure(error)
 
-        self.submit("memory", work, done, failed=failed)
+        self.submit("memory", work, done, failed=failed, while_running=while_running)
 
     @on(HexView.Move)
     def _memory_move(self, event: HexView.Move) -> None:
         if self._memory is not None:
             address, space = self._memory
             self.show_memory(max(address + event.delta, 0), space)
+
+    def resolve(self, session: Session, text: str) -> int:
+        """A number, a symbol, or a register of the last stop (``rsp``, ``$rip``)."""
+        values = self._previous_values or {}
+        name = text.strip().lstrip("$").lower()
+        if name in values and name not in ("cs", "ds", "es", "fs", "gs", "ss"):
+            return values[name]
+        return session.resolve(text)
 
     # -- symbols -------------------------------------------------------------------------------
 
@@ -435,10 +472,12 @@ class KinspectApp(App[None]):
             status.state = "running"
             status.reason = ""
 
-        self.submit("continue", lambda session: session.resume(), done, watch=True)
+        self.submit(
+            "continue", lambda session: session.resume(), done, watch=True, while_running="run"
+        )
 
     def action_interrupt(self) -> None:
-        self.submit("stop", lambda session: session.stop(), watch=True)
+        self.submit("stop", lambda session: session.stop(), watch=True, while_running="run")
 
     def action_step(self) -> None:
         self.submit("step", lambda session: session.step_instruction(), watch=True)
@@ -449,7 +488,10 @@ class KinspectApp(App[None]):
             name = self.symbolize(address)
             self.notify(f"breakpoint {number} at {address:#x}" + (f" ({name})" if name else ""))
 
-        self.submit("break", lambda session: session.break_insert(location), done, watch=True)
+        def work(session: Session) -> tuple[int, int]:
+            return session.break_insert(f"{self.resolve(session, location):#x}")
+
+        self.submit("break", work, done, watch=True, while_running="run")
 
     def action_refresh(self) -> None:
         self._attach()
@@ -479,7 +521,7 @@ class KinspectApp(App[None]):
             self.notify("reconnected")
             self._on_stop(record, snapshot)
 
-        self.submit("reconnect", work, done)
+        self.submit("reconnect", work, done, while_running="run")
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -487,17 +529,17 @@ class KinspectApp(App[None]):
         command = self.query_one("#command", Input)
         command.value = prefix
         command.cursor_position = len(prefix)
-        command.focus()
+        self.set_focus(command)  # now, not later: keys already queued must land in it
 
     def action_search(self) -> None:
         self.action_tab("ranges")
-        self.query_one("#range-search", Input).focus()
+        self.set_focus(self.query_one("#range-search", Input))
 
     def action_tab(self, name: str) -> None:
         self.query_one(TabbedContent).active = name
         focus = {"ranges": RangeList, "tables": TableTree, "memory": HexView}.get(name)
         if focus is not None:
-            self.query_one(focus).focus()
+            self.set_focus(self.query_one(focus))
 
     def action_unfocus(self) -> None:
         self.set_focus(None)
@@ -530,7 +572,7 @@ class KinspectApp(App[None]):
             space = "physical" if verb == "phys" else "virtual"
             self.submit(
                 "resolve",
-                lambda session: session.resolve(arg),
+                lambda session: self.resolve(session, arg),
                 lambda address: (self.action_tab("memory"), self.show_memory(address, space)),
             )
         elif verb in ("break", "b"):
@@ -558,7 +600,7 @@ class KinspectApp(App[None]):
         """Translate an address or symbol; the walk goes to the range map's walk pane."""
 
         def work(session: Session):
-            va = session.resolve(text)
+            va = self.resolve(session, text)
             return va, session.translate(va)
 
         def done(result) -> None:
@@ -577,7 +619,7 @@ class KinspectApp(App[None]):
 
     def ptov(self, text: str) -> None:
         def work(session: Session):
-            pa = session.resolve(text)
+            pa = self.resolve(session, text)
             return pa, session.aliases(pa)
 
         def done(result) -> None:

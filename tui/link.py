@@ -18,9 +18,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from inspector.errors import TargetError
 from inspector.session import Session
 
 __all__ = ["Job", "Link", "RegisterSnapshot", "take_register_snapshot"]
+
+RUNNING = "the kernel is running: stop it first (p)"
 
 POLL_RUNNING = 0.02
 """Seconds the loop waits for a stop before it looks at the job queue again."""
@@ -55,6 +58,10 @@ class Job:
     done: Callable[[Any], None] | None = None
     failed: Callable[[BaseException], None] | None = None
     watch: bool = False  # after it, the target runs: watch for the next stop
+    # While the kernel runs, a read would stop it (the session stops the target
+    # to read): "run" anyway (run control, refresh), "skip" quietly (views that
+    # the next stop refreshes), or "fail" with a message (what the user asked).
+    while_running: str = "fail"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,9 +128,20 @@ class Link:
             self.finished.set()
 
     def _execute(self, job: Job) -> None:
+        if self.watching and job.while_running != "run":
+            if job.while_running == "skip":
+                self._send(self._skipped, job)
+            else:
+                self._send(self._answer, job, None, TargetError(RUNNING))
+            return
         try:
             result = job.work(self.session)
         except BaseException as exc:  # noqa: BLE001 - every failure reaches the user
+            if job.watch:  # e.g. a step that timed out: follow the target if it still runs
+                try:
+                    self.watching = self.session.state == "running"
+                except Exception:  # noqa: BLE001
+                    self.watching = False
             self._send(self._answer, job, None, exc)
             return
         if job.watch:
@@ -157,6 +175,11 @@ class Link:
             self._closing.set()
 
     # -- back in the UI thread ---------------------------------------------------------
+
+    def _skipped(self, job: Job) -> None:
+        self.pending -= 1
+        if self.pending == 0 and self._on_idle is not None:
+            self._on_idle()
 
     def _answer(self, job: Job, result: Any, error: BaseException | None) -> None:
         self.pending -= 1

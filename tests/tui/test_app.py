@@ -418,3 +418,48 @@ def test_help_screen_and_palette(session):
             assert {"Continue", "Stop", "Single step", "Breakpoint", "vtop"} <= set(titles)
 
     run(go())
+
+
+def test_keys_typed_in_a_burst_land_in_the_command_box(session):
+    """A terminal under load delivers keys in one read: focus must move before the next key."""
+    from textual import events
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            for key in ("2", "b", "d", "e", "m", "o", "_", "l", "3"):
+                app.post_message(events.Key(key, key))
+            await pilot.pause()
+            await pilot.pause()
+            assert app.query_one("#command").value == "break demo_l3"
+            assert app.query_one("#tabs").active == "ranges"
+
+    run(go())
+
+
+def test_reads_never_stop_a_running_kernel(session):
+    """While it runs, views wait for the next stop and asked-for reads say why they cannot."""
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            await pilot.press("c")
+            await app.wait_idle()
+            assert session.target.state == "running"
+            app.show_walk(0xFFFFFFFF81000000, "range-walk")  # a view: skipped
+            app.run_command("phys 0x487c000")  # asked for: refused, with the reason
+            await app.wait_idle()
+            await pilot.pause()
+            assert session.target.state == "running"
+            assert app.errors == ["the kernel is running: stop it first (p)"]
+            await pilot.press("p")
+            for _ in range(100):
+                await pilot.pause(0.01)
+                if app.stops == 2:
+                    break
+            assert session.target.state == "stopped"
+            assert app.query_one(StatusLine).reason == "interrupted"
+
+    run(go())

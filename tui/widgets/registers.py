@@ -56,7 +56,8 @@ class RegistersView(VerticalScroll):
         table = Table(box=None, show_header=False, padding=(0, 1), expand=False)
         names = [n for n in GENERAL if n in values]
         names += sorted(n for n in values if n not in GENERAL and not n.startswith(("cr", "efer")))
-        columns = 3
+        width = self.size.width or 100
+        columns = max(1, min(3, (width - 2) // 30))  # name (9) + value (18) + padding
         for _ in range(columns):
             table.add_column(justify="right", style="bold")
             table.add_column()
@@ -87,6 +88,10 @@ class RegistersView(VerticalScroll):
                     parts.append(Text(line, style="dim" if "bits no field" not in line else "red"))
             parts.append(Text(f"paging: {snap.control.paging}", style="cyan"))
         return Group(*parts)
+
+    def on_resize(self) -> None:
+        if self.snapshot is not None:
+            self.query_one("#registers-body", Static).update(self._renderable())
 
     def export_text(self) -> str:
         if self.snapshot is None:

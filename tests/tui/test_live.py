@@ -1,0 +1,117 @@
+"""The TUI on the real demo kernel in QEMU: break, continue, step, stop, as a person would.
+
+The truth for addresses is binutils' ``nm`` on the same ELF (not our own
+ELF reader); registers are compared with what GDB itself reports.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from inspector import api
+from tests.integration.conftest import demo_kernel, qemu  # noqa: F401
+from tui.app import make_app
+from tui.widgets.ranges import RangeList
+from tui.widgets.registers import RegistersView
+from tui.widgets.status import StatusLine
+
+from .conftest import run
+
+pytestmark = pytest.mark.integration
+
+
+async def until(pilot, condition, timeout=30.0, what=""):
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    app = pilot.app
+    raise AssertionError(
+        f"timed out waiting for {what}: errors {app.errors}, link pending {app.link.pending},"
+        f" watching {app.link.watching}, stops {app.stops},"
+        f" status {app.query_one(StatusLine).state} {app.query_one(StatusLine).reason!r}"
+        f" records {getattr(app, 'stop_records', None)}"
+    )
+
+
+def nm_address(elf: str, name: str) -> int:
+    out = subprocess.run(["nm", elf], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == name:
+            return int(parts[0], 16)
+    raise AssertionError(f"nm does not list {name}")
+
+
+def test_breakpoint_continue_step_stop_on_the_demo_kernel(qemu, demo_kernel):  # noqa: F811
+    level3 = nm_address(demo_kernel, "demo_level3")
+    session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+
+    async def go():
+        app = make_app(session)
+        records = app.stop_records = []
+        original = app._on_stop
+
+        def on_stop(record, snapshot):
+            records.append(dict(record))
+            original(record, snapshot)
+
+        app.link._on_stop = on_stop
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
+            regs = app.query_one(RegistersView)
+            status = app.query_one(StatusLine)
+            assert status.state == "stopped" and "QEMU" in status.target
+            assert len(app.query_one(RangeList).rows) == len(app.ranges) > 0
+
+            await pilot.press("c")
+            await until(pilot, lambda: status.state == "running", what="running")
+            await pilot.press("p")
+            await until(pilot, lambda: app.stops == 2, what="the interrupt")
+            assert status.state == "stopped" and status.reason.startswith("interrupted")
+
+            await pilot.press("b")
+            app.query_one("#command").value += "demo_level3"
+            await pilot.press("enter")
+            await until(pilot, lambda: not app.link.pending, what="breakpoint")
+            assert app.errors == []
+
+            await pilot.press("c")
+            await until(
+                pilot,
+                lambda: regs.snapshot.values.get("rip") == level3 and status.state == "stopped",
+                what="the breakpoint",
+            )
+            assert status.reason == "breakpoint 1 at demo_level3"
+            assert "rip" in regs.changed
+            # what GDB itself says about the registers at this stop
+            gdb_rip = session.target._mi.command("-data-evaluate-expression $pc").payload["value"]
+            assert hex(level3) in gdb_rip
+            assert regs.snapshot.values["rsp"] == int(
+                session.target._mi.command("-data-evaluate-expression (long)$rsp").payload["value"]
+            ) & ((1 << 64) - 1)
+
+            generation = regs.generation
+            await pilot.press("s")
+            await until(pilot, lambda: regs.generation > generation, what="the step")
+            assert status.reason.startswith("stepped")
+            assert regs.snapshot.values["rip"] != level3
+            assert regs.changed >= {"rip"}
+
+            await pilot.press("c")
+            await until(
+                pilot,
+                lambda: status.state == "stopped" and regs.generation > generation + 1,
+                what="the breakpoint again",
+            )
+            assert regs.snapshot.values["rip"] == level3
+            await until(pilot, lambda: not app.link.pending, what="views")
+            assert app.errors == []
+            assert app.last_latency is not None and app.last_latency < 1.0
+
+    try:
+        run(go())
+    finally:
+        session.close()

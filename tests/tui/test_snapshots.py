@@ -1,0 +1,66 @@
+"""What the main screens show, as SVG snapshots (pytest-textual-snapshot).
+
+The app runs on the in-memory Linux 6.1 capture, so every value on screen
+is fixed; cursor blink is frozen and the target's jobs are waited for before
+the picture is taken. Regenerate after an intended change with
+``pytest tests/tui/test_snapshots.py --snapshot-update`` and review the SVGs.
+"""
+
+from __future__ import annotations
+
+from textual.widgets import Input
+
+from tui.app import make_app
+
+from .fakes import memory_session
+
+SIZE = (140, 40)
+
+
+def settle(*keys: str, command: str | None = None):
+    async def run_before(pilot) -> None:
+        app = pilot.app
+        for box in app.query(Input):
+            box.cursor_blink = False
+        await app.wait_idle(30)
+        await pilot.pause()
+        if command:
+            app.run_command(command)
+            await app.wait_idle(30)
+        if keys:
+            await pilot.press(*keys)
+        await app.wait_idle(30)
+        await pilot.pause()
+
+    return run_before
+
+
+def test_registers_screen(snap_compare):
+    assert snap_compare(make_app(memory_session()), terminal_size=SIZE, run_before=settle())
+
+
+def test_range_map_with_the_wx_filter(snap_compare):
+    app = make_app(memory_session(wx=True))
+
+    async def run_before(pilot) -> None:
+        await settle("2")(pilot)
+        await pilot.click("#f-wx")
+        await pilot.app.wait_idle(30)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_table_tree(snap_compare):
+    app = make_app(memory_session())
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle("3", "down", "down"))
+
+
+def test_memory_view(snap_compare):
+    app = make_app(memory_session())
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle(command="phys 0x487c000"))
+
+
+def test_help_screen(snap_compare):
+    app = make_app(memory_session())
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle("question_mark"))
