@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what kinspect needs on a fresh Debian 12 machine, then keep quiet.
-#   system: qemu-system-x86, gdb, gcc, binutils, make, python3-venv (apt)
+#   system: qemu-system-x86, gdb, gcc, binutils, make, tmux, python3-venv (apt)
 #   python: a venv in .venv with kinspect and its test tools (pip)
 # Idempotent: a second run with everything present takes well under a second.
 set -euo pipefail
@@ -13,6 +13,7 @@ command -v gcc >/dev/null || need+=(gcc)
 command -v ld >/dev/null || need+=(binutils)
 command -v objcopy >/dev/null || need+=(binutils)
 command -v make >/dev/null || need+=(make)
+command -v tmux >/dev/null || need+=(tmux)  # the TUI's real-terminal test
 command -v python3 >/dev/null || need+=(python3)
 if command -v python3 >/dev/null && [ ! -x .venv/bin/python ]; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
