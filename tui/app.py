@@ -31,9 +31,11 @@ from inspector.x86.paging import Range
 from .link import Job, Link, RegisterSnapshot, take_register_snapshot
 from .model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
 from .screens.help import HelpScreen
+from .widgets.descriptors import DescriptorsView
 from .widgets.memory import WINDOW, HexView
 from .widgets.ranges import RangeList
 from .widgets.registers import RegistersView
+from .widgets.stack import StackView
 from .widgets.status import StatusLine
 from .widgets.tables import TableTree
 from .widgets.walk import WalkView
@@ -90,6 +92,8 @@ class KinspectApp(App[None]):
         Binding("2", "tab('ranges')", "Ranges", show=False, priority=True),
         Binding("3", "tab('tables')", "Tables", show=False, priority=True),
         Binding("4", "tab('memory')", "Mem", show=False, priority=True),
+        Binding("5", "tab('stack')", "Stack", show=False, priority=True),
+        Binding("6", "tab('descriptors')", "Descriptors", show=False, priority=True),
         Binding("r", "refresh", "Refresh", show=False, priority=True),
         Binding("R", "reconnect", "Reconnect", show=False, priority=True),
         Binding("e", "export_text", "Export", show=False, priority=True),
@@ -155,6 +159,7 @@ class KinspectApp(App[None]):
         self._symbols = None
         self._row_texts = RowTexts([])
         self._wx = self._marks = self._problems = 0
+        self._descriptors_stop = -1
 
     # -- layout -------------------------------------------------------------------------
 
@@ -185,6 +190,10 @@ class KinspectApp(App[None]):
                         yield WalkView(id="tree-walk")
             with TabPane("Memory [4]", id="memory"):
                 yield HexView(id="hex")
+            with TabPane("Stack [5]", id="stack"):
+                yield StackView(id="stack-view")
+            with TabPane("GDT IDT TSS [6]", id="descriptors"):
+                yield DescriptorsView(id="descriptors-view")
         yield Input(
             placeholder=": vtop ADDR | ptov PADDR | mem ADDR | phys PADDR | break SYM|ADDR"
             " | continue | stop | step | help",
@@ -298,10 +307,13 @@ class KinspectApp(App[None]):
             seen = self.link.stop_seen_at or snapshot.taken
             self.call_after_refresh(self._record_latency, seen)
         self.stops += 1
+        self._load_stack()
         self._load_ranges()
         self._load_tree()
         if self._memory is not None:
             self.show_memory(*self._memory, while_running="skip")
+        if self.query_one(TabbedContent).active == "descriptors":
+            self._load_descriptors()
 
     def _record_latency(self, seen: float) -> None:
         """Runs once the screen showing the new registers was drawn."""
@@ -309,6 +321,51 @@ class KinspectApp(App[None]):
         self.latencies.append(self.last_latency)
         if self.on_registers_drawn is not None:
             self.on_registers_drawn()
+
+    def _load_stack(self) -> None:
+        def failed(error: BaseException) -> None:
+            self.query_one(StackView).show_error(str(error))
+            self.report_failure(error)
+
+        self.submit(
+            "stack",
+            lambda session: session.backtrace(),
+            self.query_one(StackView).show,
+            failed=failed,
+            while_running="skip",
+        )
+
+    def _load_descriptors(self) -> None:
+        stop = self.stops
+
+        def work(session: Session) -> tuple[dict[str, str], dict[str, str]]:
+            tables: dict[str, str] = {}
+            errors: dict[str, str] = {}
+            readers = {
+                "GDT": session.gdt,
+                "LDT": session.ldt,
+                "IDT": session.idt,
+                "TSS": session.tss,
+            }
+            for name, read in readers.items():
+                try:
+                    value = read()
+                except InspectorError as exc:
+                    errors[name] = str(exc)
+                else:
+                    tables[name] = str(value) if value is not None else "none (LDTR is null)"
+            return tables, errors
+
+        def done(result: tuple[dict[str, str], dict[str, str]]) -> None:
+            self._descriptors_stop = stop
+            self.query_one(DescriptorsView).show(*result)
+
+        self.submit("descriptors", work, done, while_running="skip")
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "descriptors" and self._descriptors_stop != self.stops and self.stops:
+            self._load_descriptors()
 
     def _load_ranges(self) -> None:
         def work(session: Session) -> tuple[list[Range], int]:
@@ -537,7 +594,13 @@ class KinspectApp(App[None]):
 
     def action_tab(self, name: str) -> None:
         self.query_one(TabbedContent).active = name
-        focus = {"ranges": RangeList, "tables": TableTree, "memory": HexView}.get(name)
+        focus = {
+            "ranges": "#range-list",
+            "tables": "#table-tree",
+            "memory": "#hex",
+            "stack": "#frames",
+            "descriptors": "#descriptors-view",
+        }.get(name)
         if focus is not None:
             self.set_focus(self.query_one(focus))
 
@@ -656,6 +719,10 @@ class KinspectApp(App[None]):
         elif active == "tables":
             body = self.query_one(TableTree).export_text() + "\n"
             body += self.query_one("#tree-walk", WalkView).export_text()
+        elif active == "stack":
+            body = self.query_one(StackView).export_text()
+        elif active == "descriptors":
+            body = self.query_one(DescriptorsView).export_text()
         else:
             body = self.query_one(HexView).export_text()
         return f"{status}\n\n{body}"

@@ -18,6 +18,7 @@ from inspector.errors import FaultError, TargetError
 from inspector.session import Session
 from inspector.symbols import Symbol, SymbolTable
 from inspector.targets.base import Target
+from inspector.targets.qemu_text import system_registers_from_info
 from inspector.x86.control import decode_paging_mode
 from inspector.x86.paging import translate
 from tests.unit.test_x86_linux_capture import load_pages
@@ -47,6 +48,18 @@ def capture_pages() -> dict[int, bytes]:
     return _PAGES
 
 
+def capture_descriptor_memory() -> dict[int, bytes]:
+    """The GDT and IDT bytes, by virtual address (gdt.txt, idt.txt: ``VA +OFF: QWORD QWORD``)."""
+    memory: dict[int, bytes] = {}
+    for name in ("gdt.txt", "idt.txt"):
+        for line in (FIXTURE / name).read_text().splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            va, _offset, *words = line.replace(":", "").split()
+            memory[int(va, 16)] = b"".join(int(w, 16).to_bytes(8, "little") for w in words)
+    return memory
+
+
 def capture_symbols() -> SymbolTable:
     symbols = [Symbol("_text", TEXT, 0, "notype")]
     for line in (FIXTURE / "kallsyms-idt-handlers.txt").read_text().splitlines():
@@ -71,6 +84,7 @@ class MemoryTarget(Target):
         self.fail: BaseException | None = None  # raised by the next read
         self.closed = False
         self.reads = 0
+        self.virtual = capture_descriptor_memory()  # GDT and IDT, read through their VAs
         if wx:
             step = translate(self.read_physical, CR3, MODE, TEXT).steps[-1]
             self.write_entry(step.entry_address, step.entry.raw | 0x2)
@@ -104,6 +118,12 @@ class MemoryTarget(Target):
 
     def read_virtual(self, address: int, size: int) -> bytes:
         self._check()
+        base = address & ~0xF
+        if base in self.virtual:  # the captured GDT/IDT, 16 bytes a line
+            out = b"".join(self.virtual.get(a, b"") for a in range(base, address + size + 16, 16))
+            data = out[address - base : address - base + size]
+            if len(data) == size:
+                return data
         out = bytearray()
         while len(out) < size:
             va = address + len(out)
@@ -125,7 +145,9 @@ class MemoryTarget(Target):
         return dict(self.regs)
 
     def system_registers(self):
-        raise TargetError("the in-memory capture has no GDTR/IDTR")
+        self._check()
+        text = (FIXTURE / "info-registers.txt").read_text()
+        return system_registers_from_info(text)
 
     # -- run control --------------------------------------------------------------------
 

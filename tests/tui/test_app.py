@@ -463,3 +463,33 @@ def test_reads_never_stop_a_running_kernel(session):
             assert app.query_one(StatusLine).reason == "interrupted"
 
     run(go())
+
+
+def test_stack_and_descriptor_views_show_the_sessions_records(session, truth):
+    from tui.widgets.descriptors import DescriptorsView
+    from tui.widgets.stack import StackView
+
+    truth = memory_session()  # with the same symbols as the app's session
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            stack = app.query_one(StackView)
+            assert str(stack.backtrace) == str(truth.backtrace())
+            assert stack.backtrace.frames[0].pc == REGISTERS["rip"]
+            await pilot.press("6")
+            await app.wait_idle()
+            await pilot.pause()
+            view = app.query_one(DescriptorsView)
+            assert view.tables["GDT"] == str(truth.gdt())
+            assert view.tables["IDT"] == str(truth.idt())
+            text = view.export_text()
+            assert (
+                " 14 #PF      interrupt 0x0010:0xffffffff81c00be0 DPL=0  asm_exc_page_fault" in text
+            )
+            assert "asm_exc_page_fault" in text and "<- TR" in text
+            assert "cannot read the TSS" in text  # not in the capture: said, not raised
+            assert app.errors == []
+
+    run(go())

@@ -15,6 +15,7 @@ from tests.integration.conftest import demo_kernel, qemu  # noqa: F401
 from tui.app import make_app
 from tui.widgets.ranges import RangeList
 from tui.widgets.registers import RegistersView
+from tui.widgets.stack import StackView
 from tui.widgets.status import StatusLine
 
 from .conftest import run
@@ -85,6 +86,15 @@ def test_breakpoint_continue_step_stop_on_the_demo_kernel(qemu, demo_kernel):  #
                 what="the breakpoint",
             )
             assert status.reason == "breakpoint 1 at demo_level3"
+            await until(pilot, lambda: not app.link.pending, what="the views")
+            frames = app.query_one(StackView).backtrace.frames
+            assert [f.symbol for f in frames[:4]] == [
+                "demo_level3",
+                "demo_level2",
+                "demo_level1",
+                "demo_work",
+            ]
+            assert frames[0].line is not None and frames[0].line.file.endswith("work.c")
             assert "rip" in regs.changed
             # what GDB itself says about the registers at this stop
             gdb_rip = session.target._mi.command("-data-evaluate-expression $pc").payload["value"]
