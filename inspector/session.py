@@ -137,11 +137,19 @@ class Session:
                 raise TargetError(f"{self.target.description} cannot report stops")
             try:
                 record = wait(timeout)
-            except TargetError:
-                if self.target.state == "running":
+            except TargetError as exc:
+                state = self.target.state
+                if state == "running":
                     return None
-                raise
+                if state == "exited":
+                    raise TargetError("the target has gone away (its connection closed)") from exc
+                if state != "stopped":
+                    raise
+                record = self.last_stop  # it stopped as the wait gave up
         self.invalidate()
+        reason = str((record or {}).get("reason", ""))
+        if reason.startswith("exited"):  # gdb's word for a remote that closed
+            raise TargetError(f"the target has gone away ({reason.replace('-', ' ')})")
         return record or {}
 
     def step_instruction(self) -> Mapping[str, Any]:

@@ -11,6 +11,7 @@ back as messages; every failure goes through :meth:`KinspectApp.report_failure`.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,9 @@ class KinspectApp(App[None]):
             on_stop=self._on_stop,
             on_error=self.report_failure,
             on_idle=self._on_idle,
+            on_answer=self._on_answer,
         )
+        self._queued: deque[str] = deque()  # names of the jobs in the owner's queue, in order
         self.errors: list[str] = []  # every failure reported, for tests and the log
         self.ranges: list[Range] = []
         self.rows: list[RangeRow] = []
@@ -245,11 +248,19 @@ class KinspectApp(App[None]):
         ``while_running``: what to do if the kernel runs when the job's turn
         comes (see :class:`~tui.link.Job`).
         """
-        self.query_one(StatusLine).busy = True
+        self._queued.append(name)
+        self.query_one(StatusLine).busy = self._queued[0]
         self.link.submit(Job(name, work, done, failed, watch, while_running))
 
+    def _on_answer(self, job: Job) -> None:
+        """A job was answered: the status line names the one now being read."""
+        if self._queued:
+            self._queued.popleft()
+        self.query_one(StatusLine).busy = self._queued[0] if self._queued else ""
+
     def _on_idle(self) -> None:
-        self.query_one(StatusLine).busy = False
+        self._queued.clear()
+        self.query_one(StatusLine).busy = ""
 
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until every submitted job was answered (tests, the benchmark)."""
@@ -272,7 +283,6 @@ class KinspectApp(App[None]):
             self.log.error(message)
         self.errors.append(message)
         status = self.query_one(StatusLine)
-        status.busy = False
         if isinstance(error, TargetError) and any(word in message for word in _LOST):
             status.health = "connection lost: R reconnects"
             status.state = "exited"

@@ -83,12 +83,14 @@ class Link:
         on_stop: Callable[[Mapping[str, Any], RegisterSnapshot | None], None],
         on_error: Callable[[BaseException], None],
         on_idle: Callable[[], None] | None = None,
+        on_answer: Callable[[Job], None] | None = None,
     ) -> None:
         self.session = session
         self._deliver = deliver
         self._on_stop = on_stop
         self._on_error = on_error
         self._on_idle = on_idle
+        self._on_answer = on_answer
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._closing = threading.Event()
         self.finished = threading.Event()
@@ -178,11 +180,15 @@ class Link:
 
     def _skipped(self, job: Job) -> None:
         self.pending -= 1
+        if self._on_answer is not None:
+            self._on_answer(job)
         if self.pending == 0 and self._on_idle is not None:
             self._on_idle()
 
     def _answer(self, job: Job, result: Any, error: BaseException | None) -> None:
         self.pending -= 1
+        if self._on_answer is not None:
+            self._on_answer(job)
         try:
             if error is not None:
                 (job.failed or self._on_error)(error)

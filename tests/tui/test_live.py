@@ -125,3 +125,33 @@ def test_breakpoint_continue_step_stop_on_the_demo_kernel(qemu, demo_kernel):  #
         run(go())
     finally:
         session.close()
+
+
+def test_a_kernel_that_dies_is_a_notification_and_reconnect_says_why_it_fails(demo_kernel):  # noqa: F811
+    own = api.launch_demo()  # this test kills its QEMU
+    session = api.attach(own.gdb_endpoint, elf=demo_kernel)
+
+    def connect():
+        return api.attach(own.gdb_endpoint, elf=demo_kernel, timeout=3)
+
+    async def go():
+        app = make_app(session, connect=connect)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
+            status = app.query_one(StatusLine)
+            await pilot.press("c")
+            await until(pilot, lambda: status.state == "running", what="running")
+            own.stop()  # the machine goes away under the running kernel
+            await until(pilot, lambda: app.errors, what="the failure")
+            assert status.state == "exited" and "R reconnects" in status.health, app.errors
+            assert any(n.severity == "error" for n in app._notifications)
+            await pilot.press("R")
+            await until(pilot, lambda: len(app.errors) >= 2, what="the reconnect failure")
+            assert "cannot attach" in app.errors[-1]
+            assert app.is_running
+
+    try:
+        run(go())
+    finally:
+        own.stop()
+        session.close()

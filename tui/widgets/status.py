@@ -24,7 +24,7 @@ class StatusLine(Widget):
     reason: reactive[str] = reactive("")
     mode: reactive[str] = reactive("")
     health: reactive[str] = reactive("ok")
-    busy: reactive[bool] = reactive(False)
+    busy: reactive[str] = reactive("")  # what the target thread is reading, "" when idle
 
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
@@ -39,7 +39,7 @@ class StatusLine(Widget):
         else:
             text.append("  | link ok", "green")
         if self.busy:
-            text.append("  | reading...", "italic")
+            text.append(f"  | reading {self.busy}...", "italic")
         return text
 
     def export_text(self) -> str:
