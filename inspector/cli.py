@@ -362,7 +362,15 @@ def _run_tui(connect: Callable[[], Session], *, resume: bool) -> int:
 def cmd_tui(args: argparse.Namespace) -> int:
     from . import api
 
+    agent = getattr(args, "agent", None)
+
     def connect() -> Session:
+        if agent and args.target:  # the stub reads and runs, the agent adds what it cannot see
+            return api.attach_with_agent(
+                args.target, agent, elf=args.elf, phys_base=args.phys_base, timeout=args.timeout
+            )
+        if agent:  # the kernel's console text would draw over the screen: dropped
+            return api.attach_agent(agent, elf=args.elf, timeout=args.timeout, on_console=None)
         return api.attach(args.target, elf=args.elf, phys_base=args.phys_base, timeout=args.timeout)
 
     return _run_tui(connect, resume=not args.no_resume)
@@ -422,8 +430,8 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             return cmd_demo_tui(args)
         return cmd_demo(args, out)
     if args.command == "tui":
-        if not args.target:
-            parser.error("tui needs --target (a gdb stub: host:port or a socket path)")
+        if not (args.target or getattr(args, "agent", None)):
+            parser.error("tui needs --target (a gdb stub) or --agent (the in-kernel agent)")
         return cmd_tui(args)
     if args.command == "sym" and not args.target:
         return cmd_sym(None, args, out)  # symbols need only the ELF

@@ -133,8 +133,8 @@ class Session:
             record = self.last_stop
         else:
             wait = getattr(self.target, "wait_for_stop", None)
-            if wait is None:
-                raise TargetError(f"{self.target.description} cannot report stops")
+            if wait is None:  # the agent: it runs until someone stops it
+                return None
             try:
                 record = wait(timeout)
             except TargetError as exc:

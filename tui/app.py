@@ -41,7 +41,7 @@ from .widgets.status import StatusLine
 from .widgets.tables import TableTree
 from .widgets.walk import WalkView
 
-__all__ = ["KinspectApp", "describe_stop", "make_app"]
+__all__ = ["KinspectApp", "cpu_mode", "describe_stop", "make_app"]
 
 _LOST = ("gone away", "lost the connection", "gdb exited", "did not answer", "not connected")
 
@@ -69,6 +69,21 @@ def describe_stop(record: Mapping[str, Any], symbolize: Callable[[int], str | No
     else:
         text = "stopped"
     return f"{text} at {where}" if where else text
+
+
+def cpu_mode(values: Mapping[str, int], control: Any) -> str:
+    """``64-bit CPL0 | 4-level paging [...]``: the CPU mode the registers imply, then paging."""
+    efer = control.registers["EFER"]
+    cr0 = control.registers["CR0"]
+    if efer.is_set("LMA"):
+        mode = "64-bit"
+    elif cr0.is_set("PE"):
+        mode = "protected"
+    else:
+        mode = "real"
+    if "cs" in values and cr0.is_set("PE"):
+        mode += f" CPL{values['cs'] & 3}"
+    return f"{mode} | {control.paging}"
 
 
 class KinspectApp(App[None]):
@@ -311,7 +326,7 @@ class KinspectApp(App[None]):
         status.reason = describe_stop(record, self.symbolize)
         if snapshot is not None:
             if snapshot.control is not None:
-                status.mode = str(snapshot.control.paging)
+                status.mode = cpu_mode(snapshot.values, snapshot.control)
             self.query_one(RegistersView).show(snapshot, self._previous_values)
             self._previous_values = snapshot.values
             seen = self.link.stop_seen_at or snapshot.taken

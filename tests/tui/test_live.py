@@ -155,3 +155,29 @@ def test_a_kernel_that_dies_is_a_notification_and_reconnect_says_why_it_fails(de
     finally:
         own.stop()
         session.close()
+
+
+def test_the_tui_through_the_agent_alone(qemu, demo_kernel):  # noqa: F811
+    """No gdb: the in-kernel agent on the serial line reads, stops and resumes the kernel."""
+    session = api.attach_agent(f"unix:{qemu.serial_socket}", elf=demo_kernel)
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
+            status = app.query_one(StatusLine)
+            regs = app.query_one(RegistersView)
+            assert "agent" in status.target and status.state == "stopped"
+            assert regs.snapshot.control is not None and "4-level" in status.mode
+            assert len(app.ranges) > 0
+            await pilot.press("c")
+            await until(pilot, lambda: status.state == "running", what="running")
+            await pilot.press("p")
+            await until(pilot, lambda: app.stops == 2 and not app.link.pending, what="the stop")
+            assert status.state == "stopped"
+            assert app.errors == []
+
+    try:
+        run(go())
+    finally:
+        session.close()
