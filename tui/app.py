@@ -170,6 +170,8 @@ class KinspectApp(App[None]):
         self.last_latency: float | None = None  # stop seen -> registers on screen, seconds
         self.latencies: list[float] = []
         self.on_registers_drawn: Callable[[], None] | None = None  # the benchmark's hook
+        self.stack_latencies: list[float] = []  # stop seen -> stack on screen, seconds
+        self.on_stack_drawn: Callable[[], None] | None = None
         self._previous_ranges: list[Range] | None = None
         self._previous_values: Mapping[str, int] | None = None
         self._tree_generation = 0
@@ -348,17 +350,26 @@ class KinspectApp(App[None]):
             self.on_registers_drawn()
 
     def _load_stack(self) -> None:
+        seen = self.link.stop_seen_at
+
+        def done(backtrace) -> None:
+            self.query_one(StackView).show(backtrace)
+            self.call_after_refresh(self._record_stack_latency, seen)
+
         def failed(error: BaseException) -> None:
             self.query_one(StackView).show_error(str(error))
             self.report_failure(error)
 
         self.submit(
-            "stack",
-            lambda session: session.backtrace(),
-            self.query_one(StackView).show,
-            failed=failed,
-            while_running="skip",
+            "stack", lambda session: session.backtrace(), done, failed=failed, while_running="skip"
         )
+
+    def _record_stack_latency(self, seen: float) -> None:
+        """Runs once the screen showing the new stack was drawn."""
+        if seen:
+            self.stack_latencies.append(time.perf_counter() - seen)
+        if self.on_stack_drawn is not None:
+            self.on_stack_drawn()
 
     def _load_descriptors(self) -> None:
         stop = self.stops
