@@ -135,13 +135,16 @@ def attach_with_agent(
 
 
 def launch_demo(
-    *, memory: str = "128M", timeout: float = 30.0, serial: str = "unix"
+    *, memory: str = "128M", timeout: float = 30.0, serial: str = "unix", append: str | None = None
 ) -> QemuInstance:
     """Boot the demo kernel in QEMU and wait until it says it is ready.
 
     ``serial`` puts COM1 (console and agent) on a unix socket, on TCP at
     127.0.0.1 or on a pty; ``instance.agent_endpoint`` is what ``--agent`` takes.
+    ``append`` is the kernel command line: ``"lowhalf"`` leaves the stack and
+    GDT/IDT/TSS at their identity-mapped addresses (the seed scenario).
     """
     if not DEMO_KERNEL.is_file():
         raise TargetError(f"the demo kernel is not built ({DEMO_KERNEL}); run `make kernel`")
-    return launch_qemu(DEMO_KERNEL, memory=memory, timeout=timeout, serial=serial)
+    extra = ("-append", append) if append else ()
+    return launch_qemu(DEMO_KERNEL, memory=memory, timeout=timeout, serial=serial, extra_args=extra)

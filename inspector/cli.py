@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_agent import add_agent_parser
 
     add_agent_parser(sub, common)
+    from .cli_remap import add_remap_parser
+
+    add_remap_parser(sub, common)
     return parser
 
 
@@ -435,6 +438,10 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         return cmd_tui(args)
     if args.command == "sym" and not args.target:
         return cmd_sym(None, args, out)  # symbols need only the ELF
+    if args.command == "remap":
+        from .cli_remap import run_remap
+
+        return run_remap(parser, args, out)
     if args.command == "agent" or args.agent:
         from .cli_agent import run_agent
 

@@ -64,6 +64,7 @@ ERROR_NAMES = {
     5: "too-big",
     6: "unsupported",
     7: "internal",
+    9: "refused",
 }
 
 

@@ -71,6 +71,7 @@ const char *agent_strerror(int status)
 	case AGENT_E_UNSUPPORTED: return "not supported by this host";
 	case AGENT_E_INTERNAL: return "internal error";
 	case AGENT_E_ARG: return "bad argument";
+	case AGENT_E_REFUSED: return "refused for safety";
 	default: return "unknown status";
 	}
 }
@@ -607,6 +608,670 @@ static int m_resume(struct agent *a, struct params *p, struct mp_writer *w, stru
 	return AGENT_OK;
 }
 
+/* -- remaps ---------------------------------------------------------------------- */
+
+#define PTE_FLAG_BITS (PTE_P | PTE_RW | PTE_US | PTE_PWT | PTE_PCD | PTE_G | PTE_NX)
+
+enum { PROT_CODE = 1, PROT_STACK, PROT_DESCRIPTORS, PROT_TABLES };
+
+/* Refusal messages start with the reason's name (AGENT_PROTOCOL.md, "Refusals"). */
+static const char *const prot_message[] = {
+	"",
+	"running-code: the change would unmap, move or make non-executable the code the agent or the kernel runs",
+	"own-stack: the change would unmap, move or make read-only the stack the agent runs on",
+	"descriptor-tables: the change would unmap, move or make read-only the GDT, IDT or TSS in use",
+	"page-tables: the change would unmap, move or make read-only the mapping through which the page tables are reached",
+};
+
+static int refuse(struct failure *f, uint64_t address, const char *message)
+{
+	f->message = message;
+	f->address = address;
+	f->has_address = true;
+	return AGENT_E_REFUSED;
+}
+
+static int read_virt_u64(struct agent *a, const struct paging *pg, uint64_t va, uint64_t *v)
+{
+	struct translation t;
+	struct failure ignored;
+
+	if (translate(a, pg, va, &t, &ignored) != AGENT_OK)
+		return AGENT_E_FAULT;
+	if ((t.pa & 0xfff) > 0xff8)
+		return AGENT_E_FAULT;
+	return a->ops->read_phys(a->ctx, t.pa, v, sizeof(*v));
+}
+
+static void protect_add(struct agent *a, uint64_t lo, uint64_t hi, uint8_t kind)
+{
+	if (a->protected_count == AGENT_PROTECTED_MAX || hi <= lo)
+		return;
+	a->protected[a->protected_count].lo = lo & ~0xfffULL;
+	a->protected[a->protected_count].hi = hi;
+	a->protected[a->protected_count].kind = kind;
+	a->protected_count++;
+}
+
+static void collect_tables(struct agent *a, const struct paging *pg, int level, uint64_t table)
+{
+	if (a->table_count < AGENT_TABLES_MAX)
+		a->tables[a->table_count++] = table;
+	if (level == 1)
+		return;
+	for (unsigned i = 0; i < ENTRIES; i++) {
+		uint64_t e;
+
+		if (read_entry(a, table, i, &e) != AGENT_OK)
+			return;
+		if ((e & PTE_P) && !is_leaf(level, e) && !reserved_bits(pg, level, e))
+			collect_tables(a, pg, level - 1, e & pg->address_mask);
+	}
+}
+
+/* What must stay mapped as it is: the agent's code and stack, the descriptor tables, the tables. */
+static int protection_setup(struct agent *a, struct paging *pg, struct agent_cpu *cpu,
+			    struct failure *f)
+{
+	int status = paging_setup(a, pg, f);
+
+	if (status != AGENT_OK)
+		return status;
+	*cpu = (struct agent_cpu){ 0 };
+	status = a->ops->read_cpu(a->ctx, cpu);
+	if (status != AGENT_OK)
+		return fail(f, status, "read_cpu failed");
+	a->protected_count = 0;
+	a->table_count = 0;
+	protect_add(a, cpu->rip, cpu->rip + 1, PROT_CODE);
+	if (a->have_caller)
+		protect_add(a, a->caller_rip, a->caller_rip + 1, PROT_CODE);
+	if (a->ops->code_end > a->ops->code_start)
+		protect_add(a, a->ops->code_start, a->ops->code_end, PROT_CODE);
+	/* The stack: from RSP up the frame-pointer chain. */
+	uint64_t hi = cpu->rsp + 8, rbp = cpu->rbp;
+
+	for (int i = 0; i < 64; i++) {
+		uint64_t saved;
+
+		if (rbp < cpu->rsp || rbp - cpu->rsp > 0x100000)
+			break;
+		if (rbp + 16 > hi)
+			hi = rbp + 16;
+		if (read_virt_u64(a, pg, rbp, &saved) != AGENT_OK || saved <= rbp)
+			break;
+		rbp = saved;
+	}
+	protect_add(a, cpu->rsp, hi, PROT_STACK);
+	protect_add(a, cpu->gdtr_base, cpu->gdtr_base + cpu->gdtr_limit + 1ULL, PROT_DESCRIPTORS);
+	protect_add(a, cpu->idtr_base, cpu->idtr_base + cpu->idtr_limit + 1ULL, PROT_DESCRIPTORS);
+	if ((cpu->tr & ~7u) && (cpu->tr & ~7u) + 15u <= cpu->gdtr_limit) {
+		uint64_t lo, hi_half;
+
+		if (read_virt_u64(a, pg, cpu->gdtr_base + (cpu->tr & ~7u), &lo) == AGENT_OK &&
+		    read_virt_u64(a, pg, cpu->gdtr_base + (cpu->tr & ~7u) + 8, &hi_half) == AGENT_OK) {
+			uint64_t base = ((lo >> 16) & 0xffffff) | (((lo >> 56) & 0xff) << 24) |
+					((hi_half & 0xffffffffULL) << 32);
+
+			protect_add(a, base, base + 0x68, PROT_DESCRIPTORS);
+		}
+	}
+	collect_tables(a, pg, pg->levels, pg->root);
+	if (a->ops->phys_to_virt)
+		for (unsigned i = 0; i < a->table_count; i++) {
+			uint64_t v = a->ops->phys_to_virt(a->ctx, a->tables[i]);
+
+			protect_add(a, v, v + PAGE_SIZE_4K, PROT_TABLES);
+		}
+	return AGENT_OK;
+}
+
+enum reach { REACH_OK, REACH_ABSENT, REACH_LARGE, REACH_UNREADABLE };
+
+/* The entry that maps va at `level`, or where the walk there stops. */
+static enum reach reach_entry(struct agent *a, const struct paging *pg, uint64_t va, int level,
+			      uint64_t *entry_pa, uint64_t *entry, int *at_level)
+{
+	uint64_t table = pg->root;
+
+	for (int l = pg->levels;; l--) {
+		uint64_t pa = table + 8ULL * ((va >> level_shift(l)) & (ENTRIES - 1));
+		uint64_t e;
+
+		if (a->ops->read_phys(a->ctx, pa, &e, sizeof(e)) != AGENT_OK)
+			return REACH_UNREADABLE;
+		*entry_pa = pa;
+		*entry = e;
+		*at_level = l;
+		if (l == level)
+			return REACH_OK;
+		if (!(e & PTE_P))
+			return REACH_ABSENT;
+		if (is_leaf(l, e))
+			return REACH_LARGE;
+		table = e & pg->address_mask;
+	}
+}
+
+/* Refuses an edit that takes away what a protected range needs (unless force). */
+static int check_edit(struct agent *a, const struct paging *pg, const struct agent_edit *e,
+		      struct failure *f)
+{
+	uint64_t lo = e->va, last = e->va + ((1ULL << level_shift(e->level)) - 1);
+
+	if (!(e->old & PTE_P))
+		return AGENT_OK; /* nothing was reached through it */
+	bool old_leaf = is_leaf(e->level, e->old), new_leaf = is_leaf(e->level, e->new);
+
+	for (unsigned i = 0; i < a->protected_count; i++) {
+		const struct agent_protected *p = &a->protected[i];
+		bool bad;
+
+		if (p->hi - 1 < lo || p->lo > last)
+			continue;
+		if (!(e->new & PTE_P) || old_leaf != new_leaf ||
+		    ((e->old ^ e->new) & pg->address_mask))
+			bad = true;
+		else if (p->kind == PROT_CODE)
+			bad = pg->nxe && (e->new & PTE_NX) && !(e->old & PTE_NX);
+		else
+			bad = !(e->new & PTE_RW) && (e->old & PTE_RW);
+		if (bad)
+			return refuse(f, p->lo > lo ? p->lo : lo, prot_message[p->kind]);
+	}
+	return AGENT_OK;
+}
+
+static int page_level(uint64_t page_size, int *level, struct failure *f)
+{
+	if (page_size == PAGE_SIZE_4K)
+		*level = 1;
+	else if (page_size == (1ULL << 21))
+		*level = 2;
+	else if (page_size == (1ULL << 30))
+		*level = 3;
+	else if (page_size == (1ULL << 39))
+		*level = 4; /* unmap and set_entries only: a whole PML4 entry */
+	else
+		return fail(f, AGENT_E_PARAMS, "page_size must be 4 KiB, 2 MiB, 1 GiB or 512 GiB");
+	return AGENT_OK;
+}
+
+static bool remap_supported(struct agent *a)
+{
+	return a->ops->write_phys && a->ops->alloc_table && a->ops->read_cpu;
+}
+
+static int param_force(struct params *p, bool *force, struct failure *f)
+{
+	struct mp_item item;
+
+	*force = false;
+	if (p->taken == p->count)
+		return AGENT_OK;
+	p->taken++;
+	if (!mp_read(p->r, &item))
+		return fail(f, AGENT_E_MALFORMED, "truncated parameter");
+	if (item.type != MP_BOOL)
+		return fail(f, AGENT_E_PARAMS, "force must be a bool");
+	*force = item.v.b;
+	return AGENT_OK;
+}
+
+/* Appends one written entry to the reply list (and the TLB work). */
+static int record_edit(struct agent *a, uint64_t va, int level, uint64_t entry_pa, uint64_t old,
+		       uint64_t new, struct failure *f)
+{
+	struct agent_edit *e;
+
+	if (a->edit_count == AGENT_EDIT_MAX)
+		return fail(f, AGENT_E_INTERNAL, "more entries than AGENT_EDIT_MAX");
+	e = &a->edits[a->edit_count++];
+	e->va = va;
+	e->level = (uint8_t)level;
+	e->entry_pa = entry_pa;
+	e->old = old;
+	e->new = new;
+	return AGENT_OK;
+}
+
+/*
+ * Phase 2: writes the intents, creating the tables on the way (non-leaf
+ * entries P RW US: the leaves decide), then flushes the TLB.
+ */
+static int apply_intents(struct agent *a, const struct paging *pg, struct failure *f)
+{
+	bool flush_all = false;
+	int status;
+
+	a->edit_count = 0;
+	for (unsigned i = 0; i < a->intent_count; i++) {
+		const struct agent_edit *in = &a->intents[i];
+		uint64_t entry_pa, entry;
+		int at;
+
+		for (;;) {
+			enum reach r = reach_entry(a, pg, in->va, in->level, &entry_pa, &entry, &at);
+
+			if (r == REACH_OK)
+				break;
+			if (r != REACH_ABSENT || !(in->new & PTE_P))
+				return fail(f, AGENT_E_INTERNAL, "the tables changed under the request");
+			uint64_t table, e;
+
+			if (a->ops->alloc_table(a->ctx, &table) != AGENT_OK)
+				return fail(f, AGENT_E_UNSUPPORTED,
+					    "the host's page-table pool is empty");
+			e = (table & pg->address_mask) | PTE_P | PTE_RW | PTE_US;
+			if (a->ops->write_phys(a->ctx, entry_pa, &e, sizeof(e)) != AGENT_OK)
+				return fault(f, entry_pa, "page-table entry not writable");
+			status = record_edit(a, canonical(pg, in->va & ~((1ULL << level_shift(at)) - 1)),
+					     at, entry_pa, entry, e, f);
+			if (status != AGENT_OK)
+				return status;
+		}
+		if (entry == in->new)
+			continue;
+		if (a->ops->write_phys(a->ctx, entry_pa, &in->new, sizeof(in->new)) != AGENT_OK)
+			return fault(f, entry_pa, "page-table entry not writable");
+		status = record_edit(a, in->va, in->level, entry_pa, entry, in->new, f);
+		if (status != AGENT_OK)
+			return status;
+		if ((entry & PTE_P) && !is_leaf(in->level, entry))
+			flush_all = true; /* a whole table's worth of translations */
+	}
+	if (a->ops->flush_tlb) {
+		if (flush_all || a->edit_count > 32)
+			a->ops->flush_tlb(a->ctx, 0, true);
+		else
+			for (unsigned i = 0; i < a->edit_count; i++)
+				a->ops->flush_tlb(a->ctx, a->edits[i].va, false);
+	}
+	a->remaps++;
+	return AGENT_OK;
+}
+
+static void write_edits(struct agent *a, struct mp_writer *w)
+{
+	mp_write_array(w, a->edit_count);
+	for (unsigned i = 0; i < a->edit_count; i++) {
+		const struct agent_edit *e = &a->edits[i];
+
+		mp_write_array(w, 5);
+		mp_write_uint(w, e->va);
+		mp_write_uint(w, e->level);
+		mp_write_uint(w, e->entry_pa);
+		mp_write_uint(w, e->old);
+		mp_write_uint(w, e->new);
+	}
+}
+
+/* Phase 1: one intent, checked against what is there now. */
+static int add_intent(struct agent *a, const struct paging *pg, uint64_t va, int level,
+		      int kind, uint64_t value, bool force, struct failure *f)
+{
+	uint64_t entry_pa, entry;
+	int at;
+	enum reach r = reach_entry(a, pg, va, level, &entry_pa, &entry, &at);
+	struct agent_edit *in = &a->intents[a->intent_count];
+
+	if (r == REACH_UNREADABLE)
+		return fault(f, va, "a page table is not readable");
+	if (r == REACH_LARGE)
+		return fail(f, AGENT_E_PARAMS,
+			    "a larger page maps this address: change that page's level instead");
+	if (r == REACH_ABSENT)
+		entry = 0;
+	in->va = va;
+	in->level = (uint8_t)level;
+	in->entry_pa = r == REACH_OK ? entry_pa : 0;
+	in->old = entry;
+	switch (kind) {
+	case 'm': /* map: value is the leaf entry */
+		in->new = value;
+		break;
+	case 'u': /* unmap */
+		if (!(entry & PTE_P))
+			return AGENT_OK;
+		in->new = 0;
+		break;
+	case 'p': /* protect: value holds the new flag bits */
+		if (!(entry & PTE_P) || !is_leaf(level, entry))
+			return fault(f, va, "not mapped by a leaf of this page size");
+		in->new = (entry & ~PTE_FLAG_BITS) | value | PTE_P;
+		break;
+	default: /* set: the raw entry */
+		if (r == REACH_ABSENT && (value & PTE_P))
+			return fault(f, va, "no table to put this entry in");
+		if (r == REACH_ABSENT)
+			return AGENT_OK;
+		in->new = value;
+		break;
+	}
+	if (!force) {
+		int status = check_edit(a, pg, in, f);
+
+		if (status != AGENT_OK)
+			return status;
+	}
+	a->intent_count++;
+	return AGENT_OK;
+}
+
+/* map [va, pa, size, page_size, flags, [force]], unmap [va, size, page_size, [force]],
+ * protect [va, size, page_size, flags, [force]] */
+static int edit_range(struct agent *a, struct params *p, struct mp_writer *w, struct failure *f,
+		      int kind)
+{
+	uint64_t va = 0, pa = 0, size = 0, page_size = 0, flags = 0;
+	bool force;
+	int level = 0;
+	struct paging pg;
+	struct agent_cpu cpu;
+	int status = param_uint(p, &va, false, f);
+
+	if (status == AGENT_OK && kind == 'm')
+		status = param_uint(p, &pa, false, f);
+	if (status == AGENT_OK)
+		status = param_uint(p, &size, false, f);
+	if (status == AGENT_OK)
+		status = param_uint(p, &page_size, false, f);
+	if (status == AGENT_OK && kind != 'u')
+		status = param_uint(p, &flags, false, f);
+	if (status == AGENT_OK)
+		status = param_force(p, &force, f);
+	if (status == AGENT_OK)
+		status = params_done(p, f);
+	if (status == AGENT_OK)
+		status = page_level(page_size, &level, f);
+	if (status != AGENT_OK)
+		return status;
+	if (!remap_supported(a))
+		return fail(f, AGENT_E_UNSUPPORTED, "the host gives no write_phys/alloc_table hooks");
+	if (flags & ~(PTE_FLAG_BITS & ~PTE_P))
+		return fail(f, AGENT_E_PARAMS, "flags may hold only RW US PWT PCD G NX");
+	if (kind != 'u' && level == 4)
+		return fail(f, AGENT_E_PARAMS, "no 512 GiB pages");
+	status = protection_setup(a, &pg, &cpu, f);
+	if (status != AGENT_OK)
+		return status;
+	/* Never overridden by force: the entry written would not be the one asked for. */
+	if (!is_canonical(&pg, va) || (size && !is_canonical(&pg, va + size - 1)) ||
+	    ((va + size - 1) >> 63) != (va >> 63))
+		return refuse(f, va, "non-canonical: the range is not canonical or crosses the hole");
+	if ((va | pa | size) & (page_size - 1) || size == 0)
+		return refuse(f, va, "misaligned: address or size not a multiple of the page size");
+	if (size / page_size > AGENT_EDIT_LEAVES)
+		return fail(f, AGENT_E_PARAMS, "more pages than one request may change (64)");
+	if (pa & ~pg.address_mask & ~((1ULL << level_shift(level)) - 1))
+		return fail(f, AGENT_E_PARAMS, "physical address above MAXPHYADDR");
+	a->intent_count = 0;
+	for (uint64_t off = 0; off < size; off += page_size) {
+		uint64_t value = flags;
+
+		if (kind == 'm')
+			value = (pa + off) | flags | PTE_P | (level > 1 ? PTE_PS : 0);
+		status = add_intent(a, &pg, va + off, level, kind, value, force, f);
+		if (status != AGENT_OK)
+			return status;
+	}
+	status = apply_intents(a, &pg, f);
+	if (status != AGENT_OK)
+		return status;
+	write_edits(a, w);
+	return AGENT_OK;
+}
+
+static int m_map(struct agent *a, struct params *p, struct mp_writer *w, struct failure *f)
+{
+	return edit_range(a, p, w, f, 'm');
+}
+
+static int m_unmap(struct agent *a, struct params *p, struct mp_writer *w, struct failure *f)
+{
+	return edit_range(a, p, w, f, 'u');
+}
+
+static int m_protect(struct agent *a, struct params *p, struct mp_writer *w, struct failure *f)
+{
+	return edit_range(a, p, w, f, 'p');
+}
+
+/* set_entries [force, [[va, level, entry], ...]]: exact raw entries back (undo). */
+static int m_set_entries(struct agent *a, struct params *p, struct mp_writer *w,
+			 struct failure *f)
+{
+	struct mp_item list, item;
+	struct paging pg;
+	struct agent_cpu cpu;
+	bool force;
+	int status;
+
+	if (p->count != 2)
+		return fail(f, AGENT_E_PARAMS, "set_entries takes [force, entries]");
+	if (!remap_supported(a))
+		return fail(f, AGENT_E_UNSUPPORTED, "the host gives no write_phys/alloc_table hooks");
+	status = param_force(p, &force, f);
+	if (status == AGENT_OK)
+		status = protection_setup(a, &pg, &cpu, f);
+	if (status != AGENT_OK)
+		return status;
+	p->taken++;
+	if (!mp_read(p->r, &list) || list.type != MP_ARRAY)
+		return fail(f, AGENT_E_PARAMS, "entries must be an array");
+	if (list.v.n > AGENT_EDIT_LEAVES)
+		return fail(f, AGENT_E_PARAMS, "more entries than one request may change (64)");
+	a->intent_count = 0;
+	for (uint32_t i = 0; i < list.v.n; i++) {
+		uint64_t v[3];
+
+		if (!mp_read(p->r, &item) || item.type != MP_ARRAY || item.v.n != 3)
+			return fail(f, AGENT_E_PARAMS, "each entry is [va, level, entry]");
+		for (int k = 0; k < 3; k++) {
+			if (!mp_read(p->r, &item) || item.type != MP_UINT)
+				return fail(f, AGENT_E_PARAMS, "each entry is [va, level, entry]");
+			v[k] = item.v.u;
+		}
+		if (v[1] < 1 || v[1] > (uint64_t)pg.levels)
+			return fail(f, AGENT_E_PARAMS, "level out of range");
+		if (!is_canonical(&pg, v[0]))
+			return refuse(f, v[0], "non-canonical: the address is not canonical");
+		status = add_intent(a, &pg, v[0], (int)v[1], 's', v[2], force, f);
+		if (status != AGENT_OK)
+			return status;
+	}
+	status = apply_intents(a, &pg, f);
+	if (status != AGENT_OK)
+		return status;
+	write_edits(a, w);
+	return AGENT_OK;
+}
+
+/* True when every page of [va, va+len) translates at va+delta to the same physical page. */
+static bool is_alias(struct agent *a, const struct paging *pg, uint64_t va, uint64_t len,
+		     uint64_t delta, uint64_t *bad)
+{
+	for (uint64_t off = 0; off < len; off += PAGE_SIZE_4K) {
+		struct translation t1, t2;
+		struct failure ignored;
+		uint64_t at = (va & ~0xfffULL) + off;
+
+		if (translate(a, pg, at, &t1, &ignored) != AGENT_OK ||
+		    translate(a, pg, at + delta, &t2, &ignored) != AGENT_OK || t1.pa != t2.pa) {
+			*bad = at + delta;
+			return false;
+		}
+	}
+	return true;
+}
+
+/* move_stack [lo, hi, new_lo, [force]]: the stack in [lo, hi) onto its alias at new_lo. */
+static int m_move_stack(struct agent *a, struct params *p, struct mp_writer *w, struct failure *f)
+{
+	uint64_t lo = 0, hi = 0, new_lo = 0, bad = 0;
+	bool force;
+	struct paging pg;
+	struct agent_cpu cpu;
+	struct translation t;
+	int status = param_uint(p, &lo, false, f);
+
+	if (status == AGENT_OK)
+		status = param_uint(p, &hi, false, f);
+	if (status == AGENT_OK)
+		status = param_uint(p, &new_lo, false, f);
+	if (status == AGENT_OK)
+		status = param_force(p, &force, f);
+	if (status == AGENT_OK)
+		status = params_done(p, f);
+	if (status != AGENT_OK)
+		return status;
+	if (!a->ops->rebase_stack || !a->ops->read_cpu)
+		return fail(f, AGENT_E_UNSUPPORTED, "the host gives no rebase_stack hook");
+	if ((lo | hi | new_lo) & 0xfff || hi <= lo)
+		return refuse(f, lo, "misaligned: the stack range must be whole pages");
+	status = protection_setup(a, &pg, &cpu, f);
+	if (status != AGENT_OK)
+		return status;
+	uint64_t delta = new_lo - lo;
+
+	if (!is_canonical(&pg, new_lo) || !is_canonical(&pg, new_lo + (hi - lo) - 1))
+		return refuse(f, new_lo, "non-canonical: the new stack is not canonical");
+	if (cpu.rsp < lo || cpu.rsp >= hi)
+		return fail(f, AGENT_E_PARAMS, "RSP is not in [lo, hi)");
+	/* Always checked: a stack that is not the same memory would lose every frame. */
+	if (!is_alias(a, &pg, lo, hi - lo, delta, &bad))
+		return refuse(f, bad, "not-an-alias: the new range does not map the same physical pages");
+	if (!force && translate(a, &pg, new_lo - PAGE_SIZE_4K, &t, f) == AGENT_OK)
+		return refuse(f, new_lo - PAGE_SIZE_4K,
+			      "no-guard-page: the page below the new stack is mapped");
+	uint64_t saved = a->ops->irq_save ? a->ops->irq_save(a->ctx) : 0;
+	uint64_t old_rsp = cpu.rsp;
+
+	a->ops->rebase_stack((int64_t)delta, lo, hi);
+	if (a->have_caller && a->caller_rsp >= lo && a->caller_rsp < hi) {
+		a->caller_rsp += delta;
+		if (a->caller_rbp >= lo && a->caller_rbp < hi)
+			a->caller_rbp += delta;
+	}
+	if (a->ops->irq_save)
+		a->ops->irq_restore(a->ctx, saved);
+	a->remaps++;
+	mp_write_array(w, 2);
+	mp_write_uint(w, old_rsp);
+	mp_write_uint(w, old_rsp + delta);
+	return AGENT_OK;
+}
+
+/* load_descriptors [gdt_base, idt_base, tss_base, [force]]: GDTR, IDTR (CS by far return), TR. */
+static int m_load_descriptors(struct agent *a, struct params *p, struct mp_writer *w,
+			      struct failure *f)
+{
+	uint64_t gdt = 0, idt = 0, tss = 0, old_tss = 0, bad = 0;
+	bool force;
+	struct paging pg;
+	struct agent_cpu cpu;
+	int status = param_uint(p, &gdt, false, f);
+
+	if (status == AGENT_OK)
+		status = param_uint(p, &idt, false, f);
+	if (status == AGENT_OK)
+		status = param_uint(p, &tss, false, f);
+	if (status == AGENT_OK)
+		status = param_force(p, &force, f);
+	if (status == AGENT_OK)
+		status = params_done(p, f);
+	if (status != AGENT_OK)
+		return status;
+	if (!a->ops->load_descriptors || !a->ops->read_cpu)
+		return fail(f, AGENT_E_UNSUPPORTED, "the host gives no load_descriptors hook");
+	status = protection_setup(a, &pg, &cpu, f);
+	if (status != AGENT_OK)
+		return status;
+	for (unsigned i = 0; i < a->protected_count; i++)
+		if (a->protected[i].kind == PROT_DESCRIPTORS)
+			old_tss = a->protected[i].lo; /* the last one added: the TSS (page) */
+	if (!is_canonical(&pg, gdt) || !is_canonical(&pg, idt) || !is_canonical(&pg, tss))
+		return refuse(f, gdt, "non-canonical: a new base is not canonical");
+	if (!force) {
+		uint64_t tss_now = 0, lo_d, hi_d;
+
+		if ((cpu.tr & ~7u) &&
+		    read_virt_u64(a, &pg, cpu.gdtr_base + (cpu.tr & ~7u), &lo_d) == AGENT_OK &&
+		    read_virt_u64(a, &pg, cpu.gdtr_base + (cpu.tr & ~7u) + 8, &hi_d) == AGENT_OK)
+			tss_now = ((lo_d >> 16) & 0xffffff) | (((lo_d >> 56) & 0xff) << 24) |
+				  ((hi_d & 0xffffffffULL) << 32);
+		old_tss = tss_now;
+		if (!is_alias(a, &pg, cpu.gdtr_base, cpu.gdtr_limit + 1ULL, gdt - cpu.gdtr_base, &bad) ||
+		    !is_alias(a, &pg, cpu.idtr_base, cpu.idtr_limit + 1ULL, idt - cpu.idtr_base, &bad) ||
+		    (tss_now && !is_alias(a, &pg, tss_now, 0x68, tss - tss_now, &bad)))
+			return refuse(f, bad,
+				      "not-an-alias: a new base does not map the same physical memory");
+	}
+	uint64_t saved = a->ops->irq_save ? a->ops->irq_save(a->ctx) : 0;
+
+	status = a->ops->load_descriptors(a->ctx, gdt, idt, tss);
+	if (a->ops->irq_save)
+		a->ops->irq_restore(a->ctx, saved);
+	if (status != AGENT_OK)
+		return fail(f, status, "load_descriptors failed");
+	a->remaps++;
+	mp_write_array(w, 2);
+	mp_write_array(w, 3);
+	mp_write_uint(w, cpu.gdtr_base);
+	mp_write_uint(w, cpu.idtr_base);
+	mp_write_uint(w, old_tss);
+	mp_write_array(w, 3);
+	mp_write_uint(w, gdt);
+	mp_write_uint(w, idt);
+	mp_write_uint(w, tss);
+	return AGENT_OK;
+}
+
+/* switch_cr3 [cr3, [force]]: refused unless the new tables map what the agent needs the same way. */
+static int m_switch_cr3(struct agent *a, struct params *p, struct mp_writer *w, struct failure *f)
+{
+	uint64_t cr3 = 0;
+	bool force;
+	struct paging pg, next;
+	struct agent_cpu cpu;
+	int status = param_uint(p, &cr3, false, f);
+
+	if (status == AGENT_OK)
+		status = param_force(p, &force, f);
+	if (status == AGENT_OK)
+		status = params_done(p, f);
+	if (status != AGENT_OK)
+		return status;
+	if (!a->ops->write_cr3 || !a->ops->read_cpu)
+		return fail(f, AGENT_E_UNSUPPORTED, "the host gives no write_cr3 hook");
+	status = protection_setup(a, &pg, &cpu, f);
+	if (status != AGENT_OK)
+		return status;
+	next = pg;
+	next.root = cr3 & pg.address_mask;
+	if (!force)
+		for (unsigned i = 0; i < a->protected_count; i++) {
+			const struct agent_protected *pr = &a->protected[i];
+
+			for (uint64_t va = pr->lo; va < pr->hi; va += PAGE_SIZE_4K) {
+				struct translation t1, t2;
+				struct failure ignored;
+
+				if (translate(a, &pg, va, &t1, &ignored) != AGENT_OK)
+					continue;
+				if (translate(a, &next, va, &t2, &ignored) != AGENT_OK ||
+				    t1.pa != t2.pa)
+					return refuse(f, va, prot_message[pr->kind]);
+			}
+		}
+	status = a->ops->write_cr3(a->ctx, cr3);
+	if (status != AGENT_OK)
+		return fail(f, status, "write_cr3 failed");
+	a->remaps++;
+	mp_write_uint(w, cpu.cr3);
+	return AGENT_OK;
+}
+
 struct method {
 	const char *name;
 	method_fn fn;
@@ -622,10 +1287,18 @@ static const struct method methods[] = {
 	{ "walk", m_walk, false },
 	{ "stop", m_stop, true },
 	{ "resume", m_resume, true },
+	{ "map", m_map, true },
+	{ "unmap", m_unmap, true },
+	{ "protect", m_protect, true },
+	{ "set_entries", m_set_entries, true },
+	{ "move_stack", m_move_stack, true },
+	{ "load_descriptors", m_load_descriptors, true },
+	{ "switch_cr3", m_switch_cr3, true },
 };
 
 static const char *const method_names[] = {
-	"hello", "regs", "read_phys", "read_virt", "translate", "walk", "stop", "resume", NULL,
+	"hello", "regs", "read_phys", "read_virt", "translate", "walk", "stop", "resume", "map",
+	"unmap", "protect", "set_entries", "move_stack", "load_descriptors", "switch_cr3", NULL,
 };
 
 _Static_assert(sizeof(methods) / sizeof(methods[0]) + 1 ==
@@ -778,7 +1451,7 @@ int agent_init(struct agent *agent, const struct agent_ops *ops, void *ctx)
 	agent->stopped = false;
 	agent->irq_saved = false;
 	agent->have_caller = false;
-	agent->stops = agent->requests = agent->errors = 0;
+	agent->stops = agent->requests = agent->errors = agent->remaps = 0;
 	agent->replay_next = 0;
 	for (unsigned i = 0; i < AGENT_REPLAY_SLOTS; i++)
 		agent->replay[i].used = false;

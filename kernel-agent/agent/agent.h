@@ -26,7 +26,15 @@
 #define AGENT_MAX_READ 4096
 /* Mutating requests whose replies are kept for retries. */
 #define AGENT_REPLAY_SLOTS 8
-#define AGENT_REPLAY_MAX 32
+/* A kept reply holds up to this many bytes (a remap's replaced entries fit). */
+#define AGENT_REPLAY_MAX 3456
+/* Page-table entries one remap request may change (leaves, new tables included). */
+#define AGENT_EDIT_MAX 72
+/* Leaf entries one map/unmap/protect request may change. */
+#define AGENT_EDIT_LEAVES 64
+/* Page tables the safety checks track (more: the rest is not protected, and said so). */
+#define AGENT_TABLES_MAX 256
+#define AGENT_PROTECTED_MAX (AGENT_TABLES_MAX + 16)
 
 /* Statuses 1-7 are also the error codes on the wire. */
 enum agent_status {
@@ -39,6 +47,7 @@ enum agent_status {
 	AGENT_E_UNSUPPORTED = 6, /* the host did not provide the hook */
 	AGENT_E_INTERNAL = 7,
 	AGENT_E_ARG = 8, /* a bad argument to an agent_* call (local only) */
+	AGENT_E_REFUSED = 9, /* a remap refused for safety; the message names the reason */
 };
 
 /* CPU state a host reports through read_cpu (x86_64: agent_x86_read_cpu). */
@@ -76,6 +85,32 @@ struct agent_ops {
 	void (*irq_restore)(void *ctx, uint64_t saved);
 	/* Optional: called while stopped and no byte is waiting (e.g. pause). */
 	void (*relax)(void *ctx);
+
+	/*
+	 * Remaps (map, unmap, protect, set_entries): all four below are needed,
+	 * or those methods answer "unsupported". The agent writes page-table
+	 * entries only; writes to other memory are not part of the protocol.
+	 */
+	/* Write physical memory (the agent writes page-table entries with it). */
+	int (*write_phys)(void *ctx, uint64_t pa, const void *buf, size_t len);
+	/* A zeroed page for a new page table, from a pool the host set aside. */
+	int (*alloc_table)(void *ctx, uint64_t *pa);
+	/* Flush the TLB: the page of va (invlpg), or everything, globals included. */
+	void (*flush_tlb)(void *ctx, uint64_t va, bool all);
+	/* Where the host reaches physical memory (its direct map): protected for tables. */
+	uint64_t (*phys_to_virt)(void *ctx, uint64_t pa);
+	/* The host kernel's code, protected like the page the agent runs on (0, 0: none). */
+	uint64_t code_start, code_end;
+
+	/*
+	 * Optional, x86_64 (agent_x86.c has them): move the stack by delta
+	 * (RSP, RBP and the saved frame pointers in [lo, hi)); load GDTR/IDTR at
+	 * new bases, CS by a far return, TR after pointing its descriptor at
+	 * tss_base; load CR3.
+	 */
+	void (*rebase_stack)(int64_t delta, uint64_t lo, uint64_t hi);
+	int (*load_descriptors)(void *ctx, uint64_t gdt_base, uint64_t idt_base, uint64_t tss_base);
+	int (*write_cr3)(void *ctx, uint64_t cr3);
 };
 
 struct agent_replay {
@@ -102,6 +137,20 @@ struct agent {
 	uint8_t tx_buf[AGENT_MAX_FRAME];
 	struct agent_replay replay[AGENT_REPLAY_SLOTS];
 	unsigned replay_next;
+	/* Scratch for remaps (kept here, not on the kernel's small stack). */
+	uint64_t tables[AGENT_TABLES_MAX];
+	unsigned table_count;
+	struct agent_protected {
+		uint64_t lo, hi;
+		uint8_t kind;
+	} protected[AGENT_PROTECTED_MAX];
+	unsigned protected_count;
+	struct agent_edit {
+		uint64_t va, entry_pa, old, new;
+		uint8_t level;
+	} edits[AGENT_EDIT_MAX], intents[AGENT_EDIT_LEAVES];
+	unsigned edit_count, intent_count;
+	uint32_t remaps; /* remap requests applied */
 };
 
 int agent_init(struct agent *agent, const struct agent_ops *ops, void *ctx);
@@ -121,5 +170,9 @@ int agent_x86_read_cpu(void *ctx, struct agent_cpu *cpu);
 uint64_t agent_x86_irq_save(void *ctx);
 void agent_x86_irq_restore(void *ctx, uint64_t saved);
 void agent_x86_relax(void *ctx);
+void agent_x86_flush_tlb(void *ctx, uint64_t va, bool all);
+void agent_x86_rebase_stack(int64_t delta, uint64_t lo, uint64_t hi);
+int agent_x86_load_descriptors(void *ctx, uint64_t gdt_base, uint64_t idt_base, uint64_t tss_base);
+int agent_x86_write_cr3(void *ctx, uint64_t cr3);
 
 #endif

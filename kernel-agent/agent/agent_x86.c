@@ -104,3 +104,112 @@ void agent_x86_relax(void *ctx)
 	(void)ctx;
 	__asm__ volatile("pause");
 }
+
+/* -- remaps ------------------------------------------------------------------ */
+
+#define CR4_PGE (1ULL << 7)
+
+void agent_x86_flush_tlb(void *ctx, uint64_t va, bool all)
+{
+	(void)ctx;
+	if (!all) {
+		/* Also drops every paging-structure cache entry (SDM 4.10.4.1). */
+		__asm__ volatile("invlpg (%0)" : : "r"(va) : "memory");
+		return;
+	}
+	uint64_t cr4 = READ_CR(4);
+
+	if (cr4 & CR4_PGE) {
+		/* Clearing CR4.PGE flushes everything, global entries included. */
+		__asm__ volatile("mov %0, %%cr4; mov %1, %%cr4"
+				 : : "r"(cr4 & ~CR4_PGE), "r"(cr4) : "memory");
+	} else {
+		__asm__ volatile("mov %%cr3, %%rax; mov %%rax, %%cr3" : : : "rax", "memory");
+	}
+}
+
+/*
+ * void agent_x86_rebase_stack(int64_t delta, uint64_t lo, uint64_t hi)
+ *
+ * Moves the caller onto another alias of the same stack: every saved frame
+ * pointer in the chain that lies in [lo, hi) gets delta added (in memory,
+ * which is the same memory through both aliases), then RBP and RSP. The
+ * return addresses are code addresses and stay. Frames above return through
+ * the new addresses; pointers to stack objects kept elsewhere still point at
+ * the old alias, which must stay mapped until they are gone (the caller
+ * returns to its idle loop before the old alias is unmapped).
+ */
+__asm__(".text\n"
+	".globl agent_x86_rebase_stack\n"
+	".type agent_x86_rebase_stack, @function\n"
+	"agent_x86_rebase_stack:\n"
+	"	mov %rbp, %rax\n"
+	"1:	cmp %rsi, %rax\n"
+	"	jb 3f\n"
+	"	cmp %rdx, %rax\n"
+	"	jae 3f\n"
+	"	mov (%rax), %rcx\n" /* the caller's saved RBP */
+	"	cmp %rax, %rcx\n"
+	"	jbe 3f\n" /* frames go up: anything else ends the chain */
+	"	cmp %rdx, %rcx\n"
+	"	jae 3f\n"
+	"	lea (%rcx,%rdi), %r8\n"
+	"	mov %r8, (%rax)\n"
+	"	mov %rcx, %rax\n"
+	"	jmp 1b\n"
+	"3:	cmp %rsi, %rbp\n"
+	"	jb 4f\n"
+	"	cmp %rdx, %rbp\n"
+	"	jae 4f\n"
+	"	add %rdi, %rbp\n"
+	"4:	add %rdi, %rsp\n"
+	"	ret\n"
+	".size agent_x86_rebase_stack, . - agent_x86_rebase_stack\n");
+
+int agent_x86_load_descriptors(void *ctx, uint64_t gdt_base, uint64_t idt_base, uint64_t tss_base)
+{
+	struct agent_x86_desc_ptr gdtr, idtr;
+	uint16_t tr;
+	uint64_t cs = READ_SEG(cs), ss = READ_SEG(ss), ds = READ_SEG(ds), es = READ_SEG(es);
+
+	(void)ctx;
+	__asm__ volatile("sgdt %0" : "=m"(gdtr));
+	__asm__ volatile("sidt %0" : "=m"(idtr));
+	__asm__ volatile("str %0" : "=r"(tr));
+	gdtr.base = gdt_base;
+	idtr.base = idt_base;
+	__asm__ volatile("lgdt %0" : : "m"(gdtr) : "memory");
+	/* Long mode has no far jump to a new CS: push CS and RIP, far-return. */
+	__asm__ volatile("pushq %0\n\t"
+			 "leaq 1f(%%rip), %%rax\n\t"
+			 "pushq %%rax\n\t"
+			 "lretq\n"
+			 "1:"
+			 : : "r"(cs) : "rax", "memory");
+	__asm__ volatile("mov %0, %%ss; mov %1, %%ds; mov %2, %%es"
+			 : : "r"(ss), "r"(ds), "r"(es) : "memory");
+	__asm__ volatile("lidt %0" : : "m"(idtr) : "memory");
+	if (tr & ~7) {
+		volatile uint8_t *d = (volatile uint8_t *)(gdt_base + (tr & ~7u));
+
+		d[2] = (uint8_t)tss_base;
+		d[3] = (uint8_t)(tss_base >> 8);
+		d[4] = (uint8_t)(tss_base >> 16);
+		d[7] = (uint8_t)(tss_base >> 24);
+		d[8] = (uint8_t)(tss_base >> 32);
+		d[9] = (uint8_t)(tss_base >> 40);
+		d[10] = (uint8_t)(tss_base >> 48);
+		d[11] = (uint8_t)(tss_base >> 56);
+		/* ltr takes only an available TSS: type 1001b, not busy 1011b. */
+		d[5] = (uint8_t)((d[5] & 0xf0) | 0x9);
+		__asm__ volatile("ltr %0" : : "r"(tr) : "memory");
+	}
+	return AGENT_OK;
+}
+
+int agent_x86_write_cr3(void *ctx, uint64_t cr3)
+{
+	(void)ctx;
+	__asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");
+	return AGENT_OK;
+}

@@ -58,6 +58,45 @@ static int port_read_phys(void *ctx, uint64_t pa, void *buf, size_t len)
 	return AGENT_OK;
 }
 
+/* Page tables for the inspector's remaps: in .bss.pagetables, so the identity map leaves them out. */
+#define AGENT_POOL_PAGES 32
+static uint64_t agent_pt_pool[AGENT_POOL_PAGES][PT_ENTRIES] __aligned(PAGE_SIZE)
+	__section(".bss.pagetables");
+static unsigned agent_pt_used;
+
+static int port_write_phys(void *ctx, uint64_t pa, const void *buf, size_t len)
+{
+	(void)ctx;
+	if (pa + len < pa || pa + len > DIRECT_MAP_MAX)
+		return AGENT_E_FAULT;
+	for (uint64_t chunk = pa & ~(LARGE_PAGE_SIZE - 1); chunk < pa + len;
+	     chunk += LARGE_PAGE_SIZE)
+		if (!memmap_overlaps_ram(chunk, chunk + LARGE_PAGE_SIZE))
+			return AGENT_E_FAULT;
+	memcpy((void *)(direct_map_base + pa), buf, len);
+	return AGENT_OK;
+}
+
+static int port_alloc_table(void *ctx, uint64_t *pa)
+{
+	(void)ctx;
+	if (agent_pt_used == AGENT_POOL_PAGES)
+		return AGENT_E_FAULT;
+	uint64_t *table = agent_pt_pool[agent_pt_used++];
+
+	memset(table, 0, PAGE_SIZE);
+	*pa = (uint64_t)table - KERNEL_VMA;
+	return AGENT_OK;
+}
+
+static uint64_t port_phys_to_virt(void *ctx, uint64_t pa)
+{
+	(void)ctx;
+	return direct_map_base + pa;
+}
+
+extern char __text_start[], __text_end[];
+
 static void port_console_input(void *ctx, uint8_t byte)
 {
 	(void)ctx;
@@ -82,11 +121,25 @@ static const struct agent_ops demo_agent_ops = {
 	.irq_save = agent_x86_irq_save,
 	.irq_restore = agent_x86_irq_restore,
 	.relax = agent_x86_relax,
+	.write_phys = port_write_phys,
+	.alloc_table = port_alloc_table,
+	.flush_tlb = agent_x86_flush_tlb,
+	.phys_to_virt = port_phys_to_virt,
+	.rebase_stack = agent_x86_rebase_stack,
+	.load_descriptors = agent_x86_load_descriptors,
+	.write_cr3 = agent_x86_write_cr3,
 };
 
 void demo_agent_init(void)
 {
-	int status = agent_init(&demo_agent, &demo_agent_ops, NULL);
+	static struct agent_ops ops;
+	int status;
+
+	/* The code range is known at link time only: fill it in here. */
+	ops = demo_agent_ops;
+	ops.code_start = (uint64_t)__text_start;
+	ops.code_end = (uint64_t)__text_end;
+	status = agent_init(&demo_agent, &ops, NULL);
 
 	if (status != AGENT_OK)
 		panic("agent: %s", agent_strerror(status));

@@ -2,6 +2,7 @@
  * kinspect demo kernel: sets up real paging, GDT/TSS, IDT and a timer, then
  * idles so that the inspector has careful state to decode.
  */
+#include "agent.h"
 #include "agent_port.h"
 #include "gdt.h"
 #include "idt.h"
@@ -10,6 +11,7 @@
 #include "memmap.h"
 #include "paging.h"
 #include "pic.h"
+#include "pvh.h"
 #include "serial.h"
 #include "work.h"
 #include "x86.h"
@@ -18,6 +20,44 @@ extern char boot_stack_bottom[], boot_stack_top[];
 extern char df_stack_top[];
 
 void kernel_main(uint32_t start_info_paddr);
+
+/*
+ * The boot option "lowhalf" (QEMU -append lowhalf) leaves the kernel as
+ * many hobby kernels are after their 32-bit trampoline: running on its boot
+ * stack and with its GDT, IDT and TSS at their physical addresses, which
+ * only the identity map keeps reachable. `kinspect remap higher-half`
+ * moves them up and drops the identity map (README, "Remapping").
+ */
+static bool cmdline_has(uint32_t start_info_paddr, const char *word)
+{
+	/* Before paging_init: the boot tables identity-map the first GiB. */
+	const struct hvm_start_info *info = (const void *)(uint64_t)start_info_paddr;
+	const char *s;
+
+	if (!info->cmdline_paddr || info->cmdline_paddr >= IDENTITY_MAP_MAX)
+		return false;
+	s = (const char *)info->cmdline_paddr;
+	for (; *s; s++) {
+		unsigned i = 0;
+
+		while (word[i] && s[i] == word[i])
+			i++;
+		if (!word[i] && (s[i] == 0 || s[i] == ' ') &&
+		    (s == (const char *)info->cmdline_paddr || s[-1] == ' '))
+			return true;
+	}
+	return false;
+}
+
+static void enter_low_half(void)
+{
+	agent_x86_load_descriptors(NULL, (uint64_t)&kernel_gdt - KERNEL_VMA,
+				   (uint64_t)kernel_idt - KERNEL_VMA,
+				   (uint64_t)&kernel_tss - KERNEL_VMA);
+	/* RSP, RBP and the frame-pointer chain onto the identity alias of the stack. */
+	agent_x86_rebase_stack(-(int64_t)KERNEL_VMA, (uint64_t)boot_stack_bottom,
+			       (uint64_t)boot_stack_top);
+}
 
 static bool cpu_has_1g_pages(void)
 {
@@ -50,6 +90,8 @@ void kernel_main(uint32_t start_info_paddr)
 	kprintf("\nkinspect demo kernel (x86_64, PVH entry, start_info at 0x%x)\n",
 		start_info_paddr);
 
+	bool low_half = cmdline_has(start_info_paddr, "lowhalf");
+
 	memmap_init(start_info_paddr);
 
 	bool has_1g_pages = cpu_has_1g_pages();
@@ -60,6 +102,11 @@ void kernel_main(uint32_t start_info_paddr)
 	pic_init();
 	pit_init(PIT_HZ);
 
+	if (low_half) {
+		enter_low_half();
+		kprintf("kinspect-demo: lowhalf: stack, GDT, IDT and TSS at their physical "
+			"addresses (only the identity map reaches them)\n");
+	}
 	print_state(has_1g_pages);
 	demo_agent_init();
 	kprintf("kinspect-demo: ready\n");

@@ -84,6 +84,52 @@ static int host_read_phys(void *ctx, uint64_t pa, void *buf, size_t len)
 	return AGENT_OK;
 }
 
+/* Remaps: writes land in the page list (a page is added on first write). */
+static uint64_t page_capacity, pool_next;
+
+static struct page *page_for_write(uint64_t address)
+{
+	for (uint64_t i = 0; i < page_count; i++)
+		if (pages[i].address == address)
+			return &pages[i];
+	if (page_count == page_capacity)
+		return NULL;
+	pages[page_count].address = address;
+	memset(pages[page_count].data, 0, 4096);
+	return &pages[page_count++];
+}
+
+static int host_write_phys(void *ctx, uint64_t pa, const void *buf, size_t len)
+{
+	struct page *p;
+
+	(void)ctx;
+	if (pa + len < pa || pa + len > ram_size || (pa & 0xfff) + len > 4096)
+		return AGENT_E_FAULT;
+	p = page_for_write(pa & ~0xfffULL);
+	if (!p)
+		return AGENT_E_FAULT;
+	memcpy(p->data + (pa & 0xfff), buf, len);
+	return AGENT_OK;
+}
+
+/* New tables come from the top of RAM down (the tests leave it free). */
+static int host_alloc_table(void *ctx, uint64_t *pa)
+{
+	struct page *p;
+
+	(void)ctx;
+	pool_next += 4096;
+	if (pool_next > 64 * 4096)
+		return AGENT_E_FAULT;
+	p = page_for_write(ram_size - pool_next);
+	if (!p)
+		return AGENT_E_FAULT;
+	memset(p->data, 0, 4096);
+	*pa = p->address;
+	return AGENT_OK;
+}
+
 static int host_read_cpu(void *ctx, struct agent_cpu *out)
 {
 	(void)ctx;
@@ -120,6 +166,8 @@ int main(int argc, char **argv)
 		.read_phys = host_read_phys,
 		.read_cpu = host_read_cpu,
 		.console_input = host_console,
+		.write_phys = host_write_phys,
+		.alloc_table = host_alloc_table,
 	};
 	char magic[8];
 	FILE *f;
@@ -141,7 +189,8 @@ int main(int argc, char **argv)
 	cpu.maxphyaddr = (uint8_t)u64(f);
 	cpu.rsp = 0xffff800000001000ULL;
 	page_count = u64(f);
-	pages = calloc(page_count ? page_count : 1, sizeof(*pages));
+	page_capacity = page_count + 256;
+	pages = calloc(page_capacity, sizeof(*pages));
 	for (uint64_t i = 0; i < page_count; i++) {
 		pages[i].address = u64(f);
 		if (fread(pages[i].data, 1, 4096, f) != 4096) {

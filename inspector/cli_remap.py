@@ -1,0 +1,194 @@
+"""``kinspect remap``: change the page tables, stack and descriptor tables through the agent.
+
+Every change is shown as a plan first and applied on confirmation (``--yes``
+for scripts); each step is journaled before it is reported and verified by
+walking again. ``undo`` restores what the open steps replaced, exactly;
+``journal`` lists them (``--keep`` closes them without undoing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, TextIO
+
+from .remap.journal import Journal, default_journal_path
+from .remap.plan import LEVEL_OF_SIZE, parse_flags
+
+__all__ = ["add_remap_parser", "run_remap"]
+
+SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``0x3000``, ``12k``, ``2m``, ``1g``, ``512g``."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if t and t[-1] in SIZE_SUFFIXES:
+        return int(t[:-1], 0) * SIZE_SUFFIXES[t[-1]]
+    return int(t, 0)
+
+
+def _page_size(text: str) -> int:
+    size = parse_size(text)
+    if size not in LEVEL_OF_SIZE:
+        raise argparse.ArgumentTypeError("page size must be 4k, 2m, 1g (or 512g for unmap)")
+    return size
+
+
+def add_remap_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    remap = sub.add_parser(
+        "remap", parents=[common],
+        help="change mappings, move the stack or the GDT/IDT through the agent (journaled)",
+    )  # fmt: skip
+    actions = remap.add_subparsers(dest="remap_command", metavar="ACTION")
+    actions.required = True
+    apply_opts = argparse.ArgumentParser(add_help=False)
+    apply_opts.add_argument("--plan", action="store_true", help="show the plan, change nothing")
+    apply_opts.add_argument("--yes", "-y", action="store_true", help="apply without asking")
+    apply_opts.add_argument("--force", action="store_true",
+                            help="apply even what the safety checks refuse")  # fmt: skip
+    apply_opts.add_argument("--journal", help=f"journal file (default {default_journal_path()})")
+
+    m = actions.add_parser("map", parents=[common, apply_opts], help="map VA..VA+SIZE to PA..")
+    m.add_argument("va", help="virtual address or symbol")
+    m.add_argument("pa", type=parse_size, help="physical address")
+    m.add_argument("size", type=parse_size, help="bytes (0x3000, 12k, 2m)")
+    m.add_argument("--page-size", type=_page_size, default=0x1000, help="4k (default), 2m or 1g")
+    m.add_argument("--flags", default="rw,nx", help="RW,US,PWT,PCD,G,NX or ro (default rw,nx)")
+    u = actions.add_parser(
+        "unmap", parents=[common, apply_opts], help="clear the entries of a range"
+    )
+    u.add_argument("va", help="virtual address or symbol")
+    u.add_argument("size", type=parse_size)
+    u.add_argument("--page-size", type=_page_size, default=0x1000,
+                   help="level to clear: 4k (default), 2m, 1g, 512g (a PML4 entry)")  # fmt: skip
+    p = actions.add_parser("protect", parents=[common, apply_opts], help="change a range's flags")
+    p.add_argument("va", help="virtual address or symbol")
+    p.add_argument("size", type=parse_size)
+    p.add_argument("--page-size", type=_page_size, default=0x1000)
+    p.add_argument("--flags", required=True, help="the new flags: RW,US,PWT,PCD,G,NX or ro")
+    actions.add_parser(
+        "higher-half", parents=[common, apply_opts],
+        help="move the stack and GDT/IDT/TSS to higher-half aliases, then drop the identity map",
+    )  # fmt: skip
+    undo = actions.add_parser("undo", parents=[common], help="restore what open steps replaced")
+    undo.add_argument("--seq", type=int, action="append", help="only this step (repeatable)")
+    undo.add_argument("--force", action="store_true")
+    undo.add_argument("--journal")
+    journal = actions.add_parser("journal", parents=[common], help="list the journal's open steps")
+    journal.add_argument("--all", action="store_true", help="every step, undone and kept too")
+    journal.add_argument("--keep", action="store_true", help="close the open steps without undoing")
+    journal.add_argument("--journal")
+
+
+def _emit(out: TextIO, args: argparse.Namespace, text: str, body: dict[str, Any]) -> None:
+    if args.json:
+        json.dump({"kinspect": 1, "command": f"remap {args.remap_command}", **body}, out, indent=1)
+        out.write("\n")
+    else:
+        print(text, file=out)
+
+
+def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: TextIO) -> int:
+    journal = Journal.open(getattr(args, "journal", None))
+    if args.remap_command == "journal":
+        steps = (
+            sorted(journal.steps.values(), key=lambda s: s.seq)
+            if args.all
+            else journal.open_steps()
+        )
+        if args.keep:
+            journal.keep(journal.open_steps())
+        lines = [f"journal {journal.path}: {len(journal.open_steps())} open steps"]
+        lines += [f"  {s}" for s in steps]
+        if args.keep:
+            lines.append(f"kept {len(steps)} steps (closed without undoing)")
+        _emit(out, args, "\n".join(lines),
+              {"journal": str(journal.path), "steps": [s.to_dict() for s in steps],
+               "kept": bool(args.keep)})  # fmt: skip
+        return 0
+    if not getattr(args, "agent", None):
+        parser.error("remap needs --agent (the in-kernel agent's line)")
+    from . import api
+    from .remap.apply import Remapper
+    from .targets.agent import AgentTarget
+
+    session = api.attach_agent(args.agent, elf=args.elf, timeout=args.timeout)
+    try:
+        target = session.target
+        assert isinstance(target, AgentTarget)
+        orphaned = journal.orphaned()
+        remapper = Remapper(target, journal)
+        if args.remap_command == "undo":
+            chosen = [s for s in journal.open_steps() if not args.seq or s.seq in args.seq]
+            done = remapper.undo(chosen, force=args.force)
+            _emit(out, args, "\n".join([f"undone {s}" for s in done] or ["nothing to undo"]),
+                  {"undone": [s.to_dict() for s in done]})  # fmt: skip
+            return 0
+        if orphaned:
+            print(f"kinspect: a crashed session left {len(orphaned)} open steps in {journal.path}:",
+                  file=sys.stderr)  # fmt: skip
+            for s in orphaned:
+                print(f"  {s}", file=sys.stderr)
+            print("kinspect: `kinspect remap undo` restores them, `kinspect remap journal --keep` "
+                  "keeps them; nothing else is applied until then", file=sys.stderr)  # fmt: skip
+            return 1
+        plan = _plan(session, remapper, args)
+        if args.plan or not args.json:
+            if not args.json:
+                print(plan, file=out)
+        if args.plan:
+            if args.json:
+                _emit(out, args, "", {"plan": plan.to_dict(), "applied": []})
+            return 0 if not plan.refusals else 1
+        if plan.refusals and not args.force:
+            print(f"kinspect: not applied: {plan.refusals[0]} (--force to apply anyway)",
+                  file=sys.stderr)  # fmt: skip
+            if args.json:
+                _emit(out, args, "", {"plan": plan.to_dict(), "applied": []})
+            return 1
+        if not args.yes and not _confirm():
+            print("kinspect: not applied (--yes applies without asking)", file=sys.stderr)
+            return 1
+        reports = []
+        for step in plan.steps:
+            report = remapper.run_step(step, force=args.force)
+            reports.append(report)
+            if not args.json:
+                print(report, file=out)
+                out.flush()
+        alive = target.client.call("hello")
+        ok = all(r.verified for r in reports)
+        summary = (f"{len(reports)} steps applied and journaled in {journal.path}; "
+                   f"{'all verified' if ok else 'SOME NOT AS PLANNED'}; "
+                   f"the agent still answers (agent {alive.get('agent')})")  # fmt: skip
+        _emit(out, args, summary, {"plan": plan.to_dict(),
+                                   "applied": [r.to_dict() for r in reports],
+                                   "verified": ok, "journal": str(journal.path)})  # fmt: skip
+        return 0 if ok else 1
+    finally:
+        session.close(resume=not args.no_resume)
+
+
+def _plan(session: Any, remapper: Any, args: argparse.Namespace):
+    cmd = args.remap_command
+    if cmd == "higher-half":
+        return remapper.plan_higher_half()
+    va = session.resolve(args.va)
+    if cmd == "map":
+        return remapper.plan_map(va, args.pa, args.size, page_size=args.page_size,
+                                 flags=parse_flags(args.flags))  # fmt: skip
+    if cmd == "unmap":
+        return remapper.plan_unmap(va, args.size, page_size=args.page_size)
+    return remapper.plan_protect(va, args.size, page_size=args.page_size,
+                                 flags=parse_flags(args.flags))  # fmt: skip
+
+
+def _confirm() -> bool:
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input("apply? [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False

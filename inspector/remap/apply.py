@@ -1,0 +1,407 @@
+"""Applying remap plans through the agent: journal first, then the request, then a fresh walk.
+
+Each step goes: the raw entries (or registers) it will change are read and
+written to the journal as *pending*; the request is sent (a retry carries the
+same id, so the agent applies it once); the entries the agent replaced are
+written to the journal as *applied*, and only then is the step reported. The
+map is walked again and compared with what the plan expected.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocols.agent_client import AgentClientError, AgentRemoteError, AgentTimeout
+
+from ..errors import AgentError, InspectorError, TargetError
+from ..targets.agent import AgentTarget
+from ..x86.paging import Range
+from .journal import Journal, JournalStep
+from .plan import (
+    LEVEL_OF_SIZE,
+    Expectation,
+    Plan,
+    Protected,
+    Refusal,
+    Step,
+    check_change,
+    plan_map,
+    plan_protect,
+    plan_unmap,
+    protected_areas,
+    verify_expectations,
+)
+
+__all__ = ["HIGHER_HALF", "RemapRefused", "Remapper", "StepReport"]
+
+PAGE = 0x1000
+REFUSED = 9
+#: Lower and upper halves of the 4-level address space.
+HIGHER_HALF = 0xFFFF800000000000
+ADDRESS_BITS = 0x000FFFFFFFFFF000
+SET_ENTRIES_CHUNK = 16  # a set_entries request stays under the agent's 512-byte limit
+
+
+class RemapRefused(AgentError):
+    """A change refused for safety (by the plan or by the agent), with its reason."""
+
+    def __init__(self, refusal: Refusal, *, by: str) -> None:
+        self.refusal = refusal
+        self.reason = refusal.reason
+        self.address = refusal.address
+        self.by = by
+        super().__init__(REFUSED, f"{by}: {refusal} (add --force to do it anyway)")
+
+
+@dataclass(slots=True)
+class StepReport:
+    seq: int
+    step: Step
+    result: Any
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def verified(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        head = f"step #{self.seq} {self.step.method}: {self.step.description}"
+        if (
+            isinstance(self.result, list)
+            and self.result
+            and isinstance(self.result[0], list)
+            and len(self.result[0]) == 5
+        ):
+            head += f"\n  {len(self.result)} entries written (old values journaled)"
+            for va, level, entry_pa, old, new in self.result[:6]:
+                head += f"\n    L{level} {va:#018x} @{entry_pa:#x}: {old:#018x} -> {new:#018x}"
+        verdict = "verified: the walk matches the plan" if self.verified else "NOT as planned:"
+        lines = [head, f"  {verdict}"] + [f"    {p}" for p in self.problems]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "step": self.step.to_dict(), "result": self.result,
+                "verified": self.verified, "problems": self.problems,
+                "seconds": round(self.seconds, 4)}  # fmt: skip
+
+
+def _refusal_from(exc: AgentRemoteError) -> Refusal:
+    reason, _, message = exc.message.partition(": ")
+    return Refusal(reason, exc.address or 0, message or exc.message)
+
+
+class Remapper:
+    """Remaps on a kernel reached through its agent, journaled and verified."""
+
+    def __init__(self, target: AgentTarget, journal: Journal, *,
+                 on_report: Callable[[StepReport], None] | None = None) -> None:  # fmt: skip
+        self.target = target
+        self.journal = journal
+        self.on_report = on_report
+        self.levels = int(target.info.get("paging_levels", 4))
+        target.stop()
+        journal.start_session(target.spec)
+
+    # -- reading the state ---------------------------------------------------------
+
+    def _call(self, method: str, *params: Any) -> Any:
+        try:
+            return self.target.client.call(method, *params)
+        except AgentRemoteError as exc:
+            if exc.code == REFUSED:
+                raise RemapRefused(_refusal_from(exc), by="the agent refused") from exc
+            raise AgentError(exc.code, f"{method}: {exc.message}") from exc
+        except AgentTimeout as exc:
+            raise TargetError(f"the agent did not answer {method}: {exc}") from exc
+        except AgentClientError as exc:
+            raise TargetError(f"agent: {exc}") from exc
+
+    def registers(self) -> dict[str, int]:
+        return self.target.agent_registers()
+
+    def ranges(self) -> list[Range]:
+        return self.target.walk_ranges()
+
+    def tss_base(self, regs: dict[str, int]) -> int | None:
+        system = self.target.system_registers()
+        return system.tr.base if system.tr else None
+
+    def frames_top(self, regs: dict[str, int]) -> int:
+        """The top of the frame-pointer chain from RBP (the stack the kernel is using)."""
+        top, rbp = regs["rsp"] + 8, regs["rbp"]
+        for _ in range(64):
+            if rbp < regs["rsp"] or rbp - regs["rsp"] > 0x100000:
+                break
+            top = max(top, rbp + 16)
+            try:
+                (saved,) = struct.unpack("<Q", self.target.read_virtual(rbp, 8))
+            except InspectorError:
+                break
+            if saved <= rbp:
+                break
+            rbp = saved
+        return top
+
+    def table_addresses(self, root: int) -> list[int]:
+        tables, stack = [], [(self.levels, root)]
+        while stack:
+            level, table = stack.pop()
+            tables.append(table)
+            if level == 1:
+                continue
+            raw = self.target.read_physical(table, PAGE)
+            for (e,) in struct.iter_unpack("<Q", raw):
+                if e & 1 and not (level <= 3 and e & 0x80):
+                    stack.append((level - 1, e & 0x000FFFFFFFFFF000))
+        return tables
+
+    def areas(self, regs: dict[str, int] | None = None, ranges: list[Range] | None = None,
+              *, tss_base: int | None = None) -> list[Protected]:  # fmt: skip
+        """What the agent protects, seen from here (mappings of the tables: every alias)."""
+        regs = regs or self.registers()
+        ranges = ranges if ranges is not None else self.ranges()
+        tables = set(self.table_addresses(regs["cr3"] & ADDRESS_BITS))
+        aliases = []
+        for r in ranges:
+            for pa in tables:
+                if r.phys <= pa < r.phys + r.size:
+                    aliases.append(r.start + (pa - r.phys))
+        if tss_base is None:
+            tss_base = self.tss_base(regs)
+        return protected_areas(
+            regs, tss_base=tss_base, frames_top=self.frames_top(regs), table_aliases=aliases
+        )
+
+    # -- plans ---------------------------------------------------------------------------
+
+    def plan_map(
+        self, va: int, pa: int, size: int, *, page_size: int = PAGE, flags: int = 0
+    ) -> Plan:
+        return plan_map(self.ranges(), self.areas(), va, pa, size, page_size, flags)
+
+    def plan_unmap(self, va: int, size: int, *, page_size: int = PAGE) -> Plan:
+        return plan_unmap(self.ranges(), self.areas(), va, size, page_size)
+
+    def plan_protect(self, va: int, size: int, *, page_size: int = PAGE, flags: int = 0) -> Plan:
+        return plan_protect(self.ranges(), self.areas(), va, size, page_size, flags)
+
+    # -- applying ------------------------------------------------------------------------
+
+    def apply(self, plan: Plan, *, force: bool = False) -> list[StepReport]:
+        if plan.refusals and not force:
+            raise RemapRefused(plan.refusals[0], by="the plan is refused")
+        reports = []
+        for step in plan.steps:
+            reports.append(self.run_step(step, force=force))
+        return reports
+
+    def _entries_on_the_way(self, root: int, va: int, level: int) -> list[list[int]]:
+        """[va, level, entry] of the entry at ``level``, or of the absent one above it."""
+        table = root
+        for lvl in range(self.levels, 0, -1):
+            shift = 12 + 9 * (lvl - 1)
+            (e,) = struct.unpack(
+                "<Q", self.target.read_physical(table + 8 * ((va >> shift) & 511), 8)
+            )
+            if lvl == level:
+                return [[va, lvl, e]]
+            if not e & 1:
+                return [[va & ~((1 << shift) - 1), lvl, e]]
+            if lvl <= 3 and e & 0x80:
+                return []  # a larger page: the agent refuses the step
+            table = e & ADDRESS_BITS
+        return []
+
+    def _before(self, step: Step) -> Any:
+        """What undo needs if the agent's reply never reaches the journal."""
+        regs = self.registers()
+        if step.method in ("map", "unmap", "protect"):
+            va = step.params[0]
+            size, page_size = step.params[2:4] if step.method == "map" else step.params[1:3]
+            level = LEVEL_OF_SIZE[page_size]
+            out: list[list[int]] = []
+            for off in range(0, size, page_size):
+                for item in self._entries_on_the_way(regs["cr3"] & ADDRESS_BITS, va + off, level):
+                    if item[:2] not in [o[:2] for o in out]:
+                        out.append(item)
+            return {"entries": out}
+        return {
+            "rsp": regs["rsp"],
+            "gdtr_base": regs["gdtr_base"],
+            "idtr_base": regs["idtr_base"],
+            "tss_base": self.tss_base(regs),
+        }
+
+    def run_step(self, step: Step, *, force: bool = False) -> StepReport:
+        import time
+
+        t0 = time.monotonic()
+        before = self._before(step)
+        record = self.journal.begin(step.method, list(step.params), before, step.description)
+        result = self._call(step.method, *step.params, force)
+        self.journal.applied(record, result)
+        report = StepReport(record.seq, step, result, self.verify(step), time.monotonic() - t0)
+        if self.on_report:
+            self.on_report(report)
+        return report
+
+    def verify(self, step: Step) -> list[str]:
+        """Walk again (and read the registers) and say what differs from the plan."""
+        problems = verify_expectations(step.expect, self.ranges()) if step.expect else []
+        regs = self.registers()
+        if step.method == "move_stack":
+            lo, hi, new_lo = step.params[:3]
+            if not new_lo <= regs["rsp"] < new_lo + (hi - lo):
+                problems.append(
+                    f"RSP is {regs['rsp']:#x}, not in {new_lo:#x}-{new_lo + hi - lo:#x}"
+                )
+        if step.method == "load_descriptors":
+            gdt, idt, tss = step.params[:3]
+            if regs["gdtr_base"] != gdt:
+                problems.append(f"GDTR.base is {regs['gdtr_base']:#x}, not {gdt:#x}")
+            if regs["idtr_base"] != idt:
+                problems.append(f"IDTR.base is {regs['idtr_base']:#x}, not {idt:#x}")
+            if (now := self.tss_base(regs)) != tss:
+                problems.append(f"the TSS base is {now!s}, not {tss:#x}")
+        return problems
+
+    # -- undo ------------------------------------------------------------------------------
+
+    def undo(
+        self, steps: list[JournalStep] | None = None, *, force: bool = False
+    ) -> list[JournalStep]:
+        """Restore what the open steps (or ``steps``) replaced, newest first."""
+        todo = sorted(steps if steps is not None else self.journal.open_steps(),
+                      key=lambda s: s.seq, reverse=True)  # fmt: skip
+        done = []
+        for record in todo:
+            self._undo_one(record, force)
+            self.journal.undone(record)
+            done.append(record)
+        return done
+
+    def _undo_one(self, record: JournalStep, force: bool) -> None:
+        m = record.method
+        if m in ("map", "unmap", "protect", "set_entries"):
+            if record.state == "applied":
+                entries = [
+                    [va, level, old] for va, level, _pa, old, _new in reversed(record.result)
+                ]
+            else:  # pending: the reply never reached the journal; the entries read before do
+                entries = [list(e) for e in reversed(record.before["entries"])]
+            for i in range(0, len(entries), SET_ENTRIES_CHUNK):
+                self._call("set_entries", force, entries[i : i + SET_ENTRIES_CHUNK])
+        elif m == "move_stack":
+            lo, hi, new_lo = record.params[:3]
+            rsp = self.registers()["rsp"]
+            if new_lo <= rsp < new_lo + (hi - lo):  # applied (whatever the journal knew)
+                # The old place has no guard page (the identity map): force skips only that check.
+                self._call("move_stack", new_lo, new_lo + (hi - lo), lo, True)
+        elif m == "load_descriptors":
+            b = record.before
+            regs = self.registers()
+            if (regs["gdtr_base"], regs["idtr_base"]) != (b["gdtr_base"], b["idtr_base"]) or (
+                self.tss_base(regs) != b["tss_base"]
+            ):
+                self._call("load_descriptors", b["gdtr_base"], b["idtr_base"], b["tss_base"], force)
+        else:
+            raise InspectorError(f"journal step #{record.seq}: cannot undo {m}")
+
+    # -- the seed scenario -------------------------------------------------------------
+
+    def plan_higher_half(self) -> Plan:
+        """Move the stack and the GDT/IDT/TSS to higher-half aliases, then drop the lower half."""
+        regs = self.registers()
+        ranges = self.ranges()
+        tss = self.tss_base(regs)
+        steps: list[Step] = []
+        notes: list[str] = []
+        moved = dict(regs)
+        if regs["rsp"] < HIGHER_HALF:
+            steps.append(self._plan_stack(regs, ranges, notes))
+            lo, _hi, new_lo = steps[-1].params
+            moved["rsp"] += new_lo - lo
+            moved["rbp"] += new_lo - lo if lo <= regs["rbp"] < _hi else 0
+        else:
+            notes.append(f"the stack is already in the higher half (RSP={regs['rsp']:#x})")
+        bases = {"gdt": regs["gdtr_base"], "idt": regs["idtr_base"], "tss": tss}
+        if any(v is not None and v < HIGHER_HALF for v in bases.values()):
+            new = {k: (self._upper_alias(v, ranges) if v is not None and v < HIGHER_HALF else v)
+                   for k, v in bases.items()}  # fmt: skip
+            steps.append(Step(
+                "load_descriptors", (new["gdt"], new["idt"], new["tss"] or 0),
+                f"lgdt {new['gdt']:#x}, far return to reload CS, lidt {new['idt']:#x}, "
+                f"TSS descriptor -> {new['tss'] or 0:#x} and ltr (were {bases['gdt']:#x}, "
+                f"{bases['idt']:#x}, {bases['tss'] or 0:#x})",
+            ))  # fmt: skip
+            moved["gdtr_base"], moved["idtr_base"] = new["gdt"], new["idt"]
+            tss = new["tss"]
+        else:
+            notes.append("GDT, IDT and TSS are already in the higher half")
+        low = [r for r in ranges if r.start < HIGHER_HALF]
+        slots = sorted({r.start >> 39 for r in low})
+        for slot in slots:
+            va = slot << 39
+            steps.append(Step(
+                "unmap", (va, 1 << 39, 1 << 39),
+                f"clear PML4 entry {slot} ({va:#x}-{va + (1 << 39):#x}): the identity map",
+                ((va, 4, "0 (not present)"),), (Expectation(va, va + (1 << 39), None),),
+            ))  # fmt: skip
+        areas = self.areas(moved, ranges, tss_base=tss)
+        refusals = []
+        for slot in slots:
+            refusals += check_change(areas, slot << 39, (slot + 1) << 39, unmaps=True)
+        return Plan("move the runtime to the higher half, then drop the identity map",
+                    tuple(steps), 0, tuple(low), tuple(refusals), tuple(notes))  # fmt: skip
+
+    def _upper_alias(self, va: int, ranges: list[Range]) -> int:
+        pa = self.target.translate(va).pa
+        aliases = [r.start + (pa - r.phys) for r in ranges
+                   if r.start >= HIGHER_HALF and r.phys <= pa < r.phys + r.size]  # fmt: skip
+        if not aliases:
+            raise InspectorError(f"{va:#x} (physical {pa:#x}) has no alias in the higher half")
+        return max(aliases)  # the kernel image's alias rather than the direct map's
+
+    def _plan_stack(self, regs: dict[str, int], ranges: list[Range], notes: list[str]) -> Step:
+        def mapped(va: int) -> int | None:
+            for r in ranges:
+                if r.start <= va < r.end:
+                    return r.phys + (va - r.start)
+            return None
+
+        page = regs["rsp"] & ~0xFFF
+        pa = mapped(page)
+        top = self.frames_top(regs)
+        for alias in sorted((r.start + (pa - r.phys) for r in ranges
+                             if r.start >= HIGHER_HALF and r.phys <= pa < r.phys + r.size),
+                            reverse=True):  # fmt: skip
+            bottom = alias
+            for _ in range(64):
+                below = mapped(bottom - PAGE)
+                if below is None or below != pa - (alias - bottom) - PAGE:
+                    break
+                bottom -= PAGE
+            if mapped(bottom - PAGE) is not None:
+                continue  # no guard page below this alias
+            end = alias + PAGE
+            while end - alias < 64 * PAGE and mapped(end) == pa + (end - alias):
+                end += PAGE
+            delta = alias - page
+            if top > end - delta:
+                continue
+            notes.append(
+                f"the stack {bottom - delta:#x}-{end - delta:#x} is also mapped at "
+                f"{bottom:#x}-{end:#x}, guard page (unmapped) at {bottom - PAGE:#x}"
+            )
+            return Step(
+                "move_stack", (bottom - delta, end - delta, bottom),
+                f"RSP, RBP and the saved frame pointers += {delta:#x} (RSP {regs['rsp']:#x} -> "
+                f"{regs['rsp'] + delta:#x})",
+            )  # fmt: skip
+        raise InspectorError(
+            f"the stack at {regs['rsp']:#x} has no higher-half alias with a guard page below it"
+        )

@@ -1,0 +1,375 @@
+"""Remap plans: what a change writes, what it allocates, what it takes away.
+
+Pure: a plan is computed from the current map (coalesced ranges, as the
+agent's ``walk`` gives them), the registers and the page tables' addresses,
+and nothing is read or written here. The agent checks the same safety rules
+again when it applies a step (AGENT_PROTOCOL.md, "Refusals"); checking them
+here lets the user see a refusal before anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..x86.paging import Range
+
+__all__ = [
+    "FLAG_BITS",
+    "LEVEL_OF_SIZE",
+    "MAX_PAGES_PER_STEP",
+    "Expectation",
+    "Plan",
+    "Protected",
+    "Refusal",
+    "Step",
+    "check_change",
+    "format_flags",
+    "parse_flags",
+    "plan_map",
+    "plan_protect",
+    "plan_unmap",
+    "protected_areas",
+    "verify_expectations",
+]
+
+PAGE = 0x1000
+#: Leaf entry bits a map or protect may set (P is always set). SDM names.
+FLAG_BITS = {"RW": 1 << 1, "US": 1 << 2, "PWT": 1 << 3, "PCD": 1 << 4, "G": 1 << 8, "NX": 1 << 63}
+LEVEL_OF_SIZE = {1 << 12: 1, 1 << 21: 2, 1 << 30: 3, 1 << 39: 4}
+#: The agent changes at most 64 leaves per request (AGENT_EDIT_LEAVES).
+MAX_PAGES_PER_STEP = 64
+#: Refusal reasons, as the agent names them.
+REASONS = (
+    "running-code",
+    "own-stack",
+    "descriptor-tables",
+    "page-tables",
+    "non-canonical",
+    "misaligned",
+    "not-an-alias",
+    "no-guard-page",
+)
+
+
+def parse_flags(text: str) -> int:
+    """``"rw,nx,g"`` to PTE bits; ``""`` or ``"ro"`` is read-only, executable, supervisor."""
+    value = 0
+    for word in filter(None, (w.strip().upper() for w in text.replace("+", ",").split(","))):
+        if word == "RO":
+            continue
+        if word not in FLAG_BITS:
+            raise ValueError(f"unknown flag {word!r} (known: {', '.join(FLAG_BITS)}, RO)")
+        value |= FLAG_BITS[word]
+    return value
+
+
+def format_flags(value: int) -> str:
+    names = ["P"] + [n for n, bit in FLAG_BITS.items() if value & bit]
+    unknown = value & ~(sum(FLAG_BITS.values()) | 1)
+    return " ".join(names) + (f" |{unknown:#x}" if unknown else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Protected:
+    """A virtual range that must stay mapped as it is (``kind`` names the refusal)."""
+
+    kind: str
+    start: int
+    end: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "start": self.start, "end": self.end}
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str
+    address: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"refused ({self.reason}) at {self.address:#x}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "address": self.address, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """After a step: [start, end) maps phys.. with these effective permissions, or nothing."""
+
+    start: int
+    end: int
+    phys: int | None  # None: unmapped
+    writable: bool | None = None
+    executable: bool | None = None
+
+    def __str__(self) -> str:
+        if self.phys is None:
+            return f"{self.start:#018x}-{self.end:#018x} unmapped"
+        perm = ("RW" if self.writable else "ro") + (" x" if self.executable else " NX")
+        return f"{self.start:#018x}-{self.end:#018x} -> {self.phys:#x} {perm}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "phys": self.phys,
+                "writable": self.writable, "executable": self.executable}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One agent request: ``method`` with ``params`` (force is added when applying)."""
+
+    method: str
+    params: tuple[int, ...]
+    description: str
+    writes: tuple[tuple[int, int, str], ...] = ()  # (va, level, new entry described)
+    expect: tuple[Expectation, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "params": list(self.params),
+            "description": self.description,
+            "writes": [{"va": va, "level": lvl, "entry": text} for va, lvl, text in self.writes],
+            "expect": [e.to_dict() for e in self.expect],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a change does, step by step, before anything is written."""
+
+    title: str
+    steps: tuple[Step, ...]
+    tables_to_allocate: int = 0
+    unreachable: tuple[Range, ...] = ()
+    refusals: tuple[Refusal, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def __str__(self) -> str:
+        lines = [f"plan: {self.title}"]
+        for i, step in enumerate(self.steps, 1):
+            lines.append(f"  step {i}: {step.method} {_params_text(step.params)}")
+            lines.append(f"          {step.description}")
+            for va, level, text in step.writes[:8]:
+                lines.append(f"          write L{level} entry of {va:#018x}: {text}")
+            if len(step.writes) > 8:
+                lines.append(f"          ... {len(step.writes) - 8} more entries")
+            for e in step.expect:
+                lines.append(f"          expect {e}")
+        lines.append(f"  page tables to allocate: {self.tables_to_allocate} (at most)")
+        if self.unreachable:
+            lines.append("  becomes unreachable:")
+            lines.extend(f"    {r}" for r in self.unreachable)
+        else:
+            lines.append("  becomes unreachable: nothing")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        lines.extend(f"  {r}" for r in self.refusals)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "steps": [s.to_dict() for s in self.steps],
+            "tables_to_allocate": self.tables_to_allocate,
+            "unreachable": [r.to_dict() for r in self.unreachable],
+            "refusals": [r.to_dict() for r in self.refusals],
+            "notes": list(self.notes),
+        }
+
+
+def _params_text(params: Sequence[int]) -> str:
+    return " ".join(hex(p) if isinstance(p, int) else str(p) for p in params)
+
+
+def protected_areas(
+    regs: dict[str, int], *, tss_base: int | None, frames_top: int | None,
+    table_aliases: Iterable[int] = (),
+) -> list[Protected]:  # fmt: skip
+    """The areas the agent protects, from its registers (``regs``: the agent's ``regs``)."""
+    areas = [Protected("running-code", regs["rip"] & ~0xFFF, (regs["rip"] & ~0xFFF) + PAGE)]
+    rsp = regs["rsp"]
+    areas.append(Protected("own-stack", rsp & ~0xFFF, max(rsp + 8, frames_top or 0)))
+    areas.append(Protected("descriptor-tables", regs["gdtr_base"] & ~0xFFF,
+                           regs["gdtr_base"] + regs["gdtr_limit"] + 1))  # fmt: skip
+    areas.append(Protected("descriptor-tables", regs["idtr_base"] & ~0xFFF,
+                           regs["idtr_base"] + regs["idtr_limit"] + 1))  # fmt: skip
+    if tss_base is not None:
+        areas.append(Protected("descriptor-tables", tss_base & ~0xFFF, tss_base + 0x68))
+    areas.extend(Protected("page-tables", va, va + PAGE) for va in table_aliases)
+    return areas
+
+
+def check_change(
+    areas: Iterable[Protected], start: int, end: int, *, unmaps: bool, removes_x: bool = False,
+    removes_w: bool = False,
+) -> list[Refusal]:  # fmt: skip
+    """The agent's rule: a protected area may not lose its mapping, X (code) or W (the rest)."""
+    out = []
+    for a in areas:
+        if a.end <= start or a.start >= end:
+            continue
+        if (
+            unmaps
+            or (a.kind == "running-code" and removes_x)
+            or (a.kind != "running-code" and removes_w)
+        ):
+            out.append(Refusal(a.kind, max(a.start, start), _MESSAGES[a.kind]))
+    return out
+
+
+_MESSAGES = {
+    "running-code": "would unmap, move or make non-executable the code the agent runs",
+    "own-stack": "would unmap, move or make read-only the stack the agent runs on",
+    "descriptor-tables": "would unmap, move or make read-only the GDT, IDT or TSS in use",
+    "page-tables": "would unmap, move or make read-only a mapping of the page tables",
+}
+
+
+def _canonical(va: int) -> bool:
+    top = va >> 47
+    return top == 0 or top == (1 << 17) - 1
+
+
+def _shape_refusals(va: int, size: int, page_size: int, pa: int = 0) -> list[Refusal]:
+    out = []
+    if (
+        size <= 0
+        or not _canonical(va)
+        or not _canonical(va + size - 1)
+        or (va >> 63) != ((va + size - 1) >> 63)
+    ):
+        out.append(Refusal("non-canonical", va, "the range is not canonical or crosses the hole"))
+    if (va | pa | size) % page_size:
+        out.append(Refusal("misaligned", va, f"address or size not a multiple of {page_size:#x}"))
+    return out
+
+
+def _overlap(ranges: Iterable[Range], start: int, end: int) -> list[Range]:
+    out = []
+    for r in ranges:
+        lo, hi = max(r.start, start), min(r.end, end)
+        if lo < hi:
+            out.append(Range(lo, hi, r.phys + (lo - r.start), r.page_size, r.permissions,
+                             r.attributes))  # fmt: skip
+    return out
+
+
+def _tables_needed(ranges: Sequence[Range], va: int, size: int, level: int) -> int:
+    """Tables a map must create: levels above the leaf with nothing mapped yet (upper bound)."""
+    needed = set()
+    for page in range(va, va + size, 1 << (12 + 9 * (level - 1))):
+        for upper in range(level + 1, 5):
+            span = 1 << (12 + 9 * (upper - 1))
+            base = page & ~(span - 1)
+            if not any(r.start < base + span and r.end > base and r.page_size < span
+                       for r in ranges):  # fmt: skip
+                needed.add((upper, base))
+    return len(needed)
+
+
+def _chunks(va: int, size: int, page_size: int):
+    step = page_size * MAX_PAGES_PER_STEP
+    for off in range(0, size, step):
+        yield va + off, min(step, size - off), off
+
+
+def plan_map(
+    ranges: Sequence[Range], areas: Sequence[Protected], va: int, pa: int, size: int,
+    page_size: int, flags: int,
+) -> Plan:  # fmt: skip
+    level = LEVEL_OF_SIZE.get(page_size)
+    refusals = _shape_refusals(va, size, page_size, pa)
+    if level is None or level > 3:
+        raise ValueError("page size must be 4 KiB, 2 MiB or 1 GiB")
+    replaced = _overlap(ranges, va, va + size)
+    if replaced:
+        refusals += check_change(areas, va, va + size, unmaps=True)
+    steps = []
+    for start, length, off in _chunks(va, size, page_size):
+        steps.append(Step(
+            "map", (start, pa + off, length, page_size, flags),
+            f"map {length:#x} bytes at {start:#x} -> {pa + off:#x} in {page_size:#x} pages",
+            tuple((start + i, level, f"{pa + off + i:#x} {format_flags(flags)}")
+                  for i in range(0, length, page_size)),
+            (Expectation(start, start + length, pa + off, bool(flags & FLAG_BITS["RW"]),
+                         not flags & FLAG_BITS["NX"]),),
+        ))  # fmt: skip
+    return Plan(
+        f"map {va:#x}-{va + size:#x} -> {pa:#x} ({format_flags(flags)})",
+        tuple(steps),
+        _tables_needed(ranges, va, size, level),
+        tuple(replaced),
+        tuple(refusals),
+        ("replaces existing mappings (their entries are journaled)",) if replaced else (),
+    )
+
+
+def plan_unmap(ranges: Sequence[Range], areas: Sequence[Protected], va: int, size: int,
+               page_size: int) -> Plan:  # fmt: skip
+    level = LEVEL_OF_SIZE.get(page_size)
+    if level is None:
+        raise ValueError("page size must be 4 KiB, 2 MiB, 1 GiB or 512 GiB")
+    refusals = _shape_refusals(va, size, page_size)
+    refusals += check_change(areas, va, va + size, unmaps=True)
+    gone = _overlap(ranges, va, va + size)
+    steps = tuple(
+        Step("unmap", (start, length, page_size),
+             f"clear the level-{level} entries of {start:#x}-{start + length:#x}",
+             tuple((start + i, level, "0 (not present)") for i in range(0, length, page_size)),
+             (Expectation(start, start + length, None),))
+        for start, length, _ in _chunks(va, size, page_size)
+    )  # fmt: skip
+    return Plan(f"unmap {va:#x}-{va + size:#x}", steps, 0, tuple(gone), tuple(refusals))
+
+
+def plan_protect(ranges: Sequence[Range], areas: Sequence[Protected], va: int, size: int,
+                 page_size: int, flags: int) -> Plan:  # fmt: skip
+    level = LEVEL_OF_SIZE.get(page_size)
+    if level is None or level > 3:
+        raise ValueError("page size must be 4 KiB, 2 MiB or 1 GiB")
+    refusals = _shape_refusals(va, size, page_size)
+    covered = _overlap(ranges, va, va + size)
+    if sum(r.size for r in covered) != size:
+        refusals.append(Refusal("not-mapped", va, "protect needs every page mapped"))
+    refusals += check_change(areas, va, va + size, unmaps=False,
+                             removes_x=bool(flags & FLAG_BITS["NX"]),
+                             removes_w=not flags & FLAG_BITS["RW"])  # fmt: skip
+    steps = []
+    for start, length, _ in _chunks(va, size, page_size):
+        expect = tuple(
+            Expectation(r.start, r.end, r.phys, bool(flags & FLAG_BITS["RW"]),
+                        not flags & FLAG_BITS["NX"])
+            for r in _overlap(covered, start, start + length)
+        )  # fmt: skip
+        steps.append(Step("protect", (start, length, page_size, flags),
+                          f"flags of {start:#x}-{start + length:#x} := {format_flags(flags)}",
+                          tuple((start + i, level, f"same address, {format_flags(flags)}")
+                                for i in range(0, length, page_size)),
+                          expect))  # fmt: skip
+    return Plan(f"protect {va:#x}-{va + size:#x} ({format_flags(flags)})", tuple(steps), 0, (),
+                tuple(refusals))  # fmt: skip
+
+
+def verify_expectations(expect: Iterable[Expectation], ranges: Sequence[Range]) -> list[str]:
+    """What differs between the expectations and a fresh walk (empty: as planned)."""
+    problems = []
+    for e in expect:
+        found = _overlap(ranges, e.start, e.end)
+        if e.phys is None:
+            if found:
+                problems.append(f"{e}: still mapped: {found[0]}")
+            continue
+        if sum(r.size for r in found) != e.end - e.start:
+            problems.append(f"{e}: not all mapped")
+            continue
+        for r in found:
+            if r.phys != e.phys + (r.start - e.start):
+                problems.append(f"{e}: maps {r.phys:#x} at {r.start:#x}")
+            elif e.writable is not None and r.permissions.writable != e.writable:
+                problems.append(f"{e}: writable is {r.permissions.writable}")
+            elif e.executable is not None and r.permissions.executable != e.executable:
+                problems.append(f"{e}: executable is {r.permissions.executable}")
+    return problems

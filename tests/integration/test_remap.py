@@ -1,0 +1,289 @@
+"""Remaps through the agent on the demo kernel booted with ``lowhalf``, checked
+against QEMU's own view: ``info tlb`` for the mappings, ``xp`` for the raw
+page-table entries, ``info registers`` for GDTR/IDTR/TR/RSP.
+
+One QEMU for the module; every test undoes what it did, and the seed
+scenario (last) undoes itself too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from inspector import api
+from inspector.remap.apply import Remapper, RemapRefused
+from inspector.remap.journal import Journal
+from inspector.remap.plan import FLAG_BITS
+from inspector.targets.agent import AgentTarget
+from inspector.targets.qemu_text import decode_info_registers, decode_info_tlb
+from protocols.agent_client import AgentClient, AgentRemoteError
+from protocols.agent_wire import encode_frame, encode_request
+
+pytestmark = pytest.mark.integration
+
+SPARE = 0xFFFFD00000000000  # no mapping in the demo kernel's layout here
+RW, NX = FLAG_BITS["RW"], FLAG_BITS["NX"]
+HIGHER_HALF = 0xFFFF800000000000
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def lowqemu(demo_kernel):
+    instance = api.launch_demo(append="lowhalf")
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture
+def remapper(lowqemu, tmp_path):
+    target = AgentTarget(lowqemu.agent_endpoint, timeout=5)
+    r = Remapper(target, Journal.open(tmp_path / "journal.jsonl"))
+    try:
+        yield r
+    finally:
+        target.close()
+
+
+def tlb(qemu) -> dict[int, tuple[int, str]]:
+    """va -> (pa, flags) from QEMU; D and A left out (the CPU sets them as the kernel runs)."""
+    return {
+        line.va: (line.pa, line.flags[:3] + "--" + line.flags[5:])
+        for line in decode_info_tlb(qemu.monitor("info tlb"))
+    }
+
+
+def xp(qemu, pa: int) -> int:
+    """One 8-byte physical word as QEMU reads it."""
+    text = qemu.monitor(f"xp /1gx {pa:#x}")
+    return int(re.search(r":\s*0x([0-9a-f]+)", text).group(1), 16)
+
+
+def test_lowhalf_boot_leaves_the_runtime_in_the_identity_map(lowqemu):
+    regs = decode_info_registers(lowqemu.monitor("info registers"))
+    assert regs["rsp"] < HIGHER_HALF
+    assert regs["gdt"].base < HIGHER_HALF and regs["idt"].base < HIGHER_HALF
+
+
+def test_map_protect_unmap_in_info_tlb_and_undo_restores_raw_entries(lowqemu, remapper):
+    before = tlb(lowqemu)
+    assert not any(va >= SPARE and va < SPARE + (1 << 39) for va in before)
+
+    plan = remapper.plan_map(SPARE, 0x200000, 0x3000, flags=RW | NX)
+    assert plan.tables_to_allocate == 3 and not plan.refusals
+    (report,) = remapper.apply(plan)
+    assert report.verified, report.problems
+    now = tlb(lowqemu)
+    for i in range(3):
+        pa, flags = now[SPARE + i * 0x1000]
+        assert pa == 0x200000 + i * 0x1000
+        assert flags[0] == "X" and flags[-1] == "W"  # NX and writable, as QEMU sees them
+
+    (report,) = remapper.apply(remapper.plan_protect(SPARE, 0x2000, flags=0))
+    assert report.verified, report.problems
+    now = tlb(lowqemu)
+    assert now[SPARE][1][-1] == "-" and now[SPARE][1][0] == "-"  # read-only, executable
+    assert now[SPARE + 0x2000][1][-1] == "W"
+
+    (report,) = remapper.apply(remapper.plan_unmap(SPARE + 0x1000, 0x1000))
+    assert report.verified, report.problems
+    now = tlb(lowqemu)
+    assert SPARE + 0x1000 not in now and SPARE in now and SPARE + 0x2000 in now
+
+    written = [e for s in remapper.journal.open_steps() for e in s.result]
+    undone = remapper.undo()
+    assert [s.method for s in undone] == ["unmap", "protect", "map"]
+    assert tlb(lowqemu) == before
+    first_old = {}
+    for _va, _level, entry_pa, old, _new in written:
+        first_old.setdefault(entry_pa, old)  # the value before the first step touched it
+    for entry_pa, old in first_old.items():
+        assert xp(lowqemu, entry_pa) == old, hex(entry_pa)
+    assert not remapper.journal.open_steps()
+
+
+def test_retried_mutating_request_is_applied_once(lowqemu, remapper):
+    client = remapper.target.client
+    request_id = 0x5EED0001
+    frame = encode_frame(
+        encode_request(request_id, "map", [SPARE, 0x300000, 0x1000, 0x1000, RW | NX, False])
+    )
+
+    def receive():
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            reply = client._receive(request_id, 0.5)
+            if reply is not None:
+                return reply
+        pytest.fail("no reply from the agent")
+
+    client._send(frame)
+    first = receive()
+    client._send(frame)  # the same id again, as a retry after a lost reply would be
+    second = receive()
+    assert first.error is None and second == first
+    # Run again it would have found the entry already written and reported nothing replaced.
+    assert any(e[3] == 0 and e[4] & 1 for e in first.result)
+    again = client.call("map", SPARE, 0x300000, 0x1000, 0x1000, RW | NX, False)
+    assert again == []
+    entries = [[va, level, old] for va, level, _pa, old, _new in reversed(first.result)]
+    client.call("set_entries", False, entries)
+    assert SPARE not in tlb(lowqemu)
+
+
+def refusal(client: AgentClient, method: str, *params) -> tuple[str, int]:
+    with pytest.raises(AgentRemoteError) as info:
+        client.call(method, *params)
+    assert info.value.code == 9, info.value
+    return info.value.message.partition(":")[0], info.value.address
+
+
+def test_each_refusal_is_named_and_changes_nothing(lowqemu, remapper):
+    client = remapper.target.client
+    regs = remapper.registers()
+    before = tlb(lowqemu)
+    rip_page = regs["rip"] & ~0xFFF
+    rsp_page = regs["rsp"] & ~0xFFF
+    cr3 = regs["cr3"] & ~0xFFF
+    direct = 0xFFFF888000000000
+    page = 0x1000
+
+    assert refusal(client, "protect", rip_page, page, page, NX, False)[0] == "running-code"
+    assert refusal(client, "unmap", rip_page, page, page, False)[0] == "running-code"
+    assert refusal(client, "unmap", rsp_page, page, page, False) == ("own-stack", rsp_page)
+    assert refusal(client, "protect", rsp_page, page, page, NX, False)[0] == "own-stack"
+    gdt_page = regs["gdtr_base"] & ~0xFFF
+    assert refusal(client, "unmap", gdt_page, page, page, False)[0] == "descriptor-tables"
+    idt_page = regs["idtr_base"] & ~0xFFF
+    assert refusal(client, "unmap", idt_page, page, page, False)[0] == "descriptor-tables"
+    # The page tables are reached through the direct map: its 2 MiB page holding CR3's table.
+    big = 1 << 21
+    assert (
+        refusal(client, "unmap", direct + (cr3 & ~(big - 1)), big, big, False)[0] == "page-tables"
+    )
+    assert (
+        refusal(client, "map", 0x0000800000000000, 0x200000, page, page, RW, False)[0]
+        == "non-canonical"
+    )
+    assert refusal(client, "map", SPARE + 0x800, 0x200000, page, page, RW, False)[0] == "misaligned"
+    # Moving the stack or the descriptor tables somewhere that is not the same memory.
+    lo = rsp_page - 3 * page
+    assert refusal(client, "move_stack", lo, rsp_page + page, SPARE, False)[0] == "not-an-alias"
+    assert (
+        refusal(client, "move_stack", lo, rsp_page + page, direct + lo, False)[0] == "no-guard-page"
+    )
+    assert (
+        refusal(client, "load_descriptors", SPARE, regs["idtr_base"], 0, False)[0] == "not-an-alias"
+    )
+    # A whole PML4 entry: the identity map still holds the stack and the GDT.
+    assert refusal(client, "unmap", 0, 1 << 39, 1 << 39, False)[0] in (
+        "own-stack",
+        "descriptor-tables",
+    )
+    assert tlb(lowqemu) == before
+
+    # The plan says the same before anything is sent.
+    plan = remapper.plan_unmap(rsp_page, page)
+    assert [r.reason for r in plan.refusals] == ["own-stack"]
+    with pytest.raises(RemapRefused) as info:
+        remapper.apply(plan)
+    assert info.value.reason == "own-stack"
+    assert not remapper.journal.open_steps()
+
+
+KILLED_SCRIPT = """
+import sys, time
+from inspector.remap.apply import Remapper
+from inspector.remap.journal import Journal
+from inspector.targets.agent import AgentTarget
+spec, journal, va = sys.argv[1], sys.argv[2], int(sys.argv[3], 0)
+r = Remapper(AgentTarget(spec, timeout=5), Journal.open(journal))
+plan = r.plan_map(va, 0x400000, 0x1000 * 65, flags=0x8000000000000002)  # two steps: 64 + 1 pages
+r.run_step(plan.steps[0])
+print("STEP1", flush=True)
+time.sleep(60)
+r.run_step(plan.steps[1])
+"""
+
+
+def test_killed_inspector_leaves_a_journal_that_undoes_on_next_start(lowqemu, tmp_path):
+    journal = tmp_path / "killed.jsonl"
+    before = tlb(lowqemu)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SCRIPT, lowqemu.agent_endpoint, str(journal), hex(SPARE)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "STEP1"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert SPARE + 63 * 0x1000 in tlb(lowqemu) and SPARE + 64 * 0x1000 not in tlb(lowqemu)
+
+    def kinspect(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "inspector.cli", "--agent", lowqemu.agent_endpoint, "remap",
+             *args, "--journal", str(journal)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+
+    blocked = kinspect("map", hex(SPARE), "0x500000", "0x1000", "--yes")
+    assert blocked.returncode == 1 and "crashed session left 1 open steps" in blocked.stderr
+    listed = kinspect("journal")
+    assert "1 open steps" in listed.stdout and "pending" not in listed.stdout
+    undone = kinspect("undo")
+    assert undone.returncode == 0 and "undone #" in undone.stdout, undone.stderr
+    assert tlb(lowqemu) == before
+    assert "0 open steps" in kinspect("journal").stdout
+
+
+def test_seed_scenario_higher_half_from_the_cli(lowqemu, tmp_path):
+    journal = tmp_path / "seed.jsonl"
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "--agent", lowqemu.agent_endpoint, "remap",
+         "higher-half", "--yes", "--journal", str(journal)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "move_stack" in done.stdout and "load_descriptors" in done.stdout
+    assert done.stdout.count("verified: the walk matches the plan") == 3
+    assert "the agent still answers" in done.stdout
+    print(f"seed scenario from the CLI: {elapsed:.2f} s")
+
+    # QEMU's own view: nothing left below the hole; RSP, GDTR, IDTR, TR up high.
+    assert not [va for va in tlb(lowqemu) if va < HIGHER_HALF]
+    regs = decode_info_registers(lowqemu.monitor("info registers"))
+    assert regs["gdt"].base >= HIGHER_HALF and regs["idt"].base >= HIGHER_HALF
+    assert regs["tr"].base >= HIGHER_HALF
+    # The kernel keeps running (timer ticks, idle loop) and its agent answers.
+    target = AgentTarget(lowqemu.agent_endpoint, timeout=5)
+    try:
+        assert target.agent_registers()["rsp"] >= HIGHER_HALF
+        assert target.walk_ranges()[0].start >= HIGHER_HALF
+    finally:
+        target.close()
+    time.sleep(0.3)
+    regs = decode_info_registers(lowqemu.monitor("info registers"))
+    assert regs["rsp"] >= HIGHER_HALF
+
+    undone = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "--agent", lowqemu.agent_endpoint, "remap",
+         "undo", "--journal", str(journal)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert undone.returncode == 0, undone.stderr
+    assert [va for va in tlb(lowqemu) if va < HIGHER_HALF]
+    regs = decode_info_registers(lowqemu.monitor("info registers"))
+    assert regs["gdt"].base < HIGHER_HALF and regs["rsp"] < HIGHER_HALF

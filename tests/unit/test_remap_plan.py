@@ -1,0 +1,123 @@
+"""Remap plans, journal and refusal rules on literal data (no target)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from inspector.remap.journal import Journal
+from inspector.remap.plan import (
+    FLAG_BITS,
+    Expectation,
+    parse_flags,
+    plan_map,
+    plan_protect,
+    plan_unmap,
+    protected_areas,
+    verify_expectations,
+)
+from inspector.x86.paging import Permissions, Range
+
+RW, NX = FLAG_BITS["RW"], FLAG_BITS["NX"]
+KERNEL = 0xFFFFFFFF80100000
+RANGES = [
+    Range(0x1000, 0x200000, 0x1000, 0x1000, Permissions(True, False, True), ()),
+    Range(KERNEL, KERNEL + 0x10000, 0x100000, 0x1000, Permissions(False, False, True), ("G",)),
+    Range(KERNEL + 0x10000, KERNEL + 0x20000, 0x110000, 0x1000,
+          Permissions(True, False, False), ("G",)),
+]  # fmt: skip
+REGS = {"rip": KERNEL + 0x1234, "rsp": KERNEL + 0x18F00, "gdtr_base": KERNEL + 0x11000,
+        "gdtr_limit": 0x37, "idtr_base": KERNEL + 0x12000, "idtr_limit": 0xFFF}  # fmt: skip
+AREAS = protected_areas(REGS, tss_base=KERNEL + 0x13000, frames_top=KERNEL + 0x19000,
+                        table_aliases=[KERNEL + 0x14000])  # fmt: skip
+
+
+def test_parse_flags_by_sdm_names():
+    assert parse_flags("rw,nx") == RW | NX
+    assert parse_flags("ro") == 0
+    assert parse_flags("RW+G+PCD") == RW | FLAG_BITS["G"] | FLAG_BITS["PCD"]
+    with pytest.raises(ValueError):
+        parse_flags("rwx")
+
+
+def test_map_plan_splits_into_steps_of_64_pages_and_counts_tables():
+    plan = plan_map(RANGES, AREAS, 0xFFFFD00000000000, 0x400000, 65 * 0x1000, 0x1000, RW | NX)
+    assert [s.method for s in plan.steps] == ["map", "map"]
+    assert plan.steps[0].params == (0xFFFFD00000000000, 0x400000, 64 * 0x1000, 0x1000, RW | NX)
+    assert plan.steps[1].params[:3] == (0xFFFFD00000040000, 0x440000, 0x1000)
+    assert len(plan.steps[0].writes) == 64
+    assert plan.tables_to_allocate == 3  # PDPT, PD, PT: nothing mapped in that PML4 slot
+    assert not plan.refusals and not plan.unreachable
+    assert "page tables to allocate: 3" in str(plan)
+
+
+def test_map_over_existing_pages_says_what_it_replaces():
+    plan = plan_map(RANGES, AREAS, 0x100000, 0x900000, 0x2000, 0x1000, RW)
+    assert [(r.start, r.end) for r in plan.unreachable] == [(0x100000, 0x102000)]
+    assert plan.tables_to_allocate == 0
+
+
+@pytest.mark.parametrize(
+    ("va", "reason"),
+    [
+        (KERNEL + 0x1000, "running-code"),
+        (KERNEL + 0x18000, "own-stack"),
+        (KERNEL + 0x11000, "descriptor-tables"),
+        (KERNEL + 0x13000, "descriptor-tables"),
+        (KERNEL + 0x14000, "page-tables"),
+        (0x0000800000000000, "non-canonical"),
+        (KERNEL + 0x800, "misaligned"),
+    ],
+)
+def test_unmap_refusals_name_their_reason(va, reason):
+    plan = plan_unmap(RANGES, AREAS, va, 0x1000, 0x1000)
+    assert reason in [r.reason for r in plan.refusals]
+
+
+def test_protect_refuses_nx_on_code_and_read_only_on_the_stack_only():
+    code = plan_protect(RANGES, AREAS, KERNEL + 0x1000, 0x1000, 0x1000, NX)
+    assert [r.reason for r in code.refusals] == ["running-code"]
+    assert not plan_protect(RANGES, AREAS, KERNEL + 0x1000, 0x1000, 0x1000, 0).refusals
+    stack = plan_protect(RANGES, AREAS, KERNEL + 0x18000, 0x1000, 0x1000, NX)
+    assert [r.reason for r in stack.refusals] == ["own-stack"]
+    assert not plan_protect(RANGES, AREAS, KERNEL + 0x18000, 0x1000, 0x1000, RW | NX).refusals
+
+
+def test_verify_finds_each_kind_of_difference():
+    e = Expectation(0x1000, 0x3000, 0x1000, True, True)
+    assert verify_expectations([e], RANGES) == []
+    assert verify_expectations([Expectation(0x1000, 0x3000, 0x2000, True, True)], RANGES)
+    assert (
+        "writable" in verify_expectations([Expectation(0x1000, 0x2000, 0x1000, False)], RANGES)[0]
+    )
+    assert "still mapped" in verify_expectations([Expectation(0x1000, 0x2000, None)], RANGES)[0]
+    assert "not all mapped" in verify_expectations([Expectation(0, 0x2000, 0)], RANGES)[0]
+
+
+def test_journal_keeps_states_across_processes_and_finds_orphans(tmp_path):
+    path = tmp_path / "j.jsonl"
+    # A step applied by another process that is gone now: an orphan.
+    script = (
+        "import sys; from inspector.remap.journal import Journal;"
+        "j = Journal.open(sys.argv[1]); j.start_session('t');"
+        "s = j.begin('map', [1, 2], {'entries': [[1, 4, 0]]}, 'one');"
+        "j.applied(s, [[1, 4, 8, 0, 7]]); j.begin('unmap', [1], {'entries': []}, 'two')"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True,
+                   cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))  # fmt: skip
+    with open(path, "a") as f:
+        f.write('{"kind": "step", "seq": 9, "sta')  # torn by a crash mid-write: ignored
+    j = Journal.open(path)
+    j.start_session("t")
+    orphans = j.orphaned()
+    assert [(s.seq, s.state) for s in orphans] == [(1, "applied"), (2, "pending")]
+    assert orphans[0].result == [[1, 4, 8, 0, 7]] and orphans[1].before == {"entries": []}
+    j.undone(orphans[0])
+    j.keep([orphans[1]])
+    again = Journal.open(path)
+    assert again.open_steps() == []
+    assert {s.seq: s.state for s in again.steps.values()} == {1: "undone", 2: "kept"}
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[-1]) == {"kind": "kept", "seqs": [2]}
