@@ -244,7 +244,10 @@ class KinspectApp(App[None]):
         self.post_message(self.Delivered(fn, args))  # thread-safe, never blocks
 
     def on_kinspect_app_delivered(self, message: Delivered) -> None:
-        message.fn(*message.args)
+        try:
+            message.fn(*message.args)
+        except Exception as exc:  # noqa: BLE001 - a bug in a view must not end the app
+            self.report_failure(exc)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:

@@ -493,3 +493,26 @@ def test_stack_and_descriptor_views_show_the_sessions_records(session, truth):
             assert app.errors == []
 
     run(go())
+
+
+def test_a_bug_in_a_view_is_reported_and_the_app_goes_on(session, monkeypatch):
+    from tui.widgets.stack import StackView
+
+    def broken(self, backtrace):
+        raise KeyError("frames")
+
+    monkeypatch.setattr(StackView, "show", broken)
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await app.wait_idle(30)
+            await pilot.pause()
+            assert app.errors == ["internal error: KeyError: 'frames'"]
+            assert len(app.ranges) > 60000  # the other views were still filled
+            await pilot.press("s")
+            await app.wait_idle()
+            await pilot.pause()
+            assert app.stops == 2 and app.is_running
+
+    run(go())
