@@ -64,3 +64,8 @@ def test_memory_view(snap_compare):
 def test_help_screen(snap_compare):
     app = make_app(memory_session())
     assert snap_compare(app, terminal_size=SIZE, run_before=settle("question_mark"))
+
+
+def test_stack_and_descriptor_tables(snap_compare):
+    app = make_app(memory_session())
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle("6"))
