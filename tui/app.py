@@ -152,14 +152,7 @@ class KinspectApp(App[None]):
         self._connect = connect
         self.resume_on_exit = resume_on_exit
         self.export_dir = Path(export_dir) if export_dir else Path.cwd()
-        self.link = Link(
-            session,
-            deliver=self._deliver,
-            on_stop=self._on_stop,
-            on_error=self.report_failure,
-            on_idle=self._on_idle,
-            on_answer=self._on_answer,
-        )
+        self.link = self._make_link(session)
         self._queued: deque[str] = deque()  # names of the jobs in the owner's queue, in order
         self.errors: list[str] = []  # every failure reported, for tests and the log
         self.ranges: list[Range] = []
@@ -180,6 +173,16 @@ class KinspectApp(App[None]):
         self._row_texts = RowTexts([])
         self._wx = self._marks = self._problems = 0
         self._descriptors_stop = -1
+
+    def _make_link(self, session: Session) -> Link:
+        return Link(
+            session,
+            deliver=self._deliver,
+            on_stop=self._on_stop,
+            on_error=self.report_failure,
+            on_idle=self._on_idle,
+            on_answer=self._on_answer,
+        )
 
     # -- layout -------------------------------------------------------------------------
 
@@ -252,6 +255,7 @@ class KinspectApp(App[None]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:
             self.report_failure(event.worker.error)
+            self.query_one(StatusLine).health = "target thread ended: R reconnects"
 
     def submit(
         self,
@@ -597,6 +601,10 @@ class KinspectApp(App[None]):
             self.report_failure(InspectorError("this session has no way to reconnect"))
             return
         connect = self._connect
+        if self.link.finished.is_set():  # the owner thread ended: start another
+            self.link = self._make_link(self.session)
+            self._queued.clear()
+            self._own_target()
         link = self.link
         self.query_one(StatusLine).state = "connecting"
 

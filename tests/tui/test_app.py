@@ -516,3 +516,21 @@ def test_a_bug_in_a_view_is_reported_and_the_app_goes_on(session, monkeypatch):
             assert app.stops == 2 and app.is_running
 
     run(go())
+
+
+def test_reconnect_starts_a_new_owner_thread_if_the_old_one_ended(session):
+    async def go():
+        app = make_app(session, connect=memory_session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            old = app.link
+            old.close()
+            assert old.finished.wait(5)
+            await pilot.press("R")
+            await app.wait_idle()
+            await pilot.pause()
+            assert app.link is not old and not app.link.finished.is_set()
+            assert app.stops == 2 and app.query_one(StatusLine).health == "ok"
+            assert app.session is not session
+
+    run(go())
