@@ -39,6 +39,7 @@ __all__ = [
     "attach_with_agent",
     "launch_demo",
     "launch_qemu",
+    "remapper",
 ]
 
 #: Where ``make kernel`` puts the demo kernel.
@@ -148,3 +149,21 @@ def launch_demo(
         raise TargetError(f"the demo kernel is not built ({DEMO_KERNEL}); run `make kernel`")
     extra = ("-append", append) if append else ()
     return launch_qemu(DEMO_KERNEL, memory=memory, timeout=timeout, serial=serial, extra_args=extra)
+
+
+def remapper(session: Session, *, journal: str | Path | None = None):
+    """Remaps on a kernel attached with :func:`attach_agent` (``inspector.remap.apply.Remapper``).
+
+    ``r.plan_map/plan_unmap/plan_protect/plan_higher_half`` give a
+    :class:`~inspector.remap.plan.Plan` (``str()`` is the CLI's text);
+    ``r.apply(plan)`` journals, applies and verifies each step; ``r.undo()``
+    restores what the open steps replaced. ``journal`` defaults to
+    ``$KINSPECT_REMAP_JOURNAL`` or ``~/.local/state/kinspect/remap-journal.jsonl``.
+    """
+    from .remap.apply import Remapper
+    from .remap.journal import Journal
+    from .targets.agent import AgentTarget
+
+    if not isinstance(session.target, AgentTarget):
+        raise TargetError("remaps need the in-kernel agent: attach with api.attach_agent(spec)")
+    return Remapper(session.target, Journal.open(journal))

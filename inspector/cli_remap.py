@@ -68,6 +68,14 @@ def add_remap_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("size", type=parse_size)
     p.add_argument("--page-size", type=_page_size, default=0x1000)
     p.add_argument("--flags", required=True, help="the new flags: RW,US,PWT,PCD,G,NX or ro")
+    mv = actions.add_parser(
+        "move", parents=[common, apply_opts],
+        help="map a range's pages at a new base (same flags), verify, optionally drop the old",
+    )  # fmt: skip
+    mv.add_argument("va", help="virtual address or symbol")
+    mv.add_argument("size", type=parse_size)
+    mv.add_argument("new_va", help="the new virtual base")
+    mv.add_argument("--drop-old", action="store_true", help="unmap the old range afterwards")
     actions.add_parser(
         "higher-half", parents=[common, apply_opts],
         help="move the stack and GDT/IDT/TSS to higher-half aliases, then drop the identity map",
@@ -109,7 +117,8 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
                "kept": bool(args.keep)})  # fmt: skip
         return 0
     if not getattr(args, "agent", None):
-        parser.error("remap needs --agent (the in-kernel agent's line)")
+        parser.error("remap needs --agent (the in-kernel agent's line); --target too verifies "
+                     "each step through that gdb stub")  # fmt: skip
     from . import api
     from .remap.apply import Remapper
     from .targets.agent import AgentTarget
@@ -119,11 +128,12 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
         target = session.target
         assert isinstance(target, AgentTarget)
         orphaned = journal.orphaned()
-        remapper = Remapper(target, journal)
+        remapper = Remapper(target, journal, verify_walk=_gdb_walk(args))
         if args.remap_command == "undo":
             chosen = [s for s in journal.open_steps() if not args.seq or s.seq in args.seq]
             done = remapper.undo(chosen, force=args.force)
-            _emit(out, args, "\n".join([f"undone {s}" for s in done] or ["nothing to undo"]),
+            lines = [f"undone: #{s.seq} {s.method} {s.description}" for s in done]
+            _emit(out, args, "\n".join(lines or ["nothing to undo"]),
                   {"undone": [s.to_dict() for s in done]})  # fmt: skip
             return 0
         if orphaned:
@@ -160,15 +170,35 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
                 out.flush()
         alive = target.client.call("hello")
         ok = all(r.verified for r in reports)
+        by = "the gdb stub's walk" if remapper.verify_walk else "the agent's walk"
         summary = (f"{len(reports)} steps applied and journaled in {journal.path}; "
-                   f"{'all verified' if ok else 'SOME NOT AS PLANNED'}; "
+                   f"{'all verified' if ok else 'SOME NOT AS PLANNED'} (by {by}); "
                    f"the agent still answers (agent {alive.get('agent')})")  # fmt: skip
         _emit(out, args, summary, {"plan": plan.to_dict(),
                                    "applied": [r.to_dict() for r in reports],
-                                   "verified": ok, "journal": str(journal.path)})  # fmt: skip
+                                   "verified": ok, "verified_by": by,
+                                   "journal": str(journal.path)})  # fmt: skip
         return 0 if ok else 1
     finally:
+        journal.end_session()
         session.close(resume=not args.no_resume)
+
+
+def _gdb_walk(args: argparse.Namespace):
+    """With --target too, verify through the gdb stub: attach, walk, detach, per step.
+
+    The stub stops the whole machine, agent included, so it is attached only
+    while it walks; the agent is idle then (it answered the step already).
+    """
+    if not getattr(args, "target", None):
+        return None
+    from . import api
+
+    def walk():
+        with api.attach(args.target, elf=args.elf, timeout=args.timeout) as gdb:
+            return gdb.ranges()
+
+    return walk
 
 
 def _plan(session: Any, remapper: Any, args: argparse.Namespace):
@@ -179,6 +209,9 @@ def _plan(session: Any, remapper: Any, args: argparse.Namespace):
     if cmd == "map":
         return remapper.plan_map(va, args.pa, args.size, page_size=args.page_size,
                                  flags=parse_flags(args.flags))  # fmt: skip
+    if cmd == "move":
+        new_va = session.resolve(args.new_va)
+        return remapper.plan_move(va, args.size, new_va, drop_old=args.drop_old)
     if cmd == "unmap":
         return remapper.plan_unmap(va, args.size, page_size=args.page_size)
     return remapper.plan_protect(va, args.size, page_size=args.page_size,

@@ -29,6 +29,7 @@ from .plan import (
     Step,
     check_change,
     plan_map,
+    plan_move,
     plan_protect,
     plan_unmap,
     protected_areas,
@@ -98,10 +99,13 @@ class Remapper:
     """Remaps on a kernel reached through its agent, journaled and verified."""
 
     def __init__(self, target: AgentTarget, journal: Journal, *,
-                 on_report: Callable[[StepReport], None] | None = None) -> None:  # fmt: skip
+                 on_report: Callable[[StepReport], None] | None = None,
+                 verify_walk: Callable[[], list[Range]] | None = None) -> None:  # fmt: skip
         self.target = target
         self.journal = journal
         self.on_report = on_report
+        #: What verification walks: the agent's walk, or another source (a gdb stub's view).
+        self.verify_walk = verify_walk
         self.levels = int(target.info.get("paging_levels", 4))
         target.stop()
         journal.start_session(target.spec)
@@ -189,6 +193,9 @@ class Remapper:
     def plan_protect(self, va: int, size: int, *, page_size: int = PAGE, flags: int = 0) -> Plan:
         return plan_protect(self.ranges(), self.areas(), va, size, page_size, flags)
 
+    def plan_move(self, va: int, size: int, new_va: int, *, drop_old: bool = False) -> Plan:
+        return plan_move(self.ranges(), self.areas(), va, size, new_va, drop_old=drop_old)
+
     # -- applying ------------------------------------------------------------------------
 
     def apply(self, plan: Plan, *, force: bool = False) -> list[StepReport]:
@@ -251,7 +258,8 @@ class Remapper:
 
     def verify(self, step: Step) -> list[str]:
         """Walk again (and read the registers) and say what differs from the plan."""
-        problems = verify_expectations(step.expect, self.ranges()) if step.expect else []
+        walk = self.verify_walk or self.ranges
+        problems = verify_expectations(step.expect, walk()) if step.expect else []
         regs = self.registers()
         if step.method == "move_stack":
             lo, hi, new_lo = step.params[:3]

@@ -11,11 +11,14 @@ One JSON object per line, appended and fsync'ed:
 - ``{"kind": "step", "seq": N, "state": "applied", "result": R}`` once the
   agent answered, before the user is told (``result`` holds the entries the
   agent replaced, exactly);
-- ``{"kind": "undone", "seq": N}`` and ``{"kind": "kept", "seqs": [...]}``.
+- ``{"kind": "undone", "seq": N}`` and ``{"kind": "kept", "seqs": [...]}``;
+- ``{"kind": "end", "session": S}`` when a process finished with no step pending.
 
-A step is open while it is pending or applied and neither undone nor kept.
-Open steps of a session whose process is gone were left by a crash: the next
-``kinspect remap`` finds them and offers ``undo`` or ``journal --keep``.
+A step is open while it is pending or applied and neither undone nor kept:
+``undo`` restores it. Open steps of a session that has no end record and
+whose process is gone were left by a crash (a kill, a lost link): the next
+``kinspect remap`` finds them and applies nothing new until they are undone
+or kept (``journal --keep``).
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ class Journal:
             kind = rec.get("kind")
             if kind == "session":
                 self.sessions[rec["session"]] = rec
+            elif kind == "end" and rec.get("session") in self.sessions:
+                self.sessions[rec["session"]]["ended"] = True
             elif kind == "step" and rec.get("state") == "pending":
                 self.steps[rec["seq"]] = JournalStep(
                     rec["seq"],
@@ -125,6 +130,16 @@ class Journal:
         self._append(rec)
         return self.session
 
+    def end_session(self) -> bool:
+        """Mark this session finished, unless a step is still pending (then it looks crashed)."""
+        if not self.session or any(
+            s.session == self.session and s.state == "pending" for s in self.steps.values()
+        ):
+            return False
+        self._append({"kind": "end", "session": self.session})
+        self.sessions[self.session]["ended"] = True
+        return True
+
     def begin(self, method: str, params: list[Any], before: Any, description: str) -> JournalStep:
         step = JournalStep(self._next, self.session, method, list(params), before, description,
                            time=time.time())  # fmt: skip
@@ -153,9 +168,13 @@ class Journal:
         return [s for s in sorted(self.steps.values(), key=lambda s: s.seq) if s.open]
 
     def orphaned(self) -> list[JournalStep]:
-        """Open steps of sessions whose process is gone (a crash, a kill, a lost link)."""
+        """Open steps of sessions that did not end and whose process is gone (a crash, a kill)."""
         return [
-            s for s in self.open_steps() if s.session != self.session and not self._alive(s.session)
+            s
+            for s in self.open_steps()
+            if s.session != self.session
+            and not self.sessions.get(s.session, {}).get("ended")
+            and not self._alive(s.session)
         ]
 
     def _alive(self, session: str) -> bool:

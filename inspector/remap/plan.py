@@ -28,6 +28,7 @@ __all__ = [
     "format_flags",
     "parse_flags",
     "plan_map",
+    "plan_move",
     "plan_protect",
     "plan_unmap",
     "protected_areas",
@@ -351,6 +352,53 @@ def plan_protect(ranges: Sequence[Range], areas: Sequence[Protected], va: int, s
                           expect))  # fmt: skip
     return Plan(f"protect {va:#x}-{va + size:#x} ({format_flags(flags)})", tuple(steps), 0, (),
                 tuple(refusals))  # fmt: skip
+
+
+def _leaf_flags(r: Range) -> int:
+    flags = 0 if r.permissions.executable else FLAG_BITS["NX"]
+    flags |= FLAG_BITS["RW"] if r.permissions.writable else 0
+    flags |= FLAG_BITS["US"] if r.permissions.user else 0
+    for name in ("G", "PWT", "PCD"):
+        flags |= FLAG_BITS[name] if name in r.attributes else 0
+    return flags
+
+
+def plan_move(
+    ranges: Sequence[Range], areas: Sequence[Protected], va: int, size: int, new_va: int,
+    *, drop_old: bool = False,
+) -> Plan:  # fmt: skip
+    """Map the same physical pages at ``new_va`` (same page sizes and flags), then drop the old."""
+    moved = _overlap(ranges, va, va + size)
+    refusals = _shape_refusals(new_va, size, PAGE)
+    if not moved:
+        refusals.append(Refusal("not-mapped", va, "nothing is mapped there to move"))
+    if any(r.attributes and "PAT" in r.attributes for r in moved):
+        refusals.append(Refusal("misaligned", va, "a page with the PAT bit: not moved"))
+    steps: list[Step] = []
+    delta = new_va - va
+    for r in moved:
+        if (r.start + delta) % r.page_size:
+            refusals.append(Refusal("misaligned", r.start + delta,
+                                    f"the new base breaks {r.page_size:#x} pages"))  # fmt: skip
+            continue
+        sub = plan_map((), (), r.start + delta, r.phys, r.size, r.page_size, _leaf_flags(r))
+        steps.extend(sub.steps)
+    if _overlap(ranges, new_va, new_va + size):
+        refusals.append(Refusal("not-mapped", new_va, "the new range is already mapped"))
+    unreachable: tuple[Range, ...] = ()
+    if drop_old:
+        for r in moved:
+            steps.extend(plan_unmap((), (), r.start, r.size, r.page_size).steps)
+        refusals += check_change(areas, va, va + size, unmaps=True)
+        unreachable = tuple(moved)
+    return Plan(
+        f"move {va:#x}-{va + size:#x} to {new_va:#x}" + (" and drop the old" if drop_old else ""),
+        tuple(steps),
+        _tables_needed(ranges, new_va, size, 1),
+        unreachable,
+        tuple(refusals),
+        ("the new alias is mapped and verified before the old one is dropped",) if drop_old else (),
+    )
 
 
 def verify_expectations(expect: Iterable[Expectation], ranges: Sequence[Range]) -> list[str]:

@@ -8,6 +8,7 @@ scenario (last) undoes itself too.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -188,6 +189,10 @@ def test_each_refusal_is_named_and_changes_nothing(lowqemu, remapper):
         "own-stack",
         "descriptor-tables",
     )
+    # New tables that do not map the agent's code (an empty page of RAM as the PML4).
+    assert refusal(client, "switch_cr3", 0x7000000, False)[0] == "running-code"
+    assert tlb(lowqemu) == before
+    assert client.call("switch_cr3", regs["cr3"], False) == regs["cr3"]  # same tables: allowed
     assert tlb(lowqemu) == before
 
     # The plan says the same before anything is sent.
@@ -242,7 +247,7 @@ def test_killed_inspector_leaves_a_journal_that_undoes_on_next_start(lowqemu, tm
     listed = kinspect("journal")
     assert "1 open steps" in listed.stdout and "pending" not in listed.stdout
     undone = kinspect("undo")
-    assert undone.returncode == 0 and "undone #" in undone.stdout, undone.stderr
+    assert undone.returncode == 0 and "undone: #1 map" in undone.stdout, undone.stderr
     assert tlb(lowqemu) == before
     assert "0 open steps" in kinspect("journal").stdout
 
@@ -287,3 +292,46 @@ def test_seed_scenario_higher_half_from_the_cli(lowqemu, tmp_path):
     assert [va for va in tlb(lowqemu) if va < HIGHER_HALF]
     regs = decode_info_registers(lowqemu.monitor("info registers"))
     assert regs["gdt"].base < HIGHER_HALF and regs["rsp"] < HIGHER_HALF
+
+
+def test_python_api_plans_applies_and_undoes(lowqemu, tmp_path):
+    with api.attach_agent(lowqemu.agent_endpoint) as k:
+        r = api.remapper(k, journal=tmp_path / "api.jsonl")
+        plan = r.plan_map(SPARE, 0x200000, 0x1000, flags=RW | NX)
+        assert "page tables to allocate" in str(plan)
+        (report,) = r.apply(plan)
+        assert report.verified and SPARE in tlb(lowqemu)
+        assert [s.method for s in r.undo()] == ["map"]
+        assert SPARE not in tlb(lowqemu)
+
+
+def test_move_maps_the_new_alias_verifies_then_drops_the_old(lowqemu, remapper):
+    before = tlb(lowqemu)
+    remapper.apply(remapper.plan_map(SPARE, 0x200000, 0x2000, flags=RW | NX | FLAG_BITS["G"]))
+    plan = remapper.plan_move(SPARE, 0x2000, SPARE + 0x100000, drop_old=True)
+    assert [s.method for s in plan.steps] == ["map", "unmap"]
+    reports = remapper.apply(plan)
+    assert all(r.verified for r in reports), [r.problems for r in reports]
+    now = tlb(lowqemu)
+    assert SPARE not in now and now[SPARE + 0x100000] == (0x200000, "XG------W")
+    assert [s.method for s in remapper.undo()] == ["unmap", "map", "map"]
+    assert tlb(lowqemu) == before
+
+
+def test_cli_verifies_through_the_gdb_stub_when_given_one(lowqemu, tmp_path):
+    journal = str(tmp_path / "gdb.jsonl")
+    base = [sys.executable, "-m", "inspector.cli", "--agent", lowqemu.agent_endpoint,
+            "--target", lowqemu.gdb_endpoint, "remap"]  # fmt: skip
+    done = subprocess.run(
+        [*base, "map", hex(SPARE), "0x200000", "4k", "--yes", "--json", "--journal", journal],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["verified"] and doc["applied"][0]["problems"] == []
+    assert doc["verified_by"] == "the gdb stub's walk"
+    assert SPARE in tlb(lowqemu)
+    undone = subprocess.run([*base, "undo", "--journal", journal], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)  # fmt: skip
+    assert undone.returncode == 0, undone.stderr
+    assert SPARE not in tlb(lowqemu)

@@ -13,6 +13,7 @@ from inspector.remap.plan import (
     Expectation,
     parse_flags,
     plan_map,
+    plan_move,
     plan_protect,
     plan_unmap,
     protected_areas,
@@ -121,3 +122,40 @@ def test_journal_keeps_states_across_processes_and_finds_orphans(tmp_path):
     assert {s.seq: s.state for s in again.steps.values()} == {1: "undone", 2: "kept"}
     lines = path.read_text().splitlines()
     assert json.loads(lines[-1]) == {"kind": "kept", "seqs": [2]}
+
+
+def test_a_session_that_ended_leaves_open_steps_but_no_orphans(tmp_path):
+    path = tmp_path / "j.jsonl"
+    script = (
+        "import sys; from inspector.remap.journal import Journal;"
+        "j = Journal.open(sys.argv[1]); j.start_session('t');"
+        "s = j.begin('map', [1], {'entries': []}, 'one'); j.applied(s, []);"
+        "assert j.end_session()"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True,
+                   cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))  # fmt: skip
+    j = Journal.open(path)
+    j.start_session("t")
+    assert [s.seq for s in j.open_steps()] == [1]
+    assert j.orphaned() == []
+    pending = j.begin("unmap", [1], {"entries": []}, "two")
+    assert not j.end_session()  # a pending step: this session must look crashed
+    assert pending.state == "pending"
+
+
+def test_move_keeps_page_sizes_and_flags_and_drops_the_old_last():
+    ranges = [Range(0x40000000, 0x40400000, 0x800000, 1 << 21, Permissions(True, False, False),
+                    ("G",))]  # fmt: skip
+    plan = plan_move(ranges, [], 0x40000000, 0x400000, 0x80000000, drop_old=True)
+    assert [s.method for s in plan.steps] == ["map", "unmap"]
+    assert plan.steps[0].params == (
+        0x80000000,
+        0x800000,
+        0x400000,
+        1 << 21,
+        RW | NX | FLAG_BITS["G"],
+    )
+    assert plan.steps[1].params == (0x40000000, 0x400000, 1 << 21)
+    assert not plan.refusals and plan.unreachable == tuple(ranges)
+    bad = plan_move(ranges, [], 0x40000000, 0x400000, 0x80001000)
+    assert "misaligned" in [r.reason for r in bad.refusals]
