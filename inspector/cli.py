@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
@@ -394,6 +395,10 @@ def cmd_demo_tui(args: argparse.Namespace) -> int:
         def connect() -> Session:
             return api.attach(qemu.gdb_endpoint, elf=elf, timeout=args.timeout)
 
+        def hang_up(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)  # the terminal closed: stop QEMU on the way out
+
+        signal.signal(signal.SIGHUP, hang_up)
         _run_tui(connect, resume=True)
         if args.keep:
             print(f"QEMU keeps running (pid {qemu.pid}): kinspect --target {qemu.gdb_endpoint}"
