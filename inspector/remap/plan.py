@@ -39,6 +39,8 @@ PAGE = 0x1000
 #: Leaf entry bits a map or protect may set (P is always set). SDM names.
 FLAG_BITS = {"RW": 1 << 1, "US": 1 << 2, "PWT": 1 << 3, "PCD": 1 << 4, "G": 1 << 8, "NX": 1 << 63}
 LEVEL_OF_SIZE = {1 << 12: 1, 1 << 21: 2, 1 << 30: 3, 1 << 39: 4}
+#: Stack the agent's own frames take below the kernel's RSP (kernel-agent/README.md, "Size").
+AGENT_FRAMES = 0x800
 #: The agent changes at most 64 leaves per request (AGENT_EDIT_LEAVES).
 MAX_PAGES_PER_STEP = 64
 #: Refusal reasons, as the agent names them.
@@ -192,7 +194,10 @@ def protected_areas(
     """The areas the agent protects, from its registers (``regs``: the agent's ``regs``)."""
     areas = [Protected("running-code", regs["rip"] & ~0xFFF, (regs["rip"] & ~0xFFF) + PAGE)]
     rsp = regs["rsp"]
-    areas.append(Protected("own-stack", rsp & ~0xFFF, max(rsp + 8, frames_top or 0)))
+    # While stopped, RSP is the kernel's; the agent's own frames (under 2 KiB) lie below it.
+    areas.append(
+        Protected("own-stack", (rsp - AGENT_FRAMES) & ~0xFFF, max(rsp + 8, frames_top or 0))
+    )
     areas.append(Protected("descriptor-tables", regs["gdtr_base"] & ~0xFFF,
                            regs["gdtr_base"] + regs["gdtr_limit"] + 1))  # fmt: skip
     areas.append(Protected("descriptor-tables", regs["idtr_base"] & ~0xFFF,

@@ -1272,6 +1272,39 @@ static int m_switch_cr3(struct agent *a, struct params *p, struct mp_writer *w, 
 	return AGENT_OK;
 }
 
+#ifdef AGENT_ENABLE_MEMORY_WRITES
+/*
+ * write_phys [pa, bytes]: arbitrary physical writes, only in an agent the host
+ * kernel builds with -DAGENT_ENABLE_MEMORY_WRITES (the demo kernel does not).
+ * No safety checks: this is the debugger's poke.
+ */
+static int m_write_phys(struct agent *a, struct params *p, struct mp_writer *w, struct failure *f)
+{
+	uint64_t pa = 0;
+	struct mp_item data;
+	int status = param_uint(p, &pa, false, f);
+
+	if (status != AGENT_OK)
+		return status;
+	if (p->taken == p->count)
+		return fail(f, AGENT_E_PARAMS, "missing parameter");
+	p->taken++;
+	if (!mp_read(p->r, &data) || data.type != MP_BIN)
+		return fail(f, AGENT_E_PARAMS, "bytes must be a bin");
+	status = params_done(p, f);
+	if (status != AGENT_OK)
+		return status;
+	if (!a->ops->write_phys)
+		return fail(f, AGENT_E_UNSUPPORTED, "the host gives no write_phys hook");
+	if (pa + data.v.bytes.len < pa)
+		return fault(f, pa, "range wraps around");
+	if (a->ops->write_phys(a->ctx, pa, data.v.bytes.data, data.v.bytes.len) != AGENT_OK)
+		return fault(f, pa, "physical range not writable");
+	mp_write_uint(w, data.v.bytes.len);
+	return AGENT_OK;
+}
+#endif
+
 struct method {
 	const char *name;
 	method_fn fn;
@@ -1294,11 +1327,18 @@ static const struct method methods[] = {
 	{ "move_stack", m_move_stack, true },
 	{ "load_descriptors", m_load_descriptors, true },
 	{ "switch_cr3", m_switch_cr3, true },
+#ifdef AGENT_ENABLE_MEMORY_WRITES
+	{ "write_phys", m_write_phys, true },
+#endif
 };
 
 static const char *const method_names[] = {
 	"hello", "regs", "read_phys", "read_virt", "translate", "walk", "stop", "resume", "map",
-	"unmap", "protect", "set_entries", "move_stack", "load_descriptors", "switch_cr3", NULL,
+	"unmap", "protect", "set_entries", "move_stack", "load_descriptors", "switch_cr3",
+#ifdef AGENT_ENABLE_MEMORY_WRITES
+	"write_phys",
+#endif
+	NULL,
 };
 
 _Static_assert(sizeof(methods) / sizeof(methods[0]) + 1 ==

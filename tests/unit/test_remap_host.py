@@ -7,11 +7,14 @@ kinspect's walker on the same bytes) must then show the change, and
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 
 from protocols.agent_client import AgentClient, AgentRemoteError
 
-from .agent_host import HostAgent, host_tools, write_image
+from .agent_host import AGENT_DIR, CODEC, FLAGS, TESTS_DIR, HostAgent, host_tools, write_image
 from .ptbuilder import NX, RW, US, P, PageTables
 
 STACK = 0xFFFF800000001000  # host_agent's RSP (agent_cpu.rsp)
@@ -111,3 +114,31 @@ def test_without_the_hooks_remaps_are_unsupported_and_bad_params_are_named(agent
     with pytest.raises(AgentRemoteError) as info:
         client.call("map", SPARE, 0, 65 * 0x1000, 0x1000, RW, False)
     assert info.value.code == 3
+
+
+def test_memory_writes_exist_only_when_the_host_builds_them_in(agent, tmp_path):
+    client, _pt = agent
+    assert "write_phys" not in client.call("hello")["methods"]
+    with pytest.raises(AgentRemoteError) as info:
+        client.call("write_phys", 0x300000, b"\x01")
+    assert info.value.code == 2  # unknown method: this agent cannot poke memory
+
+    gcc = shutil.which("gcc")
+    binary = tmp_path / "host_agent_writes"
+    sources = [str(TESTS_DIR / "host_agent.c")] + [str(AGENT_DIR / s) for s in ("agent.c", *CODEC)]
+    subprocess.run([gcc, *FLAGS, "-DAGENT_ENABLE_MEMORY_WRITES", *sources, "-o", str(binary)],
+                   check=True, capture_output=True)  # fmt: skip
+    pt = PageTables(4)
+    pt.memory.ram_size = 1 << 30
+    image = tmp_path / "image-writes"
+    write_image(image, pt.memory, ram_size=pt.memory.ram_size, cr3=pt.root)
+    host = HostAgent(binary, image)
+    poke = AgentClient(host.transport, timeout=5)
+    try:
+        assert "write_phys" in poke.hello()["methods"]
+        assert poke.call("write_phys", 0x300000, b"kinspect") == 8
+        assert poke.call("read_phys", 0x300000, 8) == b"kinspect"
+    finally:
+        poke.close()
+        stderr = host.close()
+    assert "runtime error" not in stderr and "AddressSanitizer" not in stderr, stderr
