@@ -80,7 +80,10 @@ class StepReport:
             head += f"\n  {len(self.result)} entries written (old values journaled)"
             for va, level, entry_pa, old, new in self.result[:6]:
                 head += f"\n    L{level} {va:#018x} @{entry_pa:#x}: {old:#018x} -> {new:#018x}"
-        verdict = "verified: the walk matches the plan" if self.verified else "NOT as planned:"
+        checked = (
+            "the walk matches the plan" if self.step.expect else "the registers are as planned"
+        )
+        verdict = f"verified: {checked}" if self.verified else "NOT as planned:"
         lines = [head, f"  {verdict}"] + [f"    {p}" for p in self.problems]
         return "\n".join(lines)
 
