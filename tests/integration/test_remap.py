@@ -351,3 +351,27 @@ def test_a_step_left_pending_is_undone_from_the_entries_read_before_it(lowqemu, 
     assert tlb(lowqemu) == before
     for va, level, old in entries["entries"]:
         assert level >= 1 and old == 0 and va >= SPARE  # nothing was there before
+
+
+def test_seed_scenario_each_step_against_qemus_view(lowqemu, remapper):
+    """After every step of higher-half, QEMU's registers and TLB say what the step did."""
+    plan = remapper.plan_higher_half()
+    assert [s.method for s in plan.steps] == ["move_stack", "load_descriptors", "unmap"]
+    seen = []
+    for step in plan.steps:
+        report = remapper.run_step(step)
+        assert report.verified, report.problems
+        regs = decode_info_registers(lowqemu.monitor("info registers"))
+        low = [va for va in tlb(lowqemu) if va < HIGHER_HALF]
+        high = [regs["rsp"]] + [regs[n].base for n in ("gdt", "idt", "tr")]
+        seen.append((step.method, *(x >= HIGHER_HALF for x in high), bool(low)))
+    assert seen == [
+        ("move_stack", True, False, False, False, True),
+        ("load_descriptors", True, True, True, True, True),
+        ("unmap", True, True, True, True, False),
+    ]
+    assert remapper.target.client.call("hello")["protocol"] == 1
+    remapper.undo()
+    regs = decode_info_registers(lowqemu.monitor("info registers"))
+    assert regs["rsp"] < HIGHER_HALF and regs["gdt"].base < HIGHER_HALF
+    assert regs["tr"].base < HIGHER_HALF and [va for va in tlb(lowqemu) if va < HIGHER_HALF]
