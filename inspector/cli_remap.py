@@ -131,6 +131,17 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
         remapper = Remapper(target, journal, verify_walk=_gdb_walk(args))
         if args.remap_command == "undo":
             chosen = [s for s in journal.open_steps() if not args.seq or s.seq in args.seq]
+            elsewhere = [
+                s
+                for s in chosen
+                if journal.sessions.get(s.session, {}).get("target", target.spec) != target.spec
+            ]
+            if elsewhere and not args.force:
+                other = journal.sessions[elsewhere[0].session]["target"]
+                print(f"kinspect: {len(elsewhere)} open steps were applied through {other}, "
+                      f"not {target.spec}; undo them there (or --force if it is the same "
+                      "kernel under another name)", file=sys.stderr)  # fmt: skip
+                return 1
             done = remapper.undo(chosen, force=args.force)
             lines = [f"undone: #{s.seq} {s.method} {s.description}" for s in done]
             _emit(out, args, "\n".join(lines or ["nothing to undo"]),

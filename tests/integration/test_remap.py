@@ -375,3 +375,16 @@ def test_seed_scenario_each_step_against_qemus_view(lowqemu, remapper):
     regs = decode_info_registers(lowqemu.monitor("info registers"))
     assert regs["rsp"] < HIGHER_HALF and regs["gdt"].base < HIGHER_HALF
     assert regs["tr"].base < HIGHER_HALF and [va for va in tlb(lowqemu) if va < HIGHER_HALF]
+
+
+def test_undo_refuses_steps_applied_through_another_line(lowqemu, tmp_path):
+    journal = Journal.open(tmp_path / "other.jsonl")
+    journal.start_session("unix:/somewhere/else.sock")
+    journal.applied(journal.begin("map", [SPARE], {"entries": []}, "elsewhere"), [])
+    done = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "--agent", lowqemu.agent_endpoint, "remap", "undo",
+         "--journal", str(tmp_path / "other.jsonl")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 1 and "applied through unix:/somewhere/else.sock" in done.stderr
+    assert len(Journal.open(tmp_path / "other.jsonl").open_steps()) == 1
