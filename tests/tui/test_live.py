@@ -6,7 +6,10 @@ ELF reader); registers are compared with what GDB itself reports.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +24,8 @@ from tui.widgets.status import StatusLine
 from .conftest import run
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def until(pilot, condition, timeout=30.0, what=""):
@@ -175,6 +180,52 @@ def test_the_tui_through_the_agent_alone(qemu, demo_kernel):  # noqa: F811
             await pilot.press("p")
             await until(pilot, lambda: app.stops == 2 and not app.link.pending, what="the stop")
             assert status.state == "stopped"
+            assert app.errors == []
+
+    try:
+        run(go())
+    finally:
+        session.close()
+
+
+def test_a_remap_while_the_kernel_runs_is_marked_at_the_next_stop(qemu, demo_kernel, tmp_path):  # noqa: F811
+    """The agent maps a page between two stops (kinspect remap); the range map marks it +,
+    and after the undo, the same range comes back marked - (removed)."""
+    spare = 0xFFFFD00000000000  # nothing is mapped there in the demo kernel
+    journal = str(tmp_path / "journal.jsonl")
+    session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+
+    def remap(*args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "inspector.cli", "--agent", qemu.agent_endpoint, "remap",
+             *args, "--journal", journal],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
+            status = app.query_one(StatusLine)
+            assert not any(r.start <= spare < r.end for r in app.ranges)
+            for step, (args, mark) in enumerate(
+                ((("map", hex(spare), "0x500000", "0x1000", "--yes"), "+"), (("undo",), "-")),
+                start=2,
+            ):
+                await pilot.press("c")
+                await until(pilot, lambda: status.state == "running", what="running")
+                await asyncio.to_thread(remap, *args)
+                await pilot.press("p")
+                await until(
+                    pilot, lambda s=step: app.stops == s and not app.link.pending, what="the stop"
+                )
+                marked = [row for row in app.rows if row.mark]
+                assert [(row.mark, row.range.start, row.range.size) for row in marked] == [
+                    (mark, spare, 0x1000)
+                ], marked
+                if mark == "+":
+                    assert marked[0].range.phys == 0x500000
             assert app.errors == []
 
     try:
