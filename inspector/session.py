@@ -83,10 +83,13 @@ class Session:
         self._space: AddressSpace | None = None
         self._ranges: list[Range] | None = None
         self._tables: dict[int, bytes] = {}
+        self._remapper: Any = None
 
     # -- lifecycle -------------------------------------------------------------
 
     def close(self, *, resume: bool = True) -> None:
+        if self._remapper is not None:
+            self._remapper.journal.end_session()
         self.target.close(resume=resume)
 
     def __enter__(self) -> Session:
@@ -110,6 +113,37 @@ class Session:
     def resume(self) -> None:
         self.invalidate()
         self.target.resume()
+
+    # -- remaps (through the in-kernel agent) -------------------------------------
+
+    @property
+    def remap_unavailable(self) -> str | None:
+        """Why this session cannot remap (no agent), or None when it can."""
+        from .targets.agent import AgentTarget
+
+        if self._remapper is not None or isinstance(self.target, AgentTarget):
+            return None
+        return (
+            "remaps need the in-kernel agent alone: attach with --agent "
+            "(without --target; the CLI's kinspect remap can verify through a stub)"
+        )
+
+    def remapper(self, *, journal: str | Any = None) -> Any:
+        """This session's :class:`~inspector.remap.apply.Remapper`, made on first use.
+
+        ``journal`` (first call only): the journal file, default
+        ``$KINSPECT_REMAP_JOURNAL`` or ``~/.local/state/kinspect/remap-journal.jsonl``.
+        The journal session ends when this session closes.
+        """
+        if self._remapper is None:
+            why = self.remap_unavailable
+            if why is not None:
+                raise TargetError(why)
+            from .remap.apply import Remapper
+            from .remap.journal import Journal
+
+            self._remapper = Remapper(self.target, Journal.open(journal))  # type: ignore[arg-type]
+        return self._remapper
 
     # -- run control (what a live face needs: the TUI) ---------------------------
 

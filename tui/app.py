@@ -32,6 +32,7 @@ from inspector.x86.paging import Range
 from .link import Job, Link, RegisterSnapshot, take_register_snapshot
 from .model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
 from .screens.help import HelpScreen
+from .screens.remap import RemapScreen
 from .widgets.descriptors import DescriptorsView
 from .widgets.memory import WINDOW, HexView
 from .widgets.ranges import RangeList
@@ -110,6 +111,7 @@ class KinspectApp(App[None]):
         Binding("4", "tab('memory')", "Mem", show=False, priority=True),
         Binding("5", "tab('stack')", "Stack", show=False, priority=True),
         Binding("6", "tab('descriptors')", "Descriptors", show=False, priority=True),
+        Binding("7", "remap", "Remaps (agent)", show=False, priority=True),
         Binding("r", "refresh", "Refresh", show=False, priority=True),
         Binding("R", "reconnect", "Reconnect", show=False, priority=True),
         Binding("e", "export_text", "Export", show=False, priority=True),
@@ -703,6 +705,8 @@ class KinspectApp(App[None]):
             self.action_export_svg()
         elif verb == "help":
             self.action_help()
+        elif verb == "remap":
+            self.action_remap()
         else:
             self.report_failure(InspectorError(f"unknown command {verb!r} (try help)"))
 
@@ -794,6 +798,130 @@ class KinspectApp(App[None]):
             return
         self.notify(f"saved {path}")
 
+    # -- remaps (through the agent) ---------------------------------------------------------
+
+    def action_remap(self) -> None:
+        """The remap screen: forms, the plan before anything is written, the journal."""
+        self.push_screen(RemapScreen(self.session.remap_unavailable))
+
+    def _remap_screen(self) -> RemapScreen | None:
+        for screen in self.screen_stack:
+            if isinstance(screen, RemapScreen) and not screen.unavailable:
+                return screen
+        return None
+
+    @on(RemapScreen.PreviewRequested)
+    def _remap_preview(self, event: RemapScreen.PreviewRequested) -> None:
+        action, fields = event.action, event.fields
+
+        def work(session: Session):
+            remapper = session.remapper()
+            orphaned = remapper.journal.orphaned()
+            if orphaned:
+                raise InspectorError(
+                    f"a crashed session left {len(orphaned)} open steps in "
+                    f"{remapper.journal.path}: undo them (journal, Undo) first"
+                )
+            return plan_remap(session, remapper, action, fields, self.resolve)
+
+        def done(plan) -> None:
+            if (screen := self._remap_screen()) is not None:
+                screen.show_plan(plan)
+
+        def failed(error: BaseException) -> None:
+            if (screen := self._remap_screen()) is not None:
+                screen.show_plan_error(str(error))
+            self.report_failure(error)
+
+        self.submit("remap plan", work, done, failed=failed)
+
+    @on(RemapScreen.ApplyRequested)
+    def _remap_apply(self, event: RemapScreen.ApplyRequested) -> None:
+        plan = event.plan
+        reports: list[Any] = []
+
+        def work(session: Session) -> list[Any]:
+            remapper = session.remapper()
+            try:
+                for step in plan.steps:
+                    reports.append(remapper.run_step(step))
+            finally:
+                session.invalidate()  # the tables changed: read everything again
+            return reports
+
+        def done(result: list[Any]) -> None:
+            if (screen := self._remap_screen()) is not None:
+                screen.show_reports(result)
+            ok = all(r.verified for r in result)
+            self.notify(
+                f"{len(result)} remap steps applied, "
+                + ("all verified" if ok else "SOME NOT AS PLANNED"),
+                severity="information" if ok else "error",
+            )
+            self._remap_journal()
+            self._attach()
+
+        def failed(error: BaseException) -> None:
+            if (screen := self._remap_screen()) is not None and reports:
+                screen.show_reports(reports)
+            self.report_failure(error)
+            self._remap_journal()
+            self._attach()
+
+        self.submit("remap apply", work, done, failed=failed)
+
+    @on(RemapScreen.UndoRequested)
+    def _remap_undo(self, event: RemapScreen.UndoRequested) -> None:
+        seqs = event.seqs
+
+        def work(session: Session) -> list[Any]:
+            remapper = session.remapper()
+            journal = remapper.journal
+            chosen = [s for s in journal.open_steps() if seqs is None or s.seq in seqs]
+            spec = getattr(session.target, "spec", "")
+            for s in chosen:
+                other = journal.sessions.get(s.session, {}).get("target", spec)
+                if other != spec:
+                    raise InspectorError(
+                        f"step #{s.seq} was applied through {other}, not {spec}: undo it there "
+                        "(kinspect remap undo --force if it is the same kernel)"
+                    )
+            try:
+                return remapper.undo(chosen)
+            finally:
+                session.invalidate()
+
+        def done(undone: list[Any]) -> None:
+            text = "\n".join(f"undone: #{s.seq} {s.method} {s.description}" for s in undone)
+            if (screen := self._remap_screen()) is not None:
+                screen.show_result(text or "nothing to undo")
+            self.notify(text or "nothing to undo")
+            self._remap_journal()
+            if undone:
+                self._attach()
+
+        def failed(error: BaseException) -> None:
+            self.report_failure(error)
+            self._remap_journal()
+            self._attach()
+
+        self.submit("remap undo", work, done, failed=failed)
+
+    @on(RemapScreen.JournalRequested)
+    def _remap_journal_requested(self, event: RemapScreen.JournalRequested) -> None:
+        self._remap_journal()
+
+    def _remap_journal(self) -> None:
+        def work(session: Session) -> tuple[str, list[Any]]:
+            journal = session.remapper().journal
+            return str(journal.path), journal.open_steps()
+
+        def done(result: tuple[str, list[Any]]) -> None:
+            if (screen := self._remap_screen()) is not None:
+                screen.show_journal(*result)
+
+        self.submit("remap journal", work, done)
+
     # -- command palette -------------------------------------------------------------------------
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -819,7 +947,56 @@ class KinspectApp(App[None]):
             "Export text", "Save the current view as text (e)", self.action_export_text
         )
         yield SystemCommand("Export SVG", "Save the screen as SVG (E)", self.action_export_svg)
+        yield SystemCommand(
+            "Remap", "Map, unmap, protect, move through the agent; journal, undo (7)",
+            self.action_remap,
+        )  # fmt: skip
+        yield SystemCommand("Remap journal", "Open remap steps, undo (7)", self.action_remap)
         yield SystemCommand("Help", "Keys and commands (?)", self.action_help)
+
+
+def plan_remap(
+    session: Session,
+    remapper: Any,
+    action: str,
+    fields: Mapping[str, Any],
+    resolve: Callable[[Session, str], int],
+):
+    """The plan for one remap form, as ``kinspect remap ACTION --plan`` makes it."""
+    from inspector.cli_remap import parse_size
+    from inspector.remap.plan import LEVEL_OF_SIZE, parse_flags
+
+    def number(name: str, what: str, parse: Callable[[str], int]) -> int:
+        text = str(fields.get(name, "")).strip()
+        if not text:
+            raise InspectorError(f"{action}: the {what} is missing")
+        try:
+            return parse(text)
+        except InspectorError:
+            raise
+        except (ValueError, KeyError) as exc:
+            raise InspectorError(f"{action}: {what} {text!r}: {exc}") from exc
+
+    def address(text: str) -> int:
+        return resolve(session, text)
+
+    va = number("va", "virtual address", address)
+    size = number("size", "size", parse_size)
+    if action == "move":
+        new_va = number("new_va", "new virtual address", address)
+        return remapper.plan_move(va, size, new_va, drop_old=bool(fields.get("drop_old")))
+    page_size = number("page_size", "page size", parse_size)
+    if page_size not in LEVEL_OF_SIZE:
+        raise InspectorError(f"{action}: page size must be 4k, 2m, 1g (or 512g for unmap)")
+    if action == "unmap":
+        return remapper.plan_unmap(va, size, page_size=page_size)
+    flags = number("flags", "flags", parse_flags)
+    if action == "map":
+        pa = number("pa", "physical address", parse_size)
+        return remapper.plan_map(va, pa, size, page_size=page_size, flags=flags)
+    if action == "protect":
+        return remapper.plan_protect(va, size, page_size=page_size, flags=flags)
+    raise InspectorError(f"unknown remap {action!r}")
 
 
 def make_app(

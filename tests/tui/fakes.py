@@ -15,6 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from inspector.errors import FaultError, TargetError
+from inspector.remap.apply import Remapper
+from inspector.remap.journal import Journal
+from inspector.remap.plan import protected_areas
 from inspector.session import Session
 from inspector.symbols import Symbol, SymbolTable
 from inspector.targets.base import Target
@@ -211,4 +214,33 @@ class MemoryTarget(Target):
 def memory_session(*, wx: bool = False) -> Session:
     session = Session(MemoryTarget(wx=wx))
     session._symbols = capture_symbols()  # what --elf would load
+    return session
+
+
+class MemoryRemapper(Remapper):
+    """A Remapper that plans on the in-memory capture (no agent: plans only, nothing applied)."""
+
+    def __init__(self, target: MemoryTarget, journal: Journal) -> None:
+        target.spec = "memory"  # type: ignore[attr-defined]
+        target.info = {"paging_levels": 4}  # type: ignore[attr-defined]
+        super().__init__(target, journal)  # type: ignore[arg-type]
+
+    def registers(self) -> dict[str, int]:
+        system = self.target.system_registers()
+        regs = dict(self.target.registers())
+        regs.update(gdtr_base=system.gdtr.base, gdtr_limit=system.gdtr.limit,
+                    idtr_base=system.idtr.base, idtr_limit=system.idtr.limit)  # fmt: skip
+        return regs
+
+    def ranges(self) -> list:
+        return Session(self.target).ranges()
+
+    def areas(self, regs=None, ranges=None, *, tss_base=None) -> list:
+        return protected_areas(self.registers(), tss_base=None, frames_top=None)
+
+
+def remap_session(journal_path) -> Session:
+    """A memory session whose remapper plans on the capture (what the agent would plan)."""
+    session = memory_session()
+    session._remapper = MemoryRemapper(session.target, Journal.open(journal_path))
     return session

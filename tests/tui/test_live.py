@@ -232,3 +232,65 @@ def test_a_remap_while_the_kernel_runs_is_marked_at_the_next_stop(qemu, demo_ker
         run(go())
     finally:
         session.close()
+
+
+def test_the_remap_screen_maps_verifies_and_undoes(qemu, demo_kernel, tmp_path, monkeypatch):  # noqa: F811
+    """The remap screen (7) through the agent: fill the map form, preview the plan, apply
+    (F2), read the verification; the range map marks the page +; undo from the journal
+    and it is marked - (gone)."""
+    from textual.widgets import Button, Static
+
+    from tui.screens.remap import RemapScreen
+
+    spare = 0xFFFFD00000000000  # nothing is mapped there in the demo kernel
+    monkeypatch.setenv("KINSPECT_REMAP_JOURNAL", str(tmp_path / "journal.jsonl"))
+    session = api.attach_agent(qemu.agent_endpoint, elf=demo_kernel)
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
+            assert not any(r.start <= spare < r.end for r in app.ranges)
+            await pilot.press("7")
+            await until(pilot, lambda: isinstance(app.screen, RemapScreen) and not app.link.pending,
+                        what="the remap screen")  # fmt: skip
+            screen = app.screen
+            await pilot.press(*hex(spare))  # the map form's VA has the focus
+            await pilot.press("tab", *"0x500000")  # PA; size 0x1000, 4k pages, rw,nx as given
+            await pilot.press("enter")
+            await until(pilot, lambda: screen.plan is not None, what="the plan")
+            plan = str(screen.query_one("#remap-plan", Static).render())
+            assert f"map 0x1000 bytes at {spare:#x} -> 0x500000" in plan, plan
+            assert "REFUSED" not in plan and not screen.query_one("#apply", Button).disabled
+            assert not any(r.start <= spare < r.end for r in session.ranges())  # not yet
+            await pilot.press("f2")
+            await until(pilot, lambda: app.stops == 2 and not app.link.pending, what="apply")
+            result = str(screen.query_one("#remap-result", Static).render())
+            assert f"verified {spare:#018x}-{spare + 0x1000:#018x} -> 0x500000 RW NX" in result
+            assert "all verified by a fresh walk" in result, result
+            marked = [(row.mark, row.range.start, row.range.size, row.range.phys)
+                      for row in app.rows if row.mark]  # fmt: skip
+            assert marked == [("+", spare, 0x1000, 0x500000)]
+            assert len(screen.steps) == 1 and screen.steps[0].method == "map"
+            await pilot.press("escape")
+            await pilot.press("2")
+            await pilot.pause()
+            assert app.query_one(RangeList).has_focus
+            await pilot.press("7")
+            await until(pilot, lambda: isinstance(app.screen, RemapScreen) and not app.link.pending,
+                        what="the remap screen again")  # fmt: skip
+            screen = app.screen
+            assert [s.method for s in screen.steps] == ["map"]
+            await pilot.click("#undo-one")
+            await until(pilot, lambda: app.stops == 3 and not app.link.pending, what="undo")
+            assert "undone: #" in str(screen.query_one("#remap-result", Static).render())
+            assert screen.steps == []
+            marked = [(row.mark, row.range.start, row.range.size) for row in app.rows if row.mark]
+            assert marked == [("-", spare, 0x1000)]
+            assert not any(r.start <= spare < r.end for r in app.ranges)
+            assert app.errors == []
+
+    try:
+        run(go())
+    finally:
+        session.close()

@@ -69,3 +69,22 @@ def test_help_screen(snap_compare):
 def test_stack_and_descriptor_tables(snap_compare):
     app = make_app(memory_session())
     assert snap_compare(app, terminal_size=SIZE, run_before=settle("6"))
+
+
+def test_remap_screen_with_a_refused_plan(snap_compare, tmp_path):
+    from .fakes import remap_session
+
+    app = make_app(remap_session(tmp_path / "journal.jsonl"))
+
+    async def run_before(pilot) -> None:
+        await settle("7")(pilot)
+        screen = pilot.app.screen
+        for box in screen.query(Input):
+            box.cursor_blink = False
+        screen.query_one("#map-va", Input).value = "0xffffffff82a03000"  # the stack's page
+        screen.query_one("#map-pa", Input).value = "0x500000"
+        await pilot.click("#preview-map")
+        await pilot.app.wait_idle(30)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

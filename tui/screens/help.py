@@ -23,6 +23,7 @@ COMMANDS = (
     ("continue, stop, step", "run control (also c, p, s)"),
     ("refresh, reconnect", "read everything again; attach again after a lost link"),
     ("export, svg", "save the current view as text, or the screen as SVG"),
+    ("remap", "the remap screen (7): forms, plan, apply, journal, undo"),
 )
 
 VIEWS = (
@@ -35,6 +36,11 @@ VIEWS = (
     ),
     ("Tables", "PML4 -> PDPT -> PD -> PT; Enter or Space expands (one table read each)"),
     ("Memory", "16 bytes a row; qwords that point into a symbol are named on the right"),
+    (
+        "Remaps (7)",
+        "through the agent: map, unmap, protect, move; the plan first, F2 applies it "
+        "(journaled, verified by a fresh walk); the journal's steps undo (F3)",
+    ),
 )
 
 
