@@ -33,20 +33,25 @@ def _common_options(*, suppress: bool) -> argparse.ArgumentParser:
     The copy given to the subcommands has suppressed defaults, so an option
     given before the command is not reset by the subcommand's parser.
     """
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS if suppress else None)
+    common = argparse.ArgumentParser(
+        add_help=False, argument_default=argparse.SUPPRESS if suppress else None
+    )
     common.add_argument(
-        "--target", "-t",
+        "--target",
+        "-t",
         help="GDB remote stub: host:port, a unix socket path, or any spec gdb's "
         "'target remote' takes",
     )
     common.add_argument(
-        "--agent", "-a",
+        "--agent",
+        "-a",
         help="the in-kernel agent's serial line instead of a gdb stub: a device, "
         "tcp:HOST:PORT, unix:PATH, pty:PATH or a pyserial URL",
     )
     common.add_argument("--elf", help="the kernel's ELF file, for symbols")
     common.add_argument(
-        "--phys-base", type=lambda s: int(s, 0),
+        "--phys-base",
+        type=lambda s: int(s, 0),
         help="virtual base of the kernel's direct map, to read physical memory on stubs "
         "other than QEMU's",
     )
@@ -56,11 +61,14 @@ def _common_options(*, suppress: bool) -> argparse.ArgumentParser:
         help="load slide of the kernel (KASLR): a number, or SYMBOL=ADDRESS to compute it",
     )
     common.add_argument(
-        "--no-resume", action="store_true",
+        "--no-resume",
+        action="store_true",
         help="leave the kernel stopped on exit (default: let it run again)",
     )
     common.add_argument(
-        "--timeout", type=float, help="seconds per target request (default 10)",
+        "--timeout",
+        type=float,
+        help="seconds per target request (default 10)",
         **({} if suppress else {"default": 10.0}),
     )
     return common
@@ -76,12 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    demo = sub.add_parser("demo", parents=[common], help="boot the demo kernel in QEMU and inspect it")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="boot the demo kernel in QEMU and inspect it"
+    )
     demo.add_argument("--keep", action="store_true", help="leave QEMU running afterwards")
     demo.add_argument("--memory", default="128M", help="guest RAM (default 128M)")
     demo.add_argument("--kernel", help="boot this kernel image instead of the demo kernel")
     demo.add_argument(
-        "--report", action="store_true",
+        "--report",
+        action="store_true",
         help="print a report instead of opening the TUI (the default when stdout is not a "
         "terminal)",
     )
@@ -122,11 +133,16 @@ def cmd_regs(session: Session, args: argparse.Namespace, out: TextIO) -> int:
     control = session.control_registers()
     general = {k: v for k, v in session.registers().items() if not k.startswith(("cr", "efer"))}
     if args.json:
-        _dump(out, "regs", session, {
-            "control": {n: r.to_dict() for n, r in control.registers.items()},
-            "paging": control.paging.to_dict(),
-            "general": general,
-        })
+        _dump(
+            out,
+            "regs",
+            session,
+            {
+                "control": {n: r.to_dict() for n, r in control.registers.items()},
+                "paging": control.paging.to_dict(),
+                "general": general,
+            },
+        )
         return 0
     for reg in control.registers.values():
         print(format_register(reg), file=out)
@@ -165,8 +181,10 @@ def cmd_pt(session: Session, args: argparse.Namespace, out: TextIO) -> int:
     for problem in space.problems:
         print(f"problem: {problem}", file=out)
     if space.truncated:
-        print("the walk stopped early (entry budget exhausted): the tables loop or are garbage",
-              file=out)
+        print(
+            "the walk stopped early (entry budget exhausted): the tables loop or are garbage",
+            file=out,
+        )
     return 0
 
 
@@ -317,9 +335,12 @@ def cmd_sym(session: Session | None, args: argparse.Namespace, out: TextIO) -> i
     _apply_slide(holder, args)  # type: ignore[arg-type]
     found = [holder.addr2sym(holder.resolve(text)) for text in args.addresses]
     if args.json:
-        document = {"kinspect": JSON_VERSION, "command": "sym",
-                    "target": session.target.description if session else None,
-                    "addresses": [f.to_dict() for f in found]}
+        document = {
+            "kinspect": JSON_VERSION,
+            "command": "sym",
+            "target": session.target.description if session else None,
+            "addresses": [f.to_dict() for f in found],
+        }
         json.dump(document, out, indent=1)
         out.write("\n")
     else:
@@ -401,8 +422,11 @@ def cmd_demo_tui(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, hang_up)
         _run_tui(connect, resume=True)
         if args.keep:
-            print(f"QEMU keeps running (pid {qemu.pid}): kinspect --target {qemu.gdb_endpoint}"
-                  f" --elf {kernel} tui", file=sys.stderr)
+            print(
+                f"QEMU keeps running (pid {qemu.pid}): kinspect --target {qemu.gdb_endpoint}"
+                f" --elf {kernel} tui",
+                file=sys.stderr,
+            )
             qemu.process = None
     finally:
         if not args.keep:
@@ -411,8 +435,12 @@ def cmd_demo_tui(args: argparse.Namespace) -> int:
 
 
 def _dump(out: TextIO, command: str, session: Session, body: dict[str, Any]) -> None:
-    document = {"kinspect": JSON_VERSION, "command": command,
-                "target": session.target.description, **body}
+    document = {
+        "kinspect": JSON_VERSION,
+        "command": command,
+        "target": session.target.description,
+        **body,
+    }
     json.dump(document, out, indent=1)
     out.write("\n")
 

@@ -754,7 +754,10 @@ class Range:
         return {size: level for level, size in LEAF_SIZES.items()}[self.page_size]
 
     def __str__(self) -> str:
-        return f"{self.start:#018x}-{self.end:#018x}   {format_size(self.size):>10} " + self.flags_text()
+        return (
+            f"{self.start:#018x}-{self.end:#018x}   {format_size(self.size):>10} "
+            + self.flags_text()
+        )
 
     def flags_text(self) -> str:
         """The ptdump flag columns: USR RW/ro PWT PCD PSE PAT GLB x/NX level."""

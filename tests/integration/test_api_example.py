@@ -14,7 +14,9 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "api_demo.py"
 
 
 def test_api_example_runs(demo_kernel):
-    result = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=90)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=90
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("CR0=0x8001")

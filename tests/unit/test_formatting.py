@@ -49,9 +49,9 @@ def test_format_ranges_is_a_ptdump_table():
     text = format_ranges(coalesce_ranges(space.leaves))
     assert text.splitlines() == [
         "start-end                               size  physical           flags",
-        "0x0000000000400000-0x0000000000401000     4K  0x0000000000003000 USR ro                     x  pte",
-        "0x0000000000401000-0x0000000000402000     4K  0x0000000000004000 USR RW                     NX pte",
-        "0xffffffff81000000-0xffffffff81200000     2M  0x0000000001000000     ro         PSE     GLB x  pmd",
+        "0x0000000000400000-0x0000000000401000     4K  0x0000000000003000 USR ro                     x  pte",  # noqa: E501
+        "0x0000000000401000-0x0000000000402000     4K  0x0000000000004000 USR RW                     NX pte",  # noqa: E501
+        "0xffffffff81000000-0xffffffff81200000     2M  0x0000000001000000     ro         PSE     GLB x  pmd",  # noqa: E501
     ]
 
 
