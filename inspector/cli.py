@@ -414,6 +414,12 @@ def cmd_demo_tui(args: argparse.Namespace) -> int:
     try:
 
         def connect() -> Session:
+            if args.kernel is None:
+                # the demo kernel's agent on COM1 beside the stub: the stub stays the
+                # primary target (breakpoints, stepping), the agent applies remaps (7)
+                return api.attach_with_agent(
+                    qemu.gdb_endpoint, qemu.agent_endpoint, elf=elf, timeout=args.timeout
+                )
             return api.attach(qemu.gdb_endpoint, elf=elf, timeout=args.timeout)
 
         def hang_up(signum: int, frame: object) -> None:

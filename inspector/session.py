@@ -90,6 +90,8 @@ class Session:
     def close(self, *, resume: bool = True) -> None:
         if self._remapper is not None:
             self._remapper.journal.end_session()
+            if hasattr(self._remapper, "close"):
+                self._remapper.close()
         self.target.close(resume=resume)
 
     def __enter__(self) -> Session:
@@ -118,14 +120,21 @@ class Session:
 
     @property
     def remap_unavailable(self) -> str | None:
-        """Why this session cannot remap (no agent), or None when it can."""
-        from .targets.agent import AgentTarget
+        """Why this session cannot remap (no agent), or None when it can.
+
+        The agent alone (``--agent``) remaps; so does a gdb stub with the agent
+        beside it (``--target ... --agent ...``, ``kinspect demo``): the agent
+        applies, the stub verifies.
+        """
+        from .targets.agent import AgentAssistedTarget, AgentTarget
 
         if self._remapper is not None or isinstance(self.target, AgentTarget):
             return None
+        if isinstance(self.target, AgentAssistedTarget) and self.target.agent_spec:
+            return None
         return (
-            "remaps need the in-kernel agent alone: attach with --agent "
-            "(without --target; the CLI's kinspect remap can verify through a stub)"
+            "remaps need the in-kernel agent: attach with --agent (alone, or beside "
+            "--target: the agent applies, the stub verifies)"
         )
 
     def remapper(self, *, journal: str | Any = None) -> Any:
@@ -141,9 +150,25 @@ class Session:
                 raise TargetError(why)
             from .remap.apply import Remapper
             from .remap.journal import Journal
+            from .targets.agent import AgentAssistedTarget
 
-            self._remapper = Remapper(self.target, Journal.open(journal))  # type: ignore[arg-type]
+            if isinstance(self.target, AgentAssistedTarget):
+                from .remap.assisted import StubAssistedRemapper
+
+                self._remapper = StubAssistedRemapper(
+                    self.target, Journal.open(journal), self._fresh_ranges
+                )
+            else:
+                self._remapper = Remapper(self.target, Journal.open(journal))  # type: ignore[arg-type]
         return self._remapper
+
+    def _fresh_ranges(self) -> list[Range]:
+        """The map walked again now, forgotten afterwards (the kernel runs on)."""
+        self.invalidate()
+        try:
+            return self.ranges()
+        finally:
+            self.invalidate()
 
     # -- run control (what a live face needs: the TUI) ---------------------------
 

@@ -878,7 +878,8 @@ class KinspectApp(App[None]):
             remapper = session.remapper()
             journal = remapper.journal
             chosen = [s for s in journal.open_steps() if seqs is None or s.seq in seqs]
-            spec = getattr(session.target, "spec", "")
+            # the journal names the agent's line (a stub-first session's remapper knows it)
+            spec = getattr(remapper, "spec", None) or getattr(session.target, "spec", "")
             for s in chosen:
                 other = journal.sessions.get(s.session, {}).get("target", spec)
                 if other != spec:

@@ -285,6 +285,9 @@ class AgentAssistedTarget(Target):
     ) -> None:
         if system_from not in ("auto", "agent", "stub"):
             raise TargetError(f"system_from must be auto, agent or stub, not {system_from!r}")
+        #: the agent's line, for what needs the agent again later (remaps); None for a transport
+        self.agent_spec = agent_spec if isinstance(agent_spec, str) else None
+        self.agent_timeout, self.agent_retries = timeout, retries
         agent = AgentTarget(agent_spec, timeout=timeout, retries=retries)
         try:
             if agent.state == "stopped":

@@ -294,3 +294,81 @@ def test_the_remap_screen_maps_verifies_and_undoes(qemu, demo_kernel, tmp_path, 
         run(go())
     finally:
         session.close()
+
+
+def test_remaps_in_the_demo_session_gdb_and_agent(qemu, demo_kernel, tmp_path, monkeypatch):  # noqa: F811
+    """As ``kinspect demo`` attaches: the gdb stub first, the agent beside it on COM1.
+    The remap screen maps a page through the agent (the kernel runs for its requests),
+    the stub's walk verifies it, the range map marks it +, the undo takes it away (-);
+    the kernel is stopped by the stub again after each, and run control still works."""
+    from textual.widgets import Static
+
+    from tui.screens.remap import RemapScreen
+
+    spare = 0xFFFFD00000000000  # nothing is mapped there in the demo kernel
+    monkeypatch.setenv("KINSPECT_REMAP_JOURNAL", str(tmp_path / "journal.jsonl"))
+    session = api.attach_with_agent(qemu.gdb_endpoint, qemu.agent_endpoint, elf=demo_kernel)
+    stub_walks = []
+    fresh = session._fresh_ranges
+
+    def counted():
+        stub_walks.append(session.target.stub.state)  # the stub stopped the CPU to walk
+        return fresh()
+
+    monkeypatch.setattr(session, "_fresh_ranges", counted)
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
+            status = app.query_one(StatusLine)
+            assert status.state == "stopped" and "QEMU" in status.target
+            assert "agent" in status.target
+            rip = app.query_one(RegistersView).snapshot.values["rip"]
+            assert not any(r.start <= spare < r.end for r in app.ranges)
+            await pilot.press("7")
+            await until(pilot, lambda: isinstance(app.screen, RemapScreen) and not app.link.pending,
+                        what="the remap screen")  # fmt: skip
+            screen = app.screen
+            assert not screen.unavailable
+            await pilot.press(*hex(spare))
+            await pilot.press("tab", *"0x500000")
+            await pilot.press("enter")
+            await until(pilot, lambda: screen.plan is not None, what="the plan")
+            plan = str(screen.query_one("#remap-plan", Static).render())
+            assert f"map 0x1000 bytes at {spare:#x} -> 0x500000" in plan, plan
+            assert "REFUSED" not in plan
+            assert session.target.stub.state == "stopped"  # the turn ended stopped, as it began
+            await pilot.press("f2")
+            await until(pilot, lambda: app.stops == 2 and not app.link.pending, what="apply")
+            result = str(screen.query_one("#remap-result", Static).render())
+            assert f"verified {spare:#018x}-{spare + 0x1000:#018x} -> 0x500000 RW NX" in result
+            assert "all verified by a fresh walk" in result, result
+            assert stub_walks == ["stopped"]  # verified by the stub's walk, once
+            assert status.state == "stopped" and session.target.stub.state == "stopped"
+            marked = [(row.mark, row.range.start, row.range.size, row.range.phys)
+                      for row in app.rows if row.mark]  # fmt: skip
+            assert marked == [("+", spare, 0x1000, 0x500000)]
+            # the stub reads the new page's entry too
+            assert session.translate(spare).pa == 0x500000
+            await pilot.click("#undo-one")
+            await until(pilot, lambda: app.stops == 3 and not app.link.pending, what="undo")
+            assert "undone: #" in str(screen.query_one("#remap-result", Static).render())
+            assert screen.steps == []
+            marked = [(row.mark, row.range.start, row.range.size) for row in app.rows if row.mark]
+            assert marked == [("-", spare, 0x1000)]
+            await pilot.press("escape")
+            # run control is the stub's as before
+            await pilot.press("c")
+            await until(pilot, lambda: status.state == "running", what="running")
+            await pilot.press("p")
+            await until(pilot, lambda: app.stops == 4 and not app.link.pending, what="the stop")
+            assert status.state == "stopped" and status.reason.startswith("interrupted")
+            assert app.query_one(RegistersView).snapshot.values["rip"] != 0 and rip != 0
+            assert app.query_one(StackView).backtrace.frames  # the stub's stack, unwound
+            assert app.errors == []
+
+    try:
+        run(go())
+    finally:
+        session.close()
