@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 KERNEL  := kernel-agent/build/demo-kernel.elf
 
-.PHONY: all deps kernel demo test unit integration bench lint clean
+.PHONY: all deps kernel demo demo-uefi test unit integration bench lint clean
 
 all: kernel
 
@@ -10,11 +10,15 @@ deps:
 	@bash scripts/bootstrap.sh
 
 kernel: deps
-	@$(MAKE) --no-print-directory -C kernel-agent
+	@$(MAKE) --no-print-directory -C kernel-agent all uefi
 
 # Boot the demo kernel in QEMU and open the inspector on it.
 demo: kernel
 	$(PY) -m inspector.cli demo --elf $(KERNEL)
+
+# The same, booted through UEFI (OVMF on q35; issue 7).
+demo-uefi: kernel
+	$(PY) -m inspector.cli demo --uefi --elf $(KERNEL)
 
 # The whole suite: unit tests and QEMU integration tests.
 test: kernel

@@ -44,6 +44,8 @@ __all__ = [
 
 #: Where ``make kernel`` puts the demo kernel.
 DEMO_KERNEL = Path(__file__).resolve().parent.parent / "kernel-agent" / "build" / "demo-kernel.elf"
+#: Where ``make -C kernel-agent uefi`` puts the UEFI loader carrying that same kernel.
+DEMO_UEFI = DEMO_KERNEL.parent / "BOOTX64.EFI"
 
 
 def attach(
@@ -136,7 +138,12 @@ def attach_with_agent(
 
 
 def launch_demo(
-    *, memory: str = "128M", timeout: float = 30.0, serial: str = "unix", append: str | None = None
+    *,
+    memory: str = "128M",
+    timeout: float = 30.0,
+    serial: str = "unix",
+    append: str | None = None,
+    uefi: bool = False,
 ) -> QemuInstance:
     """Boot the demo kernel in QEMU and wait until it says it is ready.
 
@@ -144,7 +151,18 @@ def launch_demo(
     127.0.0.1 or on a pty; ``instance.agent_endpoint`` is what ``--agent`` takes.
     ``append`` is the kernel command line: ``"lowhalf"`` leaves the stack and
     GDT/IDT/TSS at their identity-mapped addresses (the seed scenario).
+    ``uefi`` boots the same kernel through OVMF on q35 (``DEMO_UEFI``, built by
+    ``make -C kernel-agent uefi``; symbols still come from ``DEMO_KERNEL``);
+    the firmware takes 5-6 s under TCG, so give ``timeout`` room.
     """
+    if uefi:
+        if not DEMO_UEFI.is_file():
+            raise TargetError(
+                f"the UEFI demo kernel is not built ({DEMO_UEFI}); run `make -C kernel-agent uefi`"
+            )
+        if append:
+            raise TargetError("the UEFI demo kernel takes no command line")
+        return launch_qemu(DEMO_UEFI, memory=memory, timeout=timeout, serial=serial, uefi=True)
     if not DEMO_KERNEL.is_file():
         raise TargetError(f"the demo kernel is not built ({DEMO_KERNEL}); run `make kernel`")
     extra = ("-append", append) if append else ()

@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", parents=[common], help="boot the demo kernel in QEMU and inspect it"
     )
     demo.add_argument("--keep", action="store_true", help="leave QEMU running afterwards")
-    demo.add_argument("--memory", default="128M", help="guest RAM (default 128M)")
+    demo.add_argument("--memory", help="guest RAM (default 128M, 256M with --uefi)")
+    demo.add_argument(
+        "--uefi",
+        action="store_true",
+        help="boot the demo kernel through UEFI (OVMF on q35, make -C kernel-agent uefi)",
+    )
     demo.add_argument("--kernel", help="boot this kernel image instead of the demo kernel")
     demo.add_argument(
         "--report",
@@ -113,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("gdt", parents=[common], help="the GDT and LDT, loaded selectors checked")
     sub.add_parser("idt", parents=[common], help="the IDT gate by gate, handlers symbolized")
     sub.add_parser("tss", parents=[common], help="the TSS: RSP0-2, IST1-7 and where they point")
+    sub.add_parser(
+        "efi-map",
+        parents=[common],
+        help="the UEFI memory map the kernel kept (runtime regions and where they are mapped)",
+    )
     bt = sub.add_parser("bt", parents=[common], help="the stack frames of the stopped CPU")
     bt.add_argument("--max-depth", type=int, default=64, help="frames walked at most (default 64)")
     sym = sub.add_parser("sym", parents=[common], help="symbol+offset and file:line of addresses")
@@ -224,8 +234,7 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     elf = args.elf or (kernel if args.kernel is None else None)
     if args.kernel is None and not api.DEMO_KERNEL.is_file():
         raise InspectorError(f"the demo kernel is not built ({api.DEMO_KERNEL}); run `make kernel`")
-    print(f"booting {kernel} in QEMU (TCG)...", file=sys.stderr)
-    qemu = api.launch_qemu(kernel, memory=args.memory, wait_ready=args.kernel is None)
+    qemu = _launch_demo_qemu(args, kernel)
     try:
         session = api.attach(qemu.gdb_endpoint, elf=elf, timeout=args.timeout)
         try:
@@ -257,6 +266,19 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         if not args.keep:
             qemu.stop()
     return 0
+
+
+def _launch_demo_qemu(args: argparse.Namespace, kernel: str) -> Any:
+    """PVH (``-kernel``), or with ``--uefi`` the same demo kernel through OVMF."""
+    from . import api
+
+    if getattr(args, "uefi", False):
+        if args.kernel is not None:
+            raise InspectorError("--uefi boots the demo kernel's BOOTX64.EFI: drop --kernel")
+        print(f"booting {api.DEMO_UEFI} through OVMF in QEMU (TCG)...", file=sys.stderr)
+        return api.launch_demo(uefi=True, memory=args.memory or "256M", timeout=90.0)
+    print(f"booting {kernel} in QEMU (TCG)...", file=sys.stderr)
+    return api.launch_qemu(kernel, memory=args.memory or "128M", wait_ready=args.kernel is None)
 
 
 def _apply_slide(session: Session, args: argparse.Namespace) -> None:
@@ -306,6 +328,15 @@ def cmd_tss(session: Session, args: argparse.Namespace, out: TextIO) -> int:
         _dump(out, "tss", session, {"tss": tss.to_dict()})
     else:
         print(tss, file=out)
+    return 0
+
+
+def cmd_efi_map(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    memory_map = session.efi_memory_map()
+    if args.json:
+        _dump(out, "efi-map", session, {"efi_memory_map": memory_map.to_dict()})
+    else:
+        print(memory_map, file=out)
     return 0
 
 
@@ -409,8 +440,7 @@ def cmd_demo_tui(args: argparse.Namespace) -> int:
     elf = args.elf or (kernel if args.kernel is None else None)
     if args.kernel is None and not api.DEMO_KERNEL.is_file():
         raise InspectorError(f"the demo kernel is not built ({api.DEMO_KERNEL}); run `make kernel`")
-    print(f"booting {kernel} in QEMU (TCG)...", file=sys.stderr)
-    qemu = api.launch_qemu(kernel, memory=args.memory, wait_ready=args.kernel is None)
+    qemu = _launch_demo_qemu(args, kernel)
     try:
 
         def connect() -> Session:
@@ -459,6 +489,7 @@ COMMANDS: dict[str, Callable[[Session, argparse.Namespace, TextIO], int]] = {
     "gdt": cmd_gdt,
     "idt": cmd_idt,
     "tss": cmd_tss,
+    "efi-map": cmd_efi_map,
     "bt": cmd_bt,
     "sym": cmd_sym,
 }

@@ -356,6 +356,31 @@ class Session:
             raise FaultError(physical, "not a physical address (must be below 2^52)")
         return [va for va, _leaf in find_aliases(self.address_space().leaves, physical)]
 
+    def efi_memory_map(self) -> Any:
+        """The UEFI memory map the demo kernel kept at ExitBootServices (``efi_memmap``).
+
+        Read by symbol through the kernel's own mapping; each runtime region
+        comes with the virtual addresses that map its first page now.
+        """
+        from .efi.memmap import MemoryMap, decode_memory_map
+
+        if self.symbols is None:
+            raise TargetError("the UEFI memory map is found by symbol: give the kernel's ELF")
+
+        def read_uint(name: str, size: int = 8) -> int:
+            return int.from_bytes(self.read_virtual(self.resolve(name), size), "little")
+
+        size = read_uint("efi_memmap_size")
+        if size == 0:
+            raise TargetError("the kernel did not boot through UEFI: efi_memmap_size is 0")
+        stride = read_uint("efi_memmap_desc_size")
+        version = read_uint("efi_memmap_desc_version", 4)  # uint32_t in efi.c
+        descriptors = decode_memory_map(self.read_virtual(self.resolve("efi_memmap"), size), stride)
+        mapped_at = {
+            d.index: tuple(self.aliases(d.physical_start)) for d in descriptors if d.runtime
+        }
+        return MemoryMap(descriptors, stride, version, mapped_at)
+
     # -- symbols, descriptor tables, stack frames ---------------------------------
     # (the analysis lives in tables.py and unwind.py; these gather its inputs)
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what kinspect needs on a fresh Debian 12 machine, then keep quiet.
-#   system: qemu-system-x86, gdb, gcc, binutils, make, tmux, python3-venv (apt)
+#   system: qemu-system-x86, gdb, gcc, binutils, make, tmux, python3-venv,
+#           ovmf and gnu-efi for the UEFI demo kernel (apt)
 #   python: a venv in .venv with kinspect and its test tools (pip)
 # Idempotent: a second run with everything present takes well under a second.
 set -euo pipefail
@@ -15,6 +16,9 @@ command -v objcopy >/dev/null || need+=(binutils)
 command -v make >/dev/null || need+=(make)
 command -v tmux >/dev/null || need+=(tmux)  # the TUI's real-terminal test
 command -v python3 >/dev/null || need+=(python3)
+# the UEFI demo kernel (issue 7): firmware, and gnu-efi's crt0 and linker script
+[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
+[ -f /usr/lib/crt0-efi-x86_64.o ] || need+=(gnu-efi)
 if command -v python3 >/dev/null && [ ! -x .venv/bin/python ]; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 fi

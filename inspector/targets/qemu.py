@@ -28,6 +28,11 @@ __all__ = ["QemuConfig", "QemuInstance", "launch_qemu"]
 
 READY_MARKER = "kinspect-demo: ready"
 
+#: Debian's ``ovmf`` package: the firmware (read-only) and the variable store
+#: each UEFI launch copies into its workdir.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
 
 @dataclass(slots=True)
 class QemuConfig:
@@ -43,6 +48,11 @@ class QemuConfig:
     #: COM1 on "unix" (a socket in the workdir), "tcp" (127.0.0.1, a free port,
     #: TCP_NODELAY) or "pty"; logged to serial.log in every case
     serial: str = "unix"
+    #: boot ``kernel`` as a UEFI application (BOOTX64.EFI) through OVMF on q35,
+    #: from a FAT drive QEMU makes of a directory in the workdir, instead of PVH
+    uefi: bool = False
+    ovmf_code: Path = OVMF_CODE
+    ovmf_vars: Path = OVMF_VARS
 
 
 class QemuInstance:
@@ -113,7 +123,7 @@ class QemuInstance:
             "-accel", config.accel,
             "-cpu", config.cpu,
             "-m", config.memory,
-            "-kernel", str(config.kernel),
+            *(self._uefi_args() if config.uefi else ("-kernel", str(config.kernel))),
             "-display", "none",
             "-no-reboot",
             "-nodefaults",
@@ -128,6 +138,26 @@ class QemuInstance:
             args.append("-S")
         args.extend(config.extra_args)
         return args
+
+    def _uefi_args(self) -> list[str]:
+        """q35 with OVMF in pflash (unit 1 a private copy of VARS) and the app on a FAT drive."""
+        config = self.config
+        for path, package in ((config.ovmf_code, "ovmf"), (config.ovmf_vars, "ovmf")):
+            if not Path(path).is_file():
+                raise TargetError(f"{path} is missing; install it (apt-get install {package})")
+        vars_copy = self.workdir / "OVMF_VARS.fd"
+        shutil.copyfile(config.ovmf_vars, vars_copy)
+        boot = self.workdir / "esp" / "EFI" / "BOOT"
+        boot.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(config.kernel, boot / "BOOTX64.EFI")
+        # fmt: off
+        return [
+            "-machine", "q35",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={config.ovmf_code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            "-drive", f"file=fat:rw:{self.workdir / 'esp'},format=raw",
+        ]
+        # fmt: on
 
     def start(self, *, timeout: float = 10.0) -> None:
         """Start QEMU and wait until its QMP socket answers."""
@@ -243,10 +273,13 @@ def launch_qemu(
     timeout: float = 30.0,
     extra_args: Sequence[str] = (),
     serial: str = "unix",
+    uefi: bool = False,
 ) -> QemuInstance:
-    """Boot ``kernel`` and (optionally) wait for its ready line on serial."""
+    """Boot ``kernel`` (a UEFI application if ``uefi``) and wait for its ready line on serial."""
     instance = QemuInstance(
-        QemuConfig(Path(kernel), memory=memory, extra_args=tuple(extra_args), serial=serial)
+        QemuConfig(
+            Path(kernel), memory=memory, extra_args=tuple(extra_args), serial=serial, uefi=uefi
+        )
     )
     instance.start(timeout=min(timeout, 10.0))
     if wait_ready:

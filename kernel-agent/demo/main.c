@@ -5,6 +5,7 @@
 #include "agent.h"
 #include "agent_port.h"
 #include "gdt.h"
+#include "efi.h"
 #include "idt.h"
 #include "kprintf.h"
 #include "layout.h"
@@ -86,13 +87,23 @@ static void print_state(bool has_1g_pages)
 
 void kernel_main(uint32_t start_info_paddr)
 {
+	/* efi_entry.S sets efi_boot_info_paddr: the UEFI loader's boot, not PVH. */
+	bool uefi = efi_boot_info_paddr != 0;
+
 	serial_init();
-	kprintf("\nkinspect demo kernel (x86_64, PVH entry, start_info at 0x%x)\n",
-		start_info_paddr);
+	if (uefi)
+		kprintf("\nkinspect demo kernel (x86_64, UEFI entry, boot info at 0x%lx)\n",
+			efi_boot_info_paddr);
+	else
+		kprintf("\nkinspect demo kernel (x86_64, PVH entry, start_info at 0x%x)\n",
+			start_info_paddr);
 
-	bool low_half = cmdline_has(start_info_paddr, "lowhalf");
+	bool low_half = !uefi && cmdline_has(start_info_paddr, "lowhalf");
 
-	memmap_init(start_info_paddr);
+	if (uefi)
+		efi_memmap_init(efi_boot_info_paddr);
+	else
+		memmap_init(start_info_paddr);
 
 	bool has_1g_pages = cpu_has_1g_pages();
 
@@ -100,6 +111,8 @@ void kernel_main(uint32_t start_info_paddr)
 	gdt_init();
 	idt_init();
 	pic_init();
+	if (uefi)
+		efi_lapic_virtual_wire();
 	pit_init(PIT_HZ);
 
 	if (low_half) {

@@ -105,6 +105,37 @@ void memmap_init(uint32_t start_info_paddr)
 	}
 }
 
+void memmap_reset(void)
+{
+	ram_range_count = 0;
+	ram_size = 0;
+}
+
+void memmap_add_ram(uint64_t start, uint64_t end)
+{
+	struct ram_range *last = ram_range_count ? &ram_ranges[ram_range_count - 1] : NULL;
+
+	if (last && start == last->end) {
+		last->end = end; /* UEFI maps are sorted and split finely: merge */
+	} else if (ram_range_count < MEMMAP_MAX_RAM_RANGES) {
+		ram_ranges[ram_range_count].start = start;
+		ram_ranges[ram_range_count].end = end;
+		ram_range_count++;
+	} else {
+		kprintf("memmap: more than %u RAM ranges, ignoring 0x%lx-0x%lx\n",
+			MEMMAP_MAX_RAM_RANGES, start, end);
+		return;
+	}
+	if (end > ram_size)
+		ram_size = end;
+}
+
+void memmap_finish(void)
+{
+	if (ram_size == 0)
+		use_fallback("memory map lists no RAM");
+}
+
 bool memmap_overlaps_ram(uint64_t start, uint64_t end)
 {
 	for (unsigned i = 0; i < ram_range_count; i++) {

@@ -15,6 +15,10 @@ extern uint64_t ram_size;
  * while the boot page tables still identity map the first GiB.
  */
 void memmap_init(uint32_t start_info_paddr);
+/* Another boot path's map (efi.c): reset, add each RAM range in address order, finish. */
+void memmap_reset(void);
+void memmap_add_ram(uint64_t start, uint64_t end);
+void memmap_finish(void);
 /* Sum of the usable-RAM ranges (bytes). */
 uint64_t memmap_usable_bytes(void);
 /* True if [start, end) overlaps usable RAM. */

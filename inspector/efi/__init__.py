@@ -1,0 +1,1 @@
+"""UEFI structures the firmware leaves behind (pure decoders, no I/O)."""
