@@ -333,10 +333,16 @@ def cmd_tss(session: Session, args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_efi_map(session: Session, args: argparse.Namespace, out: TextIO) -> int:
     memory_map = session.efi_memory_map()
+    attributes = session.efi_memory_attributes()
     if args.json:
-        _dump(out, "efi-map", session, {"efi_memory_map": memory_map.to_dict()})
+        body = {
+            "efi_memory_map": memory_map.to_dict(),
+            "efi_memory_attributes": attributes.to_dict() if attributes else None,
+        }
+        _dump(out, "efi-map", session, body)
     else:
         print(memory_map, file=out)
+        print(f"\n{attributes}" if attributes else "\nno memory attributes table", file=out)
     return 0
 
 

@@ -381,6 +381,19 @@ class Session:
         }
         return MemoryMap(descriptors, stride, version, mapped_at)
 
+    def efi_memory_attributes(self) -> Any:
+        """EFI_MEMORY_ATTRIBUTES_TABLE as the demo kernel kept it (``efi_memattr``), or None."""
+        from .efi.memmap import decode_memory_attributes_table
+
+        if self.symbols is None:
+            raise TargetError(
+                "the memory attributes table is found by symbol: give the kernel's ELF"
+            )
+        size = int.from_bytes(self.read_virtual(self.resolve("efi_memattr_size"), 8), "little")
+        if size == 0:
+            return None
+        return decode_memory_attributes_table(self.read_virtual(self.resolve("efi_memattr"), size))
+
     # -- symbols, descriptor tables, stack frames ---------------------------------
     # (the analysis lives in tables.py and unwind.py; these gather its inputs)
 

@@ -1,4 +1,5 @@
-"""The UEFI memory map: EFI_MEMORY_DESCRIPTOR records (UEFI 2.10, 7.2 GetMemoryMap).
+"""The UEFI memory map: EFI_MEMORY_DESCRIPTOR records (UEFI 2.10, 7.2 GetMemoryMap),
+and EFI_MEMORY_ATTRIBUTES_TABLE (4.6.4), the RO/XP splits of the runtime regions.
 
 Descriptors are ``DescriptorSize`` apart, not ``sizeof`` (48 bytes on OVMF for
 a 40-byte structure), so the stride is an input, never assumed. Unknown
@@ -19,12 +20,16 @@ __all__ = [
     "MEMORY_TYPES",
     "PAGE_SIZE",
     "MemoryDescriptor",
+    "MemoryAttributesTable",
     "MemoryMap",
+    "decode_memory_attributes_table",
     "decode_memory_map",
     "format_attributes",
 ]
 
 PAGE_SIZE = 4096
+#: EFI_MEMORY_ATTRIBUTES_TABLE header: Version, NumberOfEntries, DescriptorSize, Flags.
+MEMATTR_HEADER = struct.Struct("<IIII")
 #: Type, padding, PhysicalStart, VirtualStart, NumberOfPages, Attribute.
 DESCRIPTOR = struct.Struct("<IIQQQQ")
 
@@ -195,3 +200,43 @@ class MemoryMap:
                 line += f"  mapped at {shown}{more}" if where else "  not mapped"
             lines.append(line)
         return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryAttributesTable:
+    """EFI_MEMORY_ATTRIBUTES_TABLE: runtime regions split by permission (RO, XP)."""
+
+    version: int
+    descriptor_size: int
+    flags: int
+    entries: tuple[MemoryDescriptor, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "descriptor_size": self.descriptor_size,
+            "flags": self.flags,
+            "entries": [e.to_dict() for e in self.entries],
+        }
+
+    def __str__(self) -> str:
+        lines = [
+            f"memory attributes table v{self.version}: {len(self.entries)} entries, "
+            f"{self.descriptor_size} bytes apart, flags {self.flags:#x}"
+        ]
+        lines += [f"{e.index:4} {e}" for e in self.entries]
+        return "\n".join(lines)
+
+
+def decode_memory_attributes_table(data: bytes) -> MemoryAttributesTable:
+    """The header and its NumberOfEntries descriptors, DescriptorSize apart."""
+    if len(data) < MEMATTR_HEADER.size:
+        raise DecodeError(0, f"{len(data)} bytes is shorter than the 16-byte header")
+    version, count, stride, flags = MEMATTR_HEADER.unpack_from(data)
+    end = MEMATTR_HEADER.size + count * stride
+    if end > len(data):
+        raise DecodeError(
+            MEMATTR_HEADER.size, f"{count} entries of {stride} bytes overrun {len(data)} bytes"
+        )
+    entries = decode_memory_map(data[MEMATTR_HEADER.size : end], stride)
+    return MemoryAttributesTable(version, stride, flags, entries)

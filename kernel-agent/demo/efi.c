@@ -17,6 +17,8 @@ uint64_t efi_memmap_size;
 uint64_t efi_memmap_desc_size;
 uint32_t efi_memmap_desc_version;
 uint64_t efi_system_table_paddr;
+uint8_t efi_memattr[EFI_MEMATTR_MAX] __aligned(8);
+uint64_t efi_memattr_size;
 
 static const char *efi_type_name(uint32_t type)
 {
@@ -71,6 +73,16 @@ void efi_memmap_init(uint64_t boot_info_paddr)
 	efi_memmap_desc_size = info->desc_size;
 	efi_memmap_desc_version = info->desc_version;
 	efi_system_table_paddr = info->system_table_paddr;
+
+	if (info->memattr_size > EFI_MEMATTR_MAX || (info->memattr_size &&
+	    !boot_mapped(info->memattr_paddr, info->memattr_size)))
+		kprintf("efi: memory attributes table unusable (%lu bytes), not kept\n",
+			info->memattr_size);
+	else if (info->memattr_size) {
+		memcpy(efi_memattr, (const void *)info->memattr_paddr, info->memattr_size);
+		efi_memattr_size = info->memattr_size;
+		kprintf("efi: memory attributes table kept (%lu bytes)\n", efi_memattr_size);
+	}
 
 	unsigned count = efi_memmap_size / efi_memmap_desc_size, runtime = 0;
 

@@ -44,6 +44,10 @@ extern uint64_t efi_memmap_size;
 extern uint64_t efi_memmap_desc_size;
 extern uint32_t efi_memmap_desc_version;
 extern uint64_t efi_system_table_paddr;
+/* EFI_MEMORY_ATTRIBUTES_TABLE as the loader copied it (header + entries); size 0 if none. */
+#define EFI_MEMATTR_MAX 0x2000
+extern uint8_t efi_memattr[EFI_MEMATTR_MAX];
+extern uint64_t efi_memattr_size;
 
 /*
  * Copies the loader's memory map into efi_memmap and feeds its RAM to

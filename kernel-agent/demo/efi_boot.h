@@ -18,7 +18,10 @@ struct efi_boot_info {
 	__UINT32_TYPE__ desc_version;
 	__UINT32_TYPE__ exit_attempts;	/* ExitBootServices calls it took */
 	__UINT64_TYPE__ system_table_paddr;
+	/* A copy of EFI_MEMORY_ATTRIBUTES_TABLE (it lives in BootServicesData); size 0 if none. */
+	__UINT64_TYPE__ memattr_paddr;
+	__UINT64_TYPE__ memattr_size;
 };
-_Static_assert(sizeof(struct efi_boot_info) == 48, "efi_boot_info layout");
+_Static_assert(sizeof(struct efi_boot_info) == 64, "efi_boot_info layout");
 
 #endif

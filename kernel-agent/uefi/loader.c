@@ -4,7 +4,8 @@
  * PT_LOAD segments to their physical addresses, gets the memory map,
  * exits boot services (getting the map again on a stale key, with nothing
  * allocating in between) and calls the kernel's efi_entry64 (efi_entry.S)
- * with a struct efi_boot_info. The kernel then loads its own GDT and page
+ * with a struct efi_boot_info (the map, and a copy of the memory attributes
+ * table taken while boot services still ran). The kernel then loads its own GDT and page
  * tables; nothing of this loader is used after the call.
  *
  * gnu-efi's crt0 calls efi_main with the SysV ABI: efi_main is not EFIAPI,
@@ -49,6 +50,25 @@ typedef struct {
 	UINT16 st_shndx;
 	UINT64 st_value, st_size;
 } Elf64_Sym;
+
+/* UEFI 2.10, 4.6.4: EFI_MEMORY_ATTRIBUTES_TABLE (the RO/XP splits of the runtime regions). */
+static EFI_GUID memattr_guid = { 0xdcfa911d, 0x26eb, 0x469f,
+				 { 0xa2, 0x20, 0x38, 0xb7, 0xdc, 0x46, 0x12, 0x20 } };
+
+typedef struct {
+	UINT32 Version;
+	UINT32 NumberOfEntries;
+	UINT32 DescriptorSize;
+	UINT32 Reserved;
+} MEMATTR_HEADER;
+
+static const MEMATTR_HEADER *find_memattr(EFI_SYSTEM_TABLE *st)
+{
+	for (UINTN i = 0; i < st->NumberOfTableEntries; i++)
+		if (CompareGuid(&st->ConfigurationTable[i].VendorGuid, &memattr_guid) == 0)
+			return st->ConfigurationTable[i].VendorTable;
+	return NULL;
+}
 
 #define PT_LOAD 1
 #define SHT_SYMTAB 2
@@ -136,21 +156,29 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *st)
 				   &desc_version);
 	if (status != EFI_BUFFER_TOO_SMALL)
 		fail(L"GetMemoryMap (size)", status);
-	UINTN buffer_size = map_size + 16 * desc_size + sizeof(struct efi_boot_info);
+	const MEMATTR_HEADER *memattr = find_memattr(st);
+	UINTN memattr_size = memattr ? sizeof(*memattr) +
+				(UINTN)memattr->NumberOfEntries * memattr->DescriptorSize : 0;
+	UINTN buffer_size = sizeof(struct efi_boot_info) + memattr_size + map_size + 16 * desc_size;
 	EFI_PHYSICAL_ADDRESS buffer = BELOW_1G;
 	status = uefi_call_wrapper(BS->AllocatePages, 4, AllocateMaxAddress, EfiLoaderData,
 				   EFI_SIZE_TO_PAGES(buffer_size), &buffer);
 	if (EFI_ERROR(status))
 		fail(L"AllocatePages (memory map)", status);
 	struct efi_boot_info *info = (void *)buffer;
-	EFI_MEMORY_DESCRIPTOR *map = (void *)(buffer + sizeof(*info));
+	UINT8 *memattr_copy = (UINT8 *)(buffer + sizeof(*info));
+	EFI_MEMORY_DESCRIPTOR *map = (void *)(memattr_copy + ((memattr_size + 7) & ~7ULL));
+
+	/* Copy it now: it is in BootServicesData, gone once boot services exit. */
+	if (memattr)
+		CopyMem(memattr_copy, (void *)memattr, memattr_size);
 
 	Print(L"kinspect-uefi: kernel at 0x%lx-0x%lx, entry 0x%lx; exiting boot services\r\n",
 	      lo, hi, entry_pa);
 
 	UINT32 attempt;
 	for (attempt = 1; attempt <= EXIT_ATTEMPTS; attempt++) {
-		map_size = buffer_size - sizeof(*info);
+		map_size = buffer_size - ((UINT8 *)map - (UINT8 *)buffer);
 		status = uefi_call_wrapper(BS->GetMemoryMap, 5, &map_size, map, &map_key,
 					   &desc_size, &desc_version);
 		if (EFI_ERROR(status))
@@ -170,6 +198,8 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *st)
 	info->desc_version = desc_version;
 	info->exit_attempts = attempt;
 	info->system_table_paddr = (UINT64)st;
+	info->memattr_paddr = memattr ? (UINT64)memattr_copy : 0;
+	info->memattr_size = memattr_size;
 
 	__asm__ volatile("cli");
 	((void (*)(UINT64))entry_pa)((UINT64)info);

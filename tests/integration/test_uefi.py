@@ -150,3 +150,36 @@ def test_efi_map_command(uefi_qemu, demo_kernel):
     text = io.StringIO()
     assert cli.run(argv[:-2] + ["efi-map"], out=text) == 0
     assert "RuntimeServicesCode" in text.getvalue() and "mapped at" in text.getvalue()
+
+
+def test_efi_map_through_the_agent_matches_the_stub(uefi_qemu, demo_kernel):
+    """The agent on COM1 (the firmware's console before it) gives the same map, no gdb stub."""
+    import io
+    import json
+
+    from inspector import cli
+
+    def efi_map(*channel: str) -> dict:
+        out = io.StringIO()
+        assert cli.run([*channel, "--elf", demo_kernel, "--json", "efi-map"], out=out) == 0
+        return json.loads(out.getvalue())["efi_memory_map"]
+
+    through_agent = efi_map("--agent", uefi_qemu.agent_endpoint)
+    assert through_agent == efi_map("--target", uefi_qemu.gdb_endpoint)
+    assert sum(d["runtime"] for d in through_agent["descriptors"]) >= 5
+
+
+def test_memory_attributes_table_splits_the_runtime_regions(uefi_session):
+    """OVMF's EFI_MEMORY_ATTRIBUTES_TABLE, copied before ExitBootServices: inside RT regions."""
+    table = uefi_session.efi_memory_attributes()
+    assert table is not None and table.version >= 1 and table.entries
+    regions = [d for d in saved_memory_map(uefi_session) if d.type in (RTCODE, RTDATA)]
+    for entry in table.entries:
+        assert entry.runtime and entry.type in (RTCODE, RTDATA)
+        assert any(
+            r.physical_start <= entry.physical_start and entry.physical_end <= r.physical_end
+            for r in regions
+        ), entry
+    # The code is split into read-only text and non-executable data (RO, XP: bits 17, 14).
+    code = [e for e in table.entries if e.type == RTCODE]
+    assert any(e.attribute >> 17 & 1 for e in code) and any(e.attribute >> 14 & 1 for e in code)

@@ -81,3 +81,26 @@ def test_memory_map_text_and_json():
     assert document["descriptors"][1]["mapped_at"] == [0xEAA0000, 0xFFFF88800EAA0000]
     assert document["descriptors"][1]["attributes"] == ["UC", "WC", "WT", "WB", "RUNTIME"]
     assert document["descriptors"][2]["physical_end"] == 1 << 32
+
+
+def test_memory_attributes_table():
+    from inspector.efi.memmap import decode_memory_attributes_table
+
+    header = struct.pack("<IIII", 2, 2, 48, 1)
+    entries = descriptor(5, 0xF5EC000, 1, EFI_MEMORY_RUNTIME | 1 << 14) + descriptor(
+        5, 0xF5ED000, 3, EFI_MEMORY_RUNTIME | 1 << 17
+    )
+    table = decode_memory_attributes_table(header + entries + b"\0" * 8)  # trailing bytes ignored
+    assert (table.version, table.descriptor_size, table.flags) == (2, 48, 1)
+    first, second = table.entries
+    assert format_attributes(first.attribute) == "XP|RUNTIME"
+    assert format_attributes(second.attribute) == "RO|RUNTIME"
+    assert second.physical_end == 0xF5F0000
+    assert str(table).splitlines()[0] == (
+        "memory attributes table v2: 2 entries, 48 bytes apart, flags 0x1"
+    )
+    assert table.to_dict()["entries"][1]["attributes"] == ["RO", "RUNTIME"]
+    with pytest.raises(DecodeError):
+        decode_memory_attributes_table(header + entries[:60])  # two entries promised, 1.25 given
+    with pytest.raises(DecodeError):
+        decode_memory_attributes_table(header[:12])
