@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from .cli_efi import EFI_COMMANDS
 from .errors import InspectorError
 from .formatting import format_ranges, format_register, format_translation
 from .session import Session
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--max-depth", type=int, default=64, help="frames walked at most (default 64)")
     sym = sub.add_parser("sym", parents=[common], help="symbol+offset and file:line of addresses")
     sym.add_argument("addresses", nargs="+", metavar="ADDR", help="addresses or symbol names")
+    from .cli_efi import add_efi_parser
+
+    add_efi_parser(sub, common)
     from .cli_agent import add_agent_parser
 
     add_agent_parser(sub, common)
@@ -499,6 +503,7 @@ COMMANDS: dict[str, Callable[[Session, argparse.Namespace, TextIO], int]] = {
     "bt": cmd_bt,
     "sym": cmd_sym,
 }
+COMMANDS.update(EFI_COMMANDS)
 
 
 def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
@@ -522,6 +527,8 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         from .cli_agent import run_agent
 
         return run_agent(parser, args, out, COMMANDS)
+    if args.command in EFI_COMMANDS:
+        parser.error(f"{args.command} calls the firmware through the in-kernel agent: give --agent")
     if not args.target:
         parser.error(f"{args.command} needs --target (a gdb stub: host:port or a socket path)")
     from . import api

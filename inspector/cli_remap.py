@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any, TextIO
 
+from .efi.runtime import EFI_VA_BASE
 from .remap.journal import Journal, default_journal_path
 from .remap.plan import LEVEL_OF_SIZE, parse_flags
 
@@ -80,6 +81,15 @@ def add_remap_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "higher-half", parents=[common, apply_opts],
         help="move the stack and GDT/IDT/TSS to higher-half aliases, then drop the identity map",
     )  # fmt: skip
+    efi = actions.add_parser(
+        "efi-runtime", parents=[common, apply_opts],
+        help="map the UEFI runtime regions in the higher half, SetVirtualAddressMap, verify "
+        "GetTime and a variable, then drop the identity map (cannot be undone)",
+    )  # fmt: skip
+    efi.add_argument("--base", type=parse_size, default=EFI_VA_BASE,
+                     help=f"new address = BASE + physical (default {EFI_VA_BASE:#x})")  # fmt: skip
+    efi.add_argument("--keep-identity", action="store_true",
+                     help="leave the identity map in place afterwards")  # fmt: skip
     undo = actions.add_parser("undo", parents=[common], help="restore what open steps replaced")
     undo.add_argument("--seq", type=int, action="append", help="only this step (repeatable)")
     undo.add_argument("--force", action="store_true")
@@ -216,6 +226,8 @@ def _plan(session: Any, remapper: Any, args: argparse.Namespace):
     cmd = args.remap_command
     if cmd == "higher-half":
         return remapper.plan_higher_half()
+    if cmd == "efi-runtime":
+        return remapper.plan_efi_runtime(base=args.base, drop_identity=not args.keep_identity)
     va = session.resolve(args.va)
     if cmd == "map":
         return remapper.plan_map(va, args.pa, args.size, page_size=args.page_size,

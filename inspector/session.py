@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import FaultError, InspectorError, TargetError
+from .errors import AgentError, FaultError, InspectorError, TargetError
 from .symbols import SymbolicAddress, SymbolTable
 from .tables import (
     SEGMENT_REGISTERS,
@@ -356,43 +356,92 @@ class Session:
             raise FaultError(physical, "not a physical address (must be below 2^52)")
         return [va for va, _leaf in find_aliases(self.address_space().leaves, physical)]
 
-    def efi_memory_map(self) -> Any:
-        """The UEFI memory map the demo kernel kept at ExitBootServices (``efi_memmap``).
+    def _efi_kept(self) -> dict[str, int]:
+        """Where the kernel keeps the UEFI memory map and attributes table, and their sizes.
 
-        Read by symbol through the kernel's own mapping; each runtime region
-        comes with the virtual addresses that map its first page now.
+        From the agent's ``efi_info`` when the target is the agent (no ELF
+        needed), else by the demo kernel's symbols (``efi_memmap``, ...).
         """
-        from .efi.memmap import MemoryMap, decode_memory_map
-
+        efi_info = getattr(self.target, "efi_info", None)
+        if efi_info is not None:
+            try:
+                info = efi_info()
+            except AgentError as exc:
+                if exc.code == 6:  # unsupported: no UEFI information in the kernel
+                    raise TargetError(
+                        "the kernel did not boot through UEFI: the agent has no UEFI memory map"
+                    ) from exc
+                raise
+            keys = ("memmap", "memmap_size", "desc_size", "desc_version", "memattr",
+                    "memattr_size")  # fmt: skip
+            return {k: int(info.get(k) or 0) for k in keys}
         if self.symbols is None:
-            raise TargetError("the UEFI memory map is found by symbol: give the kernel's ELF")
+            raise TargetError(
+                "the UEFI memory map is found by symbol or through the agent: give the "
+                "kernel's ELF or --agent"
+            )
 
         def read_uint(name: str, size: int = 8) -> int:
             return int.from_bytes(self.read_virtual(self.resolve(name), size), "little")
 
-        size = read_uint("efi_memmap_size")
-        if size == 0:
-            raise TargetError("the kernel did not boot through UEFI: efi_memmap_size is 0")
-        stride = read_uint("efi_memmap_desc_size")
-        version = read_uint("efi_memmap_desc_version", 4)  # uint32_t in efi.c
-        descriptors = decode_memory_map(self.read_virtual(self.resolve("efi_memmap"), size), stride)
+        return {
+            "memmap": self.resolve("efi_memmap"),
+            "memmap_size": read_uint("efi_memmap_size"),
+            "desc_size": read_uint("efi_memmap_desc_size"),
+            "desc_version": read_uint("efi_memmap_desc_version", 4),  # uint32_t in efi.c
+            "memattr": self.resolve("efi_memattr"),
+            "memattr_size": read_uint("efi_memattr_size"),
+        }
+
+    def efi_memory_map(self) -> Any:
+        """The UEFI memory map the kernel kept at ExitBootServices.
+
+        Each runtime region comes with the virtual addresses that map its
+        first page now.
+        """
+        from .efi.memmap import MemoryMap, decode_memory_map
+
+        kept = self._efi_kept()
+        if kept["memmap_size"] == 0:
+            raise TargetError("the kernel did not boot through UEFI: its memory map is empty")
+        stride = kept["desc_size"]
+        data = self.read_virtual(kept["memmap"], kept["memmap_size"])
+        descriptors = decode_memory_map(data, stride)
         mapped_at = {
             d.index: tuple(self.aliases(d.physical_start)) for d in descriptors if d.runtime
         }
-        return MemoryMap(descriptors, stride, version, mapped_at)
+        return MemoryMap(descriptors, stride, kept["desc_version"], mapped_at)
 
     def efi_memory_attributes(self) -> Any:
-        """EFI_MEMORY_ATTRIBUTES_TABLE as the demo kernel kept it (``efi_memattr``), or None."""
+        """EFI_MEMORY_ATTRIBUTES_TABLE as the kernel kept it, or None."""
         from .efi.memmap import decode_memory_attributes_table
 
-        if self.symbols is None:
-            raise TargetError(
-                "the memory attributes table is found by symbol: give the kernel's ELF"
-            )
-        size = int.from_bytes(self.read_virtual(self.resolve("efi_memattr_size"), 8), "little")
-        if size == 0:
+        kept = self._efi_kept()
+        if kept["memattr_size"] == 0:
             return None
-        return decode_memory_attributes_table(self.read_virtual(self.resolve("efi_memattr"), size))
+        return decode_memory_attributes_table(
+            self.read_virtual(kept["memattr"], kept["memattr_size"])
+        )
+
+    def _efi_agent(self, what: str) -> Any:
+        if getattr(self.target, "efi_get_time", None) is None:
+            raise TargetError(
+                f"{what} is a call into the firmware, which the in-kernel agent makes: "
+                "attach with --agent"
+            )
+        return self.target
+
+    def efi_time(self) -> Any:
+        """GetTime (an EfiTime), called by the agent where the firmware is mapped now."""
+        return self._efi_agent("GetTime").efi_get_time()
+
+    def efi_variable_names(self) -> list[tuple[str, Any]]:
+        """(name, vendor GUID) of every variable the firmware lists at runtime."""
+        return self._efi_agent("GetNextVariableName").efi_variable_names()
+
+    def efi_variable(self, name: str, guid: Any) -> tuple[int, bytes]:
+        """GetVariable: (attributes, data)."""
+        return self._efi_agent("GetVariable").efi_get_variable(name, guid)
 
     # -- symbols, descriptor tables, stack frames ---------------------------------
     # (the analysis lives in tables.py and unwind.py; these gather its inputs)

@@ -65,6 +65,7 @@ ERROR_NAMES = {
     6: "unsupported",
     7: "internal",
     9: "refused",
+    10: "efi",
 }
 
 

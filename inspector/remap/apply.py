@@ -16,9 +16,11 @@ from typing import Any
 
 from protocols.agent_client import AgentClientError, AgentRemoteError, AgentTimeout
 
+from ..efi.runtime import EFI_VA_BASE
 from ..errors import AgentError, InspectorError, TargetError
 from ..targets.agent import AgentTarget
 from ..x86.paging import Range
+from .efi import IRREVERSIBLE, SVAM, plan_efi_steps, read_efi_state
 from .journal import Journal, JournalStep
 from .plan import (
     LEVEL_OF_SIZE,
@@ -36,7 +38,7 @@ from .plan import (
     verify_expectations,
 )
 
-__all__ = ["HIGHER_HALF", "RemapRefused", "Remapper", "StepReport"]
+__all__ = ["HIGHER_HALF", "RemapRefused", "Remapper", "StepReport", "UndoRefused"]
 
 PAGE = 0x1000
 REFUSED = 9
@@ -44,6 +46,8 @@ REFUSED = 9
 HIGHER_HALF = 0xFFFF800000000000
 ADDRESS_BITS = 0x000FFFFFFFFFF000
 SET_ENTRIES_CHUNK = 16  # a set_entries request stays under the agent's 512-byte limit
+#: Requests that take no ``force`` parameter (UEFI forbids what their checks refuse).
+NO_FORCE = frozenset({SVAM})
 
 
 class RemapRefused(AgentError):
@@ -57,6 +61,22 @@ class RemapRefused(AgentError):
         super().__init__(REFUSED, f"{by}: {refusal} (add --force to do it anyway)")
 
 
+class UndoRefused(InspectorError):
+    """Undo would reverse what cannot be reversed; nothing was undone."""
+
+    def __init__(self, record: JournalStep, pinned: list[JournalStep]) -> None:
+        self.record = record
+        self.pinned = pinned
+        seqs = ", ".join(f"#{s.seq}" for s in pinned)
+        super().__init__(
+            f"undo refused: step #{record.seq} called SetVirtualAddressMap, which cannot be "
+            "undone (UEFI allows one call per boot, and the firmware has converted its own "
+            f"pointers to the new addresses); steps {seqs} keep the runtime services mapped "
+            "and stay as they are. Nothing was undone; steps after it can be undone with "
+            "--seq, and `kinspect remap journal --keep` closes the rest"
+        )
+
+
 @dataclass(slots=True)
 class StepReport:
     seq: int
@@ -64,6 +84,8 @@ class StepReport:
     result: Any
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: What was checked beyond the walk (the runtime services answering, ...).
+    checks: list[str] = field(default_factory=list)
 
     @property
     def verified(self) -> bool:
@@ -80,16 +102,20 @@ class StepReport:
             head += f"\n  {len(self.result)} entries written (old values journaled)"
             for va, level, entry_pa, old, new in self.result[:6]:
                 head += f"\n    L{level} {va:#018x} @{entry_pa:#x}: {old:#018x} -> {new:#018x}"
-        checked = (
-            "the walk matches the plan" if self.step.expect else "the registers are as planned"
-        )
+        if self.step.expect:
+            checked = "the walk matches the plan"
+        elif self.step.method == SVAM:
+            checked = "the firmware answers through the new mapping"
+        else:
+            checked = "the registers are as planned"
         verdict = f"verified: {checked}" if self.verified else "NOT as planned:"
         lines = [head, f"  {verdict}"] + [f"    {p}" for p in self.problems]
+        lines += [f"    {c}" for c in self.checks]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "step": self.step.to_dict(), "result": self.result,
-                "verified": self.verified, "problems": self.problems,
+                "verified": self.verified, "problems": self.problems, "checks": self.checks,
                 "seconds": round(self.seconds, 4)}  # fmt: skip
 
 
@@ -110,6 +136,8 @@ class Remapper:
         #: What verification walks: the agent's walk, or another source (a gdb stub's view).
         self.verify_walk = verify_walk
         self.levels = int(target.info.get("paging_levels", 4))
+        #: Set once SetVirtualAddressMap succeeded here: later steps check the runtime services.
+        self.efi_virtual = False
         target.stop()
         journal.start_session(target.spec)
 
@@ -239,6 +267,8 @@ class Remapper:
                     if item[:2] not in [o[:2] for o in out]:
                         out.append(item)
             return {"entries": out}
+        if step.method == SVAM:
+            return {"efi_info": self.target.efi_info()}
         return {
             "rsp": regs["rsp"],
             "gdtr_base": regs["gdtr_base"],
@@ -252,17 +282,31 @@ class Remapper:
         t0 = time.monotonic()
         before = self._before(step)
         record = self.journal.begin(step.method, list(step.params), before, step.description)
-        result = self._call(step.method, *step.params, force)
+        params = step.params if step.method in NO_FORCE else (*step.params, force)
+        result = self._call(step.method, *params)
         self.journal.applied(record, result)
-        report = StepReport(record.seq, step, result, self.verify(step), time.monotonic() - t0)
+        if step.method == SVAM:
+            self.efi_virtual = True
+        checks: list[str] = []
+        problems = self.verify(step, checks)
+        report = StepReport(record.seq, step, result, problems, time.monotonic() - t0, checks)
         if self.on_report:
             self.on_report(report)
         return report
 
-    def verify(self, step: Step) -> list[str]:
-        """Walk again (and read the registers) and say what differs from the plan."""
+    def verify(self, step: Step, checks: list[str] | None = None) -> list[str]:
+        """Walk again (and read the registers) and say what differs from the plan.
+
+        After SetVirtualAddressMap, every step also checks that the runtime
+        services still answer (GetTime; after the call itself a variable
+        read too); what was checked goes to ``checks``.
+        """
         walk = self.verify_walk or self.ranges
         problems = verify_expectations(step.expect, walk()) if step.expect else []
+        if checks is None:
+            checks = []
+        if self.efi_virtual:
+            problems += self._verify_runtime(step, checks)
         regs = self.registers()
         if step.method == "move_stack":
             lo, hi, new_lo = step.params[:3]
@@ -280,6 +324,47 @@ class Remapper:
                 problems.append(f"the TSS base is {now!s}, not {tss:#x}")
         return problems
 
+    def _verify_runtime(self, step: Step, checks: list[str]) -> list[str]:
+        problems: list[str] = []
+        try:
+            now = self.target.efi_get_time()
+        except InspectorError as exc:
+            return [f"GetTime through the new mapping failed: {exc}"]
+        problems += [f"GetTime: {p}" for p in now.problems()]
+        checks.append(f"GetTime answers through the new mapping: {now}")
+        if step.method != SVAM:
+            return problems
+        state = read_efi_state(self.target)
+        assert state is not None  # the call succeeded: the agent has UEFI
+        info = state.info
+        sizes = {d.physical_start: d.size for d in state.descriptors}
+        st = info["system_table"]
+        expected = next((va + st - pa for pa, va in step.params[0]
+                         if pa <= st < pa + sizes.get(pa, 0)), None)  # fmt: skip
+        if not info.get("virtual_mode"):
+            problems.append("the agent does not report virtual mode after the call")
+        if expected is not None and info.get("system_table_va") != expected:
+            problems.append(f"the system table is reached at {info.get('system_table_va'):#x}, "
+                            f"not {expected:#x}")  # fmt: skip
+        checks.append(f"the system table is at {info.get('system_table_va', 0):#x} "
+                      f"(physical {st:#x}), RuntimeServices at "
+                      f"{info.get('runtime_services', 0):#x}")  # fmt: skip
+        try:
+            names = self.target.efi_variable_names(limit=64)
+        except InspectorError as exc:
+            return problems + [f"GetNextVariableName through the new mapping failed: {exc}"]
+        if not names:
+            return problems + ["GetNextVariableName found no variable to read back"]
+        name, guid = names[0]
+        try:
+            attributes, data = self.target.efi_get_variable(name, guid)
+        except InspectorError as exc:
+            return problems + [f"GetVariable {name} through the new mapping failed: {exc}"]
+        checks.append(f"GetNextVariableName lists {len(names)} variables; GetVariable "
+                      f"{name} ({guid}): {len(data)} bytes, "
+                      f"attributes {attributes:#x}")  # fmt: skip
+        return problems
+
     # -- undo ------------------------------------------------------------------------------
 
     def undo(
@@ -288,12 +373,25 @@ class Remapper:
         """Restore what the open steps (or ``steps``) replaced, newest first."""
         todo = sorted(steps if steps is not None else self.journal.open_steps(),
                       key=lambda s: s.seq, reverse=True)  # fmt: skip
+        self._refuse_irreversible(todo)
         done = []
         for record in todo:
             self._undo_one(record, force)
             self.journal.undone(record)
             done.append(record)
         return done
+
+    def _refuse_irreversible(self, todo: list[JournalStep]) -> None:
+        """Refuse, before anything is undone, an undo that reaches an irreversible step."""
+        for record in self.journal.open_steps():
+            if record.method not in IRREVERSIBLE:
+                continue
+            if record.state == "pending" and not self.target.efi_info().get("virtual_mode"):
+                continue  # the reply never reached the journal, and the call never happened
+            pinned = [s for s in self.journal.open_steps()
+                      if s.session == record.session and s.seq <= record.seq]  # fmt: skip
+            if any(s.seq in {p.seq for p in pinned} for s in todo):
+                raise UndoRefused(record, pinned)
 
     def _undo_one(self, record: JournalStep, force: bool) -> None:
         m = record.method
@@ -353,8 +451,32 @@ class Remapper:
             tss = new["tss"]
         else:
             notes.append("GDT, IDT and TSS are already in the higher half")
+        areas = self.areas(moved, ranges, tss_base=tss)
+        refusals: list[Refusal] = []
+        tables = 0
+        title = "move the runtime to the higher half, then drop the identity map"
+        efi = read_efi_state(self.target)
+        if efi is not None and not efi.virtual_mode:
+            part = plan_efi_steps(efi, ranges, areas)
+            steps += part.steps
+            tables += part.tables
+            refusals += part.refusals
+            notes += part.notes
+            title = ("move the runtime and the UEFI runtime services to the higher half, "
+                     "then drop the identity map")  # fmt: skip
+        elif efi is not None:
+            notes.append("the UEFI runtime services are in virtual mode already")
+        drop, low, more = self._drop_lower_half(ranges, areas)
+        return Plan(title, tuple(steps + drop), tables, tuple(low), tuple(refusals + more),
+                    tuple(notes))  # fmt: skip
+
+    def _drop_lower_half(
+        self, ranges: list[Range], areas: list[Protected]
+    ) -> tuple[list[Step], list[Range], list[Refusal]]:
+        """Clear the PML4 entries of everything below the higher half (the identity map)."""
         low = [r for r in ranges if r.start < HIGHER_HALF]
         slots = sorted({r.start >> 39 for r in low})
+        steps, refusals = [], []
         for slot in slots:
             va = slot << 39
             steps.append(Step(
@@ -362,12 +484,32 @@ class Remapper:
                 f"clear PML4 entry {slot} ({va:#x}-{va + (1 << 39):#x}): the identity map",
                 ((va, 4, "0 (not present)"),), (Expectation(va, va + (1 << 39), None),),
             ))  # fmt: skip
-        areas = self.areas(moved, ranges, tss_base=tss)
-        refusals = []
-        for slot in slots:
-            refusals += check_change(areas, slot << 39, (slot + 1) << 39, unmaps=True)
-        return Plan("move the runtime to the higher half, then drop the identity map",
-                    tuple(steps), 0, tuple(low), tuple(refusals), tuple(notes))  # fmt: skip
+            refusals += check_change(areas, va, va + (1 << 39), unmaps=True)
+        return steps, low, refusals
+
+    def plan_efi_runtime(self, *, base: int = EFI_VA_BASE, drop_identity: bool = True) -> Plan:
+        """Map the UEFI runtime regions at ``base`` + PA, SetVirtualAddressMap, verify,
+        then (``drop_identity``) clear the identity map the firmware ran through."""
+        efi = read_efi_state(self.target)
+        if efi is None:
+            raise InspectorError(
+                "the kernel has no UEFI runtime services to move: the agent answers efi_info "
+                "with unsupported (not booted through UEFI, or an agent without UEFI support)"
+            )
+        regs = self.registers()
+        ranges = self.ranges()
+        areas = self.areas(regs, ranges)
+        part = plan_efi_steps(efi, ranges, areas, base)
+        steps, refusals, low = list(part.steps), list(part.refusals), []
+        if drop_identity and part.steps:
+            drop, low, more = self._drop_lower_half(ranges, areas)
+            steps += drop
+            refusals += more
+        return Plan(
+            f"move the UEFI runtime services to {base:#x} + physical"
+            + (", then drop the identity map" if drop_identity else ""),
+            tuple(steps), part.tables, tuple(low), tuple(refusals), part.notes,
+        )  # fmt: skip
 
     def _upper_alias(self, va: int, ranges: list[Range]) -> int:
         pa = self.target.translate(va).pa

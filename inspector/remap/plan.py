@@ -183,8 +183,15 @@ class Plan:
         }
 
 
-def _params_text(params: Sequence[int]) -> str:
-    return " ".join(hex(p) if isinstance(p, int) else str(p) for p in params)
+def _params_text(params: Sequence[Any]) -> str:
+    def one(p: Any) -> str:
+        if isinstance(p, int):
+            return hex(p)
+        if isinstance(p, list | tuple) and p and all(isinstance(x, list | tuple) for x in p):
+            return f"[{len(p)} pairs]"
+        return str(p)
+
+    return " ".join(one(p) for p in params)
 
 
 def protected_areas(

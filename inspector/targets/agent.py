@@ -14,6 +14,7 @@ says it may; anything else is an error reply, raised here as FaultError.
 from __future__ import annotations
 
 import struct
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from protocols.agent_client import (
 from protocols.agent_wire import ERROR_NAMES
 from protocols.transports import Transport, TransportError, open_transport
 
+from ..efi.runtime import EfiTime
 from ..errors import AgentError, FaultError, ProtocolError, TargetError
 from ..x86.paging import Permissions, Range
 from .base import DescriptorTableRegister, SegmentRegister, SystemRegisters, Target
@@ -225,6 +227,40 @@ class AgentTarget(Target):
     def translate(self, va: int) -> AgentTranslation:
         pa, page_size, flags, entries = self._call("translate", va)
         return AgentTranslation(va, pa, page_size, flags, tuple(entries))
+
+    # -- UEFI runtime services (a kernel booted through UEFI) --------------------------
+
+    def efi_info(self) -> dict[str, Any]:
+        """The system table, the kept memory map and whether SetVirtualAddressMap was called."""
+        info = self._call("efi_info")
+        if not isinstance(info, dict) or "system_table" not in info:
+            raise ProtocolError(f"efi_info reply is not the map AGENT_PROTOCOL.md names: {info!r}")
+        return info
+
+    def efi_get_time(self) -> EfiTime:
+        """GetTime, called by the agent where the firmware is mapped now."""
+        return EfiTime.from_reply(self._call("efi_get_time"))
+
+    def efi_get_variable(self, name: str, guid: uuid.UUID) -> tuple[int, bytes]:
+        """GetVariable: (attributes, data)."""
+        reply = self._call("efi_get_variable", name, guid.bytes_le)
+        if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[1], bytes):
+            raise ProtocolError(f"efi_get_variable reply is not [attributes, data]: {reply!r}")
+        return int(reply[0]), reply[1]
+
+    def efi_variable_names(self, limit: int = 512) -> list[tuple[str, uuid.UUID]]:
+        """Every variable GetNextVariableName gives (the runtime-visible ones), in its order."""
+        out: list[tuple[str, uuid.UUID]] = []
+        name, guid = "", bytes(16)
+        for _ in range(limit):
+            reply = self._call("efi_next_variable_name", name, guid)
+            if reply is None:
+                return out
+            if not isinstance(reply, list) or len(reply) != 2 or len(reply[1]) != 16:
+                raise ProtocolError(f"efi_next_variable_name reply is not [name, guid]: {reply!r}")
+            name, guid = reply
+            out.append((name, uuid.UUID(bytes_le=bytes(guid))))
+        raise ProtocolError(f"GetNextVariableName gave more than {limit} names")
 
     # -- run control -------------------------------------------------------------------
 
