@@ -34,6 +34,7 @@ from .model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
 from .screens.help import HelpScreen
 from .screens.remap import RemapScreen
 from .widgets.descriptors import DescriptorsView
+from .widgets.efi import EfiMapView
 from .widgets.memory import WINDOW, HexView
 from .widgets.ranges import RangeList
 from .widgets.registers import RegistersView
@@ -45,6 +46,11 @@ from .widgets.walk import WalkView
 __all__ = ["KinspectApp", "cpu_mode", "describe_stop", "make_app"]
 
 _LOST = ("gone away", "lost the connection", "gdb exited", "did not answer", "not connected")
+
+
+def _lost(message: str) -> bool:
+    """Whether a TargetError's message says the link to the target is gone."""
+    return any(word in message for word in _LOST)
 
 
 def describe_stop(record: Mapping[str, Any], symbolize: Callable[[int], str | None]) -> str:
@@ -112,6 +118,7 @@ class KinspectApp(App[None]):
         Binding("5", "tab('stack')", "Stack", show=False, priority=True),
         Binding("6", "tab('descriptors')", "Descriptors", show=False, priority=True),
         Binding("7", "remap", "Remaps (agent)", show=False, priority=True),
+        Binding("8", "tab('efi')", "EFI memory map", show=False, priority=True),
         Binding("r", "refresh", "Refresh", show=False, priority=True),
         Binding("R", "reconnect", "Reconnect", show=False, priority=True),
         Binding("e", "export_text", "Export", show=False, priority=True),
@@ -175,6 +182,7 @@ class KinspectApp(App[None]):
         self._row_texts = RowTexts([])
         self._wx = self._marks = self._problems = 0
         self._descriptors_stop = -1
+        self._efi_stop = -1
 
     def _make_link(self, session: Session) -> Link:
         return Link(
@@ -219,6 +227,8 @@ class KinspectApp(App[None]):
                 yield StackView(id="stack-view")
             with TabPane("GDT IDT TSS [6]", id="descriptors"):
                 yield DescriptorsView(id="descriptors-view")
+            with TabPane("EFI [8]", id="efi"):
+                yield EfiMapView(id="efi-view")
         yield Input(
             placeholder=": vtop ADDR | ptov PADDR | mem ADDR | phys PADDR | break SYM|ADDR"
             " | continue | stop | step | help",
@@ -309,7 +319,7 @@ class KinspectApp(App[None]):
             self.log.error(message)
         self.errors.append(message)
         status = self.query_one(StatusLine)
-        if isinstance(error, TargetError) and any(word in message for word in _LOST):
+        if isinstance(error, TargetError) and _lost(message):
             status.health = "connection lost: R reconnects"
             status.state = "exited"
             self.link.watching = False
@@ -350,6 +360,8 @@ class KinspectApp(App[None]):
             self.show_memory(*self._memory, while_running="skip")
         if self.query_one(TabbedContent).active == "descriptors":
             self._load_descriptors()
+        if self.query_one(TabbedContent).active == "efi":
+            self._load_efi()
 
     def _record_latency(self, seen: float) -> None:
         """Runs once the screen showing the new registers was drawn."""
@@ -407,10 +419,47 @@ class KinspectApp(App[None]):
 
         self.submit("descriptors", work, done, while_running="skip")
 
+    def _load_efi(self) -> None:
+        """The UEFI memory map and where its runtime regions are mapped, as ``kinspect efi-map``.
+
+        Read when the tab is shown and at each stop while it is: the map does
+        not change after ExitBootServices, the mappings do when the kernel
+        remaps its runtime regions. A kernel that did not boot through UEFI
+        is a line in the view, not a failure.
+        """
+        stop = self.stops
+
+        def work(session: Session) -> tuple[Any, Any]:
+            memory_map = session.efi_memory_map()
+            try:
+                attributes = session.efi_memory_attributes()
+            except InspectorError as exc:  # the map is still worth showing
+                attributes = str(exc)
+            return memory_map, attributes
+
+        def done(result: tuple[Any, Any]) -> None:
+            self._efi_stop = stop
+            self.query_one(EfiMapView).show(*result, stop=stop)
+
+        def failed(error: BaseException) -> None:
+            self._efi_stop = stop
+            view = self.query_one(EfiMapView)
+            if isinstance(error, InspectorError):
+                view.show_error(str(error))
+                if isinstance(error, TargetError) and _lost(str(error)):
+                    self.report_failure(error)  # the status line must say so too
+            else:
+                view.show_error(f"internal error: {type(error).__name__}: {error}")
+                self.report_failure(error)
+
+        self.submit("efi map", work, done, failed=failed, while_running="skip")
+
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.pane.id == "descriptors" and self._descriptors_stop != self.stops and self.stops:
             self._load_descriptors()
+        if event.pane.id == "efi" and self._efi_stop != self.stops and self.stops:
+            self._load_efi()
 
     def _load_ranges(self) -> None:
         def work(session: Session) -> tuple[list[Range], int]:
@@ -649,6 +698,7 @@ class KinspectApp(App[None]):
             "memory": "#hex",
             "stack": "#frames",
             "descriptors": "#descriptors-view",
+            "efi": "#efi-table",
         }.get(name)
         if focus is not None:
             self.set_focus(self.query_one(focus))
@@ -707,6 +757,8 @@ class KinspectApp(App[None]):
             self.action_help()
         elif verb == "remap":
             self.action_remap()
+        elif verb == "efi":
+            self.action_tab("efi")
         else:
             self.report_failure(InspectorError(f"unknown command {verb!r} (try help)"))
 
@@ -774,6 +826,8 @@ class KinspectApp(App[None]):
             body = self.query_one(StackView).export_text()
         elif active == "descriptors":
             body = self.query_one(DescriptorsView).export_text()
+        elif active == "efi":
+            body = self.query_one(EfiMapView).export_text()
         else:
             body = self.query_one(HexView).export_text()
         return f"{status}\n\n{body}"
@@ -953,6 +1007,11 @@ class KinspectApp(App[None]):
             self.action_remap,
         )  # fmt: skip
         yield SystemCommand("Remap journal", "Open remap steps, undo (7)", self.action_remap)
+        yield SystemCommand(
+            "EFI memory map",
+            "The UEFI memory map; where its runtime regions are mapped now (8)",
+            lambda: self.action_tab("efi"),
+        )
         yield SystemCommand("Help", "Keys and commands (?)", self.action_help)
 
 

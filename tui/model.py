@@ -2,7 +2,10 @@
 
 Range marks (added, removed, changed since the last stop) and the range
 filters are plain functions over :class:`~inspector.x86.paging.Range`
-lists, so they are tested without an app and the views stay thin.
+lists, so they are tested without an app and the views stay thin. The
+same goes for the EFI view's rows: each descriptor of the session's
+:class:`~inspector.efi.memmap.MemoryMap`, its runtime mappings and how they
+moved since the view last read them.
 """
 
 from __future__ import annotations
@@ -10,15 +13,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from inspector.efi.memmap import (
+    PAGE_SIZE,
+    MemoryAttributesTable,
+    MemoryDescriptor,
+    MemoryMap,
+    format_attributes,
+)
 from inspector.formatting import format_size
 from inspector.x86.paging import Range
 
 __all__ = [
+    "EfiFilter",
+    "EfiRow",
     "RangeFilter",
     "RangeRow",
     "RowTexts",
+    "attribute_entries_in",
     "diff_ranges",
+    "efi_address_digits",
+    "efi_rows",
+    "efi_summary",
+    "filter_efi_rows",
     "filter_rows",
+    "format_efi_range",
+    "format_efi_row",
+    "format_mapped_at",
     "format_range_row",
     "parse_number",
 ]
@@ -168,3 +188,153 @@ def format_range_row(row: RangeRow) -> str:
         f"{row.mark or ' '} {r.start:#018x}-{r.end:#018x} {format_size(r.size):>6}  "
         f"{r.phys:#018x} {r.flags_text()}"
     )
+
+
+# -- the UEFI memory map (the EFI view) ------------------------------------------------------
+
+NOT_MAPPED = "not mapped"
+
+
+@dataclass(frozen=True, slots=True)
+class EfiRow:
+    """One EFI_MEMORY_DESCRIPTOR as the EFI view lists it.
+
+    ``mapped_at``: for a runtime region, the virtual addresses that map its
+    first page now (the session's ``MemoryMap.mapped_at``). ``mark``: how
+    they moved since the view last read the map: ``+`` mapped where it was
+    not, ``-`` no longer mapped, ``~`` mapped elsewhere, ``""`` the same.
+    """
+
+    descriptor: MemoryDescriptor
+    mapped_at: tuple[int, ...] = ()
+    mark: str = ""
+
+    @property
+    def runtime(self) -> bool:
+        return self.descriptor.runtime
+
+
+def _mapping_mark(old: tuple[int, ...], new: tuple[int, ...]) -> str:
+    if old == new:
+        return ""
+    if not old:
+        return ADDED
+    if not new:
+        return REMOVED
+    return CHANGED
+
+
+def efi_rows(memory_map: MemoryMap, previous: MemoryMap | None = None) -> list[EfiRow]:
+    """Every descriptor, in the map's order, runtime ones with their mappings.
+
+    Marks compare with ``previous`` (the map the view showed before) only
+    when it holds the same descriptors: the map itself never changes after
+    ExitBootServices, so a different one is another kernel (a reconnect),
+    and nothing is marked.
+    """
+    same = previous is not None and previous.descriptors == memory_map.descriptors
+    rows = []
+    for d in memory_map.descriptors:
+        if not d.runtime:
+            rows.append(EfiRow(d))
+            continue
+        now = tuple(memory_map.mapped_at.get(d.index, ()))
+        mark = _mapping_mark(tuple(previous.mapped_at.get(d.index, ())), now) if same else ""
+        rows.append(EfiRow(d, now, mark))
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class EfiFilter:
+    """The EFI view's filters (AND): runtime regions only, mappings changed only."""
+
+    runtime: bool = False
+    changed: bool = False
+
+    def matches(self, row: EfiRow) -> bool:
+        if self.runtime and not row.runtime:
+            return False
+        return not (self.changed and not row.mark)
+
+
+def filter_efi_rows(rows: Sequence[EfiRow], flt: EfiFilter) -> list[EfiRow]:
+    return [row for row in rows if flt.matches(row)]
+
+
+def efi_address_digits(descriptors: Sequence[MemoryDescriptor]) -> int:
+    """Hex digits for physical addresses: enough for the map's highest, at least 8."""
+    highest = max((d.physical_end - 1 for d in descriptors), default=0)
+    return max(8, len(f"{highest:x}"))
+
+
+def format_efi_range(d: MemoryDescriptor, digits: int = 16) -> str:
+    """``0x0f5ec000-0x0f6ebfff``: first and last byte, as the kernel's ``[mem ...]`` lines."""
+    width = digits + 2
+    return f"{d.physical_start:#0{width}x}-{max(d.physical_end - 1, d.physical_start):#0{width}x}"
+
+
+def format_mapped_at(mapped_at: Sequence[int], limit: int | None = None) -> str:
+    """``0xf5ec000, 0xffff88800f5ec000``, ``... (+3)`` past ``limit``, or ``not mapped``."""
+    if not mapped_at:
+        return NOT_MAPPED
+    shown = mapped_at if limit is None else mapped_at[:limit]
+    text = ", ".join(f"{va:#x}" for va in shown)
+    if len(mapped_at) > len(shown):
+        text += f" (+{len(mapped_at) - len(shown)})"
+    return text
+
+
+def format_efi_row(row: EfiRow, digits: int = 16, limit: int | None = None) -> str:
+    """One line: mark, index, type, physical range, pages, attributes, and where it is mapped."""
+    d = row.descriptor
+    line = (
+        f"{row.mark or ' '} {d.index:4} {d.type_name:<23} {format_efi_range(d, digits)} "
+        f"{d.number_of_pages:>8}  {format_attributes(d.attribute)}"
+    )
+    if row.runtime:
+        line += f"  {format_mapped_at(row.mapped_at, limit)}"
+    return line
+
+
+def attribute_entries_in(
+    attributes: MemoryAttributesTable | None, d: MemoryDescriptor
+) -> list[MemoryDescriptor]:
+    """The memory attributes table's entries (RO/XP splits) that lie inside ``d``."""
+    if attributes is None:
+        return []
+    return [
+        e
+        for e in attributes.entries
+        if d.physical_start <= e.physical_start and e.physical_end <= d.physical_end
+    ]
+
+
+def efi_summary(
+    memory_map: MemoryMap,
+    attributes: MemoryAttributesTable | str | None,
+    rows: Sequence[EfiRow],
+    since: int | None = None,
+) -> str:
+    """The summary line: descriptors and stride, runtime regions and pages, how many mapped.
+
+    ``attributes``: the table, None when the kernel kept none, or why it
+    could not be read. ``since``: the stop the marks compare with.
+    """
+    runtime = [row for row in rows if row.runtime]
+    mapped = sum(1 for row in runtime if row.mapped_at)
+    pages = sum(row.descriptor.number_of_pages for row in runtime)
+    if attributes is None:
+        table = "no memory attributes table"
+    elif isinstance(attributes, str):
+        table = f"memory attributes table: {attributes}"
+    else:
+        table = f"memory attributes table: {len(attributes.entries)} entries"
+    text = (
+        f"{len(memory_map.descriptors)} descriptors, {memory_map.descriptor_size} bytes apart"
+        f" (version {memory_map.descriptor_version}) | {len(runtime)} runtime regions,"
+        f" {pages} pages ({format_size(pages * PAGE_SIZE)}): {mapped} mapped,"
+        f" {len(runtime) - mapped} not mapped | {table}"
+    )
+    if since is not None:
+        text += f" | mappings changed since stop {since}: {sum(1 for row in rows if row.mark)}"
+    return text

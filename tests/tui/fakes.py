@@ -5,13 +5,17 @@ ones captured from Debian's 6.1 kernel under QEMU (tests/fixtures/
 linux-6.1-nokaslr). Run control is simulated: ``resume`` lets it "run",
 a breakpoint is hit on the next wait, ``stop`` interrupts; ``on_resume``
 may change memory or registers while it runs (a remap between two stops).
+
+``efi_session`` adds what the demo kernel's efi.c keeps when it boots
+through UEFI (the firmware's memory map, found by symbol), with bytes the
+test builds, so the EFI view reads it through the real Session.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from inspector.errors import FaultError, TargetError
@@ -63,8 +67,8 @@ def capture_descriptor_memory() -> dict[int, bytes]:
     return memory
 
 
-def capture_symbols() -> SymbolTable:
-    symbols = [Symbol("_text", TEXT, 0, "notype")]
+def capture_symbols(extra: Iterable[Symbol] = ()) -> SymbolTable:
+    symbols = [Symbol("_text", TEXT, 0, "notype"), *extra]
     for line in (FIXTURE / "kallsyms-idt-handlers.txt").read_text().splitlines():
         address, _kind, name = line.split()[:3]
         symbols.append(Symbol(name, int(address, 16), 0x20, "func"))
@@ -136,6 +140,15 @@ class MemoryTarget(Target):
             chunk = min(size - len(out), 4096 - (va & 0xFFF))
             out += self.read_physical(t.pa, chunk)
         return bytes(out)
+
+    def put_virtual(self, address: int, data: bytes) -> None:
+        """Kernel data read by virtual address without a walk, like the captured GDT/IDT."""
+        end = address + len(data)
+        for line in range(address & ~0xF, end, 16):  # kept in 16-byte lines
+            bytes_ = bytearray(self.virtual.get(line, bytes(16)))
+            low, high = max(address, line), min(end, line + 16)
+            bytes_[low - line : high - line] = data[low - address : high - address]
+            self.virtual[line] = bytes(bytes_)
 
     def write_entry(self, address: int, value: int) -> None:
         """Change one page-table entry (a remap between two stops)."""
@@ -214,6 +227,38 @@ class MemoryTarget(Target):
 def memory_session(*, wx: bool = False) -> Session:
     session = Session(MemoryTarget(wx=wx))
     session._symbols = capture_symbols()  # what --elf would load
+    return session
+
+
+EFI_DATA = 0xFFFFFFFF83F00000
+"""Where the fake kernel's efi.c variables live (read through ``MemoryTarget.virtual``)."""
+
+
+def efi_session(
+    memmap: bytes, descriptor_size: int, *, version: int = 1, memattr: bytes = b""
+) -> Session:
+    """A memory session whose kernel kept a UEFI memory map, as the demo kernel's efi.c does.
+
+    ``memmap``: GetMemoryMap's buffer (``efi_memmap``, ``efi_memmap_size``
+    bytes), descriptors ``descriptor_size`` apart; empty: the kernel did not
+    boot through UEFI (efi_memmap_size is 0). ``memattr``: the
+    EFI_MEMORY_ATTRIBUTES_TABLE copied whole (``efi_memattr``), or empty.
+    """
+    layout = {  # name: (offset, bytes), the C types of kernel-agent/demo/efi.c
+        "efi_memmap_size": (0x00, struct.pack("<Q", len(memmap))),
+        "efi_memmap_desc_size": (0x08, struct.pack("<Q", descriptor_size)),
+        "efi_memmap_desc_version": (0x10, struct.pack("<I", version)),
+        "efi_memattr_size": (0x18, struct.pack("<Q", len(memattr))),
+        "efi_memmap": (0x1000, memmap),
+        "efi_memattr": (0x8000, memattr),
+    }
+    session = Session(MemoryTarget())
+    for offset, data in layout.values():
+        session.target.put_virtual(EFI_DATA + offset, data)
+    session._symbols = capture_symbols(
+        Symbol(name, EFI_DATA + offset, max(len(data), 1), "object")
+        for name, (offset, data) in layout.items()
+    )
     return session
 
 

@@ -62,3 +62,74 @@ def test_capture_partitions(truth):
     user = filter_rows(rows, RangeFilter(user=True))
     kernel = filter_rows(rows, RangeFilter(kernel=True))
     assert len(user) + len(kernel) == len(rows) > 60000
+
+
+# -- the EFI view's rows ---------------------------------------------------------------------
+
+
+def efi_map(mapped_at, descriptors=None):
+    from inspector.efi.memmap import EFI_MEMORY_RUNTIME, MemoryDescriptor, MemoryMap
+
+    descriptors = descriptors or (
+        MemoryDescriptor(0, 7, 0x0, 0, 0xA0, 0xF),
+        MemoryDescriptor(1, 5, 0x1E000000, 0, 0x100, 0xF | EFI_MEMORY_RUNTIME),
+        MemoryDescriptor(2, 6, 0x1E200000, 0, 0x80, 0xF | EFI_MEMORY_RUNTIME),
+        MemoryDescriptor(3, 11, 0xFFC00000, 0, 0x400, 0x1 | EFI_MEMORY_RUNTIME),
+        MemoryDescriptor(4, 6, 0x1E400000, 0, 0x10, 0xF | EFI_MEMORY_RUNTIME),
+    )
+    return MemoryMap(tuple(descriptors), 48, 1, mapped_at)
+
+
+def test_efi_rows_mark_how_runtime_mappings_moved():
+    from tui.model import EfiFilter, efi_rows, filter_efi_rows
+
+    old = efi_map({1: (0xA,), 2: (0xB,), 3: (), 4: (0xC,)})
+    new = efi_map({1: (0xA,), 2: (), 3: (0xD,), 4: (0xC, 0xE)})
+    assert [row.mark for row in efi_rows(old)] == ["", "", "", "", ""]  # first read
+    rows = efi_rows(new, old)
+    assert [(row.descriptor.index, row.mapped_at, row.mark) for row in rows] == [
+        (0, (), ""),  # not runtime: no mappings looked up
+        (1, (0xA,), ""),
+        (2, (), "-"),
+        (3, (0xD,), "+"),
+        (4, (0xC, 0xE), "~"),
+    ]
+    assert [r.descriptor.index for r in filter_efi_rows(rows, EfiFilter(runtime=True))] == [
+        1, 2, 3, 4,
+    ]  # fmt: skip
+    assert [r.descriptor.index for r in filter_efi_rows(rows, EfiFilter(changed=True))] == [2, 3, 4]
+    # another map (a reconnect to another kernel): nothing is marked
+    other = efi_map({1: (0xF,)}, efi_map({}).descriptors[:2])
+    assert [row.mark for row in efi_rows(other, old)] == ["", ""]
+
+
+def test_efi_formatting():
+    from tui.model import (
+        attribute_entries_in,
+        efi_address_digits,
+        efi_rows,
+        efi_summary,
+        format_efi_row,
+        format_mapped_at,
+    )
+
+    memory_map = efi_map({1: (0xFFFF88801E000000, 0x1E000000, 0xFFFFFFEF1E000000), 3: ()})
+    assert efi_address_digits(memory_map.descriptors) == 8
+    rows = efi_rows(memory_map)
+    assert format_mapped_at(()) == "not mapped"
+    assert format_mapped_at(rows[1].mapped_at, 2) == "0xffff88801e000000, 0x1e000000 (+1)"
+    assert format_efi_row(rows[3], 8) == (
+        "     3 MemoryMappedIO          0xffc00000-0xffffffff     1024  UC|RUNTIME  not mapped"
+    )
+    assert format_efi_row(rows[0], 8).endswith("  160  UC|WC|WT|WB")
+    assert efi_summary(memory_map, None, rows, since=3) == (
+        "5 descriptors, 48 bytes apart (version 1) | 4 runtime regions, 1424 pages (5696K): "
+        "1 mapped, 3 not mapped | no memory attributes table | mappings changed since stop 3: 0"
+    )
+    from inspector.efi.memmap import MemoryAttributesTable, MemoryDescriptor
+
+    inside = MemoryDescriptor(0, 5, 0x1E010000, 0, 0x10, 1 << 17)
+    outside = MemoryDescriptor(1, 5, 0x1E0F0000, 0, 0x20, 1 << 14)  # runs past the region
+    table = MemoryAttributesTable(1, 48, 0, (inside, outside))
+    assert attribute_entries_in(table, memory_map.descriptors[1]) == [inside]
+    assert attribute_entries_in(None, memory_map.descriptors[1]) == []

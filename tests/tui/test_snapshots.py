@@ -88,3 +88,10 @@ def test_remap_screen_with_a_refused_plan(snap_compare, tmp_path):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_efi_view_with_a_runtime_region_under_the_cursor(snap_compare):
+    from .test_efi import uefi_session
+
+    app = make_app(uefi_session())  # 48-byte descriptors, one runtime region not mapped
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle("8", "down", "down", "down"))

@@ -24,6 +24,7 @@ COMMANDS = (
     ("refresh, reconnect", "read everything again; attach again after a lost link"),
     ("export, svg", "save the current view as text, or the screen as SVG"),
     ("remap", "the remap screen (7): forms, plan, apply, journal, undo"),
+    ("efi", "the UEFI memory map (8)"),
 )
 
 VIEWS = (
@@ -40,6 +41,12 @@ VIEWS = (
         "Remaps (7)",
         "through the agent: map, unmap, protect, move; the plan first, F2 applies it "
         "(journaled, verified by a fresh walk); the journal's steps undo (F3)",
+    ),
+    (
+        "EFI (8)",
+        "the UEFI memory map the kernel kept: runtime regions in cyan with the virtual "
+        "addresses that map them now (red: not mapped; + - ~ moved since the view was last "
+        "read); the memory attributes table's RO/XP splits",
     ),
 )
 
