@@ -3,6 +3,7 @@
  * one reply frame. Methods and message shapes: protocols/AGENT_PROTOCOL.md.
  */
 #include "agent.h"
+#include "agent_internal.h"
 #include "agent_msgpack.h"
 
 #define PAGE_SIZE_4K 0x1000ULL
@@ -37,13 +38,6 @@
 /* The largest msgpack encoding of one walk range [start, size, phys, page_size, flags]. */
 #define RANGE_MAX_BYTES 34
 
-/* What a failed method reports beyond its status. */
-struct failure {
-	const char *message;
-	uint64_t address;
-	bool has_address;
-};
-
 static int fail(struct failure *f, int status, const char *message)
 {
 	f->message = message;
@@ -72,6 +66,7 @@ const char *agent_strerror(int status)
 	case AGENT_E_INTERNAL: return "internal error";
 	case AGENT_E_ARG: return "bad argument";
 	case AGENT_E_REFUSED: return "refused for safety";
+	case AGENT_E_EFI: return "the firmware returned an error";
 	default: return "unknown status";
 	}
 }
@@ -82,12 +77,6 @@ int agent_last_error(const struct agent *agent)
 }
 
 /* -- parameters -------------------------------------------------------------- */
-
-struct params {
-	struct mp_reader *r;
-	uint32_t count;
-	uint32_t taken;
-};
 
 /* The next parameter as an unsigned integer; absent (optional) leaves *v. */
 static int param_uint(struct params *p, uint64_t *v, bool optional, struct failure *f)
@@ -111,14 +100,6 @@ static int params_done(struct params *p, struct failure *f)
 }
 
 /* -- paging ---------------------------------------------------------------- */
-
-struct paging {
-	int levels; /* 4 or 5 */
-	bool nxe;
-	uint64_t root;
-	uint64_t address_mask; /* bits 12..MAXPHYADDR-1 */
-	uint64_t reserved_high; /* bits MAXPHYADDR..51 (and NX without EFER.NXE) */
-};
 
 static int level_shift(int level)
 {
@@ -215,14 +196,6 @@ static uint32_t leaf_flags(const struct paging *pg, int level, uint64_t e, bool 
 	return flags;
 }
 
-struct translation {
-	uint64_t pa;
-	uint64_t page_size;
-	uint32_t flags;
-	int steps;
-	uint64_t entries[5];
-};
-
 static int translate(struct agent *a, const struct paging *pg, uint64_t va, struct translation *t,
 		     struct failure *f)
 {
@@ -255,6 +228,47 @@ static int translate(struct agent *a, const struct paging *pg, uint64_t va, stru
 		table = e & pg->address_mask;
 	}
 	return fail(f, AGENT_E_INTERNAL, "walk ran past level 1");
+}
+
+/* -- shared with agent_efi.c (agent_internal.h) -------------------------------- */
+
+int agent_fail(struct failure *f, int status, const char *message)
+{
+	return fail(f, status, message);
+}
+
+int agent_fail_at(struct failure *f, int status, uint64_t address, const char *message)
+{
+	f->message = message;
+	f->address = address;
+	f->has_address = true;
+	return status;
+}
+
+int agent_param_uint(struct params *p, uint64_t *v, bool optional, struct failure *f)
+{
+	return param_uint(p, v, optional, f);
+}
+
+int agent_params_done(struct params *p, struct failure *f)
+{
+	return params_done(p, f);
+}
+
+int agent_paging_setup(struct agent *a, struct paging *pg, struct failure *f)
+{
+	return paging_setup(a, pg, f);
+}
+
+int agent_translate(struct agent *a, const struct paging *pg, uint64_t va, struct translation *t,
+		    struct failure *f)
+{
+	return translate(a, pg, va, t, f);
+}
+
+bool agent_is_canonical(const struct paging *pg, uint64_t va)
+{
+	return is_canonical(pg, va);
 }
 
 /* -- the page-table walk with coalescing ---------------------------------------- */
@@ -1327,6 +1341,11 @@ static const struct method methods[] = {
 	{ "move_stack", m_move_stack, true },
 	{ "load_descriptors", m_load_descriptors, true },
 	{ "switch_cr3", m_switch_cr3, true },
+	{ "efi_info", agent_m_efi_info, false },
+	{ "efi_set_virtual_address_map", agent_m_efi_set_virtual_address_map, true },
+	{ "efi_get_time", agent_m_efi_get_time, false },
+	{ "efi_get_variable", agent_m_efi_get_variable, false },
+	{ "efi_next_variable_name", agent_m_efi_next_variable_name, false },
 #ifdef AGENT_ENABLE_MEMORY_WRITES
 	{ "write_phys", m_write_phys, true },
 #endif
@@ -1335,6 +1354,8 @@ static const struct method methods[] = {
 static const char *const method_names[] = {
 	"hello", "regs", "read_phys", "read_virt", "translate", "walk", "stop", "resume", "map",
 	"unmap", "protect", "set_entries", "move_stack", "load_descriptors", "switch_cr3",
+	"efi_info", "efi_set_virtual_address_map", "efi_get_time", "efi_get_variable",
+	"efi_next_variable_name",
 #ifdef AGENT_ENABLE_MEMORY_WRITES
 	"write_phys",
 #endif
@@ -1495,6 +1516,7 @@ int agent_init(struct agent *agent, const struct agent_ops *ops, void *ctx)
 	agent->replay_next = 0;
 	for (unsigned i = 0; i < AGENT_REPLAY_SLOTS; i++)
 		agent->replay[i].used = false;
+	agent_efi_init(agent);
 	agent_frame_decoder_init(&agent->decoder, agent->rx_buf, AGENT_MAX_REQUEST, handle_frame,
 				 console_byte, agent);
 	return AGENT_OK;

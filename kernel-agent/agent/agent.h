@@ -36,7 +36,7 @@
 #define AGENT_TABLES_MAX 256
 #define AGENT_PROTECTED_MAX (AGENT_TABLES_MAX + 16)
 
-/* Statuses 1-7 are also the error codes on the wire. */
+/* Statuses other than AGENT_OK and AGENT_E_ARG are also the error codes on the wire. */
 enum agent_status {
 	AGENT_OK = 0,
 	AGENT_E_MALFORMED = 1, /* a frame that is not a valid request */
@@ -48,6 +48,31 @@ enum agent_status {
 	AGENT_E_INTERNAL = 7,
 	AGENT_E_ARG = 8, /* a bad argument to an agent_* call (local only) */
 	AGENT_E_REFUSED = 9, /* a remap refused for safety; the message names the reason */
+	AGENT_E_EFI = 10, /* the firmware returned an error status (agent_efi.c) */
+};
+
+/* Arguments every UEFI call gets (the services the agent calls take at most 5). */
+#define AGENT_EFI_ARGS 5
+/* Runtime descriptors the agent hands SetVirtualAddressMap, and its bound on DescriptorSize. */
+#define AGENT_EFI_MAP_MAX 2048
+/* UCS-2 characters of a variable name, terminator included; bytes of variable data. */
+#define AGENT_EFI_NAME_MAX 256
+#define AGENT_EFI_DATA_MAX 1024
+
+/*
+ * What a host booted through UEFI tells the agent (agent_efi.c): the system
+ * table's physical address and the memory map it kept from ExitBootServices
+ * (the agent copies the EFI_MEMORY_RUNTIME descriptors from it for
+ * SetVirtualAddressMap). The map and the attributes table are read directly,
+ * at the kernel addresses given here.
+ */
+struct agent_efi {
+	uint64_t system_table; /* physical address of EFI_SYSTEM_TABLE */
+	const void *memmap; /* EFI_MEMORY_DESCRIPTORs, desc_size apart */
+	uint64_t memmap_size, desc_size;
+	uint32_t desc_version;
+	const void *memattr; /* a copy of EFI_MEMORY_ATTRIBUTES_TABLE, or NULL */
+	uint64_t memattr_size;
 };
 
 /* CPU state a host reports through read_cpu (x86_64: agent_x86_read_cpu). */
@@ -111,6 +136,16 @@ struct agent_ops {
 	void (*rebase_stack)(int64_t delta, uint64_t lo, uint64_t hi);
 	int (*load_descriptors)(void *ctx, uint64_t gdt_base, uint64_t idt_base, uint64_t tss_base);
 	int (*write_cr3)(void *ctx, uint64_t cr3);
+
+	/*
+	 * UEFI runtime services (efi_*): both, or those methods answer
+	 * "unsupported" (a PVH boot gives none). efi_call calls fn with the MS
+	 * x64 ABI (args in RCX, RDX, R8, R9, the fifth on the stack above 32
+	 * bytes of shadow space, RSP 16-byte aligned) and returns its
+	 * EFI_STATUS: agent_x86_efi_call. The agent masks interrupts around it.
+	 */
+	const struct agent_efi *efi;
+	uint64_t (*efi_call)(void *ctx, uint64_t fn, const uint64_t args[AGENT_EFI_ARGS]);
 };
 
 struct agent_replay {
@@ -151,6 +186,23 @@ struct agent {
 	} edits[AGENT_EDIT_MAX], intents[AGENT_EDIT_LEAVES];
 	unsigned edit_count, intent_count;
 	uint32_t remaps; /* remap requests applied */
+
+	/* UEFI runtime services (agent_efi.c); buffers the firmware reads and writes. */
+	bool efi_virtual; /* SetVirtualAddressMap succeeded: efi_map holds the VAs */
+	uint64_t efi_st_va;
+	uint8_t efi_map[AGENT_EFI_MAP_MAX] __attribute__((aligned(8)));
+	uint64_t efi_map_size;
+	uint16_t efi_name[AGENT_EFI_NAME_MAX] __attribute__((aligned(8)));
+	/* The raw name GetNextVariableName gave last, so "?" in a name it sent still enumerates. */
+	uint16_t efi_next_name[AGENT_EFI_NAME_MAX] __attribute__((aligned(8)));
+	uint8_t efi_next_guid[16] __attribute__((aligned(8)));
+	bool efi_have_next;
+	uint8_t efi_guid[16] __attribute__((aligned(8)));
+	uint8_t efi_data[AGENT_EFI_DATA_MAX] __attribute__((aligned(8)));
+	uint8_t efi_time[16] __attribute__((aligned(8)));
+	uint64_t efi_size;
+	uint32_t efi_attributes;
+	char efi_message[40]; /* "EFI status 0x..." for a status without a name */
 };
 
 int agent_init(struct agent *agent, const struct agent_ops *ops, void *ctx);
@@ -174,5 +226,6 @@ void agent_x86_flush_tlb(void *ctx, uint64_t va, bool all);
 void agent_x86_rebase_stack(int64_t delta, uint64_t lo, uint64_t hi);
 int agent_x86_load_descriptors(void *ctx, uint64_t gdt_base, uint64_t idt_base, uint64_t tss_base);
 int agent_x86_write_cr3(void *ctx, uint64_t cr3);
+uint64_t agent_x86_efi_call(void *ctx, uint64_t fn, const uint64_t args[AGENT_EFI_ARGS]);
 
 #endif

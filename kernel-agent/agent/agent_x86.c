@@ -213,3 +213,39 @@ int agent_x86_write_cr3(void *ctx, uint64_t cr3)
 	__asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");
 	return AGENT_OK;
 }
+
+/* -- UEFI runtime services ------------------------------------------------------ */
+
+/*
+ * uint64_t agent_x86_efi_call(void *ctx, uint64_t fn, const uint64_t args[5])
+ *
+ * Calls a UEFI service with the MS x64 ABI (UEFI 2.10, 2.3.4.2): args[0..3]
+ * in RCX, RDX, R8, R9, args[4] on the stack above the 32 bytes of shadow
+ * space the callee may use, RSP 16-byte aligned at the call, DF clear. The
+ * kernel is built with its own stack alignment (-mno-sse), so the stack is
+ * aligned here rather than trusted. The callee keeps RBX, RBP, RDI, RSI and
+ * R12-R15 (and XMM6-15; the kernel keeps nothing in XMM registers). The
+ * firmware's code may use SSE: the host needs CR4.OSFXSR set and CR0.EM and
+ * CR0.TS clear.
+ */
+__asm__(".text\n"
+	".globl agent_x86_efi_call\n"
+	".type agent_x86_efi_call, @function\n"
+	"agent_x86_efi_call:\n"
+	"	push %rbp\n"
+	"	mov %rsp, %rbp\n"
+	"	sub $48, %rsp\n" /* shadow space, the fifth argument, padding */
+	"	and $-16, %rsp\n"
+	"	mov %rsi, %rax\n"
+	"	mov 32(%rdx), %r10\n"
+	"	mov %r10, 32(%rsp)\n"
+	"	mov (%rdx), %rcx\n"
+	"	mov 16(%rdx), %r8\n"
+	"	mov 24(%rdx), %r9\n"
+	"	mov 8(%rdx), %rdx\n"
+	"	cld\n"
+	"	call *%rax\n"
+	"	mov %rbp, %rsp\n"
+	"	pop %rbp\n"
+	"	ret\n"
+	".size agent_x86_efi_call, . - agent_x86_efi_call\n");

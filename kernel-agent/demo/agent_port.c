@@ -1,8 +1,11 @@
 /*
  * The demo kernel's port of the agent: COM1 for bytes (shared with kprintf),
  * physical memory through the direct map, and only where the direct map has
- * it (2 MiB chunks that hold RAM), so a request for MMIO or a hole is an
- * error reply instead of a machine check or a #PF. Console input typed on
+ * it (2 MiB chunks that hold RAM, less the UEFI runtime regions), so a
+ * request for MMIO, a hole or firmware memory is an error reply instead of
+ * a machine check or a #PF. On a UEFI boot it hands the agent the system
+ * table and the kept memory map, so the inspector can call the runtime
+ * services through it. Console input typed on
  * the line between frames is echoed back a line at a time.
  *
  * The agent is polled from the idle loop, which wakes on every interrupt.
@@ -12,6 +15,7 @@
  */
 #include "agent.h"
 #include "agent_port.h"
+#include "efi.h"
 #include "kprintf.h"
 #include "layout.h"
 #include "memmap.h"
@@ -45,15 +49,22 @@ static void port_tx(void *ctx, const uint8_t *buf, size_t len)
 	serial_write(buf, len);
 }
 
+/* Exactly what the direct map maps (memmap_direct_mapped): never a #PF. */
+static bool direct_mapped(uint64_t pa, size_t len)
+{
+	if (pa + len < pa)
+		return false;
+	for (uint64_t page = pa & ~(uint64_t)(PAGE_SIZE - 1); page < pa + len; page += PAGE_SIZE)
+		if (!memmap_direct_mapped(page))
+			return false;
+	return true;
+}
+
 static int port_read_phys(void *ctx, uint64_t pa, void *buf, size_t len)
 {
 	(void)ctx;
-	if (pa + len < pa || pa + len > DIRECT_MAP_MAX)
+	if (!direct_mapped(pa, len))
 		return AGENT_E_FAULT;
-	for (uint64_t chunk = pa & ~(LARGE_PAGE_SIZE - 1); chunk < pa + len;
-	     chunk += LARGE_PAGE_SIZE)
-		if (!memmap_overlaps_ram(chunk, chunk + LARGE_PAGE_SIZE))
-			return AGENT_E_FAULT;
 	memcpy(buf, (const void *)(direct_map_base + pa), len);
 	return AGENT_OK;
 }
@@ -67,12 +78,8 @@ static unsigned agent_pt_used;
 static int port_write_phys(void *ctx, uint64_t pa, const void *buf, size_t len)
 {
 	(void)ctx;
-	if (pa + len < pa || pa + len > DIRECT_MAP_MAX)
+	if (!direct_mapped(pa, len))
 		return AGENT_E_FAULT;
-	for (uint64_t chunk = pa & ~(LARGE_PAGE_SIZE - 1); chunk < pa + len;
-	     chunk += LARGE_PAGE_SIZE)
-		if (!memmap_overlaps_ram(chunk, chunk + LARGE_PAGE_SIZE))
-			return AGENT_E_FAULT;
 	memcpy((void *)(direct_map_base + pa), buf, len);
 	return AGENT_OK;
 }
@@ -133,12 +140,24 @@ static const struct agent_ops demo_agent_ops = {
 void demo_agent_init(void)
 {
 	static struct agent_ops ops;
+	static struct agent_efi demo_efi;
 	int status;
 
 	/* The code range is known at link time only: fill it in here. */
 	ops = demo_agent_ops;
 	ops.code_start = (uint64_t)__text_start;
 	ops.code_end = (uint64_t)__text_end;
+	if (efi_boot_info_paddr) {
+		demo_efi.system_table = efi_system_table_paddr;
+		demo_efi.memmap = efi_memmap;
+		demo_efi.memmap_size = efi_memmap_size;
+		demo_efi.desc_size = efi_memmap_desc_size;
+		demo_efi.desc_version = efi_memmap_desc_version;
+		demo_efi.memattr = efi_memattr_size ? efi_memattr : NULL;
+		demo_efi.memattr_size = efi_memattr_size;
+		ops.efi = &demo_efi;
+		ops.efi_call = agent_x86_efi_call;
+	}
 	status = agent_init(&demo_agent, &ops, NULL);
 
 	if (status != AGENT_OK)

@@ -11,6 +11,7 @@
 #include "layout.h"
 #include "memmap.h"
 #include "string.h"
+#include "x86.h"
 
 uint8_t efi_memmap[EFI_MEMMAP_MAX] __aligned(8);
 uint64_t efi_memmap_size;
@@ -32,7 +33,11 @@ static const char *efi_type_name(uint32_t type)
 	return type < ARRAY_SIZE(names) ? names[type] : "unknown";
 }
 
-/* Memory the kernel may treat as RAM once boot services are gone (runtime regions included, so they can be read). */
+/*
+ * Memory the kernel may treat as RAM once boot services are gone. Runtime
+ * regions are RAM too, but left out of the direct map (memmap_exclude): only
+ * the mappings made for the firmware reach them.
+ */
 static bool efi_type_is_ram(uint32_t type)
 {
 	switch (type) {
@@ -85,6 +90,7 @@ void efi_memmap_init(uint64_t boot_info_paddr)
 	}
 
 	unsigned count = efi_memmap_size / efi_memmap_desc_size, runtime = 0;
+	uint64_t runtime_pages = 0;
 
 	kprintf("efi: memory map v%u, %u descriptors %lu bytes apart, ExitBootServices "
 		"after %u attempt(s), system table at 0x%lx\n",
@@ -98,13 +104,18 @@ void efi_memmap_init(uint64_t boot_info_paddr)
 
 		if (d->attribute & EFI_MEMORY_RUNTIME) {
 			runtime++;
+			runtime_pages += d->number_of_pages;
 			kprintf("  [mem 0x%016lx-0x%016lx] %s attr 0x%lx (runtime)\n",
 				d->physical_start, end - 1, efi_type_name(d->type), d->attribute);
 		}
-		if (efi_type_is_ram(d->type) && d->number_of_pages)
+		if (efi_type_is_ram(d->type) && d->number_of_pages) {
 			memmap_add_ram(d->physical_start, end);
+			if (d->attribute & EFI_MEMORY_RUNTIME)
+				memmap_exclude(d->physical_start, end);
+		}
 	}
-	kprintf("efi: %u runtime regions\n", runtime);
+	kprintf("efi: %u runtime regions (%lu pages), the RAM ones left out of the direct map\n",
+		runtime, runtime_pages);
 	memmap_finish();
 }
 
@@ -127,4 +138,15 @@ void efi_lapic_virtual_wire(void)
 	lapic_write(LAPIC_LVT_LINT0, 7u << 8);		/* ExtINT: the 8259 */
 	lapic_write(LAPIC_LVT_LINT1, 4u << 8);		/* NMI */
 	lapic_write(LAPIC_SVR, (1u << 8) | 0x27);	/* enabled, spurious vector 39 (IRQ 7) */
+}
+
+void efi_fpu_init(void)
+{
+	uint64_t cr0 = read_cr0(), cr4 = read_cr4();
+
+	/* The runtime services are built for SSE: no #UD (OSFXSR), no #NM (EM, TS). */
+	write_cr0((cr0 & ~(CR0_EM | CR0_TS)) | CR0_MP);
+	write_cr4(cr4 | CR4_OSFXSR | CR4_OSXMMEXCPT);
+	kprintf("efi: for the runtime services CR0 0x%lx -> 0x%lx, CR4 0x%lx -> 0x%lx "
+		"(OSFXSR, OSXMMEXCPT; EM and TS clear)\n", cr0, read_cr0(), cr4, read_cr4());
 }

@@ -111,8 +111,10 @@ void kernel_main(uint32_t start_info_paddr)
 	gdt_init();
 	idt_init();
 	pic_init();
-	if (uefi)
+	if (uefi) {
 		efi_lapic_virtual_wire();
+		efi_fpu_init();
+	}
 	pit_init(PIT_HZ);
 
 	if (low_half) {

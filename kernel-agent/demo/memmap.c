@@ -1,6 +1,7 @@
 #include "memmap.h"
 #include "kprintf.h"
 #include "layout.h"
+#include "paging.h"
 #include "pvh.h"
 
 struct ram_range {
@@ -12,6 +13,8 @@ uint64_t ram_size;
 
 static struct ram_range ram_ranges[MEMMAP_MAX_RAM_RANGES];
 static unsigned ram_range_count;
+static struct ram_range excluded[MEMMAP_MAX_EXCLUDED];
+static unsigned excluded_count;
 
 static const char *memmap_type_name(uint32_t type)
 {
@@ -108,6 +111,7 @@ void memmap_init(uint32_t start_info_paddr)
 void memmap_reset(void)
 {
 	ram_range_count = 0;
+	excluded_count = 0;
 	ram_size = 0;
 }
 
@@ -152,4 +156,33 @@ uint64_t memmap_usable_bytes(void)
 	for (unsigned i = 0; i < ram_range_count; i++)
 		total += ram_ranges[i].end - ram_ranges[i].start;
 	return total;
+}
+
+void memmap_exclude(uint64_t start, uint64_t end)
+{
+	if (excluded_count == MEMMAP_MAX_EXCLUDED)
+		panic("memmap: more than %u ranges to leave out of the direct map",
+		      MEMMAP_MAX_EXCLUDED);
+	excluded[excluded_count].start = start;
+	excluded[excluded_count].end = end;
+	excluded_count++;
+}
+
+bool memmap_overlaps_excluded(uint64_t start, uint64_t end)
+{
+	for (unsigned i = 0; i < excluded_count; i++) {
+		if (start < excluded[i].end && excluded[i].start < end)
+			return true;
+	}
+	return false;
+}
+
+bool memmap_direct_mapped(uint64_t pa)
+{
+	uint64_t chunk = pa & ~(uint64_t)(LARGE_PAGE_SIZE - 1);
+
+	if (pa >= DIRECT_MAP_MAX || !memmap_overlaps_ram(chunk, chunk + LARGE_PAGE_SIZE))
+		return false;
+	pa &= ~(uint64_t)(PAGE_SIZE - 1);
+	return !memmap_overlaps_excluded(pa, pa + PAGE_SIZE);
 }

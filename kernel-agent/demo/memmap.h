@@ -5,6 +5,7 @@
 #include "types.h"
 
 #define MEMMAP_MAX_RAM_RANGES 32
+#define MEMMAP_MAX_EXCLUDED 16
 #define RAM_SIZE_FALLBACK (128UL << 20)
 
 /* End of the highest usable-RAM range (bytes); the fallback if unknown. */
@@ -23,5 +24,18 @@ void memmap_finish(void);
 uint64_t memmap_usable_bytes(void);
 /* True if [start, end) overlaps usable RAM. */
 bool memmap_overlaps_ram(uint64_t start, uint64_t end);
+/*
+ * RAM the direct map leaves out (efi.c: the UEFI runtime regions, which
+ * only the firmware's own mappings should reach, as in Linux). Page-aligned.
+ */
+void memmap_exclude(uint64_t start, uint64_t end);
+/* True if [start, end) overlaps an excluded range. */
+bool memmap_overlaps_excluded(uint64_t start, uint64_t end);
+/*
+ * True if the direct map maps the page of pa: a 2 MiB chunk holding RAM,
+ * below DIRECT_MAP_MAX, and not excluded. paging.c builds the direct map
+ * from it and agent_port.c reads physical memory only where it holds.
+ */
+bool memmap_direct_mapped(uint64_t pa);
 
 #endif

@@ -5,7 +5,9 @@
  *                                 executable; 4 KiB pages in the first 2 MiB
  *                                 with page 0 and the page tables left out,
  *                                 2 MiB pages above
- *   DIRECT_MAP_BASE + phys        every 2 MiB chunk holding RAM, RW NX G
+ *   DIRECT_MAP_BASE + phys        every 2 MiB chunk holding RAM, RW NX G,
+ *                                 but for the UEFI runtime regions (4 KiB
+ *                                 pages around them): memmap_direct_mapped()
  *   MMIO_WINDOW_BASE              physical 0xc0000000-0xffffffff, RW NX G
  *                                 PCD PWT, one 1 GiB page if supported
  *   KERNEL_VMA + phys             the kernel image, 4 KiB pages, G, with
@@ -151,6 +153,7 @@ static void map_kernel_image(void)
 
 static void map_direct(void)
 {
+	const uint64_t flags = PTE_P | PTE_RW | PTE_G | PTE_NX;
 	uint64_t end = ALIGN_UP(ram_size, LARGE_PAGE_SIZE);
 
 	if (end > DIRECT_MAP_MAX) {
@@ -158,9 +161,16 @@ static void map_direct(void)
 		end = DIRECT_MAP_MAX;
 	}
 	for (uint64_t pa = 0; pa < end; pa += LARGE_PAGE_SIZE) {
-		if (memmap_overlaps_ram(pa, pa + LARGE_PAGE_SIZE))
-			map_page(DIRECT_MAP_BASE + pa, pa, LARGE_PAGE_SIZE,
-				 PTE_P | PTE_RW | PTE_G | PTE_NX);
+		if (!memmap_overlaps_ram(pa, pa + LARGE_PAGE_SIZE))
+			continue;
+		if (!memmap_overlaps_excluded(pa, pa + LARGE_PAGE_SIZE)) {
+			map_page(DIRECT_MAP_BASE + pa, pa, LARGE_PAGE_SIZE, flags);
+			continue;
+		}
+		/* A chunk with UEFI runtime pages: 4 KiB pages for the rest of it. */
+		for (uint64_t page = pa; page < pa + LARGE_PAGE_SIZE; page += PAGE_SIZE)
+			if (memmap_direct_mapped(page))
+				map_page(DIRECT_MAP_BASE + page, page, PAGE_SIZE, flags);
 	}
 }
 

@@ -5,11 +5,16 @@
 #include "types.h"
 
 #define CR0_PE (1UL << 0)
+#define CR0_MP (1UL << 1)
+#define CR0_EM (1UL << 2)
+#define CR0_TS (1UL << 3)
 #define CR0_WP (1UL << 16)
 #define CR0_PG (1UL << 31)
 
 #define CR4_PAE (1UL << 5)
 #define CR4_PGE (1UL << 7)
+#define CR4_OSFXSR (1UL << 9)
+#define CR4_OSXMMEXCPT (1UL << 10)
 
 #define MSR_EFER 0xc0000080
 #define EFER_SCE (1UL << 0)
@@ -47,6 +52,11 @@ static inline uint64_t read_cr0(void)
 
 	__asm__ volatile("mov %%cr0, %0" : "=r"(value));
 	return value;
+}
+
+static inline void write_cr0(uint64_t value)
+{
+	__asm__ volatile("mov %0, %%cr0" : : "r"(value) : "memory");
 }
 
 static inline uint64_t read_cr2(void)

@@ -362,3 +362,256 @@ def test_cli_pt_uses_the_agent_walk_and_falls_back_for_problems(agent_on_a_pty, 
     # The agent counts one problem; pt walks the raw tables to say which.
     assert cli.run(["--agent", agent_on_a_pty(broken), "pt"], out) == 0
     assert "problem: " in out.getvalue()
+
+
+# -- UEFI runtime services on a fake firmware (host_agent.c, "KAGENTEF") ----------------
+
+FAKE = 0x40000000  # the fake firmware's "physical" memory, also its host address
+RTCODE_PA, BSDATA_PA, RTDATA_PA, MMIO_PA = FAKE, FAKE + 0x2000, FAKE + 0x3000, 0xFFC00000
+ST_PA, RT_PA = RTDATA_PA + 0x18, RTDATA_PA + 0x1100
+RUNTIME = [(RTCODE_PA, 2), (RTDATA_PA, 3), (MMIO_PA, 4)]
+NEW = 0x200000000000  # new VA = NEW + PA: in the user half, where the fake can map itself again
+GLOBAL = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")  # EFI_GLOBAL_VARIABLE, as in memory
+VENDOR = bytes.fromhex("78563412341278569abcdef011223344")
+EFI_INVALID_PARAMETER, EFI_BUFFER_TOO_SMALL, EFI_NOT_FOUND = (
+    (1 << 63) | 2,
+    (1 << 63) | 5,
+    (1 << 63) | 14,
+)
+EFI_METHODS = [
+    ("efi_info",),
+    ("efi_set_virtual_address_map", []),
+    ("efi_get_time",),
+    ("efi_get_variable", "PlatformLang", GLOBAL),
+    ("efi_next_variable_name", "", bytes(16)),
+]
+
+
+def efi_tables(*, identity=True, new=True, skip=()) -> PageTables:
+    """demo_like_tables with the fake's RAM regions identity-mapped and every region at NEW + PA."""
+    pt = demo_like_tables()
+    for pa, pages in RUNTIME:
+        for i in range(pages):
+            page = pa + (i << 12)
+            if identity and pa != MMIO_PA and page not in skip:
+                pt.map(page, page, flags=P | RW)
+            if new and NEW + page not in skip:
+                pt.map(NEW + page, page, flags=P | RW | (0 if pa == RTCODE_PA else NX))
+    return pt
+
+
+@pytest.fixture
+def efi_machine(tmp_path):
+    """A host agent on the fake firmware (the image's magic says UEFI), with a client."""
+    agents = []
+
+    def start(pt: PageTables) -> AgentClient:
+        image = tmp_path / f"efi-image{len(agents)}"
+        write_image(
+            image,
+            pt.memory,
+            ram_size=pt.memory.ram_size,
+            cr3=pt.root,
+            cr4=CR4_PAE,
+            efer=EFER_LONG | EFER_NXE,
+        )
+        with open(image, "r+b") as f:
+            f.write(b"KAGENTEF")
+        agent = HostAgent(host_tools()["host_agent"], image)
+        agents.append(agent)
+        client = AgentClient(agent.transport, timeout=5)
+        client.hello()
+        return client
+
+    yield start
+    for agent in agents:
+        stderr = agent.close()
+        assert "runtime error" not in stderr and "AddressSanitizer" not in stderr, stderr
+        assert agent.process.returncode == 0, stderr  # no crash in the fake firmware
+
+
+def error_of(client, method, *params) -> AgentRemoteError:
+    with pytest.raises(AgentRemoteError) as error:
+        client.call(method, *params)
+    return error.value
+
+
+def test_efi_methods_unsupported_without_uefi(machine):
+    """A PVH boot gives the agent no UEFI information: error 6, whatever the parameters."""
+    client = AgentClient(machine(demo_like_tables()).transport, timeout=5)
+    assert {"efi_info", "efi_set_virtual_address_map", "efi_get_time"} <= set(
+        client.hello()["methods"]
+    )
+    for method, *params in EFI_METHODS:
+        assert error_of(client, method, *params).code == 6, method
+
+
+def test_efi_info_and_calls_in_physical_mode(efi_machine):
+    client = efi_machine(efi_tables())
+    info = client.call("efi_info")
+    assert info["memmap"] and info["memattr"]
+    del info["memmap"], info["memattr"]  # host addresses
+    assert info == {
+        "system_table": ST_PA,
+        "system_table_va": ST_PA,
+        "runtime_services": RT_PA,
+        "firmware_revision": 0x10203,
+        "virtual_mode": False,
+        "memmap_size": 5 * 48,
+        "desc_size": 48,
+        "desc_version": 1,
+        "memattr_size": 64,
+        "runtime_regions": 3,
+    }
+    # The MMIO region is not identity-mapped: no call before it is (a refusal, not a fault).
+    error = error_of(client, "efi_get_time")
+    assert (error.code, error.address) == (9, MMIO_PA)
+    assert error.message.startswith("efi-unmapped")
+    client.call("map", MMIO_PA, MMIO_PA, 4 << 12, 4096, RW | NX)
+    assert client.call("efi_get_time") == [2026, 11, 25, 19, 46, 2, 123456789, -60, 1]
+
+    assert client.call("efi_get_variable", "PlatformLang", GLOBAL) == [7, b"en-US\0"]
+    for params, status in [
+        (("PlatformLang", GLOBAL, 5), EFI_BUFFER_TOO_SMALL),
+        (("BigOne", VENDOR), EFI_BUFFER_TOO_SMALL),  # 1500 bytes, max_size 1024 by default
+        (("NoSuchVariable", GLOBAL), EFI_NOT_FOUND),
+        (("PlatformLang", VENDOR), EFI_NOT_FOUND),  # the GUID is part of the name
+    ]:
+        error = error_of(client, "efi_get_variable", *params)
+        assert (error.code, error.address) == (10, status), params
+    assert error_of(client, "efi_get_variable", "PlatformLang", GLOBAL, 5).message == (
+        "EFI_BUFFER_TOO_SMALL"
+    )
+    assert error_of(client, "efi_get_variable", "Nope", GLOBAL).message == "EFI_NOT_FOUND"
+    weird = error_of(client, "efi_get_variable", "Weird", GLOBAL)
+    assert (weird.code, weird.message, weird.address) == (
+        10,
+        "EFI status 0x8000000000000123",
+        0x8000000000000123,
+    )
+    for params in [
+        ("Caf\u00e9", GLOBAL),  # not ASCII
+        ("a\0b", GLOBAL),
+        ("PlatformLang", GLOBAL[:15]),
+        ("PlatformLang", "not bytes"),
+        ("PlatformLang", GLOBAL, 1025),
+        (b"PlatformLang", GLOBAL),
+        ("x" * 256, GLOBAL),
+    ]:
+        assert error_of(client, "efi_get_variable", *params).code == 3, params
+
+
+def test_efi_variable_names_enumerate_past_non_ascii(efi_machine):
+    client = efi_machine(efi_tables())
+    client.call("map", MMIO_PA, MMIO_PA, 4 << 12, 4096, RW | NX)
+    names = []
+    entry = client.call("efi_next_variable_name", "", bytes(16))
+    while entry is not None:
+        names.append(tuple(entry))
+        entry = client.call("efi_next_variable_name", *entry)
+    # "Café" comes back as "Caf?", and the agent continues from the raw name it kept.
+    assert names == [("PlatformLang", GLOBAL), ("Caf?", VENDOR), ("BigOne", VENDOR)]
+    error = error_of(client, "efi_next_variable_name", "Caf?", GLOBAL)  # not the name kept
+    assert (error.code, error.message, error.address) == (
+        10,
+        "EFI_INVALID_PARAMETER",
+        EFI_INVALID_PARAMETER,
+    )
+    assert error_of(client, "efi_next_variable_name", "\u00e9", GLOBAL).code == 3
+
+
+def pairs(base=NEW, **change):
+    return [[pa, change.get(hex(pa), base + pa)] for pa, _ in RUNTIME]
+
+
+def test_efi_svam_parameters_are_checked_first(efi_machine):
+    client = efi_machine(efi_tables())
+    cases = [
+        (pairs()[:2], MMIO_PA, "no pair"),
+        ([*pairs(), [BSDATA_PA, NEW + BSDATA_PA]], BSDATA_PA, "no runtime descriptor"),
+        ([*pairs(), pairs()[0]], RTCODE_PA, "two pairs"),
+        (pairs(**{hex(RTDATA_PA): NEW + RTDATA_PA + 8}), NEW + RTDATA_PA + 8, "page-aligned"),
+        (pairs(**{hex(RTCODE_PA): 0x800000000000}), 0x800000000000, "canonical"),
+        (pairs(**{hex(MMIO_PA): 0x7FFFFFFFF000}), 0x7FFFFFFFF000, "canonical"),  # across the hole
+    ]
+    for params, address, words in cases:
+        error = error_of(client, "efi_set_virtual_address_map", params)
+        assert (error.code, error.address) == (3, address), params
+        assert words in error.message
+    for params in ([[RTCODE_PA]], [RTCODE_PA, NEW], "pairs", [[RTCODE_PA, -1]]):
+        assert error_of(client, "efi_set_virtual_address_map", params).code == 3, params
+    assert error_of(client, "efi_set_virtual_address_map", pairs(), 1).code == 3
+    assert client.call("efi_info")["virtual_mode"] is False
+
+
+def test_efi_svam_refuses_what_is_not_mapped(efi_machine):
+    # RTData's third page is missing at its new address, the second from the identity map.
+    client = efi_machine(efi_tables(skip=(NEW + RTDATA_PA + 0x2000, RTDATA_PA + 0x1000)))
+    error = error_of(client, "efi_set_virtual_address_map", pairs())
+    assert (error.code, error.address) == (9, NEW + RTDATA_PA + 0x2000)
+    assert error.message.startswith("efi-unmapped")
+    # Mapped, but to another physical page: still refused there.
+    client.call("map", NEW + RTDATA_PA + 0x2000, RTDATA_PA, 4096, 4096, RW | NX)
+    error = error_of(client, "efi_set_virtual_address_map", pairs())
+    assert (error.code, error.address) == (9, NEW + RTDATA_PA + 0x2000)
+    client.call("unmap", NEW + RTDATA_PA + 0x2000, 4096, 4096)
+    client.call("map", NEW + RTDATA_PA + 0x2000, RTDATA_PA + 0x2000, 4096, 4096, RW | NX)
+    # SVAM runs at physical addresses: RTCode and RTData must be identity-mapped (the PA).
+    error = error_of(client, "efi_set_virtual_address_map", pairs())
+    assert (error.code, error.address) == (9, RTDATA_PA + 0x1000)
+    assert "identity" in error.message
+    client.call("map", RTDATA_PA + 0x1000, RTDATA_PA + 0x1000, 4096, 4096, RW)
+    # The MMIO region needs no identity mapping for SVAM: now it is called.
+    assert client.call("efi_set_virtual_address_map", pairs())[0] == 0
+
+
+def test_efi_svam_error_status_stays_in_physical_mode(efi_machine):
+    """The fake cannot map itself in the kernel half: EFI_INVALID_PARAMETER, as a firmware would."""
+    kernel_half = 0xFFFF900000000000
+    pt = efi_tables()
+    for pa, pages in RUNTIME:
+        for i in range(pages):
+            pt.map(kernel_half + pa + (i << 12), pa + (i << 12), flags=P | RW)
+    client = efi_machine(pt)
+    error = error_of(client, "efi_set_virtual_address_map", pairs(kernel_half))
+    assert (error.code, error.message, error.address) == (
+        10,
+        "EFI_INVALID_PARAMETER",
+        EFI_INVALID_PARAMETER,
+    )
+    assert client.call("efi_info")["virtual_mode"] is False
+    assert client.call("efi_set_virtual_address_map", pairs()) == [0, NEW + ST_PA, NEW + RT_PA]
+
+
+def test_efi_virtual_mode(efi_machine):
+    client = efi_machine(efi_tables())
+    # Kept like a remap's reply: a retry (same id) gets the success again, not a refusal.
+    body = encode_request(4242, "efi_set_virtual_address_map", [pairs()])
+    replies = []
+    for _ in range(2):
+        client.transport.write(encode_frame(body))
+        deadline = time.monotonic() + 5
+        while len(replies) < _ + 1 and time.monotonic() < deadline:
+            for event in client.decoder.feed(client.transport.read(0.5)):
+                if isinstance(event, Frame):
+                    replies.append(event.body)
+    assert len(replies) == 2 and replies[0] == replies[1]
+    assert decode_reply(replies[0]).result == [0, NEW + ST_PA, NEW + RT_PA]
+
+    info = client.call("efi_info")
+    assert info["virtual_mode"] is True
+    assert (info["system_table"], info["system_table_va"]) == (ST_PA, NEW + ST_PA)
+    assert info["runtime_services"] == NEW + RT_PA
+    # The fake unmapped its physical addresses: these calls reach it at NEW + PA only.
+    assert client.call("efi_get_time") == [2026, 11, 25, 19, 46, 2, 123456789, -60, 1]
+    assert client.call("efi_next_variable_name", "", bytes(16)) == ["PlatformLang", GLOBAL]
+    assert client.call("efi_get_variable", "PlatformLang", GLOBAL) == [7, b"en-US\0"]
+
+    error = error_of(client, "efi_set_virtual_address_map", pairs())
+    assert (error.code, error.address) == (9, NEW + ST_PA)
+    assert error.message.startswith("efi-virtual-mode")
+    # A region's new mapping gone: refused at that VA, before the firmware is called.
+    client.call("unmap", NEW + MMIO_PA + 0x1000, 4096, 4096)
+    error = error_of(client, "efi_get_time")
+    assert (error.code, error.address) == (9, NEW + MMIO_PA + 0x1000)
+    assert error.message.startswith("efi-unmapped")
