@@ -372,3 +372,93 @@ def test_remaps_in_the_demo_session_gdb_and_agent(qemu, demo_kernel, tmp_path, m
         run(go())
     finally:
         session.close()
+
+
+def test_the_efi_view_says_in_one_line_that_the_pvh_kernel_has_no_uefi_map(qemu, demo_kernel):  # noqa: F811
+    from tui.widgets.efi import EfiMapView
+
+    session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
+            view = app.query_one(EfiMapView)
+            await pilot.press("8")
+            await until(pilot, lambda: view.error is not None, what="the EFI view")
+            assert view.summary.startswith("no UEFI memory map: ")
+            assert "did not boot through UEFI" in view.summary and "\n" not in view.summary
+            assert app.errors == []
+
+    try:
+        run(go())
+    finally:
+        session.close()
+
+
+def test_the_efi_view_on_the_demo_kernel_booted_through_uefi(demo_kernel):  # noqa: F811
+    """One OVMF boot: the rows are the map the kernel printed, QEMU translates every mapping."""
+    import re
+
+    from tests.integration.test_paging_vs_qemu import gva2gpa
+    from tui.model import format_mapped_at
+    from tui.widgets.efi import SHOWN_MAPPINGS, EfiMapView
+
+    if not api.DEMO_UEFI.is_file():
+        pytest.fail(f"{api.DEMO_UEFI} is not built: run `make kernel`")
+    own = api.launch_demo(uefi=True, memory="256M", timeout=90.0)
+    session = None
+    try:
+        session = api.attach(own.gdb_endpoint, elf=demo_kernel)
+
+        async def go():
+            app = make_app(session)
+            async with app.run_test(size=(160, 48)) as pilot:
+                await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
+                view = app.query_one(EfiMapView)
+                await pilot.press("8")
+                await until(
+                    pilot,
+                    lambda: (view.memory_map or view.error) and not app.link.pending,
+                    what="the EFI view",
+                )
+                assert view.error is None, view.error
+                assert view.memory_map.descriptor_size == 48  # OVMF's stride
+                assert view.summary.startswith(f"{len(view.rows)} descriptors, 48 bytes apart")
+                runtime = [row for row in view.rows if row.runtime]
+                # the kernel printed the runtime regions as it saved them (serial, not gdb)
+                printed = re.findall(
+                    r"\[mem 0x([0-9a-f]{16})-0x([0-9a-f]{16})\] \w+ attr 0x([0-9a-f]+) "
+                    r"\(runtime\)",
+                    own.serial_output(),
+                )
+                assert [(int(s, 16), int(e, 16) + 1, int(a, 16)) for s, e, a in printed] == [
+                    (r.descriptor.physical_start, r.descriptor.physical_end, r.descriptor.attribute)
+                    for r in runtime
+                ]
+                types = {row.descriptor.type_name for row in runtime}
+                assert {"RuntimeServicesCode", "RuntimeServicesData"} <= types
+                table = view.query_one("#efi-table")
+                shown = {
+                    str(table.get_row_at(i)[1]): table.get_row_at(i) for i in range(table.row_count)
+                }
+                for row in runtime:
+                    d = row.descriptor
+                    if d.type_name.startswith("RuntimeServices"):
+                        assert row.mapped_at, d  # RAM: the kernel maps it
+                    for va in row.mapped_at:  # QEMU's own translation of every address shown
+                        assert gva2gpa(own, va) == d.physical_start, (d, hex(va))
+                    cell = str(shown[str(d.index)][-1])
+                    assert cell == format_mapped_at(row.mapped_at, SHOWN_MAPPINGS)
+                attributes = str(view.query_one("#efi-attributes").render())
+                assert "RO|RUNTIME" in attributes and "XP|RUNTIME" in attributes
+                await pilot.click("#efi-runtime")
+                await pilot.pause()
+                assert table.row_count == len(runtime)
+                assert app.errors == []
+
+        run(go())
+    finally:
+        if session is not None:
+            session.close()
+        own.stop()
