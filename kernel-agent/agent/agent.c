@@ -34,6 +34,8 @@
 #define RANGE_PWT (1u << 4)
 #define RANGE_PCD (1u << 5)
 #define RANGE_PAT (1u << 6)
+_Static_assert(RANGE_W == AGENT_RANGE_W && RANGE_X == AGENT_RANGE_X,
+	       "agent_internal.h names the same range flags");
 
 /* The largest msgpack encoding of one walk range [start, size, phys, page_size, flags]. */
 #define RANGE_MAX_BYTES 34

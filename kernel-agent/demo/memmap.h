@@ -5,7 +5,7 @@
 #include "types.h"
 
 #define MEMMAP_MAX_RAM_RANGES 32
-#define MEMMAP_MAX_EXCLUDED 16
+#define MEMMAP_MAX_EXCLUDED 64
 #define RAM_SIZE_FALLBACK (128UL << 20)
 
 /* End of the highest usable-RAM range (bytes); the fallback if unknown. */

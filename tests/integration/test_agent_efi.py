@@ -211,11 +211,13 @@ def _leaf_size(line) -> int:
 
 
 def test_get_time_after_svam(client, remapped):
-    started = time.monotonic()
-    year, month, day, hour, minute, second, nanosecond, time_zone, daylight = client.call(
-        "efi_get_time"
-    )
-    print(f"GetTime round trip: {(time.monotonic() - started) * 1000:.1f} ms")
+    trips = []
+    for _ in range(9):
+        started = time.monotonic()
+        reply = client.call("efi_get_time")
+        trips.append(time.monotonic() - started)
+    print(f"GetTime round trip: median {sorted(trips)[4] * 1000:.1f} ms of 9")
+    year, month, day, hour, minute, second, nanosecond, time_zone, daylight = reply
     now = datetime.datetime.now(datetime.UTC)
     assert abs(year - now.year) <= 1  # QEMU's RTC starts at the host's time
     assert 1 <= month <= 12 and 1 <= day <= 31

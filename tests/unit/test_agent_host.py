@@ -5,6 +5,10 @@ and coalescer give for the same tables (4 and 5 levels, 1 GiB / 2 MiB /
 4 KiB leaves, permissions combined across levels, NX without EFER.NXE,
 reserved bits). Its reads, translations, errors and the replay of mutating
 requests are checked through the Python client, over a pipe.
+
+The UEFI runtime services run on a fake firmware (host_agent.c, image magic
+"KAGENTEF") whose services are host functions reached through the real MS x64
+thunk: the checks before a call, the statuses, UCS-2 names and virtual mode.
 """
 
 from __future__ import annotations
@@ -261,6 +265,7 @@ _params = st.lists(
 )
 _methods = st.sampled_from(
     ["hello", "regs", "read_phys", "read_virt", "translate", "walk", "stop", "resume", "x", ""]
+    + ["efi_info", "efi_get_time", "efi_get_variable", "efi_next_variable_name"]
 )
 
 
@@ -520,8 +525,10 @@ def test_efi_variable_names_enumerate_past_non_ascii(efi_machine):
     assert error_of(client, "efi_next_variable_name", "\u00e9", GLOBAL).code == 3
 
 
-def pairs(base=NEW, **change):
-    return [[pa, change.get(hex(pa), base + pa)] for pa, _ in RUNTIME]
+def pairs(base: int = NEW, moved: dict[int, int] | None = None) -> list[list[int]]:
+    """One [physical_start, virtual_start] per runtime region; ``moved`` overrides some VAs."""
+    moved = moved or {}
+    return [[pa, moved.get(pa, base + pa)] for pa, _ in RUNTIME]
 
 
 def test_efi_svam_parameters_are_checked_first(efi_machine):
@@ -530,9 +537,9 @@ def test_efi_svam_parameters_are_checked_first(efi_machine):
         (pairs()[:2], MMIO_PA, "no pair"),
         ([*pairs(), [BSDATA_PA, NEW + BSDATA_PA]], BSDATA_PA, "no runtime descriptor"),
         ([*pairs(), pairs()[0]], RTCODE_PA, "two pairs"),
-        (pairs(**{hex(RTDATA_PA): NEW + RTDATA_PA + 8}), NEW + RTDATA_PA + 8, "page-aligned"),
-        (pairs(**{hex(RTCODE_PA): 0x800000000000}), 0x800000000000, "canonical"),
-        (pairs(**{hex(MMIO_PA): 0x7FFFFFFFF000}), 0x7FFFFFFFF000, "canonical"),  # across the hole
+        (pairs(moved={RTDATA_PA: NEW + RTDATA_PA + 8}), NEW + RTDATA_PA + 8, "page-aligned"),
+        (pairs(moved={RTCODE_PA: 0x800000000000}), 0x800000000000, "canonical"),
+        (pairs(moved={MMIO_PA: 0x7FFFFFFFF000}), 0x7FFFFFFFF000, "canonical"),  # across the hole
     ]
     for params, address, words in cases:
         error = error_of(client, "efi_set_virtual_address_map", params)
@@ -615,3 +622,69 @@ def test_efi_virtual_mode(efi_machine):
     error = error_of(client, "efi_get_time")
     assert (error.code, error.address) == (9, NEW + MMIO_PA + 0x1000)
     assert error.message.startswith("efi-unmapped")
+
+
+@pytest.fixture(scope="module")
+def fuzz_efi_agent(tmp_path_factory):
+    """The fake firmware with every runtime region identity-mapped: calls reach it."""
+    pt = efi_tables()
+    for i in range(4):
+        pt.map(MMIO_PA + (i << 12), MMIO_PA + (i << 12), flags=P | RW | NX)
+    image = tmp_path_factory.mktemp("fuzz-efi") / "image"
+    write_image(
+        image,
+        pt.memory,
+        ram_size=pt.memory.ram_size,
+        cr3=pt.root,
+        cr4=CR4_PAE,
+        efer=EFER_LONG | EFER_NXE,
+    )
+    with open(image, "r+b") as f:
+        f.write(b"KAGENTEF")
+    agent = HostAgent(host_tools()["host_agent"], image)
+    yield agent
+    stderr = agent.close()
+    assert "runtime error" not in stderr and "AddressSanitizer" not in stderr, stderr
+    assert agent.process.returncode == 0, stderr
+
+
+_efi_value = (
+    st.none()
+    | st.integers(0, 2**64 - 1)
+    | st.text(max_size=12)
+    | st.sampled_from(["PlatformLang", "Caf?", "BigOne", "Weird", "", GLOBAL, VENDOR])
+    | st.binary(min_size=15, max_size=17)
+    | st.lists(
+        st.lists(st.sampled_from([RTCODE_PA, RTDATA_PA, MMIO_PA, NEW + RTCODE_PA]), max_size=3),
+        max_size=4,
+    )
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.sampled_from(
+        [
+            "efi_info",
+            "efi_set_virtual_address_map",
+            "efi_get_time",
+            "efi_get_variable",
+            "efi_next_variable_name",
+        ]
+    ),
+    st.lists(_efi_value, max_size=4),
+    st.integers(0, 2**32 - 1),
+)
+def test_efi_requests_get_exactly_one_reply(fuzz_efi_agent, method, params, request_id):
+    """Whatever the parameters, one reply, and neither the agent nor the fake firmware crashes."""
+    client = AgentClient(fuzz_efi_agent.transport, timeout=5)
+    fuzz_efi_agent.transport.write(encode_frame(msgpack.packb([0, request_id, method, params])))
+    replies = []
+    deadline = time.monotonic() + 5
+    while not replies and time.monotonic() < deadline:
+        for event in client.decoder.feed(fuzz_efi_agent.transport.read(0.5)):
+            if isinstance(event, Frame):
+                replies.append(decode_reply(event.body))
+    assert len(replies) == 1
+    error = replies[0].error
+    assert error is None or error[0] in (3, 9, 10), (method, params, error)
