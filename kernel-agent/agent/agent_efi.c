@@ -33,6 +33,10 @@
 #define EFI_RUNTIME_SERVICES_DATA 6
 #define EFI_MEMORY_RUNTIME (1ULL << 63)
 
+#define CR0_EM (1ULL << 2)
+#define CR0_TS (1ULL << 3)
+#define CR4_OSFXSR (1ULL << 9)
+
 #define EFI_ERROR_BIT (1ULL << 63)
 #define EFI_NOT_FOUND (EFI_ERROR_BIT | 14)
 
@@ -284,6 +288,20 @@ static int service(struct agent *a, const struct paging *pg, unsigned offset, ui
 	return AGENT_OK;
 }
 
+/* The firmware's code uses SSE: without OSFXSR it would #UD, with EM or TS #NM. */
+static int sse_ready(struct agent *a, struct failure *f)
+{
+	struct agent_cpu cpu = { 0 };
+
+	if (a->ops->read_cpu(a->ctx, &cpu) != AGENT_OK)
+		return agent_fail(f, AGENT_E_INTERNAL, "read_cpu failed");
+	if (!(cpu.cr4 & CR4_OSFXSR) || (cpu.cr0 & (CR0_EM | CR0_TS)))
+		return agent_fail(f, AGENT_E_UNSUPPORTED,
+				  "the firmware's code uses SSE: CR4.OSFXSR must be set, CR0.EM "
+				  "and CR0.TS clear");
+	return AGENT_OK;
+}
+
 /* Calls fn (MS x64 ABI, through the host's hook) with interrupts masked. */
 static uint64_t call(struct agent *a, uint64_t fn, uint64_t a1, uint64_t a2, uint64_t a3,
 		     uint64_t a4, uint64_t a5)
@@ -304,6 +322,8 @@ static int prepare(struct agent *a, struct paging *pg, unsigned offset, uint64_t
 {
 	int status = agent_paging_setup(a, pg, f);
 
+	if (status == AGENT_OK)
+		status = sse_ready(a, f);
 	if (status == AGENT_OK)
 		status = check_regions(a, pg, f);
 	if (status == AGENT_OK)
@@ -514,7 +534,9 @@ int agent_m_efi_set_virtual_address_map(struct agent *a, struct params *p, struc
 			     d->number_of_pages * PAGE, &bad))
 			return refuse(f, bad, UNMAPPED_IDENTITY);
 	}
-	status = service(a, &pg, RT_SET_VIRTUAL_ADDRESS_MAP, &fn, f);
+	status = sse_ready(a, f);
+	if (status == AGENT_OK)
+		status = service(a, &pg, RT_SET_VIRTUAL_ADDRESS_MAP, &fn, f);
 	if (status != AGENT_OK)
 		return status;
 

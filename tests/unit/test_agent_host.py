@@ -43,7 +43,7 @@ from .ptbuilder import (
     PhysicalMemory,
 )
 
-CR4_PAE, CR4_LA57 = 1 << 5, 1 << 12
+CR4_PAE, CR4_OSFXSR, CR4_LA57 = 1 << 5, 1 << 9, 1 << 12
 EFER_LONG = 0x500  # LME | LMA
 EFER_NXE = 1 << 11
 
@@ -410,14 +410,14 @@ def efi_machine(tmp_path):
     """A host agent on the fake firmware (the image's magic says UEFI), with a client."""
     agents = []
 
-    def start(pt: PageTables) -> AgentClient:
+    def start(pt: PageTables, cr4: int = CR4_PAE | CR4_OSFXSR) -> AgentClient:
         image = tmp_path / f"efi-image{len(agents)}"
         write_image(
             image,
             pt.memory,
             ram_size=pt.memory.ram_size,
             cr3=pt.root,
-            cr4=CR4_PAE,
+            cr4=cr4,
             efer=EFER_LONG | EFER_NXE,
         )
         with open(image, "r+b") as f:
@@ -504,6 +504,18 @@ def test_efi_info_and_calls_in_physical_mode(efi_machine):
         ("x" * 256, GLOBAL),
     ]:
         assert error_of(client, "efi_get_variable", *params).code == 3, params
+
+
+def test_efi_calls_need_sse_enabled(efi_machine):
+    """Firmware code uses SSE: without CR4.OSFXSR it would fault (#UD), so no call is made."""
+    client = efi_machine(efi_tables(), cr4=CR4_PAE)
+    client.call("map", MMIO_PA, MMIO_PA, 4 << 12, 4096, RW | NX)
+    for method, *params in EFI_METHODS[1:]:
+        if method == "efi_set_virtual_address_map":
+            params = [pairs()]
+        error = error_of(client, method, *params)
+        assert error.code == 6 and "OSFXSR" in error.message, method
+    assert client.call("efi_info")["virtual_mode"] is False
 
 
 def test_efi_variable_names_enumerate_past_non_ascii(efi_machine):
@@ -631,12 +643,13 @@ def fuzz_efi_agent(tmp_path_factory):
     for i in range(4):
         pt.map(MMIO_PA + (i << 12), MMIO_PA + (i << 12), flags=P | RW | NX)
     image = tmp_path_factory.mktemp("fuzz-efi") / "image"
+    cr4 = CR4_PAE | CR4_OSFXSR
     write_image(
         image,
         pt.memory,
         ram_size=pt.memory.ram_size,
         cr3=pt.root,
-        cr4=CR4_PAE,
+        cr4=cr4,
         efer=EFER_LONG | EFER_NXE,
     )
     with open(image, "r+b") as f:
