@@ -501,12 +501,13 @@ int agent_m_efi_set_virtual_address_map(struct agent *a, struct params *p, struc
 			return agent_fail_at(f, AGENT_E_PARAMS, pa,
 					     "two pairs for one runtime descriptor");
 		seen |= 1ULL << k;
-		uint64_t last = va + map_entry(a, k)->number_of_pages * PAGE - 1;
+		uint64_t size = map_entry(a, k)->number_of_pages * PAGE, last = va + size - 1;
 
 		if (va & (PAGE - 1))
 			return agent_fail_at(f, AGENT_E_PARAMS, va,
 					     "a virtual address is not page-aligned");
-		if (!agent_is_canonical(&pg, va) || !agent_is_canonical(&pg, last) || last < va)
+		if (!agent_is_canonical(&pg, va) ||
+		    (size && (!agent_is_canonical(&pg, last) || last < va)))
 			return agent_fail_at(f, AGENT_E_PARAMS, va,
 					     "a virtual range is not canonical");
 		map_entry(a, k)->virtual_start = va;

@@ -284,3 +284,17 @@ def test_runtime_page_read_is_an_error_after_the_remap(client, remapped, saved_m
     assert error.code == 4
     assert client.call("hello")["protocol"] == 1
     assert "panic" not in uefi_qemu.serial_output()
+
+
+def test_pvh_boot_gives_the_agent_no_uefi(qemu):
+    """The same kernel booted through PVH: every efi_* method is error 6, nothing is called."""
+    with AgentClient(open_transport(qemu.agent_endpoint), timeout=10) as pvh:
+        assert "efi_get_time" in pvh.hello()["methods"]
+        for method, *params in [
+            ("efi_info",),
+            ("efi_get_time",),
+            ("efi_set_virtual_address_map", []),
+            ("efi_get_variable", "BootOrder", EFI_GLOBAL_VARIABLE.bytes_le),
+            ("efi_next_variable_name", "", bytes(16)),
+        ]:
+            assert remote_error(pvh.call, method, *params).code == 6, method
