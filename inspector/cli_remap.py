@@ -130,7 +130,7 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
         parser.error("remap needs --agent (the in-kernel agent's line); --target too verifies "
                      "each step through that gdb stub")  # fmt: skip
     from . import api
-    from .remap.apply import Remapper
+    from .remap.apply import UNFORCEABLE, Remapper
     from .targets.agent import AgentTarget
 
     session = api.attach_agent(args.agent, elf=args.elf, timeout=args.timeout)
@@ -174,8 +174,9 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
                 _emit(out, args, "", {"plan": plan.to_dict(), "applied": []})
             return 0 if not plan.refusals else 1
         if plan.refusals and not args.force:
-            print(f"kinspect: not applied: {plan.refusals[0]} (--force to apply anyway)",
-                  file=sys.stderr)  # fmt: skip
+            unforceable = plan.refusals[0].reason in UNFORCEABLE
+            hint = "" if unforceable else " (--force to apply anyway)"
+            print(f"kinspect: not applied: {plan.refusals[0]}{hint}", file=sys.stderr)
             if args.json:
                 _emit(out, args, "", {"plan": plan.to_dict(), "applied": []})
             return 1

@@ -48,6 +48,8 @@ ADDRESS_BITS = 0x000FFFFFFFFFF000
 SET_ENTRIES_CHUNK = 16  # a set_entries request stays under the agent's 512-byte limit
 #: Requests that take no ``force`` parameter (UEFI forbids what their checks refuse).
 NO_FORCE = frozenset({SVAM})
+#: Refusals --force cannot override (the agent or the firmware refuses them anyway).
+UNFORCEABLE = frozenset({"efi-virtual-mode", "efi-unmapped", "non-canonical", "misaligned"})
 
 
 class RemapRefused(AgentError):
@@ -58,7 +60,8 @@ class RemapRefused(AgentError):
         self.reason = refusal.reason
         self.address = refusal.address
         self.by = by
-        super().__init__(REFUSED, f"{by}: {refusal} (add --force to do it anyway)")
+        hint = "" if refusal.reason in UNFORCEABLE else " (add --force to do it anyway)"
+        super().__init__(REFUSED, f"{by}: {refusal}{hint}")
 
 
 class UndoRefused(InspectorError):
@@ -67,7 +70,7 @@ class UndoRefused(InspectorError):
     def __init__(self, record: JournalStep, pinned: list[JournalStep]) -> None:
         self.record = record
         self.pinned = pinned
-        seqs = ", ".join(f"#{s.seq}" for s in pinned)
+        seqs = _seq_ranges([s.seq for s in pinned])
         super().__init__(
             f"undo refused: step #{record.seq} called SetVirtualAddressMap, which cannot be "
             "undone (UEFI allows one call per boot, and the firmware has converted its own "
@@ -75,6 +78,17 @@ class UndoRefused(InspectorError):
             "and stay as they are. Nothing was undone; steps after it can be undone with "
             "--seq, and `kinspect remap journal --keep` closes the rest"
         )
+
+
+def _seq_ranges(seqs: list[int]) -> str:
+    """``#1-#34, #36`` for [1, 2, ..., 34, 36]."""
+    runs: list[list[int]] = []
+    for seq in sorted(seqs):
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+    return ", ".join(f"#{lo}" if lo == hi else f"#{lo}-#{hi}" for lo, hi in runs)
 
 
 @dataclass(slots=True)

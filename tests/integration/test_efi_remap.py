@@ -1,0 +1,185 @@
+"""`kinspect remap efi-runtime` on the UEFI demo kernel, as a user runs it, against
+QEMU's own view (``info mem``, ``info tlb``, ``xp``, ``gva2gpa``) and the host's clock.
+
+SetVirtualAddressMap works once per boot, so the module has one OVMF boot
+and its tests run in order: before, the move, after.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from inspector import api
+from inspector.efi.runtime import EFI_VA_BASE
+from inspector.targets.qemu_text import decode_info_mem, decode_info_tlb
+
+from .test_cli import kinspect
+from .test_paging_vs_qemu import gva2gpa
+from .test_remap import xp
+from .test_uefi import BOOT_TIMEOUT, saved_memory_map
+
+pytestmark = pytest.mark.integration
+
+HIGHER_HALF = 0xFFFF800000000000
+MMIO_WINDOW = 0xFFFFC90000000000  # the demo kernel's window on 0xc0000000-0xffffffff
+MMIO = 11
+
+
+@pytest.fixture(scope="module")
+def uefi(demo_kernel):
+    if not api.DEMO_UEFI.is_file():
+        pytest.fail(f"{api.DEMO_UEFI} is not built: run `make kernel`")
+    instance = api.launch_demo(uefi=True, memory="256M", timeout=BOOT_TIMEOUT)
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(scope="module")
+def runtime(uefi, demo_kernel):
+    with api.attach(uefi.gdb_endpoint, elf=demo_kernel) as session:
+        regions = [d for d in saved_memory_map(session) if d.runtime]
+    assert regions
+    return regions
+
+
+@pytest.fixture(scope="module")
+def journal(tmp_path_factory):
+    return tmp_path_factory.mktemp("efi") / "journal.jsonl"
+
+
+def agent(uefi, *args):
+    return kinspect("--agent", uefi.agent_endpoint, *args, timeout=120)
+
+
+def test_1_efi_map_through_the_agent_shows_the_runtime_regions_identity_mapped(uefi, runtime):
+    result = agent(uefi, "efi-map", "--json")  # no ELF: the agent says where the map is
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    shown = [d for d in doc["efi_memory_map"]["descriptors"] if d["runtime"]]
+    assert [(d["physical_start"], d["number_of_pages"]) for d in shown] == [
+        (d.physical_start, d.number_of_pages) for d in runtime
+    ]
+    for d in shown:
+        if d["type"] != MMIO:  # the first GiB is identity-mapped; the pflash is not
+            assert d["physical_start"] in d["mapped_at"]
+
+
+def test_2_the_plan_says_what_it_will_do_and_changes_nothing(uefi, runtime, journal):
+    before = uefi.monitor("info tlb")
+    result = agent(uefi, "remap", "efi-runtime", "--plan", "--journal", str(journal))
+    assert result.returncode == 0, result.stderr
+    assert "SetVirtualAddressMap" in result.stdout and "Cannot be undone" in result.stdout
+    assert f"{EFI_VA_BASE + runtime[0].physical_start:#x}" in result.stdout
+    assert "clear PML4 entry 0" in result.stdout
+    assert uefi.monitor("info tlb") == before
+
+
+def test_3_the_move_is_applied_verified_and_journaled(uefi, demo_kernel, runtime, journal):
+    started = time.monotonic()
+    result = kinspect(
+        "--agent", uefi.agent_endpoint, "--target", uefi.gdb_endpoint, "--elf", demo_kernel,
+        "remap", "efi-runtime", "--yes", "--json", "--journal", str(journal), timeout=300,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stderr + result.stdout
+    doc = json.loads(result.stdout)
+    assert doc["verified"] and doc["verified_by"] == "the gdb stub's walk"
+    methods = [r["step"]["method"] for r in doc["applied"]]
+    assert methods.count("efi_set_virtual_address_map") == 1
+    assert methods[-1] == "unmap"  # the identity map goes last, after the check
+    svam = next(r for r in doc["applied"] if r["step"]["method"] == "efi_set_virtual_address_map")
+    assert svam["result"][0] == 0  # EFI_SUCCESS
+    assert any(c.startswith("GetTime answers through the new mapping") for c in svam["checks"])
+    assert any("GetVariable" in c for c in svam["checks"])
+    print(f"efi-runtime: {len(methods)} steps in {seconds:.1f} s")
+
+
+def test_4_qemu_sees_the_runtime_regions_at_their_new_addresses_only(uefi, runtime):
+    mem = list(decode_info_mem(uefi.monitor("info mem")))
+    assert mem and all(start >= HIGHER_HALF for start, _end, _perm in mem), "identity map gone"
+    for d in runtime:  # info mem: each region's new range is mapped whole
+        new = EFI_VA_BASE + d.physical_start
+        covered = sum(min(end, new + d.size) - max(start, new) for start, end, _ in mem
+                      if start < new + d.size and end > new)  # fmt: skip
+        assert covered == d.size, d
+    spans = leaf_spans(decode_info_tlb(uefi.monitor("info tlb")))
+    for d in runtime:
+        new = EFI_VA_BASE + d.physical_start
+        for off in (0, d.size - 0x1000):
+            assert gva2gpa(uefi, new + off) == d.physical_start + off
+        # Every leaf that maps a page of the region, whatever its size.
+        where = [va + max(0, d.physical_start - pa) for va, pa, size in spans
+                 if pa < d.physical_end and pa + size > d.physical_start]  # fmt: skip
+        assert where
+        for va in where:
+            inside = new <= va < new + d.size
+            in_window = d.type == MMIO and MMIO_WINDOW <= va < MMIO_WINDOW + (1 << 30)
+            assert inside or in_window, f"{d} is also mapped at {va:#x}"
+
+
+def test_5_get_time_answers_with_the_hosts_date(uefi):
+    result = agent(uefi, "efi-time", "--json")
+    assert result.returncode == 0, result.stderr
+    t = json.loads(result.stdout)["efi_time"]
+    host = datetime.now(UTC)
+    firmware = datetime(t["year"], t["month"], t["day"], t["hour"], t["minute"], t["second"],
+                        tzinfo=UTC)  # fmt: skip
+    # QEMU's RTC starts at the host's UTC time (-rtc base=utc, the default).
+    assert abs((firmware - host).total_seconds()) < 3600, (firmware, host)
+
+
+def test_6_variables_answer_through_the_new_mapping(uefi):
+    listed = agent(uefi, "efi-vars", "--json")
+    assert listed.returncode == 0, listed.stderr
+    names = json.loads(listed.stdout)["variables"]
+    assert names
+    first = names[0]
+    read = agent(uefi, "efi-vars", first["name"], "--guid", first["guid"], "--json")
+    assert read.returncode == 0, read.stderr
+    variable = json.loads(read.stdout)["variable"]
+    assert "RT" in variable["attribute_names"]  # only runtime variables are listed now
+
+
+def test_7_undo_is_refused_with_the_reason_and_the_journal_stays_true(uefi, journal):
+    result = agent(uefi, "remap", "undo", "--journal", str(journal))
+    assert result.returncode == 1
+    assert "SetVirtualAddressMap, which cannot be undone" in result.stderr
+    assert "Traceback" not in result.stderr
+    listed = agent(uefi, "remap", "journal", "--json", "--journal", str(journal))
+    steps = json.loads(listed.stdout)["steps"]
+    assert steps and all(s["state"] == "applied" for s in steps)
+    # The page-table part of the journal says what the tables hold now.
+    for step in steps:
+        if step["method"] not in ("map", "unmap"):
+            continue
+        for _va, _level, entry_pa, _old, new in step["result"]:
+            assert xp(uefi, entry_pa) & ~0x60 == new & ~0x60, hex(entry_pa)  # A, D: the CPU's
+
+
+def test_8_a_second_call_is_refused(uefi, journal):
+    result = agent(uefi, "remap", "efi-runtime", "--yes", "--journal", str(journal) + ".2")
+    assert result.returncode == 1
+    assert "efi-virtual-mode" in result.stderr
+    hello = agent(uefi, "agent", "hello")
+    assert hello.returncode == 0, hello.stderr  # the kernel and its agent still answer
+
+
+def leaf_spans(leaves):
+    """(va, pa, size) per ``info tlb`` line: PS set (the third flag, "P") means 2 MiB, or
+    1 GiB when nothing else is mapped in that GiB; info tlb does not print the size."""
+    ordered = sorted(leaves)
+    out = []
+    for i, (va, pa, flags) in enumerate(ordered):
+        size = 0x1000
+        if flags[2] == "P":
+            following = ordered[i + 1][0] if i + 1 < len(ordered) else 1 << 64
+            gib = 1 << 30
+            size = gib if va % gib == 0 and pa % gib == 0 and following - va >= gib else 1 << 21
+        out.append((va, pa, size))
+    return out
