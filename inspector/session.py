@@ -84,6 +84,9 @@ class Session:
         self._ranges: list[Range] | None = None
         self._tables: dict[int, bytes] = {}
         self._remapper: Any = None
+        #: The UEFI memory map, by (address, size, stride): it does not change once boot
+        #: services are gone, so it is kept across stops (the mappings are read again).
+        self._efi_maps: dict[tuple[int, int, int], Any] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -381,6 +384,12 @@ class Session:
                 "kernel's ELF or --agent"
             )
 
+        if self.symbols.lookup("efi_memmap") is None:
+            raise TargetError(
+                "this kernel keeps no UEFI memory map (no efi_memmap symbol in its ELF; the "
+                "kinspect demo kernel keeps one when booted through UEFI)"
+            )
+
         def read_uint(name: str, size: int = 8) -> int:
             return int.from_bytes(self.read_virtual(self.resolve(name), size), "little")
 
@@ -405,8 +414,11 @@ class Session:
         if kept["memmap_size"] == 0:
             raise TargetError("the kernel did not boot through UEFI: its memory map is empty")
         stride = kept["desc_size"]
-        data = self.read_virtual(kept["memmap"], kept["memmap_size"])
-        descriptors = decode_memory_map(data, stride)
+        key = (kept["memmap"], kept["memmap_size"], stride)
+        if key not in self._efi_maps:
+            data = self.read_virtual(kept["memmap"], kept["memmap_size"])
+            self._efi_maps[key] = decode_memory_map(data, stride)
+        descriptors = self._efi_maps[key]
         mapped_at = {
             d.index: tuple(self.aliases(d.physical_start)) for d in descriptors if d.runtime
         }
