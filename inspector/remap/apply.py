@@ -221,9 +221,24 @@ class Remapper:
                     aliases.append(r.start + (pa - r.phys))
         if tss_base is None:
             tss_base = self.tss_base(regs)
-        return protected_areas(
+        areas = protected_areas(
             regs, tss_base=tss_base, frames_top=self.frames_top(regs), table_aliases=aliases
         )
+        return areas + self._efi_areas()
+
+    def _efi_areas(self) -> list[Protected]:
+        """After SetVirtualAddressMap: the runtime regions where the firmware was told they are."""
+        efi_info = getattr(self.target, "efi_info", None)
+        if efi_info is None:
+            return []
+        try:
+            info = efi_info()
+        except AgentError as exc:
+            if exc.code in (2, 6):  # an agent without UEFI methods, or a PVH boot
+                return []
+            raise
+        return [Protected("efi-runtime", va, va + pages * PAGE)
+                for _pa, va, pages in info.get("virtual_map") or ()]  # fmt: skip
 
     # -- plans ---------------------------------------------------------------------------
 

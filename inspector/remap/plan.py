@@ -53,6 +53,7 @@ REASONS = (
     "misaligned",
     "not-an-alias",
     "no-guard-page",
+    "efi-runtime",
 )
 
 
@@ -227,7 +228,7 @@ def check_change(
         if (
             unmaps
             or (a.kind == "running-code" and removes_x)
-            or (a.kind != "running-code" and removes_w)
+            or (a.kind not in ("running-code", "efi-runtime") and removes_w)
         ):
             out.append(Refusal(a.kind, max(a.start, start), _MESSAGES[a.kind]))
     return out
@@ -238,6 +239,8 @@ _MESSAGES = {
     "own-stack": "would unmap, move or make read-only the stack the agent runs on",
     "descriptor-tables": "would unmap, move or make read-only the GDT, IDT or TSS in use",
     "page-tables": "would unmap, move or make read-only a mapping of the page tables",
+    "efi-runtime": "would unmap or move a UEFI runtime region: after SetVirtualAddressMap the "
+    "firmware reaches it only there, and cannot be told another address",
 }
 
 

@@ -628,7 +628,7 @@ static int m_resume(struct agent *a, struct params *p, struct mp_writer *w, stru
 
 #define PTE_FLAG_BITS (PTE_P | PTE_RW | PTE_US | PTE_PWT | PTE_PCD | PTE_G | PTE_NX)
 
-enum { PROT_CODE = 1, PROT_STACK, PROT_DESCRIPTORS, PROT_TABLES };
+enum { PROT_CODE = 1, PROT_STACK, PROT_DESCRIPTORS, PROT_TABLES, PROT_EFI };
 
 /* Refusal messages start with the reason's name (AGENT_PROTOCOL.md, "Refusals"). */
 static const char *const prot_message[] = {
@@ -637,6 +637,7 @@ static const char *const prot_message[] = {
 	"own-stack: the change would unmap, move or make read-only the stack the agent runs on",
 	"descriptor-tables: the change would unmap, move or make read-only the GDT, IDT or TSS in use",
 	"page-tables: the change would unmap, move or make read-only the mapping through which the page tables are reached",
+	"efi-runtime: the change would unmap or move a UEFI runtime region: after SetVirtualAddressMap the firmware reaches it only there, and cannot be told another address",
 };
 
 static int refuse(struct failure *f, uint64_t address, const char *message)
@@ -732,6 +733,11 @@ static int protection_setup(struct agent *a, struct paging *pg, struct agent_cpu
 			protect_add(a, base, base + 0x68, PROT_DESCRIPTORS);
 		}
 	}
+	/* After SetVirtualAddressMap: the runtime regions at the addresses the firmware was given. */
+	uint64_t efi_va, efi_size;
+
+	for (unsigned k = 0; agent_efi_virtual_range(a, k, &efi_va, &efi_size); k++)
+		protect_add(a, efi_va, efi_va + efi_size, PROT_EFI);
 	collect_tables(a, pg, pg->levels, pg->root);
 	if (a->ops->phys_to_virt)
 		for (unsigned i = 0; i < a->table_count; i++) {
@@ -788,6 +794,8 @@ static int check_edit(struct agent *a, const struct paging *pg, const struct age
 		if (!(e->new & PTE_P) || old_leaf != new_leaf ||
 		    ((e->old ^ e->new) & pg->address_mask))
 			bad = true;
+		else if (p->kind == PROT_EFI)
+			bad = false; /* its permissions are the kernel's to choose */
 		else if (p->kind == PROT_CODE)
 			bad = pg->nxe && (e->new & PTE_NX) && !(e->old & PTE_NX);
 		else

@@ -34,7 +34,8 @@
 #define AGENT_EDIT_LEAVES 64
 /* Page tables the safety checks track (more: the rest is not protected, and said so). */
 #define AGENT_TABLES_MAX 256
-#define AGENT_PROTECTED_MAX (AGENT_TABLES_MAX + 16)
+/* Protected ranges: the tables, code, stack and descriptors, and the UEFI runtime regions. */
+#define AGENT_PROTECTED_MAX (AGENT_TABLES_MAX + 16 + 64)
 
 /* Statuses other than AGENT_OK and AGENT_E_ARG are also the error codes on the wire. */
 enum agent_status {

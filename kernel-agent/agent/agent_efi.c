@@ -165,6 +165,17 @@ static struct efi_descriptor *map_entry(struct agent *a, unsigned k)
 	return (void *)(a->efi_map + k * a->ops->efi->desc_size);
 }
 
+bool agent_efi_virtual_range(const struct agent *a, unsigned k, uint64_t *va, uint64_t *size)
+{
+	if (!a->efi_virtual || !a->ops->efi || (k + 1) * a->ops->efi->desc_size > a->efi_map_size)
+		return false;
+	const struct efi_descriptor *d = (const void *)(a->efi_map + k * a->ops->efi->desc_size);
+
+	*va = d->virtual_start;
+	*size = d->number_of_pages * PAGE;
+	return true;
+}
+
 static unsigned runtime_count(const struct agent_efi *efi)
 {
 	uint64_t i = 0;
@@ -420,7 +431,7 @@ int agent_m_efi_info(struct agent *a, struct params *p, struct mp_writer *w, str
 			firmware_load(a, &pg, st + ST_FIRMWARE_REVISION, &revision, 4, &ignored) ==
 				AGENT_OK;
 
-	mp_write_map(w, 12);
+	mp_write_map(w, 13);
 	kv(w, "system_table", efi->system_table);
 	kv(w, "system_table_va", st);
 	mp_write_cstr(w, "runtime_services");
@@ -436,6 +447,19 @@ int agent_m_efi_info(struct agent *a, struct params *p, struct mp_writer *w, str
 	kv(w, "memattr", efi->memattr ? (uint64_t)efi->memattr : 0);
 	kv(w, "memattr_size", efi->memattr ? efi->memattr_size : 0);
 	kv(w, "runtime_regions", runtime_count(efi));
+	/* What SetVirtualAddressMap was given: [physical_start, virtual_start, pages] per region. */
+	mp_write_cstr(w, "virtual_map");
+	unsigned n = a->efi_virtual ? (unsigned)(a->efi_map_size / efi->desc_size) : 0;
+
+	mp_write_array(w, n);
+	for (unsigned k = 0; k < n; k++) {
+		const struct efi_descriptor *d = map_entry(a, k);
+
+		mp_write_array(w, 3);
+		mp_write_uint(w, d->physical_start);
+		mp_write_uint(w, d->virtual_start);
+		mp_write_uint(w, d->number_of_pages);
+	}
 	return AGENT_OK;
 }
 

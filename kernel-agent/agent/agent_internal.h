@@ -68,5 +68,7 @@ int agent_m_efi_get_variable(struct agent *a, struct params *p, struct mp_writer
 int agent_m_efi_next_variable_name(struct agent *a, struct params *p, struct mp_writer *w,
 				   struct failure *f);
 void agent_efi_init(struct agent *a);
+/* After SetVirtualAddressMap: the k-th runtime region's new VA and size (false past the last). */
+bool agent_efi_virtual_range(const struct agent *a, unsigned k, uint64_t *va, uint64_t *size);
 
 #endif

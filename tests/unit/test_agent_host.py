@@ -467,6 +467,7 @@ def test_efi_info_and_calls_in_physical_mode(efi_machine):
         "desc_version": 1,
         "memattr_size": 64,
         "runtime_regions": 3,
+        "virtual_map": [],
     }
     # The MMIO region is not identity-mapped: no call before it is (a refusal, not a fault).
     error = error_of(client, "efi_get_time")
@@ -621,6 +622,7 @@ def test_efi_virtual_mode(efi_machine):
     assert info["virtual_mode"] is True
     assert (info["system_table"], info["system_table_va"]) == (ST_PA, NEW + ST_PA)
     assert info["runtime_services"] == NEW + RT_PA
+    assert info["virtual_map"] == [[pa, NEW + pa, pages] for pa, pages in RUNTIME]
     # The fake unmapped its physical addresses: these calls reach it at NEW + PA only.
     assert client.call("efi_get_time") == [2026, 11, 25, 19, 46, 2, 123456789, -60, 1]
     assert client.call("efi_next_variable_name", "", bytes(16)) == ["PlatformLang", GLOBAL]
@@ -629,8 +631,18 @@ def test_efi_virtual_mode(efi_machine):
     error = error_of(client, "efi_set_virtual_address_map", pairs())
     assert (error.code, error.address) == (9, NEW + ST_PA)
     assert error.message.startswith("efi-virtual-mode")
-    # A region's new mapping gone: refused at that VA, before the firmware is called.
-    client.call("unmap", NEW + MMIO_PA + 0x1000, 4096, 4096)
+    # The firmware reaches its regions only at the new addresses now: the agent keeps them
+    # mapped (unmap, a move, another CR3), while their permissions stay the kernel's.
+    for method, *params in [
+        ("unmap", NEW + MMIO_PA + 0x1000, 4096, 4096),
+        ("map", NEW + RTDATA_PA, RTCODE_PA, 4096, 4096, RW | NX),
+    ]:
+        error = error_of(client, method, *params)
+        assert (error.code, error.address) == (9, params[0]), method
+        assert error.message.startswith("efi-runtime"), error.message
+    client.call("protect", NEW + RTDATA_PA, 4096, 4096, NX)  # read-only: allowed
+    # Forced anyway, a region's new mapping gone: calls are refused at that VA, not faulted.
+    client.call("unmap", NEW + MMIO_PA + 0x1000, 4096, 4096, True)
     error = error_of(client, "efi_get_time")
     assert (error.code, error.address) == (9, NEW + MMIO_PA + 0x1000)
     assert error.message.startswith("efi-unmapped")

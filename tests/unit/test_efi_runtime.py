@@ -247,3 +247,15 @@ def test_a_pending_call_the_firmware_never_saw_does_not_pin(tmp_path):
     journal, (first, svam, drop) = journal_with_svam(tmp_path, reply=False)
     remapper = Remapper(FakeAgent(virtual_mode=False), journal)
     assert [s.seq for s in remapper.undo([drop, first])] == [3, 1]
+
+
+def test_after_the_call_the_runtime_regions_may_not_lose_their_mapping():
+    from inspector.remap.plan import Protected, check_change
+
+    areas = [Protected("efi-runtime", 0xFFFFFFEF0E8F2000, 0xFFFFFFEF0E9F2000)]
+    (refusal,) = check_change(areas, 0xFFFFFFEF0E8F3000, 0xFFFFFFEF0E8F4000, unmaps=True)
+    assert (refusal.reason, refusal.address) == ("efi-runtime", 0xFFFFFFEF0E8F3000)
+    assert "SetVirtualAddressMap" in refusal.message
+    # Its permissions are the kernel's to choose: read-only or NX is not refused.
+    assert not check_change(areas, 0xFFFFFFEF0E8F3000, 0xFFFFFFEF0E8F4000, unmaps=False,
+                            removes_w=True, removes_x=True)  # fmt: skip
