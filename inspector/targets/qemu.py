@@ -38,7 +38,9 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 class QemuConfig:
     """What to boot and how."""
 
-    kernel: Path
+    #: None only with ``uefi``: an empty ESP, so OVMF finds no loader and idles in its
+    #: UEFI shell, on its own page tables (boot services still running)
+    kernel: Path | None
     memory: str = "128M"
     cpu: str = "qemu64,+pdpe1gb"
     accel: str = "tcg"
@@ -149,7 +151,8 @@ class QemuInstance:
         shutil.copyfile(config.ovmf_vars, vars_copy)
         boot = self.workdir / "esp" / "EFI" / "BOOT"
         boot.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(config.kernel, boot / "BOOTX64.EFI")
+        if config.kernel is not None:
+            shutil.copyfile(config.kernel, boot / "BOOTX64.EFI")
         # fmt: off
         return [
             "-machine", "q35",
@@ -161,7 +164,10 @@ class QemuInstance:
 
     def start(self, *, timeout: float = 10.0) -> None:
         """Start QEMU and wait until its QMP socket answers."""
-        if not Path(self.config.kernel).is_file():
+        if self.config.kernel is None:
+            if not self.config.uefi:
+                raise TargetError("no kernel to boot: only a UEFI launch may go without one")
+        elif not Path(self.config.kernel).is_file():
             raise TargetError(f"kernel image {self.config.kernel} does not exist (run make kernel)")
         args = self.command_line()
         with open(self.stderr_log, "wb") as stderr:
@@ -265,7 +271,7 @@ class QemuInstance:
 
 
 def launch_qemu(
-    kernel: Path | str,
+    kernel: Path | str | None,
     *,
     memory: str = "128M",
     wait_ready: bool = True,
@@ -275,10 +281,18 @@ def launch_qemu(
     serial: str = "unix",
     uefi: bool = False,
 ) -> QemuInstance:
-    """Boot ``kernel`` (a UEFI application if ``uefi``) and wait for its ready line on serial."""
+    """Boot ``kernel`` (a UEFI application if ``uefi``) and wait for its ready line on serial.
+
+    With ``uefi`` and no ``kernel`` the ESP is empty: OVMF ends in its UEFI shell
+    (``ready_marker="Shell> "``), still on the firmware's own page tables.
+    """
     instance = QemuInstance(
         QemuConfig(
-            Path(kernel), memory=memory, extra_args=tuple(extra_args), serial=serial, uefi=uefi
+            None if kernel is None else Path(kernel),
+            memory=memory,
+            extra_args=tuple(extra_args),
+            serial=serial,
+            uefi=uefi,
         )
     )
     instance.start(timeout=min(timeout, 10.0))
