@@ -41,7 +41,7 @@ from ..efi.runtime import (
 )
 from ..errors import AgentError, InspectorError
 from ..x86.paging import Range
-from .plan import Protected, Refusal, Step, plan_map
+from .plan import LEVEL_OF_SIZE, Protected, Refusal, Step, plan_map, tables_needed
 
 __all__ = ["IRREVERSIBLE", "SVAM", "EfiPlan", "EfiState", "plan_efi_steps", "read_efi_state"]
 
@@ -124,7 +124,7 @@ def plan_efi_steps(
     if not mappings:
         raise InspectorError("the UEFI memory map has no runtime regions: nothing to move")
     steps: list[Step] = []
-    tables = 0
+    tables: set[tuple[int, int]] = set()  # the maps share tables: count each once
     for m in mappings:
         for piece in m.pieces:
             taken = [r for r in ranges if r.start < piece.va + piece.size and r.end > piece.va]
@@ -137,7 +137,7 @@ def plan_efi_steps(
             sub = plan_map(ranges, areas, piece.va, piece.pa, piece.size, piece.page_size,
                            piece.flags)  # fmt: skip
             refusals += sub.refusals
-            tables += sub.tables_to_allocate
+            tables |= tables_needed(ranges, piece.va, piece.size, LEVEL_OF_SIZE[piece.page_size])
             steps += [
                 Step(s.method, s.params,
                      f"{s.description} ({m.descriptor.type_name} region {m.descriptor.index})",
@@ -166,4 +166,4 @@ def plan_efi_steps(
         "after SetVirtualAddressMap the agent calls GetTime and reads a variable through "
         "the new mapping before anything else changes"
     )
-    return EfiPlan(tuple(steps), tables, tuple(refusals), tuple(notes), tuple(mappings))
+    return EfiPlan(tuple(steps), len(tables), tuple(refusals), tuple(notes), tuple(mappings))

@@ -275,6 +275,11 @@ def _overlap(ranges: Iterable[Range], start: int, end: int) -> list[Range]:
 
 def _tables_needed(ranges: Sequence[Range], va: int, size: int, level: int) -> int:
     """Tables a map must create: levels above the leaf with nothing mapped yet (upper bound)."""
+    return len(tables_needed(ranges, va, size, level))
+
+
+def tables_needed(ranges: Sequence[Range], va: int, size: int, level: int) -> set[tuple[int, int]]:
+    """(level, base) of each table a map must create (several maps: the union of these)."""
     needed = set()
     for page in range(va, va + size, 1 << (12 + 9 * (level - 1))):
         for upper in range(level + 1, 5):
@@ -283,7 +288,7 @@ def _tables_needed(ranges: Sequence[Range], va: int, size: int, level: int) -> i
             if not any(r.start < base + span and r.end > base and r.page_size < span
                        for r in ranges):  # fmt: skip
                 needed.add((upper, base))
-    return len(needed)
+    return needed
 
 
 def _chunks(va: int, size: int, page_size: int):

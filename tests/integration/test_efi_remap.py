@@ -82,6 +82,19 @@ def test_2_the_plan_says_what_it_will_do_and_changes_nothing(uefi, runtime, jour
     assert tlb_without_a_d(uefi) == before
 
 
+def test_2b_the_higher_half_scenario_includes_the_runtime_services(uefi, journal):
+    result = agent(uefi, "remap", "higher-half", "--plan", "--json", "--journal", str(journal))
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)["plan"]
+    methods = [s["method"] for s in plan["steps"]]
+    # The UEFI kernel runs high already: no stack or descriptor move, the firmware's move
+    # and then the identity map's end, in that order.
+    assert "move_stack" not in methods and "load_descriptors" not in methods
+    assert methods.index("efi_set_virtual_address_map") == len(methods) - 2
+    assert methods[-1] == "unmap" and set(methods[:-2]) == {"map"}
+    assert not plan["refusals"]
+
+
 def test_3_the_move_is_applied_verified_and_journaled(uefi, demo_kernel, runtime, journal):
     started = time.monotonic()
     result = kinspect(

@@ -259,3 +259,12 @@ def test_after_the_call_the_runtime_regions_may_not_lose_their_mapping():
     # Its permissions are the kernel's to choose: read-only or NX is not refused.
     assert not check_change(areas, 0xFFFFFFEF0E8F3000, 0xFFFFFFEF0E8F4000, unmaps=False,
                             removes_w=True, removes_x=True)  # fmt: skip
+
+
+def test_the_maps_share_their_page_tables_and_the_plan_counts_each_once():
+    plan = plan_efi_steps(EfiState(INFO, MAP, MEMATTR), [IDENTITY, KERNEL_RANGE], AREAS)
+    # PML4 slot 511 has the kernel's PDPT already. New: a PD for 0xffffffef00000000's GiB
+    # and one for 0xffffffefc0000000's (the pflash, in 2 MiB pages); PTs for the 2 MiB
+    # chunks that hold 4 KiB pages: 0xe800000 (the first RTData), 0xf400000 and 0xf600000
+    # (RTCode across both, the last RTData in the second).
+    assert plan.tables == 2 + 3
