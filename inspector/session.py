@@ -183,7 +183,7 @@ class Session:
     @property
     def last_stop(self) -> Mapping[str, Any]:
         """The record of the last stop (``reason``, ``frame``...), empty when unknown."""
-        return getattr(self.target, "last_stop", None) or {}
+        return self.target.last_stop or {}
 
     def wait_for_stop(self, timeout: float) -> Mapping[str, Any] | None:
         """Wait up to ``timeout`` s for the running target to stop.
@@ -194,11 +194,10 @@ class Session:
         if self.target.state == "stopped":
             record = self.last_stop
         else:
-            wait = getattr(self.target, "wait_for_stop", None)
-            if wait is None:  # the agent: it runs until someone stops it
-                return None
             try:
-                record = wait(timeout)
+                record = self.target.wait_for_stop(timeout)
+                if record is None:  # the agent: it runs until someone stops it
+                    return None
             except TargetError as exc:
                 state = self.target.state
                 if state == "running":
@@ -216,21 +215,15 @@ class Session:
 
     def step_instruction(self) -> Mapping[str, Any]:
         """Execute one instruction and return the stop record."""
-        step = getattr(self.target, "step_instruction", None)
-        if step is None:
-            raise TargetError(f"{self.target.description} cannot single-step")
         self.stop()
         self.invalidate()
-        return step()
+        return self.target.step_instruction()
 
     def break_insert(self, location: str) -> tuple[int, int]:
         """A breakpoint at a symbol or address (user text); its number and address."""
-        insert = getattr(self.target, "break_insert", None)
-        if insert is None:
-            raise TargetError(f"{self.target.description} cannot set breakpoints")
         address = self.resolve(location)
         self.stop()
-        return insert(f"*{address:#x}"), address
+        return self.target.break_insert(f"*{address:#x}"), address
 
     @property
     def symbols(self) -> SymbolTable | None:

@@ -102,12 +102,18 @@ class LineTable:
             comp_dir_attr = top.attributes.get("DW_AT_comp_dir")
             comp_dir = _text(comp_dir_attr.value) if comp_dir_attr else ""
             names = _file_names(program, comp_dir)
+            sequence_start = len(rows)
             for entry in program.get_entries():
                 state = entry.state
                 if state is None:
                     continue
                 if state.end_sequence:
+                    # A row of this sequence at its end address covers nothing (gcc ends a
+                    # function with one; the padding after it has no line).
+                    while len(rows) > sequence_start and rows[-1][0] == state.address:
+                        rows.pop()
                     rows.append((state.address, None, True))
+                    sequence_start = len(rows)
                     continue
                 file, path = names.get(state.file, ("?", "?"))
                 rows.append((state.address, SourceLine(file, path, state.line), state.is_stmt))

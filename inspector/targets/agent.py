@@ -345,10 +345,24 @@ class AgentAssistedTarget(Target):
         self.description = f"{self.stub.description} with {agent.description}"
 
     def __getattr__(self, name: str) -> Any:
-        # Optional capabilities of the stub (breakpoints, stepping, waiting for stops).
+        # What else the stub offers (is_qemu, monitor, ...).
         if name == "stub":
             raise AttributeError(name)
         return getattr(self.stub, name)
+
+    # Run control is the stub's: the agent answers only while the kernel runs.
+    @property
+    def last_stop(self) -> Mapping[str, Any]:  # type: ignore[override]
+        return self.stub.last_stop
+
+    def wait_for_stop(self, timeout: float) -> Mapping[str, Any] | None:
+        return self.stub.wait_for_stop(timeout)
+
+    def step_instruction(self) -> Mapping[str, Any]:
+        return self.stub.step_instruction()
+
+    def break_insert(self, location: str) -> int:
+        return self.stub.break_insert(location)
 
     def read_virtual(self, address: int, size: int) -> bytes:
         return self.stub.read_virtual(address, size)

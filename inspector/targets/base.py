@@ -2,7 +2,8 @@
 
 A target hands out raw bytes and register values and nothing decoded; the
 decoders and the session turn those into records. Targets: the GDB remote
-stub (QEMU's or any other), and later the in-kernel agent over serial.
+stub (QEMU's or any other, gdb.py) and the in-kernel agent over serial
+(agent.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from ..errors import TargetError
 
 __all__ = ["DescriptorTableRegister", "SegmentRegister", "SystemRegisters", "Target"]
 
@@ -104,6 +109,29 @@ class Target(ABC):
     def ram_size(self) -> int | None:
         """Bytes of guest RAM when known."""
         return None
+
+    # -- run control a debugger stub offers: stops it reports, stepping, breakpoints ------
+    # The defaults are a target that stops only when asked (the agent): it never reports
+    # a stop by itself, and it cannot step or break.
+
+    #: The record of the last stop (``reason``, ``frame``...), empty when unknown.
+    last_stop: Mapping[str, Any] = MappingProxyType({})
+
+    def wait_for_stop(self, timeout: float) -> Mapping[str, Any] | None:
+        """Wait up to ``timeout`` s for the running target to stop by itself (a breakpoint).
+
+        The stop record; None when it cannot stop by itself (the default);
+        TargetError when it did not stop in time or has gone away.
+        """
+        return None
+
+    def step_instruction(self) -> Mapping[str, Any]:
+        """Execute one instruction; the stop record."""
+        raise TargetError(f"{self.description} cannot single-step")
+
+    def break_insert(self, location: str) -> int:
+        """A breakpoint at a symbol or ``*address``; its number."""
+        raise TargetError(f"{self.description} cannot set breakpoints")
 
     def __enter__(self) -> Target:
         return self
