@@ -35,7 +35,7 @@ def tlb_flags(raw: int) -> str:
 
 def gva2gpa(qemu, va: int) -> int | None:
     text = qemu.monitor(f"gva2gpa {va:#x}")
-    match = re.search(r"gpa:\s*(0x[0-9a-f]+)", text)
+    match = re.search(r"gpa:\s*(0x[0-9a-f]+|0)\b", text)  # QEMU prints zero as "0"
     return int(match.group(1), 16) if match else None
 
 
