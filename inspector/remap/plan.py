@@ -154,13 +154,14 @@ class Plan:
 
     def __str__(self) -> str:
         lines = [f"plan: {self.title}"]
+        shown = 8 if len(self.steps) <= 8 else 2  # a long plan: its steps, not every entry
         for i, step in enumerate(self.steps, 1):
             lines.append(f"  step {i}: {step.method} {_params_text(step.params)}")
             lines.append(f"          {step.description}")
-            for va, level, text in step.writes[:8]:
+            for va, level, text in step.writes[:shown]:
                 lines.append(f"          write L{level} entry of {va:#018x}: {text}")
-            if len(step.writes) > 8:
-                lines.append(f"          ... {len(step.writes) - 8} more entries")
+            if len(step.writes) > shown:
+                lines.append(f"          ... {len(step.writes) - shown} more entries")
             for e in step.expect:
                 lines.append(f"          expect {e}")
         lines.append(f"  page tables to allocate: {self.tables_to_allocate} (at most)")
