@@ -7,6 +7,7 @@ missing, the tests fail and say what to install or build.
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 
@@ -28,6 +29,25 @@ def demo_kernel() -> str:
 @pytest.fixture(scope="module")
 def qemu(demo_kernel):
     instance = api.launch_demo()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+#: OVMF takes 4-6 s to the kernel on an idle machine, far more under load.
+UEFI_BOOT_TIMEOUT = 90.0
+
+
+@pytest.fixture(scope="module")
+def uefi_qemu(demo_kernel):
+    """The demo kernel booted through OVMF: one boot per module that asks (SetVirtualAddressMap
+    works once per boot, so a module that calls it has a firmware of its own)."""
+    if not api.DEMO_UEFI.is_file():
+        pytest.fail(f"{api.DEMO_UEFI} is not built: run `make kernel`")
+    started = time.monotonic()
+    instance = api.launch_demo(uefi=True, memory="256M", timeout=UEFI_BOOT_TIMEOUT)
+    instance.boot_seconds = time.monotonic() - started
     try:
         yield instance
     finally:

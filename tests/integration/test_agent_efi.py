@@ -23,7 +23,7 @@ from protocols.agent_client import AgentClient, AgentRemoteError
 from protocols.transports import open_transport
 
 from .test_paging_vs_qemu import gva2gpa
-from .test_uefi import BOOT_TIMEOUT, MMIO, RTCODE, RTDATA, saved_memory_map
+from .test_uefi import MMIO, RTCODE, RTDATA, saved_memory_map
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +34,6 @@ RW, PWT, PCD, NX = 1 << 1, 1 << 3, 1 << 4, 1 << 63
 EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
 EFI_BUFFER_TOO_SMALL, EFI_NOT_FOUND = (1 << 63) | 5, (1 << 63) | 14
 EFI_VARIABLE_RUNTIME_ACCESS = 4
-
-
-@pytest.fixture(scope="module")
-def uefi_qemu(demo_kernel):
-    if not api.DEMO_UEFI.is_file():
-        pytest.fail(f"{api.DEMO_UEFI} is not built: run `make kernel`")
-    instance = api.launch_demo(uefi=True, memory="256M", timeout=BOOT_TIMEOUT)
-    try:
-        yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from protocols.transports import open_transport
 from .test_cli import kinspect
 from .test_paging_vs_qemu import gva2gpa
 from .test_remap import xp
-from .test_uefi import BOOT_TIMEOUT, saved_memory_map
+from .test_uefi import saved_memory_map
 
 pytestmark = pytest.mark.integration
 
@@ -32,19 +32,8 @@ MMIO = 11
 
 
 @pytest.fixture(scope="module")
-def uefi(demo_kernel):
-    if not api.DEMO_UEFI.is_file():
-        pytest.fail(f"{api.DEMO_UEFI} is not built: run `make kernel`")
-    instance = api.launch_demo(uefi=True, memory="256M", timeout=BOOT_TIMEOUT)
-    try:
-        yield instance
-    finally:
-        instance.stop()
-
-
-@pytest.fixture(scope="module")
-def runtime(uefi, demo_kernel):
-    with api.attach(uefi.gdb_endpoint, elf=demo_kernel) as session:
+def runtime(uefi_qemu, demo_kernel):
+    with api.attach(uefi_qemu.gdb_endpoint, elf=demo_kernel) as session:
         regions = [d for d in saved_memory_map(session) if d.runtime]
     assert regions
     return regions
@@ -55,12 +44,12 @@ def journal(tmp_path_factory):
     return tmp_path_factory.mktemp("efi") / "journal.jsonl"
 
 
-def agent(uefi, *args):
-    return kinspect("--agent", uefi.agent_endpoint, *args, timeout=120)
+def agent(uefi_qemu, *args):
+    return kinspect("--agent", uefi_qemu.agent_endpoint, *args, timeout=120)
 
 
-def test_1_efi_map_through_the_agent_shows_the_runtime_regions_identity_mapped(uefi, runtime):
-    result = agent(uefi, "efi-map", "--json")  # no ELF: the agent says where the map is
+def test_1_efi_map_through_the_agent_shows_the_runtime_regions_identity_mapped(uefi_qemu, runtime):
+    result = agent(uefi_qemu, "efi-map", "--json")  # no ELF: the agent says where the map is
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     shown = [d for d in doc["efi_memory_map"]["descriptors"] if d["runtime"]]
@@ -72,18 +61,18 @@ def test_1_efi_map_through_the_agent_shows_the_runtime_regions_identity_mapped(u
             assert d["physical_start"] in d["mapped_at"]
 
 
-def test_2_the_plan_says_what_it_will_do_and_changes_nothing(uefi, runtime, journal):
-    before = tlb_without_a_d(uefi)
-    result = agent(uefi, "remap", "efi-runtime", "--plan", "--journal", str(journal))
+def test_2_the_plan_says_what_it_will_do_and_changes_nothing(uefi_qemu, runtime, journal):
+    before = tlb_without_a_d(uefi_qemu)
+    result = agent(uefi_qemu, "remap", "efi-runtime", "--plan", "--journal", str(journal))
     assert result.returncode == 0, result.stderr
     assert "SetVirtualAddressMap" in result.stdout and "Cannot be undone" in result.stdout
     assert f"{EFI_VA_BASE + runtime[0].physical_start:#x}" in result.stdout
     assert "clear PML4 entry 0" in result.stdout
-    assert tlb_without_a_d(uefi) == before
+    assert tlb_without_a_d(uefi_qemu) == before
 
 
-def test_2b_the_higher_half_scenario_includes_the_runtime_services(uefi, journal):
-    result = agent(uefi, "remap", "higher-half", "--plan", "--json", "--journal", str(journal))
+def test_2b_the_higher_half_scenario_includes_the_runtime_services(uefi_qemu, journal):
+    result = agent(uefi_qemu, "remap", "higher-half", "--plan", "--json", "--journal", str(journal))
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)["plan"]
     methods = [s["method"] for s in plan["steps"]]
@@ -95,11 +84,12 @@ def test_2b_the_higher_half_scenario_includes_the_runtime_services(uefi, journal
     assert not plan["refusals"]
 
 
-def test_3_the_move_is_applied_verified_and_journaled(uefi, demo_kernel, runtime, journal):
+def test_3_the_move_is_applied_verified_and_journaled(uefi_qemu, demo_kernel, runtime, journal):
     started = time.monotonic()
     result = kinspect(
-        "--agent", uefi.agent_endpoint, "--target", uefi.gdb_endpoint, "--elf", demo_kernel,
-        "remap", "efi-runtime", "--yes", "--json", "--journal", str(journal), timeout=300,
+        "--agent", uefi_qemu.agent_endpoint, "--target", uefi_qemu.gdb_endpoint,
+        "--elf", demo_kernel, "remap", "efi-runtime", "--yes", "--json", "--journal",
+        str(journal), timeout=300,
     )  # fmt: skip
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stderr + result.stdout
@@ -115,19 +105,19 @@ def test_3_the_move_is_applied_verified_and_journaled(uefi, demo_kernel, runtime
     print(f"efi-runtime: {len(methods)} steps in {seconds:.1f} s")
 
 
-def test_4_qemu_sees_the_runtime_regions_at_their_new_addresses_only(uefi, runtime):
-    mem = list(decode_info_mem(uefi.monitor("info mem")))
+def test_4_qemu_sees_the_runtime_regions_at_their_new_addresses_only(uefi_qemu, runtime):
+    mem = list(decode_info_mem(uefi_qemu.monitor("info mem")))
     assert mem and all(start >= HIGHER_HALF for start, _end, _perm in mem), "identity map gone"
     for d in runtime:  # info mem: each region's new range is mapped whole
         new = EFI_VA_BASE + d.physical_start
         covered = sum(min(end, new + d.size) - max(start, new) for start, end, _ in mem
                       if start < new + d.size and end > new)  # fmt: skip
         assert covered == d.size, d
-    spans = leaf_spans(decode_info_tlb(uefi.monitor("info tlb")))
+    spans = leaf_spans(decode_info_tlb(uefi_qemu.monitor("info tlb")))
     for d in runtime:
         new = EFI_VA_BASE + d.physical_start
         for off in (0, d.size - 0x1000):
-            assert gva2gpa(uefi, new + off) == d.physical_start + off
+            assert gva2gpa(uefi_qemu, new + off) == d.physical_start + off
         # Every leaf that maps a page of the region, whatever its size.
         where = [va + max(0, d.physical_start - pa) for va, pa, size in spans
                  if pa < d.physical_end and pa + size > d.physical_start]  # fmt: skip
@@ -138,8 +128,8 @@ def test_4_qemu_sees_the_runtime_regions_at_their_new_addresses_only(uefi, runti
             assert inside or in_window, f"{d} is also mapped at {va:#x}"
 
 
-def test_5_get_time_answers_with_the_hosts_date(uefi):
-    result = agent(uefi, "efi-time", "--json")
+def test_5_get_time_answers_with_the_hosts_date(uefi_qemu):
+    result = agent(uefi_qemu, "efi-time", "--json")
     assert result.returncode == 0, result.stderr
     t = json.loads(result.stdout)["efi_time"]
     host = datetime.now(UTC)
@@ -149,24 +139,24 @@ def test_5_get_time_answers_with_the_hosts_date(uefi):
     assert abs((firmware - host).total_seconds()) < 3600, (firmware, host)
 
 
-def test_6_variables_answer_through_the_new_mapping(uefi):
-    listed = agent(uefi, "efi-vars", "--json")
+def test_6_variables_answer_through_the_new_mapping(uefi_qemu):
+    listed = agent(uefi_qemu, "efi-vars", "--json")
     assert listed.returncode == 0, listed.stderr
     names = json.loads(listed.stdout)["variables"]
     assert names
     first = names[0]
-    read = agent(uefi, "efi-vars", first["name"], "--guid", first["guid"], "--json")
+    read = agent(uefi_qemu, "efi-vars", first["name"], "--guid", first["guid"], "--json")
     assert read.returncode == 0, read.stderr
     variable = json.loads(read.stdout)["variable"]
     assert "RT" in variable["attribute_names"]  # only runtime variables are listed now
 
 
-def test_7_undo_is_refused_with_the_reason_and_the_journal_stays_true(uefi, journal):
-    result = agent(uefi, "remap", "undo", "--journal", str(journal))
+def test_7_undo_is_refused_with_the_reason_and_the_journal_stays_true(uefi_qemu, journal):
+    result = agent(uefi_qemu, "remap", "undo", "--journal", str(journal))
     assert result.returncode == 1
     assert "SetVirtualAddressMap, which cannot be undone" in result.stderr
     assert "Traceback" not in result.stderr
-    listed = agent(uefi, "remap", "journal", "--json", "--journal", str(journal))
+    listed = agent(uefi_qemu, "remap", "journal", "--json", "--journal", str(journal))
     steps = json.loads(listed.stdout)["steps"]
     assert steps and all(s["state"] == "applied" for s in steps)
     # The page-table part of the journal says what the tables hold now.
@@ -174,16 +164,16 @@ def test_7_undo_is_refused_with_the_reason_and_the_journal_stays_true(uefi, jour
         if step["method"] not in ("map", "unmap"):
             continue
         for _va, _level, entry_pa, _old, new in step["result"]:
-            assert xp(uefi, entry_pa) & ~0x60 == new & ~0x60, hex(entry_pa)  # A, D: the CPU's
+            assert xp(uefi_qemu, entry_pa) & ~0x60 == new & ~0x60, hex(entry_pa)  # A, D: the CPU's
 
 
-def test_8_the_moved_regions_may_not_be_unmapped(uefi, runtime, journal):
+def test_8_the_moved_regions_may_not_be_unmapped(uefi_qemu, runtime, journal):
     va = EFI_VA_BASE + runtime[0].physical_start
-    result = agent(uefi, "remap", "unmap", hex(va), "4k", "--plan", "--journal", str(journal))
+    result = agent(uefi_qemu, "remap", "unmap", hex(va), "4k", "--plan", "--journal", str(journal))
     assert result.returncode == 1
     assert f"refused (efi-runtime) at {va:#x}" in result.stdout
     # Sent past the plan, the agent refuses it too.
-    client = AgentClient(open_transport(uefi.agent_endpoint, timeout=5), timeout=5)
+    client = AgentClient(open_transport(uefi_qemu.agent_endpoint, timeout=5), timeout=5)
     try:
         client.hello()
         with pytest.raises(AgentRemoteError) as refused:
@@ -194,11 +184,11 @@ def test_8_the_moved_regions_may_not_be_unmapped(uefi, runtime, journal):
     assert refused.value.message.startswith("efi-runtime")
 
 
-def test_9_a_second_call_is_refused(uefi, journal):
-    result = agent(uefi, "remap", "efi-runtime", "--yes", "--journal", str(journal) + ".2")
+def test_9_a_second_call_is_refused(uefi_qemu, journal):
+    result = agent(uefi_qemu, "remap", "efi-runtime", "--yes", "--journal", str(journal) + ".2")
     assert result.returncode == 1
     assert "efi-virtual-mode" in result.stderr
-    hello = agent(uefi, "agent", "hello")
+    hello = agent(uefi_qemu, "agent", "hello")
     assert hello.returncode == 0, hello.stderr  # the kernel and its agent still answer
 
 

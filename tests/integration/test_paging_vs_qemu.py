@@ -11,26 +11,11 @@ import re
 import pytest
 
 from inspector.targets.qemu_text import decode_info_mem, decode_info_registers, decode_info_tlb
+from tests.qemu_view import tlb_flags
 
 pytestmark = pytest.mark.integration
 
 DIRECT_MAP = 0xFFFF888000000000
-
-
-def tlb_flags(raw: int) -> str:
-    """The flags ``info tlb`` prints for a leaf: its raw bits, XGPDACTUW."""
-    bits = [
-        (63, "X"),
-        (8, "G"),
-        (7, "P"),
-        (6, "D"),
-        (5, "A"),
-        (4, "C"),
-        (3, "T"),
-        (2, "U"),
-        (1, "W"),
-    ]
-    return "".join(letter if raw >> bit & 1 else "-" for bit, letter in bits)
 
 
 def gva2gpa(qemu, va: int) -> int | None:

@@ -18,21 +18,7 @@ from .test_paging_vs_qemu import gva2gpa, tlb_flags
 
 pytestmark = pytest.mark.integration
 
-BOOT_TIMEOUT = 90.0  # the firmware takes 5-6 s on an idle machine, far more under load
 RTCODE, RTDATA, CONVENTIONAL, MMIO = 5, 6, 7, 11
-
-
-@pytest.fixture(scope="module")
-def uefi_qemu(demo_kernel):
-    if not api.DEMO_UEFI.is_file():
-        pytest.fail(f"{api.DEMO_UEFI} is not built: run `make kernel`")
-    started = time.monotonic()
-    instance = api.launch_demo(uefi=True, memory="256M", timeout=BOOT_TIMEOUT)
-    instance.boot_seconds = time.monotonic() - started
-    try:
-        yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture

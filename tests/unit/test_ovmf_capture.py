@@ -13,24 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from inspector.errors import FaultError
 from inspector.x86.control import decode_paging_mode
 from inspector.x86.paging import coalesce_ranges, collect_address_space, translate
+from tests.qemu_view import capture_reader, tlb_flags
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "ovmf"
 CR0, CR3, CR4, EFER = 0x80010033, 0xF801000, 0x668, 0xD00
 KiB4, MiB2 = 1 << 12, 1 << 21
-TLB_FLAGS = (
-    (63, "X"),
-    (8, "G"),
-    (7, "P"),
-    (6, "D"),
-    (5, "A"),
-    (4, "C"),
-    (3, "T"),
-    (2, "U"),
-    (1, "W"),
-)
 
 
 def load_pages() -> dict[int, bytes]:
@@ -62,9 +51,6 @@ def read_info_mem() -> list[tuple[int, int, str]]:
     return ranges
 
 
-def tlb_flags(raw: int) -> str:
-    return "".join(letter if raw >> bit & 1 else "-" for bit, letter in TLB_FLAGS)
-
 
 @pytest.fixture(scope="module")
 def pages():
@@ -73,13 +59,7 @@ def pages():
 
 @pytest.fixture(scope="module")
 def read_physical(pages):
-    def read(address: int, size: int) -> bytes:
-        base = address & ~0xFFF
-        if base not in pages or (address & 0xFFF) + size > 4096:
-            raise FaultError(address, "not in the capture")
-        return pages[base][address & 0xFFF : (address & 0xFFF) + size]
-
-    return read
+    return capture_reader(pages)
 
 
 @pytest.fixture(scope="module")

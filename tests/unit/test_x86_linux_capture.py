@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from inspector.errors import FaultError
 from inspector.x86.control import decode_cr0, decode_cr4, decode_efer, decode_paging_mode
 from inspector.x86.paging import (
     Leaf,
@@ -21,23 +20,13 @@ from inspector.x86.paging import (
     find_aliases,
     translate,
 )
+from tests.qemu_view import capture_reader, tlb_flags
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "linux-6.1-nokaslr"
 CR0, CR3, CR4, EFER = 0x80050033, 0x487C000, 0x6F0, 0xD01
 TEXT, ETEXT = 0xFFFFFFFF81000000, 0xFFFFFFFF81E01D32  # _text, _etext (kallsyms, nokaslr)
 PAGE_OFFSET = 0xFFFF888000000000  # page_offset_base
 ESPFIX_BASE = 0xFFFFFF0000000000  # ESPFIX_BASE_ADDR, PML4 slot 510
-TLB_FLAGS = (
-    (63, "X"),
-    (8, "G"),
-    (7, "P"),
-    (6, "D"),
-    (5, "A"),
-    (4, "C"),
-    (3, "T"),
-    (2, "U"),
-    (1, "W"),
-)
 
 
 def load_pages() -> dict[int, bytes]:
@@ -61,13 +50,7 @@ def pages():
 
 @pytest.fixture(scope="module")
 def read_physical(pages):
-    def read(address: int, size: int) -> bytes:
-        base = address & ~0xFFF
-        if base not in pages or (address & 0xFFF) + size > 4096:
-            raise FaultError(address, "not in the capture")
-        return pages[base][address & 0xFFF : (address & 0xFFF) + size]
-
-    return read
+    return capture_reader(pages)
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +62,6 @@ def mode():
 def space(read_physical, mode):
     return collect_address_space(read_physical, CR3, mode)
 
-
-def tlb_flags(raw: int) -> str:
-    return "".join(letter if raw >> bit & 1 else "-" for bit, letter in TLB_FLAGS)
 
 
 def test_registers_agree_with_the_capture():
