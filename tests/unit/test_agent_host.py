@@ -405,24 +405,24 @@ def efi_tables(*, identity=True, new=True, skip=()) -> PageTables:
     return pt
 
 
+def start_efi_agent(image, pt: PageTables, cr4: int = CR4_PAE | CR4_OSFXSR) -> HostAgent:
+    """A host agent on ``pt`` with the fake firmware (the image's magic says UEFI)."""
+    write_image(
+        image, pt.memory, ram_size=pt.memory.ram_size, cr3=pt.root, cr4=cr4,
+        efer=EFER_LONG | EFER_NXE,
+    )  # fmt: skip
+    with open(image, "r+b") as f:
+        f.write(b"KAGENTEF")
+    return HostAgent(host_tools()["host_agent"], image)
+
+
 @pytest.fixture
 def efi_machine(tmp_path):
     """A host agent on the fake firmware (the image's magic says UEFI), with a client."""
     agents = []
 
     def start(pt: PageTables, cr4: int = CR4_PAE | CR4_OSFXSR) -> AgentClient:
-        image = tmp_path / f"efi-image{len(agents)}"
-        write_image(
-            image,
-            pt.memory,
-            ram_size=pt.memory.ram_size,
-            cr3=pt.root,
-            cr4=cr4,
-            efer=EFER_LONG | EFER_NXE,
-        )
-        with open(image, "r+b") as f:
-            f.write(b"KAGENTEF")
-        agent = HostAgent(host_tools()["host_agent"], image)
+        agent = start_efi_agent(tmp_path / f"efi-image{len(agents)}", pt, cr4)
         agents.append(agent)
         client = AgentClient(agent.transport, timeout=5)
         client.hello()
@@ -654,19 +654,7 @@ def fuzz_efi_agent(tmp_path_factory):
     pt = efi_tables()
     for i in range(4):
         pt.map(MMIO_PA + (i << 12), MMIO_PA + (i << 12), flags=P | RW | NX)
-    image = tmp_path_factory.mktemp("fuzz-efi") / "image"
-    cr4 = CR4_PAE | CR4_OSFXSR
-    write_image(
-        image,
-        pt.memory,
-        ram_size=pt.memory.ram_size,
-        cr3=pt.root,
-        cr4=cr4,
-        efer=EFER_LONG | EFER_NXE,
-    )
-    with open(image, "r+b") as f:
-        f.write(b"KAGENTEF")
-    agent = HostAgent(host_tools()["host_agent"], image)
+    agent = start_efi_agent(tmp_path_factory.mktemp("fuzz-efi") / "image", pt)
     yield agent
     stderr = agent.close()
     assert "runtime error" not in stderr and "AddressSanitizer" not in stderr, stderr
