@@ -255,13 +255,24 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
                 entry = session.symbols.lookup("kernel_main")
                 if entry is not None:
                     print(format_translation(session.translate(entry)), file=out)
+            if not args.json and getattr(args, "uefi", False):
+                runtime = session.efi_memory_map().runtime
+                print("\n== the firmware's runtime regions (kinspect efi-map) ==", file=out)
+                print("\n".join(str(d) for d in runtime), file=out)
         finally:
             session.close(resume=True)
         if args.keep:
+            uefi_hint = (
+                f"  kinspect --agent {qemu.agent_endpoint} remap efi-runtime   "
+                "(SetVirtualAddressMap)\n"
+                if getattr(args, "uefi", False)
+                else ""
+            )
             print(
                 f"\nQEMU keeps running (pid {qemu.pid}). Try:\n"
                 f"  kinspect --target {qemu.gdb_endpoint} --elf {kernel} vtop kernel_main\n"
                 f"  kinspect --agent {qemu.agent_endpoint} --elf {kernel} pt   (no gdb)\n"
+                f"{uefi_hint}"
                 f"stop it with: kill {qemu.pid}",
                 file=out,
             )
