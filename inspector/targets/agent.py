@@ -171,8 +171,10 @@ class AgentTarget(Target):
         """GDTR/IDTR from sgdt/sidt; TR/LDTR from their selector and GDT descriptor.
 
         The hidden part of TR and LDTR is rebuilt from the descriptor in the
-        GDT (base, limit, and the attribute bits as QEMU shows them: the
-        descriptor's high dword masked with 0x00f0ff00).
+        GDT (base, limit scaled by G, and the attribute bits as QEMU shows
+        them: the descriptor's high dword masked with 0x00ffff00, so flags,
+        limit 19:16 and the access byte, as
+        :attr:`~inspector.x86.descriptors.SegmentDescriptor.attributes`).
         """
         regs = self.agent_registers()
         gdtr = DescriptorTableRegister(regs["gdtr_base"], regs["gdtr_limit"])
@@ -198,7 +200,7 @@ class AgentTarget(Target):
         limit = (low & 0xFFFF) | (high & 0x000F0000)
         if high & (1 << 23):  # G: 4 KiB granularity
             limit = (limit << 12) | 0xFFF
-        return SegmentRegister(selector, base, limit, high & 0x00F0FF00)
+        return SegmentRegister(selector, base, limit, high & 0x00FFFF00)
 
     # -- the agent's own walk ----------------------------------------------------------
 
