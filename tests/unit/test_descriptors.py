@@ -180,6 +180,34 @@ def test_ldt_selectors_go_to_the_ldt():
     assert t.slot(0).loaded_by == ("DS",) and t.problems == ()
 
 
+# The demo kernel's LDT (kernel-agent/demo/gdt.c), as QEMU's x reads it from one build.
+DEMO_LDT = q(
+    0x00CFFA000000FFFF,  # 0x00 32-bit user code, base 0, limit 0xfffff G
+    0x1242F2345000FFFF,  # 0x08 user data, base 0x12345000, limit 0x2ffff bytes
+    0x0000720000000FFF,  # 0x10 user data, not present
+    0x8010EC0000080970,  # 0x18 call gate to 0x0008:0xffffffff80100970
+    0x00000000FFFFFFFF,
+)
+
+
+def test_demo_kernel_ldt():
+    t = decode_gdt(DEMO_LDT, 0xFFFFFFFF80198FA0, name="LDT", loaded={"CS": 0x8, "LDTR": 0x38})
+    assert (t.name, t.limit, t.problems) == ("LDT", 0x27, ())
+    assert [s.selector for s in t.slots] == [0x00, 0x08, 0x10, 0x18, 0x20]
+    assert all(s.loaded_by == () for s in t.slots)  # CS is a GDT selector, LDTR not in here
+    code, data, absent, gate = (t.slot(s).descriptor for s in (0x00, 0x08, 0x10, 0x18))
+    assert code.kind == "code" and code.DB and not code.L and code.DPL == 3
+    assert code.type_flags == ("R",) and code.effective_limit == 0xFFFFFFFF
+    assert str(code).startswith("code 32-bit R base=0x0 limit=0xffffffff DPL=3 P")
+    # Base 31:24 in byte 7, limit 19:16 in byte 6: both rebuilt, both in the attribute word.
+    assert (data.base, data.limit, data.effective_limit) == (0x12345000, 0x2FFFF, 0x2FFFF)
+    assert data.attributes == 0x0042F200 and not data.G
+    assert absent.kind == "data" and not absent.P and "not-present" in str(absent)
+    assert gate.kind == "call-gate64" and gate.size == 16 and gate.gate_selector == 0x08
+    assert gate.base == 0xFFFFFFFF80100970 and gate.DPL == 3 and gate.P and gate.reserved == 0
+    assert t.slot(0x20).descriptor is None and t.slot(0x20).continues == 0x18
+
+
 # -- IDT gates -----------------------------------------------------------------------
 
 
