@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import (
@@ -144,6 +144,7 @@ def launch_demo(
     serial: str = "unix",
     append: str | None = None,
     uefi: bool = False,
+    cpu_flags: Sequence[str] = (),
 ) -> QemuInstance:
     """Boot the demo kernel in QEMU and wait until it says it is ready.
 
@@ -154,6 +155,8 @@ def launch_demo(
     ``uefi`` boots the same kernel through OVMF on q35 (``DEMO_UEFI``, built by
     ``make -C kernel-agent uefi``; symbols still come from ``DEMO_KERNEL``);
     the firmware takes 5-6 s under TCG, so give ``timeout`` room.
+    ``cpu_flags`` add to QEMU's ``-cpu qemu64,+pdpe1gb``: with ``("+la57",)`` and
+    ``append="la57"`` the kernel runs with 5-level paging.
     """
     if uefi:
         if not DEMO_UEFI.is_file():
@@ -162,11 +165,25 @@ def launch_demo(
             )
         if append:
             raise TargetError("the UEFI demo kernel takes no command line")
-        return launch_qemu(DEMO_UEFI, memory=memory, timeout=timeout, serial=serial, uefi=True)
+        return launch_qemu(
+            DEMO_UEFI,
+            memory=memory,
+            timeout=timeout,
+            serial=serial,
+            uefi=True,
+            cpu_flags=cpu_flags,
+        )
     if not DEMO_KERNEL.is_file():
         raise TargetError(f"the demo kernel is not built ({DEMO_KERNEL}); run `make kernel`")
     extra = ("-append", append) if append else ()
-    return launch_qemu(DEMO_KERNEL, memory=memory, timeout=timeout, serial=serial, extra_args=extra)
+    return launch_qemu(
+        DEMO_KERNEL,
+        memory=memory,
+        timeout=timeout,
+        serial=serial,
+        extra_args=extra,
+        cpu_flags=cpu_flags,
+    )
 
 
 def remapper(session: Session, *, journal: str | Path | None = None):

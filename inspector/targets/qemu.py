@@ -28,6 +28,9 @@ __all__ = ["QemuConfig", "QemuInstance", "launch_qemu"]
 
 READY_MARKER = "kinspect-demo: ready"
 
+#: The CPU model of every launch: 1 GiB pages; ``cpu_flags`` add to it (``+la57``).
+DEFAULT_CPU = "qemu64,+pdpe1gb"
+
 #: Debian's ``ovmf`` package: the firmware (read-only) and the variable store
 #: each UEFI launch copies into its workdir.
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -42,7 +45,7 @@ class QemuConfig:
     #: UEFI shell, on its own page tables (boot services still running)
     kernel: Path | None
     memory: str = "128M"
-    cpu: str = "qemu64,+pdpe1gb"
+    cpu: str = DEFAULT_CPU
     accel: str = "tcg"
     extra_args: Sequence[str] = field(default_factory=tuple)
     qemu: str = "qemu-system-x86_64"
@@ -280,11 +283,13 @@ def launch_qemu(
     extra_args: Sequence[str] = (),
     serial: str = "unix",
     uefi: bool = False,
+    cpu_flags: Sequence[str] = (),
 ) -> QemuInstance:
     """Boot ``kernel`` (a UEFI application if ``uefi``) and wait for its ready line on serial.
 
     With ``uefi`` and no ``kernel`` the ESP is empty: OVMF ends in its UEFI shell
     (``ready_marker="Shell> "``), still on the firmware's own page tables.
+    ``cpu_flags`` are added to ``DEFAULT_CPU``: ``("+la57",)`` gives the CPU 5-level paging.
     """
     instance = QemuInstance(
         QemuConfig(
@@ -293,6 +298,7 @@ def launch_qemu(
             extra_args=tuple(extra_args),
             serial=serial,
             uefi=uefi,
+            cpu=",".join((DEFAULT_CPU, *cpu_flags)),
         )
     )
     instance.start(timeout=min(timeout, 10.0))

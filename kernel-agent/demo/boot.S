@@ -19,12 +19,19 @@
 #define CR0_WP 0x00010000
 #define CR0_PG 0x80000000
 #define CR4_PAE 0x00000020
+#define CR4_LA57 0x00001000
 #define MSR_EFER 0xc0000080
 #define EFER_LME 0x00000100
 #define EFER_NXE 0x00000800
 
 #define CPUID_EXT_LM (1 << 29)
 #define CPUID_EXT_NX (1 << 20)
+#define CPUID_7_ECX_LA57 (1 << 16)
+
+/* struct hvm_start_info.cmdline_paddr (pvh.h; main.c asserts the offset). */
+#define START_INFO_CMDLINE 0x18
+/* "la57" as a little-endian dword. */
+#define LA57_WORD 0x3735616c
 
 /*
  * XEN_ELFNOTE_PHYS32_ENTRY: name "Xen", value the 32-bit physical entry.
@@ -95,12 +102,40 @@ pvh_start32:
 	add $8, %edi
 	loop 1b
 
+	/*
+	 * 5-level paging when the command line asks for it ("la57") and the
+	 * CPU has it. CR4.LA57 cannot change in IA-32e mode, so it is now or
+	 * never. The boot PML5 has two entries, both the boot PML4: entry 0
+	 * for the identity map, 511 for KERNEL_VMA (0xffffffff80000000 is
+	 * canonical with 57 bits too, sign-extended from bit 56).
+	 */
+	mov $CR4_PAE, %edi
+	mov $PHYS(boot_pml4), %ebp
+	call cmdline_has_la57
+	test %eax, %eax
+	jz 3f
+	movl $BOOT_LA57_MISSING, PHYS(boot_la57)
+	xor %eax, %eax
+	cpuid
+	cmp $7, %eax
+	jb 3f
+	mov $7, %eax
+	xor %ecx, %ecx
+	cpuid
+	test $CPUID_7_ECX_LA57, %ecx
+	jz 3f
+	movl $BOOT_LA57_ON, PHYS(boot_la57)
+	mov $(PHYS(boot_pml4) + (PTE_P | PTE_RW)), %eax
+	mov %eax, PHYS(boot_pml5)
+	mov %eax, PHYS(boot_pml5) + 511 * 8
+	or $CR4_LA57, %edi
+	mov $PHYS(boot_pml5), %ebp
+3:
 	mov %cr4, %eax
-	or $CR4_PAE, %eax
+	or %edi, %eax
 	mov %eax, %cr4
 
-	mov $PHYS(boot_pml4), %eax
-	mov %eax, %cr3
+	mov %ebp, %cr3
 
 	mov $MSR_EFER, %ecx
 	rdmsr
@@ -127,6 +162,38 @@ no_long_mode:
 	hlt
 	jmp 2b
 	.size pvh_start32, . - pvh_start32
+
+/*
+ * EAX = 1 if the PVH command line (ESI = hvm_start_info) holds the word
+ * "la57" (space-separated, like main.c's cmdline_has), else 0. Paging is
+ * off: physical addresses below 4 GiB are read directly. Clobbers ECX, EDX.
+ */
+	.type cmdline_has_la57, @function
+cmdline_has_la57:
+	xor %eax, %eax
+	cmpl $0, START_INFO_CMDLINE + 4(%esi)
+	jne 4f
+	mov START_INFO_CMDLINE(%esi), %edx
+	test %edx, %edx
+	jz 4f
+	mov $' ', %cl			/* the start counts as a separator */
+1:	cmp $' ', %cl
+	jne 2f
+	cmpl $LA57_WORD, (%edx)		/* a NUL among these four bytes differs */
+	jne 2f
+	mov 4(%edx), %cl
+	test %cl, %cl
+	jz 3f
+	cmp $' ', %cl
+	je 3f
+2:	mov (%edx), %cl
+	inc %edx
+	test %cl, %cl
+	jnz 1b
+	ret
+3:	mov $1, %eax
+4:	ret
+	.size cmdline_has_la57, . - cmdline_has_la57
 
 	.code64
 start64_low:
@@ -189,9 +256,18 @@ pvh_start_info_paddr:
 	.long 0
 	.size pvh_start_info_paddr, 4
 
+	/* BOOT_LA57_OFF, _ON or _MISSING (layout.h): what the entry did about "la57". */
+	.globl boot_la57
+	.type boot_la57, @object
+boot_la57:
+	.long BOOT_LA57_OFF
+	.size boot_la57, 4
+
 /* Temporary boot page tables; dead once paging.c switches CR3. */
 	.section .bss.boot_pagetables, "aw", @nobits
 	.p2align 12
+boot_pml5:
+	.skip PAGE_SIZE
 boot_pml4:
 	.skip PAGE_SIZE
 boot_pdpt_low:

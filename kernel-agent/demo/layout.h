@@ -27,6 +27,14 @@
 #define BOOT_STACK_SIZE 0x4000
 #define DF_STACK_SIZE 0x4000
 
+/*
+ * Paging mode chosen at the PVH entry (boot.S, boot_la57): CR4.LA57 can be
+ * set only while paging is off, so the boot option "la57" is read there.
+ */
+#define BOOT_LA57_OFF 0		/* not asked for: 4-level paging */
+#define BOOT_LA57_ON 1		/* 5-level paging, CR4.LA57 set */
+#define BOOT_LA57_MISSING 2	/* asked for, but CPUID.7.0:ECX.LA57[16] is 0 */
+
 /* Segment selectors of the kernel GDT (gdt.c). */
 #define GDT_KERNEL_CODE 0x08
 #define GDT_KERNEL_DATA 0x10

@@ -19,6 +19,12 @@
 
 extern char boot_stack_bottom[], boot_stack_top[];
 extern char df_stack_top[];
+/* BOOT_LA57_*: what boot.S did about the boot option "la57" (layout.h). */
+extern uint32_t boot_la57;
+
+/* boot.S reads the command line at this offset, before there is any C. */
+_Static_assert(offsetof(struct hvm_start_info, cmdline_paddr) == 0x18,
+	       "boot.S: START_INFO_CMDLINE");
 
 void kernel_main(uint32_t start_info_paddr);
 
@@ -79,6 +85,9 @@ static void print_state(bool has_1g_pages)
 	kprintf("kinspect-demo: mmio window 0x%lx -> phys 0x%lx (%s)\n",
 		(uint64_t)MMIO_WINDOW_BASE, (uint64_t)MMIO_PHYS,
 		has_1g_pages ? "1 GiB page" : "2 MiB pages, no pdpe1gb");
+	if (paging_levels == 5)
+		kprintf("kinspect-demo: 5-level paging: kernel_pml5=%p, entry 511 kernel_pml4=%p\n",
+			(void *)kernel_pml5, (void *)kernel_pml4);
 	kprintf("kinspect-demo: kernel_pml4=%p boot_stack=%p-%p\n", (void *)kernel_pml4,
 		(void *)boot_stack_bottom, (void *)boot_stack_top);
 	kprintf("kinspect-demo: CR0=0x%lx CR3=0x%lx CR4=0x%lx EFER=0x%lx\n", read_cr0(),
@@ -99,6 +108,16 @@ void kernel_main(uint32_t start_info_paddr)
 			start_info_paddr);
 
 	bool low_half = !uefi && cmdline_has(start_info_paddr, "lowhalf");
+
+	/*
+	 * The boot option "la57" (5-level paging) was read by boot.S: CR4.LA57
+	 * can only be set before long mode. The UEFI entry stays 4-level.
+	 */
+	if (boot_la57 == BOOT_LA57_ON)
+		kprintf("kinspect-demo: la57: 5-level paging (CR4.LA57 set at the PVH entry)\n");
+	else if (boot_la57 == BOOT_LA57_MISSING)
+		kprintf("kinspect-demo: la57: the CPU has no LA57 (CPUID.7.0:ECX[16] clear), "
+			"staying with 4-level paging\n");
 
 	if (uefi)
 		efi_memmap_init(efi_boot_info_paddr);

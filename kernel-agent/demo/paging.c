@@ -16,6 +16,12 @@
  *
  * All tables live in .bss.pagetables inside the kernel image, so they are
  * reached through the kernel image mapping and the direct map only.
+ *
+ * With 5-level paging (boot option "la57", CR4.LA57 set by boot.S) the same
+ * layout hangs under kernel_pml5: entry 511 is kernel_pml4, which holds the
+ * higher half as with 4 levels (these addresses are canonical with 57 bits
+ * too), and entry 0 a PML4 of its own for the identity map. Every mapping
+ * keeps its 4-level address and none gains an alias.
  */
 #include "paging.h"
 #include "kprintf.h"
@@ -24,10 +30,8 @@
 #include "string.h"
 #include "x86.h"
 
-#define PML4_INDEX(va) (((va) >> 39) & 0x1ff)
-#define PDPT_INDEX(va) (((va) >> 30) & 0x1ff)
-#define PD_INDEX(va) (((va) >> 21) & 0x1ff)
-#define PT_INDEX(va) (((va) >> 12) & 0x1ff)
+/* The index of va in the table at `level` (5 PML5, 4 PML4, 3 PDPT, 2 PD, 1 PT). */
+#define TABLE_INDEX(va, level) (((va) >> (12 + 9 * ((level) - 1))) & 0x1ff)
 
 #define ALIGN_UP(x, a) (((x) + (a) - 1) & ~((uint64_t)(a) - 1))
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -40,11 +44,13 @@ extern char __page_tables_start[], __page_tables_end[];
 extern char boot_stack_guard[], df_stack_guard[];
 
 uint64_t kernel_pml4[PT_ENTRIES] __aligned(PAGE_SIZE) __section(".bss.pagetables");
+uint64_t kernel_pml5[PT_ENTRIES] __aligned(PAGE_SIZE) __section(".bss.pagetables");
 static uint64_t pt_pool[PT_POOL_PAGES][PT_ENTRIES] __aligned(PAGE_SIZE)
 	__section(".bss.pagetables");
 static unsigned pt_pool_used;
 
 const uint64_t direct_map_base = DIRECT_MAP_BASE;
+unsigned paging_levels = 4;
 
 /* Page tables are in the kernel image: convert with the image offset. */
 static uint64_t image_phys(const void *p)
@@ -85,26 +91,18 @@ static uint64_t *next_table(uint64_t *table, unsigned index)
 
 static void map_page(uint64_t va, uint64_t pa, uint64_t size, uint64_t flags)
 {
-	uint64_t *slot;
+	unsigned leaf_level = size == HUGE_PAGE_SIZE ? 3 : size == LARGE_PAGE_SIZE ? 2 : 1;
+	uint64_t *table = paging_levels == 5 ? kernel_pml5 : kernel_pml4;
 
 	if ((va | pa) & (size - 1))
 		panic("paging: 0x%lx -> 0x%lx not aligned to 0x%lx", va, pa, size);
-
-	uint64_t *pdpt = next_table(kernel_pml4, PML4_INDEX(va));
-
-	if (size == HUGE_PAGE_SIZE) {
-		slot = &pdpt[PDPT_INDEX(va)];
+	for (unsigned level = paging_levels; level > leaf_level; level--)
+		table = next_table(table, TABLE_INDEX(va, level));
+	if (leaf_level > 1)
 		flags |= PTE_PS;
-	} else {
-		uint64_t *pd = next_table(pdpt, PDPT_INDEX(va));
 
-		if (size == LARGE_PAGE_SIZE) {
-			slot = &pd[PD_INDEX(va)];
-			flags |= PTE_PS;
-		} else {
-			slot = &next_table(pd, PD_INDEX(va))[PT_INDEX(va)];
-		}
-	}
+	uint64_t *slot = &table[TABLE_INDEX(va, leaf_level)];
+
 	if (*slot & PTE_P)
 		panic("paging: 0x%lx mapped twice", va);
 	*slot = pa | flags;
@@ -188,15 +186,24 @@ static void map_mmio(bool has_1g_pages)
 
 void paging_init(bool has_1g_pages)
 {
+	if (read_cr4() & CR4_LA57) {
+		paging_levels = 5;
+		/* The whole higher half is PML5 entry 511; the identity map gets entry 0. */
+		kernel_pml5[TABLE_INDEX(KERNEL_VMA, 5)] = image_phys(kernel_pml4) | PTE_P | PTE_RW;
+	}
 	map_identity();
 	map_direct();
 	map_mmio(has_1g_pages);
 	map_kernel_image();
 
-	write_cr3(image_phys(kernel_pml4));
+	write_cr3(image_phys(paging_levels == 5 ? kernel_pml5 : kernel_pml4));
 	/* Setting PGE also flushes the TLB, global entries included. */
 	write_cr4(read_cr4() | CR4_PGE);
 
-	kprintf("paging: CR3=0x%lx, %u of %u page-table pages used\n", read_cr3(),
-		pt_pool_used + 1, PT_POOL_PAGES + 1);
+	if (paging_levels == 5)
+		kprintf("paging: 5-level (CR4.LA57), CR3=0x%lx, %u of %u page-table pages used\n",
+			read_cr3(), pt_pool_used + 2, PT_POOL_PAGES + 2);
+	else
+		kprintf("paging: CR3=0x%lx, %u of %u page-table pages used\n", read_cr3(),
+			pt_pool_used + 1, PT_POOL_PAGES + 1);
 }

@@ -1,4 +1,4 @@
-/* Final 4-level page tables (see layout.h for the address map). */
+/* Final 4- or 5-level page tables (see layout.h for the address map). */
 #ifndef DEMO_PAGING_H
 #define DEMO_PAGING_H
 
@@ -18,15 +18,21 @@
 #define PTE_ADDR_MASK 0x000ffffffffff000UL
 
 #define PT_ENTRIES 512
-/* Page-table pages for everything but the PML4 (bounds the direct map). */
+/* Page-table pages for everything but the PML4 and PML5 (bounds the direct map). */
 #define PT_POOL_PAGES 64
 #define DIRECT_MAP_MAX (32UL << 30)
 
+/* The PML4 of the higher half: CR3's table with 4 levels, kernel_pml5[511] with 5. */
 extern uint64_t kernel_pml4[PT_ENTRIES];
+/* CR3's table with 5 levels (CR4.LA57); unused with 4. */
+extern uint64_t kernel_pml5[PT_ENTRIES];
 extern const uint64_t direct_map_base;
+/* 4, or 5 when boot.S set CR4.LA57; set by paging_init. */
+extern unsigned paging_levels;
 
 /*
- * Builds the final tables and switches CR3 to them, then sets CR4.PGE.
+ * Builds the final tables, with as many levels as the CPU uses now
+ * (CR4.LA57: boot.S chose), and switches CR3 to them, then sets CR4.PGE.
  * has_1g_pages selects a 1 GiB page for the MMIO window.
  */
 void paging_init(bool has_1g_pages);

@@ -15,6 +15,7 @@
 #define CR4_PGE (1UL << 7)
 #define CR4_OSFXSR (1UL << 9)
 #define CR4_OSXMMEXCPT (1UL << 10)
+#define CR4_LA57 (1UL << 12)
 
 #define MSR_EFER 0xc0000080
 #define EFER_SCE (1UL << 0)
