@@ -97,8 +97,8 @@ def test_registers_match_gdb_and_the_monitor(agent, qemu, demo_kernel):
     # The agent rebuilds TR's attributes from the GDT, where LTR marked the TSS
     # busy (type 0xB); QEMU's cached copy still says available (0x9).
     assert tr.attributes == their_tr.attributes | 0x200 == 0x8B00
-    # LDTR is null: the agent says "none", QEMU shows its empty cache.
-    assert system.ldtr is None and gdb_system.ldtr.selector == 0
+    # LDTR: the demo kernel's LDT (GDT slot 0x38), rebuilt by the agent from the GDT.
+    assert system.ldtr == gdb_system.ldtr and system.ldtr.selector == 0x38
     # IA32_PAT: QEMU's power-on value (SDM Vol. 3A 11.12.4), which gdb cannot show.
     assert ours["pat"] == 0x0007040600070406
     agent.resume()
