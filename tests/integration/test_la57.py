@@ -16,6 +16,7 @@ import pytest
 
 from inspector import api
 from inspector.errors import FaultError
+from inspector.symbols import SymbolTable
 from inspector.targets.agent import AgentTarget
 from inspector.targets.qemu_text import decode_info_mem, decode_info_registers, decode_info_tlb
 from inspector.x86.paging import canonicalize
@@ -208,8 +209,6 @@ def test_non_canonical_with_57_bits(session):
 
 def test_agent_walk_equals_kinspects_walk(qemu, demo_kernel):
     """The agent's walk in the kernel, then kinspect's through the stub, same tables."""
-    from inspector.symbols import SymbolTable
-
     vas = [
         SymbolTable.from_elf(demo_kernel).lookup("kernel_main"),
         DIRECT_MAP + 0x123456,
@@ -236,3 +235,21 @@ def test_agent_walk_equals_kinspects_walk(qemu, demo_kernel):
         agent.resume()
     finally:
         agent.close()
+
+
+def test_la57_on_a_cpu_without_it_stays_4_level(demo_kernel):
+    """A second, short boot: ``la57`` asked for, but the CPU (plain qemu64) lacks it."""
+    instance = api.launch_demo(append="la57")
+    try:
+        text = instance.serial_output()
+        assert (
+            "la57: the CPU has no LA57 (CPUID.7.0:ECX[16] clear), staying with 4-level paging"
+            in text
+        )
+        assert "5-level" not in text
+        truth = decode_info_registers(instance.monitor("info registers"))
+        assert not truth["cr4"] & CR4_LA57
+        pml4 = SymbolTable.from_elf(demo_kernel).lookup("kernel_pml4")
+        assert truth["cr3"] & ~0xFFF == pml4 - KERNEL_VMA
+    finally:
+        instance.stop()
