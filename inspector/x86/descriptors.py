@@ -431,16 +431,18 @@ def decode_gdt(
             descriptor = decode_segment_descriptor(
                 data[offset : offset + 8] + bytes(8), long_mode=long_mode
             )
+        # The selector that reaches the slot: TI set for the LDT (SDM 3.4.2).
+        selector = index * 8 | table_indicator << 2
         slots.append(
-            GdtSlot(index * 8, base + offset, descriptor, None, tuple(users.get(index, ())))
+            GdtSlot(selector, base + offset, descriptor, None, tuple(users.get(index, ())))
         )
         if descriptor.size == 16 and index + 1 < count:
             slots.append(
                 GdtSlot(
-                    (index + 1) * 8,
+                    selector + 8,
                     base + offset + 8,
                     None,
-                    index * 8,
+                    selector,
                     tuple(users.get(index + 1, ())),
                 )
             )

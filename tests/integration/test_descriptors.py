@@ -25,15 +25,15 @@ pytestmark = pytest.mark.integration
 BUSY = 0x200  # the busy bit of a TSS type, in QEMU's attribute layout
 
 GDT_LDT = 0x38  # gdt.h: after the TSS, so the older selectors stay
-# What gdt.c puts in the LDT, by selector (TI=0 here: kinspect's slot numbering).
+# What gdt.c puts in the LDT, by the selector that reaches it (TI=1: the LDT's).
 LDT_SLOTS = {
-    0x00: dict(kind="code", type=0xA, DPL=3, P=True, L=False, DB=True, G=True,
+    0x04: dict(kind="code", type=0xA, DPL=3, P=True, L=False, DB=True, G=True,
                base=0, effective_limit=0xFFFFFFFF),
-    0x08: dict(kind="data", type=0x2, DPL=3, P=True, L=False, DB=True, G=False,
+    0x0C: dict(kind="data", type=0x2, DPL=3, P=True, L=False, DB=True, G=False,
                base=0x12345000, effective_limit=0x2FFFF),
-    0x10: dict(kind="data", type=0x2, DPL=3, P=False, L=False, DB=False, G=False,
+    0x14: dict(kind="data", type=0x2, DPL=3, P=False, L=False, DB=False, G=False,
                base=0, effective_limit=0xFFF),
-    0x18: dict(kind="call-gate64", type=0xC, DPL=3, P=True, gate_selector=0x08),
+    0x1C: dict(kind="call-gate64", type=0xC, DPL=3, P=True, gate_selector=0x08),
 }  # fmt: skip
 
 
@@ -77,8 +77,8 @@ def decode_independently(low: int, high: int) -> dict:
 
 def assert_ldt_slots(slots: list[dict], words: list[int], ldt_call_gate_target: int) -> None:
     """kinspect's LDT slots (to_dict form) against QEMU's bytes and gdt.c's values."""
-    assert [s["selector"] for s in slots] == [0x00, 0x08, 0x10, 0x18, 0x20]
-    assert slots[4]["descriptor"] is None and slots[4]["continues"] == 0x18
+    assert [s["selector"] for s in slots] == [0x04, 0x0C, 0x14, 0x1C, 0x24]
+    assert slots[4]["descriptor"] is None and slots[4]["continues"] == 0x1C
     assert all(s["loaded_by"] == [] for s in slots)
     for i, slot in enumerate(slots[:4]):
         ours = slot["descriptor"]

@@ -193,9 +193,9 @@ DEMO_LDT = q(
 def test_demo_kernel_ldt():
     t = decode_gdt(DEMO_LDT, 0xFFFFFFFF80198FA0, name="LDT", loaded={"CS": 0x8, "LDTR": 0x38})
     assert (t.name, t.limit, t.problems) == ("LDT", 0x27, ())
-    assert [s.selector for s in t.slots] == [0x00, 0x08, 0x10, 0x18, 0x20]
+    assert [s.selector for s in t.slots] == [0x04, 0x0C, 0x14, 0x1C, 0x24]  # TI=1
     assert all(s.loaded_by == () for s in t.slots)  # CS is a GDT selector, LDTR not in here
-    code, data, absent, gate = (t.slot(s).descriptor for s in (0x00, 0x08, 0x10, 0x18))
+    code, data, absent, gate = (t.slot(s).descriptor for s in (0x04, 0x0C, 0x14, 0x1C))
     assert code.kind == "code" and code.DB and not code.L and code.DPL == 3
     assert code.type_flags == ("R",) and code.effective_limit == 0xFFFFFFFF
     assert str(code).startswith("code 32-bit R base=0x0 limit=0xffffffff DPL=3 P")
@@ -205,7 +205,7 @@ def test_demo_kernel_ldt():
     assert absent.kind == "data" and not absent.P and "not-present" in str(absent)
     assert gate.kind == "call-gate64" and gate.size == 16 and gate.gate_selector == 0x08
     assert gate.base == 0xFFFFFFFF80100970 and gate.DPL == 3 and gate.P and gate.reserved == 0
-    assert t.slot(0x20).descriptor is None and t.slot(0x20).continues == 0x18
+    assert t.slot(0x24).descriptor is None and t.slot(0x24).continues == 0x1C
 
 
 # -- IDT gates -----------------------------------------------------------------------
