@@ -16,10 +16,10 @@ import time
 import pytest
 
 from inspector import api
-from inspector.errors import FaultError
 from inspector.x86.control import decode_paging_mode
 from inspector.x86.paging import coalesce_ranges, collect_address_space
 from tests.integration.test_ovmf_identity import ovmf  # noqa: F401 (the fixture: one boot)
+from tests.qemu_view import capture_reader
 from tests.unit.test_ovmf_capture import CR0, CR3, CR4, EFER, load_pages
 
 LEAVES, RANGES = 524799, 26
@@ -27,15 +27,7 @@ LEAVES, RANGES = 524799, 26
 
 @pytest.fixture(scope="module")
 def captured():
-    pages = load_pages()
-
-    def read_physical(address: int, size: int) -> bytes:
-        base = address & ~0xFFF
-        if base not in pages:
-            raise FaultError(address, "not in the capture")
-        return pages[base][address - base : address - base + size]
-
-    return read_physical, decode_paging_mode(CR0, CR4, EFER)
+    return capture_reader(load_pages()), decode_paging_mode(CR0, CR4, EFER)
 
 
 def report(capsys, text: str) -> None:
