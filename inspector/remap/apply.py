@@ -46,6 +46,7 @@ REFUSED = 9
 HIGHER_HALF = 0xFFFF800000000000
 ADDRESS_BITS = 0x000FFFFFFFFFF000
 SET_ENTRIES_CHUNK = 16  # a set_entries request stays under the agent's 512-byte limit
+ENTRY_BLOCK = 512  # bytes of a table read at once to journal a step's entries (64 of them)
 #: Requests that take no ``force`` parameter (UEFI forbids what their checks refuse).
 NO_FORCE = frozenset({SVAM})
 #: Refusals --force cannot override (the agent or the firmware refuses them anyway).
@@ -266,14 +267,29 @@ class Remapper:
             reports.append(self.run_step(step, force=force))
         return reports
 
-    def _entries_on_the_way(self, root: int, va: int, level: int) -> list[list[int]]:
+    def _entry_reader(self) -> Callable[[int], int]:
+        """Page-table entries by physical address, read 512 bytes at a time and kept: a step's
+        64 pages share their upper entries and lie side by side in one table."""
+        blocks: dict[int, bytes] = {}
+
+        def entry(pa: int) -> int:
+            block = pa & ~(ENTRY_BLOCK - 1)
+            if block not in blocks:
+                blocks[block] = self.target.read_physical(block, ENTRY_BLOCK)
+            (value,) = struct.unpack_from("<Q", blocks[block], pa - block)
+            return value
+
+        return entry
+
+    def _entries_on_the_way(
+        self, root: int, va: int, level: int, entry: Callable[[int], int] | None = None
+    ) -> list[list[int]]:
         """[va, level, entry] of the entry at ``level``, or of the absent one above it."""
+        entry = entry or self._entry_reader()
         table = root
         for lvl in range(self.levels, 0, -1):
             shift = 12 + 9 * (lvl - 1)
-            (e,) = struct.unpack(
-                "<Q", self.target.read_physical(table + 8 * ((va >> shift) & 511), 8)
-            )
+            e = entry(table + 8 * ((va >> shift) & 511))
             if lvl == level:
                 return [[va, lvl, e]]
             if not e & 1:
@@ -291,8 +307,10 @@ class Remapper:
             size, page_size = step.params[2:4] if step.method == "map" else step.params[1:3]
             level = LEVEL_OF_SIZE[page_size]
             out: list[list[int]] = []
+            entry = self._entry_reader()
+            root = regs["cr3"] & ADDRESS_BITS
             for off in range(0, size, page_size):
-                for item in self._entries_on_the_way(regs["cr3"] & ADDRESS_BITS, va + off, level):
+                for item in self._entries_on_the_way(root, va + off, level, entry):
                     if item[:2] not in [o[:2] for o in out]:
                         out.append(item)
             return {"entries": out}
