@@ -26,6 +26,7 @@ from textual.widgets import Checkbox, Footer, Input, Static, TabbedContent, TabP
 from textual.worker import Worker, WorkerState
 
 from inspector.errors import InspectorError, TargetError
+from inspector.remap.apply import UndoRefused
 from inspector.session import Session
 from inspector.x86.paging import Range
 
@@ -957,7 +958,12 @@ class KinspectApp(App[None]):
 
         def failed(error: BaseException) -> None:
             self.report_failure(error)
-            self._remap_journal()
+            if isinstance(error, UndoRefused):
+                # refused before anything was undone: the journal list stays as it is
+                if (screen := self._remap_screen()) is not None:
+                    screen.show_undo_refused(str(error))
+            else:
+                self._remap_journal()
             self._attach()
 
         self.submit("remap undo", work, done, failed=failed)
@@ -1003,7 +1009,8 @@ class KinspectApp(App[None]):
         )
         yield SystemCommand("Export SVG", "Save the screen as SVG (E)", self.action_export_svg)
         yield SystemCommand(
-            "Remap", "Map, unmap, protect, move through the agent; journal, undo (7)",
+            "Remap",
+            "Map, unmap, protect, move, higher-half, efi-runtime (agent); journal, undo (7)",
             self.action_remap,
         )  # fmt: skip
         yield SystemCommand("Remap journal", "Open remap steps, undo (7)", self.action_remap)
@@ -1024,6 +1031,7 @@ def plan_remap(
 ):
     """The plan for one remap form, as ``kinspect remap ACTION --plan`` makes it."""
     from inspector.cli_remap import parse_size
+    from inspector.efi.runtime import EFI_VA_BASE
     from inspector.remap.plan import LEVEL_OF_SIZE, parse_flags
 
     def number(name: str, what: str, parse: Callable[[str], int]) -> int:
@@ -1040,6 +1048,11 @@ def plan_remap(
     def address(text: str) -> int:
         return resolve(session, text)
 
+    if action == "higher-half":
+        return remapper.plan_higher_half()
+    if action == "efi-runtime":
+        base = number("base", "base", parse_size) if fields.get("base") else EFI_VA_BASE
+        return remapper.plan_efi_runtime(base=base, drop_identity=not fields.get("keep_identity"))
     va = number("va", "virtual address", address)
     size = number("size", "size", parse_size)
     if action == "move":

@@ -9,6 +9,13 @@ may change memory or registers while it runs (a remap between two stops).
 ``efi_session`` adds what the demo kernel's efi.c keeps when it boots
 through UEFI (the firmware's memory map, found by symbol), with bytes the
 test builds, so the EFI view reads it through the real Session.
+
+``MemoryRemapper`` plans on the capture with the real Remapper (nothing is
+applied); ``EfiRemapper`` adds the agent's ``efi_info`` over such a kept map,
+so ``plan_efi_runtime`` and ``plan_higher_half`` plan the UEFI steps for real,
+and "applies" a plan by journaling each step and reporting what the agent
+would have checked (GetTime and a variable through the new mapping); undo is
+the real Remapper's, refusals (``UndoRefused``) included, writing nothing.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
-from inspector.errors import FaultError, TargetError
-from inspector.remap.apply import Remapper
-from inspector.remap.journal import Journal
-from inspector.remap.plan import protected_areas
+from inspector.errors import AgentError, FaultError, TargetError
+from inspector.remap.apply import HIGHER_HALF, Remapper, StepReport
+from inspector.remap.efi import SVAM
+from inspector.remap.journal import Journal, JournalStep
+from inspector.remap.plan import Step, protected_areas
 from inspector.session import Session
 from inspector.symbols import Symbol, SymbolTable
 from inspector.targets.base import Target
@@ -268,6 +277,8 @@ class MemoryRemapper(Remapper):
     def __init__(self, target: MemoryTarget, journal: Journal) -> None:
         target.spec = "memory"  # type: ignore[attr-defined]
         target.info = {"paging_levels": 4}  # type: ignore[attr-defined]
+        if not hasattr(target, "efi_info"):
+            target.efi_info = _no_uefi  # type: ignore[attr-defined]
         super().__init__(target, journal)  # type: ignore[arg-type]
 
     def registers(self) -> dict[str, int]:
@@ -284,8 +295,110 @@ class MemoryRemapper(Remapper):
         return protected_areas(self.registers(), tss_base=None, frames_top=None)
 
 
+def _no_uefi() -> dict:
+    """The agent's efi_info on a kernel that did not boot through UEFI (error 6)."""
+    raise AgentError(6, "efi_info: unsupported")
+
+
 def remap_session(journal_path) -> Session:
     """A memory session whose remapper plans on the capture (what the agent would plan)."""
     session = memory_session()
     session._remapper = MemoryRemapper(session.target, Journal.open(journal_path))
+    return session
+
+
+#: What the fake firmware answers through the new mapping (StepReport.checks).
+GET_TIME = "GetTime answers through the new mapping: 2026-11-25 20:02:13 (no time zone)"
+VARIABLES = (
+    "GetNextVariableName lists 29 variables; GetVariable SetupMode "
+    "(8be4df61-93ca-11d2-aa0d-00e098032b8c): 1 bytes, attributes 0x6"
+)
+
+
+class EfiRemapper(MemoryRemapper):
+    """The real Remapper's plans on the capture with a kept UEFI map; applying only journals.
+
+    ``efi`` is what the agent's ``efi_info`` answers (the kept map found by
+    symbol, as ``efi_session`` lays it out). ``identity``: the runtime code
+    and data are also mapped at their physical addresses (the identity map a
+    UEFI kernel keeps until SetVirtualAddressMap; the Linux capture has
+    none), else the plan is refused (``efi-unmapped``).
+    """
+
+    def __init__(self, target: MemoryTarget, journal: Journal, efi: dict, *,
+                 identity: bool = True) -> None:  # fmt: skip
+        self.efi = efi
+        self.identity = identity
+        self.applied: list[Step] = []
+        self.undone: list[int] = []
+        target.efi_info = lambda: dict(self.efi)  # type: ignore[attr-defined]
+        super().__init__(target, journal)
+
+    def ranges(self) -> list:
+        # The capture's map thinned to the kernel image (code, stack, GDT) and the lower
+        # half: the core's planning of a map looks at every range for every page it maps,
+        # which costs seconds over the direct map's 65,000 ranges, and none of them matter.
+        full = super().ranges()
+        ranges = [r for r in full if r.start < HIGHER_HALF or r.start >= TEXT]
+        if not self.identity:
+            return ranges
+        from inspector.efi.memmap import decode_memory_map
+        from inspector.efi.runtime import RUNTIME_CODE, RUNTIME_DATA
+
+        data = self.target.read_virtual(self.efi["memmap"], self.efi["memmap_size"])
+        low = []
+        for d in decode_memory_map(data, self.efi["desc_size"]):
+            if d.type in (RUNTIME_CODE, RUNTIME_DATA):
+                alias = next(r for r in full if r.phys <= d.physical_start < r.phys + r.size)
+                low.append(replace(alias, start=d.physical_start, phys=d.physical_start,
+                                   end=d.physical_start + d.size))  # fmt: skip
+        return sorted(ranges + low, key=lambda r: r.start)
+
+    def run_step(self, step: Step, *, force: bool = False) -> StepReport:
+        record = self.journal.begin(step.method, list(step.params), {"entries": []},
+                                    step.description)  # fmt: skip
+        checks: list[str] = []
+        if step.method == SVAM:
+            pairs = step.params[0]
+            offset = pairs[0][1] - pairs[0][0]
+            st_va = self.efi["system_table"] + offset
+            result = [0, st_va, st_va + 0xB80]  # EFI_SUCCESS, system table, RuntimeServices
+            self.efi.update(virtual_mode=True, system_table_va=st_va)
+            self.efi_virtual = True
+        else:  # [va, level, entry_pa, old, new] per entry, as the agent replies
+            result = [[va, level, 0x1000 + 8 * i, 0, 1]
+                      for i, (va, level, _text) in enumerate(step.writes)]  # fmt: skip
+        self.journal.applied(record, result)
+        if self.efi_virtual:
+            checks.append(GET_TIME)
+        if step.method == SVAM:
+            checks.append(
+                f"the system table is at {result[1]:#x} (physical "
+                f"{self.efi['system_table']:#x}), RuntimeServices at {result[2]:#x}"
+            )
+            checks.append(VARIABLES)
+        self.applied.append(step)
+        return StepReport(record.seq, step, result, [], 0.0, checks)
+
+    def _undo_one(self, record: JournalStep, force: bool) -> None:
+        self.undone.append(record.seq)  # nothing to write back: nothing was written
+
+
+def efi_remap_session(
+    journal_path, memmap: bytes, descriptor_size: int, *, memattr: bytes = b"",
+    system_table: int, identity: bool = True,
+) -> Session:  # fmt: skip
+    """``efi_session``'s kernel with an agent that plans the UEFI steps (``EfiRemapper``)."""
+    session = efi_session(memmap, descriptor_size, memattr=memattr)
+    efi = {
+        "system_table": system_table, "system_table_va": system_table,
+        "runtime_services": system_table + 0xB80, "firmware_revision": 0x10000,
+        "virtual_mode": False, "virtual_map": [],
+        "memmap": EFI_DATA + 0x1000, "memmap_size": len(memmap),
+        "desc_size": descriptor_size, "desc_version": 1,
+        "memattr": EFI_DATA + 0x8000 if memattr else 0, "memattr_size": len(memattr),
+        "runtime_regions": 0,
+    }  # fmt: skip
+    session._remapper = EfiRemapper(session.target, Journal.open(journal_path), efi,
+                                    identity=identity)  # fmt: skip
     return session

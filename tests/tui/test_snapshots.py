@@ -95,3 +95,25 @@ def test_efi_view_with_a_runtime_region_under_the_cursor(snap_compare):
 
     app = make_app(uefi_session())  # 48-byte descriptors, one runtime region not mapped
     assert snap_compare(app, terminal_size=SIZE, run_before=settle("8", "down", "down", "down"))
+
+
+def test_remap_screen_with_the_efi_runtime_plan(snap_compare, tmp_path):
+    """The plan of `remap efi-runtime` before apply: the call that cannot be undone says so."""
+    from textual.widgets import TabbedContent
+
+    from .test_remap import uefi_remap_session
+
+    app = make_app(uefi_remap_session(tmp_path / "journal.jsonl"))
+
+    async def run_before(pilot) -> None:
+        await settle("7")(pilot)
+        screen = pilot.app.screen
+        for box in screen.query(Input):
+            box.cursor_blink = False
+        screen.query_one("#remap-forms", TabbedContent).active = "form-efi-runtime"
+        await pilot.pause()
+        await pilot.click("#preview-efi-runtime")
+        await pilot.app.wait_idle(30)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -39,8 +39,9 @@ VIEWS = (
     ("Memory", "16 bytes a row; qwords that point into a symbol are named on the right"),
     (
         "Remaps (7)",
-        "through the agent: map, unmap, protect, move; the plan first, F2 applies it "
-        "(journaled, verified by a fresh walk); the journal's steps undo (F3)",
+        "through the agent: map, unmap, protect, move, higher-half, efi-runtime; the plan "
+        "first (red: cannot be undone), F2 applies it (journaled, verified by a fresh walk); "
+        "the journal's steps undo (F3)",
     ),
     (
         "EFI (8)",

@@ -1,4 +1,5 @@
-"""Remaps from the TUI: forms for map / unmap / protect / move, the plan, the journal.
+"""Remaps from the TUI: forms for map / unmap / protect / move, higher-half and
+efi-runtime, the plan, the journal.
 
 The screen only presents and asks: it posts what the user wants
 (:class:`RemapScreen.PreviewRequested`, ``ApplyRequested``, ``UndoRequested``,
@@ -7,6 +8,9 @@ The screen only presents and asks: it posts what the user wants
 then hands the results back with :meth:`RemapScreen.show_plan`,
 :meth:`RemapScreen.show_reports` and :meth:`RemapScreen.show_journal`.
 Nothing is applied before its plan was shown, and a refused plan cannot be.
+A step that cannot be undone (SetVirtualAddressMap) is marked in the plan
+before it is applied, and an undo the core refuses (``UndoRefused``) is
+shown here with its reason (:meth:`RemapScreen.show_undo_refused`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,14 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
-__all__ = ["FORMS", "RemapScreen", "format_reports"]
+from inspector.remap.efi import IRREVERSIBLE, SVAM
+
+__all__ = ["CHECKBOXES", "FORMS", "RemapScreen", "format_plan", "format_reports"]
+
+#: Why a step cannot be undone, by method (the methods are ``IRREVERSIBLE``'s).
+WHY_IRREVERSIBLE: Mapping[str, str] = {
+    SVAM: "SetVirtualAddressMap: UEFI allows one call per boot",
+}
 
 #: Each form's fields: (name, label, placeholder, default).
 FORMS: Mapping[str, tuple[tuple[str, str, str, str], ...]] = {
@@ -62,16 +73,95 @@ FORMS: Mapping[str, tuple[tuple[str, str, str, str], ...]] = {
         ("size", "size", "0x3000, 12k, 2m", "0x1000"),
         ("new_va", "new VA", "the new virtual base", ""),
     ),
+    # plans of a whole scenario, as `kinspect remap higher-half` / `efi-runtime` make them
+    "higher-half": (),
+    "efi-runtime": (("base", "base", "new VA = base + physical", "0xffffffef00000000"),),
+}
+
+#: Each form's checkbox: (name, label).
+CHECKBOXES: Mapping[str, tuple[str, str]] = {
+    "move": ("drop_old", "drop the old range"),
+    "efi-runtime": ("keep_identity", "keep the identity map"),
+}
+
+#: What the forms without addresses do (shown above their Preview button).
+ABOUT: Mapping[str, str] = {
+    "higher-half": (
+        "The seed scenario (kinspect remap higher-half): move the stack and the GDT, IDT "
+        "and TSS to their higher-half aliases; on a kernel booted through UEFI, move the "
+        "runtime services too (SetVirtualAddressMap: cannot be undone); then drop the "
+        "identity map."
+    ),
+    "efi-runtime": (
+        "kinspect remap efi-runtime: map each UEFI runtime region at base + physical, "
+        "SetVirtualAddressMap (once per boot: cannot be undone), check GetTime and a "
+        "variable through the new mapping, then drop the identity map (unless kept)."
+    ),
 }
 
 
+def irreversible_steps(plan: Any) -> list[tuple[int, Any]]:
+    """The plan's steps that cannot be undone, numbered from 1 as the plan prints them."""
+    return [(i, step) for i, step in enumerate(plan.steps, 1) if step.method in IRREVERSIBLE]
+
+
+def format_plan(plan: Any) -> Text:
+    """The plan as ``kinspect remap --plan`` prints it, with what cannot be undone in red.
+
+    A plan with such a step starts with a line that says so (the plan may be
+    longer than the pane), and the step itself, its parameters and its
+    description, is bold red on the step's own lines.
+    """
+    pinned = irreversible_steps(plan)
+    text = Text()
+    for i, step in pinned:
+        text.append(
+            f"CANNOT BE UNDONE: step {i} {step.method} ({WHY_IRREVERSIBLE.get(step.method, '')}); "
+            "undo refuses it and every step before it\n",
+            style="bold red reverse",
+        )
+    marked = {i for i, _ in pinned}
+    current: int | None = None
+    for line in str(plan).splitlines():
+        head = line.removeprefix("  step ")
+        if head != line and head.partition(":")[0].isdigit():
+            current = int(head.partition(":")[0])
+        elif not line.startswith("          "):
+            current = None  # past the steps: tables, unreachable, notes, refusals
+        text.append(line + "\n", style="bold red" if current in marked else "")
+    for refusal in plan.refusals:
+        text.append(f"REFUSED ({refusal.reason}): {refusal.message}\n", style="bold red")
+    if plan.refusals:
+        text.append("not applicable: the plan is refused", style="bold red")
+    elif not plan.steps:
+        text.append("nothing to do")
+    else:
+        text.append("Apply (F2) writes it, journaled, and verifies it", style="bold")
+        if pinned:
+            steps = ", ".join(str(i) for i, _ in pinned)
+            text.append(f"; step {steps} cannot be undone", style="bold red")
+    return text
+
+
+def _entries_written(result: Any) -> bool:
+    """A map/unmap/protect reply: [va, level, entry_pa, old, new] per entry."""
+    return (
+        isinstance(result, list)
+        and bool(result)
+        and isinstance(result[0], list)
+        and len(result[0]) == 5
+    )
+
+
 def format_reports(reports: Sequence[Any]) -> Text:
-    """Each step's result, then its verification range by range (ok, or what differs)."""
+    """Each step's result, then its verification range by range (ok, or what differs),
+    then what else was checked (``StepReport.checks``: the runtime services answering)."""
     text = Text()
     for report in reports:
         step = report.step
-        text.append(f"step #{report.seq} {step.method}: {step.description}\n", style="bold")
-        if isinstance(report.result, list) and report.result and len(report.result[0]) == 5:
+        style = "bold red" if step.method in IRREVERSIBLE else "bold"
+        text.append(f"step #{report.seq} {step.method}: {step.description}\n", style=style)
+        if _entries_written(report.result):
             text.append(f"  {len(report.result)} entries written (old values journaled)\n")
         for e in step.expect:
             problems = [p for p in report.problems if p.startswith(str(e))]
@@ -85,19 +175,33 @@ def format_reports(reports: Sequence[Any]) -> Text:
             if not any(p.startswith(str(e)) for e in step.expect):
                 text.append(f"  NOT as planned: {p}\n", style="bold red")
         if not step.expect and report.verified:
-            text.append("  verified: the registers are as planned\n", style="green")
+            checked = (
+                "the firmware answers through the new mapping"
+                if step.method in IRREVERSIBLE
+                else "the registers are as planned"
+            )
+            text.append(f"  verified: {checked}\n", style="green")
+        for check in getattr(report, "checks", ()):
+            text.append(f"    {check}\n", style="cyan")
     if reports:
         ok = all(r.verified for r in reports)
+        checked = any(getattr(r, "checks", ()) for r in reports)
         text.append(
             f"{len(reports)} steps applied and journaled; "
-            + ("all verified by a fresh walk" if ok else "SOME NOT AS PLANNED"),
+            + (
+                "all verified by a fresh walk"
+                + (" and the runtime services' answers" if checked else "")
+                if ok
+                else "SOME NOT AS PLANNED"
+            ),
             style="bold green" if ok else "bold red",
         )
     return text
 
 
 class RemapScreen(Screen[None]):
-    """Map / unmap / protect / move through the agent: plan first, then apply, verify, undo."""
+    """Map / unmap / protect / move, higher-half, efi-runtime through the agent:
+    plan first, then apply, verify, undo."""
 
     BINDINGS = [
         Binding("escape", "close", "Back"),
@@ -150,6 +254,8 @@ class RemapScreen(Screen[None]):
                 with TabbedContent(initial="form-map", id="remap-forms"):
                     for action, fields in FORMS.items():
                         with TabPane(action, id=f"form-{action}"):
+                            if action in ABOUT:
+                                yield Static(ABOUT[action], classes="remap-about")
                             for name, label, placeholder, default in fields:
                                 with Horizontal(classes="remap-field"):
                                     yield Label(label)
@@ -158,8 +264,9 @@ class RemapScreen(Screen[None]):
                                         placeholder=placeholder,
                                         id=f"{action}-{name}",
                                     )
-                            if action == "move":
-                                yield Checkbox("drop the old range", id="move-drop_old")
+                            if action in CHECKBOXES:
+                                name, label = CHECKBOXES[action]
+                                yield Checkbox(label, id=f"{action}-{name}")
                             yield Button("Preview", id=f"preview-{action}", variant="primary")
             with Vertical(id="remap-journal-pane"):
                 yield Label("journal: open steps", id="remap-journal-title")
@@ -185,27 +292,36 @@ class RemapScreen(Screen[None]):
 
     def show_plan(self, plan: Any) -> None:
         self.plan = plan
-        text = Text(str(plan) + "\n")
-        for refusal in plan.refusals:
-            text.append(f"REFUSED ({refusal.reason}): {refusal.message}\n", style="bold red")
-        if plan.refusals:
-            text.append("not applicable: the plan is refused", style="bold red")
-        elif not plan.steps:
-            text.append("nothing to do")
-        else:
-            text.append("Apply (F2) writes it, journaled, and verifies it", style="bold")
-        self.query_one("#remap-plan", Static).update(text)
-        self.query_one("#apply", Button).disabled = bool(plan.refusals) or not plan.steps
+        self.query_one("#remap-plan", Static).update(format_plan(plan))
+        self._apply_button(
+            disabled=bool(plan.refusals) or not plan.steps,
+            irreversible=bool(irreversible_steps(plan)),
+        )
 
     def show_plan_error(self, message: str) -> None:
         self.plan = None
         self.query_one("#remap-plan", Static).update(Text(f"no plan: {message}", style="red"))
-        self.query_one("#apply", Button).disabled = True
+        self._apply_button(disabled=True)
+
+    def _apply_button(self, *, disabled: bool, irreversible: bool = False) -> None:
+        """Apply; for a plan with a step that cannot be undone, the button says so."""
+        button = self.query_one("#apply", Button)
+        button.disabled = disabled
+        button.label = "Apply: cannot be undone" if irreversible else "Apply"
+        button.variant = "error" if irreversible else "warning"
+        button.refresh(layout=True)  # a new label does not resize the button by itself
 
     def show_reports(self, reports: Sequence[Any]) -> None:
         self.query_one("#remap-result", Static).update(format_reports(reports))
 
     def show_result(self, text: str) -> None:
+        self.query_one("#remap-result", Static).update(text)
+
+    def show_undo_refused(self, message: str) -> None:
+        """The core refused the undo (``UndoRefused``): nothing was undone, the journal stays."""
+        text = Text()
+        text.append("UNDO REFUSED: nothing was undone\n", style="bold red")
+        text.append(message)
         self.query_one("#remap-result", Static).update(text)
 
     def show_journal(self, path: str, steps: Sequence[Any]) -> None:
@@ -218,7 +334,8 @@ class RemapScreen(Screen[None]):
         if not steps:
             journal.add_option(Option("no open steps: nothing to undo", disabled=True))
         for step in steps:
-            journal.add_option(Option(str(step), id=str(step.seq)))
+            style = "bold red" if step.method in IRREVERSIBLE else ""
+            journal.add_option(Option(Text(str(step), style=style), id=str(step.seq)))
         if steps:
             journal.highlighted = len(steps) - 1
 
@@ -229,13 +346,14 @@ class RemapScreen(Screen[None]):
             name: self.query_one(f"#{action}-{name}", Input).value.strip()
             for name, *_ in FORMS[action]
         }
-        if action == "move":
-            values["drop_old"] = self.query_one("#move-drop_old", Checkbox).value
+        if action in CHECKBOXES:
+            name, _label = CHECKBOXES[action]
+            values[name] = self.query_one(f"#{action}-{name}", Checkbox).value
         return values
 
     def preview(self, action: str) -> None:
         self.plan = None
-        self.query_one("#apply", Button).disabled = True
+        self._apply_button(disabled=True)
         self.query_one("#remap-plan", Static).update(f"planning {action}...")
         self.post_message(self.PreviewRequested(action, self.fields(action)))
 
@@ -253,7 +371,8 @@ class RemapScreen(Screen[None]):
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
-        action = (event.input.id or "").partition("-")[0]
+        # ids are ACTION-FIELD; actions may hold a hyphen (efi-runtime), field names do not
+        action = (event.input.id or "").rpartition("-")[0]
         if action in FORMS:
             self.preview(action)
 
@@ -262,7 +381,7 @@ class RemapScreen(Screen[None]):
             self.notify("nothing to apply: preview a plan that is not refused", severity="warning")
             return
         plan, self.plan = self.plan, None  # applied once
-        self.query_one("#apply", Button).disabled = True
+        self._apply_button(disabled=True)
         self.query_one("#remap-result", Static).update("applying...")
         self.post_message(self.ApplyRequested(plan))
 
