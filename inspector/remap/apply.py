@@ -46,6 +46,7 @@ REFUSED = 9
 HIGHER_HALF = 0xFFFF800000000000
 ADDRESS_BITS = 0x000FFFFFFFFFF000
 SET_ENTRIES_CHUNK = 16  # a set_entries request stays under the agent's 512-byte limit
+VARIABLES_LISTED = 64  # GetNextVariableName calls the check after SetVirtualAddressMap makes
 ENTRY_BLOCK = 512  # bytes of a table read at once to journal a step's entries (64 of them)
 #: Requests that take no ``force`` parameter (UEFI forbids what their checks refuse).
 NO_FORCE = frozenset({SVAM})
@@ -397,7 +398,7 @@ class Remapper:
                       f"(physical {st:#x}), RuntimeServices at "
                       f"{info.get('runtime_services', 0):#x}")  # fmt: skip
         try:
-            names = self.target.efi_variable_names(limit=64)
+            names = self.target.efi_variable_names(limit=VARIABLES_LISTED)
         except InspectorError as exc:
             return problems + [f"GetNextVariableName through the new mapping failed: {exc}"]
         if not names:
@@ -407,7 +408,8 @@ class Remapper:
             attributes, data = self.target.efi_get_variable(name, guid)
         except InspectorError as exc:
             return problems + [f"GetVariable {name} through the new mapping failed: {exc}"]
-        checks.append(f"GetNextVariableName lists {len(names)} variables; GetVariable "
+        listed = f"{len(names)}" if len(names) < VARIABLES_LISTED else f"{len(names)} or more"
+        checks.append(f"GetNextVariableName lists {listed} variables; GetVariable "
                       f"{name} ({guid}): {len(data)} bytes, "
                       f"attributes {attributes:#x}")  # fmt: skip
         return problems

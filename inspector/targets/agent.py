@@ -250,19 +250,28 @@ class AgentTarget(Target):
             raise ProtocolError(f"efi_get_variable reply is not [attributes, data]: {reply!r}")
         return int(reply[0]), reply[1]
 
+    def efi_next_variable_name(
+        self, name: str = "", guid: uuid.UUID | None = None
+    ) -> tuple[str, uuid.UUID] | None:
+        """GetNextVariableName after (name, guid): the first from ("", None), None after the
+        last."""
+        raw = guid.bytes_le if guid is not None else bytes(16)
+        reply = self._call("efi_next_variable_name", name, raw)
+        if reply is None:
+            return None
+        if not isinstance(reply, list) or len(reply) != 2 or len(reply[1]) != 16:
+            raise ProtocolError(f"efi_next_variable_name reply is not [name, guid]: {reply!r}")
+        return reply[0], uuid.UUID(bytes_le=bytes(reply[1]))
+
     def efi_variable_names(self, limit: int = 512) -> list[tuple[str, uuid.UUID]]:
-        """Every variable GetNextVariableName gives (the runtime-visible ones), in its order."""
+        """The variables GetNextVariableName gives (the runtime-visible ones), in its order,
+        at most ``limit`` of them."""
         out: list[tuple[str, uuid.UUID]] = []
-        name, guid = "", bytes(16)
-        for _ in range(limit):
-            reply = self._call("efi_next_variable_name", name, guid)
-            if reply is None:
-                return out
-            if not isinstance(reply, list) or len(reply) != 2 or len(reply[1]) != 16:
-                raise ProtocolError(f"efi_next_variable_name reply is not [name, guid]: {reply!r}")
-            name, guid = reply
-            out.append((name, uuid.UUID(bytes_le=bytes(guid))))
-        raise ProtocolError(f"GetNextVariableName gave more than {limit} names")
+        following = self.efi_next_variable_name()
+        while following is not None and len(out) < limit:
+            out.append(following)
+            following = self.efi_next_variable_name(*following)
+        return out
 
     # -- run control -------------------------------------------------------------------
 
