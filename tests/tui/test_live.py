@@ -471,3 +471,113 @@ def test_the_efi_view_on_the_demo_kernel_booted_through_uefi(demo_kernel):  # no
         if session is not None:
             session.close()
         own.stop()
+
+
+@pytest.mark.timeout(480)
+def test_the_remap_screen_moves_uefi_runtime_on_ovmf(demo_kernel, tmp_path, monkeypatch):  # noqa: F811
+    """One OVMF boot, attached as `kinspect demo --uefi` does (the stub, the agent beside it).
+
+    The efi-runtime plan says before apply that SetVirtualAddressMap cannot be undone, and
+    nothing is mapped at the new addresses yet (QEMU); applied (F2), the result shows what
+    the firmware answered through the new mapping; QEMU then translates every runtime
+    region the kernel printed at boot at 0xffffffef00000000 + its physical address, and
+    maps nothing below the higher half. Undo of the call is refused on the screen, and
+    QEMU's view and the journal list stay as they were.
+    """
+    import re
+    import time
+
+    from textual.widgets import Button, Static, TabbedContent
+
+    from inspector.efi.runtime import EFI_VA_BASE
+    from inspector.targets.qemu_text import decode_info_mem
+    from tests.integration.test_paging_vs_qemu import gva2gpa
+    from tui.screens.remap import RemapScreen
+
+    if not api.DEMO_UEFI.is_file():
+        pytest.fail(f"{api.DEMO_UEFI} is not built: run `make kernel`")
+    monkeypatch.setenv("KINSPECT_REMAP_JOURNAL", str(tmp_path / "journal.jsonl"))
+    own = api.launch_demo(uefi=True, memory="256M", timeout=90.0)
+    session = None
+    try:
+        # the runtime regions as the kernel printed them when it saved the map (serial)
+        regions = [(int(s, 16), int(e, 16) + 1) for s, e in re.findall(
+            r"\[mem 0x([0-9a-f]{16})-0x([0-9a-f]{16})\] \w+ attr 0x[0-9a-f]+ \(runtime\)",
+            own.serial_output(),
+        )]  # fmt: skip
+        assert regions
+        for start, _end in regions:
+            assert gva2gpa(own, EFI_VA_BASE + start) is None  # nothing there yet
+        session = api.attach_with_agent(own.gdb_endpoint, own.agent_endpoint, elf=demo_kernel)
+
+        def result_text(screen) -> str:
+            return str(screen.query_one("#remap-result", Static).render())
+
+        async def go():
+            app = make_app(session)
+            async with app.run_test(size=(160, 48)) as pilot:
+                await until(pilot, lambda: app.stops == 1 and not app.link.pending,
+                            what="attach")  # fmt: skip
+                await pilot.press("7")
+                await until(pilot, lambda: isinstance(app.screen, RemapScreen)
+                            and not app.link.pending, what="the remap screen")  # fmt: skip
+                screen = app.screen
+                screen.query_one("#remap-forms", TabbedContent).active = "form-efi-runtime"
+                await pilot.pause()
+                await pilot.click("#preview-efi-runtime")
+                await until(pilot, lambda: screen.plan is not None, timeout=120, what="the plan")
+                plan = str(screen.query_one("#remap-plan", Static).render())
+                methods = [s.method for s in screen.plan.steps]
+                call = methods.index("efi_set_virtual_address_map") + 1
+                assert plan.startswith(f"CANNOT BE UNDONE: step {call} "
+                                       "efi_set_virtual_address_map"), plan  # fmt: skip
+                assert "REFUSED" not in plan and methods[-1] == "unmap"
+                apply = screen.query_one("#apply", Button)
+                assert not apply.disabled and str(apply.label) == "Apply: cannot be undone"
+                assert gva2gpa(own, EFI_VA_BASE + regions[0][0]) is None  # a plan writes nothing
+                started = time.monotonic()
+                await pilot.press("f2")
+                await until(pilot, lambda: "steps applied" in result_text(screen)
+                            and not app.link.pending, timeout=360, what="apply")  # fmt: skip
+                print(f"efi-runtime from the TUI: {len(methods)} steps, {len(regions)} "
+                      f"regions, {time.monotonic() - started:.1f} s")  # fmt: skip
+                result = result_text(screen)
+                assert result.endswith(f"{len(methods)} steps applied and journaled; all "
+                                       "verified by a fresh walk and the runtime services' "
+                                       "answers"), result  # fmt: skip
+                block = result.partition(f"step #{call} ")[2]
+                assert "verified: the firmware answers through the new mapping" in block
+                assert "GetTime answers through the new mapping: " in block
+                assert "GetVariable" in block
+                assert app.errors == []
+                # QEMU's own view: each region at its new address, nothing in the lower half
+                for start, end in regions:
+                    assert gva2gpa(own, EFI_VA_BASE + start) == start
+                    assert gva2gpa(own, EFI_VA_BASE + end - 0x1000) == end - 0x1000
+                mem = own.monitor("info mem")
+                assert all(s >= 0xFFFF800000000000 for s, _e, _p in decode_info_mem(mem)), mem
+                # undo the call: refused, shown, nothing changes
+                journal = screen.query_one("#remap-journal")
+                seqs = [s.seq for s in screen.steps]
+                at = [s.method for s in screen.steps].index("efi_set_virtual_address_map")
+                journal.highlighted = at
+                journal.focus()
+                prompts = [str(journal.get_option_at_index(i).prompt)
+                           for i in range(journal.option_count)]  # fmt: skip
+                await pilot.press("f3")
+                await until(pilot, lambda: "UNDO REFUSED" in result_text(screen)
+                            and not app.link.pending, timeout=60, what="the refusal")  # fmt: skip
+                refused = result_text(screen)
+                assert f"step #{seqs[at]} called SetVirtualAddressMap, which cannot be " in refused
+                assert "Traceback" not in refused
+                assert [s.seq for s in screen.steps] == seqs and journal.highlighted == at
+                assert [str(journal.get_option_at_index(i).prompt)
+                        for i in range(journal.option_count)] == prompts  # fmt: skip
+                assert own.monitor("info mem") == mem
+                assert len(app.errors) == 1 and app.errors[0].startswith("undo refused")
+
+        asyncio.run(asyncio.wait_for(go(), 460))
+    finally:
+        if session is not None:
+            session.close()
+        own.stop()
