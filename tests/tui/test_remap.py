@@ -260,6 +260,15 @@ def test_the_higher_half_plan_on_a_uefi_kernel_and_on_one_already_high(tmp_path)
                 assert (str(apply.label) == "Apply: cannot be undone") == irreversible
                 assert session.remapper().journal.open_steps() == []
                 assert app.errors == []
+                if irreversible:
+                    continue
+                # efi-runtime on a kernel that did not boot through UEFI: the core says so
+                await preview(app, pilot, screen, "efi-runtime")
+                assert plan_text(screen).startswith(
+                    "no plan: the kernel has no UEFI runtime services to move"
+                )
+                assert screen.plan is None and screen.query_one("#apply", Button).disabled
+                assert len(app.errors) == 1 and "no UEFI runtime services" in app.errors[0]
 
     run(go())
 

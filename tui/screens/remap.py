@@ -185,12 +185,12 @@ def format_reports(reports: Sequence[Any]) -> Text:
             text.append(f"    {check}\n", style="cyan")
     if reports:
         ok = all(r.verified for r in reports)
-        checked = any(getattr(r, "checks", ()) for r in reports)
+        answered = any(getattr(r, "checks", ()) for r in reports)
         text.append(
             f"{len(reports)} steps applied and journaled; "
             + (
                 "all verified by a fresh walk"
-                + (" and the runtime services' answers" if checked else "")
+                + (" and the runtime services' answers" if answered else "")
                 if ok
                 else "SOME NOT AS PLANNED"
             ),
