@@ -528,9 +528,12 @@ class Remapper:
         steps, refusals = [], []
         for slot in slots:
             va = slot << 39
+            inside = [r for r in low if r.start >> 39 == slot]
+            what = ("the identity map" if all(r.start == r.phys for r in inside)
+                    else "lower-half mappings, not only an identity map")  # fmt: skip
             steps.append(Step(
                 "unmap", (va, 1 << 39, 1 << 39),
-                f"clear PML4 entry {slot} ({va:#x}-{va + (1 << 39):#x}): the identity map",
+                f"clear PML4 entry {slot} ({va:#x}-{va + (1 << 39):#x}): {what}",
                 ((va, 4, "0 (not present)"),), (Expectation(va, va + (1 << 39), None),),
             ))  # fmt: skip
             refusals += check_change(areas, va, va + (1 << 39), unmaps=True)

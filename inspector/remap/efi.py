@@ -41,7 +41,16 @@ from ..efi.runtime import (
 )
 from ..errors import AgentError, InspectorError
 from ..x86.paging import Range
-from .plan import LEVEL_OF_SIZE, Protected, Refusal, Step, plan_map, tables_needed
+from .plan import (
+    LEVEL_OF_SIZE,
+    Protected,
+    RangeIndex,
+    Refusal,
+    Step,
+    indexed,
+    plan_map,
+    tables_needed,
+)
 
 __all__ = ["IRREVERSIBLE", "SVAM", "EfiPlan", "EfiState", "plan_efi_steps", "read_efi_state"]
 
@@ -91,13 +100,11 @@ class EfiPlan:
     mappings: tuple[RegionMapping, ...]
 
 
-def _identity_gaps(ranges: Sequence[Range], start: int, end: int) -> int | None:
+def _identity_gaps(index: RangeIndex, start: int, end: int) -> int | None:
     """The first page of [start, end) not mapped at its own physical address, or None."""
     page = start
-    for r in sorted(ranges, key=lambda r: r.start):
-        if r.end <= page or r.start != r.phys:
-            continue
-        if r.start > page:
+    for r in index.overlapping(start, end):
+        if r.start > page or r.start != r.phys:
             break
         page = r.end
         if page >= end:
@@ -121,23 +128,24 @@ def plan_efi_steps(
         ))  # fmt: skip
         return EfiPlan((), 0, tuple(refusals), (), ())
     mappings = plan_virtual_map(state.descriptors, state.attributes, base)
+    index = indexed(ranges)  # thousands of overlap queries on a big kernel's map
     if not mappings:
         raise InspectorError("the UEFI memory map has no runtime regions: nothing to move")
     steps: list[Step] = []
     tables: set[tuple[int, int]] = set()  # the maps share tables: count each once
     for m in mappings:
         for piece in m.pieces:
-            taken = [r for r in ranges if r.start < piece.va + piece.size and r.end > piece.va]
+            taken = list(index.overlapping(piece.va, piece.va + piece.size))
             if taken:
                 refusals.append(Refusal(
                     "efi-va-in-use", max(taken[0].start, piece.va),
                     f"the new address of runtime region {m.physical_start:#x} is mapped "
                     f"already ({taken[0]})",
                 ))  # fmt: skip
-            sub = plan_map(ranges, areas, piece.va, piece.pa, piece.size, piece.page_size,
+            sub = plan_map(index, areas, piece.va, piece.pa, piece.size, piece.page_size,
                            piece.flags)  # fmt: skip
             refusals += sub.refusals
-            tables |= tables_needed(ranges, piece.va, piece.size, LEVEL_OF_SIZE[piece.page_size])
+            tables |= tables_needed(index, piece.va, piece.size, LEVEL_OF_SIZE[piece.page_size])
             steps += [
                 Step(s.method, s.params,
                      f"{s.description} ({m.descriptor.type_name} region {m.descriptor.index})",
@@ -145,7 +153,7 @@ def plan_efi_steps(
                 for s in sub.steps
             ]  # fmt: skip
         if m.descriptor.type in (RUNTIME_CODE, RUNTIME_DATA):
-            gap = _identity_gaps(ranges, m.physical_start, m.physical_start + m.size)
+            gap = _identity_gaps(index, m.physical_start, m.physical_start + m.size)
             if gap is not None:
                 refusals.append(Refusal(
                     "efi-unmapped", gap,

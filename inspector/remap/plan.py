@@ -9,7 +9,8 @@ here lets the user see a refusal before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import bisect
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,30 +265,62 @@ def _shape_refusals(va: int, size: int, page_size: int, pa: int = 0) -> list[Ref
     return out
 
 
+class RangeIndex:
+    """Coalesced ranges sorted by start, for overlap queries in O(log n + k).
+
+    A map's ranges never overlap (a virtual address maps once), so the only
+    range that starts before a query and may reach into it is the one just
+    before. Planning on a big kernel (65,000 ranges in the Linux capture)
+    asks thousands of such queries.
+    """
+
+    def __init__(self, ranges: Iterable[Range]) -> None:
+        self.ranges = sorted(ranges, key=lambda r: r.start)
+        self._starts = [r.start for r in self.ranges]
+
+    def __iter__(self) -> Iterator[Range]:
+        return iter(self.ranges)
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def overlapping(self, start: int, end: int) -> Iterator[Range]:
+        """The ranges that share an address with [start, end), ascending."""
+        i = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        for r in self.ranges[i:]:
+            if r.start >= end:
+                return
+            if r.end > start:
+                yield r
+
+
+def indexed(ranges: Iterable[Range]) -> RangeIndex:
+    """``ranges`` as a RangeIndex (itself when it is one)."""
+    return ranges if isinstance(ranges, RangeIndex) else RangeIndex(ranges)
+
+
 def _overlap(ranges: Iterable[Range], start: int, end: int) -> list[Range]:
     out = []
-    for r in ranges:
+    for r in indexed(ranges).overlapping(start, end):
         lo, hi = max(r.start, start), min(r.end, end)
-        if lo < hi:
-            out.append(Range(lo, hi, r.phys + (lo - r.start), r.page_size, r.permissions,
-                             r.attributes))  # fmt: skip
+        out.append(Range(lo, hi, r.phys + (lo - r.start), r.page_size, r.permissions,
+                         r.attributes))  # fmt: skip
     return out
 
 
-def _tables_needed(ranges: Sequence[Range], va: int, size: int, level: int) -> int:
+def _tables_needed(ranges: Iterable[Range], va: int, size: int, level: int) -> int:
     """Tables a map must create: levels above the leaf with nothing mapped yet (upper bound)."""
     return len(tables_needed(ranges, va, size, level))
 
 
-def tables_needed(ranges: Sequence[Range], va: int, size: int, level: int) -> set[tuple[int, int]]:
+def tables_needed(ranges: Iterable[Range], va: int, size: int, level: int) -> set[tuple[int, int]]:
     """(level, base) of each table a map must create (several maps: the union of these)."""
+    index = indexed(ranges)
     needed = set()
-    for page in range(va, va + size, 1 << (12 + 9 * (level - 1))):
-        for upper in range(level + 1, 5):
-            span = 1 << (12 + 9 * (upper - 1))
-            base = page & ~(span - 1)
-            if not any(r.start < base + span and r.end > base and r.page_size < span
-                       for r in ranges):  # fmt: skip
+    for upper in range(level + 1, 5):
+        span = 1 << (12 + 9 * (upper - 1))
+        for base in range(va & ~(span - 1), va + size, span):
+            if not any(r.page_size < span for r in index.overlapping(base, base + span)):
                 needed.add((upper, base))
     return needed
 
