@@ -159,3 +159,18 @@ def test_move_keeps_page_sizes_and_flags_and_drops_the_old_last():
     assert not plan.refusals and plan.unreachable == tuple(ranges)
     bad = plan_move(ranges, [], 0x40000000, 0x400000, 0x80001000)
     assert "misaligned" in [r.reason for r in bad.refusals]
+
+
+def test_range_index_finds_what_reaches_into_a_query():
+    from inspector.remap.plan import RangeIndex
+
+    perm = Permissions(True, False, False)
+    index = RangeIndex([Range(0x5000, 0x6000, 0x5000, 0x1000, perm, ()),
+                        Range(0x1000, 0x3000, 0x1000, 0x1000, perm, ()),
+                        Range(0x3000, 0x4000, 0x9000, 0x1000, perm, ())])  # fmt: skip
+    starts = lambda a, b: [r.start for r in index.overlapping(a, b)]  # noqa: E731
+    assert starts(0x2000, 0x2001) == [0x1000]  # starts before the query, reaches into it
+    assert starts(0x2FFF, 0x5001) == [0x1000, 0x3000, 0x5000]
+    assert starts(0x4000, 0x5000) == []  # the hole between
+    assert starts(0x0, 0x1000) == [] and starts(0x6000, 0x7000) == []
+    assert [r.start for r in index] == [0x1000, 0x3000, 0x5000] and len(index) == 3
