@@ -223,9 +223,11 @@ class Remapper:
                     aliases.append(r.start + (pa - r.phys))
         if tss_base is None:
             tss_base = self.tss_base(regs)
+        ldtr = self.target.system_registers().ldtr
         areas = protected_areas(
-            regs, tss_base=tss_base, frames_top=self.frames_top(regs), table_aliases=aliases
-        )
+            regs, tss_base=tss_base, frames_top=self.frames_top(regs), table_aliases=aliases,
+            ldt=(ldtr.base, ldtr.limit) if ldtr else None,
+        )  # fmt: skip
         return areas + self._efi_areas()
 
     def _efi_areas(self) -> list[Protected]:

@@ -199,9 +199,10 @@ def _params_text(params: Sequence[Any]) -> str:
 
 def protected_areas(
     regs: dict[str, int], *, tss_base: int | None, frames_top: int | None,
-    table_aliases: Iterable[int] = (),
+    table_aliases: Iterable[int] = (), ldt: tuple[int, int] | None = None,
 ) -> list[Protected]:  # fmt: skip
-    """The areas the agent protects, from its registers (``regs``: the agent's ``regs``)."""
+    """The areas the agent protects, from its registers (``regs``: the agent's ``regs``;
+    ``ldt``: the base and limit of the LDT that LDTR selects)."""
     areas = [Protected("running-code", regs["rip"] & ~0xFFF, (regs["rip"] & ~0xFFF) + PAGE)]
     rsp = regs["rsp"]
     # While stopped, RSP is the kernel's; the agent's own frames (under 2 KiB) lie below it.
@@ -214,6 +215,8 @@ def protected_areas(
                            regs["idtr_base"] + regs["idtr_limit"] + 1))  # fmt: skip
     if tss_base is not None:
         areas.append(Protected("descriptor-tables", tss_base & ~0xFFF, tss_base + 0x68))
+    if ldt is not None:
+        areas.append(Protected("descriptor-tables", ldt[0] & ~0xFFF, ldt[0] + ldt[1] + 1))
     areas.extend(Protected("page-tables", va, va + PAGE) for va in table_aliases)
     return areas
 
@@ -239,7 +242,7 @@ def check_change(
 _MESSAGES = {
     "running-code": "would unmap, move or make non-executable the code the agent runs",
     "own-stack": "would unmap, move or make read-only the stack the agent runs on",
-    "descriptor-tables": "would unmap, move or make read-only the GDT, IDT or TSS in use",
+    "descriptor-tables": "would unmap, move or make read-only the GDT, IDT, TSS or LDT in use",
     "page-tables": "would unmap, move or make read-only a mapping of the page tables",
     "efi-runtime": "would unmap or move a UEFI runtime region: after SetVirtualAddressMap the "
     "firmware reaches it only there, and cannot be told another address",

@@ -635,7 +635,7 @@ static const char *const prot_message[] = {
 	"",
 	"running-code: the change would unmap, move or make non-executable the code the agent or the kernel runs",
 	"own-stack: the change would unmap, move or make read-only the stack the agent runs on",
-	"descriptor-tables: the change would unmap, move or make read-only the GDT, IDT or TSS in use",
+	"descriptor-tables: the change would unmap, move or make read-only the GDT, IDT, TSS or LDT in use",
 	"page-tables: the change would unmap, move or make read-only the mapping through which the page tables are reached",
 	"efi-runtime: the change would unmap or move a UEFI runtime region: after SetVirtualAddressMap the firmware reaches it only there, and cannot be told another address",
 };
@@ -686,6 +686,24 @@ static void collect_tables(struct agent *a, const struct paging *pg, int level, 
 	}
 }
 
+/* Base and byte limit of the 16-byte system descriptor (TSS, LDT) a GDT selector names. */
+static bool system_segment(struct agent *a, const struct paging *pg, const struct agent_cpu *cpu,
+			   uint16_t selector, uint64_t *base, uint64_t *limit)
+{
+	uint64_t lo, hi;
+	unsigned offset = selector & ~7u;
+
+	if (!offset || (selector & 4) || offset + 15u > cpu->gdtr_limit ||
+	    read_virt_u64(a, pg, cpu->gdtr_base + offset, &lo) != AGENT_OK ||
+	    read_virt_u64(a, pg, cpu->gdtr_base + offset + 8, &hi) != AGENT_OK)
+		return false;
+	*base = ((lo >> 16) & 0xffffff) | (((lo >> 56) & 0xff) << 24) | ((hi & 0xffffffffULL) << 32);
+	*limit = (lo & 0xffff) | ((lo >> 32) & 0xf0000);
+	if (lo & (1ULL << 55)) /* G: 4 KiB units */
+		*limit = (*limit << 12) | 0xfff;
+	return true;
+}
+
 /* What must stay mapped as it is: the agent's code and stack, the descriptor tables, the tables. */
 static int protection_setup(struct agent *a, struct paging *pg, struct agent_cpu *cpu,
 			    struct failure *f)
@@ -722,17 +740,12 @@ static int protection_setup(struct agent *a, struct paging *pg, struct agent_cpu
 	protect_add(a, cpu->rsp, hi, PROT_STACK);
 	protect_add(a, cpu->gdtr_base, cpu->gdtr_base + cpu->gdtr_limit + 1ULL, PROT_DESCRIPTORS);
 	protect_add(a, cpu->idtr_base, cpu->idtr_base + cpu->idtr_limit + 1ULL, PROT_DESCRIPTORS);
-	if ((cpu->tr & ~7u) && (cpu->tr & ~7u) + 15u <= cpu->gdtr_limit) {
-		uint64_t lo, hi_half;
+	uint64_t base, limit;
 
-		if (read_virt_u64(a, pg, cpu->gdtr_base + (cpu->tr & ~7u), &lo) == AGENT_OK &&
-		    read_virt_u64(a, pg, cpu->gdtr_base + (cpu->tr & ~7u) + 8, &hi_half) == AGENT_OK) {
-			uint64_t base = ((lo >> 16) & 0xffffff) | (((lo >> 56) & 0xff) << 24) |
-					((hi_half & 0xffffffffULL) << 32);
-
-			protect_add(a, base, base + 0x68, PROT_DESCRIPTORS);
-		}
-	}
+	if (system_segment(a, pg, cpu, cpu->tr, &base, &limit))
+		protect_add(a, base, base + 0x68, PROT_DESCRIPTORS);
+	if (system_segment(a, pg, cpu, cpu->ldtr, &base, &limit))
+		protect_add(a, base, base + limit + 1, PROT_DESCRIPTORS);
 	/* After SetVirtualAddressMap: the runtime regions at the addresses the firmware was given. */
 	uint64_t efi_va, efi_size;
 

@@ -6,7 +6,8 @@ extern char df_stack_top[];
 
 struct gdt kernel_gdt __aligned(16);
 struct tss kernel_tss __aligned(16);
-struct ldt kernel_ldt __aligned(16);
+/* A page of its own (linker.ld.S), so a test can tell its protection from the TSS's. */
+struct ldt kernel_ldt __aligned(16) __section(".bss.ldt");
 
 uint64_t segment_descriptor(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
 {

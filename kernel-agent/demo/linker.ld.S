@@ -65,6 +65,9 @@ SECTIONS
 		__page_tables_end = .;
 		*(.bss.boot_pagetables)
 		*(.bss.stack)
+		. = ALIGN(PAGE_SIZE);
+		*(.bss.ldt)	/* the LDT alone in its page (gdt.c) */
+		. = ALIGN(PAGE_SIZE);
 		*(.bss .bss.* COMMON)
 		. = ALIGN(PAGE_SIZE);
 		__bss_end = .;

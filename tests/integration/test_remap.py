@@ -165,6 +165,10 @@ def test_each_refusal_is_named_and_changes_nothing(lowqemu, remapper):
     assert refusal(client, "unmap", gdt_page, page, page, False)[0] == "descriptor-tables"
     idt_page = regs["idtr_base"] & ~0xFFF
     assert refusal(client, "unmap", idt_page, page, page, False)[0] == "descriptor-tables"
+    # The LDT that LDTR selects (alone in its page in the demo kernel, so only it protects it).
+    ldt = remapper.target.system_registers().ldtr
+    assert ldt is not None and ldt.base % page == 0 and ldt.limit == 0x27
+    assert refusal(client, "unmap", ldt.base, page, page, False) == ("descriptor-tables", ldt.base)
     # The page tables are reached through the direct map: its 2 MiB page holding CR3's table.
     big = 1 << 21
     assert (
@@ -202,6 +206,8 @@ def test_each_refusal_is_named_and_changes_nothing(lowqemu, remapper):
         remapper.apply(plan)
     assert info.value.reason == "own-stack"
     assert not remapper.journal.open_steps()
+    plan = remapper.plan_unmap(ldt.base, page)
+    assert [(r.reason, r.address) for r in plan.refusals] == [("descriptor-tables", ldt.base)]
 
 
 KILLED_SCRIPT = """
