@@ -24,7 +24,7 @@ from .tables import (
     describe_tss,
     mapping_lookup,
 )
-from .targets.base import SystemRegisters, Target
+from .targets.base import Breakpoint, SystemRegisters, Target
 from .unwind import MAX_DEPTH, Backtrace, unwind
 from .x86.control import (
     DecodedRegister,
@@ -224,6 +224,15 @@ class Session:
         address = self.resolve(location)
         self.stop()
         return self.target.break_insert(f"*{address:#x}"), address
+
+    def breakpoints(self) -> list[Breakpoint]:
+        """The breakpoints set on the target, in number order, with their hit counts."""
+        return self.target.breakpoints()
+
+    def break_delete(self, number: int) -> None:
+        """Delete breakpoint ``number``; the target is stopped first, as for a new one."""
+        self.stop()
+        self.target.break_delete(number)
 
     @property
     def symbols(self) -> SymbolTable | None:

@@ -32,7 +32,13 @@ from protocols.transports import Transport, TransportError, open_transport
 from ..efi.runtime import EfiTime
 from ..errors import AgentError, FaultError, ProtocolError, TargetError
 from ..x86.paging import Permissions, Range
-from .base import DescriptorTableRegister, SegmentRegister, SystemRegisters, Target
+from .base import (
+    Breakpoint,
+    DescriptorTableRegister,
+    SegmentRegister,
+    SystemRegisters,
+    Target,
+)
 
 __all__ = [
     "RANGE_FLAGS",
@@ -374,6 +380,12 @@ class AgentAssistedTarget(Target):
 
     def break_insert(self, location: str) -> int:
         return self.stub.break_insert(location)
+
+    def breakpoints(self) -> list[Breakpoint]:
+        return self.stub.breakpoints()
+
+    def break_delete(self, number: int) -> None:
+        self.stub.break_delete(number)
 
     def read_virtual(self, address: int, size: int) -> bytes:
         return self.stub.read_virtual(address, size)

@@ -16,7 +16,13 @@ from typing import Any
 
 from ..errors import TargetError
 
-__all__ = ["DescriptorTableRegister", "SegmentRegister", "SystemRegisters", "Target"]
+__all__ = [
+    "Breakpoint",
+    "DescriptorTableRegister",
+    "SegmentRegister",
+    "SystemRegisters",
+    "Target",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,38 @@ class SystemRegisters:
             "tr": self.tr.to_dict() if self.tr else None,
             "ldtr": self.ldtr.to_dict() if self.ldtr else None,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Breakpoint:
+    """One breakpoint (or watchpoint) as the target's debugger keeps it.
+
+    ``address`` is None where there is no code address: a pending breakpoint
+    or a watchpoint; ``location`` says where in words (``demo_level3 at
+    demo/work.c:17``, a watched expression); ``hits`` is the debugger's count.
+    """
+
+    number: int
+    address: int | None
+    location: str
+    hits: int
+    enabled: bool
+    kind: str = "breakpoint"  # gdb's type: "breakpoint", "hw watchpoint", ...
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "number": self.number,
+            "address": self.address,
+            "location": self.location,
+            "hits": self.hits,
+            "enabled": self.enabled,
+            "kind": self.kind,
+        }
+
+    def __str__(self) -> str:
+        where = f"{self.address:#018x}" if self.address is not None else "-"
+        state = "" if self.enabled else " (disabled)"
+        return f"{self.number}: {self.kind} at {where} {self.location}, hit {self.hits}{state}"
 
 
 class Target(ABC):
@@ -131,6 +169,14 @@ class Target(ABC):
 
     def break_insert(self, location: str) -> int:
         """A breakpoint at a symbol or ``*address``; its number."""
+        raise TargetError(f"{self.description} cannot set breakpoints")
+
+    def breakpoints(self) -> list[Breakpoint]:
+        """The breakpoints set, in number order, with their hit counts; none by default."""
+        return []
+
+    def break_delete(self, number: int) -> None:
+        """Delete breakpoint ``number``; TargetError when there is none by that number."""
         raise TargetError(f"{self.description} cannot set breakpoints")
 
     def __enter__(self) -> Target:

@@ -13,14 +13,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from protocols.gdbmi import MiClosed, MiError, MiSession, MiTimeout, mi_quote
 
-from ..errors import FaultError, InspectorError, TargetError
-from .base import SystemRegisters, Target
+from ..errors import FaultError, InspectorError, ProtocolError, TargetError
+from .base import Breakpoint, SystemRegisters, Target
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
-__all__ = ["DIRECT_MAP_SYMBOLS", "GdbTarget"]
+__all__ = ["DIRECT_MAP_SYMBOLS", "GdbTarget", "decode_break_table"]
 
 #: Variables that hold the base of a kernel's direct map of physical memory.
 DIRECT_MAP_SYMBOLS = ("direct_map_base", "page_offset_base")
@@ -362,6 +363,20 @@ class GdbTarget(Target):
         payload = self._checked(f"-break-insert {location}").payload
         return int(payload["bkpt"]["number"])
 
+    def breakpoints(self) -> list[Breakpoint]:
+        """gdb's breakpoint table (``-break-list``): gdb's own list, the kernel may run."""
+        return decode_break_table(self._checked("-break-list").payload)
+
+    def break_delete(self, number: int) -> None:
+        """Delete breakpoint ``number`` (``-break-delete``).
+
+        gdb answers ``^done`` for a number it does not have, so the table is
+        asked first: a typo must not look like a deletion.
+        """
+        if not any(b.number == number for b in self.breakpoints()):
+            raise TargetError(f"no breakpoint number {number}")
+        self._checked(f"-break-delete {int(number)}")
+
     def _require_stopped(self) -> None:
         state = self.state
         if state == "running":
@@ -388,6 +403,84 @@ class GdbTarget(Target):
             pass
         finally:
             self._mi.close()
+
+
+def decode_break_table(payload: Any) -> list[Breakpoint]:
+    """The records of a ``-break-list`` result, in gdb's order.
+
+    ``payload`` is the parsed result (``{"BreakpointTable": {"hdr": [...],
+    "body": [...]}}``). A breakpoint with several locations (an inlined
+    function) has ``addr="<MULTIPLE>"``: under MI3 its locations are nested
+    (``locations=[...]``), under MI2 they follow it as rows numbered
+    ``N.1``, ``N.2``; its address is then its first location's. A pending
+    breakpoint (``<PENDING>``) and a watchpoint have no address.
+    """
+    table = payload.get("BreakpointTable") if isinstance(payload, Mapping) else None
+    body = table.get("body") if isinstance(table, Mapping) else None
+    if not isinstance(body, list):
+        raise ProtocolError(f"gdb's -break-list answer has no BreakpointTable body: {payload!r}")
+    rows: list[dict[str, Any]] = []
+    for entry in body:
+        if not isinstance(entry, Mapping) or "number" not in entry:
+            raise ProtocolError(f"a -break-list row without a number: {entry!r}")
+        number = str(entry["number"])
+        if "." in number:  # MI2: a location row of the breakpoint before it
+            if not rows or number.split(".")[0] != rows[-1]["number"]:
+                raise ProtocolError(f"location {number} follows no breakpoint of its number")
+            rows[-1].setdefault("locations", []).append(dict(entry))
+            continue
+        rows.append({**entry, "locations": list(entry.get("locations") or [])})
+    return [_decode_break_row(row) for row in rows]
+
+
+def _decode_break_row(row: Mapping[str, Any]) -> Breakpoint:
+    try:
+        number = int(row["number"])
+        hits = int(row.get("times") or 0)
+    except ValueError as exc:
+        raise ProtocolError(f"a -break-list row with a bad number or count: {dict(row)!r}") from exc
+    locations = [loc for loc in row.get("locations") or [] if isinstance(loc, Mapping)]
+    address = _hex(row.get("addr"))
+    place: Mapping[str, Any] = row
+    if address is None:
+        for loc in locations:
+            address = _hex(loc.get("addr"))
+            if address is not None:
+                place = loc
+                break
+    where = _where(place) or _where(row)
+    if len(locations) > 1:
+        where = f"{where} ({len(locations)} locations)" if where else f"{len(locations)} locations"
+    return Breakpoint(
+        number=number,
+        address=address,
+        location=where,
+        hits=hits,
+        enabled=row.get("enabled", "y") == "y",
+        kind=str(row.get("type") or "breakpoint"),
+    )
+
+
+def _hex(text: Any) -> int | None:
+    """``0x...`` as a number; gdb's ``<PENDING>``, ``<MULTIPLE>`` and absent as None."""
+    if isinstance(text, str) and text.lower().startswith("0x"):
+        try:
+            return int(text, 16)
+        except ValueError:
+            return None
+    return None
+
+
+def _where(row: Mapping[str, Any]) -> str:
+    """``func at file:line``, a watched expression, or what the user asked for."""
+    func = row.get("func")
+    if func:
+        file, line = row.get("file"), row.get("line")
+        return f"{func} at {file}:{line}" if file and line else str(func)
+    for key in ("what", "exp", "pending", "original-location", "at"):
+        if row.get(key):
+            return str(row[key])
+    return ""
 
 
 def _is_canonical(address: int) -> bool:
