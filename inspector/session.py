@@ -280,7 +280,9 @@ class Session:
         }
         if "rflags" in regs:
             decoded["RFLAGS"] = decode_rflags(regs["rflags"])
-        paging = decode_paging_mode(regs["cr0"], regs["cr4"], regs["efer"])
+        paging = decode_paging_mode(
+            regs["cr0"], regs["cr4"], regs["efer"], maxphyaddr=self.target.maxphyaddr or 52
+        )
         return ControlState(decoded, paging)
 
     def paging_mode(self) -> PagingMode:

@@ -106,6 +106,7 @@ class AgentTarget(Target):
             transport, timeout=timeout, retries=retries, on_console=on_console
         )
         self._closed = False
+        self._maxphyaddr: int | None = None
         self._stopped_by_us = False
         try:
             self.info = self._call("hello")
@@ -168,6 +169,13 @@ class AgentTarget(Target):
         if not isinstance(regs, dict) or not all(isinstance(v, int) for v in regs.values()):
             raise ProtocolError(f"regs reply is not a map of integers: {regs!r}")
         return regs
+
+    @property
+    def maxphyaddr(self) -> int | None:
+        """CPUID's physical address width, as the agent reads it (asked once: it never changes)."""
+        if self._maxphyaddr is None:
+            self._maxphyaddr = int(self.agent_registers().get("maxphyaddr") or 52)
+        return self._maxphyaddr
 
     def registers(self) -> Mapping[str, int]:
         regs = self.agent_registers()
@@ -386,6 +394,11 @@ class AgentAssistedTarget(Target):
 
     def break_delete(self, number: int) -> None:
         self.stub.break_delete(number)
+
+    @property
+    def maxphyaddr(self) -> int | None:
+        """CPUID's physical address width, from the agent (asked before the stub attached)."""
+        return self.agent_registers.get("maxphyaddr") or None
 
     def read_virtual(self, address: int, size: int) -> bytes:
         return self.stub.read_virtual(address, size)

@@ -148,6 +148,12 @@ class Target(ABC):
         """Bytes of guest RAM when known."""
         return None
 
+    @property
+    def maxphyaddr(self) -> int | None:
+        """The physical address width (CPUID 0x80000008 EAX[7:0]) when the target can tell:
+        address bits above it are reserved in page-table entries. None: unknown (52 assumed)."""
+        return None
+
     # -- run control a debugger stub offers: stops it reports, stepping, breakpoints ------
     # The defaults are a target that stops only when asked (the agent): it never reports
     # a stop by itself, and it cannot step or break.

@@ -342,16 +342,20 @@ def test_cli_agent_gives_the_same_answers_as_the_gdb_stub(qemu, demo_kernel, age
         through_agent = cli("--agent", agent_spec, "--elf", demo_kernel, *command)
         through_gdb = cli("--target", qemu.gdb_endpoint, "--elf", demo_kernel, *command)
         assert through_agent.returncode == through_gdb.returncode == 0, through_agent.stderr
-        assert through_agent.stdout == through_gdb.stdout
+        # The agent knows CPUID's address width (40 on qemu64); the stub assumes 52.
+        assert ("MAXPHYADDR=40" in through_agent.stdout) == (command[0] == "pt")
+        same = through_agent.stdout.replace("MAXPHYADDR=40", "MAXPHYADDR=52")
+        assert same == through_gdb.stdout
     pt_agent = json.loads(cli("--agent", agent_spec, "--json", "pt").stdout)
     pt_gdb = json.loads(cli("--target", qemu.gdb_endpoint, "--json", "pt").stdout)
     assert pt_agent.pop("target") != pt_gdb.pop("target")
+    assert (pt_agent["paging"].pop("maxphyaddr"), pt_gdb["paging"].pop("maxphyaddr")) == (40, 52)
     assert pt_agent == pt_gdb
     regs_agent = json.loads(cli("--agent", agent_spec, "--json", "regs").stdout)
     regs_gdb = json.loads(cli("--target", qemu.gdb_endpoint, "--json", "regs").stdout)
     for name in ("CR0", "CR3", "CR4", "EFER"):
         assert regs_agent["control"][name] == regs_gdb["control"][name], name
-    assert regs_agent["paging"] == regs_gdb["paging"]
+    assert {**regs_agent["paging"], "maxphyaddr": 52} == regs_gdb["paging"]
     assert regs_agent["target"].startswith("kinspect agent 0.1.0 on unix:")
 
 
@@ -407,6 +411,25 @@ def test_stub_and_agent_together(qemu, demo_kernel, agent_spec):
     tss_gdb = cli("--target", qemu.gdb_endpoint, "--elf", demo_kernel, "tss")
     assert tss_both.returncode == 0, tss_both.stderr
     assert tss_both.stdout == tss_gdb.stdout
+
+
+def test_the_agent_tells_the_physical_address_width(qemu, demo_kernel, agent_spec):
+    """CPUID's MAXPHYADDR (a gdb stub cannot run CPUID), against QEMU's own CPU property."""
+    client = qemu.qmp()
+    try:
+        truth = client.execute(
+            "qom-get", {"path": "/machine/unattached/device[0]", "property": "phys-bits"}
+        )
+    finally:
+        client.close()
+    assert truth == 40  # qemu64's default
+    with api.attach_agent(agent_spec, elf=demo_kernel) as through_agent:
+        assert through_agent.paging_mode().maxphyaddr == truth
+    with api.attach_with_agent(qemu.gdb_endpoint, agent_spec, elf=demo_kernel) as both:
+        assert both.paging_mode().maxphyaddr == truth
+        assert "MAXPHYADDR=40" in str(both.paging_mode())
+    with api.attach(qemu.gdb_endpoint, elf=demo_kernel) as stub_only:
+        assert stub_only.paging_mode().maxphyaddr == 52  # unknown: every address bit allowed
 
 
 @pytest.mark.parametrize("serial", ["tcp", "pty"])
