@@ -32,6 +32,7 @@ from inspector.x86.paging import Range
 
 from .link import Job, Link, RegisterSnapshot, take_register_snapshot
 from .model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
+from .screens.breakpoints import BreakpointsScreen
 from .screens.help import HelpScreen
 from .screens.remap import RemapScreen
 from .widgets.descriptors import DescriptorsView
@@ -107,6 +108,7 @@ class KinspectApp(App[None]):
         Binding("p", "interrupt", "Stop", priority=True),
         Binding("s", "step", "Step", priority=True),
         Binding("b", "prompt('break ')", "Break", priority=True),
+        Binding("B", "breakpoints", "Breakpoints", show=False, priority=True),
         Binding("v", "prompt('vtop ')", "vtop", priority=True),
         Binding("o", "prompt('ptov ')", "ptov", priority=True),
         Binding("g", "prompt('mem ')", "Memory", priority=True),
@@ -363,6 +365,8 @@ class KinspectApp(App[None]):
             self._load_descriptors()
         if self.query_one(TabbedContent).active == "efi":
             self._load_efi()
+        if self._breakpoints_screen() is not None:
+            self._load_breakpoints()  # the hit counts changed
 
     def _record_latency(self, seen: float) -> None:
         """Runs once the screen showing the new registers was drawn."""
@@ -645,6 +649,80 @@ class KinspectApp(App[None]):
 
         self.submit("break", work, done, watch=True, while_running="run")
 
+    # -- breakpoints: the list (B) and delete ---------------------------------------------
+
+    def action_breakpoints(self) -> None:
+        """The breakpoints with their hit counts (``Session.breakpoints()``); d/D delete."""
+        if self._breakpoints_screen() is None:
+            self.push_screen(BreakpointsScreen(self.symbolize))
+        self._load_breakpoints()
+
+    def _breakpoints_screen(self) -> BreakpointsScreen | None:
+        for screen in self.screen_stack:
+            if isinstance(screen, BreakpointsScreen):
+                return screen
+        return None
+
+    def _load_breakpoints(self) -> None:
+        def done(breakpoints: list[Any]) -> None:
+            if (screen := self._breakpoints_screen()) is not None:
+                screen.show(breakpoints)
+
+        def failed(error: BaseException) -> None:
+            if (screen := self._breakpoints_screen()) is not None:
+                screen.show_error(str(error))
+            self.report_failure(error)
+
+        # gdb keeps the list itself: it is read while the kernel runs, without stopping it
+        self.submit(
+            "breakpoints", lambda session: session.breakpoints(), done, failed=failed,
+            while_running="run",
+        )  # fmt: skip
+
+    def delete_breakpoints(self, numbers: tuple[int, ...] | None) -> None:
+        """Delete these breakpoints (None: every one); the kernel is stopped first if it runs.
+
+        The link still watches a running kernel, so the stop the deletion
+        makes is shown like any other; a stopped kernel is not read again.
+        """
+
+        def work(session: Session) -> tuple[list[int], list[Any]]:
+            chosen = (
+                list(numbers)
+                if numbers is not None
+                else [bp.number for bp in session.breakpoints()]
+            )
+            deleted: list[int] = []
+            for number in chosen:
+                session.break_delete(number)
+                deleted.append(number)
+            return deleted, session.breakpoints()
+
+        def done(result: tuple[list[int], list[Any]]) -> None:
+            deleted, left = result
+            if not deleted:
+                self.notify("no breakpoints to delete")
+            else:
+                names = ", ".join(str(n) for n in deleted)
+                self.notify(f"deleted breakpoint{'s' if len(deleted) > 1 else ''} {names}")
+            if (screen := self._breakpoints_screen()) is not None:
+                screen.show(left)
+
+        def failed(error: BaseException) -> None:
+            self.report_failure(error)
+            if self._breakpoints_screen() is not None:
+                self._load_breakpoints()  # some may be gone: show what is left
+
+        self.submit("delete", work, done, failed=failed, while_running="run")
+
+    @on(BreakpointsScreen.DeleteRequested)
+    def _breakpoints_delete(self, event: BreakpointsScreen.DeleteRequested) -> None:
+        self.delete_breakpoints(event.numbers)
+
+    @on(BreakpointsScreen.RefreshRequested)
+    def _breakpoints_refresh(self, event: BreakpointsScreen.RefreshRequested) -> None:
+        self._load_breakpoints()
+
     def action_refresh(self) -> None:
         self._attach()
 
@@ -727,6 +805,19 @@ class KinspectApp(App[None]):
         if verb in needs_arg and not arg:
             self.report_failure(InspectorError(f"{verb} needs an address or a symbol"))
             return
+        if verb in ("delete", "d"):
+            words = arg.replace(",", " ").split()
+            if words == ["all"]:
+                self.delete_breakpoints(None)
+            elif words and all(w.isdigit() for w in words):
+                self.delete_breakpoints(tuple(int(w) for w in words))
+            else:
+                self.report_failure(
+                    InspectorError(
+                        f"{verb} needs breakpoint numbers or 'all' (breakpoints lists them)"
+                    )
+                )
+            return
         if verb in ("vtop", "v"):
             self.vtop(arg)
         elif verb == "ptov":
@@ -740,6 +831,8 @@ class KinspectApp(App[None]):
             )
         elif verb in ("break", "b"):
             self.set_breakpoint(arg)
+        elif verb in ("breakpoints", "bl"):
+            self.action_breakpoints()
         elif verb in ("continue", "c"):
             self.action_resume()
         elif verb in ("stop", "interrupt"):
@@ -992,6 +1085,11 @@ class KinspectApp(App[None]):
         yield SystemCommand("Single step", "Execute one instruction (s)", self.action_step)
         yield SystemCommand(
             "Breakpoint", "Break on a symbol or address (b)", lambda: self.action_prompt("break ")
+        )
+        yield SystemCommand(
+            "Breakpoints",
+            "The breakpoints with their hit counts; delete one or all (B)",
+            self.action_breakpoints,
         )
         yield SystemCommand(
             "vtop", "Translate a virtual address (v)", lambda: self.action_prompt("vtop ")

@@ -3,8 +3,11 @@
 The page-table pages, CR0/CR3/CR4/EFER and the general registers are the
 ones captured from Debian's 6.1 kernel under QEMU (tests/fixtures/
 linux-6.1-nokaslr). Run control is simulated: ``resume`` lets it "run",
-a breakpoint is hit on the next wait, ``stop`` interrupts; ``on_resume``
-may change memory or registers while it runs (a remap between two stops).
+the breakpoint with the lowest number is hit on the next wait (its count
+rises, as gdb counts), ``stop`` interrupts; ``on_resume`` may change
+memory or registers while it runs (a remap between two stops). Like
+gdb's stub, breakpoints are listed while it runs and deleted only when
+stopped, and their numbers are never reused.
 
 ``efi_session`` adds what the demo kernel's efi.c keeps when it boots
 through UEFI (the firmware's memory map, found by symbol), with bytes the
@@ -33,7 +36,7 @@ from inspector.remap.journal import Journal, JournalStep
 from inspector.remap.plan import Step, protected_areas
 from inspector.session import Session
 from inspector.symbols import Symbol, SymbolTable
-from inspector.targets.base import Target
+from inspector.targets.base import Breakpoint, Target
 from inspector.targets.qemu_text import system_registers_from_info
 from inspector.x86.control import decode_paging_mode
 from inspector.x86.paging import translate
@@ -95,7 +98,9 @@ class MemoryTarget(Target):
         self.regs = dict(REGISTERS)
         self._state = "stopped"
         self.last_stop: dict = {"reason": "signal-received", "signal-name": "SIGINT"}
-        self.breakpoints: list[int] = []
+        self.armed: dict[int, int] = {}  # breakpoint number -> address
+        self.hits: dict[int, int] = {}
+        self._next_breakpoint = 1
         self.on_resume: Callable[[MemoryTarget], None] | None = None
         self.fail: BaseException | None = None  # raised by the next read
         self.closed = False
@@ -199,15 +204,16 @@ class MemoryTarget(Target):
             return self.last_stop
         if self._state == "exited":
             raise TargetError("the target has gone away")
-        if self.breakpoints:
-            number = 1
-            self.regs["rip"] = self.breakpoints[0]
+        if self.armed:
+            number = min(self.armed)
+            self.hits[number] += 1
+            self.regs["rip"] = self.armed[number]
             self.regs["rax"] += 1
             self._stopped(
                 {
                     "reason": "breakpoint-hit",
                     "bkptno": str(number),
-                    "frame": {"addr": f"{self.breakpoints[0]:#x}"},
+                    "frame": {"addr": f"{self.armed[number]:#x}"},
                 }
             )
             return self.last_stop
@@ -222,8 +228,26 @@ class MemoryTarget(Target):
 
     def break_insert(self, location: str) -> int:
         self._check()
-        self.breakpoints.append(int(location.lstrip("*"), 16))
-        return len(self.breakpoints)
+        number = self._next_breakpoint
+        self._next_breakpoint += 1
+        self.armed[number] = int(location.lstrip("*"), 16)
+        self.hits[number] = 0
+        return number
+
+    def breakpoints(self) -> list[Breakpoint]:
+        """As gdb lists them without --elf: the location is what was asked, ``*0x...``."""
+        if self._state == "exited":
+            raise TargetError("the target has gone away")
+        return [
+            Breakpoint(n, address, f"*{address:#x}", self.hits[n], True)
+            for n, address in sorted(self.armed.items())
+        ]
+
+    def break_delete(self, number: int) -> None:
+        self._check()
+        if number not in self.armed:
+            raise TargetError(f"no breakpoint number {number}")
+        del self.armed[number]
 
     def _stopped(self, record: dict) -> None:
         self._state = "stopped"

@@ -263,7 +263,7 @@ def test_breakpoint_continue_and_stop_refresh_registers(session):
             await pilot.press("enter")
             await app.wait_idle()
             await pilot.pause()
-            assert session.target.breakpoints == [address]
+            assert list(session.target.armed.values()) == [address]
             regs = app.query_one(RegistersView)
             before = regs.generation
             await pilot.press("c")
@@ -309,7 +309,7 @@ def test_ranges_changed_while_running_are_marked(session, truth):
         target.write_entry(step.entry_address, step.entry.raw & ~0x2)
 
     session.target.on_resume = protect
-    session.target.breakpoints = [REGISTERS["rip"]]
+    session.target.break_insert(f"*{REGISTERS['rip']:#x}")
 
     async def go():
         app = make_app(session)

@@ -198,7 +198,7 @@ def test_a_remap_while_the_kernel_runs_shows_at_the_next_stop():
         )
 
     session.target.on_resume = remap
-    session.target.breakpoints = [REGISTERS["rip"]]
+    session.target.break_insert(f"*{REGISTERS['rip']:#x}")
 
     async def go():
         app = make_app(session)

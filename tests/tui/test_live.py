@@ -132,6 +132,82 @@ def test_breakpoint_continue_step_stop_on_the_demo_kernel(qemu, demo_kernel):  #
         session.close()
 
 
+def test_the_breakpoints_list_and_delete_on_the_demo_kernel(qemu, demo_kernel):  # noqa: F811
+    """B on QEMU's stub: addresses as nm gives them, hits as the stops came, d deletes for good."""
+    from textual.widgets import DataTable
+
+    from tui.screens.breakpoints import BreakpointsScreen
+
+    work, level3 = nm_address(demo_kernel, "demo_work"), nm_address(demo_kernel, "demo_level3")
+    session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
+            status = app.query_one(StatusLine)
+            regs = app.query_one(RegistersView)
+            for name in ("demo_work", "demo_level3"):
+                app.run_command(f"break {name}")
+                await until(pilot, lambda: not app.link.pending, what=f"break {name}")
+
+            def rows():
+                table = app.screen.query_one("#breakpoint-table", DataTable)
+                return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+            await pilot.press("B")
+            await until(pilot, lambda: app.screen.loaded and not app.link.pending, what="the list")
+            assert isinstance(app.screen, BreakpointsScreen)
+            listed = rows()
+            assert [r[:4] for r in listed] == [
+                ["1", "y", "0", f"{work:#018x}"],
+                ["2", "y", "0", f"{level3:#018x}"],
+            ]
+            assert listed[0][4].startswith("demo_work at ") and "work.c:" in listed[0][4]
+            await pilot.press("escape")
+
+            async def run_to_stop():
+                stops = app.stops
+                await pilot.press("c")
+                await until(
+                    pilot,
+                    lambda: (
+                        app.stops > stops and status.state == "stopped" and not app.link.pending
+                    ),
+                    what="a breakpoint",
+                )
+                return status.reason, regs.snapshot.values["rip"]
+
+            hits = {"1": 0, "2": 0}
+            while True:  # attached anywhere: run until demo_work's breakpoint
+                reason, rip = await run_to_stop()
+                number = reason.split()[1]
+                hits[number] += 1
+                assert rip == {"1": work, "2": level3}[number]
+                if number == "1":
+                    break
+            await pilot.press("B")
+            await until(pilot, lambda: app.screen.loaded and not app.link.pending, what="the list")
+            assert [(r[0], r[2]) for r in rows()] == [("1", str(hits["1"])), ("2", str(hits["2"]))]
+            await pilot.press("d")  # the cursor is on demo_work's
+            await until(pilot, lambda: len(rows()) == 1 and not app.link.pending, what="delete")
+            assert rows()[0][0] == "2"
+            await pilot.press("escape")
+            for _ in range(3):  # demo_work runs again each time; only demo_level3 stops
+                reason, rip = await run_to_stop()
+                assert reason == "breakpoint 2 at demo_level3" and rip == level3
+            hits["2"] += 3
+            await pilot.press("B")
+            await until(pilot, lambda: app.screen.loaded and not app.link.pending, what="the list")
+            assert [(r[0], r[2]) for r in rows()] == [("2", str(hits["2"]))]
+            assert app.errors == []
+
+    try:
+        run(go())
+    finally:
+        session.close()
+
+
 def test_a_kernel_that_dies_is_a_notification_and_reconnect_says_why_it_fails(demo_kernel):  # noqa: F811
     own = api.launch_demo()  # this test kills its QEMU
     session = api.attach(own.gdb_endpoint, elf=demo_kernel)

@@ -117,3 +117,21 @@ def test_remap_screen_with_the_efi_runtime_plan(snap_compare, tmp_path):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_breakpoints_list_with_hits(snap_compare):
+    """B after two breakpoints and one continue: the first hit once, the second not yet."""
+    app = make_app(memory_session())
+
+    async def run_before(pilot) -> None:
+        await settle(command="break asm_exc_coproc_segment_overrun")(pilot)
+        await settle(command="break asm_exc_divide_error")(pilot)
+        stops = pilot.app.stops
+        pilot.app.action_resume()
+        for _ in range(300):
+            await pilot.pause(0.01)
+            if pilot.app.stops > stops and not pilot.app.link.pending:
+                break
+        await settle("B")(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -20,6 +20,8 @@ COMMANDS = (
     ("mem ADDR|SYMBOL", "hex view of virtual memory (PageUp/PageDown move)"),
     ("phys PADDR", "hex view of physical memory"),
     ("break SYMBOL|ADDR", "a breakpoint; c continues to it"),
+    ("breakpoints, bl", "the breakpoints with their hit counts (B); d deletes one, D all"),
+    ("delete N...|all", "delete breakpoints by number, or every one"),
     ("continue, stop, step", "run control (also c, p, s)"),
     ("refresh, reconnect", "read everything again; attach again after a lost link"),
     ("export, svg", "save the current view as text, or the screen as SVG"),
@@ -37,6 +39,11 @@ VIEWS = (
     ),
     ("Tables", "PML4 -> PDPT -> PD -> PT; Enter or Space expands (one table read each)"),
     ("Memory", "16 bytes a row; qwords that point into a symbol are named on the right"),
+    (
+        "Breakpoints (B)",
+        "number, enabled, hits (read again at each stop), address, where; d or Delete "
+        "deletes the highlighted one, D all, r reads again",
+    ),
     (
         "Remaps (7)",
         "through the agent: map, unmap, protect, move, higher-half, efi-runtime; the plan "
