@@ -51,7 +51,6 @@ def read_info_mem() -> list[tuple[int, int, str]]:
     return ranges
 
 
-
 @pytest.fixture(scope="module")
 def pages():
     return load_pages()
