@@ -383,6 +383,13 @@ def test_cli_agent_commands_and_errors(qemu, demo_kernel, agent_spec):
     assert both.returncode == 2 and "drop --target" in both.stderr
 
 
+def nm_address(elf: str, name: str) -> int:
+    """A symbol's address as binutils' nm gives it."""
+    out = subprocess.run(["nm", elf], capture_output=True, text=True, check=True).stdout
+    rows = (line.split() for line in out.splitlines())
+    return next(int(row[0], 16) for row in rows if len(row) == 3 and row[2] == name)
+
+
 def test_stub_and_agent_together(qemu, demo_kernel, agent_spec):
     """The agent adds to a stub what the stub cannot see (here forced: QEMU's can)."""
     helped = api.attach_with_agent(
@@ -395,9 +402,14 @@ def test_stub_and_agent_together(qemu, demo_kernel, agent_spec):
         theirs = helped.target.stub.system_registers()  # QEMU's monitor
         assert (ours.gdtr, ours.idtr) == (theirs.gdtr, theirs.idtr)
         assert (ours.tr.base, ours.tr.limit) == (theirs.tr.base, theirs.tr.limit)
-        # Everything else is the stub's: general registers the agent has not.
+        # Everything else is the stub's: general registers the agent has not, breakpoints.
         assert "rip" in helped.registers()
         assert helped.target.state == "stopped"
+        number, address = helped.break_insert("demo_level3")
+        assert address == nm_address(demo_kernel, "demo_level3")
+        assert [(b.number, b.address) for b in helped.breakpoints()] == [(number, address)]
+        helped.break_delete(number)
+        assert helped.breakpoints() == []
     finally:
         helped.close()
     auto = api.attach_with_agent(qemu.gdb_endpoint, agent_spec, elf=demo_kernel)
