@@ -1203,7 +1203,7 @@ static int m_move_stack(struct agent *a, struct params *p, struct mp_writer *w, 
 static int m_load_descriptors(struct agent *a, struct params *p, struct mp_writer *w,
 			      struct failure *f)
 {
-	uint64_t gdt = 0, idt = 0, tss = 0, old_tss = 0, bad = 0;
+	uint64_t gdt = 0, idt = 0, tss = 0, old_tss = 0, tss_limit, bad = 0;
 	bool force;
 	struct paging pg;
 	struct agent_cpu cpu;
@@ -1224,26 +1224,15 @@ static int m_load_descriptors(struct agent *a, struct params *p, struct mp_write
 	status = protection_setup(a, &pg, &cpu, f);
 	if (status != AGENT_OK)
 		return status;
-	for (unsigned i = 0; i < a->protected_count; i++)
-		if (a->protected[i].kind == PROT_DESCRIPTORS)
-			old_tss = a->protected[i].lo; /* the last one added: the TSS (page) */
+	if (!system_segment(a, &pg, &cpu, cpu.tr, &old_tss, &tss_limit))
+		old_tss = 0; /* no TSS loaded */
 	if (!is_canonical(&pg, gdt) || !is_canonical(&pg, idt) || !is_canonical(&pg, tss))
 		return refuse(f, gdt, "non-canonical: a new base is not canonical");
-	if (!force) {
-		uint64_t tss_now = 0, lo_d, hi_d;
-
-		if ((cpu.tr & ~7u) &&
-		    read_virt_u64(a, &pg, cpu.gdtr_base + (cpu.tr & ~7u), &lo_d) == AGENT_OK &&
-		    read_virt_u64(a, &pg, cpu.gdtr_base + (cpu.tr & ~7u) + 8, &hi_d) == AGENT_OK)
-			tss_now = ((lo_d >> 16) & 0xffffff) | (((lo_d >> 56) & 0xff) << 24) |
-				  ((hi_d & 0xffffffffULL) << 32);
-		old_tss = tss_now;
-		if (!is_alias(a, &pg, cpu.gdtr_base, cpu.gdtr_limit + 1ULL, gdt - cpu.gdtr_base, &bad) ||
-		    !is_alias(a, &pg, cpu.idtr_base, cpu.idtr_limit + 1ULL, idt - cpu.idtr_base, &bad) ||
-		    (tss_now && !is_alias(a, &pg, tss_now, 0x68, tss - tss_now, &bad)))
-			return refuse(f, bad,
-				      "not-an-alias: a new base does not map the same physical memory");
-	}
+	if (!force &&
+	    (!is_alias(a, &pg, cpu.gdtr_base, cpu.gdtr_limit + 1ULL, gdt - cpu.gdtr_base, &bad) ||
+	     !is_alias(a, &pg, cpu.idtr_base, cpu.idtr_limit + 1ULL, idt - cpu.idtr_base, &bad) ||
+	     (old_tss && !is_alias(a, &pg, old_tss, 0x68, tss - old_tss, &bad))))
+		return refuse(f, bad, "not-an-alias: a new base does not map the same physical memory");
 	uint64_t saved = a->ops->irq_save ? a->ops->irq_save(a->ctx) : 0;
 
 	status = a->ops->load_descriptors(a->ctx, gdt, idt, tss);
