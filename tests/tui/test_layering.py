@@ -1,21 +1,9 @@
-"""The TUI's own pure parts import no Textual, and no face imports the TUI unasked."""
+"""No face imports the TUI unasked (the TUI's pure parts: tests/unit/test_import_hygiene.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-
-import pytest
-
-
-@pytest.mark.parametrize("module", ["tui.link", "tui.model"])
-def test_pure_tui_modules_do_not_import_textual(module):
-    code = f"import sys, {module}; print('textual' in sys.modules)"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
 
 
 def test_the_cli_loads_the_tui_only_for_tui_and_demo():

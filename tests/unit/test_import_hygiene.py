@@ -16,6 +16,8 @@ HEADLESS = [
     "inspector.x86.paging",
     "protocols.gdbmi",
     "protocols.qmp",
+    "tui.link",  # the TUI's own pure parts
+    "tui.model",
 ]
 
 
