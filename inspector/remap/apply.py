@@ -221,9 +221,10 @@ class Remapper:
             for pa in tables:
                 if r.phys <= pa < r.phys + r.size:
                     aliases.append(r.start + (pa - r.phys))
+        system = self.target.system_registers()  # TR and LDTR, read once
         if tss_base is None:
-            tss_base = self.tss_base(regs)
-        ldtr = self.target.system_registers().ldtr
+            tss_base = system.tr.base if system.tr else None
+        ldtr = system.ldtr
         areas = protected_areas(
             regs, tss_base=tss_base, frames_top=self.frames_top(regs), table_aliases=aliases,
             ldt=(ldtr.base, ldtr.limit) if ldtr else None,
