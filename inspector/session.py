@@ -84,9 +84,11 @@ class Session:
         self._ranges: list[Range] | None = None
         self._tables: dict[int, bytes] = {}
         self._remapper: Any = None
-        #: The UEFI memory map, by (address, size, stride): it does not change once boot
-        #: services are gone, so it is kept across stops (the mappings are read again).
-        self._efi_maps: dict[tuple[int, int, int], Any] = {}
+        #: Where the kernel keeps the UEFI memory map, and the map itself: neither changes
+        #: once boot services are gone, so both are kept across stops (the mappings are
+        #: read again at each).
+        self._efi_kept_at: dict[str, int] | None = None
+        self._efi_descriptors: Any = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -364,15 +366,20 @@ class Session:
         return [va for va, _leaf in find_aliases(self.address_space().leaves, physical)]
 
     def _efi_kept(self) -> dict[str, int]:
-        """Where the kernel keeps the UEFI memory map and attributes table, and their sizes.
+        """Where the kernel keeps the UEFI memory map and attributes table, and their sizes
+        (asked once)."""
+        if self._efi_kept_at is None:
+            self._efi_kept_at = self._find_efi_kept()
+        return self._efi_kept_at
 
-        From the agent's ``efi_info`` when the target is the agent (no ELF
-        needed), else by the demo kernel's symbols (``efi_memmap``, ...).
-        """
-        efi_info = getattr(self.target, "efi_info", None)
-        if efi_info is not None:
+    def _find_efi_kept(self) -> dict[str, int]:
+        """From the agent's ``efi_info`` when the target is the agent (no ELF needed), else
+        by the demo kernel's symbols (``efi_memmap``, ...)."""
+        from .targets.agent import AgentTarget
+
+        if isinstance(self.target, AgentTarget):
             try:
-                info = efi_info()
+                info = self.target.efi_info()
             except AgentError as exc:
                 if exc.code == 6:  # unsupported: no UEFI information in the kernel
                     raise TargetError(
@@ -418,11 +425,10 @@ class Session:
         if kept["memmap_size"] == 0:
             raise TargetError("the kernel did not boot through UEFI: its memory map is empty")
         stride = kept["desc_size"]
-        key = (kept["memmap"], kept["memmap_size"], stride)
-        if key not in self._efi_maps:
+        if self._efi_descriptors is None:
             data = self.read_virtual(kept["memmap"], kept["memmap_size"])
-            self._efi_maps[key] = decode_memory_map(data, stride)
-        descriptors = self._efi_maps[key]
+            self._efi_descriptors = decode_memory_map(data, stride)
+        descriptors = self._efi_descriptors
         mapped_at = {
             d.index: tuple(self.aliases(d.physical_start)) for d in descriptors if d.runtime
         }
@@ -440,7 +446,9 @@ class Session:
         )
 
     def _efi_agent(self, what: str) -> Any:
-        if getattr(self.target, "efi_get_time", None) is None:
+        from .targets.agent import AgentTarget
+
+        if not isinstance(self.target, AgentTarget):
             raise TargetError(
                 f"{what} is a call into the firmware, which the in-kernel agent makes: "
                 "attach with --agent"
