@@ -89,6 +89,7 @@ class Session:
         #: read again at each).
         self._efi_kept_at: dict[str, int] | None = None
         self._efi_descriptors: Any = None
+        self._efi_attributes: Any = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -441,9 +442,10 @@ class Session:
         kept = self._efi_kept()
         if kept["memattr_size"] == 0:
             return None
-        return decode_memory_attributes_table(
-            self.read_virtual(kept["memattr"], kept["memattr_size"])
-        )
+        if self._efi_attributes is None:
+            data = self.read_virtual(kept["memattr"], kept["memattr_size"])
+            self._efi_attributes = decode_memory_attributes_table(data)
+        return self._efi_attributes
 
     def _efi_agent(self, what: str) -> Any:
         from .targets.agent import AgentTarget
