@@ -14,11 +14,11 @@ kernel: deps
 
 # Boot the demo kernel in QEMU and open the inspector on it.
 demo: kernel
-	$(PY) -m inspector.cli demo --elf $(KERNEL)
+	$(PY) -m kinspect.inspector.cli demo --elf $(KERNEL)
 
 # The same, booted through UEFI (OVMF on q35; issue 7).
 demo-uefi: kernel
-	$(PY) -m inspector.cli demo --uefi --elf $(KERNEL)
+	$(PY) -m kinspect.inspector.cli demo --uefi --elf $(KERNEL)
 
 # The whole suite: unit tests and QEMU integration tests.
 test: kernel

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from inspector.session import Session
-from inspector.targets.agent import AgentTarget
-from protocols.transports import PacedTransport, SocketTransport
+from kinspect.inspector.session import Session
+from kinspect.inspector.targets.agent import AgentTarget
+from kinspect.protocols.transports import PacedTransport, SocketTransport
 
 BAUD = 115200
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from inspector.x86.control import decode_paging_mode
-from inspector.x86.paging import coalesce_ranges, collect_address_space
+from kinspect.inspector.x86.control import decode_paging_mode
+from kinspect.inspector.x86.paging import coalesce_ranges, collect_address_space
 from tests.unit.test_x86_linux_capture import load_pages
 
 CR0, CR3, CR4, EFER = 0x80050033, 0x487C000, 0x6F0, 0xD01

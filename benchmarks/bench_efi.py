@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 
-from inspector.remap.apply import Remapper
-from inspector.remap.efi import SVAM
-from inspector.remap.journal import Journal
-from inspector.targets.agent import AgentTarget
+from kinspect.inspector.remap.apply import Remapper
+from kinspect.inspector.remap.efi import SVAM
+from kinspect.inspector.remap.journal import Journal
+from kinspect.inspector.targets.agent import AgentTarget
 from tests.integration.conftest import uefi_qemu  # noqa: F401 (the fixture: one OVMF boot)
 
 

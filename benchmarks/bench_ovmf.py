@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from inspector import api
-from inspector.x86.control import decode_paging_mode
-from inspector.x86.paging import coalesce_ranges, collect_address_space
+from kinspect.inspector import api
+from kinspect.inspector.x86.control import decode_paging_mode
+from kinspect.inspector.x86.paging import coalesce_ranges, collect_address_space
 from tests.integration.test_ovmf_identity import ovmf  # noqa: F401 (the fixture: one boot)
 from tests.qemu_view import capture_reader
 from tests.unit.test_ovmf_capture import CR0, CR3, CR4, EFER, load_pages

@@ -16,8 +16,8 @@ import asyncio
 import statistics
 import threading
 
-from inspector import api
-from tui.app import make_app
+from kinspect.inspector import api
+from kinspect.tui.app import make_app
 
 
 class RunningApp:

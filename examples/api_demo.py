@@ -3,7 +3,7 @@
 Run: .venv/bin/python examples/api_demo.py   (after `make kernel`)
 """
 
-from inspector import api
+from kinspect.inspector import api
 
 with api.launch_demo() as qemu, api.attach(qemu.gdb_endpoint, elf=api.DEMO_KERNEL) as k:
     print(k.control_registers()["CR0"])  # CR0=0x80010011 [PE ET WP PG]

@@ -1,9 +1,9 @@
 """The public Python API for scripted inspections.
 
-    from inspector import api
-    with api.launch_demo() as qemu, api.attach(qemu.gdb_endpoint) as k:
-        for r in k.ranges():
-            print(r)
+from kinspect.inspector import api
+with api.launch_demo() as qemu, api.attach(qemu.gdb_endpoint) as k:
+    for r in k.ranges():
+        print(r)
 """
 
 from __future__ import annotations

@@ -429,7 +429,7 @@ def _interactive() -> bool:
 
 def _run_tui(connect: Callable[[], Session], *, resume: bool) -> int:
     """Open the TUI; imported here so the headless commands never load Textual."""
-    from tui.app import make_app
+    from kinspect.tui.app import make_app
 
     session = connect()
     make_app(session, connect=connect, resume_on_exit=resume).run()

@@ -18,24 +18,34 @@ from .session import Session
 __all__ = ["EFI_COMMANDS", "add_efi_parser"]
 
 #: EFI_VARIABLE_* attribute bits (UEFI 2.10, 8.2).
-VARIABLE_ATTRIBUTES = {0x1: "NV", 0x2: "BS", 0x4: "RT", 0x8: "HW_ERROR", 0x20: "TIME_AUTH",
-                       0x40: "APPEND"}  # fmt: skip
+VARIABLE_ATTRIBUTES = {
+    0x1: "NV",
+    0x2: "BS",
+    0x4: "RT",
+    0x8: "HW_ERROR",
+    0x20: "TIME_AUTH",
+    0x40: "APPEND",
+}
 
 
 def add_efi_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     sub.add_parser(
-        "efi-time", parents=[common],
+        "efi-time",
+        parents=[common],
         help="GetTime, called by the agent through the firmware's current mapping (needs --agent)",
-    )  # fmt: skip
+    )
     v = sub.add_parser(
-        "efi-vars", parents=[common],
+        "efi-vars",
+        parents=[common],
         help="the runtime-visible UEFI variables, or one read whole (needs --agent)",
-    )  # fmt: skip
+    )
     v.add_argument("name", nargs="?", help="read this variable (default: list them all)")
     v.add_argument(
-        "--guid", type=uuid.UUID, default=EFI_GLOBAL_VARIABLE,
+        "--guid",
+        type=uuid.UUID,
+        default=EFI_GLOBAL_VARIABLE,
         help=f"its vendor GUID (default {EFI_GLOBAL_VARIABLE}, EFI_GLOBAL_VARIABLE)",
-    )  # fmt: skip
+    )
 
 
 def _attributes(value: int) -> str:
@@ -63,20 +73,32 @@ def cmd_efi_vars(session: Session, args: argparse.Namespace, out: TextIO) -> int
     if args.name:
         attributes, data = session.efi_variable(args.name, args.guid)
         if args.json:
-            _dump(out, "efi-vars", session, {"variable": {
-                "name": args.name, "guid": str(args.guid), "attributes": attributes,
-                "attribute_names": _attributes(attributes).split("|"), "data": data.hex(),
-            }})  # fmt: skip
+            _dump(
+                out,
+                "efi-vars",
+                session,
+                {
+                    "variable": {
+                        "name": args.name,
+                        "guid": str(args.guid),
+                        "attributes": attributes,
+                        "attribute_names": _attributes(attributes).split("|"),
+                        "data": data.hex(),
+                    }
+                },
+            )
         else:
-            print(f"{args.name} {args.guid} {_attributes(attributes)} ({len(data)} bytes)",
-                  file=out)  # fmt: skip
+            print(
+                f"{args.name} {args.guid} {_attributes(attributes)} ({len(data)} bytes)", file=out
+            )
             for off in range(0, len(data), 16):
                 print(f"  {off:04x}  {data[off : off + 16].hex(' ')}", file=out)
         return 0
     names = session.efi_variable_names()
     if args.json:
-        _dump(out, "efi-vars", session,
-              {"variables": [{"name": n, "guid": str(g)} for n, g in names]})  # fmt: skip
+        _dump(
+            out, "efi-vars", session, {"variables": [{"name": n, "guid": str(g)} for n, g in names]}
+        )
     else:
         print(f"{len(names)} runtime-visible variables (GetNextVariableName):", file=out)
         for n, g in names:

@@ -39,16 +39,18 @@ def _page_size(text: str) -> int:
 
 def add_remap_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     remap = sub.add_parser(
-        "remap", parents=[common],
+        "remap",
+        parents=[common],
         help="change mappings, move the stack or the GDT/IDT through the agent (journaled)",
-    )  # fmt: skip
+    )
     actions = remap.add_subparsers(dest="remap_command", metavar="ACTION")
     actions.required = True
     apply_opts = argparse.ArgumentParser(add_help=False)
     apply_opts.add_argument("--plan", action="store_true", help="show the plan, change nothing")
     apply_opts.add_argument("--yes", "-y", action="store_true", help="apply without asking")
-    apply_opts.add_argument("--force", action="store_true",
-                            help="apply even what the safety checks refuse")  # fmt: skip
+    apply_opts.add_argument(
+        "--force", action="store_true", help="apply even what the safety checks refuse"
+    )
     apply_opts.add_argument("--journal", help=f"journal file (default {default_journal_path()})")
 
     m = actions.add_parser("map", parents=[common, apply_opts], help="map VA..VA+SIZE to PA..")
@@ -62,34 +64,46 @@ def add_remap_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     u.add_argument("va", help="virtual address or symbol")
     u.add_argument("size", type=parse_size)
-    u.add_argument("--page-size", type=_page_size, default=0x1000,
-                   help="level to clear: 4k (default), 2m, 1g, 512g (a PML4 entry)")  # fmt: skip
+    u.add_argument(
+        "--page-size",
+        type=_page_size,
+        default=0x1000,
+        help="level to clear: 4k (default), 2m, 1g, 512g (a PML4 entry)",
+    )
     p = actions.add_parser("protect", parents=[common, apply_opts], help="change a range's flags")
     p.add_argument("va", help="virtual address or symbol")
     p.add_argument("size", type=parse_size)
     p.add_argument("--page-size", type=_page_size, default=0x1000)
     p.add_argument("--flags", required=True, help="the new flags: RW,US,PWT,PCD,G,NX or ro")
     mv = actions.add_parser(
-        "move", parents=[common, apply_opts],
+        "move",
+        parents=[common, apply_opts],
         help="map a range's pages at a new base (same flags), verify, optionally drop the old",
-    )  # fmt: skip
+    )
     mv.add_argument("va", help="virtual address or symbol")
     mv.add_argument("size", type=parse_size)
     mv.add_argument("new_va", help="the new virtual base")
     mv.add_argument("--drop-old", action="store_true", help="unmap the old range afterwards")
     actions.add_parser(
-        "higher-half", parents=[common, apply_opts],
+        "higher-half",
+        parents=[common, apply_opts],
         help="move the stack and GDT/IDT/TSS to higher-half aliases, then drop the identity map",
-    )  # fmt: skip
+    )
     efi = actions.add_parser(
-        "efi-runtime", parents=[common, apply_opts],
+        "efi-runtime",
+        parents=[common, apply_opts],
         help="map the UEFI runtime regions in the higher half, SetVirtualAddressMap, verify "
         "GetTime and a variable, then drop the identity map (cannot be undone)",
-    )  # fmt: skip
-    efi.add_argument("--base", type=parse_size, default=EFI_VA_BASE,
-                     help=f"new address = BASE + physical (default {EFI_VA_BASE:#x})")  # fmt: skip
-    efi.add_argument("--keep-identity", action="store_true",
-                     help="leave the identity map in place afterwards")  # fmt: skip
+    )
+    efi.add_argument(
+        "--base",
+        type=parse_size,
+        default=EFI_VA_BASE,
+        help=f"new address = BASE + physical (default {EFI_VA_BASE:#x})",
+    )
+    efi.add_argument(
+        "--keep-identity", action="store_true", help="leave the identity map in place afterwards"
+    )
     undo = actions.add_parser("undo", parents=[common], help="restore what open steps replaced")
     undo.add_argument("--seq", type=int, action="append", help="only this step (repeatable)")
     undo.add_argument("--force", action="store_true")
@@ -122,13 +136,22 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
         lines += [f"  {s}" for s in steps]
         if args.keep:
             lines.append(f"kept {len(steps)} steps (closed without undoing)")
-        _emit(out, args, "\n".join(lines),
-              {"journal": str(journal.path), "steps": [s.to_dict() for s in steps],
-               "kept": bool(args.keep)})  # fmt: skip
+        _emit(
+            out,
+            args,
+            "\n".join(lines),
+            {
+                "journal": str(journal.path),
+                "steps": [s.to_dict() for s in steps],
+                "kept": bool(args.keep),
+            },
+        )
         return 0
     if not getattr(args, "agent", None):
-        parser.error("remap needs --agent (the in-kernel agent's line); --target too verifies "
-                     "each step through that gdb stub")  # fmt: skip
+        parser.error(
+            "remap needs --agent (the in-kernel agent's line); --target too verifies "
+            "each step through that gdb stub"
+        )
     from . import api
     from .remap.apply import UNFORCEABLE, Remapper
     from .targets.agent import AgentTarget
@@ -148,22 +171,34 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
             ]
             if elsewhere and not args.force:
                 other = journal.sessions[elsewhere[0].session]["target"]
-                print(f"kinspect: {len(elsewhere)} open steps were applied through {other}, "
-                      f"not {target.spec}; undo them there (or --force if it is the same "
-                      "kernel under another name)", file=sys.stderr)  # fmt: skip
+                print(
+                    f"kinspect: {len(elsewhere)} open steps were applied through {other}, "
+                    f"not {target.spec}; undo them there (or --force if it is the same "
+                    "kernel under another name)",
+                    file=sys.stderr,
+                )
                 return 1
             done = remapper.undo(chosen, force=args.force)
             lines = [f"undone: #{s.seq} {s.method} {s.description}" for s in done]
-            _emit(out, args, "\n".join(lines or ["nothing to undo"]),
-                  {"undone": [s.to_dict() for s in done]})  # fmt: skip
+            _emit(
+                out,
+                args,
+                "\n".join(lines or ["nothing to undo"]),
+                {"undone": [s.to_dict() for s in done]},
+            )
             return 0
         if orphaned:
-            print(f"kinspect: a crashed session left {len(orphaned)} open steps in {journal.path}:",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"kinspect: a crashed session left {len(orphaned)} open steps in {journal.path}:",
+                file=sys.stderr,
+            )
             for s in orphaned:
                 print(f"  {s}", file=sys.stderr)
-            print("kinspect: `kinspect remap undo` restores them, `kinspect remap journal --keep` "
-                  "keeps them; nothing else is applied until then", file=sys.stderr)  # fmt: skip
+            print(
+                "kinspect: `kinspect remap undo` restores them, `kinspect remap journal --keep` "
+                "keeps them; nothing else is applied until then",
+                file=sys.stderr,
+            )
             return 1
         plan = _plan(session, remapper, args)
         if args.plan or not args.json:
@@ -193,13 +228,23 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
         alive = target.client.call("hello")
         ok = all(r.verified for r in reports)
         by = "the gdb stub's walk" if remapper.verify_walk else "the agent's walk"
-        summary = (f"{len(reports)} steps applied and journaled in {journal.path}; "
-                   f"{'all verified' if ok else 'SOME NOT AS PLANNED'} (by {by}); "
-                   f"the agent still answers (agent {alive.get('agent')})")  # fmt: skip
-        _emit(out, args, summary, {"plan": plan.to_dict(),
-                                   "applied": [r.to_dict() for r in reports],
-                                   "verified": ok, "verified_by": by,
-                                   "journal": str(journal.path)})  # fmt: skip
+        summary = (
+            f"{len(reports)} steps applied and journaled in {journal.path}; "
+            f"{'all verified' if ok else 'SOME NOT AS PLANNED'} (by {by}); "
+            f"the agent still answers (agent {alive.get('agent')})"
+        )
+        _emit(
+            out,
+            args,
+            summary,
+            {
+                "plan": plan.to_dict(),
+                "applied": [r.to_dict() for r in reports],
+                "verified": ok,
+                "verified_by": by,
+                "journal": str(journal.path),
+            },
+        )
         return 0 if ok else 1
     finally:
         journal.end_session()
@@ -231,15 +276,17 @@ def _plan(session: Any, remapper: Any, args: argparse.Namespace):
         return remapper.plan_efi_runtime(base=args.base, drop_identity=not args.keep_identity)
     va = session.resolve(args.va)
     if cmd == "map":
-        return remapper.plan_map(va, args.pa, args.size, page_size=args.page_size,
-                                 flags=parse_flags(args.flags))  # fmt: skip
+        return remapper.plan_map(
+            va, args.pa, args.size, page_size=args.page_size, flags=parse_flags(args.flags)
+        )
     if cmd == "move":
         new_va = session.resolve(args.new_va)
         return remapper.plan_move(va, args.size, new_va, drop_old=args.drop_old)
     if cmd == "unmap":
         return remapper.plan_unmap(va, args.size, page_size=args.page_size)
-    return remapper.plan_protect(va, args.size, page_size=args.page_size,
-                                 flags=parse_flags(args.flags))  # fmt: skip
+    return remapper.plan_protect(
+        va, args.size, page_size=args.page_size, flags=parse_flags(args.flags)
+    )
 
 
 def _confirm() -> bool:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from inspector.errors import DecodeError
+from kinspect.inspector.errors import DecodeError
 
 __all__ = [
     "DWARF_REGISTERS",
@@ -34,10 +34,24 @@ __all__ = [
 
 #: DWARF register numbers of x86_64 (psABI) by name.
 DWARF_REGISTERS: dict[int, str] = {
-    0: "rax", 1: "rdx", 2: "rcx", 3: "rbx", 4: "rsi", 5: "rdi", 6: "rbp", 7: "rsp",
-    8: "r8", 9: "r9", 10: "r10", 11: "r11", 12: "r12", 13: "r13", 14: "r14", 15: "r15",
+    0: "rax",
+    1: "rdx",
+    2: "rcx",
+    3: "rbx",
+    4: "rsi",
+    5: "rdi",
+    6: "rbp",
+    7: "rsp",
+    8: "r8",
+    9: "r9",
+    10: "r10",
+    11: "r11",
+    12: "r12",
+    13: "r13",
+    14: "r14",
+    15: "r15",
     16: "rip",
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True, slots=True)

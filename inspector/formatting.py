@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from inspector.x86.control import DecodedRegister
-    from inspector.x86.paging import Range, Translation
+    from kinspect.inspector.x86.control import DecodedRegister
+    from kinspect.inspector.x86.paging import Range, Translation
 
 __all__ = [
     "format_ranges",

@@ -387,8 +387,7 @@ class Session:
                         "the kernel did not boot through UEFI: the agent has no UEFI memory map"
                     ) from exc
                 raise
-            keys = ("memmap", "memmap_size", "desc_size", "desc_version", "memattr",
-                    "memattr_size")  # fmt: skip
+            keys = ("memmap", "memmap_size", "desc_size", "desc_version", "memattr", "memattr_size")
             return {k: int(info.get(k) or 0) for k in keys}
         if self.symbols is None:
             raise TargetError(
@@ -503,32 +502,40 @@ class Session:
         """The GDT at GDTR, each slot decoded, loaded selectors marked and checked."""
         system = self.system_registers()
         return describe_gdt(
-            self.read_virtual, system.gdtr, self._loaded_selectors(system),
+            self.read_virtual,
+            system.gdtr,
+            self._loaded_selectors(system),
             long_mode=self._long_mode(),
-        )  # fmt: skip
+        )
 
     def ldt(self) -> DescriptorTable | None:
         """The LDT LDTR holds, or None when LDTR is null."""
         system = self.system_registers()
         return describe_ldt(
-            self.read_virtual, system.ldtr, self._loaded_selectors(system),
+            self.read_virtual,
+            system.ldtr,
+            self._loaded_selectors(system),
             long_mode=self._long_mode(),
-        )  # fmt: skip
+        )
 
     def idt(self) -> InterruptTable:
         """Every IDT gate with its handler rebuilt and symbolized."""
         return describe_idt(
-            self.read_virtual, self.system_registers().idtr, self.symbols,
+            self.read_virtual,
+            self.system_registers().idtr,
+            self.symbols,
             long_mode=self._long_mode(),
-        )  # fmt: skip
+        )
 
     def tss(self) -> TaskState:
         """The TSS TR selects, with RSP0-2 and IST1-7 and whether each stack is mapped."""
         system = self.system_registers()
         gdt = describe_gdt(
-            self.read_virtual, system.gdtr, self._loaded_selectors(system),
+            self.read_virtual,
+            system.gdtr,
+            self._loaded_selectors(system),
             long_mode=self._long_mode(),
-        )  # fmt: skip
+        )
         return describe_tss(self.read_virtual, system.tr, gdt, self.symbols, self.mapping())
 
     def mapping(self) -> MappingLookup | None:
@@ -547,9 +554,14 @@ class Session:
         except InspectorError:
             handlers = None  # a target without IDTR: no IDT-entry frames
         return unwind(
-            self.read_virtual, regs, cfi=symbols.cfi if symbols else None, symbols=symbols,
-            mapping=self.mapping(), idt_handlers=handlers, max_depth=max_depth,
-        )  # fmt: skip
+            self.read_virtual,
+            regs,
+            cfi=symbols.cfi if symbols else None,
+            symbols=symbols,
+            mapping=self.mapping(),
+            idt_handlers=handlers,
+            max_depth=max_depth,
+        )
 
     def _check_canonical(self, address: int) -> None:
         regs = self.registers()

@@ -210,8 +210,9 @@ class Backtrace:
         }
 
 
-_HEX = frozenset({"address", "rip", "cs", "rflags", "rsp", "ss", "error_code", "pc", "sp", "cfa",
-                  "offset"})  # fmt: skip
+_HEX = frozenset(
+    {"address", "rip", "cs", "rflags", "rsp", "ss", "error_code", "pc", "sp", "cfa", "offset"}
+)
 
 
 def _repr(record: Any) -> str:

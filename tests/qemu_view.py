@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from inspector.errors import FaultError
+from kinspect.inspector.errors import FaultError
 
 #: ``info tlb`` prints a leaf's raw bits as these letters, this order: XGPDACTUW.
-TLB_FLAGS = ((63, "X"), (8, "G"), (7, "P"), (6, "D"), (5, "A"), (4, "C"), (3, "T"), (2, "U"),
-             (1, "W"))  # fmt: skip
+TLB_FLAGS = (
+    (63, "X"),
+    (8, "G"),
+    (7, "P"),
+    (6, "D"),
+    (5, "A"),
+    (4, "C"),
+    (3, "T"),
+    (2, "U"),
+    (1, "W"),
+)
 
 
 def tlb_flags(raw: int) -> str:

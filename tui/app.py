@@ -25,10 +25,10 @@ from textual.screen import Screen
 from textual.widgets import Checkbox, Footer, Input, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
-from inspector.errors import InspectorError, TargetError
-from inspector.remap.apply import UndoRefused
-from inspector.session import Session
-from inspector.x86.paging import Range
+from kinspect.inspector.errors import InspectorError, TargetError
+from kinspect.inspector.remap.apply import UndoRefused
+from kinspect.inspector.session import Session
+from kinspect.inspector.x86.paging import Range
 
 from .link import Job, Link, RegisterSnapshot, take_register_snapshot
 from .model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
@@ -675,9 +675,12 @@ class KinspectApp(App[None]):
 
         # gdb keeps the list itself: it is read while the kernel runs, without stopping it
         self.submit(
-            "breakpoints", lambda session: session.breakpoints(), done, failed=failed,
+            "breakpoints",
+            lambda session: session.breakpoints(),
+            done,
+            failed=failed,
             while_running="run",
-        )  # fmt: skip
+        )
 
     def delete_breakpoints(self, numbers: tuple[int, ...] | None) -> None:
         """Delete these breakpoints (None: every one); the kernel is stopped first if it runs.
@@ -1110,7 +1113,7 @@ class KinspectApp(App[None]):
             "Remap",
             "Map, unmap, protect, move, higher-half, efi-runtime (agent); journal, undo (7)",
             self.action_remap,
-        )  # fmt: skip
+        )
         yield SystemCommand("Remap journal", "Open remap steps, undo (7)", self.action_remap)
         yield SystemCommand(
             "EFI memory map",
@@ -1128,9 +1131,9 @@ def plan_remap(
     resolve: Callable[[Session, str], int],
 ):
     """The plan for one remap form, as ``kinspect remap ACTION --plan`` makes it."""
-    from inspector.cli_remap import parse_size
-    from inspector.efi.runtime import EFI_VA_BASE
-    from inspector.remap.plan import LEVEL_OF_SIZE, parse_flags
+    from kinspect.inspector.cli_remap import parse_size
+    from kinspect.inspector.efi.runtime import EFI_VA_BASE
+    from kinspect.inspector.remap.plan import LEVEL_OF_SIZE, parse_flags
 
     def number(name: str, what: str, parse: Callable[[str], int]) -> int:
         text = str(fields.get(name, "")).strip()

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from inspector.errors import TargetError
-from inspector.session import Session
+from kinspect.inspector.errors import TargetError
+from kinspect.inspector.session import Session
 
 __all__ = ["Job", "Link", "RegisterSnapshot", "take_register_snapshot"]
 

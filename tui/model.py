@@ -13,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from inspector.efi.memmap import (
+from kinspect.inspector.efi.memmap import (
     PAGE_SIZE,
     MemoryAttributesTable,
     MemoryDescriptor,
     MemoryMap,
     format_attributes,
 )
-from inspector.formatting import format_size
-from inspector.x86.paging import Range
+from kinspect.inspector.formatting import format_size
+from kinspect.inspector.x86.paging import Range
 
 __all__ = [
     "EfiFilter",

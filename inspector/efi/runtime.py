@@ -95,11 +95,10 @@ class RegionMapping:
             "virtual_start": self.virtual_start,
             "size": self.size,
             "pieces": [
-                {"va": p.va, "pa": p.pa, "size": p.size, "page_size": p.page_size,
-                 "flags": p.flags}
+                {"va": p.va, "pa": p.pa, "size": p.size, "page_size": p.page_size, "flags": p.flags}
                 for p in self.pieces
             ],
-        }  # fmt: skip
+        }
 
 
 def page_flags(descriptor: MemoryDescriptor, attributes: MemoryDescriptor | None) -> int:
@@ -205,9 +204,14 @@ class EfiTime:
         """What is impossible in this time (UEFI 2.10, 8.3: the fields' ranges)."""
         out = []
         checks = (
-            ("year", 1900, 9999), ("month", 1, 12), ("day", 1, 31), ("hour", 0, 23),
-            ("minute", 0, 59), ("second", 0, 59), ("nanosecond", 0, 999_999_999),
-        )  # fmt: skip
+            ("year", 1900, 9999),
+            ("month", 1, 12),
+            ("day", 1, 31),
+            ("hour", 0, 23),
+            ("minute", 0, 59),
+            ("second", 0, 59),
+            ("nanosecond", 0, 999_999_999),
+        )
         for name, lo, hi in checks:
             if not lo <= getattr(self, name) <= hi:
                 out.append(f"{name} {getattr(self, name)} is outside {lo}..{hi}")
@@ -217,8 +221,15 @@ class EfiTime:
 
     def as_datetime(self) -> datetime:
         """The moment, in UTC when the firmware gives a zone, else as the clock reads."""
-        moment = datetime(self.year, self.month, self.day, self.hour, self.minute, self.second,
-                          self.nanosecond // 1000)  # fmt: skip
+        moment = datetime(
+            self.year,
+            self.month,
+            self.day,
+            self.hour,
+            self.minute,
+            self.second,
+            self.nanosecond // 1000,
+        )
         if self.time_zone == 2047:
             return moment
         # UEFI: Localtime = UTC - TimeZone (TimeZone in minutes).
@@ -226,13 +237,21 @@ class EfiTime:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "year": self.year, "month": self.month, "day": self.day, "hour": self.hour,
-            "minute": self.minute, "second": self.second, "nanosecond": self.nanosecond,
-            "time_zone": self.time_zone, "daylight": self.daylight,
+            "year": self.year,
+            "month": self.month,
+            "day": self.day,
+            "hour": self.hour,
+            "minute": self.minute,
+            "second": self.second,
+            "nanosecond": self.nanosecond,
+            "time_zone": self.time_zone,
+            "daylight": self.daylight,
             "iso": self.as_datetime().isoformat(),
-        }  # fmt: skip
+        }
 
     def __str__(self) -> str:
         zone = "(no time zone)" if self.time_zone == 2047 else f"UTC{-self.time_zone:+d} min"
-        return (f"{self.year:04}-{self.month:02}-{self.day:02} {self.hour:02}:{self.minute:02}:"
-                f"{self.second:02} {zone}")  # fmt: skip
+        return (
+            f"{self.year:04}-{self.month:02}-{self.day:02} {self.hour:02}:{self.minute:02}:"
+            f"{self.second:02} {zone}"
+        )

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocols.agent_client import AgentClientError, AgentRemoteError, AgentTimeout
+from kinspect.protocols.agent_client import AgentClientError, AgentRemoteError, AgentTimeout
 
 from ..efi.runtime import EFI_VA_BASE
 from ..errors import AgentError, InspectorError, TargetError
@@ -130,9 +130,15 @@ class StepReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "step": self.step.to_dict(), "result": self.result,
-                "verified": self.verified, "problems": self.problems, "checks": self.checks,
-                "seconds": round(self.seconds, 4)}  # fmt: skip
+        return {
+            "seq": self.seq,
+            "step": self.step.to_dict(),
+            "result": self.result,
+            "verified": self.verified,
+            "problems": self.problems,
+            "checks": self.checks,
+            "seconds": round(self.seconds, 4),
+        }
 
 
 def _refusal_from(exc: AgentRemoteError) -> Refusal:
@@ -143,9 +149,14 @@ def _refusal_from(exc: AgentRemoteError) -> Refusal:
 class Remapper:
     """Remaps on a kernel reached through its agent, journaled and verified."""
 
-    def __init__(self, target: AgentTarget, journal: Journal, *,
-                 on_report: Callable[[StepReport], None] | None = None,
-                 verify_walk: Callable[[], list[Range]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        target: AgentTarget,
+        journal: Journal,
+        *,
+        on_report: Callable[[StepReport], None] | None = None,
+        verify_walk: Callable[[], list[Range]] | None = None,
+    ) -> None:
         self.target = target
         self.journal = journal
         self.on_report = on_report
@@ -210,8 +221,13 @@ class Remapper:
                     stack.append((level - 1, e & 0x000FFFFFFFFFF000))
         return tables
 
-    def areas(self, regs: dict[str, int] | None = None, ranges: list[Range] | None = None,
-              *, tss_base: int | None = None) -> list[Protected]:  # fmt: skip
+    def areas(
+        self,
+        regs: dict[str, int] | None = None,
+        ranges: list[Range] | None = None,
+        *,
+        tss_base: int | None = None,
+    ) -> list[Protected]:
         """What the agent protects, seen from here (mappings of the tables: every alias)."""
         regs = regs or self.registers()
         ranges = ranges if ranges is not None else self.ranges()
@@ -226,9 +242,12 @@ class Remapper:
             tss_base = system.tr.base if system.tr else None
         ldtr = system.ldtr
         areas = protected_areas(
-            regs, tss_base=tss_base, frames_top=self.frames_top(regs), table_aliases=aliases,
+            regs,
+            tss_base=tss_base,
+            frames_top=self.frames_top(regs),
+            table_aliases=aliases,
             ldt=(ldtr.base, ldtr.limit) if ldtr else None,
-        )  # fmt: skip
+        )
         return areas + self._efi_areas()
 
     def _efi_areas(self) -> list[Protected]:
@@ -242,8 +261,10 @@ class Remapper:
             if exc.code in (2, 6):  # an agent without UEFI methods, or a PVH boot
                 return []
             raise
-        return [Protected("efi-runtime", va, va + pages * PAGE)
-                for _pa, va, pages in info.get("virtual_map") or ()]  # fmt: skip
+        return [
+            Protected("efi-runtime", va, va + pages * PAGE)
+            for _pa, va, pages in info.get("virtual_map") or ()
+        ]
 
     # -- plans ---------------------------------------------------------------------------
 
@@ -390,16 +411,21 @@ class Remapper:
         info = state.info
         sizes = {d.physical_start: d.size for d in state.descriptors}
         st = info["system_table"]
-        expected = next((va + st - pa for pa, va in step.params[0]
-                         if pa <= st < pa + sizes.get(pa, 0)), None)  # fmt: skip
+        expected = next(
+            (va + st - pa for pa, va in step.params[0] if pa <= st < pa + sizes.get(pa, 0)), None
+        )
         if not info.get("virtual_mode"):
             problems.append("the agent does not report virtual mode after the call")
         if expected is not None and info.get("system_table_va") != expected:
-            problems.append(f"the system table is reached at {info.get('system_table_va'):#x}, "
-                            f"not {expected:#x}")  # fmt: skip
-        checks.append(f"the system table is at {info.get('system_table_va', 0):#x} "
-                      f"(physical {st:#x}), RuntimeServices at "
-                      f"{info.get('runtime_services', 0):#x}")  # fmt: skip
+            problems.append(
+                f"the system table is reached at {info.get('system_table_va'):#x}, "
+                f"not {expected:#x}"
+            )
+        checks.append(
+            f"the system table is at {info.get('system_table_va', 0):#x} "
+            f"(physical {st:#x}), RuntimeServices at "
+            f"{info.get('runtime_services', 0):#x}"
+        )
         try:
             names = self.target.efi_variable_names(limit=VARIABLES_LISTED)
         except InspectorError as exc:
@@ -412,9 +438,11 @@ class Remapper:
         except InspectorError as exc:
             return problems + [f"GetVariable {name} through the new mapping failed: {exc}"]
         listed = f"{len(names)}" if len(names) < VARIABLES_LISTED else f"{len(names)} or more"
-        checks.append(f"GetNextVariableName lists {listed} variables; GetVariable "
-                      f"{name} ({guid}): {len(data)} bytes, "
-                      f"attributes {attributes:#x}")  # fmt: skip
+        checks.append(
+            f"GetNextVariableName lists {listed} variables; GetVariable "
+            f"{name} ({guid}): {len(data)} bytes, "
+            f"attributes {attributes:#x}"
+        )
         return problems
 
     # -- undo ------------------------------------------------------------------------------
@@ -423,8 +451,11 @@ class Remapper:
         self, steps: list[JournalStep] | None = None, *, force: bool = False
     ) -> list[JournalStep]:
         """Restore what the open steps (or ``steps``) replaced, newest first."""
-        todo = sorted(steps if steps is not None else self.journal.open_steps(),
-                      key=lambda s: s.seq, reverse=True)  # fmt: skip
+        todo = sorted(
+            steps if steps is not None else self.journal.open_steps(),
+            key=lambda s: s.seq,
+            reverse=True,
+        )
         self._refuse_irreversible(todo)
         done = []
         for record in todo:
@@ -440,8 +471,11 @@ class Remapper:
                 continue
             if record.state == "pending" and not self.target.efi_info().get("virtual_mode"):
                 continue  # the reply never reached the journal, and the call never happened
-            pinned = [s for s in self.journal.open_steps()
-                      if s.session == record.session and s.seq <= record.seq]  # fmt: skip
+            pinned = [
+                s
+                for s in self.journal.open_steps()
+                if s.session == record.session and s.seq <= record.seq
+            ]
             if any(s.seq in {p.seq for p in pinned} for s in todo):
                 raise UndoRefused(record, pinned)
 
@@ -491,14 +525,19 @@ class Remapper:
             notes.append(f"the stack is already in the higher half (RSP={regs['rsp']:#x})")
         bases = {"gdt": regs["gdtr_base"], "idt": regs["idtr_base"], "tss": tss}
         if any(v is not None and v < HIGHER_HALF for v in bases.values()):
-            new = {k: (self._upper_alias(v, ranges) if v is not None and v < HIGHER_HALF else v)
-                   for k, v in bases.items()}  # fmt: skip
-            steps.append(Step(
-                "load_descriptors", (new["gdt"], new["idt"], new["tss"] or 0),
-                f"lgdt {new['gdt']:#x}, far return to reload CS, lidt {new['idt']:#x}, "
-                f"TSS descriptor -> {new['tss'] or 0:#x} and ltr (were {bases['gdt']:#x}, "
-                f"{bases['idt']:#x}, {bases['tss'] or 0:#x})",
-            ))  # fmt: skip
+            new = {
+                k: (self._upper_alias(v, ranges) if v is not None and v < HIGHER_HALF else v)
+                for k, v in bases.items()
+            }
+            steps.append(
+                Step(
+                    "load_descriptors",
+                    (new["gdt"], new["idt"], new["tss"] or 0),
+                    f"lgdt {new['gdt']:#x}, far return to reload CS, lidt {new['idt']:#x}, "
+                    f"TSS descriptor -> {new['tss'] or 0:#x} and ltr (were {bases['gdt']:#x}, "
+                    f"{bases['idt']:#x}, {bases['tss'] or 0:#x})",
+                )
+            )
             moved["gdtr_base"], moved["idtr_base"] = new["gdt"], new["idt"]
             tss = new["tss"]
         else:
@@ -514,13 +553,16 @@ class Remapper:
             tables += part.tables
             refusals += part.refusals
             notes += part.notes
-            title = ("move the runtime and the UEFI runtime services to the higher half, "
-                     "then drop the identity map")  # fmt: skip
+            title = (
+                "move the runtime and the UEFI runtime services to the higher half, "
+                "then drop the identity map"
+            )
         elif efi is not None:
             notes.append("the UEFI runtime services are in virtual mode already")
         drop, low, more = self._drop_lower_half(ranges, areas)
-        return Plan(title, tuple(steps + drop), tables, tuple(low), tuple(refusals + more),
-                    tuple(notes))  # fmt: skip
+        return Plan(
+            title, tuple(steps + drop), tables, tuple(low), tuple(refusals + more), tuple(notes)
+        )
 
     def _drop_lower_half(
         self, ranges: list[Range], areas: list[Protected]
@@ -532,13 +574,20 @@ class Remapper:
         for slot in slots:
             va = slot << 39
             inside = [r for r in low if r.start >> 39 == slot]
-            what = ("the identity map" if all(r.start == r.phys for r in inside)
-                    else "lower-half mappings, not only an identity map")  # fmt: skip
-            steps.append(Step(
-                "unmap", (va, 1 << 39, 1 << 39),
-                f"clear PML4 entry {slot} ({va:#x}-{va + (1 << 39):#x}): {what}",
-                ((va, 4, "0 (not present)"),), (Expectation(va, va + (1 << 39), None),),
-            ))  # fmt: skip
+            what = (
+                "the identity map"
+                if all(r.start == r.phys for r in inside)
+                else "lower-half mappings, not only an identity map"
+            )
+            steps.append(
+                Step(
+                    "unmap",
+                    (va, 1 << 39, 1 << 39),
+                    f"clear PML4 entry {slot} ({va:#x}-{va + (1 << 39):#x}): {what}",
+                    ((va, 4, "0 (not present)"),),
+                    (Expectation(va, va + (1 << 39), None),),
+                )
+            )
             refusals += check_change(areas, va, va + (1 << 39), unmaps=True)
         return steps, low, refusals
 
@@ -563,13 +612,20 @@ class Remapper:
         return Plan(
             f"move the UEFI runtime services to {base:#x} + physical"
             + (", then drop the identity map" if drop_identity else ""),
-            tuple(steps), part.tables, tuple(low), tuple(refusals), part.notes,
-        )  # fmt: skip
+            tuple(steps),
+            part.tables,
+            tuple(low),
+            tuple(refusals),
+            part.notes,
+        )
 
     def _upper_alias(self, va: int, ranges: list[Range]) -> int:
         pa = self.target.translate(va).pa
-        aliases = [r.start + (pa - r.phys) for r in ranges
-                   if r.start >= HIGHER_HALF and r.phys <= pa < r.phys + r.size]  # fmt: skip
+        aliases = [
+            r.start + (pa - r.phys)
+            for r in ranges
+            if r.start >= HIGHER_HALF and r.phys <= pa < r.phys + r.size
+        ]
         if not aliases:
             raise InspectorError(f"{va:#x} (physical {pa:#x}) has no alias in the higher half")
         return max(aliases)  # the kernel image's alias rather than the direct map's
@@ -584,9 +640,14 @@ class Remapper:
         page = regs["rsp"] & ~0xFFF
         pa = mapped(page)
         top = self.frames_top(regs)
-        for alias in sorted((r.start + (pa - r.phys) for r in ranges
-                             if r.start >= HIGHER_HALF and r.phys <= pa < r.phys + r.size),
-                            reverse=True):  # fmt: skip
+        for alias in sorted(
+            (
+                r.start + (pa - r.phys)
+                for r in ranges
+                if r.start >= HIGHER_HALF and r.phys <= pa < r.phys + r.size
+            ),
+            reverse=True,
+        ):
             bottom = alias
             for _ in range(64):
                 below = mapped(bottom - PAGE)
@@ -606,10 +667,11 @@ class Remapper:
                 f"{bottom:#x}-{end:#x}, guard page (unmapped) at {bottom - PAGE:#x}"
             )
             return Step(
-                "move_stack", (bottom - delta, end - delta, bottom),
+                "move_stack",
+                (bottom - delta, end - delta, bottom),
                 f"RSP, RBP and the saved frame pointers += {delta:#x} (RSP {regs['rsp']:#x} -> "
                 f"{regs['rsp'] + delta:#x})",
-            )  # fmt: skip
+            )
         raise InspectorError(
             f"the stack at {regs['rsp']:#x} has no higher-half alias with a guard page below it"
         )

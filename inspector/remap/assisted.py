@@ -27,10 +27,21 @@ from .journal import Journal
 __all__ = ["StubAssistedRemapper"]
 
 #: The Remapper methods that talk to the kernel: each runs in one agent turn.
-_TURNS = frozenset({
-    "apply", "plan_efi_runtime", "plan_higher_half", "plan_map", "plan_move", "plan_protect",
-    "plan_unmap", "ranges", "registers", "run_step", "undo",
-})  # fmt: skip
+_TURNS = frozenset(
+    {
+        "apply",
+        "plan_efi_runtime",
+        "plan_higher_half",
+        "plan_map",
+        "plan_move",
+        "plan_protect",
+        "plan_unmap",
+        "ranges",
+        "registers",
+        "run_step",
+        "undo",
+    }
+)
 
 
 class StubAssistedRemapper:

@@ -113,19 +113,24 @@ def _identity_gaps(index: RangeIndex, start: int, end: int) -> int | None:
 
 
 def plan_efi_steps(
-    state: EfiState, ranges: Sequence[Range], areas: Sequence[Protected],
+    state: EfiState,
+    ranges: Sequence[Range],
+    areas: Sequence[Protected],
     base: int = EFI_VA_BASE,
-) -> EfiPlan:  # fmt: skip
+) -> EfiPlan:
     """Map the runtime regions at ``base`` + PA, then SetVirtualAddressMap (verified after)."""
     refusals: list[Refusal] = []
     notes: list[str] = []
     if state.virtual_mode:
         st = state.info.get("system_table_va", 0)
-        refusals.append(Refusal(
-            "efi-virtual-mode", st,
-            "SetVirtualAddressMap was already called: UEFI allows it once per boot "
-            f"(the system table is at {st:#x} now)",
-        ))  # fmt: skip
+        refusals.append(
+            Refusal(
+                "efi-virtual-mode",
+                st,
+                "SetVirtualAddressMap was already called: UEFI allows it once per boot "
+                f"(the system table is at {st:#x} now)",
+            )
+        )
         return EfiPlan((), 0, tuple(refusals), (), ())
     mappings = plan_virtual_map(state.descriptors, state.attributes, base)
     index = indexed(ranges)  # thousands of overlap queries on a big kernel's map
@@ -137,39 +142,53 @@ def plan_efi_steps(
         for piece in m.pieces:
             taken = list(index.overlapping(piece.va, piece.va + piece.size))
             if taken:
-                refusals.append(Refusal(
-                    "efi-va-in-use", max(taken[0].start, piece.va),
-                    f"the new address of runtime region {m.physical_start:#x} is mapped "
-                    f"already ({taken[0]})",
-                ))  # fmt: skip
-            sub = plan_map(index, areas, piece.va, piece.pa, piece.size, piece.page_size,
-                           piece.flags)  # fmt: skip
+                refusals.append(
+                    Refusal(
+                        "efi-va-in-use",
+                        max(taken[0].start, piece.va),
+                        f"the new address of runtime region {m.physical_start:#x} is mapped "
+                        f"already ({taken[0]})",
+                    )
+                )
+            sub = plan_map(
+                index, areas, piece.va, piece.pa, piece.size, piece.page_size, piece.flags
+            )
             refusals += sub.refusals
             tables |= tables_needed(index, piece.va, piece.size, LEVEL_OF_SIZE[piece.page_size])
             steps += [
-                Step(s.method, s.params,
-                     f"{s.description} ({m.descriptor.type_name} region {m.descriptor.index})",
-                     s.writes, s.expect)
+                Step(
+                    s.method,
+                    s.params,
+                    f"{s.description} ({m.descriptor.type_name} region {m.descriptor.index})",
+                    s.writes,
+                    s.expect,
+                )
                 for s in sub.steps
-            ]  # fmt: skip
+            ]
         if m.descriptor.type in (RUNTIME_CODE, RUNTIME_DATA):
             gap = _identity_gaps(index, m.physical_start, m.physical_start + m.size)
             if gap is not None:
-                refusals.append(Refusal(
-                    "efi-unmapped", gap,
-                    "SetVirtualAddressMap runs in physical mode: the firmware's code and data "
-                    f"must be identity-mapped, and {gap:#x} is not (run this before the "
-                    "identity map is dropped)",
-                ))  # fmt: skip
+                refusals.append(
+                    Refusal(
+                        "efi-unmapped",
+                        gap,
+                        "SetVirtualAddressMap runs in physical mode: the firmware's code and data "
+                        f"must be identity-mapped, and {gap:#x} is not (run this before the "
+                        "identity map is dropped)",
+                    )
+                )
     st_va = system_table_va(mappings, state.info["system_table"])
     pairs = [[m.physical_start, m.virtual_start] for m in mappings]
     pages = sum(m.size for m in mappings) // PAGE
-    steps.append(Step(
-        SVAM, (pairs,),  # type: ignore[arg-type]
-        f"SetVirtualAddressMap: {len(mappings)} runtime regions ({pages} pages) to "
-        f"{base:#x} + physical; the system table moves to {st_va:#x}. Cannot be undone: "
-        "UEFI allows one call",
-    ))  # fmt: skip
+    steps.append(
+        Step(
+            SVAM,
+            (pairs,),  # type: ignore[arg-type]
+            f"SetVirtualAddressMap: {len(mappings)} runtime regions ({pages} pages) to "
+            f"{base:#x} + physical; the system table moves to {st_va:#x}. Cannot be undone: "
+            "UEFI allows one call",
+        )
+    )
     notes.append(
         "after SetVirtualAddressMap the agent calls GetTime and reads a variable through "
         "the new mapping before anything else changes"

@@ -57,9 +57,16 @@ class JournalStep:
         return self.state in ("pending", "applied")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "session": self.session, "method": self.method,
-                "params": self.params, "state": self.state, "description": self.description,
-                "result": self.result, "time": self.time}  # fmt: skip
+        return {
+            "seq": self.seq,
+            "session": self.session,
+            "method": self.method,
+            "params": self.params,
+            "state": self.state,
+            "description": self.description,
+            "result": self.result,
+            "time": self.time,
+        }
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.state:8} {self.method} {self.description}"
@@ -124,8 +131,13 @@ class Journal:
 
     def start_session(self, target: str) -> str:
         self.session = f"{os.getpid()}-{time.time_ns()}"
-        rec = {"kind": "session", "session": self.session, "pid": os.getpid(),
-               "target": target, "time": time.time()}  # fmt: skip
+        rec = {
+            "kind": "session",
+            "session": self.session,
+            "pid": os.getpid(),
+            "target": target,
+            "time": time.time(),
+        }
         self.sessions[self.session] = rec
         self._append(rec)
         return self.session
@@ -141,12 +153,23 @@ class Journal:
         return True
 
     def begin(self, method: str, params: list[Any], before: Any, description: str) -> JournalStep:
-        step = JournalStep(self._next, self.session, method, list(params), before, description,
-                           time=time.time())  # fmt: skip
+        step = JournalStep(
+            self._next, self.session, method, list(params), before, description, time=time.time()
+        )
         self._next += 1
-        self._append({"kind": "step", "seq": step.seq, "session": step.session, "state": "pending",
-                      "method": method, "params": step.params, "before": before,
-                      "description": description, "time": step.time})  # fmt: skip
+        self._append(
+            {
+                "kind": "step",
+                "seq": step.seq,
+                "session": step.session,
+                "state": "pending",
+                "method": method,
+                "params": step.params,
+                "before": before,
+                "description": description,
+                "time": step.time,
+            }
+        )
         self.steps[step.seq] = step
         return step
 

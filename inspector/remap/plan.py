@@ -118,8 +118,13 @@ class Expectation:
         return f"{self.start:#018x}-{self.end:#018x} -> {self.phys:#x} {perm}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "end": self.end, "phys": self.phys,
-                "writable": self.writable, "executable": self.executable}  # fmt: skip
+        return {
+            "start": self.start,
+            "end": self.end,
+            "phys": self.phys,
+            "writable": self.writable,
+            "executable": self.executable,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +203,13 @@ def _params_text(params: Sequence[Any]) -> str:
 
 
 def protected_areas(
-    regs: dict[str, int], *, tss_base: int | None, frames_top: int | None,
-    table_aliases: Iterable[int] = (), ldt: tuple[int, int] | None = None,
-) -> list[Protected]:  # fmt: skip
+    regs: dict[str, int],
+    *,
+    tss_base: int | None,
+    frames_top: int | None,
+    table_aliases: Iterable[int] = (),
+    ldt: tuple[int, int] | None = None,
+) -> list[Protected]:
     """The areas the agent protects, from its registers (``regs``: the agent's ``regs``;
     ``ldt``: the base and limit of the LDT that LDTR selects)."""
     areas = [Protected("running-code", regs["rip"] & ~0xFFF, (regs["rip"] & ~0xFFF) + PAGE)]
@@ -209,10 +218,20 @@ def protected_areas(
     areas.append(
         Protected("own-stack", (rsp - AGENT_FRAMES) & ~0xFFF, max(rsp + 8, frames_top or 0))
     )
-    areas.append(Protected("descriptor-tables", regs["gdtr_base"] & ~0xFFF,
-                           regs["gdtr_base"] + regs["gdtr_limit"] + 1))  # fmt: skip
-    areas.append(Protected("descriptor-tables", regs["idtr_base"] & ~0xFFF,
-                           regs["idtr_base"] + regs["idtr_limit"] + 1))  # fmt: skip
+    areas.append(
+        Protected(
+            "descriptor-tables",
+            regs["gdtr_base"] & ~0xFFF,
+            regs["gdtr_base"] + regs["gdtr_limit"] + 1,
+        )
+    )
+    areas.append(
+        Protected(
+            "descriptor-tables",
+            regs["idtr_base"] & ~0xFFF,
+            regs["idtr_base"] + regs["idtr_limit"] + 1,
+        )
+    )
     if tss_base is not None:
         areas.append(Protected("descriptor-tables", tss_base & ~0xFFF, tss_base + 0x68))
     if ldt is not None:
@@ -222,9 +241,14 @@ def protected_areas(
 
 
 def check_change(
-    areas: Iterable[Protected], start: int, end: int, *, unmaps: bool, removes_x: bool = False,
+    areas: Iterable[Protected],
+    start: int,
+    end: int,
+    *,
+    unmaps: bool,
+    removes_x: bool = False,
     removes_w: bool = False,
-) -> list[Refusal]:  # fmt: skip
+) -> list[Refusal]:
     """The agent's rule: a protected area may not lose its mapping, X (code) or W (the rest)."""
     out = []
     for a in areas:
@@ -306,8 +330,7 @@ def _overlap(ranges: Iterable[Range], start: int, end: int) -> list[Range]:
     out = []
     for r in indexed(ranges).overlapping(start, end):
         lo, hi = max(r.start, start), min(r.end, end)
-        out.append(Range(lo, hi, r.phys + (lo - r.start), r.page_size, r.permissions,
-                         r.attributes))  # fmt: skip
+        out.append(Range(lo, hi, r.phys + (lo - r.start), r.page_size, r.permissions, r.attributes))
     return out
 
 
@@ -335,9 +358,14 @@ def _chunks(va: int, size: int, page_size: int):
 
 
 def plan_map(
-    ranges: Sequence[Range], areas: Sequence[Protected], va: int, pa: int, size: int,
-    page_size: int, flags: int,
-) -> Plan:  # fmt: skip
+    ranges: Sequence[Range],
+    areas: Sequence[Protected],
+    va: int,
+    pa: int,
+    size: int,
+    page_size: int,
+    flags: int,
+) -> Plan:
     level = LEVEL_OF_SIZE.get(page_size)
     refusals = _shape_refusals(va, size, page_size, pa)
     if level is None or level > 3:
@@ -347,14 +375,26 @@ def plan_map(
         refusals += check_change(areas, va, va + size, unmaps=True)
     steps = []
     for start, length, off in _chunks(va, size, page_size):
-        steps.append(Step(
-            "map", (start, pa + off, length, page_size, flags),
-            f"map {length:#x} bytes at {start:#x} -> {pa + off:#x} in {page_size:#x} pages",
-            tuple((start + i, level, f"{pa + off + i:#x} {format_flags(flags)}")
-                  for i in range(0, length, page_size)),
-            (Expectation(start, start + length, pa + off, bool(flags & FLAG_BITS["RW"]),
-                         not flags & FLAG_BITS["NX"]),),
-        ))  # fmt: skip
+        steps.append(
+            Step(
+                "map",
+                (start, pa + off, length, page_size, flags),
+                f"map {length:#x} bytes at {start:#x} -> {pa + off:#x} in {page_size:#x} pages",
+                tuple(
+                    (start + i, level, f"{pa + off + i:#x} {format_flags(flags)}")
+                    for i in range(0, length, page_size)
+                ),
+                (
+                    Expectation(
+                        start,
+                        start + length,
+                        pa + off,
+                        bool(flags & FLAG_BITS["RW"]),
+                        not flags & FLAG_BITS["NX"],
+                    ),
+                ),
+            )
+        )
     return Plan(
         f"map {va:#x}-{va + size:#x} -> {pa:#x} ({format_flags(flags)})",
         tuple(steps),
@@ -365,8 +405,9 @@ def plan_map(
     )
 
 
-def plan_unmap(ranges: Sequence[Range], areas: Sequence[Protected], va: int, size: int,
-               page_size: int) -> Plan:  # fmt: skip
+def plan_unmap(
+    ranges: Sequence[Range], areas: Sequence[Protected], va: int, size: int, page_size: int
+) -> Plan:
     level = LEVEL_OF_SIZE.get(page_size)
     if level is None:
         raise ValueError("page size must be 4 KiB, 2 MiB, 1 GiB or 512 GiB")
@@ -374,17 +415,26 @@ def plan_unmap(ranges: Sequence[Range], areas: Sequence[Protected], va: int, siz
     refusals += check_change(areas, va, va + size, unmaps=True)
     gone = _overlap(ranges, va, va + size)
     steps = tuple(
-        Step("unmap", (start, length, page_size),
-             f"clear the level-{level} entries of {start:#x}-{start + length:#x}",
-             tuple((start + i, level, "0 (not present)") for i in range(0, length, page_size)),
-             (Expectation(start, start + length, None),))
+        Step(
+            "unmap",
+            (start, length, page_size),
+            f"clear the level-{level} entries of {start:#x}-{start + length:#x}",
+            tuple((start + i, level, "0 (not present)") for i in range(0, length, page_size)),
+            (Expectation(start, start + length, None),),
+        )
         for start, length, _ in _chunks(va, size, page_size)
-    )  # fmt: skip
+    )
     return Plan(f"unmap {va:#x}-{va + size:#x}", steps, 0, tuple(gone), tuple(refusals))
 
 
-def plan_protect(ranges: Sequence[Range], areas: Sequence[Protected], va: int, size: int,
-                 page_size: int, flags: int) -> Plan:  # fmt: skip
+def plan_protect(
+    ranges: Sequence[Range],
+    areas: Sequence[Protected],
+    va: int,
+    size: int,
+    page_size: int,
+    flags: int,
+) -> Plan:
     level = LEVEL_OF_SIZE.get(page_size)
     if level is None or level > 3:
         raise ValueError("page size must be 4 KiB, 2 MiB or 1 GiB")
@@ -392,23 +442,41 @@ def plan_protect(ranges: Sequence[Range], areas: Sequence[Protected], va: int, s
     covered = _overlap(ranges, va, va + size)
     if sum(r.size for r in covered) != size:
         refusals.append(Refusal("not-mapped", va, "protect needs every page mapped"))
-    refusals += check_change(areas, va, va + size, unmaps=False,
-                             removes_x=bool(flags & FLAG_BITS["NX"]),
-                             removes_w=not flags & FLAG_BITS["RW"])  # fmt: skip
+    refusals += check_change(
+        areas,
+        va,
+        va + size,
+        unmaps=False,
+        removes_x=bool(flags & FLAG_BITS["NX"]),
+        removes_w=not flags & FLAG_BITS["RW"],
+    )
     steps = []
     for start, length, _ in _chunks(va, size, page_size):
         expect = tuple(
-            Expectation(r.start, r.end, r.phys, bool(flags & FLAG_BITS["RW"]),
-                        not flags & FLAG_BITS["NX"])
+            Expectation(
+                r.start, r.end, r.phys, bool(flags & FLAG_BITS["RW"]), not flags & FLAG_BITS["NX"]
+            )
             for r in _overlap(covered, start, start + length)
-        )  # fmt: skip
-        steps.append(Step("protect", (start, length, page_size, flags),
-                          f"flags of {start:#x}-{start + length:#x} := {format_flags(flags)}",
-                          tuple((start + i, level, f"same address, {format_flags(flags)}")
-                                for i in range(0, length, page_size)),
-                          expect))  # fmt: skip
-    return Plan(f"protect {va:#x}-{va + size:#x} ({format_flags(flags)})", tuple(steps), 0, (),
-                tuple(refusals))  # fmt: skip
+        )
+        steps.append(
+            Step(
+                "protect",
+                (start, length, page_size, flags),
+                f"flags of {start:#x}-{start + length:#x} := {format_flags(flags)}",
+                tuple(
+                    (start + i, level, f"same address, {format_flags(flags)}")
+                    for i in range(0, length, page_size)
+                ),
+                expect,
+            )
+        )
+    return Plan(
+        f"protect {va:#x}-{va + size:#x} ({format_flags(flags)})",
+        tuple(steps),
+        0,
+        (),
+        tuple(refusals),
+    )
 
 
 def _leaf_flags(r: Range) -> int:
@@ -421,9 +489,14 @@ def _leaf_flags(r: Range) -> int:
 
 
 def plan_move(
-    ranges: Sequence[Range], areas: Sequence[Protected], va: int, size: int, new_va: int,
-    *, drop_old: bool = False,
-) -> Plan:  # fmt: skip
+    ranges: Sequence[Range],
+    areas: Sequence[Protected],
+    va: int,
+    size: int,
+    new_va: int,
+    *,
+    drop_old: bool = False,
+) -> Plan:
     """Map the same physical pages at ``new_va`` (same page sizes and flags), then drop the old."""
     moved = _overlap(ranges, va, va + size)
     refusals = _shape_refusals(new_va, size, PAGE)
@@ -435,8 +508,11 @@ def plan_move(
     delta = new_va - va
     for r in moved:
         if (r.start + delta) % r.page_size:
-            refusals.append(Refusal("misaligned", r.start + delta,
-                                    f"the new base breaks {r.page_size:#x} pages"))  # fmt: skip
+            refusals.append(
+                Refusal(
+                    "misaligned", r.start + delta, f"the new base breaks {r.page_size:#x} pages"
+                )
+            )
             continue
         sub = plan_map((), (), r.start + delta, r.phys, r.size, r.page_size, _leaf_flags(r))
         steps.extend(sub.steps)

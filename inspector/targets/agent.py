@@ -19,15 +19,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocols.agent_client import (
+from kinspect.protocols.agent_client import (
     AgentClient,
     AgentClientError,
     AgentProtocolError,
     AgentRemoteError,
     AgentTimeout,
 )
-from protocols.agent_wire import ERROR_NAMES
-from protocols.transports import Transport, TransportError, open_transport
+from kinspect.protocols.agent_wire import ERROR_NAMES
+from kinspect.protocols.transports import Transport, TransportError, open_transport
 
 from ..efi.runtime import EfiTime
 from ..errors import AgentError, FaultError, ProtocolError, TargetError
@@ -54,8 +54,24 @@ FAULT = 4
 RANGE_FLAGS = {"W": 1, "U": 2, "X": 4, "G": 8, "PWT": 16, "PCD": 32, "PAT": 64}
 
 #: Registers named as GdbTarget names them (what Session and the CLI expect).
-_GDB_NAMES = ("rbp", "rsp", "rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs",
-              "cr0", "cr2", "cr3", "cr4", "cr8", "efer")  # fmt: skip
+_GDB_NAMES = (
+    "rbp",
+    "rsp",
+    "rip",
+    "rflags",
+    "cs",
+    "ss",
+    "ds",
+    "es",
+    "fs",
+    "gs",
+    "cr0",
+    "cr2",
+    "cr3",
+    "cr4",
+    "cr8",
+    "efer",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from protocols.gdbmi import MiClosed, MiError, MiSession, MiTimeout, mi_quote
+from kinspect.protocols.gdbmi import MiClosed, MiError, MiSession, MiTimeout, mi_quote
 
 from ..errors import FaultError, InspectorError, ProtocolError, TargetError
 from .base import Breakpoint, SystemRegisters, Target
@@ -27,11 +27,40 @@ __all__ = ["DIRECT_MAP_SYMBOLS", "GdbTarget", "decode_break_table"]
 DIRECT_MAP_SYMBOLS = ("direct_map_base", "page_offset_base")
 
 _REGISTER_NAMES = (
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-    "rip", "eflags", "cs", "ss", "ds", "es", "fs", "gs",
-    "fs_base", "gs_base", "k_gs_base", "cr0", "cr2", "cr3", "cr4", "cr8", "efer",
-)  # fmt: skip
+    "rax",
+    "rbx",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "rbp",
+    "rsp",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+    "rip",
+    "eflags",
+    "cs",
+    "ss",
+    "ds",
+    "es",
+    "fs",
+    "gs",
+    "fs_base",
+    "gs_base",
+    "k_gs_base",
+    "cr0",
+    "cr2",
+    "cr3",
+    "cr4",
+    "cr8",
+    "efer",
+)
 
 CONNECT_TIMEOUT = 10.0
 READ_CHUNK = 64 * 1024

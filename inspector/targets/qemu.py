@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protocols.qmp import QmpClient, QmpError
+from kinspect.protocols.qmp import QmpClient, QmpError
 
 from ..errors import TargetError
 
@@ -122,21 +122,30 @@ class QemuInstance:
             raise TargetError(
                 f"{config.qemu} was not found; install it (apt-get install qemu-system-x86)"
             )
-        # fmt: off
+        # fmt: off  (option and value on one line, as a QEMU command line reads)
         args = [
             binary,
-            "-accel", config.accel,
-            "-cpu", config.cpu,
-            "-m", config.memory,
+            "-accel",
+            config.accel,
+            "-cpu",
+            config.cpu,
+            "-m",
+            config.memory,
             *(self._uefi_args() if config.uefi else ("-kernel", str(config.kernel))),
-            "-display", "none",
+            "-display",
+            "none",
             "-no-reboot",
             "-nodefaults",
-            "-monitor", "none",
-            "-chardev", self._serial_chardev(),
-            "-serial", "chardev:serial0",
-            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
-            "-gdb", f"unix:{self.gdb_socket},server=on,wait=off",
+            "-monitor",
+            "none",
+            "-chardev",
+            self._serial_chardev(),
+            "-serial",
+            "chardev:serial0",
+            "-qmp",
+            f"unix:{self.qmp_socket},server=on,wait=off",
+            "-gdb",
+            f"unix:{self.gdb_socket},server=on,wait=off",
         ]
         # fmt: on
         if config.stopped:
@@ -156,12 +165,16 @@ class QemuInstance:
         boot.mkdir(parents=True, exist_ok=True)
         if config.kernel is not None:
             shutil.copyfile(config.kernel, boot / "BOOTX64.EFI")
-        # fmt: off
+        # fmt: off  (option and value on one line, as a QEMU command line reads)
         return [
-            "-machine", "q35",
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={config.ovmf_code}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
-            "-drive", f"file=fat:rw:{self.workdir / 'esp'},format=raw",
+            "-machine",
+            "q35",
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={config.ovmf_code}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            "-drive",
+            f"file=fat:rw:{self.workdir / 'esp'},format=raw",
         ]
         # fmt: on
 

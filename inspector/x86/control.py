@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from inspector.x86.flags import BitField, fields_mask, format_flags
+from kinspect.inspector.x86.flags import BitField, fields_mask, format_flags
 
 __all__ = [
     "CR0_FIELDS",

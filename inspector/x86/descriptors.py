@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from inspector.errors import DecodeError
+from kinspect.inspector.errors import DecodeError
 
 __all__ = [
     "EXCEPTION_VECTORS",

@@ -23,10 +23,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from inspector.errors import FaultError, InspectorError
-from inspector.formatting import format_size
-from inspector.x86.control import PagingMode
-from inspector.x86.flags import BitField, format_flags
+from kinspect.inspector.errors import FaultError, InspectorError
+from kinspect.inspector.formatting import format_size
+from kinspect.inspector.x86.control import PagingMode
+from kinspect.inspector.x86.flags import BitField, format_flags
 
 __all__ = [
     "ENTRY_FIELDS",

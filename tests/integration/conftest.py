@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from inspector import api
+from kinspect.inspector import api
 
 KERNEL = api.DEMO_KERNEL
 

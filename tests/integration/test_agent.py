@@ -18,12 +18,12 @@ import time
 
 import pytest
 
-from inspector import api
-from inspector.errors import FaultError
-from inspector.targets.agent import AgentTarget
-from inspector.targets.qemu_text import decode_info_registers, decode_info_tlb
-from protocols.agent_client import AgentClient
-from protocols.transports import SocketTransport, open_transport
+from kinspect.inspector import api
+from kinspect.inspector.errors import FaultError
+from kinspect.inspector.targets.agent import AgentTarget
+from kinspect.inspector.targets.qemu_text import decode_info_registers, decode_info_tlb
+from kinspect.protocols.agent_client import AgentClient
+from kinspect.protocols.transports import SocketTransport, open_transport
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,7 @@ def test_registers_match_gdb_and_the_monitor(agent, qemu, demo_kernel):
 
 
 def test_memory_matches_gdb(agent, qemu, demo_kernel):
-    from inspector.symbols import SymbolTable
+    from kinspect.inspector.symbols import SymbolTable
 
     symbols = SymbolTable.from_elf(demo_kernel)
     places = {
@@ -140,7 +140,7 @@ def test_memory_matches_gdb(agent, qemu, demo_kernel):
 
 
 def test_unmapped_and_unreadable_addresses_are_errors_not_crashes(agent, qemu, demo_kernel):
-    from inspector.symbols import SymbolTable
+    from kinspect.inspector.symbols import SymbolTable
 
     symbols = SymbolTable.from_elf(demo_kernel)
     guard = symbols.lookup("boot_stack_guard")
@@ -195,7 +195,7 @@ def test_walk_matches_info_tlb_and_kinspects_walk(agent, qemu, demo_kernel):
 
 
 def test_translate_matches_gdb(agent, qemu, demo_kernel):
-    from inspector.symbols import SymbolTable
+    from kinspect.inspector.symbols import SymbolTable
 
     symbols = SymbolTable.from_elf(demo_kernel)
     vas = [symbols.lookup("kernel_main"), 0xFFFF888000123456, 0xFFFFC90000000010, 0x1234]
@@ -323,7 +323,7 @@ def test_console_text_interleaved_with_frames(agent_spec):
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "inspector.cli", *args],
+        [sys.executable, "-m", "kinspect.inspector.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -475,7 +475,7 @@ def test_backtrace_through_the_agent_is_the_outer_part_of_gdbs(agent, qemu, demo
     """While stopped, the agent reports the kernel's registers where it called
     agent_poll; gdb, stopping the VM inside the agent, sees the same frames
     further out (same pc, same CFA)."""
-    from inspector.session import Session
+    from kinspect.inspector.session import Session
 
     agent.stop()
     ours = Session(agent, elf=demo_kernel).backtrace()
@@ -490,7 +490,7 @@ def test_backtrace_through_the_agent_is_the_outer_part_of_gdbs(agent, qemu, demo
 
 
 def test_no_resume_leaves_the_kernel_stopped_until_the_next_command(agent_spec, demo_kernel):
-    from inspector.symbols import SymbolTable
+    from kinspect.inspector.symbols import SymbolTable
 
     ticks = SymbolTable.from_elf(demo_kernel).lookup("demo_ticks")
     assert cli("--agent", agent_spec, "--no-resume", "regs").returncode == 0

@@ -17,10 +17,10 @@ import uuid
 
 import pytest
 
-from inspector import api
-from inspector.targets.qemu_text import decode_info_mem, decode_info_tlb
-from protocols.agent_client import AgentClient, AgentRemoteError
-from protocols.transports import open_transport
+from kinspect.inspector import api
+from kinspect.inspector.targets.qemu_text import decode_info_mem, decode_info_tlb
+from kinspect.protocols.agent_client import AgentClient, AgentRemoteError
+from kinspect.protocols.transports import open_transport
 
 from .test_paging_vs_qemu import gva2gpa
 from .test_uefi import MMIO, RTCODE, RTDATA, saved_memory_map

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from inspector import api
+from kinspect.inspector import api
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +37,11 @@ def gdb_frames(session) -> list[dict]:
 
 
 def ours(frame) -> tuple:
-    return (frame.symbol, frame.line.file if frame.line else None,
-            frame.line.line if frame.line else None)  # fmt: skip
+    return (
+        frame.symbol,
+        frame.line.file if frame.line else None,
+        frame.line.line if frame.line else None,
+    )
 
 
 def theirs(frame: dict) -> tuple:
@@ -54,8 +57,13 @@ def test_frames_at_demo_level3_equal_gdbs(session):
     assert [f.pc for f in bt.frames] == [int(f["addr"], 16) for f in truth]
     assert [f.line.path for f in bt.frames] == [f["fullname"] for f in truth]
     assert [f.symbol for f in bt.frames] == [
-        "demo_level3", "demo_level2", "demo_level1", "demo_work", "kernel_main", "start64",
-    ]  # fmt: skip
+        "demo_level3",
+        "demo_level2",
+        "demo_level1",
+        "demo_work",
+        "kernel_main",
+        "start64",
+    ]
     assert bt.stop == "outermost" and bt.interrupts == ()
     assert [f.how for f in bt.frames] == ["registers"] + ["cfi"] * 5
     assert all(f.mapping for f in bt.frames)  # every frame on the mapped boot stack
@@ -70,9 +78,17 @@ def test_inside_the_page_fault_handler_unwinds_through_the_iretq_frame(session, 
     bt = session.backtrace()
     names = [f.symbol for f in bt.frames]
     assert names == [
-        "trap_demo_inner", "trap_demo_handler", "trap_demo_fixup", "interrupt_dispatch",
-        "interrupt_common", "trap_demo_fault", "trap_demo", "demo_work", "kernel_main", "start64",
-    ]  # fmt: skip
+        "trap_demo_inner",
+        "trap_demo_handler",
+        "trap_demo_fixup",
+        "interrupt_dispatch",
+        "interrupt_common",
+        "trap_demo_fault",
+        "trap_demo",
+        "demo_work",
+        "kernel_main",
+        "start64",
+    ]
     assert bt.stop == "outermost"
     crossed = [f for f in bt.frames if f.how == "interrupt"]
     assert len(crossed) == 1 and len(bt.interrupts) == 1
@@ -103,10 +119,21 @@ def test_cli_bt_json_inside_the_handler(qemu, demo_kernel, nm):
     finally:
         session.close(resume=False)  # leave the CPU where it stopped
     result = subprocess.run(
-        [sys.executable, "-m", "inspector.cli", "--target", qemu.gdb_endpoint, "--elf",
-         demo_kernel, "bt", "--json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kinspect.inspector.cli",
+            "--target",
+            qemu.gdb_endpoint,
+            "--elf",
+            demo_kernel,
+            "bt",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)["backtrace"]
     assert doc["frames"][0]["symbol"] == "trap_demo_handler"
@@ -119,10 +146,21 @@ def test_cli_bt_json_inside_the_handler(qemu, demo_kernel, nm):
 
 def test_sym_without_a_target(demo_kernel, nm):
     result = subprocess.run(
-        [sys.executable, "-m", "inspector.cli", "--elf", demo_kernel, "sym", "demo_level2",
-         hex(nm["demo_level2"] + 3), "--json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kinspect.inspector.cli",
+            "--elf",
+            demo_kernel,
+            "sym",
+            "demo_level2",
+            hex(nm["demo_level2"] + 3),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     first, second = json.loads(result.stdout)["addresses"]
     assert first["symbol"] == "demo_level2" and first["offset"] == 0
@@ -133,14 +171,17 @@ def test_addr2line_agrees_with_binutils_and_gdb(demo_kernel, nm):
     """binutils for every third text byte; where several rows share an address and
     binutils takes the last while gdb prefers a statement boundary, gdb decides
     (its backtraces are the truth the frames are held to)."""
-    from inspector.symbols import SymbolTable
+    from kinspect.inspector.symbols import SymbolTable
 
     table = SymbolTable.from_elf(demo_kernel)
     addresses = list(range(nm["__text_start"], nm["__text_end"], 3))
     out = subprocess.run(
-        ["addr2line", "-e", demo_kernel], input="\n".join(map(hex, addresses)),
-        capture_output=True, text=True, check=True,
-    ).stdout.splitlines()  # fmt: skip
+        ["addr2line", "-e", demo_kernel],
+        input="\n".join(map(hex, addresses)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert len(out) == len(addresses)
     compared, disputed = 0, {}
     for address, line in zip(addresses, out, strict=True):
@@ -159,8 +200,10 @@ def test_addr2line_agrees_with_binutils_and_gdb(demo_kernel, nm):
         commands = [arg for a in disputed for arg in ("-ex", f"info line *{a:#x}")]
         gdb = subprocess.run(
             ["gdb", "-nx", "-batch", *commands, demo_kernel],
-            capture_output=True, text=True, timeout=120,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
         answers = [line for line in gdb.splitlines() if line.startswith("Line ")]
         assert len(answers) == len(disputed), gdb
         for (address, mine), answer in zip(disputed.items(), answers, strict=True):
@@ -177,9 +220,11 @@ def test_addr2line_agrees_with_binutils_and_gdb(demo_kernel, nm):
 )
 def test_sym_errors_are_one_line(demo_kernel, args, contains):
     result = subprocess.run(
-        [sys.executable, "-m", "inspector.cli", "--elf", demo_kernel, *args],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", "kinspect.inspector.cli", "--elf", demo_kernel, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kinspect: error: ") and contains in lines[0]
@@ -188,10 +233,23 @@ def test_sym_errors_are_one_line(demo_kernel, args, contains):
 def test_slide_from_a_symbol_moves_every_address(demo_kernel, nm):
     slid = nm["demo_work"] + 0x200000
     result = subprocess.run(
-        [sys.executable, "-m", "inspector.cli", "--elf", demo_kernel, "--slide",
-         f"demo_work={slid:#x}", "sym", hex(slid + 4), "demo_level3", "--json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kinspect.inspector.cli",
+            "--elf",
+            demo_kernel,
+            "--slide",
+            f"demo_work={slid:#x}",
+            "sym",
+            hex(slid + 4),
+            "demo_level3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     first, second = json.loads(result.stdout)["addresses"]
     assert (first["symbol"], first["offset"]) == ("demo_work", 4)
@@ -207,8 +265,10 @@ def instructions(demo_kernel: str, function: str) -> list[tuple[int, str]]:
     """(address, mnemonic and operands) of each instruction of ``function`` (objdump)."""
     out = subprocess.run(
         ["objdump", "-d", "--no-show-raw-insn", demo_kernel],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     body = out.split(f"<{function}>:\n", 1)[1].split("\n\n", 1)[0]
     result = []
     for line in body.splitlines():
@@ -276,7 +336,7 @@ def test_at_a_stub_without_cfi_the_idt_says_an_iretq_frame_is_on_top(session, nm
 
 def test_frame_pointers_alone_give_gdbs_frames_outside_leaf_functions(session, demo_kernel):
     """The fallback for code without CFI, on real frames: -fno-omit-frame-pointer code."""
-    from inspector.unwind import unwind
+    from kinspect.inspector.unwind import unwind
 
     # At the call to demo_level3 demo_level2 has pushed RBP and set it up.
     call = next(
@@ -285,9 +345,12 @@ def test_frame_pointers_alone_give_gdbs_frames_outside_leaf_functions(session, d
     stop_at(session, f"*{call:#x}")
     truth = gdb_frames(session)
     bt = unwind(
-        session.read_virtual, session.registers(), cfi=None, symbols=session.symbols,
+        session.read_virtual,
+        session.registers(),
+        cfi=None,
+        symbols=session.symbols,
         mapping=session.mapping(),
-    )  # fmt: skip
+    )
     assert [f.how for f in bt.frames[1:]] == ["frame-pointer"] * (len(bt.frames) - 1)
     assert [ours(f) for f in bt.frames] == [theirs(f) for f in truth]
     assert bt.stop == "no-unwind-info"  # start64 zeroes RBP: no frame pointer above it
@@ -297,7 +360,7 @@ def test_a_stack_pointer_in_the_guard_page_is_named(session, nm):
     """RSP moved into boot_stack_guard (what an overflow does), on the real page tables
     and memory: the frame says its stack is unmapped; where the CFA hangs off RSP the
     walk cannot go on and says why, where it hangs off RBP it goes on, as gdb would."""
-    from inspector.unwind import unwind
+    from kinspect.inspector.unwind import unwind
 
     stop_at(session, "demo_level3")  # RBP is demo_level2's frame pointer here
     in_level2 = session.backtrace().frames[1].pc
@@ -306,9 +369,12 @@ def test_a_stack_pointer_in_the_guard_page_is_named(session, nm):
 
     def walk(rip: int):
         return unwind(
-            session.read_virtual, {**regs, "rip": rip}, cfi=session.symbols.cfi,
-            symbols=session.symbols, mapping=session.mapping(),
-        )  # fmt: skip
+            session.read_virtual,
+            {**regs, "rip": rip},
+            cfi=session.symbols.cfi,
+            symbols=session.symbols,
+            mapping=session.mapping(),
+        )
 
     leaf = walk(nm["demo_level3"])  # CFA = RSP+8: the return address is in the guard page
     assert len(leaf.frames) == 1 and leaf.frames[0].mapping is None

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from inspector.dwarf import DWARF_REGISTERS, CfiRow, execute_cfi
-from inspector.symbols import SymbolTable
+from kinspect.inspector.dwarf import DWARF_REGISTERS, CfiRow, execute_cfi
+from kinspect.inspector.symbols import SymbolTable
 
 pytestmark = pytest.mark.integration
 
@@ -148,8 +148,9 @@ def test_debug_frame_and_eh_frame_in_one_elf(tmp_path: Path):
     subprocess.run(["gcc", "-c", "a.S", "-o", "a.o"], cwd=tmp_path, check=True)
     subprocess.run(
         ["ld", "-static", "-nostdlib", "-e", "entry", "-o", "t.elf", "a.o", "c.o"],
-        cwd=tmp_path, check=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        check=True,
+    )
     elf = str(tmp_path / "t.elf")
     checked = compare(elf)
     assert checked.get(".eh_frame", 0) >= 4 and checked.get(".debug_frame", 0) >= 1

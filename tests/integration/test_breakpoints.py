@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from inspector.errors import TargetError
+from kinspect.inspector.errors import TargetError
 
 pytestmark = pytest.mark.integration
 

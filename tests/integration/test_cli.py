@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from inspector import api
-from inspector.targets.qemu_text import decode_info_tlb
+from kinspect.inspector import api
+from kinspect.inspector.targets.qemu_text import decode_info_tlb
 
 from .test_paging_vs_qemu import tlb_flags
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def kinspect(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "inspector.cli", *args],
+        [sys.executable, "-m", "kinspect.inspector.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

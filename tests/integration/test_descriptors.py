@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from inspector.targets.agent import AgentTarget
-from inspector.targets.qemu_text import decode_info_registers, decode_info_tlb
+from kinspect.inspector.targets.agent import AgentTarget
+from kinspect.inspector.targets.qemu_text import decode_info_registers, decode_info_tlb
 
 pytestmark = pytest.mark.integration
 
@@ -27,20 +27,48 @@ BUSY = 0x200  # the busy bit of a TSS type, in QEMU's attribute layout
 GDT_LDT = 0x38  # gdt.h: after the TSS, so the older selectors stay
 # What gdt.c puts in the LDT, by the selector that reaches it (TI=1: the LDT's).
 LDT_SLOTS = {
-    0x04: dict(kind="code", type=0xA, DPL=3, P=True, L=False, DB=True, G=True,
-               base=0, effective_limit=0xFFFFFFFF),
-    0x0C: dict(kind="data", type=0x2, DPL=3, P=True, L=False, DB=True, G=False,
-               base=0x12345000, effective_limit=0x2FFFF),
-    0x14: dict(kind="data", type=0x2, DPL=3, P=False, L=False, DB=False, G=False,
-               base=0, effective_limit=0xFFF),
+    0x04: dict(
+        kind="code",
+        type=0xA,
+        DPL=3,
+        P=True,
+        L=False,
+        DB=True,
+        G=True,
+        base=0,
+        effective_limit=0xFFFFFFFF,
+    ),
+    0x0C: dict(
+        kind="data",
+        type=0x2,
+        DPL=3,
+        P=True,
+        L=False,
+        DB=True,
+        G=False,
+        base=0x12345000,
+        effective_limit=0x2FFFF,
+    ),
+    0x14: dict(
+        kind="data",
+        type=0x2,
+        DPL=3,
+        P=False,
+        L=False,
+        DB=False,
+        G=False,
+        base=0,
+        effective_limit=0xFFF,
+    ),
     0x1C: dict(kind="call-gate64", type=0xC, DPL=3, P=True, gate_selector=0x08),
-}  # fmt: skip
+}
 
 
 def ldt_line(text: str) -> tuple[int, int, int, int]:
     """(selector, base, limit, attributes) of the ``LDT=`` line, read with a regex of its own."""
-    m = re.search(r"^LDT=([0-9a-f]{4}) ([0-9a-f]{16}) ([0-9a-f]{8}) ([0-9a-f]{8}) DPL=0 LDT\b",
-                  text, re.M)  # fmt: skip
+    m = re.search(
+        r"^LDT=([0-9a-f]{4}) ([0-9a-f]{16}) ([0-9a-f]{8}) ([0-9a-f]{8}) DPL=0 LDT\b", text, re.M
+    )
     assert m, text
     return tuple(int(g, 16) for g in m.groups())  # type: ignore[return-value]
 
@@ -103,7 +131,10 @@ def nm(demo_kernel) -> dict[str, int]:
 
 def kinspect(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "inspector.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "kinspect.inspector.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from inspector import api
-from inspector.efi.runtime import EFI_VA_BASE
-from inspector.targets.qemu_text import decode_info_mem, decode_info_tlb
-from protocols.agent_client import AgentClient, AgentRemoteError
-from protocols.transports import open_transport
+from kinspect.inspector import api
+from kinspect.inspector.efi.runtime import EFI_VA_BASE
+from kinspect.inspector.targets.qemu_text import decode_info_mem, decode_info_tlb
+from kinspect.protocols.agent_client import AgentClient, AgentRemoteError
+from kinspect.protocols.transports import open_transport
 
 from .test_cli import kinspect
 from .test_paging_vs_qemu import gva2gpa
@@ -87,10 +87,20 @@ def test_2b_the_higher_half_scenario_includes_the_runtime_services(uefi_qemu, jo
 def test_3_the_move_is_applied_verified_and_journaled(uefi_qemu, demo_kernel, runtime, journal):
     started = time.monotonic()
     result = kinspect(
-        "--agent", uefi_qemu.agent_endpoint, "--target", uefi_qemu.gdb_endpoint,
-        "--elf", demo_kernel, "remap", "efi-runtime", "--yes", "--json", "--journal",
-        str(journal), timeout=300,
-    )  # fmt: skip
+        "--agent",
+        uefi_qemu.agent_endpoint,
+        "--target",
+        uefi_qemu.gdb_endpoint,
+        "--elf",
+        demo_kernel,
+        "remap",
+        "efi-runtime",
+        "--yes",
+        "--json",
+        "--journal",
+        str(journal),
+        timeout=300,
+    )
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stderr + result.stdout
     doc = json.loads(result.stdout)
@@ -110,8 +120,11 @@ def test_4_qemu_sees_the_runtime_regions_at_their_new_addresses_only(uefi_qemu, 
     assert mem and all(start >= HIGHER_HALF for start, _end, _perm in mem), "identity map gone"
     for d in runtime:  # info mem: each region's new range is mapped whole
         new = EFI_VA_BASE + d.physical_start
-        covered = sum(min(end, new + d.size) - max(start, new) for start, end, _ in mem
-                      if start < new + d.size and end > new)  # fmt: skip
+        covered = sum(
+            min(end, new + d.size) - max(start, new)
+            for start, end, _ in mem
+            if start < new + d.size and end > new
+        )
         assert covered == d.size, d
     spans = leaf_spans(decode_info_tlb(uefi_qemu.monitor("info tlb")))
     for d in runtime:
@@ -119,8 +132,11 @@ def test_4_qemu_sees_the_runtime_regions_at_their_new_addresses_only(uefi_qemu, 
         for off in (0, d.size - 0x1000):
             assert gva2gpa(uefi_qemu, new + off) == d.physical_start + off
         # Every leaf that maps a page of the region, whatever its size.
-        where = [va + max(0, d.physical_start - pa) for va, pa, size in spans
-                 if pa < d.physical_end and pa + size > d.physical_start]  # fmt: skip
+        where = [
+            va + max(0, d.physical_start - pa)
+            for va, pa, size in spans
+            if pa < d.physical_end and pa + size > d.physical_start
+        ]
         assert where
         for va in where:
             inside = new <= va < new + d.size
@@ -133,8 +149,9 @@ def test_5_get_time_answers_with_the_hosts_date(uefi_qemu):
     assert result.returncode == 0, result.stderr
     t = json.loads(result.stdout)["efi_time"]
     host = datetime.now(UTC)
-    firmware = datetime(t["year"], t["month"], t["day"], t["hour"], t["minute"], t["second"],
-                        tzinfo=UTC)  # fmt: skip
+    firmware = datetime(
+        t["year"], t["month"], t["day"], t["hour"], t["minute"], t["second"], tzinfo=UTC
+    )
     # QEMU's RTC starts at the host's UTC time (-rtc base=utc, the default).
     assert abs((firmware - host).total_seconds()) < 3600, (firmware, host)
 
@@ -194,8 +211,10 @@ def test_9_a_second_call_is_refused(uefi_qemu, journal):
 
 def tlb_without_a_d(qemu):
     """info tlb's leaves, the accessed and dirty bits left out (the CPU sets them as it runs)."""
-    return {(va, pa, flags[:3] + flags[5:]) for va, pa, flags in
-            decode_info_tlb(qemu.monitor("info tlb"))}  # fmt: skip
+    return {
+        (va, pa, flags[:3] + flags[5:])
+        for va, pa, flags in decode_info_tlb(qemu.monitor("info tlb"))
+    }
 
 
 def leaf_spans(leaves):

@@ -14,12 +14,16 @@ import re
 
 import pytest
 
-from inspector import api
-from inspector.errors import FaultError
-from inspector.symbols import SymbolTable
-from inspector.targets.agent import AgentTarget
-from inspector.targets.qemu_text import decode_info_mem, decode_info_registers, decode_info_tlb
-from inspector.x86.paging import canonicalize
+from kinspect.inspector import api
+from kinspect.inspector.errors import FaultError
+from kinspect.inspector.symbols import SymbolTable
+from kinspect.inspector.targets.agent import AgentTarget
+from kinspect.inspector.targets.qemu_text import (
+    decode_info_mem,
+    decode_info_registers,
+    decode_info_tlb,
+)
+from kinspect.inspector.x86.paging import canonicalize
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +44,17 @@ def qemu(demo_kernel):
 
 def tlb_flags(raw: int) -> str:
     """The flags ``info tlb`` prints for a leaf: its raw bits, XGPDACTUW."""
-    bits = ((63, "X"), (8, "G"), (7, "P"), (6, "D"), (5, "A"), (4, "C"), (3, "T"), (2, "U"),
-            (1, "W"))  # fmt: skip
+    bits = (
+        (63, "X"),
+        (8, "G"),
+        (7, "P"),
+        (6, "D"),
+        (5, "A"),
+        (4, "C"),
+        (3, "T"),
+        (2, "U"),
+        (1, "W"),
+    )
     return "".join(letter if raw >> bit & 1 else "-" for bit, letter in bits)
 
 

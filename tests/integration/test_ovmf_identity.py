@@ -27,9 +27,9 @@ import time
 
 import pytest
 
-from inspector import api
-from inspector.targets.qemu import OVMF_CODE, launch_qemu
-from inspector.targets.qemu_text import decode_info_mem, decode_info_tlb
+from kinspect.inspector import api
+from kinspect.inspector.targets.qemu import OVMF_CODE, launch_qemu
+from kinspect.inspector.targets.qemu_text import decode_info_mem, decode_info_tlb
 
 from .test_paging_vs_qemu import tlb_flags
 

@@ -10,7 +10,11 @@ import re
 
 import pytest
 
-from inspector.targets.qemu_text import decode_info_mem, decode_info_registers, decode_info_tlb
+from kinspect.inspector.targets.qemu_text import (
+    decode_info_mem,
+    decode_info_registers,
+    decode_info_tlb,
+)
 from tests.qemu_view import tlb_flags
 
 pytestmark = pytest.mark.integration
@@ -132,7 +136,7 @@ def test_ptov_finds_every_alias(session, qemu):
 
 def test_walk_through_the_direct_map_like_a_non_qemu_stub(qemu, demo_kernel):
     """kgdb/OpenOCD have no physical mode: read tables through direct_map_base."""
-    from inspector import api
+    from kinspect.inspector import api
 
     with api.attach(qemu.gdb_endpoint, elf=demo_kernel, physical="direct-map") as s:
         assert s.target.physical == "direct-map"
@@ -142,7 +146,7 @@ def test_walk_through_the_direct_map_like_a_non_qemu_stub(qemu, demo_kernel):
 
 
 def test_direct_map_needs_a_base_or_symbols(qemu):
-    from inspector import api
+    from kinspect.inspector import api
 
     with api.attach(qemu.gdb_endpoint, physical="direct-map") as s:
         with pytest.raises(api.TargetError, match="--phys-base"):
@@ -151,7 +155,7 @@ def test_direct_map_needs_a_base_or_symbols(qemu):
 
 def test_physical_reads_past_ram_are_refused(session, qemu):
     """QEMU answers zeros past RAM; kinspect refuses with a reason instead."""
-    from inspector.errors import FaultError
+    from kinspect.inspector.errors import FaultError
 
     summary = qemu.monitor("info memory_size_summary")
     assert str(session.target.ram_size) in summary
@@ -161,7 +165,7 @@ def test_physical_reads_past_ram_are_refused(session, qemu):
 
 
 def test_unmapped_virtual_read_is_a_fault(session):
-    from inspector.errors import FaultError
+    from kinspect.inspector.errors import FaultError
 
     with pytest.raises(FaultError):
         session.read_virtual(0x0, 8)

@@ -18,14 +18,14 @@ import time
 
 import pytest
 
-from inspector import api
-from inspector.remap.apply import Remapper, RemapRefused
-from inspector.remap.journal import Journal
-from inspector.remap.plan import FLAG_BITS
-from inspector.targets.agent import AgentTarget
-from inspector.targets.qemu_text import decode_info_registers, decode_info_tlb
-from protocols.agent_client import AgentClient, AgentRemoteError
-from protocols.agent_wire import encode_frame, encode_request
+from kinspect.inspector import api
+from kinspect.inspector.remap.apply import Remapper, RemapRefused
+from kinspect.inspector.remap.journal import Journal
+from kinspect.inspector.remap.plan import FLAG_BITS
+from kinspect.inspector.targets.agent import AgentTarget
+from kinspect.inspector.targets.qemu_text import decode_info_registers, decode_info_tlb
+from kinspect.protocols.agent_client import AgentClient, AgentRemoteError
+from kinspect.protocols.agent_wire import encode_frame, encode_request
 
 pytestmark = pytest.mark.integration
 
@@ -212,9 +212,9 @@ def test_each_refusal_is_named_and_changes_nothing(lowqemu, remapper):
 
 KILLED_SCRIPT = """
 import sys, time
-from inspector.remap.apply import Remapper
-from inspector.remap.journal import Journal
-from inspector.targets.agent import AgentTarget
+from kinspect.inspector.remap.apply import Remapper
+from kinspect.inspector.remap.journal import Journal
+from kinspect.inspector.targets.agent import AgentTarget
 spec, journal, va = sys.argv[1], sys.argv[2], int(sys.argv[3], 0)
 r = Remapper(AgentTarget(spec, timeout=5), Journal.open(journal))
 plan = r.plan_map(va, 0x400000, 0x1000 * 65, flags=0x8000000000000002)  # two steps: 64 + 1 pages
@@ -230,8 +230,10 @@ def test_killed_inspector_leaves_a_journal_that_undoes_on_next_start(lowqemu, tm
     before = tlb(lowqemu)
     proc = subprocess.Popen(
         [sys.executable, "-c", KILLED_SCRIPT, lowqemu.agent_endpoint, str(journal), hex(SPARE)],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         assert proc.stdout.readline().strip() == "STEP1"
         os.kill(proc.pid, signal.SIGKILL)
@@ -243,10 +245,22 @@ def test_killed_inspector_leaves_a_journal_that_undoes_on_next_start(lowqemu, tm
 
     def kinspect(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "inspector.cli", "--agent", lowqemu.agent_endpoint, "remap",
-             *args, "--journal", str(journal)],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "kinspect.inspector.cli",
+                "--agent",
+                lowqemu.agent_endpoint,
+                "remap",
+                *args,
+                "--journal",
+                str(journal),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
 
     blocked = kinspect("map", hex(SPARE), "0x500000", "0x1000", "--yes")
     assert blocked.returncode == 1 and "crashed session left 1 open steps" in blocked.stderr
@@ -262,10 +276,23 @@ def test_seed_scenario_higher_half_from_the_cli(lowqemu, tmp_path):
     journal = tmp_path / "seed.jsonl"
     t0 = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "inspector.cli", "--agent", lowqemu.agent_endpoint, "remap",
-         "higher-half", "--yes", "--journal", str(journal)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kinspect.inspector.cli",
+            "--agent",
+            lowqemu.agent_endpoint,
+            "remap",
+            "higher-half",
+            "--yes",
+            "--journal",
+            str(journal),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     elapsed = time.monotonic() - t0
     assert done.returncode == 0, done.stdout + done.stderr
     assert "move_stack" in done.stdout and "load_descriptors" in done.stdout
@@ -291,10 +318,22 @@ def test_seed_scenario_higher_half_from_the_cli(lowqemu, tmp_path):
     assert regs["rsp"] >= HIGHER_HALF
 
     undone = subprocess.run(
-        [sys.executable, "-m", "inspector.cli", "--agent", lowqemu.agent_endpoint, "remap",
-         "undo", "--journal", str(journal)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kinspect.inspector.cli",
+            "--agent",
+            lowqemu.agent_endpoint,
+            "remap",
+            "undo",
+            "--journal",
+            str(journal),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert undone.returncode == 0, undone.stderr
     assert [va for va in tlb(lowqemu) if va < HIGHER_HALF]
     regs = decode_info_registers(lowqemu.monitor("info registers"))
@@ -327,19 +366,31 @@ def test_move_maps_the_new_alias_verifies_then_drops_the_old(lowqemu, remapper):
 
 def test_cli_verifies_through_the_gdb_stub_when_given_one(lowqemu, tmp_path):
     journal = str(tmp_path / "gdb.jsonl")
-    base = [sys.executable, "-m", "inspector.cli", "--agent", lowqemu.agent_endpoint,
-            "--target", lowqemu.gdb_endpoint, "remap"]  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "kinspect.inspector.cli",
+        "--agent",
+        lowqemu.agent_endpoint,
+        "--target",
+        lowqemu.gdb_endpoint,
+        "remap",
+    ]
     done = subprocess.run(
         [*base, "map", hex(SPARE), "0x200000", "4k", "--yes", "--json", "--journal", journal],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert doc["verified"] and doc["applied"][0]["problems"] == []
     assert doc["verified_by"] == "the gdb stub's walk"
     assert SPARE in tlb(lowqemu)
-    undone = subprocess.run([*base, "undo", "--journal", journal], capture_output=True, text=True,
-                            timeout=60, cwd=ROOT)  # fmt: skip
+    undone = subprocess.run(
+        [*base, "undo", "--journal", journal], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert undone.returncode == 0, undone.stderr
     assert SPARE not in tlb(lowqemu)
 
@@ -388,9 +439,21 @@ def test_undo_refuses_steps_applied_through_another_line(lowqemu, tmp_path):
     journal.start_session("unix:/somewhere/else.sock")
     journal.applied(journal.begin("map", [SPARE], {"entries": []}, "elsewhere"), [])
     done = subprocess.run(
-        [sys.executable, "-m", "inspector.cli", "--agent", lowqemu.agent_endpoint, "remap", "undo",
-         "--journal", str(tmp_path / "other.jsonl")],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kinspect.inspector.cli",
+            "--agent",
+            lowqemu.agent_endpoint,
+            "remap",
+            "undo",
+            "--journal",
+            str(tmp_path / "other.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert done.returncode == 1 and "applied through unix:/somewhere/else.sock" in done.stderr
     assert len(Journal.open(tmp_path / "other.jsonl").open_steps()) == 1

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from inspector import api
-from inspector.efi.memmap import decode_memory_map
-from inspector.targets.qemu_text import decode_info_tlb
+from kinspect.inspector import api
+from kinspect.inspector.efi.memmap import decode_memory_map
+from kinspect.inspector.targets.qemu_text import decode_info_tlb
 
 from .test_paging_vs_qemu import gva2gpa, tlb_flags
 
@@ -112,7 +112,7 @@ def test_efi_map_command(uefi_qemu, demo_kernel):
     import io
     import json
 
-    from inspector import cli
+    from kinspect.inspector import cli
 
     out = io.StringIO()
     argv = ["--target", uefi_qemu.gdb_endpoint, "--elf", demo_kernel, "--json", "efi-map"]
@@ -144,7 +144,7 @@ def test_efi_map_through_the_agent_matches_the_stub(uefi_qemu, demo_kernel):
     import io
     import json
 
-    from inspector import cli
+    from kinspect.inspector import cli
 
     def efi_map(*channel: str) -> dict:
         out = io.StringIO()

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from inspector.session import Session
+from kinspect.inspector.session import Session
 
 from .fakes import MemoryTarget, memory_session
 

@@ -29,17 +29,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from inspector.errors import AgentError, FaultError, TargetError
-from inspector.remap.apply import HIGHER_HALF, Remapper, StepReport
-from inspector.remap.efi import SVAM
-from inspector.remap.journal import Journal, JournalStep
-from inspector.remap.plan import Step, protected_areas
-from inspector.session import Session
-from inspector.symbols import Symbol, SymbolTable
-from inspector.targets.base import Breakpoint, Target
-from inspector.targets.qemu_text import system_registers_from_info
-from inspector.x86.control import decode_paging_mode
-from inspector.x86.paging import translate
+from kinspect.inspector.errors import AgentError, FaultError, TargetError
+from kinspect.inspector.remap.apply import HIGHER_HALF, Remapper, StepReport
+from kinspect.inspector.remap.efi import SVAM
+from kinspect.inspector.remap.journal import Journal, JournalStep
+from kinspect.inspector.remap.plan import Step, protected_areas
+from kinspect.inspector.session import Session
+from kinspect.inspector.symbols import Symbol, SymbolTable
+from kinspect.inspector.targets.base import Breakpoint, Target
+from kinspect.inspector.targets.qemu_text import system_registers_from_info
+from kinspect.inspector.x86.control import decode_paging_mode
+from kinspect.inspector.x86.paging import translate
 from tests.unit.test_x86_linux_capture import load_pages
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "linux-6.1-nokaslr"
@@ -48,14 +48,40 @@ MODE = decode_paging_mode(CR0, CR4, EFER)
 TEXT = 0xFFFFFFFF81000000
 
 REGISTERS = {
-    "rax": 0x1AD40, "rbx": 0, "rcx": 0x20, "rdx": 0x4000000000000000,
-    "rsi": 0x83, "rdi": 0x2E4, "rbp": 0xFFFFFFFF82A1AA40, "rsp": 0xFFFFFFFF82A03E98,
-    "r8": 0xFFFF88801F423000, "r9": 7, "r10": 0xFFFFFFFB, "r11": 0, "r12": 0, "r13": 0,
-    "r14": 0xFFFFFFFF82A1A118, "r15": 0x14790, "rip": 0xFFFFFFFF81A592EB, "rflags": 0x246,
-    "cs": 0x10, "ss": 0x18, "ds": 0, "es": 0, "fs": 0, "gs": 0,
-    "fs_base": 0, "gs_base": 0xFFFF88801F400000, "k_gs_base": 0,
-    "cr0": CR0, "cr2": 0x5E22C0, "cr3": CR3, "cr4": CR4, "cr8": 0, "efer": EFER,
-}  # fmt: skip
+    "rax": 0x1AD40,
+    "rbx": 0,
+    "rcx": 0x20,
+    "rdx": 0x4000000000000000,
+    "rsi": 0x83,
+    "rdi": 0x2E4,
+    "rbp": 0xFFFFFFFF82A1AA40,
+    "rsp": 0xFFFFFFFF82A03E98,
+    "r8": 0xFFFF88801F423000,
+    "r9": 7,
+    "r10": 0xFFFFFFFB,
+    "r11": 0,
+    "r12": 0,
+    "r13": 0,
+    "r14": 0xFFFFFFFF82A1A118,
+    "r15": 0x14790,
+    "rip": 0xFFFFFFFF81A592EB,
+    "rflags": 0x246,
+    "cs": 0x10,
+    "ss": 0x18,
+    "ds": 0,
+    "es": 0,
+    "fs": 0,
+    "gs": 0,
+    "fs_base": 0,
+    "gs_base": 0xFFFF88801F400000,
+    "k_gs_base": 0,
+    "cr0": CR0,
+    "cr2": 0x5E22C0,
+    "cr3": CR3,
+    "cr4": CR4,
+    "cr8": 0,
+    "efer": EFER,
+}
 
 _PAGES: dict[int, bytes] | None = None
 
@@ -308,8 +334,12 @@ class MemoryRemapper(Remapper):
     def registers(self) -> dict[str, int]:
         system = self.target.system_registers()
         regs = dict(self.target.registers())
-        regs.update(gdtr_base=system.gdtr.base, gdtr_limit=system.gdtr.limit,
-                    idtr_base=system.idtr.base, idtr_limit=system.idtr.limit)  # fmt: skip
+        regs.update(
+            gdtr_base=system.gdtr.base,
+            gdtr_limit=system.gdtr.limit,
+            idtr_base=system.idtr.base,
+            idtr_limit=system.idtr.limit,
+        )
         return regs
 
     def ranges(self) -> list:
@@ -349,8 +379,9 @@ class EfiRemapper(MemoryRemapper):
     none), else the plan is refused (``efi-unmapped``).
     """
 
-    def __init__(self, target: MemoryTarget, journal: Journal, efi: dict, *,
-                 identity: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, target: MemoryTarget, journal: Journal, efi: dict, *, identity: bool = True
+    ) -> None:
         self.efi = efi
         self.identity = identity
         self.applied: list[Step] = []
@@ -366,21 +397,28 @@ class EfiRemapper(MemoryRemapper):
         ranges = [r for r in full if r.start < HIGHER_HALF or r.start >= TEXT]
         if not self.identity:
             return ranges
-        from inspector.efi.memmap import decode_memory_map
-        from inspector.efi.runtime import RUNTIME_CODE, RUNTIME_DATA
+        from kinspect.inspector.efi.memmap import decode_memory_map
+        from kinspect.inspector.efi.runtime import RUNTIME_CODE, RUNTIME_DATA
 
         data = self.target.read_virtual(self.efi["memmap"], self.efi["memmap_size"])
         low = []
         for d in decode_memory_map(data, self.efi["desc_size"]):
             if d.type in (RUNTIME_CODE, RUNTIME_DATA):
                 alias = next(r for r in full if r.phys <= d.physical_start < r.phys + r.size)
-                low.append(replace(alias, start=d.physical_start, phys=d.physical_start,
-                                   end=d.physical_start + d.size))  # fmt: skip
+                low.append(
+                    replace(
+                        alias,
+                        start=d.physical_start,
+                        phys=d.physical_start,
+                        end=d.physical_start + d.size,
+                    )
+                )
         return sorted(ranges + low, key=lambda r: r.start)
 
     def run_step(self, step: Step, *, force: bool = False) -> StepReport:
-        record = self.journal.begin(step.method, list(step.params), {"entries": []},
-                                    step.description)  # fmt: skip
+        record = self.journal.begin(
+            step.method, list(step.params), {"entries": []}, step.description
+        )
         checks: list[str] = []
         if step.method == SVAM:
             pairs = step.params[0]
@@ -390,8 +428,10 @@ class EfiRemapper(MemoryRemapper):
             self.efi.update(virtual_mode=True, system_table_va=st_va)
             self.efi_virtual = True
         else:  # [va, level, entry_pa, old, new] per entry, as the agent replies
-            result = [[va, level, 0x1000 + 8 * i, 0, 1]
-                      for i, (va, level, _text) in enumerate(step.writes)]  # fmt: skip
+            result = [
+                [va, level, 0x1000 + 8 * i, 0, 1]
+                for i, (va, level, _text) in enumerate(step.writes)
+            ]
         self.journal.applied(record, result)
         if self.efi_virtual:
             checks.append(GET_TIME)
@@ -409,20 +449,32 @@ class EfiRemapper(MemoryRemapper):
 
 
 def efi_remap_session(
-    journal_path, memmap: bytes, descriptor_size: int, *, memattr: bytes = b"",
-    system_table: int, identity: bool = True,
-) -> Session:  # fmt: skip
+    journal_path,
+    memmap: bytes,
+    descriptor_size: int,
+    *,
+    memattr: bytes = b"",
+    system_table: int,
+    identity: bool = True,
+) -> Session:
     """``efi_session``'s kernel with an agent that plans the UEFI steps (``EfiRemapper``)."""
     session = efi_session(memmap, descriptor_size, memattr=memattr)
     efi = {
-        "system_table": system_table, "system_table_va": system_table,
-        "runtime_services": system_table + 0xB80, "firmware_revision": 0x10000,
-        "virtual_mode": False, "virtual_map": [],
-        "memmap": EFI_DATA + 0x1000, "memmap_size": len(memmap),
-        "desc_size": descriptor_size, "desc_version": 1,
-        "memattr": EFI_DATA + 0x8000 if memattr else 0, "memattr_size": len(memattr),
+        "system_table": system_table,
+        "system_table_va": system_table,
+        "runtime_services": system_table + 0xB80,
+        "firmware_revision": 0x10000,
+        "virtual_mode": False,
+        "virtual_map": [],
+        "memmap": EFI_DATA + 0x1000,
+        "memmap_size": len(memmap),
+        "desc_size": descriptor_size,
+        "desc_version": 1,
+        "memattr": EFI_DATA + 0x8000 if memattr else 0,
+        "memattr_size": len(memattr),
         "runtime_regions": 0,
-    }  # fmt: skip
-    session._remapper = EfiRemapper(session.target, Journal.open(journal_path), efi,
-                                    identity=identity)  # fmt: skip
+    }
+    session._remapper = EfiRemapper(
+        session.target, Journal.open(journal_path), efi, identity=identity
+    )
     return session

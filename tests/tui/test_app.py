@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import struct
 
-from inspector.errors import TargetError
-from inspector.session import Session
-from tui.app import make_app
-from tui.screens.help import HelpScreen
-from tui.widgets.memory import HexView
-from tui.widgets.ranges import RangeList
-from tui.widgets.registers import RegistersView
-from tui.widgets.status import StatusLine
-from tui.widgets.tables import TableTree
-from tui.widgets.walk import WalkView
+from kinspect.inspector.errors import TargetError
+from kinspect.inspector.session import Session
+from kinspect.tui.app import make_app
+from kinspect.tui.screens.help import HelpScreen
+from kinspect.tui.widgets.memory import HexView
+from kinspect.tui.widgets.ranges import RangeList
+from kinspect.tui.widgets.registers import RegistersView
+from kinspect.tui.widgets.status import StatusLine
+from kinspect.tui.widgets.tables import TableTree
+from kinspect.tui.widgets.walk import WalkView
 
 from .conftest import run
 from .fakes import REGISTERS, MemoryTarget, memory_session
@@ -466,8 +466,8 @@ def test_reads_never_stop_a_running_kernel(session):
 
 
 def test_stack_and_descriptor_views_show_the_sessions_records(session, truth):
-    from tui.widgets.descriptors import DescriptorsView
-    from tui.widgets.stack import StackView
+    from kinspect.tui.widgets.descriptors import DescriptorsView
+    from kinspect.tui.widgets.stack import StackView
 
     truth = memory_session()  # with the same symbols as the app's session
 
@@ -496,7 +496,7 @@ def test_stack_and_descriptor_views_show_the_sessions_records(session, truth):
 
 
 def test_a_bug_in_a_view_is_reported_and_the_app_goes_on(session, monkeypatch):
-    from tui.widgets.stack import StackView
+    from kinspect.tui.widgets.stack import StackView
 
     def broken(self, backtrace):
         raise KeyError("frames")

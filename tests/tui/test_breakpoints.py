@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
-from inspector.targets.base import Target
-from tui.app import make_app
-from tui.screens.breakpoints import BreakpointsScreen
-from tui.widgets.registers import RegistersView
-from tui.widgets.status import StatusLine
+from kinspect.inspector.targets.base import Target
+from kinspect.tui.app import make_app
+from kinspect.tui.screens.breakpoints import BreakpointsScreen
+from kinspect.tui.widgets.registers import RegistersView
+from kinspect.tui.widgets.status import StatusLine
 
 from .conftest import run
 from .fakes import FIXTURE, MemoryTarget, memory_session

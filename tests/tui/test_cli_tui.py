@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from inspector.cli import main
+from kinspect.inspector.cli import main
 
 
 def test_tui_needs_a_target(capsys):
@@ -19,9 +19,19 @@ def test_tui_needs_a_target(capsys):
 
 def test_tui_on_nothing_listening_is_one_line_and_status_1(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "inspector.cli", "--target", str(tmp_path / "none.sock"), "tui"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kinspect.inspector.cli",
+            "--target",
+            str(tmp_path / "none.sock"),
+            "tui",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("kinspect: error: cannot attach to")
     assert "Traceback" not in result.stderr
@@ -29,6 +39,6 @@ def test_tui_on_nothing_listening_is_one_line_and_status_1(tmp_path):
 
 def test_demo_prints_its_report_when_stdout_is_not_a_terminal():
     """The TUI needs a terminal; piped, kinspect demo keeps printing the report (tests use it)."""
-    from inspector import cli
+    from kinspect.inspector import cli
 
     assert cli._interactive() is False  # pytest captures stdout

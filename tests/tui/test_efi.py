@@ -14,11 +14,11 @@ import struct
 
 from textual.widgets import DataTable
 
-from inspector.efi.memmap import EFI_MEMORY_RUNTIME
-from inspector.errors import InspectorError
-from inspector.session import Session
-from tui.app import make_app
-from tui.widgets.efi import EfiMapView
+from kinspect.inspector.efi.memmap import EFI_MEMORY_RUNTIME
+from kinspect.inspector.errors import InspectorError
+from kinspect.inspector.session import Session
+from kinspect.tui.app import make_app
+from kinspect.tui.widgets.efi import EfiMapView
 
 from .conftest import run
 from .fakes import REGISTERS, MemoryTarget, efi_session, memory_session
@@ -31,8 +31,15 @@ XP, RO = 1 << 14, 1 << 17
 RT = EFI_MEMORY_RUNTIME
 
 CONVENTIONAL, LOADER_CODE, BS_DATA, RT_CODE, RT_DATA, ACPI_NVS, RESERVED, MMIO = (
-    7, 1, 4, 5, 6, 10, 0, 11,
-)  # fmt: skip
+    7,
+    1,
+    4,
+    5,
+    6,
+    10,
+    0,
+    11,
+)
 
 # type, PhysicalStart, NumberOfPages, Attribute
 MAP = [
@@ -106,20 +113,41 @@ def test_the_view_lists_every_descriptor_and_where_runtime_regions_are_mapped():
             rows = cells(view)
             assert len(rows) == len(MAP)
             assert rows[0] == [
-                "", "0", "ConventionalMemory", "0x00000000-0x0009ffff", "160", "UC|WC|WT|WB", "",
-            ]  # fmt: skip
+                "",
+                "0",
+                "ConventionalMemory",
+                "0x00000000-0x0009ffff",
+                "160",
+                "UC|WC|WT|WB",
+                "",
+            ]
             assert rows[MAPPED_CODE] == [
-                "", "3", "RuntimeServicesCode", "0x1e000000-0x1e0fffff", "256",
-                "UC|WC|WT|WB|RUNTIME", "0xffff88801e000000",
-            ]  # fmt: skip
+                "",
+                "3",
+                "RuntimeServicesCode",
+                "0x1e000000-0x1e0fffff",
+                "256",
+                "UC|WC|WT|WB|RUNTIME",
+                "0xffff88801e000000",
+            ]
             assert rows[MAPPED_DATA][2] == "RuntimeServicesData"
             assert rows[MAPPED_DATA][-1] == "0xffff88801e200000"
-            assert rows[5][2:] == ["ACPIMemoryNVS", "0x1ff00000-0x1ffdffff", "224",
-                                   "UC|WC|WT|WB|0x100", ""]  # fmt: skip
+            assert rows[5][2:] == [
+                "ACPIMemoryNVS",
+                "0x1ff00000-0x1ffdffff",
+                "224",
+                "UC|WC|WT|WB|0x100",
+                "",
+            ]
             assert rows[FLASH] == [
-                "", "7", "MemoryMappedIO", "0xffc00000-0xffffffff", "1024", "UC|RUNTIME",
+                "",
+                "7",
+                "MemoryMappedIO",
+                "0xffc00000-0xffffffff",
+                "1024",
+                "UC|RUNTIME",
                 "not mapped",
-            ]  # fmt: skip
+            ]
             # runtime regions are highlighted, the unmapped one in red
             table = view.query_one(DataTable)
             runtime_type = table.get_row_at(MAPPED_CODE)[2]

@@ -8,8 +8,9 @@ import sys
 
 def test_the_cli_loads_the_tui_only_for_tui_and_demo():
     code = (
-        "import sys; from inspector import cli; cli.build_parser().parse_args(['regs']);"
-        " print(sorted(m for m in sys.modules if m == 'tui' or m.startswith('tui.')))"
+        "import sys; from kinspect.inspector import cli; cli.build_parser().parse_args(['regs']);"
+        " print(sorted(m for m in sys.modules"
+        " if m == 'kinspect.tui' or m.startswith('kinspect.tui.')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60

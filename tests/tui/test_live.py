@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from inspector import api
+from kinspect.inspector import api
+from kinspect.tui.app import make_app
+from kinspect.tui.widgets.ranges import RangeList
+from kinspect.tui.widgets.registers import RegistersView
+from kinspect.tui.widgets.stack import StackView
+from kinspect.tui.widgets.status import StatusLine
 from tests.integration.conftest import demo_kernel, qemu  # noqa: F401
-from tui.app import make_app
-from tui.widgets.ranges import RangeList
-from tui.widgets.registers import RegistersView
-from tui.widgets.stack import StackView
-from tui.widgets.status import StatusLine
 
 from .conftest import run
 
@@ -136,7 +136,7 @@ def test_the_breakpoints_list_and_delete_on_the_demo_kernel(qemu, demo_kernel): 
     """B on QEMU's stub: addresses as nm gives them, hits as the stops came, d deletes for good."""
     from textual.widgets import DataTable
 
-    from tui.screens.breakpoints import BreakpointsScreen
+    from kinspect.tui.screens.breakpoints import BreakpointsScreen
 
     work, level3 = nm_address(demo_kernel, "demo_work"), nm_address(demo_kernel, "demo_level3")
     session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
@@ -273,10 +273,23 @@ def test_a_remap_while_the_kernel_runs_is_marked_at_the_next_stop(qemu, demo_ker
 
     def remap(*args: str) -> None:
         done = subprocess.run(
-            [sys.executable, "-m", "inspector.cli", "--agent", qemu.agent_endpoint, "remap",
-             *args, "--journal", journal],
-            capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "kinspect.inspector.cli",
+                "--agent",
+                qemu.agent_endpoint,
+                "remap",
+                *args,
+                "--journal",
+                journal,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
         assert done.returncode == 0, done.stderr
 
     async def go():
@@ -316,7 +329,7 @@ def test_the_remap_screen_maps_verifies_and_undoes(qemu, demo_kernel, tmp_path, 
     and it is marked - (gone)."""
     from textual.widgets import Button, Static
 
-    from tui.screens.remap import RemapScreen
+    from kinspect.tui.screens.remap import RemapScreen
 
     spare = 0xFFFFD00000000000  # nothing is mapped there in the demo kernel
     monkeypatch.setenv("KINSPECT_REMAP_JOURNAL", str(tmp_path / "journal.jsonl"))
@@ -328,8 +341,11 @@ def test_the_remap_screen_maps_verifies_and_undoes(qemu, demo_kernel, tmp_path, 
             await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
             assert not any(r.start <= spare < r.end for r in app.ranges)
             await pilot.press("7")
-            await until(pilot, lambda: isinstance(app.screen, RemapScreen) and not app.link.pending,
-                        what="the remap screen")  # fmt: skip
+            await until(
+                pilot,
+                lambda: isinstance(app.screen, RemapScreen) and not app.link.pending,
+                what="the remap screen",
+            )
             screen = app.screen
             await pilot.press(*hex(spare))  # the map form's VA has the focus
             await pilot.press("tab", *"0x500000")  # PA; size 0x1000, 4k pages, rw,nx as given
@@ -344,8 +360,11 @@ def test_the_remap_screen_maps_verifies_and_undoes(qemu, demo_kernel, tmp_path, 
             result = str(screen.query_one("#remap-result", Static).render())
             assert f"verified {spare:#018x}-{spare + 0x1000:#018x} -> 0x500000 RW NX" in result
             assert "all verified by a fresh walk" in result, result
-            marked = [(row.mark, row.range.start, row.range.size, row.range.phys)
-                      for row in app.rows if row.mark]  # fmt: skip
+            marked = [
+                (row.mark, row.range.start, row.range.size, row.range.phys)
+                for row in app.rows
+                if row.mark
+            ]
             assert marked == [("+", spare, 0x1000, 0x500000)]
             assert len(screen.steps) == 1 and screen.steps[0].method == "map"
             await pilot.press("escape")
@@ -353,8 +372,11 @@ def test_the_remap_screen_maps_verifies_and_undoes(qemu, demo_kernel, tmp_path, 
             await pilot.pause()
             assert app.query_one(RangeList).has_focus
             await pilot.press("7")
-            await until(pilot, lambda: isinstance(app.screen, RemapScreen) and not app.link.pending,
-                        what="the remap screen again")  # fmt: skip
+            await until(
+                pilot,
+                lambda: isinstance(app.screen, RemapScreen) and not app.link.pending,
+                what="the remap screen again",
+            )
             screen = app.screen
             assert [s.method for s in screen.steps] == ["map"]
             await pilot.click("#undo-one")
@@ -379,7 +401,7 @@ def test_remaps_in_the_demo_session_gdb_and_agent(qemu, demo_kernel, tmp_path, m
     the kernel is stopped by the stub again after each, and run control still works."""
     from textual.widgets import Static
 
-    from tui.screens.remap import RemapScreen
+    from kinspect.tui.screens.remap import RemapScreen
 
     spare = 0xFFFFD00000000000  # nothing is mapped there in the demo kernel
     monkeypatch.setenv("KINSPECT_REMAP_JOURNAL", str(tmp_path / "journal.jsonl"))
@@ -403,8 +425,11 @@ def test_remaps_in_the_demo_session_gdb_and_agent(qemu, demo_kernel, tmp_path, m
             rip = app.query_one(RegistersView).snapshot.values["rip"]
             assert not any(r.start <= spare < r.end for r in app.ranges)
             await pilot.press("7")
-            await until(pilot, lambda: isinstance(app.screen, RemapScreen) and not app.link.pending,
-                        what="the remap screen")  # fmt: skip
+            await until(
+                pilot,
+                lambda: isinstance(app.screen, RemapScreen) and not app.link.pending,
+                what="the remap screen",
+            )
             screen = app.screen
             assert not screen.unavailable
             await pilot.press(*hex(spare))
@@ -422,8 +447,11 @@ def test_remaps_in_the_demo_session_gdb_and_agent(qemu, demo_kernel, tmp_path, m
             assert "all verified by a fresh walk" in result, result
             assert stub_walks == ["stopped"]  # verified by the stub's walk, once
             assert status.state == "stopped" and session.target.stub.state == "stopped"
-            marked = [(row.mark, row.range.start, row.range.size, row.range.phys)
-                      for row in app.rows if row.mark]  # fmt: skip
+            marked = [
+                (row.mark, row.range.start, row.range.size, row.range.phys)
+                for row in app.rows
+                if row.mark
+            ]
             assert marked == [("+", spare, 0x1000, 0x500000)]
             # the stub reads the new page's entry too
             assert session.translate(spare).pa == 0x500000
@@ -451,7 +479,7 @@ def test_remaps_in_the_demo_session_gdb_and_agent(qemu, demo_kernel, tmp_path, m
 
 
 def test_the_efi_view_says_in_one_line_that_the_pvh_kernel_has_no_uefi_map(qemu, demo_kernel):  # noqa: F811
-    from tui.widgets.efi import EfiMapView
+    from kinspect.tui.widgets.efi import EfiMapView
 
     session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
 
@@ -483,9 +511,9 @@ def test_the_efi_view_on_the_demo_kernel_booted_through_uefi(demo_kernel):  # no
     DIRECT_MAP = 0xFFFF888000000000
     import re
 
+    from kinspect.tui.model import format_mapped_at
+    from kinspect.tui.widgets.efi import SHOWN_MAPPINGS, EfiMapView
     from tests.integration.test_paging_vs_qemu import gva2gpa
-    from tui.model import format_mapped_at
-    from tui.widgets.efi import SHOWN_MAPPINGS, EfiMapView
 
     if not api.DEMO_UEFI.is_file():
         pytest.fail(f"{api.DEMO_UEFI} is not built: run `make kernel`")
@@ -565,10 +593,10 @@ def test_the_remap_screen_moves_uefi_runtime_on_ovmf(demo_kernel, tmp_path, monk
 
     from textual.widgets import Button, Static, TabbedContent
 
-    from inspector.efi.runtime import EFI_VA_BASE
-    from inspector.targets.qemu_text import decode_info_mem
+    from kinspect.inspector.efi.runtime import EFI_VA_BASE
+    from kinspect.inspector.targets.qemu_text import decode_info_mem
+    from kinspect.tui.screens.remap import RemapScreen
     from tests.integration.test_paging_vs_qemu import gva2gpa
-    from tui.screens.remap import RemapScreen
 
     if not api.DEMO_UEFI.is_file():
         pytest.fail(f"{api.DEMO_UEFI} is not built: run `make kernel`")
@@ -577,10 +605,13 @@ def test_the_remap_screen_moves_uefi_runtime_on_ovmf(demo_kernel, tmp_path, monk
     session = None
     try:
         # the runtime regions as the kernel printed them when it saved the map (serial)
-        regions = [(int(s, 16), int(e, 16) + 1) for s, e in re.findall(
-            r"\[mem 0x([0-9a-f]{16})-0x([0-9a-f]{16})\] \w+ attr 0x[0-9a-f]+ \(runtime\)",
-            own.serial_output(),
-        )]  # fmt: skip
+        regions = [
+            (int(s, 16), int(e, 16) + 1)
+            for s, e in re.findall(
+                r"\[mem 0x([0-9a-f]{16})-0x([0-9a-f]{16})\] \w+ attr 0x[0-9a-f]+ \(runtime\)",
+                own.serial_output(),
+            )
+        ]
         assert regions
         for start, _end in regions:
             assert gva2gpa(own, EFI_VA_BASE + start) is None  # nothing there yet
@@ -592,11 +623,13 @@ def test_the_remap_screen_moves_uefi_runtime_on_ovmf(demo_kernel, tmp_path, monk
         async def go():
             app = make_app(session)
             async with app.run_test(size=(160, 48)) as pilot:
-                await until(pilot, lambda: app.stops == 1 and not app.link.pending,
-                            what="attach")  # fmt: skip
+                await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
                 await pilot.press("7")
-                await until(pilot, lambda: isinstance(app.screen, RemapScreen)
-                            and not app.link.pending, what="the remap screen")  # fmt: skip
+                await until(
+                    pilot,
+                    lambda: isinstance(app.screen, RemapScreen) and not app.link.pending,
+                    what="the remap screen",
+                )
                 screen = app.screen
                 screen.query_one("#remap-forms", TabbedContent).active = "form-efi-runtime"
                 await pilot.pause()
@@ -605,22 +638,31 @@ def test_the_remap_screen_moves_uefi_runtime_on_ovmf(demo_kernel, tmp_path, monk
                 plan = str(screen.query_one("#remap-plan", Static).render())
                 methods = [s.method for s in screen.plan.steps]
                 call = methods.index("efi_set_virtual_address_map") + 1
-                assert plan.startswith(f"CANNOT BE UNDONE: step {call} "
-                                       "efi_set_virtual_address_map"), plan  # fmt: skip
+                assert plan.startswith(
+                    f"CANNOT BE UNDONE: step {call} efi_set_virtual_address_map"
+                ), plan
                 assert "REFUSED" not in plan and methods[-1] == "unmap"
                 apply = screen.query_one("#apply", Button)
                 assert not apply.disabled and str(apply.label) == "Apply: cannot be undone"
                 assert gva2gpa(own, EFI_VA_BASE + regions[0][0]) is None  # a plan writes nothing
                 started = time.monotonic()
                 await pilot.press("f2")
-                await until(pilot, lambda: "steps applied" in result_text(screen)
-                            and not app.link.pending, timeout=360, what="apply")  # fmt: skip
-                print(f"efi-runtime from the TUI: {len(methods)} steps, {len(regions)} "
-                      f"regions, {time.monotonic() - started:.1f} s")  # fmt: skip
+                await until(
+                    pilot,
+                    lambda: "steps applied" in result_text(screen) and not app.link.pending,
+                    timeout=360,
+                    what="apply",
+                )
+                print(
+                    f"efi-runtime from the TUI: {len(methods)} steps, {len(regions)} "
+                    f"regions, {time.monotonic() - started:.1f} s"
+                )
                 result = result_text(screen)
-                assert result.endswith(f"{len(methods)} steps applied and journaled; all "
-                                       "verified by a fresh walk and the runtime services' "
-                                       "answers"), result  # fmt: skip
+                assert result.endswith(
+                    f"{len(methods)} steps applied and journaled; all "
+                    "verified by a fresh walk and the runtime services' "
+                    "answers"
+                ), result
                 block = result.partition(f"step #{call} ")[2]
                 assert "verified: the firmware answers through the new mapping" in block
                 assert "GetTime answers through the new mapping: " in block
@@ -638,17 +680,23 @@ def test_the_remap_screen_moves_uefi_runtime_on_ovmf(demo_kernel, tmp_path, monk
                 at = [s.method for s in screen.steps].index("efi_set_virtual_address_map")
                 journal.highlighted = at
                 journal.focus()
-                prompts = [str(journal.get_option_at_index(i).prompt)
-                           for i in range(journal.option_count)]  # fmt: skip
+                prompts = [
+                    str(journal.get_option_at_index(i).prompt) for i in range(journal.option_count)
+                ]
                 await pilot.press("f3")
-                await until(pilot, lambda: "UNDO REFUSED" in result_text(screen)
-                            and not app.link.pending, timeout=60, what="the refusal")  # fmt: skip
+                await until(
+                    pilot,
+                    lambda: "UNDO REFUSED" in result_text(screen) and not app.link.pending,
+                    timeout=60,
+                    what="the refusal",
+                )
                 refused = result_text(screen)
                 assert f"step #{seqs[at]} called SetVirtualAddressMap, which cannot be " in refused
                 assert "Traceback" not in refused
                 assert [s.seq for s in screen.steps] == seqs and journal.highlighted == at
-                assert [str(journal.get_option_at_index(i).prompt)
-                        for i in range(journal.option_count)] == prompts  # fmt: skip
+                assert [
+                    str(journal.get_option_at_index(i).prompt) for i in range(journal.option_count)
+                ] == prompts
                 assert own.monitor("info mem") == mem
                 assert len(app.errors) == 1 and app.errors[0].startswith("undo refused")
 

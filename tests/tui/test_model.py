@@ -1,7 +1,7 @@
 """Range marks and filters, on literal ranges and on the real capture."""
 
-from inspector.x86.paging import Permissions, Range
-from tui.model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
+from kinspect.inspector.x86.paging import Permissions, Range
+from kinspect.tui.model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
 
 RW_X = Permissions(True, False, True)
 RO_X = Permissions(False, False, True)
@@ -68,7 +68,7 @@ def test_capture_partitions(truth):
 
 
 def efi_map(mapped_at, descriptors=None):
-    from inspector.efi.memmap import EFI_MEMORY_RUNTIME, MemoryDescriptor, MemoryMap
+    from kinspect.inspector.efi.memmap import EFI_MEMORY_RUNTIME, MemoryDescriptor, MemoryMap
 
     descriptors = descriptors or (
         MemoryDescriptor(0, 7, 0x0, 0, 0xA0, 0xF),
@@ -81,7 +81,7 @@ def efi_map(mapped_at, descriptors=None):
 
 
 def test_efi_rows_mark_how_runtime_mappings_moved():
-    from tui.model import EfiFilter, efi_rows, filter_efi_rows
+    from kinspect.tui.model import EfiFilter, efi_rows, filter_efi_rows
 
     old = efi_map({1: (0xA,), 2: (0xB,), 3: (), 4: (0xC,)})
     new = efi_map({1: (0xA,), 2: (), 3: (0xD,), 4: (0xC, 0xE)})
@@ -95,8 +95,11 @@ def test_efi_rows_mark_how_runtime_mappings_moved():
         (4, (0xC, 0xE), "~"),
     ]
     assert [r.descriptor.index for r in filter_efi_rows(rows, EfiFilter(runtime=True))] == [
-        1, 2, 3, 4,
-    ]  # fmt: skip
+        1,
+        2,
+        3,
+        4,
+    ]
     assert [r.descriptor.index for r in filter_efi_rows(rows, EfiFilter(changed=True))] == [2, 3, 4]
     # another map (a reconnect to another kernel): nothing is marked
     other = efi_map({1: (0xF,)}, efi_map({}).descriptors[:2])
@@ -104,7 +107,7 @@ def test_efi_rows_mark_how_runtime_mappings_moved():
 
 
 def test_efi_formatting():
-    from tui.model import (
+    from kinspect.tui.model import (
         attribute_entries_in,
         efi_address_digits,
         efi_rows,
@@ -126,7 +129,7 @@ def test_efi_formatting():
         "5 descriptors, 48 bytes apart (version 1) | 4 runtime regions, 1424 pages (5696K): "
         "1 mapped, 3 not mapped | no memory attributes table | mappings changed since stop 3: 0"
     )
-    from inspector.efi.memmap import MemoryAttributesTable, MemoryDescriptor
+    from kinspect.inspector.efi.memmap import MemoryAttributesTable, MemoryDescriptor
 
     inside = MemoryDescriptor(0, 5, 0x1E010000, 0, 0x10, 1 << 17)
     outside = MemoryDescriptor(1, 5, 0x1E0F0000, 0, 0x20, 1 << 14)  # runs past the region

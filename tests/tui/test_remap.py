@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from textual.widgets import Button, Static, TabbedContent
 
-from inspector.remap.efi import SVAM
-from inspector.remap.plan import parse_flags, plan_map, protected_areas
-from tui.app import make_app
-from tui.screens.remap import RemapScreen
+from kinspect.inspector.remap.efi import SVAM
+from kinspect.inspector.remap.plan import parse_flags, plan_map, protected_areas
+from kinspect.tui.app import make_app
+from kinspect.tui.screens.remap import RemapScreen
 
 from .conftest import run
 from .fakes import REGISTERS, remap_session
@@ -62,12 +62,21 @@ def test_the_map_form_shows_the_plan_before_anything_is_applied(tmp_path, truth)
             text = plan_text(screen)
             regs = dict(REGISTERS)
             system = target.system_registers()
-            regs.update(gdtr_base=system.gdtr.base, gdtr_limit=system.gdtr.limit,
-                        idtr_base=system.idtr.base, idtr_limit=system.idtr.limit)  # fmt: skip
+            regs.update(
+                gdtr_base=system.gdtr.base,
+                gdtr_limit=system.gdtr.limit,
+                idtr_base=system.idtr.base,
+                idtr_limit=system.idtr.limit,
+            )
             expected = plan_map(
-                truth.ranges(), protected_areas(regs, tss_base=None, frames_top=None),
-                SPARE, 0x500000, 0x2000, 0x1000, parse_flags("rw,nx"),
-            )  # fmt: skip
+                truth.ranges(),
+                protected_areas(regs, tss_base=None, frames_top=None),
+                SPARE,
+                0x500000,
+                0x2000,
+                0x1000,
+                parse_flags("rw,nx"),
+            )
             assert str(expected) in text
             assert f"map 0x2000 bytes at {SPARE:#x} -> 0x500000" in text
             assert "page tables to allocate" in text and "REFUSED" not in text
@@ -145,9 +154,13 @@ def uefi_remap_session(journal_path, *, identity: bool = True):
     from .test_efi import STRIDE, attributes_table_bytes, memory_map_bytes
 
     return efi_remap_session(
-        journal_path, memory_map_bytes(), STRIDE, memattr=attributes_table_bytes(),
-        system_table=SYSTEM_TABLE, identity=identity,
-    )  # fmt: skip
+        journal_path,
+        memory_map_bytes(),
+        STRIDE,
+        memattr=attributes_table_bytes(),
+        system_table=SYSTEM_TABLE,
+        identity=identity,
+    )
 
 
 def styles_of(text, needle: str) -> set[str]:
@@ -170,7 +183,7 @@ def journal_prompts(screen) -> list[str]:
 
 
 def test_the_efi_runtime_plan_marks_the_call_that_cannot_be_undone(tmp_path):
-    from tui.screens.remap import format_plan
+    from kinspect.tui.screens.remap import format_plan
 
     session = uefi_remap_session(tmp_path / "journal.jsonl")
     remapper = session.remapper()
@@ -194,8 +207,9 @@ def test_the_efi_runtime_plan_marks_the_call_that_cannot_be_undone(tmp_path):
                 "CANNOT BE UNDONE: step 9 efi_set_virtual_address_map (SetVirtualAddressMap: "
                 "UEFI allows one call per boot); undo refuses it and every step before it\n"
             )
-            assert text.endswith("Apply (F2) writes it, journaled, and verifies it; "
-                                 "step 9 cannot be undone")  # fmt: skip
+            assert text.endswith(
+                "Apply (F2) writes it, journaled, and verifies it; step 9 cannot be undone"
+            )
             shown = screen.query_one("#remap-plan", Static).content
             assert shown.plain == text
             # the call, its parameters and its description in bold red; the maps around it not
@@ -245,8 +259,10 @@ def test_the_higher_half_plan_on_a_uefi_kernel_and_on_one_already_high(tmp_path)
     assert SVAM not in [s.method for s in expected_linux.steps]
 
     async def go():
-        for session, expected, irreversible in ((uefi, expected_uefi, True),
-                                                (linux, expected_linux, False)):  # fmt: skip
+        for session, expected, irreversible in (
+            (uefi, expected_uefi, True),
+            (linux, expected_linux, False),
+        ):
             app = make_app(session)
             async with app.run_test(size=SIZE) as pilot:
                 screen = await remap_screen(app, pilot)
@@ -291,8 +307,9 @@ def test_applying_efi_runtime_shows_what_the_firmware_answered_then_undo_is_refu
             assert remapper.applied == list(plan.steps)  # the plan shown is the plan applied
             result = str(screen.query_one("#remap-result", Static).render())
             block = result.partition("step #9 ")[2].partition("step #10 ")[0]
-            assert block.startswith("efi_set_virtual_address_map: SetVirtualAddressMap: "
-                                    "3 runtime regions (1408 pages)")  # fmt: skip
+            assert block.startswith(
+                "efi_set_virtual_address_map: SetVirtualAddressMap: 3 runtime regions (1408 pages)"
+            )
             assert "verified: the firmware answers through the new mapping" in block
             assert "registers" not in block and "entries written" not in block
             assert f"    {GET_TIME}\n" in block and f"    {VARIABLES}\n" in block
@@ -303,8 +320,10 @@ def test_applying_efi_runtime_shows_what_the_firmware_answered_then_undo_is_refu
             assert "step #1 map: map 0x20000 bytes at 0xffffffef1e000000" in result
             assert "  32 entries written (old values journaled)" in result
             assert "verified 0xffffffef1e000000-0xffffffef1e020000 -> 0x1e000000 RW NX" in result
-            assert result.endswith("11 steps applied and journaled; all verified by a fresh "
-                                   "walk and the runtime services' answers")  # fmt: skip
+            assert result.endswith(
+                "11 steps applied and journaled; all verified by a fresh "
+                "walk and the runtime services' answers"
+            )
             assert app.errors == []
             # the journal lists the 11 steps, the call in red
             assert [s.seq for s in screen.steps] == list(range(1, 12))

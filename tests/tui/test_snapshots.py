@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from textual.widgets import Input
 
-from tui.app import make_app
+from kinspect.tui.app import make_app
 
 from .fakes import memory_session
 

@@ -15,14 +15,23 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from protocols.transports import FdTransport
+from kinspect.protocols.transports import FdTransport
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_DIR = ROOT / "kernel-agent" / "agent"
 TESTS_DIR = ROOT / "kernel-agent" / "tests"
 CODEC = ["agent_wire.c", "agent_msgpack.c"]
-FLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O1", "-g",
-         "-fsanitize=address,undefined", "-fno-sanitize-recover=all", f"-I{AGENT_DIR}"]  # fmt: skip
+FLAGS = [
+    "-std=gnu11",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-O1",
+    "-g",
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    f"-I{AGENT_DIR}",
+]
 
 
 def build_host_tools(out: Path) -> dict[str, Path]:

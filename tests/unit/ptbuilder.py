@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from inspector.errors import FaultError
+from kinspect.inspector.errors import FaultError
 
 P, RW, US, PWT, PCD, A, D, PS, G = (1 << n for n in (0, 1, 2, 3, 4, 5, 6, 7, 8))
 PAT_PTE = 1 << 7

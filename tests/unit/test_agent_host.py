@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inspector.errors import AgentError, FaultError
-from inspector.targets.agent import AgentTarget
-from inspector.x86.control import decode_paging_mode
-from inspector.x86.paging import coalesce_ranges, collect_address_space, translate
-from protocols.agent_client import AgentClient, AgentRemoteError
-from protocols.agent_wire import Frame, decode_reply, encode_frame, encode_request
+from kinspect.inspector.errors import AgentError, FaultError
+from kinspect.inspector.targets.agent import AgentTarget
+from kinspect.inspector.x86.control import decode_paging_mode
+from kinspect.inspector.x86.paging import coalesce_ranges, collect_address_space, translate
+from kinspect.protocols.agent_client import AgentClient, AgentRemoteError
+from kinspect.protocols.agent_wire import Frame, decode_reply, encode_frame, encode_request
 
 from .agent_host import HostAgent, host_tools, write_image
 from .ptbuilder import (
@@ -337,8 +337,8 @@ def agent_on_a_pty(tmp_path):
 def test_cli_pt_uses_the_agent_walk_and_falls_back_for_problems(agent_on_a_pty, monkeypatch):
     import io
 
-    from inspector import cli
-    from inspector.targets.agent import AgentTarget
+    from kinspect.inspector import cli
+    from kinspect.inspector.targets.agent import AgentTarget
 
     clean = demo_like_tables()
     expected = coalesce_ranges(
@@ -408,9 +408,13 @@ def efi_tables(*, identity=True, new=True, skip=()) -> PageTables:
 def start_efi_agent(image, pt: PageTables, cr4: int = CR4_PAE | CR4_OSFXSR) -> HostAgent:
     """A host agent on ``pt`` with the fake firmware (the image's magic says UEFI)."""
     write_image(
-        image, pt.memory, ram_size=pt.memory.ram_size, cr3=pt.root, cr4=cr4,
+        image,
+        pt.memory,
+        ram_size=pt.memory.ram_size,
+        cr3=pt.root,
+        cr4=cr4,
         efer=EFER_LONG | EFER_NXE,
-    )  # fmt: skip
+    )
     with open(image, "r+b") as f:
         f.write(b"KAGENTEF")
     return HostAgent(host_tools()["host_agent"], image)

@@ -19,17 +19,22 @@ def loaded_after(imports: str) -> set[str]:
 
 
 def test_agent_protocol_modules_import_nothing_of_ours():
-    loaded = loaded_after("protocols.agent_wire, protocols.agent_client, protocols.transports")
-    assert not {m for m in loaded if m.split(".")[0] in ("inspector", "tui")}
+    loaded = loaded_after(
+        "kinspect.protocols.agent_wire, kinspect.protocols.agent_client, "
+        "kinspect.protocols.transports"
+    )
+    assert not {m for m in loaded if m.startswith(("kinspect.inspector", "kinspect.tui"))}
     assert "textual" not in loaded
 
 
 def test_framing_imports_no_transport_or_io():
-    loaded = loaded_after("protocols.agent_wire")
-    assert "protocols.transports" not in loaded
+    loaded = loaded_after("kinspect.protocols.agent_wire")
+    assert "kinspect.protocols.transports" not in loaded
     assert "serial" not in loaded and "socket" not in loaded
 
 
-@pytest.mark.parametrize("module", ["inspector.targets.agent", "inspector.cli_agent"])
+@pytest.mark.parametrize(
+    "module", ["kinspect.inspector.targets.agent", "kinspect.inspector.cli_agent"]
+)
 def test_agent_faces_do_not_load_textual(module):
     assert "textual" not in loaded_after(module)

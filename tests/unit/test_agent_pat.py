@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inspector.x86.pat import POWER_ON_PAT, decode_pat
+from kinspect.inspector.x86.pat import POWER_ON_PAT, decode_pat
 
 
 def test_power_on_value():

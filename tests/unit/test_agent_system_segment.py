@@ -13,11 +13,11 @@ import struct
 
 import pytest
 
-from inspector.errors import FaultError
-from inspector.targets.agent import AgentTarget
-from inspector.targets.base import SegmentRegister
-from inspector.targets.qemu_text import decode_info_registers
-from inspector.x86.descriptors import decode_segment_descriptor
+from kinspect.inspector.errors import FaultError
+from kinspect.inspector.targets.agent import AgentTarget
+from kinspect.inspector.targets.base import SegmentRegister
+from kinspect.inspector.targets.qemu_text import decode_info_registers
+from kinspect.inspector.x86.descriptors import decode_segment_descriptor
 
 GDT_BASE = 0xFFFFFFFF80199040
 

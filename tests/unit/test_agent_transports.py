@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from inspector.errors import TargetError
-from inspector.targets.agent import AgentTarget
-from protocols.agent_client import AgentClient, AgentRemoteError, AgentTimeout
-from protocols.agent_wire import FrameDecoder, decode_request, encode_frame, encode_reply
-from protocols.transports import (
+from kinspect.inspector.errors import TargetError
+from kinspect.inspector.targets.agent import AgentTarget
+from kinspect.protocols.agent_client import AgentClient, AgentRemoteError, AgentTimeout
+from kinspect.protocols.agent_wire import FrameDecoder, decode_request, encode_frame, encode_reply
+from kinspect.protocols.transports import (
     FdTransport,
     PacedTransport,
     SerialTransport,
@@ -206,7 +206,7 @@ def test_agent_target_reads_in_max_read_chunks_and_wraps_timeouts():
 
 
 def test_a_peer_that_reads_nothing_makes_writes_time_out(monkeypatch):
-    import protocols.transports as transports
+    import kinspect.protocols.transports as transports
 
     monkeypatch.setattr(transports, "WRITE_TIMEOUT", 0.2)
     ours, theirs = socket.socketpair()
@@ -227,7 +227,7 @@ def test_a_peer_that_reads_nothing_makes_writes_time_out(monkeypatch):
 
 
 def test_client_refuses_a_request_larger_than_the_agent_takes():
-    from protocols.agent_client import AgentProtocolError
+    from kinspect.protocols.agent_client import AgentProtocolError
 
     ours, theirs = socket.socketpair()
     FakeAgent(theirs)

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from protocols.agent_wire import (
+from kinspect.protocols.agent_wire import (
     ConsoleText,
     Frame,
     FrameDecoder,
@@ -187,7 +187,7 @@ def test_c_reader_rejects_truncated_and_reserved(c_codec):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from protocols.agent_wire import encode_request  # noqa: E402
+from kinspect.protocols.agent_wire import encode_request  # noqa: E402
 
 _FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 

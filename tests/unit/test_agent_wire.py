@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.agent_wire import (
+from kinspect.protocols.agent_wire import (
     DEFAULT_MAX_FRAME,
     ConsoleText,
     Frame,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from inspector.errors import DecodeError
-from inspector.targets.qemu_text import decode_info_registers
-from inspector.x86.descriptors import (
+from kinspect.inspector.errors import DecodeError
+from kinspect.inspector.targets.qemu_text import decode_info_registers
+from kinspect.inspector.x86.descriptors import (
     ERROR_CODE_VECTORS,
     decode_gate,
     decode_gdt,

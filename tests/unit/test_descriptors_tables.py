@@ -4,11 +4,17 @@ import struct
 
 import pytest
 
-from inspector.errors import FaultError, InspectorError
-from inspector.symbols import Symbol, SymbolTable
-from inspector.tables import describe_gdt, describe_idt, describe_ldt, describe_tss, mapping_lookup
-from inspector.targets.base import DescriptorTableRegister, SegmentRegister
-from inspector.x86.paging import Permissions, Range
+from kinspect.inspector.errors import FaultError, InspectorError
+from kinspect.inspector.symbols import Symbol, SymbolTable
+from kinspect.inspector.tables import (
+    describe_gdt,
+    describe_idt,
+    describe_ldt,
+    describe_tss,
+    mapping_lookup,
+)
+from kinspect.inspector.targets.base import DescriptorTableRegister, SegmentRegister
+from kinspect.inspector.x86.paging import Permissions, Range
 
 GDT_BASE = 0xFFFFFFFF80105000
 TSS_BASE = 0xFFFFFFFF80104000
@@ -17,9 +23,15 @@ STACK_TOP = 0xFFFFFFFF80110000
 IST1_TOP = 0xFFFFFFFF80120000
 
 GDT = struct.pack(
-    "<7Q", 0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00CFF3000000FFFF,
-    0x00AFFB000000FFFF, 0x80008B1040000067, 0x00000000FFFFFFFF,
-)  # fmt: skip
+    "<7Q",
+    0,
+    0x00AF9B000000FFFF,
+    0x00CF93000000FFFF,
+    0x00CFF3000000FFFF,
+    0x00AFFB000000FFFF,
+    0x80008B1040000067,
+    0x00000000FFFFFFFF,
+)
 TSS = struct.pack("<I3QQ7QQHH", 0, STACK_TOP, 0, 0, 0, IST1_TOP, 0, 0, 0, 0, 0, 0, 0, 0, 104)
 # Two gates: vector 0 -> 0xffffffff80101234, vector 1 not present
 IDT = struct.pack("<QQ", 0x80108E0000081234, 0xFFFFFFFF) + bytes(16)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from inspector.dwarf import CfiTable, execute_cfi, parse_cfi
-from inspector.errors import DecodeError
+from kinspect.inspector.dwarf import CfiTable, execute_cfi, parse_cfi
+from kinspect.inspector.errors import DecodeError
 
 from .cfibuilder import (
     REMEMBER,
@@ -24,11 +24,17 @@ RBP, RSP, RIP = 6, 7, 16
 
 # push %rbp; mov %rsp,%rbp (GCC's prologue), ..., leave; ret with remember/restore
 PROLOGUE = (
-    advance(1) + def_cfa_offset(16) + offset(RBP, -16)
-    + advance(3) + def_cfa_register(RBP)
-    + advance(0x10) + REMEMBER + def_cfa(RSP, 8)
-    + advance(1) + RESTORE_STATE
-)  # fmt: skip
+    advance(1)
+    + def_cfa_offset(16)
+    + offset(RBP, -16)
+    + advance(3)
+    + def_cfa_register(RBP)
+    + advance(0x10)
+    + REMEMBER
+    + def_cfa(RSP, 8)
+    + advance(1)
+    + RESTORE_STATE
+)
 
 
 def eh_frame_with_prologue() -> bytes:

@@ -4,13 +4,13 @@ import struct
 
 import pytest
 
-from inspector.efi.memmap import (
+from kinspect.inspector.efi.memmap import (
     EFI_MEMORY_RUNTIME,
     MemoryDescriptor,
     decode_memory_map,
     format_attributes,
 )
-from inspector.errors import DecodeError
+from kinspect.inspector.errors import DecodeError
 
 
 def descriptor(type_, start, pages, attribute, *, size=48, virtual=0):
@@ -62,7 +62,7 @@ def test_bad_strides_and_alignment():
 
 
 def test_memory_map_text_and_json():
-    from inspector.efi.memmap import MemoryMap
+    from kinspect.inspector.efi.memmap import MemoryMap
 
     data = descriptor(7, 0, 0xA0, 0xF) + descriptor(6, 0xEAA0000, 0x102, EFI_MEMORY_RUNTIME | 0xF)
     data += descriptor(11, 0xFFC00000, 0x400, EFI_MEMORY_RUNTIME | 1)
@@ -84,7 +84,7 @@ def test_memory_map_text_and_json():
 
 
 def test_memory_attributes_table():
-    from inspector.efi.memmap import decode_memory_attributes_table
+    from kinspect.inspector.efi.memmap import decode_memory_attributes_table
 
     header = struct.pack("<IIII", 2, 2, 48, 1)
     entries = descriptor(5, 0xF5EC000, 1, EFI_MEMORY_RUNTIME | 1 << 14) + descriptor(

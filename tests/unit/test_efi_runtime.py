@@ -6,24 +6,24 @@ from datetime import UTC, datetime
 
 import pytest
 
-from inspector.efi.memmap import (
+from kinspect.inspector.efi.memmap import (
     EFI_MEMORY_RUNTIME,
     decode_memory_attributes_table,
     decode_memory_map,
 )
-from inspector.efi.runtime import (
+from kinspect.inspector.efi.runtime import (
     EFI_VA_BASE,
     EfiTime,
     format_guid,
     plan_virtual_map,
     system_table_va,
 )
-from inspector.errors import InspectorError
-from inspector.remap.apply import Remapper, UndoRefused
-from inspector.remap.efi import SVAM, EfiState, plan_efi_steps
-from inspector.remap.journal import Journal
-from inspector.remap.plan import protected_areas
-from inspector.x86.paging import Permissions, Range
+from kinspect.inspector.errors import InspectorError
+from kinspect.inspector.remap.apply import Remapper, UndoRefused
+from kinspect.inspector.remap.efi import SVAM, EfiState, plan_efi_steps
+from kinspect.inspector.remap.journal import Journal
+from kinspect.inspector.remap.plan import protected_areas
+from kinspect.inspector.x86.paging import Permissions, Range
 
 RT = EFI_MEMORY_RUNTIME
 WB, UC, XP, RO = 0x8, 0x1, 1 << 14, 1 << 17
@@ -133,10 +133,17 @@ def test_guid_in_memory_order():
 # -- the plan --------------------------------------------------------------------------
 
 IDENTITY = Range(0x1000, 0x10000000, 0x1000, 0x1000, Permissions(True, False, True), ())
-KERNEL_RANGE = Range(KERNEL, KERNEL + 0x20000, 0x100000, 0x1000, Permissions(True, False, True),
-                     ("G",))  # fmt: skip
-REGS = {"rip": KERNEL + 0x1234, "rsp": KERNEL + 0x18F00, "gdtr_base": KERNEL + 0x11000,
-        "gdtr_limit": 0x37, "idtr_base": KERNEL + 0x12000, "idtr_limit": 0xFFF}  # fmt: skip
+KERNEL_RANGE = Range(
+    KERNEL, KERNEL + 0x20000, 0x100000, 0x1000, Permissions(True, False, True), ("G",)
+)
+REGS = {
+    "rip": KERNEL + 0x1234,
+    "rsp": KERNEL + 0x18F00,
+    "gdtr_base": KERNEL + 0x11000,
+    "gdtr_limit": 0x37,
+    "idtr_base": KERNEL + 0x12000,
+    "idtr_limit": 0xFFF,
+}
 AREAS = protected_areas(REGS, tss_base=KERNEL + 0x13000, frames_top=KERNEL + 0x19000)
 INFO = {"system_table": 0xE8F3018, "system_table_va": 0xE8F3018, "virtual_mode": False}
 
@@ -150,10 +157,14 @@ def test_plan_maps_then_calls_set_virtual_address_map_once():
     mapped = sum(s.params[2] for s in plan.steps[:-1])
     assert mapped == 0x100000 + 0x100000 + 0x80000 + 0x400000
     assert all(len(s.writes) <= 64 for s in plan.steps[:-1])
-    assert plan.steps[-1].params == ([[0xE8F2000, 0xFFFFFFEF0E8F2000],
-                                      [0xF5EC000, 0xFFFFFFEF0F5EC000],
-                                      [0xF70C000, 0xFFFFFFEF0F70C000],
-                                      [0xFFC00000, 0xFFFFFFEFFFC00000]],)  # fmt: skip
+    assert plan.steps[-1].params == (
+        [
+            [0xE8F2000, 0xFFFFFFEF0E8F2000],
+            [0xF5EC000, 0xFFFFFFEF0F5EC000],
+            [0xF70C000, 0xFFFFFFEF0F70C000],
+            [0xFFC00000, 0xFFFFFFEFFFC00000],
+        ],
+    )
     assert "system table moves to 0xffffffef0e8f3018" in plan.steps[-1].description
 
 
@@ -176,12 +187,11 @@ def test_plan_refuses_when_the_firmware_is_not_identity_mapped():
 
 
 def test_plan_refuses_new_addresses_already_in_use():
-    squatter = Range(0xFFFFFFEF0F5EC000, 0xFFFFFFEF0F5ED000, 0x5000, 0x1000,
-                     Permissions(True, False, False), ())  # fmt: skip
+    squatter = Range(
+        0xFFFFFFEF0F5EC000, 0xFFFFFFEF0F5ED000, 0x5000, 0x1000, Permissions(True, False, False), ()
+    )
     plan = plan_efi_steps(EfiState(INFO, MAP, MEMATTR), [IDENTITY, KERNEL_RANGE, squatter], AREAS)
-    assert [(r.reason, r.address) for r in plan.refusals] == [
-        ("efi-va-in-use", 0xFFFFFFEF0F5EC000)
-    ]
+    assert [(r.reason, r.address) for r in plan.refusals] == [("efi-va-in-use", 0xFFFFFFEF0F5EC000)]
 
 
 # -- undo --------------------------------------------------------------------------------
@@ -216,8 +226,9 @@ def journal_with_svam(tmp_path, *, reply=True):
     journal = Journal.open(tmp_path / "journal.jsonl")
     journal.start_session("fake")
     entry = [[0xFFFFFFEF0E8F2000, 1, 0x5000, 0, 0xE8F2000 | 0x8000000000000003]]
-    first = journal.begin("map", [0xFFFFFFEF0E8F2000, 0xE8F2000, 0x1000, 0x1000, RW | NX],
-                          {"entries": []}, "map")  # fmt: skip
+    first = journal.begin(
+        "map", [0xFFFFFFEF0E8F2000, 0xE8F2000, 0x1000, 0x1000, RW | NX], {"entries": []}, "map"
+    )
     journal.applied(first, entry)
     svam = journal.begin(SVAM, [[[0xE8F2000, 0xFFFFFFEF0E8F2000]]], {"efi_info": INFO}, "svam")
     if reply:
@@ -250,15 +261,16 @@ def test_a_pending_call_the_firmware_never_saw_does_not_pin(tmp_path):
 
 
 def test_after_the_call_the_runtime_regions_may_not_lose_their_mapping():
-    from inspector.remap.plan import Protected, check_change
+    from kinspect.inspector.remap.plan import Protected, check_change
 
     areas = [Protected("efi-runtime", 0xFFFFFFEF0E8F2000, 0xFFFFFFEF0E9F2000)]
     (refusal,) = check_change(areas, 0xFFFFFFEF0E8F3000, 0xFFFFFFEF0E8F4000, unmaps=True)
     assert (refusal.reason, refusal.address) == ("efi-runtime", 0xFFFFFFEF0E8F3000)
     assert "SetVirtualAddressMap" in refusal.message
     # Its permissions are the kernel's to choose: read-only or NX is not refused.
-    assert not check_change(areas, 0xFFFFFFEF0E8F3000, 0xFFFFFFEF0E8F4000, unmaps=False,
-                            removes_w=True, removes_x=True)  # fmt: skip
+    assert not check_change(
+        areas, 0xFFFFFFEF0E8F3000, 0xFFFFFFEF0E8F4000, unmaps=False, removes_w=True, removes_x=True
+    )
 
 
 def test_the_maps_share_their_page_tables_and_the_plan_counts_each_once():

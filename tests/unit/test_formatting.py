@@ -4,9 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from inspector.formatting import format_ranges, format_register, format_size, format_translation
-from inspector.x86.control import PagingMode, decode_cr0, decode_cr3, decode_rflags
-from inspector.x86.paging import coalesce_ranges, collect_address_space, translate
+from kinspect.inspector.formatting import (
+    format_ranges,
+    format_register,
+    format_size,
+    format_translation,
+)
+from kinspect.inspector.x86.control import PagingMode, decode_cr0, decode_cr3, decode_rflags
+from kinspect.inspector.x86.paging import coalesce_ranges, collect_address_space, translate
 from tests.unit.ptbuilder import NX, RW, US, A, D, G, P, PageTables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,11 +90,12 @@ def test_decoders_and_formatting_import_no_io_or_ui():
     """The pure layer must not pull in transports, GDB or Textual."""
     code = (
         "import sys\n"
-        "import inspector.formatting, inspector.x86.flags, inspector.x86.control, "
-        "inspector.x86.paging\n"
+        "import kinspect.inspector.formatting, kinspect.inspector.x86.flags, "
+        "kinspect.inspector.x86.control, "
+        "kinspect.inspector.x86.paging\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in "
-        "('socket', 'pygdbmi', 'textual', 'protocols', 'subprocess', 'asyncio')"
-        " or m.startswith('inspector.targets')]\n"
+        "('socket', 'pygdbmi', 'textual', 'subprocess', 'asyncio')"
+        " or m.startswith(('kinspect.inspector.targets', 'kinspect.protocols'))]\n"
         "print(','.join(sorted(bad)))\n"
     )
     out = subprocess.run(

@@ -9,9 +9,9 @@ Breakpoint Information).
 import pytest
 from pygdbmi.gdbmiparser import parse_response
 
-from inspector.errors import ProtocolError
-from inspector.targets.base import Breakpoint
-from inspector.targets.gdb import decode_break_table
+from kinspect.inspector.errors import ProtocolError
+from kinspect.inspector.targets.base import Breakpoint
+from kinspect.inspector.targets.gdb import decode_break_table
 
 HDR = (
     'hdr=[{width="7",alignment="-1",col_name="number",colhdr="Num"},'
@@ -124,8 +124,8 @@ def test_malformed_tables_are_protocol_errors(payload):
 
 
 def test_a_target_that_cannot_break_lists_none_and_cannot_delete():
-    from inspector.errors import TargetError
-    from inspector.session import Session
+    from kinspect.inspector.errors import TargetError
+    from kinspect.inspector.session import Session
     from tests.unit.test_target_run_control import Quiet
 
     session = Session(Quiet())

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from protocols.gdbmi import MiClosed, MiError, MiSession, MiTimeout, mi_quote
+from kinspect.protocols.gdbmi import MiClosed, MiError, MiSession, MiTimeout, mi_quote
 
 
 @pytest.fixture

@@ -8,16 +8,16 @@ import sys
 import pytest
 
 HEADLESS = [
-    "inspector.api",
-    "inspector.cli",
-    "inspector.session",
-    "inspector.targets.gdb",
-    "inspector.targets.qemu",
-    "inspector.x86.paging",
-    "protocols.gdbmi",
-    "protocols.qmp",
-    "tui.link",  # the TUI's own pure parts
-    "tui.model",
+    "kinspect.inspector.api",
+    "kinspect.inspector.cli",
+    "kinspect.inspector.session",
+    "kinspect.inspector.targets.gdb",
+    "kinspect.inspector.targets.qemu",
+    "kinspect.inspector.x86.paging",
+    "kinspect.protocols.gdbmi",
+    "kinspect.protocols.qmp",
+    "kinspect.tui.link",  # the TUI's own pure parts
+    "kinspect.tui.model",
 ]
 
 
@@ -33,8 +33,9 @@ def test_headless_module_does_not_import_textual(module):
 
 def test_protocols_import_nothing_of_ours():
     code = (
-        "import sys, protocols.gdbmi, protocols.qmp; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('inspector', 'tui')))"
+        "import sys, kinspect.protocols.gdbmi, kinspect.protocols.qmp; "
+        "print(sorted(m for m in sys.modules"
+        " if m.startswith(('kinspect.inspector', 'kinspect.tui'))))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60

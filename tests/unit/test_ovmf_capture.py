@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from inspector.x86.control import decode_paging_mode
-from inspector.x86.paging import coalesce_ranges, collect_address_space, translate
+from kinspect.inspector.x86.control import decode_paging_mode
+from kinspect.inspector.x86.paging import coalesce_ranges, collect_address_space, translate
 from tests.qemu_view import capture_reader, tlb_flags
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "ovmf"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from inspector.errors import DecodeError
-from inspector.targets.base import DescriptorTableRegister, SegmentRegister
-from inspector.targets.qemu_text import (
+from kinspect.inspector.errors import DecodeError
+from kinspect.inspector.targets.base import DescriptorTableRegister, SegmentRegister
+from kinspect.inspector.targets.qemu_text import (
     decode_info_mem,
     decode_info_registers,
     decode_info_tlb,

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from protocols.agent_client import AgentClient, AgentRemoteError
+from kinspect.protocols.agent_client import AgentClient, AgentRemoteError
 
 from .agent_host import AGENT_DIR, CODEC, FLAGS, TESTS_DIR, HostAgent, host_tools, write_image
 from .ptbuilder import NX, RW, US, P, PageTables
@@ -126,8 +126,11 @@ def test_memory_writes_exist_only_when_the_host_builds_them_in(agent, tmp_path):
     gcc = shutil.which("gcc")
     binary = tmp_path / "host_agent_writes"
     sources = [str(TESTS_DIR / "host_agent.c")] + [str(AGENT_DIR / s) for s in ("agent.c", *CODEC)]
-    subprocess.run([gcc, *FLAGS, "-DAGENT_ENABLE_MEMORY_WRITES", *sources, "-o", str(binary)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [gcc, *FLAGS, "-DAGENT_ENABLE_MEMORY_WRITES", *sources, "-o", str(binary)],
+        check=True,
+        capture_output=True,
+    )
     pt = PageTables(4)
     pt.memory.ram_size = 1 << 30
     image = tmp_path / "image-writes"

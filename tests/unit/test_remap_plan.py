@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from inspector.remap.journal import Journal
-from inspector.remap.plan import (
+from kinspect.inspector.remap.journal import Journal
+from kinspect.inspector.remap.plan import (
     FLAG_BITS,
     Expectation,
     parse_flags,
@@ -19,20 +19,33 @@ from inspector.remap.plan import (
     protected_areas,
     verify_expectations,
 )
-from inspector.x86.paging import Permissions, Range
+from kinspect.inspector.x86.paging import Permissions, Range
 
 RW, NX = FLAG_BITS["RW"], FLAG_BITS["NX"]
 KERNEL = 0xFFFFFFFF80100000
 RANGES = [
     Range(0x1000, 0x200000, 0x1000, 0x1000, Permissions(True, False, True), ()),
     Range(KERNEL, KERNEL + 0x10000, 0x100000, 0x1000, Permissions(False, False, True), ("G",)),
-    Range(KERNEL + 0x10000, KERNEL + 0x20000, 0x110000, 0x1000,
-          Permissions(True, False, False), ("G",)),
-]  # fmt: skip
-REGS = {"rip": KERNEL + 0x1234, "rsp": KERNEL + 0x18F00, "gdtr_base": KERNEL + 0x11000,
-        "gdtr_limit": 0x37, "idtr_base": KERNEL + 0x12000, "idtr_limit": 0xFFF}  # fmt: skip
-AREAS = protected_areas(REGS, tss_base=KERNEL + 0x13000, frames_top=KERNEL + 0x19000,
-                        table_aliases=[KERNEL + 0x14000])  # fmt: skip
+    Range(
+        KERNEL + 0x10000,
+        KERNEL + 0x20000,
+        0x110000,
+        0x1000,
+        Permissions(True, False, False),
+        ("G",),
+    ),
+]
+REGS = {
+    "rip": KERNEL + 0x1234,
+    "rsp": KERNEL + 0x18F00,
+    "gdtr_base": KERNEL + 0x11000,
+    "gdtr_limit": 0x37,
+    "idtr_base": KERNEL + 0x12000,
+    "idtr_limit": 0xFFF,
+}
+AREAS = protected_areas(
+    REGS, tss_base=KERNEL + 0x13000, frames_top=KERNEL + 0x19000, table_aliases=[KERNEL + 0x14000]
+)
 
 
 def test_parse_flags_by_sdm_names():
@@ -101,13 +114,16 @@ def test_journal_keeps_states_across_processes_and_finds_orphans(tmp_path):
     path = tmp_path / "j.jsonl"
     # A step applied by another process that is gone now: an orphan.
     script = (
-        "import sys; from inspector.remap.journal import Journal;"
+        "import sys; from kinspect.inspector.remap.journal import Journal;"
         "j = Journal.open(sys.argv[1]); j.start_session('t');"
         "s = j.begin('map', [1, 2], {'entries': [[1, 4, 0]]}, 'one');"
         "j.applied(s, [[1, 4, 8, 0, 7]]); j.begin('unmap', [1], {'entries': []}, 'two')"
     )
-    subprocess.run([sys.executable, "-c", script, str(path)], check=True,
-                   cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
     with open(path, "a") as f:
         f.write('{"kind": "step", "seq": 9, "sta')  # torn by a crash mid-write: ignored
     j = Journal.open(path)
@@ -127,13 +143,16 @@ def test_journal_keeps_states_across_processes_and_finds_orphans(tmp_path):
 def test_a_session_that_ended_leaves_open_steps_but_no_orphans(tmp_path):
     path = tmp_path / "j.jsonl"
     script = (
-        "import sys; from inspector.remap.journal import Journal;"
+        "import sys; from kinspect.inspector.remap.journal import Journal;"
         "j = Journal.open(sys.argv[1]); j.start_session('t');"
         "s = j.begin('map', [1], {'entries': []}, 'one'); j.applied(s, []);"
         "assert j.end_session()"
     )
-    subprocess.run([sys.executable, "-c", script, str(path)], check=True,
-                   cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
     j = Journal.open(path)
     j.start_session("t")
     assert [s.seq for s in j.open_steps()] == [1]
@@ -144,8 +163,9 @@ def test_a_session_that_ended_leaves_open_steps_but_no_orphans(tmp_path):
 
 
 def test_move_keeps_page_sizes_and_flags_and_drops_the_old_last():
-    ranges = [Range(0x40000000, 0x40400000, 0x800000, 1 << 21, Permissions(True, False, False),
-                    ("G",))]  # fmt: skip
+    ranges = [
+        Range(0x40000000, 0x40400000, 0x800000, 1 << 21, Permissions(True, False, False), ("G",))
+    ]
     plan = plan_move(ranges, [], 0x40000000, 0x400000, 0x80000000, drop_old=True)
     assert [s.method for s in plan.steps] == ["map", "unmap"]
     assert plan.steps[0].params == (
@@ -162,12 +182,16 @@ def test_move_keeps_page_sizes_and_flags_and_drops_the_old_last():
 
 
 def test_range_index_finds_what_reaches_into_a_query():
-    from inspector.remap.plan import RangeIndex
+    from kinspect.inspector.remap.plan import RangeIndex
 
     perm = Permissions(True, False, False)
-    index = RangeIndex([Range(0x5000, 0x6000, 0x5000, 0x1000, perm, ()),
-                        Range(0x1000, 0x3000, 0x1000, 0x1000, perm, ()),
-                        Range(0x3000, 0x4000, 0x9000, 0x1000, perm, ())])  # fmt: skip
+    index = RangeIndex(
+        [
+            Range(0x5000, 0x6000, 0x5000, 0x1000, perm, ()),
+            Range(0x1000, 0x3000, 0x1000, 0x1000, perm, ()),
+            Range(0x3000, 0x4000, 0x9000, 0x1000, perm, ()),
+        ]
+    )
     starts = lambda a, b: [r.start for r in index.overlapping(a, b)]  # noqa: E731
     assert starts(0x2000, 0x2001) == [0x1000]  # starts before the query, reaches into it
     assert starts(0x2FFF, 0x5001) == [0x1000, 0x3000, 0x5000]

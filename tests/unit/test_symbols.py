@@ -3,8 +3,8 @@ binutils' addr2line in tests/integration/test_backtrace.py)."""
 
 import pytest
 
-from inspector.errors import InspectorError
-from inspector.symbols import LineTable, SourceLine, Symbol, SymbolTable
+from kinspect.inspector.errors import InspectorError
+from kinspect.inspector.symbols import LineTable, SourceLine, Symbol, SymbolTable
 
 A = SourceLine("demo/work.c", "/src/demo/work.c", 16)
 B = SourceLine("demo/work.c", "/src/demo/work.c", 18)
@@ -36,8 +36,11 @@ def test_addr2sym_prefers_functions_and_gives_offsets():
     assert TABLE.addr2sym(0x2004).symbol == "stub"  # unsized label covers what follows
     assert TABLE.addr2sym(0x3008).symbol is None  # past the object's size
     assert TABLE.addr2sym(0x3008).to_dict() == {
-        "address": 0x3008, "symbol": None, "offset": 0, "line": None,
-    }  # fmt: skip
+        "address": 0x3008,
+        "symbol": None,
+        "offset": 0,
+        "line": None,
+    }
 
 
 def test_slide_shifts_names_lines_and_lookups():

@@ -3,9 +3,9 @@ agent) never reports a stop, and says it cannot step or break; a stub's records 
 
 import pytest
 
-from inspector.errors import TargetError
-from inspector.session import Session
-from inspector.targets.base import SystemRegisters, Target
+from kinspect.inspector.errors import TargetError
+from kinspect.inspector.session import Session
+from kinspect.inspector.targets.base import SystemRegisters, Target
 
 
 class Quiet(Target):

@@ -2,10 +2,10 @@
 
 import struct
 
-from inspector.dwarf import CfiTable, parse_cfi
-from inspector.errors import FaultError
-from inspector.symbols import Symbol, SymbolTable
-from inspector.unwind import unwind
+from kinspect.inspector.dwarf import CfiTable, parse_cfi
+from kinspect.inspector.errors import FaultError
+from kinspect.inspector.symbols import Symbol, SymbolTable
+from kinspect.inspector.unwind import unwind
 
 from .cfibuilder import (
     EhFrame,
@@ -45,8 +45,12 @@ def build_cfi() -> CfiTable:
     std = eh.cie(def_cfa(RSP, 8) + offset(RIP, -8))
     eh.fde(std, LEAF, LEAF + 0x40)
     # push %rbp; mov %rsp,%rbp at MID
-    eh.fde(std, MID, MID + 0x40, advance(1) + def_cfa_offset(16) + offset(RBP, -16)
-           + advance(3) + def_cfa_register(RBP))  # fmt: skip
+    eh.fde(
+        std,
+        MID,
+        MID + 0x40,
+        advance(1) + def_cfa_offset(16) + offset(RBP, -16) + advance(3) + def_cfa_register(RBP),
+    )
     eh.fde(std, TOP, TOP + 0x40, undefined(RIP))
     eh.fde(std, VICTIM, VICTIM + 0x40)
     eh.fde(std, LOOPY, LOOPY + 0x40, def_cfa(RSP, 0))
@@ -109,8 +113,13 @@ def test_frame_pointer_fallback_where_no_cfi():
     sp = STACK + 0x3E00
     rbp = sp + 0x20
     mem.put(rbp, rbp + 0x40, TOP + 0x8)
-    bt = unwind(mem.read, {"rip": NOCFI + 9, "rsp": sp, "rbp": rbp}, cfi=CFI, symbols=SYMBOLS,
-                mapping=mapping)  # fmt: skip
+    bt = unwind(
+        mem.read,
+        {"rip": NOCFI + 9, "rsp": sp, "rbp": rbp},
+        cfi=CFI,
+        symbols=SYMBOLS,
+        mapping=mapping,
+    )
     assert names(bt) == ["nocfi", "top"]
     assert bt.frames[1].how == "frame-pointer" and bt.frames[0].cfa == rbp + 16
     assert bt.stop == "outermost"
@@ -118,8 +127,13 @@ def test_frame_pointer_fallback_where_no_cfi():
 
 def test_no_cfi_and_no_frame_pointer():
     mem = Memory()
-    bt = unwind(mem.read, {"rip": NOCFI, "rsp": STACK + 0x3000, "rbp": 0}, cfi=CFI, symbols=SYMBOLS,
-                mapping=mapping)  # fmt: skip
+    bt = unwind(
+        mem.read,
+        {"rip": NOCFI, "rsp": STACK + 0x3000, "rbp": 0},
+        cfi=CFI,
+        symbols=SYMBOLS,
+        mapping=mapping,
+    )
     assert names(bt) == ["nocfi"] and bt.stop == "no-unwind-info"
     assert "RBP (0x0)" in bt.reason
 
@@ -136,8 +150,9 @@ def test_crosses_a_cfi_signal_frame_to_the_interrupted_function():
     mem.put(cfa - 56, 14, 0x2)  # vector, error code (the stub's layout)
     mem.put(cfa - 40, VICTIM + 7, 0x8, 0x202, interrupted_sp, 0x10)  # the IRETQ frame
     mem.put(interrupted_sp, TOP + 0x20)
-    bt = unwind(mem.read, {"rip": LEAF + 1, "rsp": s, "rbp": 0}, cfi=CFI, symbols=SYMBOLS,
-                mapping=mapping)  # fmt: skip
+    bt = unwind(
+        mem.read, {"rip": LEAF + 1, "rsp": s, "rbp": 0}, cfi=CFI, symbols=SYMBOLS, mapping=mapping
+    )
     assert names(bt) == ["leaf", "entry", "victim", "top"]
     victim = bt.frames[2]
     assert victim.how == "interrupt" and victim.pc == VICTIM + 7 and victim.sp == interrupted_sp
@@ -166,23 +181,36 @@ def test_pc_at_an_idt_handler_entry_uses_the_cpu_frame():
     s = STACK + 0x3B00
     mem.put(s, 0x2, VICTIM + 3, 0x8, 0x46, STACK + 0x3C00, 0x0)  # error code, then IRETQ frame
     mem.put(STACK + 0x3C00, TOP + 1)
-    bt = unwind(mem.read, {"rip": HANDLER, "rsp": s}, cfi=CFI, symbols=SYMBOLS, mapping=mapping,
-                idt_handlers={HANDLER: 14})  # fmt: skip
+    bt = unwind(
+        mem.read,
+        {"rip": HANDLER, "rsp": s},
+        cfi=CFI,
+        symbols=SYMBOLS,
+        mapping=mapping,
+        idt_handlers={HANDLER: 14},
+    )
     assert names(bt) == ["handler", "victim", "top"]
     frame = bt.frames[1].interrupt
     assert frame.vector == 14 and frame.error_code == 0x2 and frame.address == s + 8
     assert "vector 14 (#PF)" in str(frame)
     # #BP pushes no error code: the frame starts at RSP
     mem.put(s, VICTIM + 3, 0x8, 0x46, STACK + 0x3C00, 0x0)
-    bt = unwind(mem.read, {"rip": HANDLER, "rsp": s}, cfi=CFI, symbols=SYMBOLS, mapping=mapping,
-                idt_handlers={HANDLER: 3})  # fmt: skip
+    bt = unwind(
+        mem.read,
+        {"rip": HANDLER, "rsp": s},
+        cfi=CFI,
+        symbols=SYMBOLS,
+        mapping=mapping,
+        idt_handlers={HANDLER: 3},
+    )
     assert bt.frames[1].interrupt.error_code is None and bt.frames[1].pc == VICTIM + 3
 
 
 def test_stack_in_a_guard_page_stops_and_says_so():
     mem = Memory()
-    bt = unwind(mem.read, {"rip": LEAF, "rsp": STACK - 0x10}, cfi=CFI, symbols=SYMBOLS,
-                mapping=mapping)  # fmt: skip
+    bt = unwind(
+        mem.read, {"rip": LEAF, "rsp": STACK - 0x10}, cfi=CFI, symbols=SYMBOLS, mapping=mapping
+    )
     assert len(bt.frames) == 1 and bt.frames[0].mapping is None
     assert bt.stop == "unmapped-stack" and "stack_guard+0xff0" in bt.reason
 
@@ -206,8 +234,14 @@ def test_depth_limit():
     sp = STACK + 0x2000
     for i in range(200):
         mem.put(sp + 8 * i, VICTIM + 5)
-    bt = unwind(mem.read, {"rip": VICTIM + 5, "rsp": sp}, cfi=CFI, symbols=SYMBOLS,
-                mapping=mapping, max_depth=10)  # fmt: skip
+    bt = unwind(
+        mem.read,
+        {"rip": VICTIM + 5, "rsp": sp},
+        cfi=CFI,
+        symbols=SYMBOLS,
+        mapping=mapping,
+        max_depth=10,
+    )
     assert bt.stop == "depth-limit" and len(bt.frames) == 10
 
 

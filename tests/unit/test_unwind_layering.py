@@ -8,12 +8,20 @@ import sys
 
 import pytest
 
-FORBIDDEN = ("protocols", "pygdbmi", "textual", "inspector.session", "inspector.targets.gdb",
-             "inspector.targets.qemu", "inspector.targets.agent")  # fmt: skip
+FORBIDDEN = (
+    "kinspect.protocols",
+    "pygdbmi",
+    "textual",
+    "kinspect.inspector.session",
+    "kinspect.inspector.targets.gdb",
+    "kinspect.inspector.targets.qemu",
+    "kinspect.inspector.targets.agent",
+)
 
 
 @pytest.mark.parametrize(
-    "module", ["inspector.unwind", "inspector.dwarf", "inspector.x86.descriptors"]
+    "module",
+    ["kinspect.inspector.unwind", "kinspect.inspector.dwarf", "kinspect.inspector.x86.descriptors"],
 )
 def test_pure_layers_load_no_target(module):
     code = (

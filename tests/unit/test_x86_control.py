@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from inspector.errors import InspectorError
-from inspector.x86 import control
-from inspector.x86.control import (
+from kinspect.inspector.errors import InspectorError
+from kinspect.inspector.x86 import control
+from kinspect.inspector.x86.control import (
     decode_cr0,
     decode_cr3,
     decode_cr4,
@@ -184,7 +184,7 @@ def test_legacy_modes_are_marked_not_long_mode():
 
 
 def test_walker_refuses_paging_off():
-    from inspector.x86.paging import translate, walk_page_tables
+    from kinspect.inspector.x86.paging import translate, walk_page_tables
 
     mode = decode_paging_mode(0x11, 0, 0)
     with pytest.raises(InspectorError, match="paging is off"):

@@ -1,4 +1,4 @@
-from inspector.x86.flags import BitField, fields_mask, format_flags
+from kinspect.inspector.x86.flags import BitField, fields_mask, format_flags
 
 CR0_LIKE = (
     BitField("PE", 0),

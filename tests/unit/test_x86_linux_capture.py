@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from inspector.x86.control import decode_cr0, decode_cr4, decode_efer, decode_paging_mode
-from inspector.x86.paging import (
+from kinspect.inspector.x86.control import decode_cr0, decode_cr4, decode_efer, decode_paging_mode
+from kinspect.inspector.x86.paging import (
     Leaf,
     coalesce_ranges,
     collect_address_space,
@@ -61,7 +61,6 @@ def mode():
 @pytest.fixture(scope="module")
 def space(read_physical, mode):
     return collect_address_space(read_physical, CR3, mode)
-
 
 
 def test_registers_agree_with_the_capture():

@@ -3,7 +3,7 @@ import struct
 
 import pytest
 
-from inspector.x86.paging import PageTableEntry, decode_entry, decode_table
+from kinspect.inspector.x86.paging import PageTableEntry, decode_entry, decode_table
 
 
 def test_pte_with_nx_at_bit_63():

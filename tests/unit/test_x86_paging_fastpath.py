@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-from inspector.x86.control import PagingMode
-from inspector.x86.paging import (
+from kinspect.inspector.x86.control import PagingMode
+from kinspect.inspector.x86.paging import (
     Leaf,
     WalkProblem,
     coalesce_ranges,

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from inspector.x86.control import PagingMode
-from inspector.x86.paging import (
+from kinspect.inspector.x86.control import PagingMode
+from kinspect.inspector.x86.paging import (
     Leaf,
     Permissions,
     Range,
@@ -425,7 +425,7 @@ def test_records_serialize_to_json_with_int_values():
 
 
 def test_reprs_read_like_constructors_in_hex():
-    from inspector.x86 import paging
+    from kinspect.inspector.x86 import paging
 
     pt = PageTables()
     pt.map(0xFFFFFFFF81000000, 0x1000000, MiB2, P | G)

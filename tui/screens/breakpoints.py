@@ -20,7 +20,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from inspector.targets.base import Breakpoint
+from kinspect.inspector.targets.base import Breakpoint
 
 __all__ = ["BreakpointsScreen", "breakpoint_row"]
 

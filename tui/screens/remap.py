@@ -39,7 +39,7 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
-from inspector.remap.efi import IRREVERSIBLE, SVAM
+from kinspect.inspector.remap.efi import IRREVERSIBLE, SVAM
 
 __all__ = ["CHECKBOXES", "FORMS", "RemapScreen", "format_plan", "format_reports"]
 

@@ -16,8 +16,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Checkbox, DataTable, Static
 
-from inspector.efi.memmap import MemoryAttributesTable, MemoryMap, format_attributes
-from inspector.formatting import format_size
+from kinspect.inspector.efi.memmap import MemoryAttributesTable, MemoryMap, format_attributes
+from kinspect.inspector.formatting import format_size
 
 from ..model import (
     ADDED,

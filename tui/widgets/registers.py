@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from inspector.formatting import format_register
+from kinspect.inspector.formatting import format_register
 
 from ..link import RegisterSnapshot
 from .text import render_plain
@@ -18,11 +18,36 @@ from .text import render_plain
 __all__ = ["RegistersView"]
 
 GENERAL = (
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-    "rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs",
-    "fs_base", "gs_base", "k_gs_base", "cr2", "cr8",
-)  # fmt: skip
+    "rax",
+    "rbx",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "rbp",
+    "rsp",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+    "rip",
+    "rflags",
+    "cs",
+    "ss",
+    "ds",
+    "es",
+    "fs",
+    "gs",
+    "fs_base",
+    "gs_base",
+    "k_gs_base",
+    "cr2",
+    "cr8",
+)
 CHANGED_STYLE = "bold black on yellow"
 
 

@@ -10,7 +10,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from inspector.unwind import Backtrace, Frame
+from kinspect.inspector.unwind import Backtrace, Frame
 
 __all__ = ["StackView", "source_excerpt"]
 

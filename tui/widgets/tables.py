@@ -10,8 +10,8 @@ from textual.message import Message
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from inspector.formatting import format_size
-from inspector.x86.paging import LEVEL_NAMES, PageTableEntry, canonicalize
+from kinspect.inspector.formatting import format_size
+from kinspect.inspector.x86.paging import LEVEL_NAMES, PageTableEntry, canonicalize
 
 __all__ = ["TableTree", "TableSpot"]
 

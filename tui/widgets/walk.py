@@ -6,8 +6,8 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
-from inspector.formatting import format_size
-from inspector.x86.paging import Translation
+from kinspect.inspector.formatting import format_size
+from kinspect.inspector.x86.paging import Translation
 
 __all__ = ["WalkView"]
 
