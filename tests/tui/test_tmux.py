@@ -60,7 +60,7 @@ class Tmux:
 def test_a_person_at_a_terminal(qemu, demo_kernel):  # noqa: F811
     command = (
         f"cd {ROOT} && unset COLUMNS LINES"  # the real pane's size, not the caller's
-        f" && {sys.executable} -m inspector.cli --target {qemu.gdb_endpoint}"
+        f" && {sys.executable} -m kinspect.inspector.cli --target {qemu.gdb_endpoint}"
         f" --elf {demo_kernel} tui; echo KINSPECT-EXIT=$?; sleep 30"
     )
     tmux = Tmux(command)
