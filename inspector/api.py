@@ -145,6 +145,7 @@ def launch_demo(
     append: str | None = None,
     uefi: bool = False,
     cpu_flags: Sequence[str] = (),
+    smp: int = 1,
 ) -> QemuInstance:
     """Boot the demo kernel in QEMU and wait until it says it is ready.
 
@@ -157,6 +158,7 @@ def launch_demo(
     the firmware takes 5-6 s under TCG, so give ``timeout`` room.
     ``cpu_flags`` add to QEMU's ``-cpu qemu64,+pdpe1gb``: with ``("+la57",)`` and
     ``append="la57"`` the kernel runs with 5-level paging.
+    ``smp`` CPUs: the demo kernel brings up each AP with a GDT, TSS and stacks of its own.
     """
     if uefi:
         if not DEMO_UEFI.is_file():
@@ -172,6 +174,7 @@ def launch_demo(
             serial=serial,
             uefi=True,
             cpu_flags=cpu_flags,
+            smp=smp,
         )
     if not DEMO_KERNEL.is_file():
         raise TargetError(f"the demo kernel is not built ({DEMO_KERNEL}); run `make kernel`")
@@ -183,6 +186,7 @@ def launch_demo(
         serial=serial,
         extra_args=extra,
         cpu_flags=cpu_flags,
+        smp=smp,
     )
 
 

@@ -56,6 +56,8 @@ class QemuConfig:
     #: boot ``kernel`` as a UEFI application (BOOTX64.EFI) through OVMF on q35,
     #: from a FAT drive QEMU makes of a directory in the workdir, instead of PVH
     uefi: bool = False
+    #: CPUs (QEMU -smp); the demo kernel brings up every one of them
+    smp: int = 1
     ovmf_code: Path = OVMF_CODE
     ovmf_vars: Path = OVMF_VARS
 
@@ -122,32 +124,23 @@ class QemuInstance:
             raise TargetError(
                 f"{config.qemu} was not found; install it (apt-get install qemu-system-x86)"
             )
-        # fmt: off  (option and value on one line, as a QEMU command line reads)
+        # each option with its value, as a QEMU command line reads
         args = [
             binary,
-            "-accel",
-            config.accel,
-            "-cpu",
-            config.cpu,
-            "-m",
-            config.memory,
+            *("-accel", config.accel),
+            *("-cpu", config.cpu),
+            *("-m", config.memory),
+            *("-smp", str(config.smp)),
             *(self._uefi_args() if config.uefi else ("-kernel", str(config.kernel))),
-            "-display",
-            "none",
+            *("-display", "none"),
             "-no-reboot",
             "-nodefaults",
-            "-monitor",
-            "none",
-            "-chardev",
-            self._serial_chardev(),
-            "-serial",
-            "chardev:serial0",
-            "-qmp",
-            f"unix:{self.qmp_socket},server=on,wait=off",
-            "-gdb",
-            f"unix:{self.gdb_socket},server=on,wait=off",
+            *("-monitor", "none"),
+            *("-chardev", self._serial_chardev()),
+            *("-serial", "chardev:serial0"),
+            *("-qmp", f"unix:{self.qmp_socket},server=on,wait=off"),
+            *("-gdb", f"unix:{self.gdb_socket},server=on,wait=off"),
         ]
-        # fmt: on
         if config.stopped:
             args.append("-S")
         args.extend(config.extra_args)
@@ -165,18 +158,12 @@ class QemuInstance:
         boot.mkdir(parents=True, exist_ok=True)
         if config.kernel is not None:
             shutil.copyfile(config.kernel, boot / "BOOTX64.EFI")
-        # fmt: off  (option and value on one line, as a QEMU command line reads)
         return [
-            "-machine",
-            "q35",
-            "-drive",
-            f"if=pflash,format=raw,unit=0,readonly=on,file={config.ovmf_code}",
-            "-drive",
-            f"if=pflash,format=raw,unit=1,file={vars_copy}",
-            "-drive",
-            f"file=fat:rw:{self.workdir / 'esp'},format=raw",
+            *("-machine", "q35"),
+            *("-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={config.ovmf_code}"),
+            *("-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"),
+            *("-drive", f"file=fat:rw:{self.workdir / 'esp'},format=raw"),
         ]
-        # fmt: on
 
     def start(self, *, timeout: float = 10.0) -> None:
         """Start QEMU and wait until its QMP socket answers."""
@@ -297,12 +284,14 @@ def launch_qemu(
     serial: str = "unix",
     uefi: bool = False,
     cpu_flags: Sequence[str] = (),
+    smp: int = 1,
 ) -> QemuInstance:
     """Boot ``kernel`` (a UEFI application if ``uefi``) and wait for its ready line on serial.
 
     With ``uefi`` and no ``kernel`` the ESP is empty: OVMF ends in its UEFI shell
     (``ready_marker="Shell> "``), still on the firmware's own page tables.
     ``cpu_flags`` are added to ``DEFAULT_CPU``: ``("+la57",)`` gives the CPU 5-level paging.
+    ``smp`` is the number of CPUs (the demo kernel brings up all of them).
     """
     instance = QemuInstance(
         QemuConfig(
@@ -312,6 +301,7 @@ def launch_qemu(
             serial=serial,
             uefi=uefi,
             cpu=",".join((DEFAULT_CPU, *cpu_flags)),
+            smp=smp,
         )
     )
     instance.start(timeout=min(timeout, 10.0))

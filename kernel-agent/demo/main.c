@@ -8,12 +8,14 @@
 #include "efi.h"
 #include "idt.h"
 #include "kprintf.h"
+#include "lapic.h"
 #include "layout.h"
 #include "memmap.h"
 #include "paging.h"
 #include "pic.h"
 #include "pvh.h"
 #include "serial.h"
+#include "smp.h"
 #include "work.h"
 #include "x86.h"
 
@@ -131,10 +133,11 @@ void kernel_main(uint32_t start_info_paddr)
 	idt_init();
 	pic_init();
 	if (uefi) {
-		efi_lapic_virtual_wire();
+		lapic_virtual_wire();
 		efi_fpu_init();
 	}
 	pit_init(PIT_HZ);
+	smp_init(uefi); /* QEMU -smp N: the APs, each with its own GDT, TSS and stacks */
 
 	if (low_half) {
 		enter_low_half();

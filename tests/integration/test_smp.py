@@ -1,0 +1,97 @@
+"""The demo kernel on several CPUs (``-smp N``), checked against QEMU's own view.
+
+Each AP comes up through the real-mode trampoline with a GDT, a TSS and a
+kernel stack of its own, and says where they are on the console. QEMU's
+``info registers -a`` (stopped, every CPU) must show exactly those: per CPU its
+GDT base, TR base, RSP inside its own stack, the kernel's CR3, long mode.
+CPU 0 keeps the BSP's ``kernel_gdt`` and ``kernel_tss`` (by ``nm``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from kinspect.inspector import api
+from tests.integration.conftest import demo_kernel  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+CPUS = 4
+_ONLINE = re.compile(
+    r"cpu (\d+) online: APIC ID (\d+), GDT (0x[0-9a-f]+), TSS (0x[0-9a-f]+), "
+    r"stack (0x[0-9a-f]+)-(0x[0-9a-f]+)"
+)
+
+
+def _nm(kernel: str) -> dict[str, int]:
+    out = subprocess.run(["nm", kernel], capture_output=True, text=True, check=True).stdout
+    return {f[2]: int(f[0], 16) for f in (line.split() for line in out.splitlines()) if len(f) == 3}
+
+
+def _per_cpu(text: str) -> dict[int, dict[str, int]]:
+    """QEMU's ``info registers -a``, parsed here apart from kinspect's own parser."""
+    cpus: dict[int, dict[str, int]] = {}
+    text = text.replace("\r\n", "\n")
+    for number, body in re.findall(r"^CPU#(\d+)\n(.*?)(?=^CPU#|\Z)", text, re.M | re.S):
+        regs = {k: int(v, 16) for k, v in re.findall(r"\b(RIP|RSP|CR3|CR4|EFER)=([0-9a-f]+)", body)}
+        regs["GDT"] = int(re.search(r"^GDT=\s+([0-9a-f]+)", body, re.M).group(1), 16)
+        regs["IDT"] = int(re.search(r"^IDT=\s+([0-9a-f]+)", body, re.M).group(1), 16)
+        regs["TR"] = int(re.search(r"^TR =\S+ ([0-9a-f]+)", body, re.M).group(1), 16)
+        regs["CS"] = int(re.search(r"^CS =([0-9a-f]{4})", body, re.M).group(1), 16)
+        cpus[int(number)] = regs
+    return cpus
+
+
+@pytest.fixture(scope="module")
+def smp_qemu(demo_kernel):  # noqa: F811
+    instance = api.launch_demo(smp=CPUS)
+    try:
+        instance.wait_for_serial(f"smp: {CPUS} cpus online", timeout=30)
+        yield instance
+    finally:
+        instance.stop()
+
+
+def test_every_cpu_runs_on_its_own_gdt_tss_and_stack(smp_qemu, demo_kernel):  # noqa: F811
+    console = smp_qemu.serial_output()
+    online = {int(m[0]): m for m in _ONLINE.findall(console)}
+    assert sorted(online) == list(range(1, CPUS))
+    symbols = _nm(demo_kernel)
+
+    smp_qemu.monitor("stop")
+    try:
+        cpus = _per_cpu(smp_qemu.monitor("info registers -a"))
+    finally:
+        smp_qemu.monitor("cont")
+
+    assert sorted(cpus) == list(range(CPUS))
+    assert cpus[0]["GDT"] == symbols["kernel_gdt"]
+    assert cpus[0]["TR"] == symbols["kernel_tss"]
+    for n in range(1, CPUS):
+        _, apic, gdt, tss, stack_low, stack_high = online[n]
+        assert int(apic) == n
+        assert cpus[n]["GDT"] == int(gdt, 16)
+        assert cpus[n]["TR"] == int(tss, 16)
+        assert int(stack_low, 16) <= cpus[n]["RSP"] < int(stack_high, 16)
+    for regs in cpus.values():
+        assert regs["CR3"] == cpus[0]["CR3"]  # one kernel, one set of tables
+        assert regs["IDT"] == symbols["kernel_idt"]  # shared
+        assert regs["CS"] == 0x08 and regs["EFER"] & 0x500 == 0x500  # LME and LMA: long mode
+        assert regs["RIP"] >> 31 == 0x1FFFFFFFF  # in the kernel image (the higher half)
+    assert len({r["GDT"] for r in cpus.values()}) == CPUS
+    assert len({r["TR"] for r in cpus.values()}) == CPUS
+
+
+def test_five_level_paging_reaches_the_aps(demo_kernel):  # noqa: F811
+    """CR4.LA57 can only be set before paging: the trampoline takes the BSP's CR4."""
+    with api.launch_demo(smp=2, append="la57", cpu_flags=("+la57",)) as qemu:
+        qemu.wait_for_serial("smp: 2 cpus online", timeout=30)
+        qemu.monitor("stop")
+        cpus = _per_cpu(qemu.monitor("info registers -a"))
+    assert sorted(cpus) == [0, 1]
+    for regs in cpus.values():
+        assert regs["CR4"] & (1 << 12)  # CR4.LA57
+        assert regs["CR3"] == cpus[0]["CR3"]
