@@ -46,6 +46,14 @@ void lapic_send_ipi(uint32_t apic_id, uint32_t icr_low)
 		__asm__ volatile("pause");
 }
 
+void lapic_send_ipi_others(uint8_t vector)
+{
+	lapic_write(LAPIC_ICR_HIGH, 0);
+	lapic_write(LAPIC_ICR_LOW, LAPIC_ICR_ALL_BUT_SELF | LAPIC_ICR_ASSERT | vector);
+	while (lapic_read(LAPIC_ICR_LOW) & LAPIC_ICR_PENDING)
+		__asm__ volatile("pause");
+}
+
 void lapic_eoi(void)
 {
 	lapic_write(LAPIC_EOI, 0);

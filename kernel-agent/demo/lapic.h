@@ -21,6 +21,7 @@
 #define LAPIC_ICR_ASSERT (1u << 14)
 #define LAPIC_ICR_INIT (5u << 8)
 #define LAPIC_ICR_STARTUP (6u << 8)
+#define LAPIC_ICR_ALL_BUT_SELF (3u << 18)	/* destination shorthand */
 #define LAPIC_LVT_MASKED (1u << 16)
 #define LAPIC_TIMER_PERIODIC (1u << 17)
 
@@ -33,6 +34,8 @@ void lapic_enable(uint8_t spurious_vector);
 uint32_t lapic_id(void);
 /* Send an IPI (ICR low word) to one APIC ID; waits until the APIC took it. */
 void lapic_send_ipi(uint32_t apic_id, uint32_t icr_low);
+/* A fixed-vector IPI to every CPU but this one. */
+void lapic_send_ipi_others(uint8_t vector);
 void lapic_eoi(void);
 void lapic_timer_periodic(uint8_t vector, uint32_t initial_count);
 

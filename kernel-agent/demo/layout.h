@@ -44,8 +44,13 @@
 #define AP_TRAMPOLINE_PHYS 0x8000
 #define AP_STACK_SIZE 0x4000
 
-/* Local APIC vectors (idt.c): the APs' timer, and the spurious vector. */
+/*
+ * Local APIC vectors (idt.c): the APs' timer, the agent's TLB shootdown and
+ * hold IPIs (smp.c), and the spurious vector.
+ */
 #define VECTOR_LAPIC_TIMER 0xf0
+#define VECTOR_SHOOTDOWN 0xf1
+#define VECTOR_HOLD 0xf2
 #define VECTOR_LAPIC_SPURIOUS 0xff
 
 /* Segment selectors of the kernel GDT (gdt.c). */

@@ -110,6 +110,8 @@ void kernel_main(uint32_t start_info_paddr)
 			start_info_paddr);
 
 	bool low_half = !uefi && cmdline_has(start_info_paddr, "lowhalf");
+	/* "noshootdown": the agent gets no TLB shootdown hook (remaps refused on SMP). */
+	bool shootdown = uefi || !cmdline_has(start_info_paddr, "noshootdown");
 
 	/*
 	 * The boot option "la57" (5-level paging) was read by boot.S: CR4.LA57
@@ -145,7 +147,7 @@ void kernel_main(uint32_t start_info_paddr)
 			"addresses (only the identity map reaches them)\n");
 	}
 	print_state(has_1g_pages);
-	demo_agent_init();
+	demo_agent_init(shootdown);
 	kprintf("kinspect-demo: ready\n");
 
 	for (;;) {

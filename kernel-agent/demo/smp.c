@@ -2,6 +2,7 @@
 #include "idt.h"
 #include "kprintf.h"
 #include "lapic.h"
+#include "agent.h"
 #include "string.h"
 #include "x86.h"
 
@@ -21,8 +22,8 @@ extern const char ap_trampoline_start[], ap_trampoline_end[], ap_trampoline_para
 struct cpu cpus[MAX_CPUS];
 unsigned smp_cpus_online = 1;
 
-static char ap_stacks[MAX_CPUS][AP_STACK_SIZE] __aligned(PAGE_SIZE) __section(".bss.stack");
-static char ap_df_stacks[MAX_CPUS][DF_STACK_SIZE] __aligned(PAGE_SIZE) __section(".bss.stack");
+static char ap_stacks[MAX_CPUS][AP_STACK_SIZE] __aligned(PAGE_SIZE);
+static char ap_df_stacks[MAX_CPUS][DF_STACK_SIZE] __aligned(PAGE_SIZE);
 
 static void fw_cfg_select(uint16_t key)
 {
@@ -51,11 +52,42 @@ static void wait_cycles(unsigned long n)
 		__asm__ volatile("pause");
 }
 
+volatile uint64_t ap_probe_page[PAGE_SIZE / 8] __aligned(PAGE_SIZE) __section(".bss.probe");
+volatile uint64_t ap_probe_reads[MAX_CPUS], ap_probe_faults[MAX_CPUS];
+
+/* The AP's probe read: a fault here is recorded and skipped (smp_probe_fixup). */
+CHAIN_FN uint64_t ap_probe(struct cpu *cpu)
+{
+	uint64_t value = 0;
+
+	__asm__ volatile(".globl ap_probe_insn\n"
+			 "ap_probe_insn:\n\t"
+			 "movq (%2), %0\n\t"
+			 "incq %1\n"
+			 ".globl ap_probe_resume\n"
+			 "ap_probe_resume:\n\t"
+			 : "+r"(value), "+m"(ap_probe_reads[cpu->index])
+			 : "r"(&ap_probe_page[cpu->index])
+			 : "memory");
+	return value;
+}
+
+extern char ap_probe_insn[], ap_probe_resume[];
+
+bool smp_probe_fixup(struct interrupt_frame *frame)
+{
+	if (frame->rip != (uint64_t)ap_probe_insn)
+		return false;
+	ap_probe_faults[lapic_id() % MAX_CPUS]++;
+	frame->rip = (uint64_t)ap_probe_resume;
+	return true;
+}
+
 /* Where a test stops an AP: each timer tick on an AP runs this chain. */
 CHAIN_FN uint64_t ap_level2(struct cpu *cpu)
 {
 	cpu->work_calls++;
-	return cpu->work_calls ^ cpu->index;
+	return ap_probe(cpu) ^ cpu->index;
 }
 
 CHAIN_FN uint64_t ap_work(struct cpu *cpu)
@@ -69,6 +101,95 @@ void smp_timer_interrupt(void)
 {
 	cpus[lapic_id() % MAX_CPUS].ticks++;
 	lapic_eoi();
+}
+
+/*
+ * The agent's hooks. A shootdown is a generation number with its address:
+ * each AP flushes when it sees a generation it has not flushed for, in the
+ * shootdown IPI's handler or, while held, in the hold loop (a held AP has
+ * interrupts masked and takes the IPI only once released: it then finds
+ * nothing new to do).
+ */
+static volatile uint64_t shootdown_generation, shootdown_va;
+static volatile bool shootdown_all;
+static volatile uint32_t hold_requested, cpus_held;
+
+/* Spin limits: an AP that never answers must not hang the agent for good. */
+#define SMP_WAIT_SPINS 100000000UL
+
+static void service_shootdown(struct cpu *cpu)
+{
+	uint64_t generation = __atomic_load_n(&shootdown_generation, __ATOMIC_ACQUIRE);
+
+	if (cpu->shootdown_seen == generation)
+		return;
+	agent_x86_flush_tlb(NULL, shootdown_va, shootdown_all);
+	__atomic_store_n(&cpu->shootdown_seen, generation, __ATOMIC_RELEASE);
+}
+
+void smp_shootdown_interrupt(void)
+{
+	service_shootdown(&cpus[lapic_id() % MAX_CPUS]);
+	lapic_eoi();
+}
+
+void smp_hold_interrupt(void)
+{
+	struct cpu *cpu = &cpus[lapic_id() % MAX_CPUS];
+
+	lapic_eoi();
+	__atomic_add_fetch(&cpus_held, 1, __ATOMIC_ACQ_REL);
+	while (__atomic_load_n(&hold_requested, __ATOMIC_ACQUIRE)) {
+		service_shootdown(cpu);
+		__asm__ volatile("pause");
+	}
+	service_shootdown(cpu);
+	__atomic_sub_fetch(&cpus_held, 1, __ATOMIC_ACQ_REL);
+}
+
+unsigned smp_online(void *ctx)
+{
+	(void)ctx;
+	return smp_cpus_online;
+}
+
+void smp_hold_others(void *ctx)
+{
+	(void)ctx;
+	__atomic_store_n(&hold_requested, 1, __ATOMIC_RELEASE);
+	lapic_send_ipi_others(VECTOR_HOLD);
+	for (unsigned long spin = 0; spin < SMP_WAIT_SPINS; spin++) {
+		if (__atomic_load_n(&cpus_held, __ATOMIC_ACQUIRE) == smp_cpus_online - 1)
+			return;
+		__asm__ volatile("pause");
+	}
+}
+
+void smp_release_others(void *ctx)
+{
+	(void)ctx;
+	__atomic_store_n(&hold_requested, 0, __ATOMIC_RELEASE);
+	for (unsigned long spin = 0; spin < SMP_WAIT_SPINS; spin++) {
+		if (__atomic_load_n(&cpus_held, __ATOMIC_ACQUIRE) == 0)
+			return;
+		__asm__ volatile("pause");
+	}
+}
+
+void smp_tlb_shootdown(void *ctx, uint64_t va, bool all)
+{
+	(void)ctx;
+	shootdown_va = va;
+	shootdown_all = all;
+	uint64_t generation = __atomic_add_fetch(&shootdown_generation, 1, __ATOMIC_ACQ_REL);
+
+	lapic_send_ipi_others(VECTOR_SHOOTDOWN);
+	for (unsigned i = 1; i < smp_cpus_online; i++)
+		for (unsigned long spin = 0; spin < SMP_WAIT_SPINS; spin++) {
+			if (__atomic_load_n(&cpus[i].shootdown_seen, __ATOMIC_ACQUIRE) == generation)
+				break;
+			__asm__ volatile("pause");
+		}
 }
 
 /* An AP's first C, on its own stack, with the kernel's page tables. */

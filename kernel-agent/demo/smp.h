@@ -9,6 +9,7 @@
 #define DEMO_SMP_H
 
 #include "gdt.h"
+#include "idt.h"
 #include "layout.h"
 #include "types.h"
 
@@ -19,6 +20,7 @@ struct cpu {
 	uint32_t reserved;
 	volatile uint64_t ticks;	/* local APIC timer interrupts taken */
 	volatile uint64_t work_calls;	/* ap_work() calls */
+	volatile uint64_t shootdown_seen;	/* the last shootdown generation it flushed for */
 	struct gdt gdt __aligned(16);	/* the BSP's are kernel_gdt and kernel_tss */
 	struct tss tss __aligned(16);
 };
@@ -38,7 +40,26 @@ extern unsigned smp_cpus_online;
 
 /* Bring up every CPU QEMU was started with (fw_cfg), or none when it has one. */
 void smp_init(bool uefi);
-/* The local APIC timer's interrupt, on an AP. */
+/*
+ * Each AP reads this page at every tick (ap_work), so its TLB holds the
+ * translation: a test unmaps it and sees whether the AP notices
+ * (probe_faults) or still reads it through a stale TLB entry (probe_reads).
+ */
+extern volatile uint64_t ap_probe_page[PAGE_SIZE / 8];
+/* Per CPU: reads of ap_probe_page that worked, and those that took a #PF. */
+extern volatile uint64_t ap_probe_reads[MAX_CPUS], ap_probe_faults[MAX_CPUS];
+
+/* Interrupt handlers (idt.c): the APs' local APIC timer, the agent's IPIs. */
 void smp_timer_interrupt(void);
+void smp_shootdown_interrupt(void);
+void smp_hold_interrupt(void);
+/* For interrupt_dispatch: true when the #PF was an AP's probe read, now skipped. */
+bool smp_probe_fixup(struct interrupt_frame *frame);
+
+/* The agent's hooks (agent_port.c, agent.h): CPUs online, hold/release, shootdown. */
+unsigned smp_online(void *ctx);
+void smp_hold_others(void *ctx);
+void smp_release_others(void *ctx);
+void smp_tlb_shootdown(void *ctx, uint64_t va, bool all);
 
 #endif

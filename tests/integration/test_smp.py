@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 
 import pytest
 
 from kinspect.inspector import api
+from kinspect.protocols.agent_client import AgentClient, AgentRemoteError
+from kinspect.protocols.transports import open_transport
 from tests.integration.conftest import demo_kernel  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -95,3 +98,93 @@ def test_five_level_paging_reaches_the_aps(demo_kernel):  # noqa: F811
     for regs in cpus.values():
         assert regs["CR4"] & (1 << 12)  # CR4.LA57
         assert regs["CR3"] == cpus[0]["CR3"]
+
+
+# -- the agent on several CPUs: hold, TLB shootdown, no-shootdown ----------------------
+
+PAGE = 4096
+
+
+def _u64(client, address: int) -> int:
+    return int.from_bytes(client.call("read_virt", address, 8), "little")
+
+
+def _wait(predicate, timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened within {timeout:g} s: {what}")
+
+
+@pytest.fixture
+def agent_on(request, demo_kernel):  # noqa: F811
+    """A two-CPU demo kernel (``request.param``: its command line) and a client on its agent."""
+    qemu = api.launch_demo(smp=2, append=request.param)
+    client = None
+    try:
+        qemu.wait_for_serial("smp: 2 cpus online", timeout=30)
+        client = AgentClient(open_transport(qemu.agent_endpoint), timeout=5)
+        yield qemu, client, _nm(demo_kernel)
+    finally:
+        if client is not None:
+            client.close()
+        qemu.stop()
+
+
+def _probe(client, symbols, cpu: int) -> tuple[int, int]:
+    """(reads that worked, reads that faulted) of CPU ``cpu``'s probe of ap_probe_page."""
+    return (
+        _u64(client, symbols["ap_probe_reads"] + 8 * cpu),
+        _u64(client, symbols["ap_probe_faults"] + 8 * cpu),
+    )
+
+
+@pytest.mark.parametrize("agent_on", [None], indirect=True)
+def test_an_unmap_reaches_the_other_cpus_tlb(agent_on):
+    """The AP reads its probe page every tick, so its TLB holds the translation. After the
+    agent unmaps the page (with its shootdown), the AP's very next read faults."""
+    qemu, client, symbols = agent_on
+    hello = client.call("hello")
+    assert hello["cpus"] == 2
+    assert {"cpus_online", "hold_others", "tlb_shootdown", "flush_tlb"} <= set(hello["hooks"])
+    page = symbols["ap_probe_page"]
+    before = _probe(client, symbols, 1)
+    _wait(lambda: _probe(client, symbols, 1)[0] > before[0], what="the AP reads its page")
+
+    client.call("unmap", page, PAGE, PAGE)
+    reads, faults = _probe(client, symbols, 1)
+    _wait(lambda: _probe(client, symbols, 1)[1] > faults, what="the AP faults on the page")
+    after = _probe(client, symbols, 1)
+    time.sleep(0.3)
+    assert _probe(client, symbols, 1)[0] == after[0]  # no read has worked since
+    # QEMU's own view agrees: the page is gone from the tables both CPUs use
+    qemu.monitor("stop")
+    try:
+        assert f"{page:016x}:" not in qemu.monitor("info tlb")
+    finally:
+        qemu.monitor("cont")
+
+
+@pytest.mark.parametrize("agent_on", ["noshootdown"], indirect=True)
+def test_without_a_shootdown_the_agent_refuses_and_the_stale_tlb_shows_why(agent_on):
+    qemu, client, symbols = agent_on
+    hello = client.call("hello")
+    assert hello["cpus"] == 2 and "tlb_shootdown" not in hello["hooks"]
+    page = symbols["ap_probe_page"]
+    with pytest.raises(AgentRemoteError) as refused:
+        client.call("unmap", page, PAGE, PAGE)
+    assert refused.value.code == 9 and "no-shootdown" in str(refused.value)
+    # forced, the change is made on the tables and flushed on this CPU only
+    before = _probe(client, symbols, 1)
+    _wait(lambda: _probe(client, symbols, 1)[0] > before[0], what="the AP reads its page")
+    client.call("unmap", page, PAGE, PAGE, True)
+    qemu.monitor("stop")
+    try:
+        assert f"{page:016x}:" not in qemu.monitor("info tlb")  # unmapped in the tables
+    finally:
+        qemu.monitor("cont")
+    reads, faults = _probe(client, symbols, 1)
+    _wait(lambda: _probe(client, symbols, 1)[0] > reads, what="a stale read on the AP")
+    assert _probe(client, symbols, 1)[1] == faults == 0  # through its stale TLB entry
