@@ -9,8 +9,10 @@ CPU 0 keeps the BSP's ``kernel_gdt`` and ``kernel_tss`` (by ``nm``).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import time
 
 import pytest
@@ -188,3 +190,30 @@ def test_without_a_shootdown_the_agent_refuses_and_the_stale_tlb_shows_why(agent
     reads, faults = _probe(client, symbols, 1)
     _wait(lambda: _probe(client, symbols, 1)[0] > reads, what="a stale read on the AP")
     assert _probe(client, symbols, 1)[1] == faults == 0  # through its stale TLB entry
+
+
+def test_the_seed_scenario_with_two_cpus_online(demo_kernel, tmp_path):  # noqa: F811
+    """remap higher-half on a lowhalf kernel whose AP is online: the AP is held while each
+    step runs and its TLB shot down; afterwards QEMU sees nothing below the higher half and
+    both CPUs on higher-half stacks and descriptor tables."""
+    with api.launch_demo(smp=2, append="lowhalf") as qemu:
+        qemu.wait_for_serial("smp: 2 cpus online", timeout=30)
+        env = dict(os.environ, KINSPECT_REMAP_JOURNAL=str(tmp_path / "journal.jsonl"))
+        result = subprocess.run(
+            [sys.executable, "-m", "kinspect.inspector.cli", "--agent", qemu.agent_endpoint]
+            + ["remap", "higher-half", "--yes"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "3 steps applied" in result.stdout and "all verified" in result.stdout
+        qemu.monitor("stop")
+        cpus = _per_cpu(qemu.monitor("info registers -a"))
+        tlb = qemu.monitor("info tlb")
+    assert not [line for line in tlb.splitlines() if line.startswith("00000000")]
+    assert sorted(cpus) == [0, 1]
+    for regs in cpus.values():
+        for name in ("RSP", "GDT", "IDT", "TR", "RIP"):
+            assert regs[name] >> 47 == 0x1FFFF, (name, hex(regs[name]))
