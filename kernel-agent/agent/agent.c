@@ -429,7 +429,7 @@ static int m_hello(struct agent *a, struct params *p, struct mp_writer *w, struc
 	/* A new session: forget the replies kept for the previous one's retries. */
 	for (unsigned i = 0; i < AGENT_REPLAY_SLOTS; i++)
 		a->replay[i].used = false;
-	mp_write_map(w, 12);
+	mp_write_map(w, 13);
 	mp_write_cstr(w, "protocol");
 	mp_write_uint(w, AGENT_PROTOCOL_VERSION);
 	mp_write_cstr(w, "agent");
@@ -454,6 +454,12 @@ static int m_hello(struct agent *a, struct params *p, struct mp_writer *w, struc
 	mp_write_bool(w, a->stopped);
 	mp_write_cstr(w, "cpus");
 	mp_write_uint(w, cpus_online(a));
+	mp_write_cstr(w, "readonly");
+#ifdef AGENT_READONLY
+	mp_write_bool(w, true);
+#else
+	mp_write_bool(w, false);
+#endif
 	write_hooks(a, w);
 	return AGENT_OK;
 }
@@ -669,6 +675,13 @@ static int m_resume(struct agent *a, struct params *p, struct mp_writer *w, stru
 	return AGENT_OK;
 }
 
+/*
+ * AGENT_READONLY: a build for kernels where inspection must stay read-only.
+ * Nothing that changes the kernel is compiled in: the remaps, move_stack,
+ * load_descriptors, switch_cr3 and efi_set_virtual_address_map are unknown
+ * methods (error 2), and hello says "readonly": true.
+ */
+#ifndef AGENT_READONLY
 /* -- remaps ---------------------------------------------------------------------- */
 
 #define PTE_FLAG_BITS (PTE_P | PTE_RW | PTE_US | PTE_PWT | PTE_PCD | PTE_G | PTE_NX)
@@ -1371,7 +1384,9 @@ static int m_switch_cr3(struct agent *a, struct params *p, struct mp_writer *w, 
 	return AGENT_OK;
 }
 
-#ifdef AGENT_ENABLE_MEMORY_WRITES
+#endif /* !AGENT_READONLY */
+
+#if defined(AGENT_ENABLE_MEMORY_WRITES) && !defined(AGENT_READONLY)
 /*
  * write_phys [pa, bytes]: arbitrary physical writes, only in an agent the host
  * kernel builds with -DAGENT_ENABLE_MEMORY_WRITES (the demo kernel does not).
@@ -1419,6 +1434,7 @@ static const struct method methods[] = {
 	{ "walk", m_walk, false },
 	{ "stop", m_stop, true },
 	{ "resume", m_resume, true },
+#ifndef AGENT_READONLY
 	{ "map", m_map, true },
 	{ "unmap", m_unmap, true },
 	{ "protect", m_protect, true },
@@ -1426,22 +1442,30 @@ static const struct method methods[] = {
 	{ "move_stack", m_move_stack, true },
 	{ "load_descriptors", m_load_descriptors, true },
 	{ "switch_cr3", m_switch_cr3, true },
+#endif
 	{ "efi_info", agent_m_efi_info, false },
+#ifndef AGENT_READONLY
 	{ "efi_set_virtual_address_map", agent_m_efi_set_virtual_address_map, true },
+#endif
 	{ "efi_get_time", agent_m_efi_get_time, false },
 	{ "efi_get_variable", agent_m_efi_get_variable, false },
 	{ "efi_next_variable_name", agent_m_efi_next_variable_name, false },
-#ifdef AGENT_ENABLE_MEMORY_WRITES
+#if defined(AGENT_ENABLE_MEMORY_WRITES) && !defined(AGENT_READONLY)
 	{ "write_phys", m_write_phys, true },
 #endif
 };
 
 static const char *const method_names[] = {
-	"hello", "regs", "read_phys", "read_virt", "translate", "walk", "stop", "resume", "map",
-	"unmap", "protect", "set_entries", "move_stack", "load_descriptors", "switch_cr3",
-	"efi_info", "efi_set_virtual_address_map", "efi_get_time", "efi_get_variable",
-	"efi_next_variable_name",
-#ifdef AGENT_ENABLE_MEMORY_WRITES
+	"hello", "regs", "read_phys", "read_virt", "translate", "walk", "stop", "resume",
+#ifndef AGENT_READONLY
+	"map", "unmap", "protect", "set_entries", "move_stack", "load_descriptors", "switch_cr3",
+#endif
+	"efi_info",
+#ifndef AGENT_READONLY
+	"efi_set_virtual_address_map",
+#endif
+	"efi_get_time", "efi_get_variable", "efi_next_variable_name",
+#if defined(AGENT_ENABLE_MEMORY_WRITES) && !defined(AGENT_READONLY)
 	"write_phys",
 #endif
 	NULL,
