@@ -8,7 +8,6 @@ nothing listening) ends as one line on stderr and a non-zero exit status:
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -16,12 +15,17 @@ from typing import Any, TextIO
 
 from .cli_efi import EFI_COMMANDS
 from .errors import InspectorError
-from .formatting import format_ranges, format_register, format_translation
+from .formatting import (
+    format_json,
+    format_ranges,
+    format_register,
+    format_translation,
+    json_document,
+)
+from .numbers import resolve_address
 from .session import Session
 
 __all__ = ["main"]
-
-JSON_VERSION = 1
 
 
 def _number(text: str) -> str:
@@ -387,14 +391,10 @@ def cmd_sym(session: Session | None, args: argparse.Namespace, out: TextIO) -> i
     _apply_slide(holder, args)  # type: ignore[arg-type]
     found = [holder.addr2sym(holder.resolve(text)) for text in args.addresses]
     if args.json:
-        document = {
-            "kinspect": JSON_VERSION,
-            "command": "sym",
-            "target": session.target.description if session else None,
-            "addresses": [f.to_dict() for f in found],
-        }
-        json.dump(document, out, indent=1)
-        out.write("\n")
+        target = session.target.description if session else None
+        out.write(
+            format_json(json_document("sym", target, {"addresses": [f.to_dict() for f in found]}))
+        )
     else:
         for item in found:
             print(item, file=out)
@@ -414,13 +414,7 @@ class _SymbolsOnly:
         return self.symbols.addr2sym(address)
 
     def resolve(self, text: str) -> int:
-        try:
-            return int(text.replace("_", "") if text.lower().startswith("0x") else text, 0)
-        except ValueError:
-            address = self.symbols.lookup(text)
-            if address is None:
-                raise InspectorError(f"{text!r} is neither a number nor a known symbol") from None
-            return address
+        return resolve_address(text, self.symbols.lookup)
 
 
 def _interactive() -> bool:
@@ -492,14 +486,7 @@ def cmd_demo_tui(args: argparse.Namespace) -> int:
 
 
 def _dump(out: TextIO, command: str, session: Session, body: dict[str, Any]) -> None:
-    document = {
-        "kinspect": JSON_VERSION,
-        "command": command,
-        "target": session.target.description,
-        **body,
-    }
-    json.dump(document, out, indent=1)
-    out.write("\n")
+    out.write(format_json(json_document(command, session.target.description, body)))
 
 
 COMMANDS: dict[str, Callable[[Session, argparse.Namespace, TextIO], int]] = {

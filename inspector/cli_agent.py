@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from .errors import InspectorError
-from .formatting import format_ranges
+from .formatting import format_hexdump, format_ranges
 from .session import Session
 from .targets.agent import AgentTarget
 from .x86.pat import decode_pat
@@ -163,10 +163,8 @@ def cmd_agent(session: Session, args: argparse.Namespace, out: TextIO) -> int:
             body = {"address": address, "physical": args.physical, "data": data.hex()}
             _dump(out, "agent read", session, body)
             return 0
-        for offset in range(0, len(data), 16):
-            row = data[offset : offset + 16]
-            text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in row)
-            print(f"{address + offset:016x}  {row.hex(' '):<47}  {text}", file=out)
+        if data:
+            print(format_hexdump(address, data), file=out)
         return 0
     if action == "walk":
         session.stop()

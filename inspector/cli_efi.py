@@ -13,6 +13,7 @@ import uuid
 from typing import Any, TextIO
 
 from .efi.runtime import EFI_GLOBAL_VARIABLE
+from .formatting import format_hexdump
 from .session import Session
 
 __all__ = ["EFI_COMMANDS", "add_efi_parser"]
@@ -91,8 +92,8 @@ def cmd_efi_vars(session: Session, args: argparse.Namespace, out: TextIO) -> int
             print(
                 f"{args.name} {args.guid} {_attributes(attributes)} ({len(data)} bytes)", file=out
             )
-            for off in range(0, len(data), 16):
-                print(f"  {off:04x}  {data[off : off + 16].hex(' ')}", file=out)
+            for line in format_hexdump(0, data).splitlines():
+                print(f"  {line}", file=out)
         return 0
     names = session.efi_variable_names()
     if args.json:

@@ -9,25 +9,16 @@ walking again. ``undo`` restores what the open steps replaced, exactly;
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, TextIO
 
 from .efi.runtime import EFI_VA_BASE
+from .formatting import format_json, json_document
+from .numbers import parse_size
 from .remap.journal import Journal, default_journal_path
 from .remap.plan import LEVEL_OF_SIZE, parse_flags
 
 __all__ = ["add_remap_parser", "run_remap"]
-
-SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    """``0x3000``, ``12k``, ``2m``, ``1g``, ``512g``."""
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if t and t[-1] in SIZE_SUFFIXES:
-        return int(t[:-1], 0) * SIZE_SUFFIXES[t[-1]]
-    return int(t, 0)
 
 
 def _page_size(text: str) -> int:
@@ -114,10 +105,15 @@ def add_remap_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     journal.add_argument("--journal")
 
 
-def _emit(out: TextIO, args: argparse.Namespace, text: str, body: dict[str, Any]) -> None:
+def _emit(
+    out: TextIO,
+    args: argparse.Namespace,
+    text: str,
+    body: dict[str, Any],
+    target: str | None = None,
+) -> None:
     if args.json:
-        json.dump({"kinspect": 1, "command": f"remap {args.remap_command}", **body}, out, indent=1)
-        out.write("\n")
+        out.write(format_json(json_document(f"remap {args.remap_command}", target, body)))
     else:
         print(text, file=out)
 
@@ -185,6 +181,7 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
                 args,
                 "\n".join(lines or ["nothing to undo"]),
                 {"undone": [s.to_dict() for s in done]},
+                target.description,
             )
             return 0
         if orphaned:
@@ -206,14 +203,14 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
                 print(plan, file=out)
         if args.plan:
             if args.json:
-                _emit(out, args, "", {"plan": plan.to_dict(), "applied": []})
+                _emit(out, args, "", {"plan": plan.to_dict(), "applied": []}, target.description)
             return 0 if not plan.refusals else 1
         if plan.refusals and not args.force:
             unforceable = plan.refusals[0].reason in UNFORCEABLE
             hint = "" if unforceable else " (--force to apply anyway)"
             print(f"kinspect: not applied: {plan.refusals[0]}{hint}", file=sys.stderr)
             if args.json:
-                _emit(out, args, "", {"plan": plan.to_dict(), "applied": []})
+                _emit(out, args, "", {"plan": plan.to_dict(), "applied": []}, target.description)
             return 1
         if not args.yes and not _confirm():
             print("kinspect: not applied (--yes applies without asking)", file=sys.stderr)
@@ -244,6 +241,7 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
                 "verified_by": by,
                 "journal": str(journal.path),
             },
+            target.description,
         )
         return 0 if ok else 1
     finally:
