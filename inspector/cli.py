@@ -55,12 +55,20 @@ def _warn(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
-    commands = registry()
+def _warn_problems(commands: Registry) -> None:
     for problem in commands.problems:
         print(f"kinspect: warning: {problem}", file=sys.stderr)
-    parser = build_parser(commands)
-    args = parser.parse_args(argv)
+    commands.problems.clear()
+
+
+def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    commands = registry()
+    words = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in words or "--help" in words:
+        commands.load_plugins()  # the help lists every command: say which plugins failed first
+        _warn_problems(commands)
+    parser, args = commands.parse(lambda: build_parser(commands), words)
+    _warn_problems(commands)
     command = commands.get(args.command)
     assert command is not None  # argparse accepts only registered names
 

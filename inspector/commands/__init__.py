@@ -27,7 +27,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from ..errors import InspectorError
 from ..formatting import json_document
@@ -334,11 +334,29 @@ def check_needs(command: Command, args: argparse.Namespace) -> Needs:
 # -- the registry ----------------------------------------------------------------------------
 
 
+class EntryPoint(Protocol):
+    """What the registry uses of an ``importlib.metadata.EntryPoint``."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> str: ...
+    def load(self) -> Any: ...
+
+
 @dataclass
 class Registry:
-    """Commands by name, in the order they were added; ``problems``: plugins that failed."""
+    """Commands by name, in the order they were added.
+
+    ``pending``: plugin entry points found but not imported yet (by name, which
+    is the name of the command they give): a plugin is imported when its
+    command runs, when ``--help`` lists everything, or by :meth:`load_plugins`,
+    so ``kinspect regs`` imports no plugin (nor the TUI). ``problems``: one
+    line per plugin that failed to load or clashed with a registered name.
+    """
 
     commands: dict[str, Command] = field(default_factory=dict)
+    pending: dict[str, EntryPoint] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     def add(self, command: Command) -> None:
@@ -347,6 +365,9 @@ class Registry:
         self.commands[command.name] = command
 
     def get(self, name: str) -> Command | None:
+        """The command ``name``, its plugin imported first if need be."""
+        if name not in self.commands and name in self.pending:
+            self.load_plugin(name)
         return self.commands.get(name)
 
     def __iter__(self) -> Iterator[Command]:
@@ -363,30 +384,44 @@ class Registry:
             for command in module.COMMANDS:
                 self.add(replace(command, family=command.family or family))
 
-    def load_plugins(self) -> None:
-        """Every command of the ``kinspect.commands`` entry points; a broken one is a problem line.
-
-        An entry point names a :class:`Command`, an iterable of them, or a
-        module with a ``COMMANDS`` list.
-        """
+    def discover_plugins(self) -> None:
+        """Note the ``kinspect.commands`` entry points (imports nothing)."""
         for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                loaded = entry.load()
-                commands = list(_commands_of(loaded))
-            except Exception as exc:  # a plugin's bug must not take kinspect down
+            if entry.name in self.commands or entry.name in self.pending:
                 self.problems.append(
-                    f"plugin {entry.name!r} ({entry.value}) does not load: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"plugin {entry.name!r} ({entry.value}): the name {entry.name!r} "
+                    "is already registered; ignored"
                 )
                 continue
-            for command in commands:
-                if command.name in self.commands:
-                    self.problems.append(
-                        f"plugin {entry.name!r} ({entry.value}): command {command.name!r} "
-                        "is already registered; ignored"
-                    )
-                    continue
-                self.add(replace(command, family=command.family or f"plugin {entry.name}"))
+            self.pending[entry.name] = entry
+
+    def load_plugins(self) -> None:
+        """Import every plugin found (:meth:`discover_plugins`)."""
+        for name in list(self.pending):
+            self.load_plugin(name)
+
+    def load_plugin(self, name: str) -> None:
+        """Import one plugin; a broken one adds a line to ``problems``, never a traceback.
+
+        The entry point names a :class:`Command`, an iterable of them, or a
+        module with a ``COMMANDS`` list.
+        """
+        entry = self.pending.pop(name)
+        try:
+            commands = list(_commands_of(entry.load()))
+        except Exception as exc:  # a plugin's bug must not take kinspect down
+            self.problems.append(
+                f"plugin {entry.name!r} ({entry.value}) does not load: {type(exc).__name__}: {exc}"
+            )
+            return
+        for command in commands:
+            if command.name in self.commands:
+                self.problems.append(
+                    f"plugin {entry.name!r} ({entry.value}): command {command.name!r} "
+                    "is already registered; ignored"
+                )
+                continue
+            self.add(replace(command, family=command.family or f"plugin {entry.name}"))
 
     # -- parsing
 
@@ -396,6 +431,33 @@ class Registry:
             parser = sub.add_parser(command.name, parents=parents, help=command.help)
             parser.set_defaults(**{_PARENTS: parents})
             command.arguments(parser)
+        for name, entry in self.pending.items():  # parsed again once the plugin is loaded
+            parser = sub.add_parser(name, help=f"(plugin {entry.value})", add_help=False)
+            parser.add_argument("plugin_arguments", nargs=argparse.REMAINDER)
+
+    def parse(
+        self, parser_of: Callable[[], argparse.ArgumentParser], argv: list[str]
+    ) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+        """Parse ``argv``; when it names a plugin not loaded yet, load it and parse again.
+
+        A plugin that does not load is an :class:`InspectorError` (its problem line).
+        """
+        if "-h" in argv or "--help" in argv:
+            self.load_plugins()  # the help lists every command
+        parser = parser_of()
+        args = parser.parse_args(argv)
+        if args.command in self.pending:
+            before = len(self.problems)
+            self.load_plugin(args.command)
+            if args.command not in self.commands:
+                problems = self.problems[before:] or [
+                    f"plugin {args.command!r} gives no such command"
+                ]
+                del self.problems[before:]
+                raise InspectorError(problems[0])
+            parser = parser_of()
+            args = parser.parse_args(argv)
+        return parser, args
 
     def build_parser(
         self,
@@ -437,6 +499,7 @@ class Registry:
             raise UsageError(str(exc)) from None
         if not words:
             raise UsageError("no command given")
+        self.load_plugins()
         parser = self.build_parser(prog="", parser_class=_RaisingParser)
         lines: list[str] = []
         try:
@@ -480,12 +543,12 @@ _DEFAULT: Registry | None = None
 
 
 def registry() -> Registry:
-    """The registry of this process: the built-in commands, then the plugins (loaded once)."""
+    """The registry of this process: the built-in commands, then the plugins found (once)."""
     global _DEFAULT
     if _DEFAULT is None:
         made = Registry()
         made.load_builtins()
-        made.load_plugins()
+        made.discover_plugins()
         _DEFAULT = made
     return _DEFAULT
 
