@@ -21,12 +21,12 @@ import argparse
 import contextlib
 import enum
 import importlib
-import importlib.metadata
 import io
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from ..errors import InspectorError
@@ -386,7 +386,7 @@ class Registry:
 
     def discover_plugins(self) -> None:
         """Note the ``kinspect.commands`` entry points (imports nothing)."""
-        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
             if entry.name in self.commands or entry.name in self.pending:
                 self.problems.append(
                     f"plugin {entry.name!r} ({entry.value}): the name {entry.name!r} "
