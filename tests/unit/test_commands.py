@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import types
 
 import pytest
 
@@ -101,11 +102,11 @@ def test_a_plugin_is_imported_only_when_its_command_runs(plugins):
 
 
 def test_a_plugin_module_with_a_commands_list_registers_them_all():
-    class Module:
-        COMMANDS = [GREET, Command("bye", "say bye", greet, greet_arguments)]
+    module = types.ModuleType("greetings")
+    module.COMMANDS = [GREET, Command("bye", "say bye", greet, greet_arguments)]
 
     made = Registry()
-    made.pending["greetings"] = FakeEntryPoint("greetings", "greetings", Module)
+    made.pending["greetings"] = FakeEntryPoint("greetings", "greetings", module)
     made.load_plugins()
     assert {"greet", "bye"} <= set(made.commands) and not made.problems
 
