@@ -130,4 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if __package__ != "kinspect.inspector":
+        # `python -m inspector.cli` in a checkout: run the installed namespace's CLI, so
+        # plugins (the TUI) and kinspect share one set of modules, one Command class
+        from kinspect.inspector.cli import main
     sys.exit(main())
