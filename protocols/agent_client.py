@@ -26,6 +26,7 @@ from .agent_wire import (
     ConsoleText,
     Frame,
     FrameDecoder,
+    Reply,
     WireError,
     decode_reply,
     encode_frame,
@@ -181,7 +182,7 @@ class AgentClient:
             raise AgentClientError(str(exc)) from exc
         self.stats.bytes_sent += len(frame)
 
-    def _receive(self, request_id: int, timeout: float):
+    def _receive(self, request_id: int, timeout: float) -> Reply | None:
         try:
             data = self.transport.read(timeout)
         except TransportError as exc:
