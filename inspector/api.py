@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import (
     AgentError,
@@ -20,8 +21,12 @@ from .errors import (
     TargetError,
 )
 from .session import ControlState, Session
+from .targets.base import Capability
 from .targets.gdb import GdbTarget
 from .targets.qemu import QemuInstance, launch_qemu
+
+if TYPE_CHECKING:
+    from .remap.apply import Remapper
 
 __all__ = [
     "DEMO_KERNEL",
@@ -186,7 +191,7 @@ def launch_demo(
     )
 
 
-def remapper(session: Session, *, journal: str | Path | None = None):
+def remapper(session: Session, *, journal: str | Path | None = None) -> Remapper:
     """Remaps on a kernel attached with :func:`attach_agent` (``inspector.remap.apply.Remapper``).
 
     ``r.plan_map/plan_unmap/plan_protect/plan_higher_half`` give a
@@ -197,8 +202,8 @@ def remapper(session: Session, *, journal: str | Path | None = None):
     """
     from .remap.apply import Remapper
     from .remap.journal import Journal
-    from .targets.agent import AgentTarget
 
-    if not isinstance(session.target, AgentTarget):
-        raise TargetError("remaps need the in-kernel agent: attach with api.attach_agent(spec)")
-    return Remapper(session.target, Journal.open(journal))
+    session.target.require(
+        Capability.AGENT, "remaps need the in-kernel agent: attach with api.attach_agent(spec)"
+    )
+    return Remapper(session.target.agent(), Journal.open(journal))

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from .errors import InspectorError
 from .formatting import format_ranges
 from .session import Session
-from .targets.agent import AgentTarget
+from .targets.base import Capability
 from .x86.pat import decode_pat
 
 __all__ = ["add_agent_parser", "run_agent"]
@@ -77,7 +77,7 @@ def run_agent(
     try:
         if args.command == "agent":
             return cmd_agent(session, args, out)
-        if args.command == "pt" and not args.leaves and isinstance(session.target, AgentTarget):
+        if args.command == "pt" and not args.leaves and session.target.has(Capability.AGENT):
             done = cmd_pt_by_agent_walk(session, args, out)
             if done is not None:
                 return done
@@ -96,8 +96,7 @@ def cmd_pt_by_agent_walk(session: Session, args: argparse.Namespace, out: TextIO
     """
     from .cli import _dump
 
-    target = session.target
-    assert isinstance(target, AgentTarget)
+    target = session.target.agent()
     control = session.control_registers()
     if not control.paging.is_long_mode:
         return None
@@ -126,9 +125,7 @@ def cmd_pt_by_agent_walk(session: Session, args: argparse.Namespace, out: TextIO
 def cmd_agent(session: Session, args: argparse.Namespace, out: TextIO) -> int:
     from .cli import _dump
 
-    target = session.target
-    if not isinstance(target, AgentTarget):  # pragma: no cover - run_agent attaches one
-        raise InspectorError("not attached to an agent")
+    target = session.target.agent()  # MissingCapability unless attached to the agent alone
     action = args.agent_command
     if action == "hello":
         info = target.info

@@ -154,12 +154,10 @@ def run_remap(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Te
         )
     from . import api
     from .remap.apply import UNFORCEABLE, Remapper
-    from .targets.agent import AgentTarget
 
     session = api.attach_agent(args.agent, elf=args.elf, timeout=args.timeout)
     try:
-        target = session.target
-        assert isinstance(target, AgentTarget)
+        target = session.target.agent()
         orphaned = journal.orphaned()
         remapper = Remapper(target, journal, verify_walk=_gdb_walk(args))
         if args.remap_command == "undo":

@@ -14,10 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kinspect.protocols.agent_client import AgentClientError, AgentRemoteError, AgentTimeout
+from kinspect.protocols.agent_client import (
+    AgentClientError,
+    AgentProtocolError,
+    AgentRemoteError,
+    AgentTimeout,
+)
+from kinspect.protocols.agent_wire import ErrorCode
 
 from ..efi.runtime import EFI_VA_BASE
-from ..errors import AgentError, InspectorError, TargetError
+from ..errors import AgentError, InspectorError, TargetError, TargetLost
 from ..targets.agent import AgentTarget
 from ..x86.paging import Range
 from .efi import IRREVERSIBLE, SVAM, plan_efi_steps, read_efi_state
@@ -41,7 +47,7 @@ from .plan import (
 __all__ = ["HIGHER_HALF", "RemapRefused", "Remapper", "StepReport", "UndoRefused"]
 
 PAGE = 0x1000
-REFUSED = 9
+REFUSED = ErrorCode.REFUSED
 #: Lower and upper halves of the 4-level address space.
 HIGHER_HALF = 0xFFFF800000000000
 ADDRESS_BITS = 0x000FFFFFFFFFF000
@@ -170,6 +176,14 @@ class Remapper:
 
     # -- reading the state ---------------------------------------------------------
 
+    @property
+    def spec(self) -> str:
+        """The agent's line, as the journal names the target."""
+        return self.target.spec
+
+    def close(self) -> None:
+        """Nothing to let go of: the agent's line is the session's target."""
+
     def _call(self, method: str, *params: Any) -> Any:
         try:
             return self.target.client.call(method, *params)
@@ -178,9 +192,11 @@ class Remapper:
                 raise RemapRefused(_refusal_from(exc), by="the agent refused") from exc
             raise AgentError(exc.code, f"{method}: {exc.message}") from exc
         except AgentTimeout as exc:
-            raise TargetError(f"the agent did not answer {method}: {exc}") from exc
-        except AgentClientError as exc:
+            raise TargetLost(f"the agent did not answer {method}: {exc}") from exc
+        except AgentProtocolError as exc:
             raise TargetError(f"agent: {exc}") from exc
+        except AgentClientError as exc:
+            raise TargetLost(f"agent: {exc}") from exc
 
     def registers(self) -> dict[str, int]:
         return self.target.agent_registers()
@@ -252,14 +268,11 @@ class Remapper:
 
     def _efi_areas(self) -> list[Protected]:
         """After SetVirtualAddressMap: the runtime regions where the firmware was told they are."""
-        efi_info = getattr(self.target, "efi_info", None)
-        if efi_info is None:
-            return []
         try:
-            info = efi_info()
+            info = self.target.efi_info()
         except AgentError as exc:
-            if exc.code in (2, 6):  # an agent without UEFI methods, or a PVH boot
-                return []
+            if exc.code in (ErrorCode.UNKNOWN_METHOD, ErrorCode.UNSUPPORTED):
+                return []  # an agent without UEFI methods, or a PVH boot
             raise
         return [
             Protected("efi-runtime", va, va + pages * PAGE)

@@ -36,7 +36,7 @@ from kinspect.inspector.remap.journal import Journal, JournalStep
 from kinspect.inspector.remap.plan import Step, protected_areas
 from kinspect.inspector.session import Session
 from kinspect.inspector.symbols import Symbol, SymbolTable
-from kinspect.inspector.targets.base import Breakpoint, Target
+from kinspect.inspector.targets.base import Breakpoint, Capability, Target
 from kinspect.inspector.targets.qemu_text import system_registers_from_info
 from kinspect.inspector.x86.control import decode_paging_mode
 from kinspect.inspector.x86.paging import translate
@@ -117,6 +117,14 @@ class MemoryTarget(Target):
     """A stopped Linux 6.1 kernel in memory, with simulated run control."""
 
     description = "in-memory Linux 6.1 capture"
+    capabilities = frozenset(
+        {
+            Capability.PHYSICAL_READS,
+            Capability.SYSTEM_REGISTERS,
+            Capability.RUN_CONTROL,
+            Capability.BREAKPOINTS,
+        }
+    )
 
     def __init__(self, *, wx: bool = False) -> None:
         """``wx``: make the first 2 MiB of kernel text writable (a W+X mapping to find)."""
