@@ -31,6 +31,7 @@ from .agent_wire import (
     decode_reply,
     encode_frame,
     encode_request,
+    error_code,
 )
 from .transports import Transport, TransportError
 
@@ -70,7 +71,8 @@ class AgentRemoteError(AgentClientError):
     """The agent answered with an error reply."""
 
     def __init__(self, code: int, message: str, address: int | None = None) -> None:
-        self.code = code
+        #: an ErrorCode when the protocol names it (compares equal to its number)
+        self.code = error_code(code)
         self.message = message
         self.address = address
         super().__init__(f"agent error {code}: {message}")

@@ -47,6 +47,7 @@ __all__ = [
     "encode_frame",
     "encode_reply",
     "encode_request",
+    "error_code",
     "max_encoded_size",
     "unframe",
 ]
@@ -79,6 +80,14 @@ class ErrorCode(IntEnum):
 
 #: The protocol's name of each error code, by number.
 ERROR_NAMES: dict[int, str] = {int(code): code.wire_name for code in ErrorCode}
+
+
+def error_code(code: int) -> ErrorCode | int:
+    """``code`` as an :class:`ErrorCode` when the protocol names it, else the number."""
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return code
 
 
 class WireError(Exception):

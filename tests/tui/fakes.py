@@ -40,6 +40,7 @@ from kinspect.inspector.targets.base import Breakpoint, Capability, Target
 from kinspect.inspector.targets.qemu_text import system_registers_from_info
 from kinspect.inspector.x86.control import decode_paging_mode
 from kinspect.inspector.x86.paging import translate
+from kinspect.protocols.agent_wire import ErrorCode
 from tests.unit.test_x86_linux_capture import load_pages
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "linux-6.1-nokaslr"
@@ -359,7 +360,7 @@ class MemoryRemapper(Remapper):
 
 def _no_uefi() -> dict:
     """The agent's efi_info on a kernel that did not boot through UEFI (error 6)."""
-    raise AgentError(6, "efi_info: unsupported")
+    raise AgentError(ErrorCode.UNSUPPORTED, "efi_info: unsupported")
 
 
 def remap_session(journal_path) -> Session:

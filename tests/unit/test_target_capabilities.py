@@ -419,3 +419,12 @@ def test_a_session_whose_target_exited_says_it_is_lost():
 
     with pytest.raises(TargetLost, match="gone away"):
         Session(Gone()).wait_for_stop(0.01)
+
+
+def test_the_client_names_the_codes_it_knows_and_keeps_the_others():
+    from kinspect.protocols.agent_client import AgentRemoteError
+
+    known = AgentRemoteError(4, "not mapped", 0x1000)
+    assert known.code is ErrorCode.FAULT and str(known) == "agent error 4: not mapped"
+    unknown = AgentRemoteError(8, "from a newer agent")
+    assert unknown.code == 8 and not isinstance(unknown.code, ErrorCode)
