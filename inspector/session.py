@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AgentError, FaultError, InspectorError, TargetError
+from .errors import AgentError, FaultError, InspectorError, TargetError, TargetLost
 from .symbols import SymbolicAddress, SymbolTable
 from .tables import (
     SEGMENT_REGISTERS,
@@ -206,14 +206,14 @@ class Session:
                 if state == "running":
                     return None
                 if state == "exited":
-                    raise TargetError("the target has gone away (its connection closed)") from exc
+                    raise TargetLost("the target has gone away (its connection closed)") from exc
                 if state != "stopped":
                     raise
                 record = self.last_stop  # it stopped as the wait gave up
         self.invalidate()
         reason = str((record or {}).get("reason", ""))
         if reason.startswith("exited"):  # gdb's word for a remote that closed
-            raise TargetError(f"the target has gone away ({reason.replace('-', ' ')})")
+            raise TargetLost(f"the target has gone away ({reason.replace('-', ' ')})")
         return record or {}
 
     def step_instruction(self) -> Mapping[str, Any]:

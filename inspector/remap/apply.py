@@ -17,7 +17,7 @@ from typing import Any
 from kinspect.protocols.agent_client import AgentClientError, AgentRemoteError, AgentTimeout
 
 from ..efi.runtime import EFI_VA_BASE
-from ..errors import AgentError, InspectorError, TargetError
+from ..errors import AgentError, InspectorError, TargetError, TargetLost
 from ..targets.agent import AgentTarget
 from ..x86.paging import Range
 from .efi import IRREVERSIBLE, SVAM, plan_efi_steps, read_efi_state
@@ -178,7 +178,7 @@ class Remapper:
                 raise RemapRefused(_refusal_from(exc), by="the agent refused") from exc
             raise AgentError(exc.code, f"{method}: {exc.message}") from exc
         except AgentTimeout as exc:
-            raise TargetError(f"the agent did not answer {method}: {exc}") from exc
+            raise TargetLost(f"the agent did not answer {method}: {exc}") from exc
         except AgentClientError as exc:
             raise TargetError(f"agent: {exc}") from exc
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import InspectorError, TargetError
+from ..errors import InspectorError, TargetError, TargetLost
 from ..targets.agent import AgentAssistedTarget, AgentTarget
 from ..x86.paging import Range
 from .apply import Remapper
@@ -86,7 +86,7 @@ class StubAssistedRemapper:
         stub = self.target.stub
         was = stub.state
         if was == "exited":
-            raise TargetError("the target has gone away")
+            raise TargetLost("the target has gone away")
         if was == "stopped":
             stub.resume()  # the agent answers only while the kernel runs
         self._in_turn = True

@@ -30,7 +30,7 @@ from kinspect.protocols.agent_wire import ERROR_NAMES
 from kinspect.protocols.transports import Transport, TransportError, open_transport
 
 from ..efi.runtime import EfiTime
-from ..errors import AgentError, FaultError, ProtocolError, TargetError
+from ..errors import AgentError, FaultError, ProtocolError, TargetError, TargetLost
 from ..x86.paging import Permissions, Range
 from .base import (
     Breakpoint,
@@ -149,7 +149,7 @@ class AgentTarget(Target):
             name = ERROR_NAMES.get(exc.code, "error")
             raise AgentError(exc.code, f"{method}: {exc.message} ({name})") from exc
         except AgentTimeout as exc:
-            raise TargetError(f"the agent on {self.spec} did not answer: {exc}") from exc
+            raise TargetLost(f"the agent on {self.spec} did not answer: {exc}") from exc
         except AgentProtocolError as exc:
             raise ProtocolError(str(exc)) from exc
         except AgentClientError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 
 from kinspect.protocols.gdbmi import MiClosed, MiError, MiSession, MiTimeout, mi_quote
 
-from ..errors import FaultError, InspectorError, ProtocolError, TargetError
+from ..errors import FaultError, InspectorError, ProtocolError, TargetError, TargetLost
 from .base import Breakpoint, SystemRegisters, Target
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
@@ -139,7 +139,7 @@ class GdbTarget(Target):
                 f"cannot attach to {self.endpoint}: no answer within {CONNECT_TIMEOUT:g} s"
             ) from exc
         except MiClosed as exc:
-            raise TargetError(f"cannot attach to {self.endpoint}: gdb exited ({exc})") from exc
+            raise TargetLost(f"cannot attach to {self.endpoint}: gdb exited ({exc})") from exc
         self._mi.state = "stopped"
         self.is_qemu = self._probe_qemu()
         if self.physical == "qemu" and not self.is_qemu:
@@ -171,11 +171,11 @@ class GdbTarget(Target):
         try:
             return self._mi.command(command, timeout=timeout or self.timeout)
         except MiTimeout as exc:
-            raise TargetError(
+            raise TargetLost(
                 f"the target did not answer within {exc.timeout:g} s ({self.endpoint})"
             ) from exc
         except MiClosed as exc:
-            raise TargetError(f"lost the connection to gdb: {exc}") from exc
+            raise TargetLost(f"lost the connection to gdb: {exc}") from exc
 
     def _checked(self, command: str, timeout: float | None = None):
         try:
@@ -192,7 +192,7 @@ class GdbTarget(Target):
             or "the program is not being run" in text
         ):
             self._mi.state = "exited"
-            raise TargetError(f"the target has gone away ({exc.message})") from exc
+            raise TargetLost(f"the target has gone away ({exc.message})") from exc
         if "while the target is running" in text:
             raise TargetError("the target is running; stop it first") from exc
 
@@ -359,7 +359,7 @@ class GdbTarget(Target):
         except MiTimeout as exc:
             raise TargetError(f"the target did not stop within {exc.timeout:g} s") from exc
         except MiClosed as exc:
-            raise TargetError(f"lost the connection to gdb: {exc}") from exc
+            raise TargetLost(f"lost the connection to gdb: {exc}") from exc
 
     def resume(self) -> None:
         if self.state == "running":
@@ -373,7 +373,7 @@ class GdbTarget(Target):
         except MiTimeout as exc:
             raise TargetError(f"the target did not stop within {exc.timeout:g} s") from exc
         except MiClosed as exc:
-            raise TargetError(f"lost the connection to gdb: {exc}") from exc
+            raise TargetLost(f"lost the connection to gdb: {exc}") from exc
 
     @property
     def last_stop(self) -> dict:
@@ -413,7 +413,7 @@ class GdbTarget(Target):
                 "the target is running; stop it first (kinspect stops it for you unless --no-stop)"
             )
         if state == "exited":
-            raise TargetError("the target has gone away")
+            raise TargetLost("the target has gone away")
 
     def close(self, *, resume: bool = True) -> None:
         """Detach (the stub lets the target run) or disconnect leaving it stopped."""
