@@ -139,7 +139,7 @@ class GdbTarget(Target):
                 f"cannot attach to {self.endpoint}: no answer within {CONNECT_TIMEOUT:g} s"
             ) from exc
         except MiClosed as exc:
-            raise TargetError(f"cannot attach to {self.endpoint}: gdb exited ({exc})") from exc
+            raise TargetLost(f"cannot attach to {self.endpoint}: gdb exited ({exc})") from exc
         self._mi.state = "stopped"
         #: QEMU's stub: physical mode, and GDTR/IDTR/TR through its monitor
         self.is_qemu = self._probe_qemu()
