@@ -17,8 +17,10 @@ from .errors import (
     DecodeError,
     FaultError,
     InspectorError,
+    MissingCapability,
     ProtocolError,
     TargetError,
+    TargetLost,
 )
 from .session import ControlState, Session
 from .targets.base import Capability
@@ -31,14 +33,17 @@ if TYPE_CHECKING:
 __all__ = [
     "DEMO_KERNEL",
     "AgentError",
+    "Capability",
     "ControlState",
     "DecodeError",
     "FaultError",
     "InspectorError",
+    "MissingCapability",
     "ProtocolError",
     "QemuInstance",
     "Session",
     "TargetError",
+    "TargetLost",
     "attach",
     "attach_agent",
     "attach_with_agent",
@@ -203,7 +208,8 @@ def remapper(session: Session, *, journal: str | Path | None = None) -> Remapper
     from .remap.apply import Remapper
     from .remap.journal import Journal
 
-    session.target.require(
-        Capability.AGENT, "remaps need the in-kernel agent: attach with api.attach_agent(spec)"
-    )
+    if not session.target.has(Capability.AGENT):
+        raise MissingCapability(
+            Capability.AGENT, "remaps need the in-kernel agent: attach with api.attach_agent(spec)"
+        )
     return Remapper(session.target.agent(), Journal.open(journal))

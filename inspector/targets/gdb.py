@@ -17,7 +17,14 @@ from typing import Any
 
 from kinspect.protocols.gdbmi import MiClosed, MiError, MiResult, MiSession, MiTimeout, mi_quote
 
-from ..errors import FaultError, InspectorError, ProtocolError, TargetError, TargetLost
+from ..errors import (
+    FaultError,
+    InspectorError,
+    MissingCapability,
+    ProtocolError,
+    TargetError,
+    TargetLost,
+)
 from .base import Breakpoint, Capability, StopRecord, SystemRegisters, Target
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
@@ -334,7 +341,7 @@ class GdbTarget(Target):
 
     def system_registers(self) -> SystemRegisters:
         if not self.is_qemu:
-            raise self.missing(
+            raise MissingCapability(
                 Capability.SYSTEM_REGISTERS,
                 "this gdb stub does not expose GDTR/IDTR/TR; "
                 "attach the in-kernel agent to see them",
