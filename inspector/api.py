@@ -10,30 +10,40 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import (
     AgentError,
     DecodeError,
     FaultError,
     InspectorError,
+    MissingCapability,
     ProtocolError,
     TargetError,
+    TargetLost,
 )
 from .session import ControlState, Session
+from .targets.base import Capability
 from .targets.gdb import GdbTarget
 from .targets.qemu import QemuInstance, launch_qemu
+
+if TYPE_CHECKING:
+    from .remap.apply import Remapper
 
 __all__ = [
     "DEMO_KERNEL",
     "AgentError",
+    "Capability",
     "ControlState",
     "DecodeError",
     "FaultError",
     "InspectorError",
+    "MissingCapability",
     "ProtocolError",
     "QemuInstance",
     "Session",
     "TargetError",
+    "TargetLost",
     "attach",
     "attach_agent",
     "attach_with_agent",
@@ -190,7 +200,7 @@ def launch_demo(
     )
 
 
-def remapper(session: Session, *, journal: str | Path | None = None):
+def remapper(session: Session, *, journal: str | Path | None = None) -> Remapper:
     """Remaps on a kernel attached with :func:`attach_agent` (``inspector.remap.apply.Remapper``).
 
     ``r.plan_map/plan_unmap/plan_protect/plan_higher_half`` give a
@@ -201,8 +211,9 @@ def remapper(session: Session, *, journal: str | Path | None = None):
     """
     from .remap.apply import Remapper
     from .remap.journal import Journal
-    from .targets.agent import AgentTarget
 
-    if not isinstance(session.target, AgentTarget):
-        raise TargetError("remaps need the in-kernel agent: attach with api.attach_agent(spec)")
-    return Remapper(session.target, Journal.open(journal))
+    if not session.target.has(Capability.AGENT):
+        raise MissingCapability(
+            Capability.AGENT, "remaps need the in-kernel agent: attach with api.attach_agent(spec)"
+        )
+    return Remapper(session.target.agent(), Journal.open(journal))

@@ -7,13 +7,20 @@ message that says what went wrong and what to do about it. Library exceptions
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .targets.base import Capability
+
 __all__ = [
     "AgentError",
     "DecodeError",
     "FaultError",
     "InspectorError",
+    "MissingCapability",
     "ProtocolError",
     "TargetError",
+    "TargetLost",
 ]
 
 
@@ -23,6 +30,23 @@ class InspectorError(Exception):
 
 class TargetError(InspectorError):
     """The target cannot be reached, stopped, or has gone away."""
+
+
+class TargetLost(TargetError):
+    """The link to the target is dead (the connection closed, the stub or agent went silent):
+    nothing more can be read through it, whatever is retried."""
+
+
+class MissingCapability(TargetError):
+    """The target does not offer a feature (physical reads, breakpoints, UEFI calls, ...).
+
+    ``capability`` is the :class:`~inspector.targets.base.Capability` it lacks; the
+    message names it and, where there is one, what to attach to have it.
+    """
+
+    def __init__(self, capability: Capability, message: str) -> None:
+        self.capability = capability
+        super().__init__(message)
 
 
 class FaultError(InspectorError):
@@ -51,5 +75,6 @@ class AgentError(InspectorError):
     """The in-kernel agent answered a request with an error code."""
 
     def __init__(self, code: int, message: str) -> None:
+        #: the agent's error code (compare with ``protocols.agent_wire.ErrorCode``)
         self.code = code
-        super().__init__(f"agent error {code}: {message}")
+        super().__init__(f"agent error {int(code)}: {message}")

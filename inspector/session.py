@@ -7,11 +7,27 @@ the TUI shows comes from the same call here, so the two cannot disagree.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import AgentError, FaultError, InspectorError, TargetError
+from .efi.memmap import (
+    MemoryAttributesTable,
+    MemoryDescriptor,
+    MemoryMap,
+    decode_memory_attributes_table,
+    decode_memory_map,
+)
+from .efi.runtime import EfiTime
+from .errors import (
+    FaultError,
+    InspectorError,
+    MissingCapability,
+    TargetError,
+    TargetLost,
+)
 from .numbers import resolve_address
 from .symbols import SymbolicAddress, SymbolTable
 from .tables import (
@@ -24,7 +40,15 @@ from .tables import (
     describe_tss,
     mapping_lookup,
 )
-from .targets.base import Breakpoint, SystemRegisters, Target
+from .targets.base import (
+    REMAPS_NEED_AGENT,
+    Breakpoint,
+    Capability,
+    StopRecord,
+    SystemRegisters,
+    Target,
+    UefiCalls,
+)
 from .unwind import MAX_DEPTH, Backtrace, unwind
 from .x86.control import (
     DecodedRegister,
@@ -50,6 +74,9 @@ from .x86.paging import (
     translate,
 )
 
+if TYPE_CHECKING:
+    from .remap.service import Remaps
+
 __all__ = ["ControlState", "Session"]
 
 TABLE_SIZE = 4096
@@ -65,7 +92,7 @@ class ControlState:
     def __getitem__(self, name: str) -> DecodedRegister:
         return self.registers[name]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "registers": {name: reg.to_dict() for name, reg in self.registers.items()},
             "paging": self.paging.to_dict(),
@@ -83,21 +110,20 @@ class Session:
         self._space: AddressSpace | None = None
         self._ranges: list[Range] | None = None
         self._tables: dict[int, bytes] = {}
-        self._remapper: Any = None
+        self._remapper: Remaps | None = None
         #: Where the kernel keeps the UEFI memory map, and the map itself: neither changes
         #: once boot services are gone, so both are kept across stops (the mappings are
         #: read again at each).
         self._efi_kept_at: dict[str, int] | None = None
-        self._efi_descriptors: Any = None
-        self._efi_attributes: Any = None
+        self._efi_descriptors: tuple[MemoryDescriptor, ...] | None = None
+        self._efi_attributes: MemoryAttributesTable | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     def close(self, *, resume: bool = True) -> None:
         if self._remapper is not None:
             self._remapper.journal.end_session()
-            if hasattr(self._remapper, "close"):
-                self._remapper.close()
+            self._remapper.close()
         self.target.close(resume=resume)
 
     def __enter__(self) -> Session:
@@ -132,18 +158,11 @@ class Session:
         beside it (``--target ... --agent ...``, ``kinspect demo``): the agent
         applies, the stub verifies.
         """
-        from .targets.agent import AgentAssistedTarget, AgentTarget
-
-        if self._remapper is not None or isinstance(self.target, AgentTarget):
+        if self._remapper is not None or self.target.has(Capability.REMAPS):
             return None
-        if isinstance(self.target, AgentAssistedTarget) and self.target.agent_spec:
-            return None
-        return (
-            "remaps need the in-kernel agent: attach with --agent (alone, or beside "
-            "--target: the agent applies, the stub verifies)"
-        )
+        return REMAPS_NEED_AGENT
 
-    def remapper(self, *, journal: str | Any = None) -> Any:
+    def remapper(self, *, journal: str | Path | None = None) -> Remaps:
         """This session's :class:`~inspector.remap.apply.Remapper`, made on first use.
 
         ``journal`` (first call only): the journal file, default
@@ -153,19 +172,10 @@ class Session:
         if self._remapper is None:
             why = self.remap_unavailable
             if why is not None:
-                raise TargetError(why)
-            from .remap.apply import Remapper
+                raise MissingCapability(Capability.REMAPS, why)
             from .remap.journal import Journal
-            from .targets.agent import AgentAssistedTarget
 
-            if isinstance(self.target, AgentAssistedTarget):
-                from .remap.assisted import StubAssistedRemapper
-
-                self._remapper = StubAssistedRemapper(
-                    self.target, Journal.open(journal), self._fresh_ranges
-                )
-            else:
-                self._remapper = Remapper(self.target, Journal.open(journal))  # type: ignore[arg-type]
+            self._remapper = self.target.open_remaps(Journal.open(journal), self._fresh_ranges)
         return self._remapper
 
     def _fresh_ranges(self) -> list[Range]:
@@ -184,16 +194,17 @@ class Session:
         return self.target.state
 
     @property
-    def last_stop(self) -> Mapping[str, Any]:
+    def last_stop(self) -> StopRecord:
         """The record of the last stop (``reason``, ``frame``...), empty when unknown."""
         return self.target.last_stop or {}
 
-    def wait_for_stop(self, timeout: float) -> Mapping[str, Any] | None:
+    def wait_for_stop(self, timeout: float) -> StopRecord | None:
         """Wait up to ``timeout`` s for the running target to stop.
 
         The stop record, or None while the target still runs; TargetError
         when it has gone away or cannot report stops.
         """
+        record: StopRecord | None
         if self.target.state == "stopped":
             record = self.last_stop
         else:
@@ -206,17 +217,17 @@ class Session:
                 if state == "running":
                     return None
                 if state == "exited":
-                    raise TargetError("the target has gone away (its connection closed)") from exc
+                    raise TargetLost("the target has gone away (its connection closed)") from exc
                 if state != "stopped":
                     raise
                 record = self.last_stop  # it stopped as the wait gave up
         self.invalidate()
         reason = str((record or {}).get("reason", ""))
         if reason.startswith("exited"):  # gdb's word for a remote that closed
-            raise TargetError(f"the target has gone away ({reason.replace('-', ' ')})")
+            raise TargetLost(f"the target has gone away ({reason.replace('-', ' ')})")
         return record or {}
 
-    def step_instruction(self) -> Mapping[str, Any]:
+    def step_instruction(self) -> StopRecord:
         """Execute one instruction and return the stop record."""
         self.stop()
         self.invalidate()
@@ -368,21 +379,10 @@ class Session:
         return self._efi_kept_at
 
     def _find_efi_kept(self) -> dict[str, int]:
-        """From the agent's ``efi_info`` when the target is the agent (no ELF needed), else
-        by the demo kernel's symbols (``efi_memmap``, ...)."""
-        from .targets.agent import AgentTarget
-
-        if isinstance(self.target, AgentTarget):
-            try:
-                info = self.target.efi_info()
-            except AgentError as exc:
-                if exc.code == 6:  # unsupported: no UEFI information in the kernel
-                    raise TargetError(
-                        "the kernel did not boot through UEFI: the agent has no UEFI memory map"
-                    ) from exc
-                raise
-            keys = ("memmap", "memmap_size", "desc_size", "desc_version", "memattr", "memattr_size")
-            return {k: int(info.get(k) or 0) for k in keys}
+        """From the agent's ``efi_info`` when the target makes UEFI calls (no ELF needed),
+        else by the demo kernel's symbols (``efi_memmap``, ...)."""
+        if self.target.has(Capability.UEFI_CALLS):
+            return dict(self.target.uefi().efi_kept_map())
         if self.symbols is None:
             raise TargetError(
                 "the UEFI memory map is found by symbol or through the agent: give the "
@@ -407,14 +407,12 @@ class Session:
             "memattr_size": read_uint("efi_memattr_size"),
         }
 
-    def efi_memory_map(self) -> Any:
+    def efi_memory_map(self) -> MemoryMap:
         """The UEFI memory map the kernel kept at ExitBootServices.
 
         Each runtime region comes with the virtual addresses that map its
         first page now.
         """
-        from .efi.memmap import MemoryMap, decode_memory_map
-
         kept = self._efi_kept()
         if kept["memmap_size"] == 0:
             raise TargetError("the kernel did not boot through UEFI: its memory map is empty")
@@ -428,10 +426,8 @@ class Session:
         }
         return MemoryMap(descriptors, stride, kept["desc_version"], mapped_at)
 
-    def efi_memory_attributes(self) -> Any:
+    def efi_memory_attributes(self) -> MemoryAttributesTable | None:
         """EFI_MEMORY_ATTRIBUTES_TABLE as the kernel kept it, or None."""
-        from .efi.memmap import decode_memory_attributes_table
-
         kept = self._efi_kept()
         if kept["memattr_size"] == 0:
             return None
@@ -440,25 +436,24 @@ class Session:
             self._efi_attributes = decode_memory_attributes_table(data)
         return self._efi_attributes
 
-    def _efi_agent(self, what: str) -> Any:
-        from .targets.agent import AgentTarget
-
-        if not isinstance(self.target, AgentTarget):
-            raise TargetError(
+    def _efi_agent(self, what: str) -> UefiCalls:
+        if not self.target.has(Capability.UEFI_CALLS):
+            raise MissingCapability(
+                Capability.UEFI_CALLS,
                 f"{what} is a call into the firmware, which the in-kernel agent makes: "
-                "attach with --agent"
+                "attach with --agent",
             )
-        return self.target
+        return self.target.uefi()
 
-    def efi_time(self) -> Any:
-        """GetTime (an EfiTime), called by the agent where the firmware is mapped now."""
+    def efi_time(self) -> EfiTime:
+        """GetTime, called by the agent where the firmware is mapped now."""
         return self._efi_agent("GetTime").efi_get_time()
 
-    def efi_variable_names(self) -> list[tuple[str, Any]]:
+    def efi_variable_names(self) -> list[tuple[str, uuid.UUID]]:
         """(name, vendor GUID) of every variable the firmware lists at runtime."""
         return self._efi_agent("GetNextVariableName").efi_variable_names()
 
-    def efi_variable(self, name: str, guid: Any) -> tuple[int, bytes]:
+    def efi_variable(self, name: str, guid: uuid.UUID) -> tuple[int, bytes]:
         """GetVariable: (attributes, data)."""
         return self._efi_agent("GetVariable").efi_get_variable(name, guid)
 

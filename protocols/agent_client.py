@@ -26,10 +26,12 @@ from .agent_wire import (
     ConsoleText,
     Frame,
     FrameDecoder,
+    Reply,
     WireError,
     decode_reply,
     encode_frame,
     encode_request,
+    error_code,
 )
 from .transports import Transport, TransportError
 
@@ -69,7 +71,8 @@ class AgentRemoteError(AgentClientError):
     """The agent answered with an error reply."""
 
     def __init__(self, code: int, message: str, address: int | None = None) -> None:
-        self.code = code
+        #: an ErrorCode when the protocol names it (compares equal to its number)
+        self.code = error_code(code)
         self.message = message
         self.address = address
         super().__init__(f"agent error {code}: {message}")
@@ -181,7 +184,7 @@ class AgentClient:
             raise AgentClientError(str(exc)) from exc
         self.stats.bytes_sent += len(frame)
 
-    def _receive(self, request_id: int, timeout: float):
+    def _receive(self, request_id: int, timeout: float) -> Reply | None:
         try:
             data = self.transport.read(timeout)
         except TransportError as exc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import msgpack
@@ -31,6 +32,7 @@ __all__ = [
     "MSG_REQUEST",
     "PROTOCOL_VERSION",
     "ConsoleText",
+    "ErrorCode",
     "Frame",
     "FrameDecoder",
     "Reply",
@@ -45,6 +47,7 @@ __all__ = [
     "encode_frame",
     "encode_reply",
     "encode_request",
+    "error_code",
     "max_encoded_size",
     "unframe",
 ]
@@ -55,18 +58,36 @@ DEFAULT_MAX_FRAME = 4608
 MSG_REQUEST = 0
 MSG_REPLY = 1
 
-#: Error codes of the agent (AGENT_PROTOCOL.md, "Errors").
-ERROR_NAMES = {
-    1: "malformed",
-    2: "unknown-method",
-    3: "bad-params",
-    4: "fault",
-    5: "too-big",
-    6: "unsupported",
-    7: "internal",
-    9: "refused",
-    10: "efi",
-}
+
+class ErrorCode(IntEnum):
+    """Error codes of the agent (AGENT_PROTOCOL.md, "Errors"); ``wire_name`` is the table's."""
+
+    MALFORMED = 1
+    UNKNOWN_METHOD = 2
+    BAD_PARAMS = 3
+    FAULT = 4
+    TOO_BIG = 5
+    UNSUPPORTED = 6
+    INTERNAL = 7
+    REFUSED = 9
+    EFI = 10
+
+    @property
+    def wire_name(self) -> str:
+        """``unknown-method``, as AGENT_PROTOCOL.md names the code."""
+        return self.name.lower().replace("_", "-")
+
+
+#: The protocol's name of each error code, by number.
+ERROR_NAMES: dict[int, str] = {int(code): code.wire_name for code in ErrorCode}
+
+
+def error_code(code: int) -> ErrorCode | int:
+    """``code`` as an :class:`ErrorCode` when the protocol names it, else the number."""
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return code
 
 
 class WireError(Exception):
@@ -252,7 +273,8 @@ class Reply:
 
 
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def encode_request(request_id: int, method: str, params: tuple[Any, ...] | list[Any] = ()) -> bytes:

@@ -104,6 +104,7 @@ class QmpClient:
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         try:
-            return json.loads(line)
+            message: dict[str, Any] = json.loads(line)
         except ValueError as exc:
             raise QmpError(f"QMP sent something that is not JSON: {line[:80]!r}") from exc
+        return message

@@ -220,7 +220,8 @@ class SerialTransport(Transport):
             if not first:
                 return b""
             waiting = self.port.in_waiting
-            return first + (self.port.read(waiting) if waiting else b"")
+            data: bytes = first + (self.port.read(waiting) if waiting else b"")
+            return data
         except self._serial_module.SerialException as exc:
             raise TransportError(f"{self.description}: read failed: {exc}") from exc
 

@@ -436,6 +436,7 @@ class KinspectApp(App[None]):
 
         def work(session: Session) -> tuple[Any, Any]:
             memory_map = session.efi_memory_map()
+            attributes: object  # the table, None, or why it could not be read
             try:
                 attributes = session.efi_memory_attributes()
             except InspectorError as exc:  # the map is still worth showing

@@ -15,6 +15,7 @@ from ..formatting import format_hexdump, format_ranges
 from ..numbers import parse_number
 from ..session import Session
 from ..targets.agent import AgentTarget
+from ..targets.base import Capability
 from ..x86.pat import decode_pat
 from . import AGENT_HELP, Command, CommandResult, Context, Needs, UsageError, add_actions
 
@@ -39,10 +40,9 @@ def _needs(args: argparse.Namespace) -> Needs:
 
 
 def _agent(session: Session) -> AgentTarget:
-    target = session.target
-    if not isinstance(target, AgentTarget):
+    if not session.target.has(Capability.AGENT):
         raise InspectorError("the agent commands need the in-kernel agent alone (--agent)")
-    return target
+    return session.target.agent()
 
 
 def run_agent(context: Context) -> CommandResult:

@@ -8,6 +8,7 @@ from typing import Any
 from ..formatting import format_ranges, format_register, format_translation
 from ..session import Session
 from ..targets.agent import AgentTarget
+from ..targets.base import Capability
 from . import Command, CommandResult, Context
 
 __all__ = ["COMMANDS", "pt_document", "regs_document", "render_pt", "render_regs"]
@@ -89,8 +90,8 @@ def render_pt(session: Session, *, leaves: bool = False) -> str:
 def run_pt(context: Context) -> CommandResult:
     session = context.need_session()
     leaves = bool(context.args.leaves)
-    if not leaves and isinstance(session.target, AgentTarget):
-        done = _pt_by_agent_walk(context, session, session.target)
+    if not leaves and session.target.has(Capability.AGENT):
+        done = _pt_by_agent_walk(context, session, session.target.agent())
         if done is not None:
             return done
     return context.result(pt_document(session, leaves=leaves), render_pt(session, leaves=leaves))

@@ -131,13 +131,11 @@ def run_remap(context: Context) -> CommandResult:
             "each step through that gdb stub"
         )
     from ..remap.apply import Remapper
-    from ..targets.agent import AgentTarget
 
     journal = Journal.open(getattr(args, "journal", None))
     session = connect(args, needs=Needs.AGENT_ALONE, on_console=None)
     try:
-        target = session.target
-        assert isinstance(target, AgentTarget)
+        target = session.target.agent()
         remapper = Remapper(target, journal, verify_walk=_gdb_walk(args))
         client = target.client
         return _change(

@@ -12,13 +12,18 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from kinspect.protocols.agent_client import AgentClientError, AgentRemoteError, AgentTimeout
+from kinspect.protocols.agent_client import (
+    AgentClientError,
+    AgentProtocolError,
+    AgentRemoteError,
+    AgentTimeout,
+)
+from kinspect.protocols.agent_wire import ErrorCode
 
 from ..efi.runtime import EFI_VA_BASE
-from ..errors import AgentError, InspectorError, TargetError
-from ..targets.agent import AgentTarget
+from ..errors import AgentError, InspectorError, TargetError, TargetLost
 from ..x86.paging import Range
 from .efi import IRREVERSIBLE, SVAM, plan_efi_steps, read_efi_state
 from .journal import Journal, JournalStep
@@ -38,10 +43,12 @@ from .plan import (
     verify_expectations,
 )
 
+if TYPE_CHECKING:  # the agent target opens its Remapper: imported the other way round
+    from ..targets.agent import AgentTarget
 __all__ = ["HIGHER_HALF", "RemapRefused", "Remapper", "StepReport", "UndoRefused"]
 
 PAGE = 0x1000
-REFUSED = 9
+REFUSED = ErrorCode.REFUSED
 #: Lower and upper halves of the 4-level address space.
 HIGHER_HALF = 0xFFFF800000000000
 ADDRESS_BITS = 0x000FFFFFFFFFF000
@@ -170,6 +177,14 @@ class Remapper:
 
     # -- reading the state ---------------------------------------------------------
 
+    @property
+    def spec(self) -> str:
+        """The agent's line, as the journal names the target."""
+        return self.target.spec
+
+    def close(self) -> None:
+        """Nothing to let go of: the agent's line is the session's target."""
+
     def _call(self, method: str, *params: Any) -> Any:
         try:
             return self.target.client.call(method, *params)
@@ -178,9 +193,11 @@ class Remapper:
                 raise RemapRefused(_refusal_from(exc), by="the agent refused") from exc
             raise AgentError(exc.code, f"{method}: {exc.message}") from exc
         except AgentTimeout as exc:
-            raise TargetError(f"the agent did not answer {method}: {exc}") from exc
-        except AgentClientError as exc:
+            raise TargetLost(f"the agent did not answer {method}: {exc}") from exc
+        except AgentProtocolError as exc:
             raise TargetError(f"agent: {exc}") from exc
+        except AgentClientError as exc:
+            raise TargetLost(f"agent: {exc}") from exc
 
     def registers(self) -> dict[str, int]:
         return self.target.agent_registers()
@@ -252,14 +269,11 @@ class Remapper:
 
     def _efi_areas(self) -> list[Protected]:
         """After SetVirtualAddressMap: the runtime regions where the firmware was told they are."""
-        efi_info = getattr(self.target, "efi_info", None)
-        if efi_info is None:
-            return []
         try:
-            info = efi_info()
+            info = self.target.efi_info()
         except AgentError as exc:
-            if exc.code in (2, 6):  # an agent without UEFI methods, or a PVH boot
-                return []
+            if exc.code in (ErrorCode.UNKNOWN_METHOD, ErrorCode.UNSUPPORTED):
+                return []  # an agent without UEFI methods, or a PVH boot
             raise
         return [
             Protected("efi-runtime", va, va + pages * PAGE)
@@ -301,7 +315,7 @@ class Remapper:
             block = pa & ~(ENTRY_BLOCK - 1)
             if block not in blocks:
                 blocks[block] = self.target.read_physical(block, ENTRY_BLOCK)
-            (value,) = struct.unpack_from("<Q", blocks[block], pa - block)
+            value: int = struct.unpack_from("<Q", blocks[block], pa - block)[0]
             return value
 
         return entry
@@ -411,8 +425,9 @@ class Remapper:
         info = state.info
         sizes = {d.physical_start: d.size for d in state.descriptors}
         st = info["system_table"]
+        pairs = cast("list[list[int]]", step.params[0])  # SVAM's one parameter: [PA, VA] pairs
         expected = next(
-            (va + st - pa for pa, va in step.params[0] if pa <= st < pa + sizes.get(pa, 0)), None
+            (va + st - pa for pa, va in pairs if pa <= st < pa + sizes.get(pa, 0)), None
         )
         if not info.get("virtual_mode"):
             problems.append("the agent does not report virtual mode after the call")
@@ -523,23 +538,25 @@ class Remapper:
             moved["rbp"] += new_lo - lo if lo <= regs["rbp"] < _hi else 0
         else:
             notes.append(f"the stack is already in the higher half (RSP={regs['rsp']:#x})")
-        bases = {"gdt": regs["gdtr_base"], "idt": regs["idtr_base"], "tss": tss}
-        if any(v is not None and v < HIGHER_HALF for v in bases.values()):
-            new = {
-                k: (self._upper_alias(v, ranges) if v is not None and v < HIGHER_HALF else v)
-                for k, v in bases.items()
-            }
+        gdt, idt = regs["gdtr_base"], regs["idtr_base"]
+
+        def lifted(base: int) -> int:
+            return self._upper_alias(base, ranges) if base < HIGHER_HALF else base
+
+        if any(v is not None and v < HIGHER_HALF for v in (gdt, idt, tss)):
+            new_gdt, new_idt = lifted(gdt), lifted(idt)
+            new_tss = lifted(tss) if tss is not None else None
             steps.append(
                 Step(
                     "load_descriptors",
-                    (new["gdt"], new["idt"], new["tss"] or 0),
-                    f"lgdt {new['gdt']:#x}, far return to reload CS, lidt {new['idt']:#x}, "
-                    f"TSS descriptor -> {new['tss'] or 0:#x} and ltr (were {bases['gdt']:#x}, "
-                    f"{bases['idt']:#x}, {bases['tss'] or 0:#x})",
+                    (new_gdt, new_idt, new_tss or 0),
+                    f"lgdt {new_gdt:#x}, far return to reload CS, lidt {new_idt:#x}, "
+                    f"TSS descriptor -> {new_tss or 0:#x} and ltr (were {gdt:#x}, "
+                    f"{idt:#x}, {tss or 0:#x})",
                 )
             )
-            moved["gdtr_base"], moved["idtr_base"] = new["gdt"], new["idt"]
-            tss = new["tss"]
+            moved["gdtr_base"], moved["idtr_base"] = new_gdt, new_idt
+            tss = new_tss
         else:
             notes.append("GDT, IDT and TSS are already in the higher half")
         areas = self.areas(moved, ranges, tss_base=tss)
@@ -604,7 +621,8 @@ class Remapper:
         ranges = self.ranges()
         areas = self.areas(regs, ranges)
         part = plan_efi_steps(efi, ranges, areas, base)
-        steps, refusals, low = list(part.steps), list(part.refusals), []
+        low: list[Range] = []
+        steps, refusals = list(part.steps), list(part.refusals)
         if drop_identity and part.steps:
             drop, low, more = self._drop_lower_half(ranges, areas)
             steps += drop
@@ -639,6 +657,8 @@ class Remapper:
 
         page = regs["rsp"] & ~0xFFF
         pa = mapped(page)
+        if pa is None:
+            raise InspectorError(f"the stack at {regs['rsp']:#x} is not mapped")
         top = self.frames_top(regs)
         for alias in sorted(
             (

@@ -16,32 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
-from ..errors import InspectorError, TargetError
-from ..targets.agent import AgentAssistedTarget, AgentTarget
+from ..efi.runtime import EFI_VA_BASE
+from ..errors import InspectorError, TargetError, TargetLost
 from ..x86.paging import Range
-from .apply import Remapper
-from .journal import Journal
+from .apply import PAGE, Remapper, StepReport
+from .journal import Journal, JournalStep
+from .plan import Plan, Step
+
+if TYPE_CHECKING:  # the targets open remappers: they are imported the other way round
+    from ..targets.agent import AgentAssistedTarget, AgentTarget
 
 __all__ = ["StubAssistedRemapper"]
-
-#: The Remapper methods that talk to the kernel: each runs in one agent turn.
-_TURNS = frozenset(
-    {
-        "apply",
-        "plan_efi_runtime",
-        "plan_higher_half",
-        "plan_map",
-        "plan_move",
-        "plan_protect",
-        "plan_unmap",
-        "ranges",
-        "registers",
-        "run_step",
-        "undo",
-    }
-)
 
 
 class StubAssistedRemapper:
@@ -86,20 +73,19 @@ class StubAssistedRemapper:
         stub = self.target.stub
         was = stub.state
         if was == "exited":
-            raise TargetError("the target has gone away")
+            raise TargetLost("the target has gone away")
         if was == "stopped":
             stub.resume()  # the agent answers only while the kernel runs
         self._in_turn = True
         try:
             if self._agent is None or self._agent.state == "exited":
-                self._agent = AgentTarget(
-                    self.spec, timeout=self.target.agent_timeout, retries=self.target.agent_retries
-                )
+                self._agent = self.target.open_agent()
             if self._remapper is None:
                 # holds the kernel in the agent's loop, opens the journal session
                 self._remapper = Remapper(self._agent, self.journal, verify_walk=self._stub_walk)
             else:
                 self._agent.stop()
+                self._remapper.target = self._agent  # the line may have been opened again
             yield self._remapper
         finally:
             self._in_turn = False
@@ -115,23 +101,58 @@ class StubAssistedRemapper:
 
     def _drop_agent(self) -> None:
         if self._agent is not None:
-            self._agent.close(resume=False)
+            self._agent.close(resume=False)  # the Remapper gets the next line in the next turn
             self._agent = None
-            if self._remapper is not None:
-                self._remapper.target = None  # type: ignore[assignment]
 
-    def __getattr__(self, name: str) -> Any:
-        if name not in _TURNS:
-            raise AttributeError(name)
+    # -- the Remapper's methods that reach the kernel, each in one turn -------------------
 
-        def in_turn(*args: Any, **kwargs: Any) -> Any:
-            with self._turn() as remapper:
-                if remapper.target is not self._agent:
-                    remapper.target = self._agent  # type: ignore[assignment]
-                return getattr(remapper, name)(*args, **kwargs)
+    def registers(self) -> dict[str, int]:
+        with self._turn() as remapper:
+            return remapper.registers()
 
-        in_turn.__name__ = name
-        return in_turn
+    def ranges(self) -> list[Range]:
+        with self._turn() as remapper:
+            return remapper.ranges()
+
+    def plan_map(
+        self, va: int, pa: int, size: int, *, page_size: int = PAGE, flags: int = 0
+    ) -> Plan:
+        with self._turn() as remapper:
+            return remapper.plan_map(va, pa, size, page_size=page_size, flags=flags)
+
+    def plan_unmap(self, va: int, size: int, *, page_size: int = PAGE) -> Plan:
+        with self._turn() as remapper:
+            return remapper.plan_unmap(va, size, page_size=page_size)
+
+    def plan_protect(self, va: int, size: int, *, page_size: int = PAGE, flags: int = 0) -> Plan:
+        with self._turn() as remapper:
+            return remapper.plan_protect(va, size, page_size=page_size, flags=flags)
+
+    def plan_move(self, va: int, size: int, new_va: int, *, drop_old: bool = False) -> Plan:
+        with self._turn() as remapper:
+            return remapper.plan_move(va, size, new_va, drop_old=drop_old)
+
+    def plan_higher_half(self) -> Plan:
+        with self._turn() as remapper:
+            return remapper.plan_higher_half()
+
+    def plan_efi_runtime(self, *, base: int = EFI_VA_BASE, drop_identity: bool = True) -> Plan:
+        with self._turn() as remapper:
+            return remapper.plan_efi_runtime(base=base, drop_identity=drop_identity)
+
+    def run_step(self, step: Step, *, force: bool = False) -> StepReport:
+        with self._turn() as remapper:
+            return remapper.run_step(step, force=force)
+
+    def apply(self, plan: Plan, *, force: bool = False) -> list[StepReport]:
+        with self._turn() as remapper:
+            return remapper.apply(plan, force=force)
+
+    def undo(
+        self, steps: list[JournalStep] | None = None, *, force: bool = False
+    ) -> list[JournalStep]:
+        with self._turn() as remapper:
+            return remapper.undo(steps, force=force)
 
     def close(self) -> None:
         """Hang up on the agent (the kernel is not held by it between turns)."""

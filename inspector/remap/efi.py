@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from kinspect.protocols.agent_wire import ErrorCode
 
 from ..efi.memmap import (
     MemoryAttributesTable,
@@ -52,12 +54,14 @@ from .plan import (
     tables_needed,
 )
 
+if TYPE_CHECKING:
+    from ..targets.agent import AgentTarget
+
 __all__ = ["IRREVERSIBLE", "SVAM", "EfiPlan", "EfiState", "plan_efi_steps", "read_efi_state"]
 
 SVAM = "efi_set_virtual_address_map"
 #: Steps undo refuses: what they changed cannot be changed back.
 IRREVERSIBLE = frozenset({SVAM})
-UNKNOWN_METHOD, UNSUPPORTED = 2, 6
 PAGE = 0x1000
 
 
@@ -74,12 +78,12 @@ class EfiState:
         return bool(self.info.get("virtual_mode"))
 
 
-def read_efi_state(target: Any) -> EfiState | None:
+def read_efi_state(target: AgentTarget) -> EfiState | None:
     """From the agent's ``efi_info``; None when the kernel did not boot through UEFI."""
     try:
         info = target.efi_info()
     except AgentError as exc:
-        if exc.code in (UNKNOWN_METHOD, UNSUPPORTED):
+        if exc.code in (ErrorCode.UNKNOWN_METHOD, ErrorCode.UNSUPPORTED):
             return None
         raise
     data = target.read_virtual(info["memmap"], info["memmap_size"])

@@ -17,7 +17,7 @@ import struct
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kinspect.protocols.agent_client import (
     AgentClient,
@@ -26,19 +26,26 @@ from kinspect.protocols.agent_client import (
     AgentRemoteError,
     AgentTimeout,
 )
-from kinspect.protocols.agent_wire import ERROR_NAMES
+from kinspect.protocols.agent_wire import ERROR_NAMES, ErrorCode
 from kinspect.protocols.transports import Transport, TransportError, open_transport
 
 from ..efi.runtime import EfiTime
-from ..errors import AgentError, FaultError, ProtocolError, TargetError
+from ..errors import AgentError, FaultError, ProtocolError, TargetError, TargetLost
 from ..x86.paging import Permissions, Range
 from .base import (
     Breakpoint,
+    Capability,
     DescriptorTableRegister,
     SegmentRegister,
+    StopRecord,
     SystemRegisters,
     Target,
+    UefiCalls,
 )
+
+if TYPE_CHECKING:
+    from ..remap.journal import Journal
+    from ..remap.service import Remaps
 
 __all__ = [
     "RANGE_FLAGS",
@@ -47,8 +54,6 @@ __all__ = [
     "AgentTranslation",
     "decode_walk_range",
 ]
-
-FAULT = 4
 
 #: Bits of a walk range's flags (AGENT_PROTOCOL.md, "walk").
 RANGE_FLAGS = {"W": 1, "U": 2, "X": 4, "G": 8, "PWT": 16, "PCD": 32, "PAT": 64}
@@ -100,6 +105,16 @@ def decode_walk_range(item: list[int]) -> Range:
 class AgentTarget(Target):
     """A kernel that embeds the kinspect agent, on a serial line (or socket, or pty)."""
 
+    capabilities = frozenset(
+        {
+            Capability.PHYSICAL_READS,
+            Capability.SYSTEM_REGISTERS,
+            Capability.AGENT,
+            Capability.UEFI_CALLS,
+            Capability.REMAPS,
+        }
+    )
+
     def __init__(
         self,
         spec: str | Transport,
@@ -107,7 +122,7 @@ class AgentTarget(Target):
         timeout: float = 2.0,
         retries: int = 3,
         baudrate: int = 115200,
-        on_console=None,
+        on_console: Callable[[bytes], None] | None = None,
     ) -> None:
         try:
             transport = (
@@ -133,6 +148,8 @@ class AgentTarget(Target):
             self.client.close()
             raise ProtocolError(f"{self.spec} does not speak agent protocol 1: {self.info!r}")
         self.max_read = int(self.info.get("max_read", 1024))
+        #: what the last walk_ranges took: leaves, problems (entries skipped), requests
+        self.walk_stats: dict[str, int] = {}
         self._state = "stopped" if self.info.get("stopped") else "running"
         self.description = f"kinspect agent {self.info.get('agent', '?')} on {self.spec}"
 
@@ -140,20 +157,34 @@ class AgentTarget(Target):
 
     def _call(self, method: str, *params: Any) -> Any:
         if self._closed:
-            raise TargetError("the agent connection is closed")
+            raise TargetLost("the agent connection is closed")
         try:
             return self.client.call(method, *params)
         except AgentRemoteError as exc:
-            if exc.code == FAULT and exc.address is not None:
+            if exc.code == ErrorCode.FAULT and exc.address is not None:
                 raise FaultError(exc.address, exc.message) from exc
             name = ERROR_NAMES.get(exc.code, "error")
             raise AgentError(exc.code, f"{method}: {exc.message} ({name})") from exc
         except AgentTimeout as exc:
-            raise TargetError(f"the agent on {self.spec} did not answer: {exc}") from exc
+            raise TargetLost(f"the agent on {self.spec} did not answer: {exc}") from exc
         except AgentProtocolError as exc:
             raise ProtocolError(str(exc)) from exc
-        except AgentClientError as exc:
-            raise TargetError(f"agent on {self.spec}: {exc}") from exc
+        except AgentClientError as exc:  # the transport failed: the line is closed or gone
+            raise TargetLost(f"agent on {self.spec}: {exc}") from exc
+
+    # -- what the agent offers (Capability.AGENT, UEFI_CALLS, REMAPS) -----------------
+
+    def agent(self) -> AgentTarget:
+        return self
+
+    def uefi(self) -> UefiCalls:
+        return self
+
+    def open_remaps(self, journal: Journal, walk: Callable[[], list[Range]]) -> Remaps:
+        """A Remapper on this agent (its own walk verifies each step; ``walk`` is unused)."""
+        from ..remap.apply import Remapper
+
+        return Remapper(self, journal)
 
     # -- memory ------------------------------------------------------------------
 
@@ -269,6 +300,19 @@ class AgentTarget(Target):
             raise ProtocolError(f"efi_info reply is not the map AGENT_PROTOCOL.md names: {info!r}")
         return info
 
+    def efi_kept_map(self) -> dict[str, int]:
+        """Where the kernel keeps the UEFI memory map and attributes table, from ``efi_info``."""
+        try:
+            info = self.efi_info()
+        except AgentError as exc:
+            if exc.code == ErrorCode.UNSUPPORTED:  # no UEFI information in the kernel
+                raise TargetError(
+                    "the kernel did not boot through UEFI: the agent has no UEFI memory map"
+                ) from exc
+            raise
+        keys = ("memmap", "memmap_size", "desc_size", "desc_version", "memattr", "memattr_size")
+        return {k: int(info.get(k) or 0) for k in keys}
+
     def efi_get_time(self) -> EfiTime:
         """GetTime, called by the agent where the firmware is mapped now."""
         return EfiTime.from_reply(self._call("efi_get_time"))
@@ -378,28 +422,54 @@ class AgentAssistedTarget(Target):
             self.agent_info = agent.info
         finally:
             agent.close(resume=False)
+        #: the gdb stub: memory, registers, run control (what else it offers: ``.stub``)
         self.stub = make_stub()
+        # The stub's GDTR/IDTR/TR when it sees them itself (QEMU's, through its monitor).
         use_agent = system_from == "agent" or (
-            system_from == "auto" and not getattr(self.stub, "is_qemu", False)
+            system_from == "auto" and not self.stub.has(Capability.SYSTEM_REGISTERS)
         )
         self.system_from = "agent" if use_agent else "stub"
         self.description = f"{self.stub.description} with {agent.description}"
+        # The stub's reads and run control, the agent's system registers, and remaps when
+        # the agent's line can be opened again by name. The agent's own requests and its UEFI
+        # calls are not offered: it answers only while the kernel runs, and the stub stops it.
+        from_stub = {Capability.PHYSICAL_READS, Capability.RUN_CONTROL, Capability.BREAKPOINTS}
+        self.capabilities = frozenset(
+            (self.stub.capabilities & from_stub)
+            | {Capability.SYSTEM_REGISTERS}
+            | ({Capability.REMAPS} if self.agent_spec else set())
+        )
 
-    def __getattr__(self, name: str) -> Any:
-        # What else the stub offers (is_qemu, monitor, ...).
-        if name == "stub":
-            raise AttributeError(name)
-        return getattr(self.stub, name)
+    def open_agent(self) -> AgentTarget:
+        """A fresh connection to the agent on its named line (remaps open one per turn)."""
+        self.require(
+            Capability.REMAPS, "remaps need the agent's line by name (unix:..., tcp:..., a path)"
+        )
+        assert self.agent_spec is not None
+        return AgentTarget(self.agent_spec, timeout=self.agent_timeout, retries=self.agent_retries)
+
+    def open_remaps(self, journal: Journal, walk: Callable[[], list[Range]]) -> Remaps:
+        """Remaps in turns: the agent applies, the stub verifies through ``walk``."""
+        self.require(
+            Capability.REMAPS, "remaps need the agent's line by name (unix:..., tcp:..., a path)"
+        )
+        from ..remap.assisted import StubAssistedRemapper
+
+        return StubAssistedRemapper(self, journal, walk)
 
     # Run control is the stub's: the agent answers only while the kernel runs.
     @property
-    def last_stop(self) -> Mapping[str, Any]:  # type: ignore[override]
+    def last_stop(self) -> StopRecord:
         return self.stub.last_stop
 
-    def wait_for_stop(self, timeout: float) -> Mapping[str, Any] | None:
+    @last_stop.setter
+    def last_stop(self, record: StopRecord) -> None:
+        self.stub.last_stop = record
+
+    def wait_for_stop(self, timeout: float) -> StopRecord | None:
         return self.stub.wait_for_stop(timeout)
 
-    def step_instruction(self) -> Mapping[str, Any]:
+    def step_instruction(self) -> StopRecord:
         return self.stub.step_instruction()
 
     def break_insert(self, location: str) -> int:

@@ -4,25 +4,101 @@ A target hands out raw bytes and register values and nothing decoded; the
 decoders and the session turn those into records. Targets: the GDB remote
 stub (QEMU's or any other, gdb.py) and the in-kernel agent over serial
 (agent.py).
+
+Every target reads virtual memory and registers and can be stopped and
+resumed. The rest is optional, and a target declares what it offers in
+:attr:`Target.capabilities` (a set of :class:`Capability`): physical reads,
+GDTR/IDTR/TR/LDTR, run control, breakpoints, the agent's own requests, UEFI
+calls, remaps. Whoever needs one asks by name (``target.has(Capability.X)``)
+or takes its typed handle (:meth:`Target.agent`, :meth:`Target.uefi`,
+:meth:`Target.open_remaps`); a target without it raises
+:class:`~inspector.errors.MissingCapability` naming what is missing.
 """
 
 from __future__ import annotations
 
+import enum
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
-from ..errors import TargetError
+from ..errors import MissingCapability
+
+if TYPE_CHECKING:
+    from ..efi.runtime import EfiTime
+    from ..remap.journal import Journal
+    from ..remap.service import Remaps
+    from ..x86.paging import Range
+    from .agent import AgentTarget
 
 __all__ = [
+    "REMAPS_NEED_AGENT",
     "Breakpoint",
+    "Capability",
     "DescriptorTableRegister",
     "SegmentRegister",
+    "StopRecord",
     "SystemRegisters",
     "Target",
+    "UefiCalls",
 ]
+
+#: Why a target without Capability.REMAPS cannot remap, and what to attach instead.
+REMAPS_NEED_AGENT = (
+    "remaps need the in-kernel agent: attach with --agent (alone, or beside "
+    "--target: the agent applies, the stub verifies)"
+)
+
+#: A stop as the target's debugger reports it (gdb/MI's ``*stopped`` payload: ``reason``,
+#: ``frame``, ``bkptno``...); empty when unknown.
+StopRecord = Mapping[str, object]
+
+
+class Capability(enum.Enum):
+    """What a target may offer beyond reading virtual memory and registers.
+
+    The value says what a target without it cannot do ("... cannot set breakpoints").
+    """
+
+    #: ``read_physical``: guest physical memory (QEMU's physical mode, a direct map, the agent)
+    PHYSICAL_READS = "read physical memory"
+    #: ``system_registers``: GDTR, IDTR, TR and LDTR
+    SYSTEM_REGISTERS = "show GDTR/IDTR/TR/LDTR"
+    #: ``wait_for_stop`` reports stops by itself; ``step_instruction`` single-steps
+    RUN_CONTROL = "single-step"
+    #: ``break_insert``, ``breakpoints``, ``break_delete``
+    BREAKPOINTS = "set breakpoints"
+    #: ``agent()``: the in-kernel agent answers here (its registers, its own walk, hello)
+    AGENT = "answer the in-kernel agent's requests"
+    #: ``uefi()``: the agent's UEFI requests (where the memory map is kept, GetTime, variables)
+    UEFI_CALLS = "call the UEFI runtime services"
+    #: ``open_remaps()``: change mappings, the stack and descriptor tables through the agent
+    REMAPS = "remap"
+
+
+class UefiCalls(Protocol):
+    """What the in-kernel agent answers of the firmware (a kernel booted through UEFI)."""
+
+    def efi_kept_map(self) -> Mapping[str, int]:
+        """Where the kernel keeps the UEFI memory map and attributes table, and their sizes
+        (``memmap``, ``memmap_size``, ``desc_size``, ``desc_version``, ``memattr``,
+        ``memattr_size``); TargetError when the kernel did not boot through UEFI."""
+        ...
+
+    def efi_get_time(self) -> EfiTime:
+        """GetTime."""
+        ...
+
+    def efi_get_variable(self, name: str, guid: uuid.UUID) -> tuple[int, bytes]:
+        """GetVariable: (attributes, data)."""
+        ...
+
+    def efi_variable_names(self, limit: int = 512) -> list[tuple[str, uuid.UUID]]:
+        """(name, vendor GUID) of the variables GetNextVariableName lists."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,21 +186,40 @@ class Target(ABC):
     #: a short human description, e.g. "gdb remote stub /tmp/x/gdb.sock (QEMU)"
     description: str = "target"
 
+    #: What this target offers beyond the abstract methods (see :class:`Capability`).
+    capabilities: frozenset[Capability] = frozenset()
+
+    def has(self, capability: Capability) -> bool:
+        """Whether this target offers ``capability``."""
+        return capability in self.capabilities
+
+    def missing(self, capability: Capability, hint: str = "") -> MissingCapability:
+        """The error for ``capability`` missing here: "<target> cannot <what>[; hint]"."""
+        text = f"{self.description} cannot {capability.value}"
+        return MissingCapability(capability, f"{text}; {hint}" if hint else text)
+
+    def require(self, capability: Capability, hint: str = "") -> None:
+        """MissingCapability (a TargetError naming it) unless this target offers ``capability``."""
+        if not self.has(capability):
+            raise self.missing(capability, hint)
+
     @abstractmethod
     def read_virtual(self, address: int, size: int) -> bytes:
         """Read guest virtual memory through the CPU's current page tables."""
 
-    @abstractmethod
     def read_physical(self, address: int, size: int) -> bytes:
-        """Read guest physical memory. Raises FaultError past RAM."""
+        """Read guest physical memory (Capability.PHYSICAL_READS). Raises FaultError past RAM."""
+        raise self.missing(Capability.PHYSICAL_READS)
 
     @abstractmethod
     def registers(self) -> Mapping[str, int]:
         """General, segment and control registers by lower-case name (rip, cr3, efer, ...)."""
 
-    @abstractmethod
     def system_registers(self) -> SystemRegisters:
-        """GDTR/IDTR/TR/LDTR, or TargetError when this target cannot see them."""
+        """GDTR/IDTR/TR/LDTR (Capability.SYSTEM_REGISTERS)."""
+        raise self.missing(
+            Capability.SYSTEM_REGISTERS, "attach the in-kernel agent (--agent) to see them"
+        )
 
     @property
     @abstractmethod
@@ -132,8 +227,8 @@ class Target(ABC):
         """ "stopped", "running" or "exited"."""
 
     @abstractmethod
-    def stop(self) -> None:
-        """Stop the target (no-op when already stopped)."""
+    def stop(self) -> StopRecord | None:
+        """Stop the target (no-op when already stopped); the stop record when it keeps one."""
 
     @abstractmethod
     def resume(self) -> None:
@@ -158,24 +253,32 @@ class Target(ABC):
     # The defaults are a target that stops only when asked (the agent): it never reports
     # a stop by itself, and it cannot step or break.
 
-    #: The record of the last stop (``reason``, ``frame``...), empty when unknown.
-    last_stop: Mapping[str, Any] = MappingProxyType({})
+    _last_stop: StopRecord = MappingProxyType({})
 
-    def wait_for_stop(self, timeout: float) -> Mapping[str, Any] | None:
+    @property
+    def last_stop(self) -> StopRecord:
+        """The record of the last stop (``reason``, ``frame``...), empty when unknown."""
+        return self._last_stop
+
+    @last_stop.setter
+    def last_stop(self, record: StopRecord) -> None:
+        self._last_stop = record
+
+    def wait_for_stop(self, timeout: float) -> StopRecord | None:
         """Wait up to ``timeout`` s for the running target to stop by itself (a breakpoint).
 
-        The stop record; None when it cannot stop by itself (the default);
-        TargetError when it did not stop in time or has gone away.
+        The stop record; None when it cannot stop by itself (the default, without
+        Capability.RUN_CONTROL); TargetError when it did not stop in time or has gone away.
         """
         return None
 
-    def step_instruction(self) -> Mapping[str, Any]:
-        """Execute one instruction; the stop record."""
-        raise TargetError(f"{self.description} cannot single-step")
+    def step_instruction(self) -> StopRecord:
+        """Execute one instruction (Capability.RUN_CONTROL); the stop record."""
+        raise self.missing(Capability.RUN_CONTROL)
 
     def break_insert(self, location: str) -> int:
-        """A breakpoint at a symbol or ``*address``; its number."""
-        raise TargetError(f"{self.description} cannot set breakpoints")
+        """A breakpoint at a symbol or ``*address`` (Capability.BREAKPOINTS); its number."""
+        raise self.missing(Capability.BREAKPOINTS)
 
     def breakpoints(self) -> list[Breakpoint]:
         """The breakpoints set, in number order, with their hit counts; none by default."""
@@ -183,7 +286,26 @@ class Target(ABC):
 
     def break_delete(self, number: int) -> None:
         """Delete breakpoint ``number``; TargetError when there is none by that number."""
-        raise TargetError(f"{self.description} cannot set breakpoints")
+        raise self.missing(Capability.BREAKPOINTS)
+
+    # -- what only the in-kernel agent offers ---------------------------------------------
+
+    def agent(self) -> AgentTarget:
+        """The agent itself, answering on its line (Capability.AGENT): its hello, its
+        registers (IA32_PAT...), its own page-table walk."""
+        raise self.missing(Capability.AGENT, "attach with --agent")
+
+    def uefi(self) -> UefiCalls:
+        """The agent's UEFI requests (Capability.UEFI_CALLS)."""
+        raise self.missing(
+            Capability.UEFI_CALLS,
+            "a call into the firmware is made by the in-kernel agent: attach with --agent",
+        )
+
+    def open_remaps(self, journal: Journal, walk: Callable[[], list[Range]]) -> Remaps:
+        """Remaps journaled in ``journal`` (Capability.REMAPS). ``walk`` walks the map as
+        the session sees it now, for targets that verify through another view (a stub's)."""
+        raise self.missing(Capability.REMAPS, REMAPS_NEED_AGENT)
 
     def __enter__(self) -> Target:
         return self

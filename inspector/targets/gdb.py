@@ -15,10 +15,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from kinspect.protocols.gdbmi import MiClosed, MiError, MiSession, MiTimeout, mi_quote
+from kinspect.protocols.gdbmi import MiClosed, MiError, MiResult, MiSession, MiTimeout, mi_quote
 
-from ..errors import FaultError, InspectorError, ProtocolError, TargetError
-from .base import Breakpoint, SystemRegisters, Target
+from ..errors import (
+    FaultError,
+    InspectorError,
+    MissingCapability,
+    ProtocolError,
+    TargetError,
+    TargetLost,
+)
+from .base import Breakpoint, Capability, StopRecord, SystemRegisters, Target
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
 __all__ = ["DIRECT_MAP_SYMBOLS", "GdbTarget", "decode_break_table"]
@@ -139,8 +146,9 @@ class GdbTarget(Target):
                 f"cannot attach to {self.endpoint}: no answer within {CONNECT_TIMEOUT:g} s"
             ) from exc
         except MiClosed as exc:
-            raise TargetError(f"cannot attach to {self.endpoint}: gdb exited ({exc})") from exc
+            raise TargetLost(f"cannot attach to {self.endpoint}: gdb exited ({exc})") from exc
         self._mi.state = "stopped"
+        #: QEMU's stub: physical mode, and GDTR/IDTR/TR through its monitor
         self.is_qemu = self._probe_qemu()
         if self.physical == "qemu" and not self.is_qemu:
             raise TargetError("this stub has no physical-memory mode (it is not QEMU's)")
@@ -155,6 +163,11 @@ class GdbTarget(Target):
             except TargetError:
                 self._ram_size = None
         self.description = f"gdb remote stub {self.endpoint}" + (" (QEMU)" if self.is_qemu else "")
+        # Physical reads: QEMU's mode, or the direct map (its base found on first use).
+        offered = {Capability.PHYSICAL_READS, Capability.RUN_CONTROL, Capability.BREAKPOINTS}
+        if self.is_qemu:
+            offered.add(Capability.SYSTEM_REGISTERS)
+        self.capabilities = frozenset(offered)
 
     def _probe_qemu(self) -> bool:
         reply = self._packet("qqemu.PhyMemMode")
@@ -166,18 +179,18 @@ class GdbTarget(Target):
 
     # -- plumbing --------------------------------------------------------------
 
-    def _call(self, command: str, timeout: float | None = None):
-        """One MI command with our errors: TargetError for everything but ^error."""
+    def _call(self, command: str, timeout: float | None = None) -> MiResult:
+        """One MI command with our errors: TargetLost for a dead link, MiError for ^error."""
         try:
             return self._mi.command(command, timeout=timeout or self.timeout)
         except MiTimeout as exc:
-            raise TargetError(
+            raise TargetLost(
                 f"the target did not answer within {exc.timeout:g} s ({self.endpoint})"
             ) from exc
         except MiClosed as exc:
-            raise TargetError(f"lost the connection to gdb: {exc}") from exc
+            raise TargetLost(f"lost the connection to gdb: {exc}") from exc
 
-    def _checked(self, command: str, timeout: float | None = None):
+    def _checked(self, command: str, timeout: float | None = None) -> MiResult:
         try:
             return self._call(command, timeout)
         except MiError as exc:
@@ -192,7 +205,7 @@ class GdbTarget(Target):
             or "the program is not being run" in text
         ):
             self._mi.state = "exited"
-            raise TargetError(f"the target has gone away ({exc.message})") from exc
+            raise TargetLost(f"the target has gone away ({exc.message})") from exc
         if "while the target is running" in text:
             raise TargetError("the target is running; stop it first") from exc
 
@@ -257,7 +270,7 @@ class GdbTarget(Target):
         if limit is not None and address + size > limit:
             raise FaultError(
                 address,
-                f"physical address past the end of RAM ({self._ram_size // (1 << 20)} MiB): "
+                f"physical address past the end of RAM ({(self._ram_size or 0) // (1 << 20)} MiB): "
                 "QEMU would answer zeros",
             )
         if self.physical == "qemu":
@@ -328,8 +341,10 @@ class GdbTarget(Target):
 
     def system_registers(self) -> SystemRegisters:
         if not self.is_qemu:
-            raise TargetError(
-                "this gdb stub does not expose GDTR/IDTR/TR; attach the in-kernel agent to see them"
+            raise MissingCapability(
+                Capability.SYSTEM_REGISTERS,
+                "this gdb stub does not expose GDTR/IDTR/TR; "
+                "attach the in-kernel agent to see them",
             )
         self._require_stopped()
         text = self._console("monitor info registers")
@@ -349,7 +364,7 @@ class GdbTarget(Target):
                 return "exited"
         return self._mi.state
 
-    def stop(self, *, timeout: float | None = None) -> dict:
+    def stop(self, *, timeout: float | None = None) -> StopRecord:
         """Stop the target; return the stop record."""
         if self.state == "stopped":
             return self._mi.last_stop or {}
@@ -359,7 +374,7 @@ class GdbTarget(Target):
         except MiTimeout as exc:
             raise TargetError(f"the target did not stop within {exc.timeout:g} s") from exc
         except MiClosed as exc:
-            raise TargetError(f"lost the connection to gdb: {exc}") from exc
+            raise TargetLost(f"lost the connection to gdb: {exc}") from exc
 
     def resume(self) -> None:
         if self.state == "running":
@@ -367,20 +382,24 @@ class GdbTarget(Target):
         self._set_phys_mode(False)
         self._checked("-exec-continue")
 
-    def wait_for_stop(self, timeout: float) -> dict:
+    def wait_for_stop(self, timeout: float) -> StopRecord:
         try:
             return self._mi.wait_for_stop(timeout)
         except MiTimeout as exc:
             raise TargetError(f"the target did not stop within {exc.timeout:g} s") from exc
         except MiClosed as exc:
-            raise TargetError(f"lost the connection to gdb: {exc}") from exc
+            raise TargetLost(f"lost the connection to gdb: {exc}") from exc
 
     @property
-    def last_stop(self) -> dict:
+    def last_stop(self) -> StopRecord:
         """The payload of the last ``*stopped`` record (``reason``, ``frame``...)."""
         return self._mi.last_stop or {}
 
-    def step_instruction(self, *, timeout: float | None = None) -> dict:
+    @last_stop.setter
+    def last_stop(self, record: StopRecord) -> None:
+        self._mi.last_stop = dict(record)
+
+    def step_instruction(self, *, timeout: float | None = None) -> StopRecord:
         """Execute one instruction (``stepi``); return the stop record."""
         self._require_stopped()
         self._set_phys_mode(False)
@@ -413,7 +432,7 @@ class GdbTarget(Target):
                 "the target is running; stop it first (kinspect stops it for you unless --no-stop)"
             )
         if state == "exited":
-            raise TargetError("the target has gone away")
+            raise TargetLost("the target has gone away")
 
     def close(self, *, resume: bool = True) -> None:
         """Detach (the stub lets the target run) or disconnect leaving it stopped."""

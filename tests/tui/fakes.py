@@ -36,10 +36,11 @@ from kinspect.inspector.remap.journal import Journal, JournalStep
 from kinspect.inspector.remap.plan import Step, protected_areas
 from kinspect.inspector.session import Session
 from kinspect.inspector.symbols import Symbol, SymbolTable
-from kinspect.inspector.targets.base import Breakpoint, Target
+from kinspect.inspector.targets.base import Breakpoint, Capability, Target
 from kinspect.inspector.targets.qemu_text import system_registers_from_info
 from kinspect.inspector.x86.control import decode_paging_mode
 from kinspect.inspector.x86.paging import translate
+from kinspect.protocols.agent_wire import ErrorCode
 from tests.unit.test_x86_linux_capture import load_pages
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "linux-6.1-nokaslr"
@@ -117,6 +118,14 @@ class MemoryTarget(Target):
     """A stopped Linux 6.1 kernel in memory, with simulated run control."""
 
     description = "in-memory Linux 6.1 capture"
+    capabilities = frozenset(
+        {
+            Capability.PHYSICAL_READS,
+            Capability.SYSTEM_REGISTERS,
+            Capability.RUN_CONTROL,
+            Capability.BREAKPOINTS,
+        }
+    )
 
     def __init__(self, *, wx: bool = False) -> None:
         """``wx``: make the first 2 MiB of kernel text writable (a W+X mapping to find)."""
@@ -351,7 +360,7 @@ class MemoryRemapper(Remapper):
 
 def _no_uefi() -> dict:
     """The agent's efi_info on a kernel that did not boot through UEFI (error 6)."""
-    raise AgentError(6, "efi_info: unsupported")
+    raise AgentError(ErrorCode.UNSUPPORTED, "efi_info: unsupported")
 
 
 def remap_session(journal_path) -> Session:
