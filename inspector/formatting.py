@@ -3,14 +3,16 @@
 Pure functions from records to strings, so the CLI and the TUI print the
 same facts the same way. Layouts follow the tools readers already know:
 Linux's ``/sys/kernel/debug/page_tables`` (ptdump) for ranges, the SDM's
-register figures for registers. No I/O here, and no import of the decoders
-at run time (they import :func:`format_size` from here).
+register figures for registers. No I/O here. :func:`format_size` is the
+paging decoders' own (their records print sizes), re-exported from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+from kinspect.inspector.x86.paging.entry import format_size
 
 if TYPE_CHECKING:
     from kinspect.inspector.x86.control import DecodedRegister
@@ -22,23 +24,6 @@ __all__ = [
     "format_size",
     "format_translation",
 ]
-
-_UNITS = "BKMGTPE"
-
-
-def format_size(n: int) -> str:
-    """A byte count the way ptdump prints it: the largest exact unit (``20K``, ``2M``, ``1G``).
-
-    Like Linux, a size is only scaled while it stays a whole number, so
-    1.5 MiB prints as ``1536K`` and nothing is rounded away.
-    """
-    if n < 0:
-        raise ValueError(f"a size cannot be negative: {n}")
-    unit = 0
-    while n and not n & 1023 and unit < len(_UNITS) - 1:
-        n >>= 10
-        unit += 1
-    return f"{n}{_UNITS[unit]}"
 
 
 def format_ranges(ranges: Iterable[Range]) -> str:
