@@ -18,6 +18,7 @@ from typing import Any
 from kinspect.protocols.gdbmi import MiClosed, MiError, MiSession, MiTimeout, mi_quote
 
 from ..errors import FaultError, InspectorError, ProtocolError, TargetError
+from ..x86.paging import check_canonical
 from .base import Breakpoint, SystemRegisters, Target
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
@@ -242,8 +243,7 @@ class GdbTarget(Target):
         return bytes(out)
 
     def read_virtual(self, address: int, size: int) -> bytes:
-        if not _is_canonical(address):
-            raise FaultError(address, "non-canonical address (bits 63:56 must all equal bit 56)")
+        check_canonical(address, 5)  # the widest mode; the session checks the one in use
         self._require_stopped()
         if self._phys_mode:
             self._set_phys_mode(False)
@@ -510,9 +510,3 @@ def _where(row: Mapping[str, Any]) -> str:
         if row.get(key):
             return str(row[key])
     return ""
-
-
-def _is_canonical(address: int) -> bool:
-    """Canonical under 5-level paging, the widest there is (the session checks the mode)."""
-    top = address >> 56
-    return top == 0 or top == 0xFF
