@@ -26,22 +26,31 @@ STACK = 0xFFFF800000001000  # host_agent's RSP (agent_cpu.rsp)
 SPARE = 0xFFFFD00000000000
 
 
-@pytest.fixture
-def agent(tmp_path):
-    pt = PageTables(4)
+def start_host_agent(tmp_path, levels: int = 4, cr4: int = 0x20) -> tuple[HostAgent, PageTables]:
+    """The agent on tables with its stack (two pages) and a 2 MiB page at 0x400000."""
+    pt = PageTables(levels)
     pt.memory.ram_size = 1 << 30
     pt.map(STACK - 0x1000, 0x200000, flags=P | RW | NX)
     pt.map(STACK, 0x201000, flags=P | RW | NX)
     pt.map(0x400000, 0x400000, size=1 << 21, flags=P | RW)
-    image = tmp_path / "image"
-    write_image(image, pt.memory, ram_size=pt.memory.ram_size, cr3=pt.root)
-    host = HostAgent(host_tools()["host_agent"], image)
+    image = tmp_path / f"image{levels}"
+    write_image(image, pt.memory, ram_size=pt.memory.ram_size, cr3=pt.root, cr4=cr4)
+    return HostAgent(host_tools()["host_agent"], image), pt
+
+
+def check_closed(host: HostAgent) -> None:
+    stderr = host.close()
+    assert "runtime error" not in stderr and "AddressSanitizer" not in stderr, stderr
+
+
+@pytest.fixture
+def agent(tmp_path):
+    host, pt = start_host_agent(tmp_path)
     client = AgentClient(host.transport, timeout=5)
     client.hello()
     yield client, pt
     client.close()
-    stderr = host.close()
-    assert "runtime error" not in stderr and "AddressSanitizer" not in stderr, stderr
+    check_closed(host)
 
 
 def walk(client):
@@ -161,18 +170,10 @@ VA57 = 0xFF40000000000000
 
 @pytest.fixture
 def agent5(tmp_path):
-    """The agent on 5-level tables: the stack as above, under PML5 entry 511."""
-    pt = PageTables(5)
-    pt.memory.ram_size = 1 << 30
-    pt.map(STACK - 0x1000, 0x200000, flags=P | RW | NX)
-    pt.map(STACK, 0x201000, flags=P | RW | NX)
-    pt.map(0x400000, 0x400000, size=1 << 21, flags=P | RW)
-    image = tmp_path / "image5"
-    write_image(image, pt.memory, ram_size=pt.memory.ram_size, cr3=pt.root, cr4=CR4_PAE_LA57)
-    host = HostAgent(host_tools()["host_agent"], image)
+    """The agent on 5-level tables: the same pages, the stack under PML5 entry 511."""
+    host, pt = start_host_agent(tmp_path, 5, CR4_PAE_LA57)
     yield host, pt
-    stderr = host.close()
-    assert "runtime error" not in stderr and "AddressSanitizer" not in stderr, stderr
+    check_closed(host)
 
 
 def test_map_at_a_57_bit_address_creates_a_table_under_a_new_pml5_entry(agent5):
