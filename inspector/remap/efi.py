@@ -123,7 +123,8 @@ def plan_efi_steps(
     """Map the runtime regions at ``base`` + PA, then SetVirtualAddressMap (verified after).
 
     ``levels`` is the kernel's paging (4, or 5 with LA57): what is canonical, which
-    tables the maps need."""
+    tables the maps need.
+    """
     refusals: list[Refusal] = []
     notes: list[str] = []
     if state.virtual_mode:

@@ -10,9 +10,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kinspect.inspector.errors import InspectorError
 from kinspect.inspector.x86.flags import BitField, format_flags
+
+if TYPE_CHECKING:
+    from kinspect.inspector.x86.control import PagingMode
 
 __all__ = [
     "ENTRIES_PER_TABLE",
@@ -316,6 +320,19 @@ class PageTableEntry:
             "available": self.available,
             "reserved": self.reserved,
         }
+
+
+def _entry_text(level: int, index: int, entry_address: int) -> str:
+    return f"{LEVEL_NAMES[level]} entry {index} at {entry_address:#x}"
+
+
+def _check_mode(mode: PagingMode) -> None:
+    if not mode.enabled:
+        raise InspectorError("paging is off (CR0.PG=0): virtual addresses are physical")
+    if not mode.is_long_mode:
+        raise InspectorError(
+            f"{mode.name} paging is not supported: only 4- and 5-level (long mode) tables"
+        )
 
 
 def decode_entry(raw: int, level: int, *, maxphyaddr: int = 52, nxe: bool = True) -> PageTableEntry:

@@ -14,12 +14,13 @@ from kinspect.inspector.x86.paging.entry import (
     PageTableEntry,
     Permissions,
     ReadPhysical,
+    _check_mode,
+    _entry_text,
     _permissions,
     _repr,
     decode_entry,
     format_size,
 )
-from kinspect.inspector.x86.paging.walk import _check_mode, _entry_text
 
 __all__ = ["Translation", "WalkStep", "translate"]
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from kinspect.inspector.errors import FaultError, InspectorError
+from kinspect.inspector.errors import FaultError
 from kinspect.inspector.x86.control import PagingMode
 from kinspect.inspector.x86.paging.address import level_index, virtual_address_bits
 from kinspect.inspector.x86.paging.entry import (
@@ -37,6 +37,8 @@ from kinspect.inspector.x86.paging.entry import (
     Permissions,
     ReadPhysical,
     _address_mask,
+    _check_mode,
+    _entry_text,
     _repr,
     _reserved_mask,
     decode_entry,
@@ -147,19 +149,6 @@ class WalkProblem:
             "entry": None if self.entry is None else self.entry.to_dict(),
             "reason": self.reason,
         }
-
-
-def _entry_text(level: int, index: int, entry_address: int) -> str:
-    return f"{LEVEL_NAMES[level]} entry {index} at {entry_address:#x}"
-
-
-def _check_mode(mode: PagingMode) -> None:
-    if not mode.enabled:
-        raise InspectorError("paging is off (CR0.PG=0): virtual addresses are physical")
-    if not mode.is_long_mode:
-        raise InspectorError(
-            f"{mode.name} paging is not supported: only 4- and 5-level (long mode) tables"
-        )
 
 
 def walk_page_tables(
