@@ -66,11 +66,11 @@ from .x86.paging import (
     PageTableEntry,
     Range,
     Translation,
+    check_canonical,
     coalesce_ranges,
     collect_address_space,
     decode_table,
     find_aliases,
-    is_canonical,
     translate,
 )
 
@@ -556,9 +556,5 @@ class Session:
         regs = self.registers()
         if "cr4" in regs and "efer" in regs and "cr0" in regs:
             mode = self.paging_mode()
-            if mode.is_long_mode and not is_canonical(address, mode.levels):
-                bits = mode.virtual_address_bits
-                raise FaultError(
-                    address,
-                    f"non-canonical address (bits 63:{bits - 1} must all equal bit {bits - 1})",
-                )
+            if mode.is_long_mode:
+                check_canonical(address, mode.levels)

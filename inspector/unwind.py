@@ -33,6 +33,7 @@ from .dwarf import DWARF_REGISTERS, CfiRow
 from .errors import DecodeError, InspectorError
 from .symbols import SourceLine, Symbol
 from .x86.descriptors import ERROR_CODE_VECTORS, vector_name
+from .x86.paging import is_canonical
 
 __all__ = [
     "MAX_DEPTH",
@@ -233,12 +234,6 @@ class _Stop(Exception):
         self.cfa = cfa
 
 
-def _is_canonical(address: int) -> bool:
-    """Canonical under 5-level paging, the widest (a 4-level kernel's reads refuse the rest)."""
-    top = address >> 56
-    return top == 0 or top == 0xFF
-
-
 def unwind(
     read_virtual: ReadVirtual,
     registers: Mapping[str, int],
@@ -330,7 +325,8 @@ def unwind(
         if new_pc == 0:
             stop, reason = "null-return", f"{describe(pc)} returns to address 0: the stack's end"
             break
-        if not _is_canonical(new_pc):
+        # 5-level, the widest mode: a 4-level kernel's reads refuse the rest
+        if not is_canonical(new_pc, 5):
             stop, reason = (
                 "bad-return-address",
                 f"{describe(pc)} returns to {new_pc:#x}, which is not canonical",

@@ -24,7 +24,16 @@ from kinspect.protocols.agent_wire import ErrorCode
 
 from ..efi.runtime import EFI_VA_BASE
 from ..errors import AgentError, InspectorError, TargetError, TargetLost
-from ..x86.paging import Range
+from ..x86.control import PagingMode, decode_paging_mode
+from ..x86.paging import (
+    Range,
+    ReadPhysical,
+    entry_span,
+    higher_half,
+    level_index,
+    translate,
+    walk_tables,
+)
 from .efi import IRREVERSIBLE, SVAM, plan_efi_steps, read_efi_state
 from .journal import Journal, JournalStep
 from .plan import (
@@ -49,9 +58,8 @@ __all__ = ["HIGHER_HALF", "RemapRefused", "Remapper", "StepReport", "UndoRefused
 
 PAGE = 0x1000
 REFUSED = ErrorCode.REFUSED
-#: Lower and upper halves of the 4-level address space.
-HIGHER_HALF = 0xFFFF800000000000
-ADDRESS_BITS = 0x000FFFFFFFFFF000
+#: Lower and upper halves of the 4-level address space (a Remapper knows its own mode's).
+HIGHER_HALF = higher_half(4)
 SET_ENTRIES_CHUNK = 16  # a set_entries request stays under the agent's 512-byte limit
 VARIABLES_LISTED = 64  # GetNextVariableName calls the check after SetVirtualAddressMap makes
 ENTRY_BLOCK = 512  # bytes of a table read at once to journal a step's entries (64 of them)
@@ -170,6 +178,8 @@ class Remapper:
         #: What verification walks: the agent's walk, or another source (a gdb stub's view).
         self.verify_walk = verify_walk
         self.levels = int(target.info.get("paging_levels", 4))
+        #: Where the upper (kernel) half starts with this many levels.
+        self.higher_half = higher_half(self.levels)
         #: Set once SetVirtualAddressMap succeeded here: later steps check the runtime services.
         self.efi_virtual = False
         target.stop()
@@ -225,18 +235,16 @@ class Remapper:
             rbp = saved
         return top
 
-    def table_addresses(self, root: int) -> list[int]:
-        tables, stack = [], [(self.levels, root)]
-        while stack:
-            level, table = stack.pop()
-            tables.append(table)
-            if level == 1:
-                continue
-            raw = self.target.read_physical(table, PAGE)
-            for (e,) in struct.iter_unpack("<Q", raw):
-                if e & 1 and not (level <= 3 and e & 0x80):
-                    stack.append((level - 1, e & 0x000FFFFFFFFFF000))
-        return tables
+    def paging_mode(self, regs: dict[str, int]) -> PagingMode:
+        """The paging mode the registers (the agent's ``regs``) say the kernel runs in."""
+        return decode_paging_mode(
+            regs["cr0"], regs["cr4"], regs["efer"], maxphyaddr=regs.get("maxphyaddr") or 52
+        )
+
+    def table_addresses(self, regs: dict[str, int]) -> list[int]:
+        """Physical address of every page table reachable from CR3 (each once)."""
+        walk = walk_tables(self.target.read_physical, regs["cr3"], self.paging_mode(regs))
+        return [table for _level, table in walk]
 
     def areas(
         self,
@@ -248,7 +256,7 @@ class Remapper:
         """What the agent protects, seen from here (mappings of the tables: every alias)."""
         regs = regs or self.registers()
         ranges = ranges if ranges is not None else self.ranges()
-        tables = set(self.table_addresses(regs["cr3"] & ADDRESS_BITS))
+        tables = set(self.table_addresses(regs))
         aliases = []
         for r in ranges:
             for pa in tables:
@@ -285,16 +293,22 @@ class Remapper:
     def plan_map(
         self, va: int, pa: int, size: int, *, page_size: int = PAGE, flags: int = 0
     ) -> Plan:
-        return plan_map(self.ranges(), self.areas(), va, pa, size, page_size, flags)
+        return plan_map(
+            self.ranges(), self.areas(), va, pa, size, page_size, flags, levels=self.levels
+        )
 
     def plan_unmap(self, va: int, size: int, *, page_size: int = PAGE) -> Plan:
-        return plan_unmap(self.ranges(), self.areas(), va, size, page_size)
+        return plan_unmap(self.ranges(), self.areas(), va, size, page_size, levels=self.levels)
 
     def plan_protect(self, va: int, size: int, *, page_size: int = PAGE, flags: int = 0) -> Plan:
-        return plan_protect(self.ranges(), self.areas(), va, size, page_size, flags)
+        return plan_protect(
+            self.ranges(), self.areas(), va, size, page_size, flags, levels=self.levels
+        )
 
     def plan_move(self, va: int, size: int, new_va: int, *, drop_old: bool = False) -> Plan:
-        return plan_move(self.ranges(), self.areas(), va, size, new_va, drop_old=drop_old)
+        return plan_move(
+            self.ranges(), self.areas(), va, size, new_va, drop_old=drop_old, levels=self.levels
+        )
 
     # -- applying ------------------------------------------------------------------------
 
@@ -306,36 +320,34 @@ class Remapper:
             reports.append(self.run_step(step, force=force))
         return reports
 
-    def _entry_reader(self) -> Callable[[int], int]:
-        """Page-table entries by physical address, read 512 bytes at a time and kept: a step's
+    def _entry_reader(self) -> ReadPhysical:
+        """Physical reads of page-table entries, 512 bytes at a time and kept: a step's
         64 pages share their upper entries and lie side by side in one table."""
         blocks: dict[int, bytes] = {}
 
-        def entry(pa: int) -> int:
+        def read(pa: int, size: int) -> bytes:
             block = pa & ~(ENTRY_BLOCK - 1)
+            if pa + size > block + ENTRY_BLOCK:
+                return self.target.read_physical(pa, size)
             if block not in blocks:
                 blocks[block] = self.target.read_physical(block, ENTRY_BLOCK)
-            value: int = struct.unpack_from("<Q", blocks[block], pa - block)[0]
-            return value
+            return blocks[block][pa - block : pa - block + size]
 
-        return entry
+        return read
 
     def _entries_on_the_way(
-        self, root: int, va: int, level: int, entry: Callable[[int], int] | None = None
+        self, cr3: int, mode: PagingMode, va: int, level: int, read: ReadPhysical
     ) -> list[list[int]]:
-        """[va, level, entry] of the entry at ``level``, or of the absent one above it."""
-        entry = entry or self._entry_reader()
-        table = root
-        for lvl in range(self.levels, 0, -1):
-            shift = 12 + 9 * (lvl - 1)
-            e = entry(table + 8 * ((va >> shift) & 511))
-            if lvl == level:
-                return [[va, lvl, e]]
-            if not e & 1:
-                return [[va & ~((1 << shift) - 1), lvl, e]]
-            if lvl <= 3 and e & 0x80:
+        """[va, level, entry] of the entry at ``level``, or of the absent one above it:
+        the entries the agent's walk to ``level`` reads, as the walker translates ``va``."""
+        for step in translate(read, cr3, mode, va).steps:
+            raw = step.entry.raw
+            if step.level == level:
+                return [[va, level, raw]]
+            if not step.entry.present:
+                return [[va & ~(entry_span(step.level) - 1), step.level, raw]]
+            if step.entry.is_leaf:
                 return []  # a larger page: the agent refuses the step
-            table = e & ADDRESS_BITS
         return []
 
     def _before(self, step: Step) -> Any:
@@ -346,10 +358,10 @@ class Remapper:
             size, page_size = step.params[2:4] if step.method == "map" else step.params[1:3]
             level = LEVEL_OF_SIZE[page_size]
             out: list[list[int]] = []
-            entry = self._entry_reader()
-            root = regs["cr3"] & ADDRESS_BITS
+            read = self._entry_reader()
+            mode = self.paging_mode(regs)
             for off in range(0, size, page_size):
-                for item in self._entries_on_the_way(root, va + off, level, entry):
+                for item in self._entries_on_the_way(regs["cr3"], mode, va + off, level, read):
                     if item[:2] not in [o[:2] for o in out]:
                         out.append(item)
             return {"entries": out}
@@ -531,7 +543,7 @@ class Remapper:
         steps: list[Step] = []
         notes: list[str] = []
         moved = dict(regs)
-        if regs["rsp"] < HIGHER_HALF:
+        if regs["rsp"] < self.higher_half:
             steps.append(self._plan_stack(regs, ranges, notes))
             lo, _hi, new_lo = steps[-1].params
             moved["rsp"] += new_lo - lo
@@ -541,9 +553,9 @@ class Remapper:
         gdt, idt = regs["gdtr_base"], regs["idtr_base"]
 
         def lifted(base: int) -> int:
-            return self._upper_alias(base, ranges) if base < HIGHER_HALF else base
+            return self._upper_alias(base, ranges) if base < self.higher_half else base
 
-        if any(v is not None and v < HIGHER_HALF for v in (gdt, idt, tss)):
+        if any(v is not None and v < self.higher_half for v in (gdt, idt, tss)):
             new_gdt, new_idt = lifted(gdt), lifted(idt)
             new_tss = lifted(tss) if tss is not None else None
             steps.append(
@@ -565,7 +577,7 @@ class Remapper:
         title = "move the runtime to the higher half, then drop the identity map"
         efi = read_efi_state(self.target)
         if efi is not None and not efi.virtual_mode:
-            part = plan_efi_steps(efi, ranges, areas)
+            part = plan_efi_steps(efi, ranges, areas, levels=self.levels)
             steps += part.steps
             tables += part.tables
             refusals += part.refusals
@@ -584,28 +596,35 @@ class Remapper:
     def _drop_lower_half(
         self, ranges: list[Range], areas: list[Protected]
     ) -> tuple[list[Step], list[Range], list[Refusal]]:
-        """Clear the PML4 entries of everything below the higher half (the identity map)."""
-        low = [r for r in ranges if r.start < HIGHER_HALF]
-        slots = sorted({r.start >> 39 for r in low})
+        """Clear the PML4 entries of everything below the higher half (the identity map).
+
+        512 GiB at a time with 5 levels too: the PML4 entries under the lower PML5 entries.
+        """
+        low = [r for r in ranges if r.start < self.higher_half]
+        span = entry_span(4)
+        slots = sorted({r.start // span for r in low})
         steps, refusals = [], []
         for slot in slots:
-            va = slot << 39
-            inside = [r for r in low if r.start >> 39 == slot]
+            va = slot * span
+            inside = [r for r in low if r.start // span == slot]
             what = (
                 "the identity map"
                 if all(r.start == r.phys for r in inside)
                 else "lower-half mappings, not only an identity map"
             )
+            where = f"PML4 entry {level_index(va, 4)}"
+            if self.levels == 5:
+                where += f" under PML5 entry {level_index(va, 5)}"
             steps.append(
                 Step(
                     "unmap",
-                    (va, 1 << 39, 1 << 39),
-                    f"clear PML4 entry {slot} ({va:#x}-{va + (1 << 39):#x}): {what}",
+                    (va, span, span),
+                    f"clear {where} ({va:#x}-{va + span:#x}): {what}",
                     ((va, 4, "0 (not present)"),),
-                    (Expectation(va, va + (1 << 39), None),),
+                    (Expectation(va, va + span, None),),
                 )
             )
-            refusals += check_change(areas, va, va + (1 << 39), unmaps=True)
+            refusals += check_change(areas, va, va + span, unmaps=True)
         return steps, low, refusals
 
     def plan_efi_runtime(self, *, base: int = EFI_VA_BASE, drop_identity: bool = True) -> Plan:
@@ -620,7 +639,7 @@ class Remapper:
         regs = self.registers()
         ranges = self.ranges()
         areas = self.areas(regs, ranges)
-        part = plan_efi_steps(efi, ranges, areas, base)
+        part = plan_efi_steps(efi, ranges, areas, base, levels=self.levels)
         low: list[Range] = []
         steps, refusals = list(part.steps), list(part.refusals)
         if drop_identity and part.steps:
@@ -642,7 +661,7 @@ class Remapper:
         aliases = [
             r.start + (pa - r.phys)
             for r in ranges
-            if r.start >= HIGHER_HALF and r.phys <= pa < r.phys + r.size
+            if r.start >= self.higher_half and r.phys <= pa < r.phys + r.size
         ]
         if not aliases:
             raise InspectorError(f"{va:#x} (physical {pa:#x}) has no alias in the higher half")
@@ -664,7 +683,7 @@ class Remapper:
             (
                 r.start + (pa - r.phys)
                 for r in ranges
-                if r.start >= HIGHER_HALF and r.phys <= pa < r.phys + r.size
+                if r.start >= self.higher_half and r.phys <= pa < r.phys + r.size
             ),
             reverse=True,
         ):

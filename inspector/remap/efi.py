@@ -121,8 +121,14 @@ def plan_efi_steps(
     ranges: Sequence[Range],
     areas: Sequence[Protected],
     base: int = EFI_VA_BASE,
+    *,
+    levels: int = 4,
 ) -> EfiPlan:
-    """Map the runtime regions at ``base`` + PA, then SetVirtualAddressMap (verified after)."""
+    """Map the runtime regions at ``base`` + PA, then SetVirtualAddressMap (verified after).
+
+    ``levels`` is the kernel's paging (4, or 5 with LA57): what is canonical, which
+    tables the maps need.
+    """
     refusals: list[Refusal] = []
     notes: list[str] = []
     if state.virtual_mode:
@@ -155,10 +161,19 @@ def plan_efi_steps(
                     )
                 )
             sub = plan_map(
-                index, areas, piece.va, piece.pa, piece.size, piece.page_size, piece.flags
+                index,
+                areas,
+                piece.va,
+                piece.pa,
+                piece.size,
+                piece.page_size,
+                piece.flags,
+                levels=levels,
             )
             refusals += sub.refusals
-            tables |= tables_needed(index, piece.va, piece.size, LEVEL_OF_SIZE[piece.page_size])
+            tables |= tables_needed(
+                index, piece.va, piece.size, LEVEL_OF_SIZE[piece.page_size], levels=levels
+            )
             steps += [
                 Step(
                     s.method,

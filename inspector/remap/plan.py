@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..x86.paging import Range
+from ..x86.paging import Range, entry_span, is_canonical
 
 __all__ = [
     "FLAG_BITS",
@@ -273,17 +273,14 @@ _MESSAGES = {
 }
 
 
-def _canonical(va: int) -> bool:
-    top = va >> 47
-    return top == 0 or top == (1 << 17) - 1
-
-
-def _shape_refusals(va: int, size: int, page_size: int, pa: int = 0) -> list[Refusal]:
+def _shape_refusals(
+    va: int, size: int, page_size: int, pa: int = 0, *, levels: int = 4
+) -> list[Refusal]:
     out = []
     if (
         size <= 0
-        or not _canonical(va)
-        or not _canonical(va + size - 1)
+        or not is_canonical(va, levels)
+        or not is_canonical(va + size - 1, levels)
         or (va >> 63) != ((va + size - 1) >> 63)
     ):
         out.append(Refusal("non-canonical", va, "the range is not canonical or crosses the hole"))
@@ -334,40 +331,50 @@ def _overlap(ranges: Iterable[Range], start: int, end: int) -> list[Range]:
     return out
 
 
-def _tables_needed(ranges: Iterable[Range], va: int, size: int, level: int) -> int:
+def _tables_needed(ranges: Iterable[Range], va: int, size: int, level: int, levels: int = 4) -> int:
     """Tables a map must create: levels above the leaf with nothing mapped yet (upper bound)."""
-    return len(tables_needed(ranges, va, size, level))
+    return len(tables_needed(ranges, va, size, level, levels=levels))
 
 
-def tables_needed(ranges: Iterable[Range], va: int, size: int, level: int) -> set[tuple[int, int]]:
-    """(level, base) of each table a map must create (several maps: the union of these)."""
+def tables_needed(
+    ranges: Iterable[Range], va: int, size: int, level: int, *, levels: int = 4
+) -> set[tuple[int, int]]:
+    """(level, base) of each table a map must create (several maps: the union of these).
+
+    An entry at ``upper`` level (above the leaf's, below the top table that CR3
+    holds with ``levels`` of paging) needs a new table under it when nothing in
+    the span it covers is mapped by a page smaller than that span.
+    """
     index = indexed(ranges)
     needed = set()
-    for upper in range(level + 1, 5):
-        span = 1 << (12 + 9 * (upper - 1))
+    for upper in range(level + 1, levels + 1):
+        span = entry_span(upper)
         for base in range(va & ~(span - 1), va + size, span):
             if not any(r.page_size < span for r in index.overlapping(base, base + span)):
                 needed.add((upper, base))
     return needed
 
 
-def _chunks(va: int, size: int, page_size: int):
+def _chunks(va: int, size: int, page_size: int) -> Iterator[tuple[int, int, int]]:
     step = page_size * MAX_PAGES_PER_STEP
     for off in range(0, size, step):
         yield va + off, min(step, size - off), off
 
 
 def plan_map(
-    ranges: Sequence[Range],
+    ranges: Iterable[Range],
     areas: Sequence[Protected],
     va: int,
     pa: int,
     size: int,
     page_size: int,
     flags: int,
+    *,
+    levels: int = 4,
 ) -> Plan:
+    """Map ``size`` bytes at ``va`` to ``pa`` in ``page_size`` pages, under ``levels`` of paging."""
     level = LEVEL_OF_SIZE.get(page_size)
-    refusals = _shape_refusals(va, size, page_size, pa)
+    refusals = _shape_refusals(va, size, page_size, pa, levels=levels)
     if level is None or level > 3:
         raise ValueError("page size must be 4 KiB, 2 MiB or 1 GiB")
     replaced = _overlap(ranges, va, va + size)
@@ -398,7 +405,7 @@ def plan_map(
     return Plan(
         f"map {va:#x}-{va + size:#x} -> {pa:#x} ({format_flags(flags)})",
         tuple(steps),
-        _tables_needed(ranges, va, size, level),
+        _tables_needed(ranges, va, size, level, levels),
         tuple(replaced),
         tuple(refusals),
         ("replaces existing mappings (their entries are journaled)",) if replaced else (),
@@ -406,12 +413,18 @@ def plan_map(
 
 
 def plan_unmap(
-    ranges: Sequence[Range], areas: Sequence[Protected], va: int, size: int, page_size: int
+    ranges: Sequence[Range],
+    areas: Sequence[Protected],
+    va: int,
+    size: int,
+    page_size: int,
+    *,
+    levels: int = 4,
 ) -> Plan:
     level = LEVEL_OF_SIZE.get(page_size)
     if level is None:
         raise ValueError("page size must be 4 KiB, 2 MiB, 1 GiB or 512 GiB")
-    refusals = _shape_refusals(va, size, page_size)
+    refusals = _shape_refusals(va, size, page_size, levels=levels)
     refusals += check_change(areas, va, va + size, unmaps=True)
     gone = _overlap(ranges, va, va + size)
     steps = tuple(
@@ -434,11 +447,13 @@ def plan_protect(
     size: int,
     page_size: int,
     flags: int,
+    *,
+    levels: int = 4,
 ) -> Plan:
     level = LEVEL_OF_SIZE.get(page_size)
     if level is None or level > 3:
         raise ValueError("page size must be 4 KiB, 2 MiB or 1 GiB")
-    refusals = _shape_refusals(va, size, page_size)
+    refusals = _shape_refusals(va, size, page_size, levels=levels)
     covered = _overlap(ranges, va, va + size)
     if sum(r.size for r in covered) != size:
         refusals.append(Refusal("not-mapped", va, "protect needs every page mapped"))
@@ -496,10 +511,11 @@ def plan_move(
     new_va: int,
     *,
     drop_old: bool = False,
+    levels: int = 4,
 ) -> Plan:
     """Map the same physical pages at ``new_va`` (same page sizes and flags), then drop the old."""
     moved = _overlap(ranges, va, va + size)
-    refusals = _shape_refusals(new_va, size, PAGE)
+    refusals = _shape_refusals(new_va, size, PAGE, levels=levels)
     if not moved:
         refusals.append(Refusal("not-mapped", va, "nothing is mapped there to move"))
     if any(r.attributes and "PAT" in r.attributes for r in moved):
@@ -514,20 +530,22 @@ def plan_move(
                 )
             )
             continue
-        sub = plan_map((), (), r.start + delta, r.phys, r.size, r.page_size, _leaf_flags(r))
+        sub = plan_map(
+            (), (), r.start + delta, r.phys, r.size, r.page_size, _leaf_flags(r), levels=levels
+        )
         steps.extend(sub.steps)
     if _overlap(ranges, new_va, new_va + size):
         refusals.append(Refusal("not-mapped", new_va, "the new range is already mapped"))
     unreachable: tuple[Range, ...] = ()
     if drop_old:
         for r in moved:
-            steps.extend(plan_unmap((), (), r.start, r.size, r.page_size).steps)
+            steps.extend(plan_unmap((), (), r.start, r.size, r.page_size, levels=levels).steps)
         refusals += check_change(areas, va, va + size, unmaps=True)
         unreachable = tuple(moved)
     return Plan(
         f"move {va:#x}-{va + size:#x} to {new_va:#x}" + (" and drop the old" if drop_old else ""),
         tuple(steps),
-        _tables_needed(ranges, new_va, size, 1),
+        _tables_needed(ranges, new_va, size, 1, levels),
         unreachable,
         tuple(refusals),
         ("the new alias is mapped and verified before the old one is dropped",) if drop_old else (),

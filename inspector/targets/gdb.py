@@ -25,6 +25,7 @@ from ..errors import (
     TargetError,
     TargetLost,
 )
+from ..x86.paging import check_canonical
 from .base import Breakpoint, Capability, StopRecord, SystemRegisters, Target
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
@@ -255,8 +256,7 @@ class GdbTarget(Target):
         return bytes(out)
 
     def read_virtual(self, address: int, size: int) -> bytes:
-        if not _is_canonical(address):
-            raise FaultError(address, "non-canonical address (bits 63:56 must all equal bit 56)")
+        check_canonical(address, 5)  # the widest mode; the session checks the one in use
         self._require_stopped()
         if self._phys_mode:
             self._set_phys_mode(False)
@@ -529,9 +529,3 @@ def _where(row: Mapping[str, Any]) -> str:
         if row.get(key):
             return str(row[key])
     return ""
-
-
-def _is_canonical(address: int) -> bool:
-    """Canonical under 5-level paging, the widest there is (the session checks the mode)."""
-    top = address >> 56
-    return top == 0 or top == 0xFF

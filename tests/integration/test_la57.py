@@ -10,7 +10,10 @@ agent's walk inside the kernel. The 4-level boot is test_paging_vs_qemu's.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -31,6 +34,10 @@ KERNEL_VMA = 0xFFFFFFFF80000000
 DIRECT_MAP = 0xFFFF888000000000
 MMIO_WINDOW = 0xFFFFC90000000000
 CR4_LA57 = 1 << 12
+#: PML5 entry 320, neither the first (identity map) nor the last (kernel_pml4): an address
+#: only 5-level paging reaches (non-canonical with 48 bits), with nothing mapped under it.
+VA57 = 0xFF40000000000000
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +255,57 @@ def test_agent_walk_equals_kinspects_walk(qemu, demo_kernel):
         agent.resume()
     finally:
         agent.close()
+
+
+def test_remap_map_at_a_57_bit_address_matches_info_tlb_and_gva2gpa(qemu, tmp_path):
+    """``kinspect --agent ... remap map`` under a PML5 entry of its own, then undone."""
+    journal = tmp_path / "la57.jsonl"
+    size, pa = 0x3000, 0x200000
+
+    def kinspect(*args: str) -> subprocess.CompletedProcess:
+        command = ["--agent", qemu.agent_endpoint, "remap", *args, "--journal", str(journal)]
+        return subprocess.run(
+            [sys.executable, "-m", "kinspect.inspector.cli", *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+
+    def pml5_entry() -> int:
+        cr3 = decode_info_registers(qemu.monitor("info registers"))["cr3"] & ~0xFFF
+        text = qemu.monitor(f"xp /1gx {cr3 + 8 * 320:#x}")
+        return int(re.search(r":\s*0x([0-9a-f]+)", text).group(1), 16)
+
+    def tlb() -> dict[int, tuple[int, str]]:
+        """va -> (pa, flags); D and A left out (the CPU sets them as the kernel runs)."""
+        lines = decode_info_tlb(qemu.monitor("info tlb"))
+        return {line.va: (line.pa, line.flags[:3] + "--" + line.flags[5:]) for line in lines}
+
+    before = tlb()
+    assert not any(VA57 <= va < VA57 + (1 << 48) for va in before)
+    assert pml5_entry() == 0 and gva2gpa(qemu, VA57) is None
+
+    done = kinspect("map", hex(VA57), hex(pa), hex(size), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "page tables to allocate: 4" in done.stdout  # PML4, PDPT, PD, PT: a new PML5 slot
+    assert "verified: the walk matches the plan" in done.stdout
+    now = tlb()
+    mapped = {va: now[va] for va in now if VA57 <= va < VA57 + (1 << 48)}
+    assert sorted(mapped) == [VA57, VA57 + 0x1000, VA57 + 0x2000]
+    for i in range(3):
+        page_pa, flags = mapped[VA57 + i * 0x1000]
+        assert page_pa == pa + i * 0x1000
+        assert flags[0] == "X" and flags[-1] == "W"  # NX and writable (rw,nx), as QEMU sees it
+    assert gva2gpa(qemu, VA57 + 0x1234) == pa + 0x1234
+    assert gva2gpa(qemu, VA57 + size) is None
+    assert pml5_entry() & 1  # the walk went through PML5 entry 320
+    assert {va: now[va] for va in now if va not in mapped} == before  # nothing else moved
+
+    undone = kinspect("undo")
+    assert undone.returncode == 0 and "undone: #1 map" in undone.stdout, undone.stderr
+    assert tlb() == before
+    assert pml5_entry() == 0 and gva2gpa(qemu, VA57 + 0x1234) is None
 
 
 def test_la57_on_a_cpu_without_it_stays_4_level(demo_kernel):

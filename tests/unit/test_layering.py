@@ -27,13 +27,6 @@ PACKAGES = {
 #: What the pure decoders (inspector/x86/) may import of ours besides each other.
 X86_MAY_IMPORT = {"kinspect.inspector.errors", "kinspect.inspector.numbers"}
 
-#: Imports out of x86/ that exist today and are being removed on another branch.
-#: Each names who removes it; delete the entry when that lands.
-KNOWN_X86_EDGES = {
-    # branch `paging` takes format_size from kinspect.inspector.numbers instead
-    ("kinspect.inspector.x86.paging", "kinspect.inspector.formatting"),
-}
-
 
 def loaded_after_importing_all(package: str) -> set[str]:
     """sys.modules after importing every module of ``package`` (pkgutil.walk_packages)."""
@@ -174,4 +167,4 @@ def test_the_decoders_import_no_formatting_nor_analysis():
         for target in targets
         if not target.startswith("kinspect.inspector.x86") and target not in X86_MAY_IMPORT
     }
-    assert wrong - KNOWN_X86_EDGES == set()
+    assert wrong == set()

@@ -67,6 +67,44 @@ def test_map_plan_splits_into_steps_of_64_pages_and_counts_tables():
     assert "page tables to allocate: 3" in str(plan)
 
 
+#: PML5 entry 320 (neither the first nor the last): canonical only with 57-bit addresses.
+VA57 = 0xFF40000000000000
+
+
+def test_map_at_a_57_bit_address_is_planned_on_5_levels_and_refused_on_4():
+    five = plan_map(RANGES, AREAS, VA57, 0x400000, 0x2000, 0x1000, RW | NX, levels=5)
+    assert not five.refusals and not five.unreachable
+    assert five.steps[0].params == (VA57, 0x400000, 0x2000, 0x1000, RW | NX)
+    assert five.tables_to_allocate == 4  # PML4, PDPT, PD, PT under an empty PML5 entry
+    four = plan_map(RANGES, AREAS, VA57, 0x400000, 0x2000, 0x1000, RW | NX)  # 4 levels
+    assert [r.reason for r in four.refusals] == ["non-canonical"]
+    four = plan_map(RANGES, AREAS, VA57, 0x400000, 0x2000, 0x1000, RW | NX, levels=4)
+    assert [r.reason for r in four.refusals] == ["non-canonical"]
+    # A lower-half 57-bit address too (PML5 entry 128), for unmap, protect and move.
+    low57 = 0x0080000000000000
+    assert not plan_unmap(RANGES, AREAS, low57, 0x1000, 0x1000, levels=5).refusals
+    assert [r.reason for r in plan_unmap(RANGES, AREAS, low57, 0x1000, 0x1000).refusals] == [
+        "non-canonical"
+    ]
+    protect = plan_protect(RANGES, AREAS, low57, 0x1000, 0x1000, RW, levels=5)
+    assert [r.reason for r in protect.refusals] == ["not-mapped"]  # canonical, just unmapped
+    move = plan_move(RANGES, AREAS, 0x1000, 0x2000, low57, levels=5)
+    assert not move.refusals and move.tables_to_allocate == 4
+    assert "non-canonical" in [
+        r.reason for r in plan_move(RANGES, AREAS, 0x1000, 0x2000, low57).refusals
+    ]
+
+
+def test_5_level_tables_and_the_57_bit_hole():
+    # Under the PML5 entry that already holds the kernel, a PML4 exists: three tables, as on 4.
+    plan = plan_map(RANGES, AREAS, 0xFFFFD00000000000, 0x400000, 0x1000, 0x1000, RW, levels=5)
+    assert plan.tables_to_allocate == 3 and not plan.refusals
+    # Crossing from the 57-bit lower half into the hole, or past bit 56: refused.
+    for va in (0x00FFFFFFFFFFF000, 0x0100000000000000):
+        plan = plan_map(RANGES, AREAS, va, 0x400000, 0x2000, 0x1000, RW, levels=5)
+        assert [r.reason for r in plan.refusals] == ["non-canonical"], hex(va)
+
+
 def test_map_over_existing_pages_says_what_it_replaces():
     plan = plan_map(RANGES, AREAS, 0x100000, 0x900000, 0x2000, 0x1000, RW)
     assert [(r.start, r.end) for r in plan.unreachable] == [(0x100000, 0x102000)]

@@ -11,11 +11,9 @@ from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from kinspect.inspector.formatting import format_size
-from kinspect.inspector.x86.paging import LEVEL_NAMES, PageTableEntry, canonicalize
+from kinspect.inspector.x86.paging import LEVEL_NAMES, LEVEL_SHIFT, PageTableEntry, canonicalize
 
 __all__ = ["TableTree", "TableSpot"]
-
-_SHIFT = {5: 48, 4: 39, 3: 30, 2: 21, 1: 12}
 
 
 @dataclass(slots=True)
@@ -80,7 +78,7 @@ class TableTree(Tree[TableSpot]):
             if not entry.present:
                 absent += 1
                 continue
-            va = canonicalize(spot.va | (index << _SHIFT[level]), self.levels)
+            va = canonicalize(spot.va | (index << LEVEL_SHIFT[level]), self.levels)
             child = TableSpot(
                 va=va,
                 level=level - 1,
