@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import AgentError, FaultError, InspectorError, TargetError
+from .linux.orc import OrcTable
 from .symbols import SymbolicAddress, SymbolTable
 from .tables import (
     SEGMENT_REGISTERS,
@@ -79,6 +80,9 @@ class Session:
         self.target = target
         self.elf = elf
         self._symbols: SymbolTable | None = None
+        #: The kernel's ORC tables (None: it has none), looked for once: they never change.
+        self._orc: OrcTable | None = None
+        self._orc_looked = False
         self._registers: Mapping[str, int] | None = None
         self._space: AddressSpace | None = None
         self._ranges: list[Range] | None = None
@@ -477,6 +481,7 @@ class Session:
         if symbols is None:
             raise InspectorError("a load slide needs the kernel's symbols: pass --elf")
         self._symbols = symbols.with_slide(slide)
+        self._orc_looked = False  # the ORC sections move with the slide
 
     def addr2sym(self, address: int) -> SymbolicAddress:
         """Symbol+offset and file:line of a run-time address."""
@@ -545,6 +550,32 @@ class Session:
         except InspectorError:
             return None
 
+    def orc(self) -> OrcTable | None:
+        """Linux's ORC tables: in the kernel's memory when its symbols name them, else the
+        ``--elf`` file's ``.orc_unwind`` sections (moved by the slide); None without either."""
+        if not self._orc_looked:
+            self._orc_looked = True
+            self._orc = None
+            symbols = self.symbols
+            if symbols is not None:
+                try:
+                    self._orc = OrcTable.from_symbols(self.read_virtual, symbols.lookup)
+                except InspectorError:
+                    self._orc = None
+            if self._orc is None and self.elf:
+                try:
+                    table = OrcTable.from_elf(
+                        self.elf, slide=symbols.slide if symbols is not None else 0
+                    )
+                except InspectorError:
+                    table = None
+                # the file's tables, only where the kernel's memory holds the same bytes
+                # (a wrong or missing --slide would unwind with another address's entries)
+                self._orc = (
+                    table if table is not None and table.matches(self.read_virtual) else None
+                )
+        return self._orc
+
     def backtrace(self, *, max_depth: int = MAX_DEPTH) -> Backtrace:
         """The stack frames of the stopped CPU, innermost first (never raises on bad stacks)."""
         regs = self.registers()
@@ -560,6 +591,7 @@ class Session:
             symbols=symbols,
             mapping=self.mapping(),
             idt_handlers=handlers,
+            orc=self.orc(),
             max_depth=max_depth,
         )
 

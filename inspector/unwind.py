@@ -41,7 +41,6 @@ symbol and line are looked up at PC-1, as gdb and the Linux unwinder do.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -323,7 +322,7 @@ def unwind(
             ) from exc
         if len(data) != 8:
             raise _Stop("unreadable-stack", f"short read at {address:#x}")
-        return struct.unpack("<Q", data)[0]
+        return int.from_bytes(data, "little")
 
     def describe(address: int) -> str:
         return symbols.format_address(address) if symbols else f"{address:#x}"
@@ -485,8 +484,10 @@ def _step(
         has_error = vector in ERROR_CODE_VECTORS
         frame_at = sp + (8 if has_error else 0)
         error = read_u64(sp) if has_error else None
-        cfa, caller, interrupt = _from_iret(read_u64, regs, frame_at, frame_at + 40, error, vector)
-        return _Step(cfa, caller, "interrupt", "idt", interrupt)
+        cfa, iret_regs, interrupt = _from_iret(
+            read_u64, regs, frame_at, frame_at + 40, error, vector
+        )
+        return _Step(cfa, iret_regs, "interrupt", "idt", interrupt)
     row = None
     if cfi is not None:
         try:
@@ -550,7 +551,7 @@ def _apply(
     if kind == "offset":
         return read_u64((cfa + rule.value) & ((1 << 64) - 1))
     if kind == "val_offset":
-        return (cfa + rule.value) & ((1 << 64) - 1)
+        return int(cfa + rule.value) & ((1 << 64) - 1)
     if kind == "register":
         return regs.get(rule.value)
     if register in (_RIP, _RSP):

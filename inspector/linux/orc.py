@@ -322,9 +322,64 @@ class OrcTable:
             source=f"{path} (.orc_unwind sections)",
         )
 
+    @classmethod
+    def from_symbols(
+        cls, read: Read, lookup: Callable[[str], int | None], *, version: int | None = None
+    ) -> OrcTable | None:
+        """The tables of a running kernel, found through its symbols (run-time
+        addresses): ``__start_orc_unwind_ip``, ``__stop_orc_unwind_ip``,
+        ``__start_orc_unwind``, and ``orc_lookup``/``lookup_num_blocks``/``_stext``
+        for the fast table. None when the kernel has no ORC symbols."""
+        start, stop, unwind = (
+            lookup(name)
+            for name in ("__start_orc_unwind_ip", "__stop_orc_unwind_ip", "__start_orc_unwind")
+        )
+        if start is None or stop is None or unwind is None or stop <= start:
+            return None
+        if version is None:
+            banner = lookup("linux_banner")
+            if banner is not None:
+                try:
+                    text = read(banner, 64).split(b"\0")[0].decode("ascii", "replace")
+                    if text.startswith("Linux version "):
+                        version = orc_version_for_release(text.split()[2])
+                except (InspectorError, IndexError):
+                    pass
+        fast = None
+        table, blocks, text_start = (
+            lookup("orc_lookup"),
+            lookup("lookup_num_blocks"),
+            lookup("_stext"),
+        )
+        if table is not None and blocks is not None and text_start is not None:
+            try:
+                (count,) = struct.unpack("<I", read(blocks, 4))
+                if count > 1:  # 0 until unwind_init() ran
+                    fast = OrcLookup(table, count, text_start)
+            except InspectorError:
+                pass
+        return cls(
+            read,
+            start,
+            unwind,
+            (stop - start) // 4,
+            version=version,
+            lookup=fast,
+            source="the kernel's memory (__start_orc_unwind_ip, found by its symbols)",
+        )
+
+    def matches(self, read: Read) -> bool:
+        """Whether ``read`` (a running kernel's memory) holds these tables where this
+        table says they are: a vmlinux file with the wrong slide does not."""
+        size = min(64, 4 * self.count)
+        try:
+            return read(self.ip_table, size) == self._cache.read(self.ip_table, size)
+        except InspectorError:
+            return False
+
     def _ip(self, index: int) -> int:
         slot = self.ip_table + 4 * index
-        (relative,) = struct.unpack("<i", self._cache.read(slot, 4))
+        relative = int.from_bytes(self._cache.read(slot, 4), "little", signed=True)
         return (slot + relative) & ((1 << 64) - 1)
 
     def entry(self, index: int) -> OrcEntry:
