@@ -1,0 +1,5 @@
+"""Linux as it ships: the kernel recognized in memory, its symbols without files.
+
+``guest`` boots a stock Debian kernel under QEMU for tests and demos; ``kallsyms``
+decodes the kernel's own symbol tables from its memory.
+"""
