@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import AgentError, FaultError, InspectorError, TargetError
+from .linux.kernel import LinuxKernel, recognize_linux
 from .symbols import SymbolicAddress, SymbolTable
 from .tables import (
     SEGMENT_REGISTERS,
@@ -75,10 +76,17 @@ class ControlState:
 class Session:
     """A live inspection of one target."""
 
-    def __init__(self, target: Target, *, elf: str | None = None) -> None:
+    def __init__(
+        self, target: Target, *, elf: str | None = None, kallsyms: str | None = None
+    ) -> None:
         self.target = target
         self.elf = elf
+        #: a /proc/kallsyms copy or System.map to use instead of the kernel's own tables
+        self.kallsyms = kallsyms
         self._symbols: SymbolTable | None = None
+        #: a Linux kernel recognized on first use (kept across stops: the image stays put)
+        self._linux: tuple[LinuxKernel, SymbolTable] | None = None
+        self._linux_error: str | None = None
         self._registers: Mapping[str, int] | None = None
         self._space: AddressSpace | None = None
         self._ranges: list[Range] | None = None
@@ -239,10 +247,35 @@ class Session:
 
     @property
     def symbols(self) -> SymbolTable | None:
-        """The kernel's symbols when an ELF was given (loaded on first use)."""
-        if self._symbols is None and self.elf:
-            self._symbols = SymbolTable.from_elf(self.elf)
+        """The kernel's symbols (loaded on first use): from the ELF when one was given,
+        else a Linux kernel's own kallsyms (or the ``kallsyms`` file); None otherwise."""
+        if self._symbols is None:
+            if self.elf:
+                self._symbols = SymbolTable.from_elf(self.elf)
+            elif (found := self._recognize()) is not None:
+                self._symbols = found[1]
         return self._symbols
+
+    def kernel(self) -> LinuxKernel:
+        """What kinspect recognized of a Linux kernel: banner, KASLR slide, layout
+        bases, paging, where the symbols come from (InspectorError when not Linux)."""
+        found = self._recognize()
+        if found is None:
+            raise InspectorError(self._linux_error or "not a Linux kernel")
+        return found[0]
+
+    def _recognize(self) -> tuple[LinuxKernel, SymbolTable] | None:
+        if self._linux is None and self._linux_error is None:
+            try:
+                self._linux = recognize_linux(
+                    self.read_virtual,
+                    self.ranges(),
+                    la57=self.paging_mode().levels == 5,
+                    kallsyms_file=self.kallsyms,
+                )
+            except InspectorError as exc:
+                self._linux_error = str(exc)
+        return self._linux
 
     def resolve(self, text: str) -> int:
         """An address from user text: ``0x...``, decimal, or a symbol name."""
