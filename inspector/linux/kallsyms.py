@@ -23,7 +23,8 @@ count, names, markers, [seqs], token table, token index (6.4 moved the offsets
 to the end: not handled yet). The decoders here are pure (bytes in, records
 out); :func:`find_kallsyms` finds the tables through a ``read_virtual(address,
 size)`` callable by sampling the kernel's read-only data a page every 64 KiB for
-a page of offsets, then following the layout from there.
+a page of offsets (then every page of .rodata, for a kernel with fewer than ~17,000
+symbols), then following the layout from there.
 """
 
 from __future__ import annotations
@@ -334,17 +335,24 @@ def find_kallsyms(
     """
     spans = _merge(regions)
     memory = _Memory(read_virtual, spans)
-    for span_start, span_end in spans:
-        for page in range(span_start, span_end - PAGE + 1, stride):
-            page = page & ~(PAGE - 1)
-            words = _page_words(memory.sample(page))
-            if _offsets_like(words) < len(words) * 9 // 10:
-                continue
-            try:
-                layout = _layout_from_offsets_page(memory, page, span_start, span_end)
-            except DecodeError:
-                continue
-            return layout, _decode_layout(memory, layout)
+    sampled: set[int] = set()
+    # a page per ``stride`` everywhere, then (a small kernel's table is shorter than the
+    # stride) every other page of the first span, where .rodata is
+    for step, searched in ((stride, spans), (PAGE, spans[:1])):
+        for span_start, span_end in searched:
+            for page in range(span_start, span_end - PAGE + 1, step):
+                page = page & ~(PAGE - 1)
+                if page in sampled:
+                    continue
+                sampled.add(page)
+                words = _page_words(memory.sample(page))
+                if _offsets_like(words) < len(words) * 9 // 10:
+                    continue
+                try:
+                    layout = _layout_from_offsets_page(memory, page, span_start, span_end)
+                except DecodeError:
+                    continue
+                return layout, _decode_layout(memory, layout)
     raise DecodeError(
         0,
         "no kallsyms tables found in the kernel's read-only data (searched "
