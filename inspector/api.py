@@ -55,6 +55,7 @@ def attach(
     phys_base: int | None = None,
     physical: str | None = None,
     timeout: float = 10.0,
+    kallsyms: str | Path | None = None,
 ) -> Session:
     """Attach to a GDB remote stub (``host:port`` or a unix socket path).
 
@@ -64,6 +65,9 @@ def attach(
     ``"direct-map"`` (through the kernel's direct map at ``phys_base`` or
     found from the ELF's symbols) or ``None`` (QEMU's mode when available,
     the direct map when ``phys_base`` is given or the stub is not QEMU's).
+    Without ``elf``, a Linux kernel is recognized on first use and its symbols read
+    from its own kallsyms tables (``session.kernel()``), or from ``kallsyms``, a
+    /proc/kallsyms copy or System.map.
     """
     if physical is None:
         physical = "direct-map" if phys_base is not None else "auto"
@@ -74,7 +78,9 @@ def attach(
         physical=physical,
         timeout=timeout,
     )
-    return Session(target, elf=str(elf) if elf else None)
+    return Session(
+        target, elf=str(elf) if elf else None, kallsyms=str(kallsyms) if kallsyms else None
+    )
 
 
 def attach_agent(

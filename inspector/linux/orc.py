@@ -256,6 +256,7 @@ class OrcTable:
     ) -> None:
         if count <= 0:
             raise DecodeError(ip_table, "the ORC tables are empty")
+        self._read = read
         self._cache = _PageCache(read)
         self.ip_table = ip_table
         self.unwind_table = unwind_table
@@ -366,6 +367,25 @@ class OrcTable:
             version=version,
             lookup=fast,
             source="the kernel's memory (__start_orc_unwind_ip, found by its symbols)",
+        )
+
+    def moved(self, slide: int) -> OrcTable:
+        """The same tables ``slide`` bytes away (a file's tables at a KASLR kernel's
+        addresses); the ip table's entries are relative, so only the bases move."""
+        if slide == 0:
+            return self
+        read = self._read
+
+        def moved_read(address: int, size: int) -> bytes:
+            return read(address - slide, size)
+
+        return OrcTable(
+            moved_read,
+            self.ip_table + slide,
+            self.unwind_table + slide,
+            self.count,
+            version=self.version,
+            source=self.source,
         )
 
     def matches(self, read: Read) -> bool:
