@@ -5,7 +5,8 @@ import struct
 
 import pytest
 
-from kinspect.inspector.errors import DecodeError, FaultError
+from kinspect.inspector.errors import DecodeError, FaultError, InspectorError
+from kinspect.inspector.linux.image import extract_vmlinux
 from kinspect.inspector.linux.orc import (
     ORC_REG_BP,
     ORC_REG_PREV_SP,
@@ -234,3 +235,22 @@ def test_from_symbols_reads_the_running_kernels_tables():
 def test_an_empty_table_is_refused():
     with pytest.raises(DecodeError, match="empty"):
         OrcTable(Blobs((IP_TABLE, b"\0" * 8)).read, IP_TABLE, UNWIND, 0)
+
+
+# -- the vmlinux inside a vmlinuz ------------------------------------------------------
+
+
+@pytest.mark.parametrize("compress", ["xz", "gzip", "bzip2"])
+def test_extract_vmlinux_finds_the_compressed_elf(compress):
+    import bz2
+    import gzip
+    import lzma
+
+    elf = b"\x7fELF" + bytes(range(256)) * 64
+    packed = {"xz": lzma.compress, "gzip": gzip.compress, "bzip2": bz2.compress}[compress](elf)
+    # setup code before it, with a false gzip magic on the way (as real images have)
+    image = b"MZ" + b"\0" * 500 + b"\x1f\x8b\x08junk" + b"\0" * 100 + packed + b"\0" * 64
+    assert extract_vmlinux(image) == elf
+    assert extract_vmlinux(elf) == elf
+    with pytest.raises(InspectorError, match="no compressed vmlinux"):
+        extract_vmlinux(b"MZ" + b"\0" * 100 + gzip.compress(b"not an elf"))
