@@ -350,6 +350,12 @@ def unwind(
         try:
             if len(frames) + 1 >= max_depth:
                 raise _Stop("depth-limit", f"stopped after {max_depth} frames")
+            cs = registers.get("cs", 0)
+            if not frames and orc is not None and cs & 3:
+                raise _Stop(
+                    "outermost",
+                    f"the CPU runs in user space (CS={cs:#x}): no kernel stack to unwind",
+                )
             if interrupt is not None and interrupt.cs & 3:
                 raise _Stop(
                     "outermost",

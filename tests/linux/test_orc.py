@@ -4,6 +4,7 @@ through its kallsyms) or from the stripped vmlinux of the same package, checked 
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 import time
@@ -65,6 +66,14 @@ def test_idle_cpu_unwinds_through_the_idle_loop_by_orc(linux_guest, proc_kallsym
         methods = {f.method for f in bt.frames[1:]}
         assert methods == {"orc"}, str(bt)
         assert bt.to_dict()["frames"][1]["method"] == "orc"
+        # the kernel's orc_lookup blocks (filled at boot) agree with a full binary search
+        assert orc.lookup is not None and orc.lookup.text_start == kallsyms["_stext"]
+        full = OrcTable(session.read_virtual, orc.ip_table, orc.unwind_table, orc.count, version=1)
+        rng = random.Random(12)
+        for ip in [f.pc - 1 for f in bt.frames[1:]] + [
+            rng.randrange(kallsyms["_stext"], kallsyms["_etext"]) for _ in range(300)
+        ]:
+            assert orc.find(ip) == full.find(ip), hex(ip)
 
 
 def test_the_stripped_vmlinux_gives_the_same_unwind(linux_guest, tmp_path):

@@ -217,6 +217,13 @@ def test_pt_regs_from_user_mode_are_the_end():
     assert bt.stop == "outermost" and "entered from user space" in bt.reason
 
 
+def test_a_cpu_in_user_space_has_no_kernel_stack_to_unwind():
+    mem = Memory()
+    regs = {"rip": 0x401000, "rsp": 0x7FFC0000, "cs": 0x33}
+    bt = unwind(mem.read, regs, orc=FakeOrc({}))
+    assert len(bt.frames) == 1 and bt.stop == "outermost" and "user space" in bt.reason
+
+
 def test_undefined_entries_and_uncovered_code_are_lost_not_the_end():
     mem = Memory()
     sp = STACK + 0x3C00
