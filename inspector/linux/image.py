@@ -41,7 +41,7 @@ def _bzip2(data: bytes) -> bytes:
 
 def _zstd(data: bytes) -> bytes:
     try:
-        import zstandard  # type: ignore[import-not-found]
+        import zstandard
     except ImportError as exc:
         raise InspectorError(
             "this kernel image is zstd-compressed: decompress it with "
