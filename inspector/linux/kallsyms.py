@@ -224,7 +224,7 @@ def parse_kallsyms_text(text: str, *, source: str = "the symbol file") -> list[K
     return entries
 
 
-def symbol_table(entries: Iterable[KallsymsEntry], *, path: str | None = None) -> SymbolTable:
+def symbol_table(entries: Iterable[KallsymsEntry]) -> SymbolTable:
     """A :class:`SymbolTable` at run-time addresses (slide 0).
 
     kallsyms has no sizes: each symbol reaches the next higher address, as the kernel's
@@ -243,7 +243,7 @@ def symbol_table(entries: Iterable[KallsymsEntry], *, path: str | None = None) -
         if index and ordered[index - 1].address != address:
             following = address
     symbols.reverse()
-    return SymbolTable(symbols, path=path)
+    return SymbolTable(symbols)  # no path: SymbolTable reads lines and CFI from an ELF's
 
 
 def _little_endian() -> bool:

@@ -240,7 +240,7 @@ def recognize_linux(
         except OSError as exc:
             raise InspectorError(f"cannot read {kallsyms_file}: {exc.strerror}") from exc
         entries = parse_kallsyms_text(text_file, source=kallsyms_file)
-        table = symbol_table(entries, path=kallsyms_file)
+        table = symbol_table(entries)
         file_text = table.lookup("_text")
         if file_text is not None and file_text != text:
             table = table.with_slide(text - file_text)
