@@ -233,7 +233,7 @@ def symbol_table(entries: Iterable[KallsymsEntry]) -> SymbolTable:
     ordered = list(entries)
     if any(b.address < a.address for a, b in pairwise(ordered)):
         ordered.sort(key=lambda e: e.address)
-    symbols = []
+    symbols: list[Symbol] = []
     append = symbols.append
     following = 0  # the next higher address than the entries seen (walking backwards)
     for index in range(len(ordered) - 1, -1, -1):
@@ -316,7 +316,7 @@ def _offsets_like(words: Sequence[int]) -> int:
     return sum(1 for a, b in pairwise(words) if a < 0 and b <= a and a - b < 1 << 24)
 
 
-def _page_words(data: bytes) -> array:
+def _page_words(data: bytes) -> array[int]:
     words = array("i")
     words.frombytes(data[: len(data) & ~3])
     return words
