@@ -138,13 +138,20 @@ def kernel_image(ranges: Sequence[Range]) -> tuple[int, list[tuple[int, int]]]:
 
 
 def find_banner(read_virtual: ReadVirtual, data: Sequence[tuple[int, int]]) -> str | None:
-    """The ``Linux version`` line near the start of the kernel's read-only data."""
+    """The ``Linux version`` line near the start of the kernel's read-only data (a page
+    at a time: it is in the first one on Debian's 6.1)."""
     for start, end in data[:2]:
-        size = min(BANNER_SEARCH, end - start)
-        chunk = read_virtual(start, size)
-        at = chunk.find(BANNER)
-        if at >= 0:
-            return _c_string(chunk[at:])
+        limit = min(start + BANNER_SEARCH, end)
+        tail = b""
+        for page in range(start, limit, 4096):
+            chunk = tail + read_virtual(page, min(4096, limit - page))
+            at = chunk.find(BANNER)
+            if at >= 0:
+                text = chunk[at:]
+                if b"\0" not in text and page + 4096 < end:
+                    text += read_virtual(page + 4096, 4096)
+                return _c_string(text)
+            tail = chunk[-len(BANNER) :]
     return None
 
 

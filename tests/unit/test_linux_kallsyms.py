@@ -372,3 +372,16 @@ def test_recognize_linux_refuses_a_kernel_without_a_banner():
         recognize_linux(no_banner, ranges, la57=False)
     with pytest.raises(InspectorError, match="no kernel image is mapped"):
         recognize_linux(read_virtual, ranges[1:], la57=False)
+
+
+@pytest.mark.parametrize("at", [0, 0x1000 - 5, 0x2FF0])
+def test_find_banner_anywhere_in_the_first_pages(at):
+    from kinspect.inspector.linux.kernel import find_banner
+
+    start = 0xFFFFFFFF82000000
+    image = bytearray(0x4000)
+    banner = b"Linux version 6.1.0-57-amd64 (x@y) #1 SMP\n"
+    image[at : at + len(banner)] = banner
+    read = memory_reader(bytes(image), start)
+    assert find_banner(read, [(start, start + len(image))]) == banner.decode().strip()
+    assert find_banner(read, [(start, start + at)]) is None
