@@ -185,7 +185,8 @@ def _load_cache(
         return None
     # the kernel must still hold the same tables where the cache says
     try:
-        base, count = struct.unpack("<QI", read_virtual(layout.relative_base_at, 12))
+        (base,) = struct.unpack("<Q", read_virtual(layout.relative_base_at, 8))
+        (count,) = struct.unpack("<I", read_virtual(layout.num_syms_at, 4))
     except InspectorError:
         return None
     if (base, count) != (layout.relative_base, layout.count):
