@@ -20,11 +20,12 @@ Linux keeps every symbol that /proc/kallsyms prints in a handful of tables that
 
 Each label is 8-byte aligned. Up to 6.3 the order is offsets, relative base,
 count, names, markers, [seqs], token table, token index; 6.4 moved the offsets,
-the base and the seqs after the token index, and both orders are found. The decoders here are pure (bytes in, records
-out); :func:`find_kallsyms` finds the tables through a ``read_virtual(address,
-size)`` callable by sampling the kernel's read-only data a page every 64 KiB for
-a page of offsets (then every page of .rodata, for a kernel with fewer than ~17,000
-symbols), then following the layout from there.
+the base and the seqs after the token index, and both orders are found. The
+decoders here are pure (bytes in, records out); :func:`find_kallsyms` finds the
+tables through a ``read_virtual(address, size)`` callable by sampling the
+kernel's read-only data a page every 64 KiB for a page of offsets (then every
+page of .rodata, for a kernel with fewer than ~17,000 symbols), then following
+the layout from there.
 """
 
 from __future__ import annotations
@@ -263,17 +264,18 @@ class _Memory:
         self.bytes_read = 0
 
     def _block(self, address: int) -> tuple[int, bytes]:
+        """The block holding ``address``, cut to its span (two spans may share a block)."""
         block = address & ~(BLOCK - 1)
-        cached = self._blocks.get(block)
+        for start, end in self._spans:
+            if start <= address < end:
+                low, high = max(block, start), min(block + BLOCK, end)
+                break
+        else:
+            raise DecodeError(address, "outside the kernel's mapped data")
+        cached = self._blocks.get(low)
         if cached is None:
-            for start, end in self._spans:
-                if start <= address < end:
-                    low, high = max(block, start), min(block + BLOCK, end)
-                    break
-            else:
-                raise DecodeError(address, "outside the kernel's mapped data")
             cached = (low, self._read(low, high - low))
-            self._blocks[block] = cached
+            self._blocks[low] = cached
             self.bytes_read += high - low
         return cached
 

@@ -420,3 +420,21 @@ def test_find_banner_anywhere_in_the_first_pages(at):
     read = memory_reader(bytes(image), start)
     assert find_banner(read, [(start, start + len(image))]) == banner.decode().strip()
     assert find_banner(read, [(start, start + at)]) is None
+
+
+def test_two_mappings_in_one_64k_block_are_read_apart():
+    entries = sample_entries()
+    start = 0xFFFFFFFF82000000
+    tables, _ = build_tables(entries, start=start + 0x3000)
+    image = bytearray(b"\x11" * 0x3000 + tables + b"\0" * 0x1000)
+    hole = (start + 0x1000, start + 0x2000)  # unmapped: reading it is an error
+    base_read = memory_reader(bytes(image), start)
+
+    def read(address, size):
+        if address < hole[1] and address + size > hole[0]:
+            raise InspectorError(f"unmapped {address:#x}")
+        return base_read(address, size)
+
+    regions = [(start, hole[0]), (hole[1], start + len(image))]
+    _, found = K.find_kallsyms(read, regions, stride=4096)
+    assert found == entries
