@@ -91,6 +91,7 @@ def attach_agent(
     retries: int = 3,
     baudrate: int = 115200,
     on_console: Callable[[bytes], None] | None = None,
+    kallsyms: str | Path | None = None,
 ) -> Session:
     """Attach to the in-kernel agent on a serial line, with no gdb stub.
 
@@ -110,7 +111,9 @@ def attach_agent(
         baudrate=baudrate,
         on_console=on_console,
     )
-    return Session(target, elf=str(elf) if elf else None)
+    return Session(
+        target, elf=str(elf) if elf else None, kallsyms=str(kallsyms) if kallsyms else None
+    )
 
 
 def attach_with_agent(
@@ -121,6 +124,7 @@ def attach_with_agent(
     phys_base: int | None = None,
     timeout: float = 10.0,
     system_from: str = "auto",
+    kallsyms: str | Path | None = None,
 ) -> Session:
     """A gdb stub, helped by the agent with what the stub cannot see.
 
@@ -140,7 +144,9 @@ def attach_with_agent(
         )
 
     target = AgentAssistedTarget(agent, make_stub, timeout=timeout / 4, system_from=system_from)
-    return Session(target, elf=str(elf) if elf else None)
+    return Session(
+        target, elf=str(elf) if elf else None, kallsyms=str(kallsyms) if kallsyms else None
+    )
 
 
 def launch_demo(

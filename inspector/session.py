@@ -124,6 +124,8 @@ class Session:
         self._space = None
         self._ranges = None
         self._tables.clear()
+        # not recognized in this stop (a user CR3 under PTI maps no kernel data): try again
+        self._linux_error = None
 
     def stop(self) -> None:
         if self.target.state != "stopped":

@@ -19,12 +19,13 @@ Linux keeps every symbol that /proc/kallsyms prints in a handful of tables that
   256 u16 offsets of each token in that table.
 
 Each label is 8-byte aligned. Up to 6.3 the order is offsets, relative base,
-count, names, markers, [seqs], token table, token index (6.4 moved the offsets
-to the end: not handled yet). The decoders here are pure (bytes in, records
-out); :func:`find_kallsyms` finds the tables through a ``read_virtual(address,
-size)`` callable by sampling the kernel's read-only data a page every 64 KiB for
-a page of offsets (then every page of .rodata, for a kernel with fewer than ~17,000
-symbols), then following the layout from there.
+count, names, markers, [seqs], token table, token index; 6.4 moved the offsets,
+the base and the seqs after the token index, and both orders are found. The
+decoders here are pure (bytes in, records out); :func:`find_kallsyms` finds the
+tables through a ``read_virtual(address, size)`` callable by sampling the
+kernel's read-only data a page every 64 KiB for a page of offsets (then every
+page of .rodata, for a kernel with fewer than ~17,000 symbols), then following
+the layout from there.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def parse_kallsyms_text(text: str, *, source: str = "the symbol file") -> list[K
     return entries
 
 
-def symbol_table(entries: Iterable[KallsymsEntry], *, path: str | None = None) -> SymbolTable:
+def symbol_table(entries: Iterable[KallsymsEntry]) -> SymbolTable:
     """A :class:`SymbolTable` at run-time addresses (slide 0).
 
     kallsyms has no sizes: each symbol reaches the next higher address, as the kernel's
@@ -233,7 +234,7 @@ def symbol_table(entries: Iterable[KallsymsEntry], *, path: str | None = None) -
     ordered = list(entries)
     if any(b.address < a.address for a, b in pairwise(ordered)):
         ordered.sort(key=lambda e: e.address)
-    symbols = []
+    symbols: list[Symbol] = []
     append = symbols.append
     following = 0  # the next higher address than the entries seen (walking backwards)
     for index in range(len(ordered) - 1, -1, -1):
@@ -243,7 +244,7 @@ def symbol_table(entries: Iterable[KallsymsEntry], *, path: str | None = None) -
         if index and ordered[index - 1].address != address:
             following = address
     symbols.reverse()
-    return SymbolTable(symbols, path=path)
+    return SymbolTable(symbols)  # no path: SymbolTable reads lines and CFI from an ELF's
 
 
 def _little_endian() -> bool:
@@ -263,17 +264,18 @@ class _Memory:
         self.bytes_read = 0
 
     def _block(self, address: int) -> tuple[int, bytes]:
+        """The block holding ``address``, cut to its span (two spans may share a block)."""
         block = address & ~(BLOCK - 1)
-        cached = self._blocks.get(block)
+        for start, end in self._spans:
+            if start <= address < end:
+                low, high = max(block, start), min(block + BLOCK, end)
+                break
+        else:
+            raise DecodeError(address, "outside the kernel's mapped data")
+        cached = self._blocks.get(low)
         if cached is None:
-            for start, end in self._spans:
-                if start <= address < end:
-                    low, high = max(block, start), min(block + BLOCK, end)
-                    break
-            else:
-                raise DecodeError(address, "outside the kernel's mapped data")
             cached = (low, self._read(low, high - low))
-            self._blocks[block] = cached
+            self._blocks[low] = cached
             self.bytes_read += high - low
         return cached
 
@@ -316,7 +318,7 @@ def _offsets_like(words: Sequence[int]) -> int:
     return sum(1 for a, b in pairwise(words) if a < 0 and b <= a and a - b < 1 << 24)
 
 
-def _page_words(data: bytes) -> array:
+def _page_words(data: bytes) -> array[int]:
     words = array("i")
     words.frombytes(data[: len(data) & ~3])
     return words
@@ -401,40 +403,108 @@ def _layout_from_offsets_page(
         if not KERNEL_MAP_START <= base < KERNEL_MAP_END:
             continue
         count = memory.u32(base_at + 8)
-        if not 0 < count <= MAX_SYMBOLS:
-            continue
         offsets = base_at - _align(4 * count)
-        if not span_start <= offsets <= page:
-            continue
-        return _layout_after_count(memory, offsets, base_at, base, count, span_end)
+        if 0 < count <= MAX_SYMBOLS and span_start <= offsets <= page:
+            try:
+                return _layout_after_count(memory, offsets, base_at, base, count, span_end)
+            except DecodeError:
+                pass
+        found = _layout_before_offsets(memory, page, base_at, base, span_start)
+        if found is not None:
+            return found
     raise DecodeError(address, "no kallsyms_relative_base and kallsyms_num_syms after the offsets")
+
+
+def _layout_before_offsets(
+    memory: _Memory, page: int, base_at: int, base: int, span_start: int
+) -> KallsymsLayout | None:
+    """6.4+: num_syms, names, markers, token table, token index, then the offsets and the
+    base. The offsets begin where a token index ends: look back from ``page`` for it."""
+    lowest = max(span_start + 2 * TOKENS, page - 4 * MAX_SYMBOLS)
+    candidate = page & ~(ALIGN - 1)
+    while candidate >= lowest:
+        block_low = max(lowest, candidate - BLOCK)
+        data = memory.read(block_low - 2 * TOKENS, candidate - block_low + 2 * TOKENS)
+        for offsets in range(candidate, block_low - 1, -ALIGN):
+            at = offsets - 2 * TOKENS - (block_low - 2 * TOKENS)
+            if data[at] or data[at + 1] or not 0 < data[at + 2] | data[at + 3] << 8 < 64:
+                continue
+            index = struct.unpack_from(f"<{TOKENS}H", data, at)
+            if any(b <= a for a, b in pairwise(index)):
+                continue
+            layout = _layout_from_token_index(memory, offsets, index, base_at, base, span_start)
+            if layout is not None:
+                return layout
+        candidate = block_low - ALIGN
+    return None
+
+
+def _layout_from_token_index(
+    memory: _Memory,
+    offsets: int,
+    index: tuple[int, ...],
+    base_at: int,
+    base: int,
+    span_start: int,
+) -> KallsymsLayout | None:
+    token_index = offsets - 2 * TOKENS
+    # the token table ends (then pads to 8) just before the index; each token after the
+    # first starts right after a NUL
+    window = min(TOKENS * 64, token_index - span_start)
+    data = memory.read(token_index - window, window)
+    for pad in range(ALIGN):
+        end = window - pad  # the table's end in ``data``
+        if end < 1 or data[end - 1] != 0:
+            continue
+        last = data.rfind(b"\0", 0, end - 1) + 1  # where the last token starts
+        table = last - index[-1]
+        if table < 0 or (token_index - window + table) % ALIGN:
+            continue
+        if all(data[table + i - 1] == 0 and data[table + i] for i in index[1:]):
+            break
+    else:
+        return None
+    token_table = token_index - window + table
+    for count in ((base_at - offsets) // 4, (base_at - offsets) // 4 - 1):
+        if count <= 0 or offsets + _align(4 * count) != base_at:
+            continue
+        marker_count = (count + MARKER_EVERY - 1) // MARKER_EVERY
+        markers = token_table - _align(4 * marker_count)
+        marks = struct.unpack(f"<{marker_count}I", memory.read(markers, 4 * marker_count))
+        if marks[0] != 0:
+            continue
+        # kallsyms_num_syms, then the names: the last group starts marks[-1] in
+        highest = markers - marks[-1]
+        for names in range(highest & ~(ALIGN - 1), max(span_start + 8, highest - 256 * 520), -8):
+            if memory.u32(names - 8) != count:
+                continue
+            try:
+                size, starts = _walk_names(memory, names, count, markers + 1)
+            except DecodeError:
+                continue
+            if _align(names + size) == markers and list(marks) == starts:
+                return KallsymsLayout(
+                    offsets=offsets,
+                    relative_base_at=base_at,
+                    relative_base=base,
+                    num_syms_at=names - 8,
+                    count=count,
+                    names=names,
+                    names_size=size,
+                    markers=markers,
+                    token_table=token_table,
+                    token_index=token_index,
+                    seqs_of_names=True,
+                )
+    return None
 
 
 def _layout_after_count(
     memory: _Memory, offsets: int, base_at: int, base: int, count: int, span_end: int
 ) -> KallsymsLayout:
     names = base_at + 16
-    position = names
-    # walk the names (lengths only) to their end
-    chunk_start, chunk = names, memory.read(names, min(BLOCK, span_end - names))
-    starts = []  # where every 256th name starts: what kallsyms_markers must hold
-    for number in range(count):
-        if position + 2 > chunk_start + len(chunk):
-            chunk_start = position
-            chunk = memory.read(position, min(BLOCK, span_end - position))
-            if len(chunk) < 2:
-                raise DecodeError(position, "kallsyms_names runs past the kernel's data")
-        if number % MARKER_EVERY == 0:
-            starts.append(position - names)
-        length = chunk[position - chunk_start]
-        position += 1
-        if length & 0x80:
-            length = (length & 0x7F) | chunk[position - chunk_start] << 7
-            position += 1
-        if length == 0:
-            raise DecodeError(position, "a kallsyms name of length 0")
-        position += length
-    names_size = position - names
+    names_size, starts = _walk_names(memory, names, count, span_end)
+    position = names + names_size
     markers = _align(position)
     marker_count = len(starts)
     marks = struct.unpack(f"<{marker_count}I", memory.read(markers, 4 * marker_count))
@@ -458,6 +528,31 @@ def _layout_after_count(
                 seqs_of_names=seqs,
             )
     raise DecodeError(after_markers, "no kallsyms_token_table after the markers")
+
+
+def _walk_names(memory: _Memory, names: int, count: int, span_end: int) -> tuple[int, list[int]]:
+    """The names' size (lengths only) and where every 256th starts: what
+    kallsyms_markers must hold."""
+    position = names
+    chunk_start, chunk = names, memory.read(names, min(BLOCK, span_end - names))
+    starts = []
+    for number in range(count):
+        if position + 2 > chunk_start + len(chunk):
+            chunk_start = position
+            chunk = memory.read(position, min(BLOCK, span_end - position))
+            if len(chunk) < 2:
+                raise DecodeError(position, "kallsyms_names runs past the kernel's data")
+        if number % MARKER_EVERY == 0:
+            starts.append(position - names)
+        length = chunk[position - chunk_start]
+        position += 1
+        if length & 0x80:
+            length = (length & 0x7F) | chunk[position - chunk_start] << 7
+            position += 1
+        if length == 0:
+            raise DecodeError(position, "a kallsyms name of length 0")
+        position += length
+    return position - names, starts
 
 
 def _token_index_after(memory: _Memory, table: int, span_end: int) -> int | None:

@@ -138,13 +138,20 @@ def kernel_image(ranges: Sequence[Range]) -> tuple[int, list[tuple[int, int]]]:
 
 
 def find_banner(read_virtual: ReadVirtual, data: Sequence[tuple[int, int]]) -> str | None:
-    """The ``Linux version`` line near the start of the kernel's read-only data."""
+    """The ``Linux version`` line near the start of the kernel's read-only data (a page
+    at a time: it is in the first one on Debian's 6.1)."""
     for start, end in data[:2]:
-        size = min(BANNER_SEARCH, end - start)
-        chunk = read_virtual(start, size)
-        at = chunk.find(BANNER)
-        if at >= 0:
-            return _c_string(chunk[at:])
+        limit = min(start + BANNER_SEARCH, end)
+        tail = b""
+        for page in range(start, limit, 4096):
+            chunk = tail + read_virtual(page, min(4096, limit - page))
+            at = chunk.find(BANNER)
+            if at >= 0:
+                text = chunk[at:]
+                if b"\0" not in text and page + 4096 < end:
+                    text += read_virtual(page + 4096, 4096)
+                return _c_string(text)
+            tail = chunk[-len(BANNER) :]
     return None
 
 
@@ -178,7 +185,8 @@ def _load_cache(
         return None
     # the kernel must still hold the same tables where the cache says
     try:
-        base, count = struct.unpack("<QI", read_virtual(layout.relative_base_at, 12))
+        (base,) = struct.unpack("<Q", read_virtual(layout.relative_base_at, 8))
+        (count,) = struct.unpack("<I", read_virtual(layout.num_syms_at, 4))
     except InspectorError:
         return None
     if (base, count) != (layout.relative_base, layout.count):
@@ -240,7 +248,7 @@ def recognize_linux(
         except OSError as exc:
             raise InspectorError(f"cannot read {kallsyms_file}: {exc.strerror}") from exc
         entries = parse_kallsyms_text(text_file, source=kallsyms_file)
-        table = symbol_table(entries, path=kallsyms_file)
+        table = symbol_table(entries)
         file_text = table.lookup("_text")
         if file_text is not None and file_text != text:
             table = table.with_slide(text - file_text)

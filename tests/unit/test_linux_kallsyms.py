@@ -58,20 +58,32 @@ def align(data: bytearray) -> None:
     data.extend(b"\0" * (-len(data) % 8))
 
 
-def build_tables(entries, *, base=BASE, seqs=False, start=0):
-    """The tables from ``start`` (an address): bytes and the address of each label."""
+def build_tables(entries, *, base=BASE, seqs=False, start=0, new_layout=False):
+    """The tables from ``start`` (an address): bytes and the address of each label. Up
+    to 6.3: offsets, base, count, names, markers, [seqs], tokens; 6.4+ (``new_layout``):
+    count, names, markers, tokens, offsets, base, seqs."""
     tokens = token_list()
     data = bytearray()
     where = {}
-    where["offsets"] = start + len(data)
-    for e in entries:
-        if e.type == "A":
-            data += struct.pack("<i", e.address)
-        else:
-            data += struct.pack("<i", base - 1 - e.address)
-    align(data)
-    where["relative_base"] = start + len(data)
-    data += struct.pack("<Q", base)
+
+    def offsets_and_base():
+        where["offsets"] = start + len(data)
+        for e in entries:
+            if e.type == "A":
+                data.extend(struct.pack("<i", e.address))
+            else:
+                data.extend(struct.pack("<i", base - 1 - e.address))
+        align(data)
+        where["relative_base"] = start + len(data)
+        data.extend(struct.pack("<Q", base))
+
+    def seqs_of_names():
+        data.extend(bytes(random.Random(1).randrange(256) for _ in range(3 * len(entries))))
+        align(data)
+
+    if not new_layout:
+        offsets_and_base()
+    where["num_syms"] = start + len(data)
     data += struct.pack("<I", len(entries))
     align(data)
     where["names"] = start + len(data)
@@ -86,9 +98,8 @@ def build_tables(entries, *, base=BASE, seqs=False, start=0):
     where["markers"] = start + len(data)
     data += struct.pack(f"<{len(markers)}I", *markers)
     align(data)
-    if seqs:
-        data += bytes(random.Random(1).randrange(256) for _ in range(3 * len(entries)))
-        align(data)
+    if seqs and not new_layout:
+        seqs_of_names()
     where["token_table"] = start + len(data)
     offsets = []
     table = bytearray()
@@ -99,6 +110,11 @@ def build_tables(entries, *, base=BASE, seqs=False, start=0):
     align(data)
     where["token_index"] = start + len(data)
     data += struct.pack("<256H", *offsets)
+    if new_layout:
+        align(data)
+        offsets_and_base()
+        align(data)
+        seqs_of_names()
     return bytes(data), where
 
 
@@ -189,6 +205,25 @@ def test_find_kallsyms_in_built_tables(seqs):
         where["token_index"],
     )
     assert layout.relative_base == BASE and layout.count == len(entries)
+
+
+@pytest.mark.parametrize("count", [3000, 3001])
+def test_find_kallsyms_in_the_6_4_layout(count):
+    entries = sample_entries(count)
+    start = 0xFFFFFFFF82000000
+    garbage = bytes(random.Random(9).randrange(256) for _ in range(0x2345))
+    tables, where = build_tables(entries, start=start + len(garbage) + 3, new_layout=True)
+    image = garbage + b"\0" * 3 + tables + garbage
+    read = memory_reader(image, start)
+    layout, found = K.find_kallsyms(read, [(start, start + len(image))], stride=4096)
+    assert found == entries
+    assert (layout.offsets, layout.names, layout.num_syms_at, layout.token_table) == (
+        where["offsets"],
+        where["names"],
+        where["num_syms"],
+        where["token_table"],
+    )
+    assert K.read_layout(read, layout, [(start, start + len(image))]) == entries
 
 
 def test_find_kallsyms_split_over_two_mappings():
@@ -372,3 +407,34 @@ def test_recognize_linux_refuses_a_kernel_without_a_banner():
         recognize_linux(no_banner, ranges, la57=False)
     with pytest.raises(InspectorError, match="no kernel image is mapped"):
         recognize_linux(read_virtual, ranges[1:], la57=False)
+
+
+@pytest.mark.parametrize("at", [0, 0x1000 - 5, 0x2FF0])
+def test_find_banner_anywhere_in_the_first_pages(at):
+    from kinspect.inspector.linux.kernel import find_banner
+
+    start = 0xFFFFFFFF82000000
+    image = bytearray(0x4000)
+    banner = b"Linux version 6.1.0-57-amd64 (x@y) #1 SMP\n"
+    image[at : at + len(banner)] = banner
+    read = memory_reader(bytes(image), start)
+    assert find_banner(read, [(start, start + len(image))]) == banner.decode().strip()
+    assert find_banner(read, [(start, start + at)]) is None
+
+
+def test_two_mappings_in_one_64k_block_are_read_apart():
+    entries = sample_entries()
+    start = 0xFFFFFFFF82000000
+    tables, _ = build_tables(entries, start=start + 0x3000)
+    image = bytearray(b"\x11" * 0x3000 + tables + b"\0" * 0x1000)
+    hole = (start + 0x1000, start + 0x2000)  # unmapped: reading it is an error
+    base_read = memory_reader(bytes(image), start)
+
+    def read(address, size):
+        if address < hole[1] and address + size > hole[0]:
+            raise InspectorError(f"unmapped {address:#x}")
+        return base_read(address, size)
+
+    regions = [(start, hole[0]), (hole[1], start + len(image))]
+    _, found = K.find_kallsyms(read, regions, stride=4096)
+    assert found == entries
