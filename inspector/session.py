@@ -126,6 +126,8 @@ class Session:
         self._tables.clear()
         # not recognized in this stop (a user CR3 under PTI maps no kernel data): try again
         self._linux_error = None
+        if self._orc is None:
+            self._orc_looked = False  # the same: ORC tables not found in this stop
 
     def stop(self) -> None:
         if self.target.state != "stopped":
