@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 KERNEL  := kernel-agent/build/demo-kernel.elf
 
-.PHONY: all deps kernel demo demo-uefi test unit integration bench lint clean
+.PHONY: all deps kernel linux-guest demo demo-uefi test unit integration bench lint clean
 
 all: kernel
 
@@ -11,6 +11,11 @@ deps:
 
 kernel: deps
 	@$(MAKE) --no-print-directory -C kernel-agent all uefi
+
+# A stock Debian kernel and a busybox initramfs for the Linux tests (tests/linux/), in
+# build/linux/: downloaded once, never installed.
+linux-guest: deps
+	@bash scripts/fetch-linux.sh
 
 # Boot the demo kernel in QEMU and open the inspector on it.
 demo: kernel
@@ -21,14 +26,14 @@ demo-uefi: kernel
 	$(PY) -m kinspect.inspector.cli demo --uefi --elf $(KERNEL)
 
 # The whole suite: unit tests and QEMU integration tests.
-test: kernel
+test: kernel linux-guest
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
-integration: kernel
-	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+integration: kernel linux-guest
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/linux
 
 bench: kernel
 	$(PY) -m pytest -q -p no:cacheprovider -o python_files="bench_*.py" benchmarks --benchmark-only --benchmark-columns=min,median,mean,max,rounds

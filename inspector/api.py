@@ -65,6 +65,7 @@ def attach(
     phys_base: int | None = None,
     physical: str | None = None,
     timeout: float = 10.0,
+    kallsyms: str | Path | None = None,
 ) -> Session:
     """Attach to a GDB remote stub (``host:port`` or a unix socket path).
 
@@ -74,6 +75,9 @@ def attach(
     ``"direct-map"`` (through the kernel's direct map at ``phys_base`` or
     found from the ELF's symbols) or ``None`` (QEMU's mode when available,
     the direct map when ``phys_base`` is given or the stub is not QEMU's).
+    Without ``elf``, a Linux kernel is recognized on first use and its symbols read
+    from its own kallsyms tables (``session.kernel()``), or from ``kallsyms``, a
+    /proc/kallsyms copy or System.map.
     """
     if physical is None:
         physical = "direct-map" if phys_base is not None else "auto"
@@ -84,7 +88,9 @@ def attach(
         physical=physical,
         timeout=timeout,
     )
-    return Session(target, elf=str(elf) if elf else None)
+    return Session(
+        target, elf=str(elf) if elf else None, kallsyms=str(kallsyms) if kallsyms else None
+    )
 
 
 def attach_agent(
@@ -95,6 +101,7 @@ def attach_agent(
     retries: int = 3,
     baudrate: int = 115200,
     on_console: Callable[[bytes], None] | None = None,
+    kallsyms: str | Path | None = None,
 ) -> Session:
     """Attach to the in-kernel agent on a serial line, with no gdb stub.
 
@@ -114,7 +121,9 @@ def attach_agent(
         baudrate=baudrate,
         on_console=on_console,
     )
-    return Session(target, elf=str(elf) if elf else None)
+    return Session(
+        target, elf=str(elf) if elf else None, kallsyms=str(kallsyms) if kallsyms else None
+    )
 
 
 def attach_with_agent(
@@ -125,6 +134,7 @@ def attach_with_agent(
     phys_base: int | None = None,
     timeout: float = 10.0,
     system_from: str = "auto",
+    kallsyms: str | Path | None = None,
 ) -> Session:
     """A gdb stub, helped by the agent with what the stub cannot see.
 
@@ -144,7 +154,9 @@ def attach_with_agent(
         )
 
     target = AgentAssistedTarget(agent, make_stub, timeout=timeout / 4, system_from=system_from)
-    return Session(target, elf=str(elf) if elf else None)
+    return Session(
+        target, elf=str(elf) if elf else None, kallsyms=str(kallsyms) if kallsyms else None
+    )
 
 
 def launch_demo(

@@ -28,6 +28,8 @@ from .errors import (
     TargetError,
     TargetLost,
 )
+from .linux.kernel import LinuxKernel, recognize_linux
+from .linux.orc import OrcTable
 from .numbers import resolve_address
 from .symbols import SymbolicAddress, SymbolTable
 from .tables import (
@@ -102,10 +104,20 @@ class ControlState:
 class Session:
     """A live inspection of one target."""
 
-    def __init__(self, target: Target, *, elf: str | None = None) -> None:
+    def __init__(
+        self, target: Target, *, elf: str | None = None, kallsyms: str | None = None
+    ) -> None:
         self.target = target
         self.elf = elf
+        #: a /proc/kallsyms copy or System.map to use instead of the kernel's own tables
+        self.kallsyms = kallsyms
         self._symbols: SymbolTable | None = None
+        #: The kernel's ORC tables (None: it has none), looked for once: they never change.
+        self._orc: OrcTable | None = None
+        self._orc_looked = False
+        #: a Linux kernel recognized on first use (kept across stops: the image stays put)
+        self._linux: tuple[LinuxKernel, SymbolTable] | None = None
+        self._linux_error: str | None = None
         self._registers: Mapping[str, int] | None = None
         self._space: AddressSpace | None = None
         self._ranges: list[Range] | None = None
@@ -138,6 +150,10 @@ class Session:
         self._space = None
         self._ranges = None
         self._tables.clear()
+        # not recognized in this stop (a user CR3 under PTI maps no kernel data): try again
+        self._linux_error = None
+        if self._orc is None:
+            self._orc_looked = False  # the same: ORC tables not found in this stop
 
     def stop(self) -> None:
         if self.target.state != "stopped":
@@ -250,10 +266,35 @@ class Session:
 
     @property
     def symbols(self) -> SymbolTable | None:
-        """The kernel's symbols when an ELF was given (loaded on first use)."""
-        if self._symbols is None and self.elf:
-            self._symbols = SymbolTable.from_elf(self.elf)
+        """The kernel's symbols (loaded on first use): from the ELF when one was given,
+        else a Linux kernel's own kallsyms (or the ``kallsyms`` file); None otherwise."""
+        if self._symbols is None:
+            if self.elf:
+                self._symbols = SymbolTable.from_elf(self.elf)
+            elif (found := self._recognize()) is not None:
+                self._symbols = found[1]
         return self._symbols
+
+    def kernel(self) -> LinuxKernel:
+        """What kinspect recognized of a Linux kernel: banner, KASLR slide, layout
+        bases, paging, where the symbols come from (InspectorError when not Linux)."""
+        found = self._recognize()
+        if found is None:
+            raise InspectorError(self._linux_error or "not a Linux kernel")
+        return found[0]
+
+    def _recognize(self) -> tuple[LinuxKernel, SymbolTable] | None:
+        if self._linux is None and self._linux_error is None:
+            try:
+                self._linux = recognize_linux(
+                    self.read_virtual,
+                    self.ranges(),
+                    la57=self.paging_mode().levels == 5,
+                    kallsyms_file=self.kallsyms,
+                )
+            except InspectorError as exc:
+                self._linux_error = str(exc)
+        return self._linux
 
     def resolve(self, text: str) -> int:
         """An address from user text: ``0x...``, decimal, or a symbol name."""
@@ -466,6 +507,7 @@ class Session:
         if symbols is None:
             raise InspectorError("a load slide needs the kernel's symbols: pass --elf")
         self._symbols = symbols.with_slide(slide)
+        self._orc_looked = False  # the ORC sections move with the slide
 
     def addr2sym(self, address: int) -> SymbolicAddress:
         """Symbol+offset and file:line of a run-time address."""
@@ -534,6 +576,41 @@ class Session:
         except InspectorError:
             return None
 
+    def orc(self) -> OrcTable | None:
+        """Linux's ORC tables: in the kernel's memory when its symbols (kallsyms, a file,
+        an ELF with symbols) name them, else the ``--elf`` file's ``.orc_unwind``
+        sections moved by the slide; None without either (the demo kernel: CFI)."""
+        if not self._orc_looked:
+            self._orc_looked = True
+            self._orc = self._find_orc()
+        return self._orc
+
+    def _find_orc(self) -> OrcTable | None:
+        symbols = self.symbols
+        if symbols is not None and symbols.lookup("__start_orc_unwind_ip") is not None:
+            try:
+                return OrcTable.from_symbols(self.read_virtual, symbols.lookup)
+            except InspectorError:
+                pass
+        if not self.elf:
+            return None
+        try:
+            table = OrcTable.from_elf(self.elf)
+        except InspectorError:
+            return None  # not a vmlinux with ORC sections
+        # the slide: the ELF's symbols' (--slide), else the recognized kernel's (a stripped
+        # vmlinux has no symbol to slide by); the file's tables are used only where the
+        # kernel's memory holds the same bytes, so a wrong slide never unwinds
+        slides = [symbols.slide] if symbols is not None else []
+        found = self._recognize()
+        if found is not None:
+            slides.append(found[0].slide)
+        for slide in dict.fromkeys(slides or [0]):
+            moved = table.moved(slide)
+            if moved.matches(self.read_virtual):
+                return moved
+        return None
+
     def backtrace(self, *, max_depth: int = MAX_DEPTH) -> Backtrace:
         """The stack frames of the stopped CPU, innermost first (never raises on bad stacks)."""
         regs = self.registers()
@@ -549,6 +626,7 @@ class Session:
             symbols=symbols,
             mapping=self.mapping(),
             idt_handlers=handlers,
+            orc=self.orc(),
             max_depth=max_depth,
         )
 

@@ -61,7 +61,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "kinspect.commands"
 
 #: The modules of ``kinspect.inspector.commands`` that hold the built-in commands, in help order.
-BUILTIN_FAMILIES = ("demo", "paging", "descriptors", "stack", "efi", "agent", "remap")
+BUILTIN_FAMILIES = ("demo", "paging", "descriptors", "stack", "efi", "agent", "remap", "linux")
 
 AGENT_HELP = (
     "the in-kernel agent's serial line: a device (/dev/ttyUSB0), tcp:HOST:PORT, unix:PATH, "
@@ -234,6 +234,12 @@ def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
     )
     parser.add_argument("--elf", help="the kernel's ELF file, for symbols")
     parser.add_argument(
+        "--kallsyms",
+        metavar="FILE",
+        help="a copy of Linux's /proc/kallsyms or its System.map, for symbols (default: "
+        "a Linux kernel's own kallsyms tables, read from its memory)",
+    )
+    parser.add_argument(
         "--phys-base",
         type=lambda s: int(s, 0),
         help="virtual base of the kernel's direct map, to read physical memory on stubs "
@@ -314,16 +320,21 @@ def connect(
     agent = getattr(args, "agent", None)
     timeout = getattr(args, "timeout", None) or 10.0
     elf = getattr(args, "elf", None)
+    kallsyms = getattr(args, "kallsyms", None)
     phys_base = getattr(args, "phys_base", None)
     if (
         agent and target and needs is not Needs.AGENT_ALONE
     ):  # the stub reads and runs, the agent adds what it cannot see
-        return api.attach_with_agent(target, agent, elf=elf, phys_base=phys_base, timeout=timeout)
+        return api.attach_with_agent(
+            target, agent, elf=elf, phys_base=phys_base, timeout=timeout, kallsyms=kallsyms
+        )
     if agent:
-        return api.attach_agent(agent, elf=elf, timeout=timeout, on_console=on_console)
+        return api.attach_agent(
+            agent, elf=elf, timeout=timeout, on_console=on_console, kallsyms=kallsyms
+        )
     if not target:
         raise UsageError("give --target (a gdb stub) or --agent (the in-kernel agent)")
-    return api.attach(target, elf=elf, phys_base=phys_base, timeout=timeout)
+    return api.attach(target, elf=elf, phys_base=phys_base, timeout=timeout, kallsyms=kallsyms)
 
 
 def check_needs(command: Command, args: argparse.Namespace) -> Needs:
