@@ -6,6 +6,7 @@
 #include "agent_port.h"
 #include "gdt.h"
 #include "efi.h"
+#include "fault_demo.h"
 #include "idt.h"
 #include "kprintf.h"
 #include "layout.h"
@@ -108,6 +109,12 @@ void kernel_main(uint32_t start_info_paddr)
 			start_info_paddr);
 
 	bool low_half = !uefi && cmdline_has(start_info_paddr, "lowhalf");
+	/* "fault=NAME": fail on purpose once everything is set up (fault_demo.h). */
+	int fault = -1;
+
+	for (int i = 0; !uefi && i < FAULT_DEMO_COUNT; i++)
+		if (cmdline_has(start_info_paddr, fault_demo_options[i]))
+			fault = i;
 
 	/*
 	 * The boot option "la57" (5-level paging) was read by boot.S: CR4.LA57
@@ -143,6 +150,8 @@ void kernel_main(uint32_t start_info_paddr)
 	}
 	print_state(has_1g_pages);
 	demo_agent_init();
+	if (fault >= 0)
+		fault_demo_run((enum fault_demo)fault);
 	kprintf("kinspect-demo: ready\n");
 
 	for (;;) {
