@@ -145,7 +145,11 @@ class ErrorCode:
                 {"fetch": "instruction fetch", "write": "write", "read": "read"}[self.access or ""],
                 "user mode" if self.value & 4 else "supervisor mode",
             ]
-            extra = [f.name for f in PAGE_FAULT_ERROR_FIELDS[3:] if self.value & f.mask]
+            extra = [
+                f.name
+                for f in PAGE_FAULT_ERROR_FIELDS
+                if f.name not in ("P", "W", "U", "I") and self.value & f.mask
+            ]
             words.extend(f"{name}" for name in extra)
             unknown = format_flags(self.value & ~0x80FF, ())
             if unknown:

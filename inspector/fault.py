@@ -1,0 +1,501 @@
+"""Why did it fault: the exception the CPU is in, and the chain that ended in a triple fault.
+
+Analysis: gathers the inputs through a :class:`~.session.Session` (registers,
+the IDT, the GDT, the TSS, walks) and hands them to the pure decoders of
+:mod:`.x86.exceptions`; the exception chain of a triple fault comes from
+QEMU's own log (:mod:`.targets.qemu_log`). Where the exception comes from:
+
+- the CPU stopped at the first instruction of an IDT handler (a breakpoint on
+  the handler: a catchpoint): vector, error code and IRETQ frame are on the stack;
+- an interrupt frame of the backtrace (``frame``): the vector is the unwinder's
+  when it saw the handler's entry, else the one given, else QEMU's log's;
+- QEMU's log: the last exception it delivered.
+
+CR2 is the live register in the first two cases (a later #PF would have changed
+it) and QEMU's logged value in the last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import InspectorError
+from .targets.qemu_log import Delivery, Event, ExceptionChain, exception_chain, parse_qemu_log
+from .x86.descriptors import ERROR_CODE_VECTORS, vector_name
+from .x86.exceptions import (
+    ErrorCode,
+    PageFaultCause,
+    SelectorFaultCause,
+    StackOverflow,
+    decode_error_code,
+    decode_segment_load,
+    describe_vector,
+    explain_double_fault,
+    explain_page_fault,
+    explain_selector_fault,
+)
+from .x86.paging import Translation
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = [
+    "Catchpoint",
+    "ExceptionContext",
+    "FaultReport",
+    "TripleFaultReport",
+    "catch_exceptions",
+    "explain_fault",
+    "explain_triple_fault",
+    "exception_at_stop",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionContext:
+    """An exception as delivered: its vector, error code and the interrupted context."""
+
+    vector: int
+    error_code: int | None
+    rip: int
+    cs: int
+    rflags: int | None
+    rsp: int
+    ss: int
+    cr2: int | None
+    source: str
+
+    @property
+    def cpl(self) -> int:
+        return self.cs & 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vector": self.vector,
+            "error_code": self.error_code,
+            "rip": self.rip,
+            "cs": self.cs,
+            "cpl": self.cpl,
+            "rflags": self.rflags,
+            "rsp": self.rsp,
+            "ss": self.ss,
+            "cr2": self.cr2,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FaultReport:
+    """Everything ``fault`` says about one exception."""
+
+    context: ExceptionContext
+    error: ErrorCode | None
+    rip_symbol: str | None
+    walk: Translation | None
+    page_fault: PageFaultCause | None
+    selector: SelectorFaultCause | None
+    stack: StackOverflow | None
+
+    @property
+    def cause(self) -> str | None:
+        """The rule broken, in a sentence, when one was found."""
+        for found in (self.page_fault, self.selector, self.stack):
+            if found is not None:
+                return str(found)
+        return None
+
+    def __str__(self) -> str:
+        c = self.context
+        lines = [f"{describe_vector(c.vector)} ({c.source})"]
+        if self.error is not None:
+            lines.append(f"  error code {self.error}")
+        where = f" {self.rip_symbol}" if self.rip_symbol else ""
+        lines.append(f"  RIP {c.cs:#06x}:{c.rip:#018x}{where}")
+        flags = "" if c.rflags is None else f" RFLAGS={c.rflags:#x}"
+        lines.append(f"  CPL {c.cpl}, stack {c.ss:#06x}:{c.rsp:#018x}{flags}")
+        if c.cr2 is not None and c.vector in (8, 14):
+            lines.append(f"  CR2 {c.cr2:#018x}")
+        if self.walk is not None:
+            lines.append("  walk of CR2:")
+            lines.extend(f"    {step}" for step in self.walk.steps)
+            if self.walk.fault:
+                lines.append(f"    => {self.walk.fault}")
+        cause = self.cause
+        if cause:
+            lines.append(f"  cause: {cause}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "context": self.context.to_dict(),
+            "name": describe_vector(self.context.vector),
+            "error": None if self.error is None else self.error.to_dict(),
+            "rip_symbol": self.rip_symbol,
+            "walk": None if self.walk is None else self.walk.to_dict(),
+            "page_fault": None if self.page_fault is None else self.page_fault.to_dict(),
+            "selector": None if self.selector is None else self.selector.to_dict(),
+            "stack": None if self.stack is None else self.stack.to_dict(),
+            "cause": self.cause,
+        }
+
+
+def _u64(data: bytes, index: int) -> int:
+    return int.from_bytes(data[8 * index : 8 * index + 8], "little")
+
+
+def exception_at_stop(session: Session) -> ExceptionContext | None:
+    """The exception being delivered when the CPU stopped at an IDT handler's first
+    instruction (a catchpoint), or None when RIP is no handler's entry."""
+    regs = session.registers()
+    handlers = session.idt().handlers()
+    rip = regs.get("rip")
+    if rip is None or rip not in handlers:
+        return None
+    vector = handlers[rip]
+    has_error = vector in ERROR_CODE_VECTORS
+    data = session.read_virtual(regs["rsp"], 48)
+    base = 1 if has_error else 0
+    return ExceptionContext(
+        vector=vector,
+        error_code=_u64(data, 0) if has_error else None,
+        rip=_u64(data, base),
+        cs=_u64(data, base + 1) & 0xFFFF,
+        rflags=_u64(data, base + 2),
+        rsp=_u64(data, base + 3),
+        ss=_u64(data, base + 4) & 0xFFFF,
+        cr2=regs.get("cr2"),
+        source=f"stopped at the handler's entry {rip:#x}",
+    )
+
+
+def _from_frame(
+    session: Session, frame: int | None, vector: int | None, events: tuple[Event, ...]
+) -> ExceptionContext | None:
+    backtrace = session.backtrace()
+    frames = [f for f in backtrace.frames if f.interrupt is not None]
+    if frame is not None:
+        frames = [f for f in backtrace.frames if f.index == frame and f.interrupt is not None]
+        if not frames:
+            raise InspectorError(f"frame {frame} crosses no interrupt frame (see `bt`)")
+    if not frames:
+        return None
+    found = frames[0].interrupt
+    assert found is not None
+    number = vector if vector is not None else found.vector
+    if number is None:
+        for event in reversed(events):
+            if isinstance(event, Delivery) and event.rip == found.rip and event.cs == found.cs:
+                number = event.vector
+                break
+    if number is None:
+        raise InspectorError(
+            f"the interrupt frame at {found.address:#x} does not say its vector: give it "
+            "(the handler's entry was not seen, and QEMU's log has no delivery at "
+            f"RIP {found.rip:#x})"
+        )
+    return ExceptionContext(
+        vector=number,
+        error_code=found.error_code if number in ERROR_CODE_VECTORS else None,
+        rip=found.rip,
+        cs=found.cs,
+        rflags=found.rflags,
+        rsp=found.rsp,
+        ss=found.ss,
+        cr2=session.registers().get("cr2"),
+        source=f"interrupt frame at {found.address:#x} (frame #{frames[0].index})",
+    )
+
+
+def _from_log(events: tuple[Event, ...]) -> ExceptionContext | None:
+    for event in reversed(events):
+        if isinstance(event, Delivery) and event.vector < 32 and not event.software:
+            return ExceptionContext(
+                vector=event.vector,
+                error_code=event.error_code if event.vector in ERROR_CODE_VECTORS else None,
+                rip=event.rip,
+                cs=event.cs,
+                rflags=event.registers.get("rflags"),
+                rsp=event.rsp,
+                ss=event.ss,
+                cr2=event.cr2 if event.cr2 is not None else event.registers.get("cr2"),
+                source=f"QEMU's log, line {event.line}",
+            )
+    return None
+
+
+def _symbol(session: Session, address: int) -> str | None:
+    """``function+0x1d at file.c:138``, without the address it starts with."""
+    if session.symbols is None:
+        return None
+    try:
+        text = str(session.addr2sym(address))
+    except InspectorError:
+        return None
+    prefix = f"{address:#x} "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _translate(session: Session, address: int) -> Translation | None:
+    try:
+        return session.translate(address)
+    except InspectorError:
+        return None
+
+
+def explain_context(session: Session, context: ExceptionContext) -> FaultReport:
+    """The report for an exception whose context is known."""
+    vector = context.vector
+    error = None if context.error_code is None else decode_error_code(vector, context.error_code)
+    walk = page_fault = selector = stack = None
+    if vector == 14 and context.cr2 is not None and error is not None:
+        walk = _translate(session, context.cr2)
+        if walk is not None:
+            page_fault = explain_page_fault(
+                error, context.cr2, walk, session.paging_mode(), rflags=context.rflags
+            )
+    elif error is not None and error.kind == "selector":
+        try:
+            code = session.read_virtual(context.rip, 15)
+        except InspectorError:
+            code = b""
+        gdt = ldt = None
+        gates = None
+        try:
+            gdt = session.gdt()
+            ldt = session.ldt()
+            gates = {entry.gate.vector: entry.gate for entry in session.idt().entries}
+        except InspectorError:
+            pass
+        selector = explain_selector_fault(
+            error, gdt=gdt, ldt=ldt, gates=gates, register=decode_segment_load(code)
+        )
+    elif vector == 8:
+        stacks: dict[str, int] = {}
+        try:
+            for pointer in session.tss().stacks:
+                stacks[pointer.name] = pointer.value
+        except InspectorError:
+            pass
+        here = _translate(session, context.rsp)
+        below = _translate(session, (context.rsp & ~0xFFF) - 0x1000)
+        stack = explain_double_fault(
+            context.rsp,
+            stacks,
+            rsp_mapped=bool(here and here.ok),
+            below_mapped=bool(below and below.ok),
+            cr2=context.cr2,
+        )
+    return FaultReport(
+        context, error, _symbol(session, context.rip), walk, page_fault, selector, stack
+    )
+
+
+def explain_fault(
+    session: Session,
+    *,
+    frame: int | None = None,
+    vector: int | None = None,
+    qemu_log: str | None = None,
+) -> FaultReport:
+    """Explain the exception the CPU is in (see the module's docstring for where it is found).
+
+    ``qemu_log`` is the text of QEMU's ``-d int`` log, when there is one.
+    """
+    events = parse_qemu_log(qemu_log) if qemu_log else ()
+    context = None
+    if frame is None:
+        try:
+            context = exception_at_stop(session)
+        except InspectorError:
+            context = None
+    if context is None:
+        context = _from_frame(session, frame, vector, events)
+    if context is None:
+        context = _from_log(events)
+    if context is None:
+        raise InspectorError(
+            "no exception to explain: the CPU is not at an IDT handler's entry, the backtrace "
+            "crosses no interrupt frame, and there is no QEMU exception log"
+        )
+    return explain_context(session, context)
+
+
+@dataclass(frozen=True, slots=True)
+class TripleFaultReport:
+    """A triple fault: the chain from QEMU's log and why the last delivery failed."""
+
+    chain: ExceptionChain
+    first_symbol: str | None
+    steps: tuple[str, ...]
+    reason: str
+    final_cr2: int | None
+
+    def __str__(self) -> str:
+        return "triple fault: " + "; ".join((*self.steps, self.reason))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chain": self.chain.to_dict(),
+            "first_symbol": self.first_symbol,
+            "steps": list(self.steps),
+            "reason": self.reason,
+            "final_cr2": self.final_cr2,
+            "text": str(self),
+        }
+
+
+def _locate(session: Session, address: int, delivering: int | None) -> str:
+    """What a delivery reads or writes at ``address``: an IDT gate, a GDT entry, the TSS, a
+    TSS stack; and why it cannot (the walk)."""
+    what = f"{address:#x}"
+    try:
+        system = session.system_registers()
+    except InspectorError:
+        system = None
+    if system is not None:
+        idtr, gdtr, tr = system.idtr, system.gdtr, system.tr
+        if idtr.base <= address <= idtr.base + idtr.limit:
+            what = (
+                f"IDT gate {(address - idtr.base) // 16} at {address:#x} (IDTR.base {idtr.base:#x})"
+            )
+        elif gdtr.base <= address <= gdtr.base + gdtr.limit:
+            selector = (address - gdtr.base) & ~7
+            what = (
+                f"GDT entry {selector:#06x} at {address:#x} (GDTR.base {gdtr.base:#x}: the code "
+                "segment of the gate)"
+            )
+        elif tr is not None and tr.base <= address <= tr.base + tr.limit:
+            what = f"the TSS at {address:#x}"
+        else:
+            try:
+                for pointer in session.tss().stacks:
+                    if pointer.value and pointer.value - 0x1000 <= address < pointer.value:
+                        what = f"the {pointer.name} stack at {address:#x}"
+            except InspectorError:
+                pass
+    walk = _translate(session, address)
+    if walk is not None and walk.fault:
+        steps = walk.steps
+        if steps and not steps[-1].entry.present:
+            last = steps[-1]
+            return (
+                f"{what} is not mapped: not present at level {last.level} ({last.level_name} "
+                f"entry {last.index} at {last.entry_address:#x})"
+            )
+        return f"{what}: {walk.fault}"
+    return f"{what} (mapped now)"
+
+
+def _short(vector: int) -> str:
+    return vector_name(vector) or f"vector {vector:#x}"
+
+
+def _fault_words(session: Session, vector: int, cr2: int | None, delivering: int | None) -> str:
+    name = _short(vector)
+    if vector == 14 and cr2 is not None:
+        return f"{name} reading {_locate(session, cr2, delivering)}"
+    return name
+
+
+def explain_triple_fault(session: Session, qemu_log: str) -> TripleFaultReport:
+    """The chain of the last triple fault in ``qemu_log`` and its reason, decoded from the
+    paused machine (the IDT, GDT and stacks at that instant; CR2 of the final #PF)."""
+    chain = exception_chain(parse_qemu_log(qemu_log))
+    if chain is None:
+        raise InspectorError("QEMU's log records no triple fault")
+    deliveries = chain.deliveries
+    steps: list[str] = []
+    first_symbol = None
+    if deliveries:
+        first = deliveries[0]
+        first_symbol = _symbol(session, first.rip)
+        where = f" {first_symbol}" if first_symbol else ""
+        what = describe_vector(first.vector)
+        if first.vector == 14 and first.cr2 is not None:
+            what += f" (CR2 {first.cr2:#x}, error {first.error_code:#x})"
+        steps.append(f"{what} at RIP {first.rip:#x}{where}")
+        for before, after in zip(deliveries, deliveries[1:], strict=False):
+            if after.vector == 8:
+                # The exception that made this #DF has no line; a #PF's CR2 is in the dump.
+                cr2 = after.registers.get("cr2")
+                cause = _fault_words(session, 14, cr2, before.vector) if cr2 else "a fault"
+                steps.append(f"while delivering the {_short(before.vector)}: {cause} -> #DF")
+            else:
+                steps.append(
+                    f"while delivering the {_short(before.vector)}: "
+                    + _fault_words(session, after.vector, after.cr2, before.vector)
+                )
+    registers: Mapping[str, int] = session.registers()
+    final_cr2 = registers.get("cr2") if chain.final == 14 else None
+    last = deliveries[-1].vector if deliveries else 8
+    if chain.final is None:
+        reason = f"the {_short(last)} could not be delivered"
+    else:
+        reason = f"the {_short(last)} could not be delivered because of " + _fault_words(
+            session, chain.final, final_cr2, last
+        )
+    return TripleFaultReport(chain, first_symbol, tuple(steps), reason, final_cr2)
+
+
+@dataclass(frozen=True, slots=True)
+class Catchpoint:
+    """A breakpoint on the IDT handler of ``vector``: the CPU stops there before the handler
+    runs, with the vector, error code and IRETQ frame on the stack (:func:`exception_at_stop`)."""
+
+    vector: int
+    handler: int
+    breakpoint: int
+    shared_with: tuple[int, ...]
+
+    def __str__(self) -> str:
+        shared = (
+            f" (shared with vectors {', '.join(map(str, self.shared_with))}: it stops for them too)"
+            if self.shared_with
+            else ""
+        )
+        return (
+            f"catchpoint {self.breakpoint}: {describe_vector(self.vector)} at its handler "
+            f"{self.handler:#x}{shared}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vector": self.vector,
+            "handler": self.handler,
+            "breakpoint": self.breakpoint,
+            "shared_with": list(self.shared_with),
+        }
+
+
+def catch_exceptions(session: Session, vector: int | None) -> list[Catchpoint]:
+    """Stop when the CPU delivers ``vector`` (None: every exception, vectors 0-31).
+
+    Done with a breakpoint on the handler the IDT names now, so it costs nothing
+    until the handler runs (QEMU checks breakpoints when it translates a block);
+    a kernel that changes its IDT afterwards needs the catchpoint set again, and
+    a handler shared by several vectors stops for each of them.
+    """
+    if vector is not None and not 0 <= vector <= 255:
+        raise InspectorError(f"a vector is 0..255, not {vector}")
+    gates = [entry.gate for entry in session.idt().entries if entry.gate.P]
+    wanted = set(range(32)) if vector is None else {vector}
+    by_handler: dict[int, list[int]] = {}
+    for gate in gates:
+        by_handler.setdefault(gate.offset, []).append(gate.vector)
+    result: list[Catchpoint] = []
+    done: set[int] = set()
+    for gate in gates:
+        if gate.vector not in wanted or gate.offset in done:
+            continue
+        done.add(gate.offset)
+        number, _address = session.break_insert(f"{gate.offset:#x}")
+        others = tuple(v for v in by_handler[gate.offset] if v != gate.vector)
+        result.append(Catchpoint(gate.vector, gate.offset, number, others))
+    if not result:
+        raise InspectorError(
+            "no present IDT gate for "
+            + ("any exception vector" if vector is None else describe_vector(vector))
+        )
+    return result
