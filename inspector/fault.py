@@ -416,17 +416,27 @@ def explain_triple_fault(session: Session, qemu_log: str) -> TripleFaultReport:
         if first.vector == 14 and first.cr2 is not None:
             what += f" (CR2 {first.cr2:#x}, error {first.error_code:#x})"
         steps.append(f"{what} at RIP {first.rip:#x}{where}")
-        for before, after in zip(deliveries, deliveries[1:], strict=False):
-            if after.vector == 8:
-                # The exception that made this #DF has no line; a #PF's CR2 is in the dump.
-                cr2 = after.registers.get("cr2")
-                cause = _fault_words(session, 14, cr2, before.vector) if cr2 else "a fault"
+        seen: set[int] = set()
+
+        def words(vector: int | None, cr2: int | None) -> str:
+            if vector is None:
+                return "a fault"
+            if vector == 14 and cr2 is not None and cr2 in seen:
+                return f"#PF at the same address ({cr2:#x})"
+            if cr2 is not None:
+                seen.add(cr2)
+            return _fault_words(session, vector, cr2, None)
+
+        for index in range(1, len(deliveries)):
+            before, after = deliveries[index - 1], deliveries[index]
+            raised = chain.raised[index] if index < len(chain.raised) else None
+            if after.vector == 8 and raised != 8:
+                # What made this #DF has no line of its own; a #PF's CR2 is in the dump.
+                cause = words(raised, after.registers.get("cr2") if raised == 14 else None)
                 steps.append(f"while delivering the {_short(before.vector)}: {cause} -> #DF")
             else:
-                steps.append(
-                    f"while delivering the {_short(before.vector)}: "
-                    + _fault_words(session, after.vector, after.cr2, before.vector)
-                )
+                cause = words(after.vector, after.cr2)
+                steps.append(f"while delivering the {_short(before.vector)}: {cause}")
     registers: Mapping[str, int] = session.registers()
     final_cr2 = registers.get("cr2") if chain.final == 14 else None
     last = deliveries[-1].vector if deliveries else 8

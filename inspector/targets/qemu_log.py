@@ -212,9 +212,13 @@ class ExceptionChain:
     deliveries: tuple[Delivery, ...]
     final: int | None
     triple: bool
+    #: for each delivery, the exception QEMU checked just before it (``check_exception``'s
+    #: ``new``): the fault that became a #DF for a #DF, None for an interrupt
+    raised: tuple[int | None, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "raised": list(self.raised),
             "deliveries": [d.to_dict() for d in self.deliveries],
             "final": self.final,
             "triple": self.triple,
@@ -240,7 +244,10 @@ def exception_chain(events: tuple[Event, ...]) -> ExceptionChain | None:
             final = event.new
             break
     chain: list[Delivery] = []
-    for event in reversed(events[:triple_at]):
+    raised: list[int | None] = []
+    before = events[:triple_at]
+    for index in range(len(before) - 1, -1, -1):
+        event = before[index]
         if isinstance(event, CpuReset):
             break
         if not isinstance(event, Delivery):
@@ -248,5 +255,8 @@ def exception_chain(events: tuple[Event, ...]) -> ExceptionChain | None:
         if chain and not event.same_context(chain[-1]):
             break
         chain.append(event)
+        previous = before[index - 1] if index else None
+        raised.append(previous.new if isinstance(previous, ExceptionCheck) else None)
     chain.reverse()
-    return ExceptionChain(tuple(chain), final, True)
+    raised.reverse()
+    return ExceptionChain(tuple(chain), final, True, tuple(raised))

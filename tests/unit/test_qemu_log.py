@@ -49,6 +49,7 @@ def test_triple_fault_chain_from_an_unmapped_idt():
     chain = exception_chain(ev)
     assert [d.vector for d in chain.deliveries] == [6, 0xE, 8]
     assert chain.final == 0xE and chain.triple
+    assert chain.raised == (6, 0xE, 0xE)  # the #DF came from a #PF during the #PF's delivery
     assert chain.deliveries[1].cr2 == 0xFFFFFFFF8017C060  # IDT base + 6 * 16
     assert chain.deliveries[2].registers["cr2"] == 0xFFFFFFFF8017C0E0  # + 14 * 16
     assert {d.rip for d in chain.deliveries} == {0xFFFFFFFF801009CD}
@@ -57,6 +58,7 @@ def test_triple_fault_chain_from_an_unmapped_idt():
 def test_triple_fault_chain_starts_at_the_interrupt():
     chain = exception_chain(events("seed-lowgdt"))
     assert [d.vector for d in chain.deliveries] == [0x20, 0xE, 8]
+    assert chain.raised == (None, 0xE, 0xE)  # an interrupt: no check_exception before it
     assert chain.deliveries[1].cr2 == 0x19C078  # the GDT's physical address + 8 (CS)
 
 
