@@ -191,7 +191,7 @@ def _from_frame(
                 break
     if number is None:
         raise InspectorError(
-            f"the interrupt frame at {found.address:#x} does not say its vector: give it "
+            f"the interrupt frame at {found.address:#x} does not say its vector: pass it (vector=) "
             "(the handler's entry was not seen, and QEMU's log has no delivery at "
             f"RIP {found.rip:#x})"
         )
