@@ -1131,8 +1131,8 @@ def plan_remap(
     resolve: Callable[[Session, str], int],
 ):
     """The plan for one remap form, as ``kinspect remap ACTION --plan`` makes it."""
-    from kinspect.inspector.cli_remap import parse_size
     from kinspect.inspector.efi.runtime import EFI_VA_BASE
+    from kinspect.inspector.numbers import parse_size
     from kinspect.inspector.remap.plan import LEVEL_OF_SIZE, parse_flags
 
     def number(name: str, what: str, parse: Callable[[str], int]) -> int:

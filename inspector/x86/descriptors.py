@@ -26,6 +26,7 @@ __all__ = [
     "EXCEPTION_VECTORS",
     "ERROR_CODE_VECTORS",
     "DescriptorTable",
+    "SEGMENT_REGISTERS",
     "GdtSlot",
     "Gate",
     "SegmentDescriptor",
@@ -389,7 +390,8 @@ class DescriptorTable:
         }
 
 
-_SEGMENT_REGISTERS = ("CS", "SS", "DS", "ES", "FS", "GS")
+#: The segment registers by their SDM names (gdb reports them lower-case).
+SEGMENT_REGISTERS = ("CS", "SS", "DS", "ES", "FS", "GS")
 
 
 def decode_gdt(
