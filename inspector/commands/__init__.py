@@ -59,7 +59,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "kinspect.commands"
 
 #: The modules of ``kinspect.inspector.commands`` that hold the built-in commands, in help order.
-BUILTIN_FAMILIES = ("demo", "paging", "descriptors", "stack", "efi", "agent", "remap")
+BUILTIN_FAMILIES = ("demo", "paging", "descriptors", "stack", "faults", "efi", "agent", "remap")
 
 AGENT_HELP = (
     "the in-kernel agent's serial line: a device (/dev/ttyUSB0), tcp:HOST:PORT, unix:PATH, "

@@ -13,7 +13,9 @@ triple faults leave QEMU paused (``-action shutdown=pause``): status
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import time
 
 import pytest
@@ -309,3 +311,62 @@ def test_fault_after_the_handler_ran_from_the_backtrace(demo_kernel, nm):
                 session.fault(frame=0)
         finally:
             session.close(resume=False)
+
+
+def kinspect(*args, timeout=120.0):
+    return subprocess.run(
+        [sys.executable, "-m", "kinspect.inspector.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_cli_catch_and_fault(demo_kernel, nm, tmp_path):
+    """``kinspect catch 14`` stops before the #PF handler and shows RIP and CR2; ``kinspect
+    fault`` says the same from the stop; ``fault --qemu-log`` gives the triple fault's chain."""
+    with boot("pf-write-ro") as qemu:
+        session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+        session.break_insert("pic_init")
+        session.resume()
+        session.wait_for_stop(STOP_TIMEOUT)
+        session.close(resume=False)  # stopped, the IDT loaded; its breakpoint goes with gdb
+        common = ("--target", qemu.gdb_endpoint, "--elf", demo_kernel, "--no-resume")
+        result = kinspect(*common, "--json", "catch", "14")
+        assert result.returncode == 0, result.stderr
+        document = json.loads(result.stdout)
+        fault = document["fault"]
+        assert fault["context"]["rip"] == nm["fault_pf_write_ro_insn"]
+        assert fault["context"]["cr2"] == nm["fault_demo_readonly"]
+        assert fault["error"]["value"] == 3 and fault["page_fault"]["rule"] == "write-read-only"
+        assert document["catchpoints"][0]["vector"] == 14
+        assert "EXCEPTION" not in qemu.serial_output()
+        text = kinspect(*common, "fault")
+        assert text.returncode == 0, text.stderr
+        assert text.stdout.startswith("#PF (vector 14) (stopped at the handler's entry 0x")
+        assert f"CR2 {nm['fault_demo_readonly']:#018x}" in text.stdout
+        assert "cause: a write to a read-only page with CR0.WP=1" in text.stdout
+        bad = kinspect(*common, "catch", "300")
+        assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0
+        assert "a vector is 0..255, not 300" in bad.stderr
+
+    with boot("triple-idt") as qemu:
+        session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+        session.resume()
+        session.wait_for_stop(STOP_TIMEOUT)
+        session.close(resume=False)
+        wait_for_shutdown(qemu)
+        log = tmp_path / "qemu-int.log"
+        log.write_text(qemu.int_log_text())
+        result = kinspect(
+            "--target", qemu.gdb_endpoint, "--elf", demo_kernel, "--no-resume", "--json",
+            "fault", "--qemu-log", str(log),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        triple = json.loads(result.stdout)["triple_fault"]
+        chain = exception_chain(parse_qemu_log(log.read_text()))
+        assert [d["vector"] for d in triple["chain"]["deliveries"]] == [
+            d.vector for d in chain.deliveries
+        ]
+        assert triple["text"].startswith("triple fault: #UD (vector 6) at RIP ")
+        assert qemu.status()["status"] == "shutdown"
