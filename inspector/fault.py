@@ -93,6 +93,7 @@ class FaultReport:
     context: ExceptionContext
     error: ErrorCode | None
     rip_symbol: str | None
+    cr2_symbol: str | None
     walk: Translation | None
     page_fault: PageFaultCause | None
     selector: SelectorFaultCause | None
@@ -116,7 +117,8 @@ class FaultReport:
         flags = "" if c.rflags is None else f" RFLAGS={c.rflags:#x}"
         lines.append(f"  CPL {c.cpl}, stack {c.ss:#06x}:{c.rsp:#018x}{flags}")
         if c.cr2 is not None and c.vector in (8, 14):
-            lines.append(f"  CR2 {c.cr2:#018x}")
+            named = f" {self.cr2_symbol}" if self.cr2_symbol else ""
+            lines.append(f"  CR2 {c.cr2:#018x}{named}")
         if self.walk is not None:
             lines.append("  walk of CR2:")
             lines.extend(f"    {step}" for step in self.walk.steps)
@@ -133,6 +135,7 @@ class FaultReport:
             "name": describe_vector(self.context.vector),
             "error": None if self.error is None else self.error.to_dict(),
             "rip_symbol": self.rip_symbol,
+            "cr2_symbol": self.cr2_symbol,
             "walk": None if self.walk is None else self.walk.to_dict(),
             "page_fault": None if self.page_fault is None else self.page_fault.to_dict(),
             "selector": None if self.selector is None else self.selector.to_dict(),
@@ -233,8 +236,10 @@ def _symbol(session: Session, address: int) -> str | None:
         text = str(session.addr2sym(address))
     except InspectorError:
         return None
-    prefix = f"{address:#x} "
-    return text[len(prefix) :] if text.startswith(prefix) else text
+    prefix = f"{address:#x}"
+    if text == prefix:
+        return None  # no symbol holds it
+    return text[len(prefix) + 1 :] if text.startswith(prefix + " ") else text
 
 
 def _translate(session: Session, address: int) -> Translation | None:
@@ -287,8 +292,18 @@ def explain_context(session: Session, context: ExceptionContext) -> FaultReport:
             below_mapped=bool(below and below.ok),
             cr2=context.cr2,
         )
+    cr2_symbol = None
+    if context.cr2 is not None and vector in (8, 14):
+        cr2_symbol = _symbol(session, context.cr2)
     return FaultReport(
-        context, error, _symbol(session, context.rip), walk, page_fault, selector, stack
+        context,
+        error,
+        _symbol(session, context.rip),
+        cr2_symbol,
+        walk,
+        page_fault,
+        selector,
+        stack,
     )
 
 
