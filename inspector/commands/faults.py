@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..errors import InspectorError
 from ..numbers import parse_number
@@ -93,7 +94,11 @@ def run_catch(context: Context) -> CommandResult:
     record = session.wait_for_stop(args.wait)
     handlers = {c.handler for c in catchpoints}
     rip = session.registers().get("rip")
-    body = {"catchpoints": [c.to_dict() for c in catchpoints], "fault": None, "stop": None}
+    body: dict[str, Any] = {
+        "catchpoints": [c.to_dict() for c in catchpoints],
+        "fault": None,
+        "stop": None,
+    }
     if record is None or rip not in handlers:
         reason = str((record or {}).get("reason", "")) or "unknown"
         body["stop"] = {"reason": reason, "rip": rip}
