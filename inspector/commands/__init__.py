@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import enum
 import importlib
-import importlib.metadata
 import io
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from ..errors import InspectorError
@@ -247,12 +248,11 @@ def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
         action="store_true",
         help="leave the kernel stopped on exit (default: let it run again)",
     )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        help="seconds per target request (default 10)",
-        **({} if suppress else {"default": 10.0}),
-    )
+    timeout_help = "seconds per target request (default 10)"
+    if suppress:  # the parser's argument_default (SUPPRESS) applies
+        parser.add_argument("--timeout", type=float, help=timeout_help)
+    else:
+        parser.add_argument("--timeout", type=float, help=timeout_help, default=10.0)
 
 
 def _common(parser_class: type[argparse.ArgumentParser], *, suppress: bool) -> Any:
@@ -261,27 +261,34 @@ def _common(parser_class: type[argparse.ArgumentParser], *, suppress: bool) -> A
     return common
 
 
-_PARENTS = "_kinspect_common_parents"
+#: The common options' parser while a command adds its arguments (for :func:`add_actions`).
+_building_parents: contextvars.ContextVar[tuple[argparse.ArgumentParser, ...]] = (
+    contextvars.ContextVar("kinspect_building_parents", default=())
+)
 
 
-def add_actions(parser: argparse.ArgumentParser, dest: str, *, metavar: str = "ACTION") -> Any:
-    """Required sub-actions (``agent hello``, ``remap map``) that take the common options too.
+class Actions:
+    """The sub-actions of a command (``agent hello``, ``remap map``): :func:`add_actions`."""
 
-    Returns the ``add_subparsers`` object; its parsers get the common options
-    as the command's own parser does (``kinspect agent hello --json``).
-    """
-    parents = parser.get_default(_PARENTS) or []
-    actions = parser.add_subparsers(dest=dest, metavar=metavar)
-    actions.required = True
-    add_parser = actions.add_parser
+    def __init__(self, actions: Any, parents: list[argparse.ArgumentParser]) -> None:
+        self._actions = actions
+        self._parents = parents
 
-    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        kwargs["parents"] = [*parents, *kwargs.get("parents", [])]
-        made: argparse.ArgumentParser = add_parser(name, **kwargs)
+    def add_parser(
+        self, name: str, *, parents: Iterable[argparse.ArgumentParser] = (), **kwargs: Any
+    ) -> argparse.ArgumentParser:
+        """A sub-action's parser, with the common options as the command's own parser has."""
+        made: argparse.ArgumentParser = self._actions.add_parser(
+            name, parents=[*self._parents, *parents], **kwargs
+        )
         return made
 
-    actions.add_parser = add
-    return actions
+
+def add_actions(parser: argparse.ArgumentParser, dest: str, *, metavar: str = "ACTION") -> Actions:
+    """Required sub-actions that take the common options too (``kinspect agent hello --json``)."""
+    actions = parser.add_subparsers(dest=dest, metavar=metavar)
+    actions.required = True
+    return Actions(actions, list(_building_parents.get()))
 
 
 # -- attaching -------------------------------------------------------------------------------
@@ -313,6 +320,8 @@ def connect(
         return api.attach_with_agent(target, agent, elf=elf, phys_base=phys_base, timeout=timeout)
     if agent:
         return api.attach_agent(agent, elf=elf, timeout=timeout, on_console=on_console)
+    if not target:
+        raise UsageError("give --target (a gdb stub) or --agent (the in-kernel agent)")
     return api.attach(target, elf=elf, phys_base=phys_base, timeout=timeout)
 
 
@@ -386,7 +395,7 @@ class Registry:
 
     def discover_plugins(self) -> None:
         """Note the ``kinspect.commands`` entry points (imports nothing)."""
-        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
             if entry.name in self.commands or entry.name in self.pending:
                 self.problems.append(
                     f"plugin {entry.name!r} ({entry.value}): the name {entry.name!r} "
@@ -429,8 +438,11 @@ class Registry:
         """One subparser per command on ``sub`` (from ``add_subparsers``)."""
         for command in self:
             parser = sub.add_parser(command.name, parents=parents, help=command.help)
-            parser.set_defaults(**{_PARENTS: parents})
-            command.arguments(parser)
+            token = _building_parents.set(tuple(parents))
+            try:
+                command.arguments(parser)
+            finally:
+                _building_parents.reset(token)
         for name, entry in self.pending.items():  # parsed again once the plugin is loaded
             parser = sub.add_parser(name, help=f"(plugin {entry.value})", add_help=False)
             parser.add_argument("plugin_arguments", nargs=argparse.REMAINDER)

@@ -677,4 +677,4 @@ def decode_tss64(data: bytes) -> Tss64:
     r0, rsp0, rsp1, rsp2, r1, *rest = _TSS64.unpack_from(data)
     ist = tuple(rest[:7])
     r2, r3, iomap = rest[7:]
-    return Tss64((rsp0, rsp1, rsp2), ist, iomap, r0 | r1 | r2 | r3)  # type: ignore[arg-type]
+    return Tss64((rsp0, rsp1, rsp2), ist, iomap, r0 | r1 | r2 | r3)
