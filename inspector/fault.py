@@ -18,7 +18,7 @@ it) and QEMU's logged value in the last.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import InspectorError
@@ -292,6 +292,9 @@ def explain_context(session: Session, context: ExceptionContext) -> FaultReport:
             below_mapped=bool(below and below.ok),
             cr2=context.cr2,
         )
+        guard = None if stack.guard_start is None else _symbol(session, stack.guard_start)
+        if guard:
+            stack = replace(stack, text=stack.text.replace("(its guard page)", f"({guard})"))
     cr2_symbol = None
     if context.cr2 is not None and vector in (8, 14):
         cr2_symbol = _symbol(session, context.cr2)

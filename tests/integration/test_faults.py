@@ -180,6 +180,7 @@ def test_double_fault_on_a_blown_stack(demo_kernel, nm):
             stack = report.stack
             assert stack.stack == "RSP0" and stack.top == nm["boot_stack_top"]
             assert stack.guard_start == nm["boot_stack_guard"]
+            assert "ran into the unmapped page" in str(stack) and "(boot_stack_guard)" in str(stack)
             # On IST1: the handler's stack is df_stack, the interrupted one the boot stack.
             assert nm["df_stack_top"] - 0x1000 < session.registers()["rsp"] < nm["df_stack_top"]
             events = check_against_log(qemu, report)
