@@ -35,6 +35,7 @@ from .x86.exceptions import (
     explain_double_fault,
     explain_page_fault,
     explain_selector_fault,
+    validate_gate,
 )
 from .x86.paging import Translation
 
@@ -364,10 +365,12 @@ class TripleFaultReport:
         }
 
 
-def _locate(session: Session, address: int, delivering: int | None) -> str:
+def _locate(session: Session, address: int, rsp: int | None) -> str:
     """What a delivery reads or writes at ``address``: an IDT gate, a GDT entry, the TSS, a
-    TSS stack; and why it cannot (the walk)."""
-    what = f"{address:#x}"
+    TSS stack, the interrupted stack (``rsp``); and why it cannot (the walk)."""
+    what = f"at {address:#x}"
+    if rsp is not None and rsp - 64 <= address < rsp:
+        what = f"pushing the exception frame at {address:#x} (below RSP {rsp:#x})"
     try:
         system = session.system_registers()
     except InspectorError:
@@ -376,21 +379,22 @@ def _locate(session: Session, address: int, delivering: int | None) -> str:
         idtr, gdtr, tr = system.idtr, system.gdtr, system.tr
         if idtr.base <= address <= idtr.base + idtr.limit:
             what = (
-                f"IDT gate {(address - idtr.base) // 16} at {address:#x} (IDTR.base {idtr.base:#x})"
+                f"reading IDT gate {(address - idtr.base) // 16} at {address:#x} "
+                f"(IDTR.base {idtr.base:#x})"
             )
         elif gdtr.base <= address <= gdtr.base + gdtr.limit:
             selector = (address - gdtr.base) & ~7
             what = (
-                f"GDT entry {selector:#06x} at {address:#x} (GDTR.base {gdtr.base:#x}: the code "
-                "segment of the gate)"
+                f"reading GDT entry {selector:#06x} at {address:#x} (GDTR.base {gdtr.base:#x}: "
+                "the code segment of the gate)"
             )
         elif tr is not None and tr.base <= address <= tr.base + tr.limit:
-            what = f"the TSS at {address:#x}"
+            what = f"reading the TSS at {address:#x}"
         else:
             try:
                 for pointer in session.tss().stacks:
                     if pointer.value and pointer.value - 0x1000 <= address < pointer.value:
-                        what = f"the {pointer.name} stack at {address:#x}"
+                        what = f"pushing onto the {pointer.name} stack at {address:#x}"
             except InspectorError:
                 pass
     walk = _translate(session, address)
@@ -406,14 +410,39 @@ def _locate(session: Session, address: int, delivering: int | None) -> str:
     return f"{what} (mapped now)"
 
 
+def _gate_reason(session: Session, vector: int) -> str:
+    """What is wrong with the IDT gate of ``vector`` and its stack, decoded now."""
+    try:
+        gates = {entry.gate.vector: entry.gate for entry in session.idt().entries}
+    except InspectorError as exc:
+        return f"the IDT cannot be read: {exc}"
+    try:
+        gdt = session.gdt()
+    except InspectorError:
+        gdt = None
+    gate = gates.get(vector)
+    why = validate_gate(gate, gdt, levels=session.paging_mode().levels)
+    if why is not None or gate is None:
+        return why or f"IDT gate {vector} is missing"
+    if gate.IST:
+        try:
+            stacks = {pointer.name: pointer for pointer in session.tss().stacks}
+        except InspectorError as exc:
+            return f"the TSS cannot be read: {exc}"
+        pointer = stacks.get(f"IST{gate.IST}")
+        if pointer is not None and not pointer.mapped:
+            return f"IDT gate {vector} switches to IST{gate.IST} {pointer.value:#x}: not mapped"
+    return f"IDT gate {vector} and its stack look valid now: {gate}"
+
+
 def _short(vector: int) -> str:
     return vector_name(vector) or f"vector {vector:#x}"
 
 
-def _fault_words(session: Session, vector: int, cr2: int | None, delivering: int | None) -> str:
+def _fault_words(session: Session, vector: int, cr2: int | None, rsp: int | None) -> str:
     name = _short(vector)
     if vector == 14 and cr2 is not None:
-        return f"{name} reading {_locate(session, cr2, delivering)}"
+        return f"{name} {_locate(session, cr2, rsp)}"
     return name
 
 
@@ -436,33 +465,41 @@ def explain_triple_fault(session: Session, qemu_log: str) -> TripleFaultReport:
         steps.append(f"{what} at RIP {first.rip:#x}{where}")
         seen: set[int] = set()
 
-        def words(vector: int | None, cr2: int | None) -> str:
+        def words(vector: int | None, cr2: int | None, rsp: int | None) -> str:
             if vector is None:
                 return "a fault"
             if vector == 14 and cr2 is not None and cr2 in seen:
                 return f"#PF at the same address ({cr2:#x})"
             if cr2 is not None:
                 seen.add(cr2)
-            return _fault_words(session, vector, cr2, None)
+            return _fault_words(session, vector, cr2, rsp)
 
         for index in range(1, len(deliveries)):
             before, after = deliveries[index - 1], deliveries[index]
             raised = chain.raised[index] if index < len(chain.raised) else None
             if after.vector == 8 and raised != 8:
                 # What made this #DF has no line of its own; a #PF's CR2 is in the dump.
-                cause = words(raised, after.registers.get("cr2") if raised == 14 else None)
+                cause = words(
+                    raised, after.registers.get("cr2") if raised == 14 else None, before.rsp
+                )
                 steps.append(f"while delivering the {_short(before.vector)}: {cause} -> #DF")
             else:
-                cause = words(after.vector, after.cr2)
+                cause = words(after.vector, after.cr2, before.rsp)
                 steps.append(f"while delivering the {_short(before.vector)}: {cause}")
     registers: Mapping[str, int] = session.registers()
     final_cr2 = registers.get("cr2") if chain.final == 14 else None
     last = deliveries[-1].vector if deliveries else 8
     if chain.final is None:
         reason = f"the {_short(last)} could not be delivered"
+    elif chain.final != 14:
+        reason = (
+            f"the {_short(last)} could not be delivered because of {_short(chain.final)}: "
+            + _gate_reason(session, last)
+        )
     else:
+        rsp = deliveries[-1].rsp if deliveries else None
         reason = f"the {_short(last)} could not be delivered because of " + _fault_words(
-            session, chain.final, final_cr2, last
+            session, chain.final, final_cr2, rsp
         )
     return TripleFaultReport(chain, first_symbol, tuple(steps), reason, final_cr2)
 

@@ -30,7 +30,7 @@ from kinspect.inspector.x86.descriptors import (
     vector_name,
 )
 from kinspect.inspector.x86.flags import BitField, format_flags
-from kinspect.inspector.x86.paging import Translation, WalkStep
+from kinspect.inspector.x86.paging import Translation, WalkStep, is_canonical
 
 __all__ = [
     "PAGE_FAULT_ERROR_FIELDS",
@@ -46,6 +46,7 @@ __all__ = [
     "explain_double_fault",
     "explain_page_fault",
     "explain_selector_fault",
+    "validate_gate",
 ]
 
 PAGE_FAULT_ERROR_FIELDS: tuple[BitField, ...] = (
@@ -585,3 +586,38 @@ def explain_double_fault(
     else:
         text = f"RSP={rsp:#x} {on}; the pages at and below it are mapped: no stack overflow"
     return StackOverflow(owner, top, rsp, guard, text)
+
+
+def validate_gate(gate: Gate | None, gdt: DescriptorTable | None, *, levels: int = 4) -> str | None:
+    """Why the CPU cannot deliver through ``gate`` (an IDT gate in IA-32e mode), or None.
+
+    Checks what delivery checks before it touches the stack (SDM Vol. 3A,
+    6.12.1 and 6.14): the gate is present (#NP), an interrupt or trap gate
+    (#GP), its selector names a present 64-bit code segment in the GDT (#GP,
+    #NP), and its handler offset is canonical (#GP). ``gate`` None: past the
+    IDT limit (#GP).
+    """
+    if gate is None:
+        return "the gate is past the IDT limit (#GP)"
+    where = f"IDT gate {gate.vector}"
+    text = " ".join(str(gate).split())
+    if not gate.P:
+        return f"{where} is not present (#NP): {text}"
+    if gate.kind not in ("interrupt", "trap"):
+        return f"{where} is not an interrupt or trap gate (#GP): {text}"
+    selector = gate.selector
+    if selector & 0xFFFC == 0:
+        return f"{where} has a null code selector (#GP)"
+    if selector & 4:
+        return f"{where}'s selector {selector:#06x} names the LDT"
+    if gdt is not None:
+        problems = check_loaded_selectors(gdt, {"CS": selector & 0xFFFC})
+        if problems:
+            return f"{where}'s code segment {selector:#06x}: {problems[0].reason}"
+        slot = gdt.slot(selector)
+        descriptor = None if slot is None else slot.descriptor
+        if descriptor is not None and not descriptor.L:
+            return f"{where}'s code segment {selector:#06x} is not a 64-bit one (L=0) (#GP)"
+    if not is_canonical(gate.offset, levels):
+        return f"{where}'s handler {gate.offset:#x} is not canonical (#GP)"
+    return None

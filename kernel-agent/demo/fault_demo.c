@@ -27,6 +27,7 @@ const char *const fault_demo_options[FAULT_DEMO_COUNT] = {
 	[FAULT_DF_STACK] = "fault=df-stack",
 	[FAULT_TRIPLE_IDT] = "fault=triple-idt",
 	[FAULT_SEED_LOWGDT] = "fault=seed-lowgdt",
+	[FAULT_TRIPLE_DF_GATE] = "fault=triple-df-gate",
 };
 
 /* In .rodata: mapped P G NX, without RW. */
@@ -201,6 +202,11 @@ void fault_demo_run(enum fault_demo which)
 	case FAULT_SEED_LOWGDT:
 		say(which, "GDTR at the physical address of kernel_gdt, then the identity map dropped");
 		seed_lowgdt();
+		break;
+	case FAULT_TRIPLE_DF_GATE:
+		kernel_idt[8].type_attr &= (uint8_t)~IDT_P;
+		say(which, "IDT gate 8 (#DF) cleared (P=0), then the boot stack overflows");
+		fault_demo_recurse(0);
 		break;
 	case FAULT_DEMO_COUNT:
 		break;

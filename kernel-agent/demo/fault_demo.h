@@ -19,6 +19,7 @@ enum fault_demo {
 	FAULT_DF_STACK,		/* recursion into boot_stack_guard: #PF, #PF, #DF on IST1 */
 	FAULT_TRIPLE_IDT,	/* IDTR on an unmapped page, then ud2: triple fault */
 	FAULT_SEED_LOWGDT,	/* GDT at its physical address, identity map dropped, sti */
+	FAULT_TRIPLE_DF_GATE,	/* the #DF gate cleared (P=0), then df-stack: #NP, triple fault */
 	FAULT_DEMO_COUNT,
 };
 

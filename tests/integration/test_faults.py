@@ -371,3 +371,29 @@ def test_cli_catch_and_fault(demo_kernel, nm, tmp_path):
         ]
         assert triple["text"].startswith("triple fault: #UD (vector 6) at RIP ")
         assert qemu.status()["status"] == "shutdown"
+
+
+def test_triple_fault_from_a_missing_double_fault_gate(demo_kernel, nm):
+    """The last fault is no #PF: the reason comes from decoding the #DF's IDT gate."""
+    with boot("triple-df-gate") as qemu:
+        session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+        try:
+            session.resume()
+            session.wait_for_stop(STOP_TIMEOUT)
+            wait_for_shutdown(qemu)
+            log = qemu.int_log_text()
+            report = session.triple_fault(log)
+            events = parse_qemu_log(log)
+            checks = [e for e in events if isinstance(e, ExceptionCheck)]
+            assert (checks[-1].old, checks[-1].new) == (8, 0xB)  # QEMU: #NP while delivering #DF
+            assert [d.vector for d in report.chain.deliveries] == [14, 8]
+            assert report.chain.final == 0xB and report.final_cr2 is None
+            assert report.reason.startswith(
+                "the #DF could not be delivered because of #NP: IDT gate 8 is not present (#NP)"
+            )
+            assert "while delivering the #PF: #PF at the same address" not in str(report)
+            idt = decode_info_registers(qemu.monitor("info registers"))["idt"]
+            gate = session.read_virtual(idt.base + 8 * 16, 16)
+            assert not gate[5] & 0x80  # P clear in QEMU's memory too
+        finally:
+            session.close(resume=False)

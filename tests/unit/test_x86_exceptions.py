@@ -11,6 +11,7 @@ from kinspect.inspector.x86.exceptions import (
     explain_double_fault,
     explain_page_fault,
     explain_selector_fault,
+    validate_gate,
 )
 from kinspect.inspector.x86.paging import translate
 
@@ -183,3 +184,24 @@ def test_double_fault_stack_overflow():
     assert "ran into the unmapped page" in str(result)
     fine = explain_double_fault(top - 0x100, stacks, rsp_mapped=True, below_mapped=True)
     assert fine.guard_start is None and "no stack overflow" in str(fine)
+
+
+def _gate(vector=8, *, offset=0xFFFFFFFF8010A8F0, selector=0x08, type_=0xE, present=True):
+    low = (offset & 0xFFFF) | (selector << 16) | (type_ << 40) | (int(present) << 47)
+    low |= ((offset >> 16) & 0xFFFF) << 48
+    data = low.to_bytes(8, "little") + (offset >> 32).to_bytes(8, "little")
+    from kinspect.inspector.x86.descriptors import decode_gate
+
+    return decode_gate(data, vector)
+
+
+def test_validate_gate():
+    gdt = _demo_gdt()
+    assert validate_gate(_gate(), gdt) is None
+    assert "not present (#NP)" in validate_gate(_gate(present=False), gdt)
+    assert "past the IDT limit" in validate_gate(None, gdt)
+    assert "not an interrupt or trap gate" in validate_gate(_gate(type_=0xC), gdt)
+    assert "null code selector" in validate_gate(_gate(selector=0), gdt)
+    assert "CS must select a code segment, this is data" in validate_gate(_gate(selector=0x10), gdt)
+    assert "past the GDT limit" in validate_gate(_gate(selector=0x48), gdt)
+    assert "not canonical" in validate_gate(_gate(offset=0x0000900000000000), gdt)
