@@ -147,6 +147,7 @@ def launch_demo(
     cpu_flags: Sequence[str] = (),
     exception_log: bool = False,
     stopped: bool = False,
+    smp: int = 1,
 ) -> QemuInstance:
     """Boot the demo kernel in QEMU and wait until it says it is ready.
 
@@ -164,6 +165,7 @@ def launch_demo(
     resetting it. ``exception_log`` has QEMU log every delivered exception to
     ``instance.int_log`` (~270 KB/s while the demo idles); ``stopped`` starts the CPU
     halted (``-S``), waiting for no line, so a debugger can set breakpoints first.
+    ``smp`` CPUs: the demo kernel brings up each AP with a GDT, TSS and stacks of its own.
     """
     if uefi:
         if not DEMO_UEFI.is_file():
@@ -181,6 +183,7 @@ def launch_demo(
             cpu_flags=cpu_flags,
             exception_log=exception_log,
             stopped=stopped,
+            smp=smp,
         )
     if not DEMO_KERNEL.is_file():
         raise TargetError(f"the demo kernel is not built ({DEMO_KERNEL}); run `make kernel`")
@@ -194,6 +197,7 @@ def launch_demo(
         cpu_flags=cpu_flags,
         exception_log=exception_log,
         stopped=stopped,
+        smp=smp,
     )
 
 

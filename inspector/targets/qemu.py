@@ -56,6 +56,8 @@ class QemuConfig:
     #: boot ``kernel`` as a UEFI application (BOOTX64.EFI) through OVMF on q35,
     #: from a FAT drive QEMU makes of a directory in the workdir, instead of PVH
     uefi: bool = False
+    #: CPUs (QEMU -smp); the demo kernel brings up every one of them
+    smp: int = 1
     ovmf_code: Path = OVMF_CODE
     ovmf_vars: Path = OVMF_VARS
     #: log every exception and interrupt QEMU delivers (``-d int``) to ``qemu-int.log``:
@@ -130,38 +132,26 @@ class QemuInstance:
             raise TargetError(
                 f"{config.qemu} was not found; install it (apt-get install qemu-system-x86)"
             )
-        # fmt: off  (option and value on one line, as a QEMU command line reads)
+        # each option with its value, as a QEMU command line reads
         args = [
             binary,
-            "-accel",
-            config.accel,
-            "-cpu",
-            config.cpu,
-            "-m",
-            config.memory,
+            *("-accel", config.accel),
+            *("-cpu", config.cpu),
+            *("-m", config.memory),
+            *("-smp", str(config.smp)),
             *(self._uefi_args() if config.uefi else ("-kernel", str(config.kernel))),
-            "-display",
-            "none",
+            *("-display", "none"),
             "-no-reboot",
-            "-action",
-            "reboot=shutdown,shutdown=pause",  # a triple fault pauses, state kept
-            "-d",
-            "int,cpu_reset" if config.exception_log else "cpu_reset",
-            "-D",
-            str(self.int_log),
+            *("-action", "reboot=shutdown,shutdown=pause"),  # a triple fault pauses, state kept
+            *("-d", "int,cpu_reset" if config.exception_log else "cpu_reset"),
+            *("-D", str(self.int_log)),
             "-nodefaults",
-            "-monitor",
-            "none",
-            "-chardev",
-            self._serial_chardev(),
-            "-serial",
-            "chardev:serial0",
-            "-qmp",
-            f"unix:{self.qmp_socket},server=on,wait=off",
-            "-gdb",
-            f"unix:{self.gdb_socket},server=on,wait=off",
+            *("-monitor", "none"),
+            *("-chardev", self._serial_chardev()),
+            *("-serial", "chardev:serial0"),
+            *("-qmp", f"unix:{self.qmp_socket},server=on,wait=off"),
+            *("-gdb", f"unix:{self.gdb_socket},server=on,wait=off"),
         ]
-        # fmt: on
         if config.stopped:
             args.append("-S")
         args.extend(config.extra_args)
@@ -179,18 +169,12 @@ class QemuInstance:
         boot.mkdir(parents=True, exist_ok=True)
         if config.kernel is not None:
             shutil.copyfile(config.kernel, boot / "BOOTX64.EFI")
-        # fmt: off  (option and value on one line, as a QEMU command line reads)
         return [
-            "-machine",
-            "q35",
-            "-drive",
-            f"if=pflash,format=raw,unit=0,readonly=on,file={config.ovmf_code}",
-            "-drive",
-            f"if=pflash,format=raw,unit=1,file={vars_copy}",
-            "-drive",
-            f"file=fat:rw:{self.workdir / 'esp'},format=raw",
+            *("-machine", "q35"),
+            *("-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={config.ovmf_code}"),
+            *("-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"),
+            *("-drive", f"file=fat:rw:{self.workdir / 'esp'},format=raw"),
         ]
-        # fmt: on
 
     def start(self, *, timeout: float = 10.0) -> None:
         """Start QEMU and wait until its QMP socket answers."""
@@ -329,6 +313,7 @@ def launch_qemu(
     cpu_flags: Sequence[str] = (),
     exception_log: bool = False,
     stopped: bool = False,
+    smp: int = 1,
 ) -> QemuInstance:
     """Boot ``kernel`` (a UEFI application if ``uefi``) and wait for its ready line on serial.
 
@@ -337,6 +322,7 @@ def launch_qemu(
     ``cpu_flags`` are added to ``DEFAULT_CPU``: ``("+la57",)`` gives the CPU 5-level paging.
     ``exception_log`` logs every delivered exception to ``instance.int_log`` (costly: see
     :class:`QemuConfig`); ``stopped`` starts the CPU halted (``-S``) and waits for no line.
+    ``smp`` is the number of CPUs (the demo kernel brings up all of them).
     """
     instance = QemuInstance(
         QemuConfig(
@@ -348,6 +334,7 @@ def launch_qemu(
             cpu=",".join((DEFAULT_CPU, *cpu_flags)),
             exception_log=exception_log,
             stopped=stopped,
+            smp=smp,
         )
     )
     instance.start(timeout=min(timeout, 10.0))

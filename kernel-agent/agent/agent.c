@@ -371,6 +371,48 @@ typedef int (*method_fn)(struct agent *a, struct params *p, struct mp_writer *w,
 
 static const char *const method_names[];
 
+static unsigned cpus_online(const struct agent *a)
+{
+	unsigned n = a->ops->cpus_online ? a->ops->cpus_online(a->ctx) : 1;
+
+	return n ? n : 1;
+}
+
+/* "hooks": the optional hooks the host gave, by their names in struct agent_ops. */
+static void write_hooks(const struct agent *a, struct mp_writer *w)
+{
+	const struct agent_ops *o = a->ops;
+	const struct {
+		const char *name;
+		bool present;
+	} hooks[] = {
+		{ "read_cpu", o->read_cpu != NULL },
+		{ "console_input", o->console_input != NULL },
+		{ "irq_save", o->irq_save && o->irq_restore },
+		{ "relax", o->relax != NULL },
+		{ "write_phys", o->write_phys != NULL },
+		{ "alloc_table", o->alloc_table != NULL },
+		{ "flush_tlb", o->flush_tlb != NULL },
+		{ "phys_to_virt", o->phys_to_virt != NULL },
+		{ "rebase_stack", o->rebase_stack != NULL },
+		{ "load_descriptors", o->load_descriptors != NULL },
+		{ "write_cr3", o->write_cr3 != NULL },
+		{ "efi_call", o->efi && o->efi_call },
+		{ "cpus_online", o->cpus_online != NULL },
+		{ "hold_others", o->hold_others && o->release_others },
+		{ "tlb_shootdown", o->tlb_shootdown != NULL },
+	};
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < sizeof(hooks) / sizeof(hooks[0]); i++)
+		n += hooks[i].present;
+	mp_write_cstr(w, "hooks");
+	mp_write_array(w, n);
+	for (unsigned i = 0; i < sizeof(hooks) / sizeof(hooks[0]); i++)
+		if (hooks[i].present)
+			mp_write_cstr(w, hooks[i].name);
+}
+
 static int m_hello(struct agent *a, struct params *p, struct mp_writer *w, struct failure *f)
 {
 	struct paging pg;
@@ -387,7 +429,7 @@ static int m_hello(struct agent *a, struct params *p, struct mp_writer *w, struc
 	/* A new session: forget the replies kept for the previous one's retries. */
 	for (unsigned i = 0; i < AGENT_REPLAY_SLOTS; i++)
 		a->replay[i].used = false;
-	mp_write_map(w, 10);
+	mp_write_map(w, 13);
 	mp_write_cstr(w, "protocol");
 	mp_write_uint(w, AGENT_PROTOCOL_VERSION);
 	mp_write_cstr(w, "agent");
@@ -410,6 +452,15 @@ static int m_hello(struct agent *a, struct params *p, struct mp_writer *w, struc
 	mp_write_uint(w, AGENT_REPLAY_SLOTS);
 	mp_write_cstr(w, "stopped");
 	mp_write_bool(w, a->stopped);
+	mp_write_cstr(w, "cpus");
+	mp_write_uint(w, cpus_online(a));
+	mp_write_cstr(w, "readonly");
+#ifdef AGENT_READONLY
+	mp_write_bool(w, true);
+#else
+	mp_write_bool(w, false);
+#endif
+	write_hooks(a, w);
 	return AGENT_OK;
 }
 
@@ -624,6 +675,13 @@ static int m_resume(struct agent *a, struct params *p, struct mp_writer *w, stru
 	return AGENT_OK;
 }
 
+/*
+ * AGENT_READONLY: a build for kernels where inspection must stay read-only.
+ * Nothing that changes the kernel is compiled in: the remaps, move_stack,
+ * load_descriptors, switch_cr3 and efi_set_virtual_address_map are unknown
+ * methods (error 2), and hello says "readonly": true.
+ */
+#ifndef AGENT_READONLY
 /* -- remaps ---------------------------------------------------------------------- */
 
 #define PTE_FLAG_BITS (PTE_P | PTE_RW | PTE_US | PTE_PWT | PTE_PCD | PTE_G | PTE_NX)
@@ -834,6 +892,22 @@ static int page_level(uint64_t page_size, int *level, struct failure *f)
 	return AGENT_OK;
 }
 
+/*
+ * A page-table change with other CPUs online and no way to flush their TLBs
+ * (force applies it all the same: the other CPUs keep what their TLBs hold).
+ */
+static int refuse_without_shootdown(struct agent *a, bool force, struct failure *f)
+{
+	unsigned n = cpus_online(a);
+
+	if (n <= 1 || a->ops->tlb_shootdown || force)
+		return AGENT_OK;
+	f->message = "no-shootdown: other CPUs are online and the host gives no tlb_shootdown "
+		     "hook: they would keep stale translations";
+	f->has_address = false;
+	return AGENT_E_REFUSED;
+}
+
 static bool remap_supported(struct agent *a)
 {
 	return a->ops->write_phys && a->ops->alloc_table && a->ops->read_cpu;
@@ -923,6 +997,13 @@ static int apply_intents(struct agent *a, const struct paging *pg, struct failur
 		else
 			for (unsigned i = 0; i < a->edit_count; i++)
 				a->ops->flush_tlb(a->ctx, a->edits[i].va, false);
+	}
+	/* The other CPUs: one round of IPIs (each acknowledges), not one per page. */
+	if (a->ops->tlb_shootdown && a->edit_count) {
+		if (flush_all || a->edit_count > 1)
+			a->ops->tlb_shootdown(a->ctx, 0, true);
+		else
+			a->ops->tlb_shootdown(a->ctx, a->edits[0].va, false);
 	}
 	a->remaps++;
 	return AGENT_OK;
@@ -1027,6 +1108,9 @@ static int edit_range(struct agent *a, struct params *p, struct mp_writer *w, st
 		return fail(f, AGENT_E_UNSUPPORTED, "the host gives no write_phys/alloc_table hooks");
 	if (flags & ~(PTE_FLAG_BITS & ~PTE_P))
 		return fail(f, AGENT_E_PARAMS, "flags may hold only RW US PWT PCD G NX");
+	status = refuse_without_shootdown(a, force, f);
+	if (status != AGENT_OK)
+		return status;
 	if (kind != 'u' && level == 4)
 		return fail(f, AGENT_E_PARAMS, "no 512 GiB pages");
 	status = protection_setup(a, &pg, &cpu, f);
@@ -1089,6 +1173,8 @@ static int m_set_entries(struct agent *a, struct params *p, struct mp_writer *w,
 	if (!remap_supported(a))
 		return fail(f, AGENT_E_UNSUPPORTED, "the host gives no write_phys/alloc_table hooks");
 	status = param_force(p, &force, f);
+	if (status == AGENT_OK)
+		status = refuse_without_shootdown(a, force, f);
 	if (status == AGENT_OK)
 		status = protection_setup(a, &pg, &cpu, f);
 	if (status != AGENT_OK)
@@ -1298,7 +1384,9 @@ static int m_switch_cr3(struct agent *a, struct params *p, struct mp_writer *w, 
 	return AGENT_OK;
 }
 
-#ifdef AGENT_ENABLE_MEMORY_WRITES
+#endif /* !AGENT_READONLY */
+
+#if defined(AGENT_ENABLE_MEMORY_WRITES) && !defined(AGENT_READONLY)
 /*
  * write_phys [pa, bytes]: arbitrary physical writes, only in an agent the host
  * kernel builds with -DAGENT_ENABLE_MEMORY_WRITES (the demo kernel does not).
@@ -1346,6 +1434,7 @@ static const struct method methods[] = {
 	{ "walk", m_walk, false },
 	{ "stop", m_stop, true },
 	{ "resume", m_resume, true },
+#ifndef AGENT_READONLY
 	{ "map", m_map, true },
 	{ "unmap", m_unmap, true },
 	{ "protect", m_protect, true },
@@ -1353,22 +1442,30 @@ static const struct method methods[] = {
 	{ "move_stack", m_move_stack, true },
 	{ "load_descriptors", m_load_descriptors, true },
 	{ "switch_cr3", m_switch_cr3, true },
+#endif
 	{ "efi_info", agent_m_efi_info, false },
+#ifndef AGENT_READONLY
 	{ "efi_set_virtual_address_map", agent_m_efi_set_virtual_address_map, true },
+#endif
 	{ "efi_get_time", agent_m_efi_get_time, false },
 	{ "efi_get_variable", agent_m_efi_get_variable, false },
 	{ "efi_next_variable_name", agent_m_efi_next_variable_name, false },
-#ifdef AGENT_ENABLE_MEMORY_WRITES
+#if defined(AGENT_ENABLE_MEMORY_WRITES) && !defined(AGENT_READONLY)
 	{ "write_phys", m_write_phys, true },
 #endif
 };
 
 static const char *const method_names[] = {
-	"hello", "regs", "read_phys", "read_virt", "translate", "walk", "stop", "resume", "map",
-	"unmap", "protect", "set_entries", "move_stack", "load_descriptors", "switch_cr3",
-	"efi_info", "efi_set_virtual_address_map", "efi_get_time", "efi_get_variable",
-	"efi_next_variable_name",
-#ifdef AGENT_ENABLE_MEMORY_WRITES
+	"hello", "regs", "read_phys", "read_virt", "translate", "walk", "stop", "resume",
+#ifndef AGENT_READONLY
+	"map", "unmap", "protect", "set_entries", "move_stack", "load_descriptors", "switch_cr3",
+#endif
+	"efi_info",
+#ifndef AGENT_READONLY
+	"efi_set_virtual_address_map",
+#endif
+	"efi_get_time", "efi_get_variable", "efi_next_variable_name",
+#if defined(AGENT_ENABLE_MEMORY_WRITES) && !defined(AGENT_READONLY)
 	"write_phys",
 #endif
 	NULL,
@@ -1434,6 +1531,23 @@ static void replay_store(struct agent *a, uint32_t id, size_t len)
 		slot->reply[i] = a->tx_buf[i];
 }
 
+/* The other CPUs stand still while a request runs (and from "stop" to "resume"). */
+static void hold_others(struct agent *a)
+{
+	if (a->holding || !a->ops->hold_others || !a->ops->release_others || cpus_online(a) <= 1)
+		return;
+	a->ops->hold_others(a->ctx);
+	a->holding = true;
+}
+
+static void release_others(struct agent *a)
+{
+	if (!a->holding)
+		return;
+	a->holding = false;
+	a->ops->release_others(a->ctx);
+}
+
 static void handle_frame(void *ctx, const uint8_t *body, size_t len)
 {
 	struct agent *a = ctx;
@@ -1486,7 +1600,10 @@ static void handle_frame(void *ctx, const uint8_t *body, size_t len)
 	mp_write_uint(&w, 1);
 	mp_write_uint(&w, id);
 	mp_write_nil(&w);
+	hold_others(a);
 	status = m->fn(a, &p, &w, &f);
+	if (!a->stopped)
+		release_others(a); /* after "stop" they stay held until "resume" */
 	if (status == AGENT_OK && w.overflow)
 		status = fail(&f, AGENT_E_TOO_BIG, "reply too big for a frame");
 	if (status != AGENT_OK)
@@ -1522,6 +1639,7 @@ int agent_init(struct agent *agent, const struct agent_ops *ops, void *ctx)
 	agent->ctx = ctx;
 	agent->last_error = AGENT_OK;
 	agent->stopped = false;
+	agent->holding = false;
 	agent->irq_saved = false;
 	agent->have_caller = false;
 	agent->stops = agent->requests = agent->errors = agent->remaps = 0;

@@ -147,6 +147,22 @@ struct agent_ops {
 	 */
 	const struct agent_efi *efi;
 	uint64_t (*efi_call)(void *ctx, uint64_t fn, const uint64_t args[AGENT_EFI_ARGS]);
+	/*
+	 * Several CPUs. cpus_online: how many CPUs run the kernel now (absent:
+	 * one). hold_others / release_others (both or neither): stop every other
+	 * CPU (an IPI or NMI each acknowledges, then spins) and let them go; the
+	 * agent holds them while it serves a request, and from "stop" to
+	 * "resume", so that reads and writes see one consistent kernel.
+	 * tlb_shootdown: flush the page of va, or everything (globals included),
+	 * on every other CPU, returning once each has acknowledged; a held CPU
+	 * must still flush. With more than one CPU online and no tlb_shootdown,
+	 * every page-table change is refused (no-shootdown): it would leave stale
+	 * translations on the other CPUs.
+	 */
+	unsigned (*cpus_online)(void *ctx);
+	void (*hold_others)(void *ctx);
+	void (*release_others)(void *ctx);
+	void (*tlb_shootdown)(void *ctx, uint64_t va, bool all);
 };
 
 struct agent_replay {
@@ -161,6 +177,7 @@ struct agent {
 	void *ctx;
 	int last_error;
 	bool stopped;
+	bool holding; /* the other CPUs are held (hold_others) */
 	uint32_t stops; /* times a stop request took effect */
 	uint32_t requests, errors;
 	bool irq_saved; /* while stopped: what irq_save returned */

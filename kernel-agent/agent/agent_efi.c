@@ -463,6 +463,7 @@ int agent_m_efi_info(struct agent *a, struct params *p, struct mp_writer *w, str
 	return AGENT_OK;
 }
 
+#ifndef AGENT_READONLY /* agent.c: nothing that changes the kernel or firmware */
 int agent_m_efi_set_virtual_address_map(struct agent *a, struct params *p, struct mp_writer *w,
 					struct failure *f)
 {
@@ -590,6 +591,7 @@ int agent_m_efi_set_virtual_address_map(struct agent *a, struct params *p, struc
 	mp_write_uint(w, rt);
 	return AGENT_OK;
 }
+#endif
 
 int agent_m_efi_get_time(struct agent *a, struct params *p, struct mp_writer *w, struct failure *f)
 {

@@ -22,6 +22,7 @@
 #include "paging.h"
 #include "pic.h"
 #include "serial.h"
+#include "smp.h"
 #include "x86.h"
 #include "string.h"
 
@@ -137,7 +138,7 @@ static const struct agent_ops demo_agent_ops = {
 	.write_cr3 = agent_x86_write_cr3,
 };
 
-void demo_agent_init(void)
+void demo_agent_init(bool shootdown)
 {
 	static struct agent_ops ops;
 	static struct agent_efi demo_efi;
@@ -157,6 +158,13 @@ void demo_agent_init(void)
 		demo_efi.memattr_size = efi_memattr_size;
 		ops.efi = &demo_efi;
 		ops.efi_call = agent_x86_efi_call;
+	}
+	if (smp_cpus_online > 1) {
+		/* Several CPUs: held while the agent serves; TLBs flushed everywhere. */
+		ops.cpus_online = smp_online;
+		ops.hold_others = smp_hold_others;
+		ops.release_others = smp_release_others;
+		ops.tlb_shootdown = shootdown ? smp_tlb_shootdown : NULL;
 	}
 	status = agent_init(&demo_agent, &ops, NULL);
 

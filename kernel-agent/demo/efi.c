@@ -119,27 +119,6 @@ void efi_memmap_init(uint64_t boot_info_paddr)
 	memmap_finish();
 }
 
-#define LAPIC_PHYS 0xfee00000UL
-#define LAPIC_SVR 0xf0
-#define LAPIC_LVT_TIMER 0x320
-#define LAPIC_LVT_LINT0 0x350
-#define LAPIC_LVT_LINT1 0x360
-
-static void lapic_write(uint32_t reg, uint32_t value)
-{
-	volatile uint32_t *p = (volatile uint32_t *)(MMIO_WINDOW_BASE + (LAPIC_PHYS - MMIO_PHYS) + reg);
-
-	*p = value;
-}
-
-void efi_lapic_virtual_wire(void)
-{
-	lapic_write(LAPIC_LVT_TIMER, 1u << 16);		/* masked */
-	lapic_write(LAPIC_LVT_LINT0, 7u << 8);		/* ExtINT: the 8259 */
-	lapic_write(LAPIC_LVT_LINT1, 4u << 8);		/* NMI */
-	lapic_write(LAPIC_SVR, (1u << 8) | 0x27);	/* enabled, spurious vector 39 (IRQ 7) */
-}
-
 void efi_fpu_init(void)
 {
 	uint64_t cr0 = read_cr0(), cr4 = read_cr4();

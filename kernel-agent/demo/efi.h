@@ -59,7 +59,5 @@ void efi_memmap_init(uint64_t boot_info_paddr);
  * CR4.OSFXSR and OSXMMEXCPT set, CR0.EM and CR0.TS clear, CR0.MP set.
  */
 void efi_fpu_init(void);
-/* Puts the local APIC in virtual-wire mode so the 8259's IRQs reach the CPU. */
-void efi_lapic_virtual_wire(void);
 
 #endif

@@ -101,32 +101,60 @@ static void load_gdt(const struct descriptor_table_register *gdtr)
 			 : "rax", "memory");
 }
 
+/*
+ * One CPU's GDT and TSS: the same segments on every CPU, a TSS of its own
+ * (RSP0, IST1 for #DF) and the shared LDT. gdt_init() does the BSP's
+ * (kernel_gdt, kernel_tss); smp.c each AP's.
+ */
+void gdt_setup(struct gdt *gdt, struct tss *tss, uint64_t rsp0, uint64_t df_stack_top_va)
+{
+	const uint8_t code = SEG_P | SEG_S | SEG_E | SEG_RW | SEG_A;
+	const uint8_t data = SEG_P | SEG_S | SEG_RW | SEG_A;
+	uint64_t tss_base = (uint64_t)tss;
+	uint64_t ldt_base = (uint64_t)&kernel_ldt;
+
+	tss->rsp[0] = rsp0;
+	tss->ist[IST_DOUBLE_FAULT - 1] = df_stack_top_va;
+	/* An I/O map base at or past the limit means no I/O permission bitmap. */
+	tss->iomap_base = sizeof(struct tss);
+
+	gdt->null = 0;
+	gdt->kernel_code = segment_descriptor(0, 0xfffff, code | SEG_DPL(0),
+					      SEG_FLAG_G | SEG_FLAG_L);
+	gdt->kernel_data = segment_descriptor(0, 0xfffff, data | SEG_DPL(0),
+					      SEG_FLAG_G | SEG_FLAG_DB);
+	gdt->user_data = segment_descriptor(0, 0xfffff, data | SEG_DPL(3),
+					    SEG_FLAG_G | SEG_FLAG_DB);
+	gdt->user_code = segment_descriptor(0, 0xfffff, code | SEG_DPL(3),
+					    SEG_FLAG_G | SEG_FLAG_L);
+	gdt->tss = tss_descriptor(tss_base, sizeof(struct tss) - 1);
+	gdt->ldt = ldt_descriptor(ldt_base, sizeof(struct ldt) - 1);
+
+	if (system_descriptor_base(&gdt->tss) != tss_base)
+		panic("gdt: TSS base 0x%lx reassembles as 0x%lx", tss_base,
+		      system_descriptor_base(&gdt->tss));
+	if (system_descriptor_base(&gdt->ldt) != ldt_base)
+		panic("gdt: LDT base 0x%lx reassembles as 0x%lx", ldt_base,
+		      system_descriptor_base(&gdt->ldt));
+}
+
+/* LGDT (CS and the data segments reloaded), LTR and LLDT on this CPU. */
+void gdt_load(struct gdt *gdt)
+{
+	struct descriptor_table_register gdtr = {
+		.limit = sizeof(*gdt) - 1,
+		.base = (uint64_t)gdt,
+	};
+
+	load_gdt(&gdtr);
+	__asm__ volatile("ltr %w0" : : "r"((uint16_t)GDT_TSS) : "memory");
+	__asm__ volatile("lldt %w0" : : "r"((uint16_t)GDT_LDT) : "memory");
+}
+
 void gdt_init(void)
 {
 	const uint8_t code = SEG_P | SEG_S | SEG_E | SEG_RW | SEG_A;
 	const uint8_t data = SEG_P | SEG_S | SEG_RW | SEG_A;
-	uint64_t tss_base = (uint64_t)&kernel_tss;
-	uint64_t ldt_base = (uint64_t)&kernel_ldt;
-
-	kernel_tss.rsp[0] = (uint64_t)boot_stack_top;
-	kernel_tss.ist[IST_DOUBLE_FAULT - 1] = (uint64_t)df_stack_top;
-	/* An I/O map base at or past the limit means no I/O permission bitmap. */
-	kernel_tss.iomap_base = sizeof(struct tss);
-
-	kernel_gdt.null = 0;
-	kernel_gdt.kernel_code = segment_descriptor(0, 0xfffff, code | SEG_DPL(0),
-						    SEG_FLAG_G | SEG_FLAG_L);
-	kernel_gdt.kernel_data = segment_descriptor(0, 0xfffff, data | SEG_DPL(0),
-						    SEG_FLAG_G | SEG_FLAG_DB);
-	kernel_gdt.user_data = segment_descriptor(0, 0xfffff, data | SEG_DPL(3),
-						  SEG_FLAG_G | SEG_FLAG_DB);
-	kernel_gdt.user_code = segment_descriptor(0, 0xfffff, code | SEG_DPL(3),
-						  SEG_FLAG_G | SEG_FLAG_L);
-	kernel_gdt.tss = tss_descriptor(tss_base, sizeof(struct tss) - 1);
-
-	if (system_descriptor_base(&kernel_gdt.tss) != tss_base)
-		panic("gdt: TSS base 0x%lx reassembles as 0x%lx", tss_base,
-		      system_descriptor_base(&kernel_gdt.tss));
 
 	kernel_ldt.user_code32 = segment_descriptor(0, 0xfffff, (code & ~SEG_A) | SEG_DPL(3),
 						    SEG_FLAG_G | SEG_FLAG_DB);
@@ -135,21 +163,10 @@ void gdt_init(void)
 	kernel_ldt.not_present = segment_descriptor(0, 0xfff, (data & ~(SEG_A | SEG_P)) | SEG_DPL(3),
 						    0);
 	kernel_ldt.call_gate = call_gate64(GDT_KERNEL_CODE, (uint64_t)ldt_call_gate_target, 3);
-	kernel_gdt.ldt = ldt_descriptor(ldt_base, sizeof(struct ldt) - 1);
-
-	if (system_descriptor_base(&kernel_gdt.ldt) != ldt_base)
-		panic("gdt: LDT base 0x%lx reassembles as 0x%lx", ldt_base,
-		      system_descriptor_base(&kernel_gdt.ldt));
 	if (call_gate64_offset(&kernel_ldt.call_gate) != (uint64_t)ldt_call_gate_target)
 		panic("gdt: call gate offset 0x%lx reassembles as 0x%lx",
 		      (uint64_t)ldt_call_gate_target, call_gate64_offset(&kernel_ldt.call_gate));
 
-	struct descriptor_table_register gdtr = {
-		.limit = sizeof(kernel_gdt) - 1,
-		.base = (uint64_t)&kernel_gdt,
-	};
-
-	load_gdt(&gdtr);
-	__asm__ volatile("ltr %w0" : : "r"((uint16_t)GDT_TSS) : "memory");
-	__asm__ volatile("lldt %w0" : : "r"((uint16_t)GDT_LDT) : "memory");
+	gdt_setup(&kernel_gdt, &kernel_tss, (uint64_t)boot_stack_top, (uint64_t)df_stack_top);
+	gdt_load(&kernel_gdt);
 }

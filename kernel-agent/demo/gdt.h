@@ -137,5 +137,8 @@ uint64_t call_gate64_offset(const struct call_gate64 *g);
 __noreturn void ldt_call_gate_target(void);
 
 void gdt_init(void);
+/* One CPU's GDT and TSS (RSP0, IST1 = #DF stack), then loading them on this CPU. */
+void gdt_setup(struct gdt *gdt, struct tss *tss, uint64_t rsp0, uint64_t df_stack_top_va);
+void gdt_load(struct gdt *gdt);
 
 #endif

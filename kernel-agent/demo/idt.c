@@ -1,11 +1,15 @@
 #include "idt.h"
 #include "gdt.h"
 #include "kprintf.h"
+#include "lapic.h"
+#include "layout.h"
 #include "pic.h"
+#include "smp.h"
 #include "trap_demo.h"
 #include "x86.h"
 
 extern const uint64_t isr_stub_table[IDT_STUBS];
+extern char isr_stub_240[], isr_stub_241[], isr_stub_242[], isr_stub_255[];
 
 struct idt_entry kernel_idt[IDT_ENTRIES] __aligned(16);
 
@@ -77,6 +81,15 @@ void idt_init(void)
 			      isr_stub_table[v], idt_entry_offset(&kernel_idt[v]));
 	}
 
+	kernel_idt[VECTOR_LAPIC_TIMER] = idt_gate((uint64_t)isr_stub_240, GDT_KERNEL_CODE, 0, 0);
+	kernel_idt[VECTOR_SHOOTDOWN] = idt_gate((uint64_t)isr_stub_241, GDT_KERNEL_CODE, 0, 0);
+	kernel_idt[VECTOR_HOLD] = idt_gate((uint64_t)isr_stub_242, GDT_KERNEL_CODE, 0, 0);
+	kernel_idt[VECTOR_LAPIC_SPURIOUS] = idt_gate((uint64_t)isr_stub_255, GDT_KERNEL_CODE, 0, 0);
+	idt_load();
+}
+
+void idt_load(void)
+{
 	struct descriptor_table_register idtr = {
 		.limit = sizeof(kernel_idt) - 1,
 		.base = (uint64_t)kernel_idt,
@@ -101,10 +114,18 @@ static __noreturn void exception_handler(const struct interrupt_frame *f)
 
 void interrupt_dispatch(struct interrupt_frame *frame)
 {
-	if (frame->vector == 14 && trap_demo_fixup(frame))
+	if (frame->vector == 14 && (trap_demo_fixup(frame) || smp_probe_fixup(frame)))
 		return;
 	if (frame->vector < IRQ_BASE_VECTOR)
 		exception_handler(frame);
+	else if (frame->vector == VECTOR_LAPIC_TIMER)
+		smp_timer_interrupt();
+	else if (frame->vector == VECTOR_SHOOTDOWN)
+		smp_shootdown_interrupt();
+	else if (frame->vector == VECTOR_HOLD)
+		smp_hold_interrupt();
+	else if (frame->vector == VECTOR_LAPIC_SPURIOUS)
+		return; /* no EOI for a spurious interrupt */
 	else
 		pic_irq(frame->vector - IRQ_BASE_VECTOR);
 }

@@ -43,6 +43,8 @@ struct idt_entry idt_gate(uint64_t handler, uint16_t selector, uint8_t ist, uint
 uint64_t idt_entry_offset(const struct idt_entry *e);
 
 void idt_init(void);
+/* LIDT kernel_idt on this CPU (the APs share the BSP's IDT). */
+void idt_load(void);
 void interrupt_dispatch(struct interrupt_frame *frame);
 
 #endif

@@ -71,6 +71,13 @@ isr_stub_\vector:
 	STUB_NOERR \vector
 	.endr
 
+/* The local APIC's vectors (smp.c): the APs' timer and the spurious vector. */
+	.globl isr_stub_240, isr_stub_241, isr_stub_242, isr_stub_255
+	STUB_NOERR 240
+	STUB_NOERR 241
+	STUB_NOERR 242
+	STUB_NOERR 255
+
 /*
  * The CFI describes the interrupted context so that a debugger can unwind
  * from a handler back into the code that was interrupted.

@@ -35,6 +35,24 @@
 #define BOOT_LA57_ON 1		/* 5-level paging, CR4.LA57 set */
 #define BOOT_LA57_MISSING 2	/* asked for, but CPUID.7.0:ECX.LA57[16] is 0 */
 
+/*
+ * SMP (smp.c): at most MAX_CPUS CPUs; the APs start in real mode at
+ * AP_TRAMPOLINE_PHYS (SIPI vector AP_TRAMPOLINE_PHYS >> 12), each gets an
+ * AP_STACK_SIZE kernel stack and a DF_STACK_SIZE #DF stack.
+ */
+#define MAX_CPUS 8
+#define AP_TRAMPOLINE_PHYS 0x8000
+#define AP_STACK_SIZE 0x4000
+
+/*
+ * Local APIC vectors (idt.c): the APs' timer, the agent's TLB shootdown and
+ * hold IPIs (smp.c), and the spurious vector.
+ */
+#define VECTOR_LAPIC_TIMER 0xf0
+#define VECTOR_SHOOTDOWN 0xf1
+#define VECTOR_HOLD 0xf2
+#define VECTOR_LAPIC_SPURIOUS 0xff
+
 /* Segment selectors of the kernel GDT (gdt.c). */
 #define GDT_KERNEL_CODE 0x08
 #define GDT_KERNEL_DATA 0x10

@@ -68,6 +68,8 @@ SECTIONS
 		. = ALIGN(PAGE_SIZE);
 		*(.bss.ldt)	/* the LDT alone in its page (gdt.c) */
 		. = ALIGN(PAGE_SIZE);
+		*(.bss.probe)	/* the APs' probe page, alone in its page (smp.c) */
+		. = ALIGN(PAGE_SIZE);
 		*(.bss .bss.* COMMON)
 		. = ALIGN(PAGE_SIZE);
 		__bss_end = .;

@@ -9,12 +9,14 @@
 #include "fault_demo.h"
 #include "idt.h"
 #include "kprintf.h"
+#include "lapic.h"
 #include "layout.h"
 #include "memmap.h"
 #include "paging.h"
 #include "pic.h"
 #include "pvh.h"
 #include "serial.h"
+#include "smp.h"
 #include "work.h"
 #include "x86.h"
 
@@ -115,6 +117,8 @@ void kernel_main(uint32_t start_info_paddr)
 	for (int i = 0; !uefi && i < FAULT_DEMO_COUNT; i++)
 		if (cmdline_has(start_info_paddr, fault_demo_options[i]))
 			fault = i;
+	/* "noshootdown": the agent gets no TLB shootdown hook (remaps refused on SMP). */
+	bool shootdown = uefi || !cmdline_has(start_info_paddr, "noshootdown");
 
 	/*
 	 * The boot option "la57" (5-level paging) was read by boot.S: CR4.LA57
@@ -138,10 +142,11 @@ void kernel_main(uint32_t start_info_paddr)
 	idt_init();
 	pic_init();
 	if (uefi) {
-		efi_lapic_virtual_wire();
+		lapic_virtual_wire();
 		efi_fpu_init();
 	}
 	pit_init(PIT_HZ);
+	smp_init(uefi); /* QEMU -smp N: the APs, each with its own GDT, TSS and stacks */
 
 	if (low_half) {
 		enter_low_half();
@@ -149,7 +154,7 @@ void kernel_main(uint32_t start_info_paddr)
 			"addresses (only the identity map reaches them)\n");
 	}
 	print_state(has_1g_pages);
-	demo_agent_init();
+	demo_agent_init(shootdown);
 	if (fault >= 0)
 		fault_demo_run((enum fault_demo)fault);
 	kprintf("kinspect-demo: ready\n");

@@ -34,7 +34,8 @@ FLAGS = [
 ]
 
 
-def build_host_tools(out: Path) -> dict[str, Path]:
+def build_host_tools(out: Path, defines: tuple[str, ...] = ()) -> dict[str, Path]:
+    """``defines``: build flags such as ``-DAGENT_READONLY`` (the read-only agent)."""
     gcc = shutil.which("gcc")
     if gcc is None:
         raise RuntimeError("gcc is not installed: run `make test` (it installs it)")
@@ -50,7 +51,10 @@ def build_host_tools(out: Path) -> dict[str, Path]:
         ]
         target = out / name
         subprocess.run(
-            [gcc, *FLAGS, *paths, "-o", str(target)], check=True, capture_output=True, text=True
+            [gcc, *FLAGS, *defines, *paths, "-o", str(target)],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         built[name] = target
     return built
