@@ -48,9 +48,10 @@ __all__ = [
     "FaultReport",
     "TripleFaultReport",
     "catch_exceptions",
+    "exception_at_stop",
+    "explain_context",
     "explain_fault",
     "explain_triple_fault",
-    "exception_at_stop",
 ]
 
 
