@@ -397,3 +397,27 @@ def test_triple_fault_from_a_missing_double_fault_gate(demo_kernel, nm):
             assert not gate[5] & 0x80  # P clear in QEMU's memory too
         finally:
             session.close(resume=False)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fault"], "no exception to explain: the CPU is not at an IDT handler's entry"),
+        (["fault", "--qemu-log", "/nonexistent"], "cannot read QEMU's log /nonexistent"),
+        (["catch", "xyz"], "'xyz' is not a vector (0..255, or 'all')"),
+        (["fault", "--frame", "0"], "frame 0 crosses no interrupt frame (see `bt`)"),
+    ],
+)
+def test_cli_errors_are_one_line(qemu, demo_kernel, args, message):
+    """On the demo kernel stopped in demo_level3 (called from the idle loop, in no exception
+    handler): one line on stderr, exit 1, no traceback."""
+    session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+    number, _ = session.break_insert("demo_level3")
+    session.resume()
+    session.wait_for_stop(STOP_TIMEOUT)
+    session.break_delete(number)
+    session.close(resume=False)
+    result = kinspect("--target", qemu.gdb_endpoint, "--elf", demo_kernel, "--no-resume", *args)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("kinspect: error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr
