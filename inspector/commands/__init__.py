@@ -25,6 +25,7 @@ import importlib
 import io
 import shlex
 import sys
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
@@ -538,14 +539,14 @@ class Registry:
         return result
 
 
-def _commands_of(loaded: object) -> Iterable[Command]:
+def _commands_of(loaded: object) -> list[Command]:
+    """What an entry point gives: a Command, a list of them, or a module with ``COMMANDS``."""
     if isinstance(loaded, Command):
         return [loaded]
-    listed = getattr(loaded, "COMMANDS", loaded)
-    if isinstance(listed, Iterable) and not isinstance(listed, (str, bytes, Mapping)):
-        commands = list(listed)
-        if commands and all(isinstance(c, Command) for c in commands):
-            return commands
+    listed = loaded.__dict__.get("COMMANDS") if isinstance(loaded, types.ModuleType) else loaded
+    if isinstance(listed, (list, tuple)) and listed:
+        if all(isinstance(c, Command) for c in listed):
+            return list(listed)
     raise TypeError(
         f"{loaded!r} is not a kinspect Command, a list of them, or a module with COMMANDS"
     )

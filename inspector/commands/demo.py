@@ -29,11 +29,28 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--kernel", help="boot this kernel image instead of the demo kernel")
     parser.add_argument(
+        "--smp",
+        type=_cpus,
+        default=1,
+        metavar="N",
+        help="CPUs (QEMU -smp; the demo kernel brings up every one, at most 8)",
+    )
+    parser.add_argument(
         "--report",
         action="store_true",
         help="print a report instead of opening the TUI (the default when stdout is not a "
         "terminal)",
     )
+
+
+def _cpus(text: str) -> int:
+    try:
+        count = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of CPUs") from None
+    if not 1 <= count <= 8:
+        raise argparse.ArgumentTypeError("the demo kernel runs on 1 to 8 CPUs")
+    return count
 
 
 def run_demo(context: Context) -> CommandResult:
@@ -155,9 +172,11 @@ def _launch(args: argparse.Namespace, kernel: str) -> Any:
         if args.kernel is not None:
             raise InspectorError("--uefi boots the demo kernel's BOOTX64.EFI: drop --kernel")
         print(f"booting {api.DEMO_UEFI} through OVMF in QEMU (TCG)...", file=sys.stderr)
-        return api.launch_demo(uefi=True, memory=args.memory or "256M", timeout=90.0)
+        return api.launch_demo(uefi=True, memory=args.memory or "256M", timeout=90.0, smp=args.smp)
     print(f"booting {kernel} in QEMU (TCG)...", file=sys.stderr)
-    return api.launch_qemu(kernel, memory=args.memory or "128M", wait_ready=args.kernel is None)
+    return api.launch_qemu(
+        kernel, memory=args.memory or "128M", wait_ready=args.kernel is None, smp=args.smp
+    )
 
 
 COMMANDS = [

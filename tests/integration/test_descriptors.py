@@ -237,8 +237,9 @@ def test_idt_handlers_are_the_isr_stubs(qemu, session, nm):
         == (nm["kernel_idt"], 0xFFF)
     )
     present = [e for e in idt.entries if e.gate.P]
-    # exceptions, the 8259's IRQs, and the local APIC's timer and spurious vectors (SMP)
-    assert [e.gate.vector for e in present] == [*range(48), 0xF0, 0xFF]
+    # exceptions, the 8259's IRQs, and the local APIC's vectors (SMP: the APs' timer, the
+    # agent's TLB shootdown and hold IPIs, spurious)
+    assert [e.gate.vector for e in present] == [*range(48), 0xF0, 0xF1, 0xF2, 0xFF]
     for entry in present:
         gate = entry.gate
         assert gate.offset == nm[f"isr_stub_{gate.vector}"], gate  # rebuilt from three parts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import types
 
 import pytest
 
@@ -101,11 +102,11 @@ def test_a_plugin_is_imported_only_when_its_command_runs(plugins):
 
 
 def test_a_plugin_module_with_a_commands_list_registers_them_all():
-    class Module:
-        COMMANDS = [GREET, Command("bye", "say bye", greet, greet_arguments)]
+    module = types.ModuleType("greetings")
+    module.COMMANDS = [GREET, Command("bye", "say bye", greet, greet_arguments)]
 
     made = Registry()
-    made.pending["greetings"] = FakeEntryPoint("greetings", "greetings", Module)
+    made.pending["greetings"] = FakeEntryPoint("greetings", "greetings", module)
     made.load_plugins()
     assert {"greet", "bye"} <= set(made.commands) and not made.problems
 
@@ -207,3 +208,39 @@ def test_usage_errors_of_the_cli_exit_2_with_one_message(capsys):
         cli.main(["agent", "--target", "x", "--agent", "y", "hello"])
     assert exit_info.value.code == 2
     assert "agent talks to the agent alone: drop --target" in capsys.readouterr().err
+
+
+def test_demo_in_a_terminal_opens_the_registered_tui_or_says_it_is_missing(demo_elf, monkeypatch):
+    """Without a `tui` command registered, `kinspect demo` says so before booting anything."""
+    from kinspect.inspector import api
+
+    def no_qemu(*args, **kwargs):
+        raise AssertionError("QEMU must not start")
+
+    monkeypatch.setattr(api, "launch_qemu", no_qemu)
+    made = Registry()
+    made.load_builtins()  # no plugins: no TUI
+    args = cli.build_parser(made).parse_args(["demo"])
+    context = Context(args, None, made, interactive=True, name="demo")
+    with pytest.raises(InspectorError, match="the TUI is not installed"):
+        made.run(context)
+
+    opened = []
+
+    def fake_tui(context: Context) -> CommandResult:
+        opened.append(context.args)
+        return context.result(None, None)
+
+    class FakeQemu:
+        gdb_endpoint, agent_endpoint, pid, process = "/tmp/g.sock", "unix:/tmp/a.sock", 1, None
+
+        def stop(self):
+            opened.append("stopped")
+
+    monkeypatch.setattr(api, "launch_qemu", lambda *a, **k: FakeQemu())
+    monkeypatch.setattr("signal.signal", lambda *a: None)  # demo's SIGHUP handler: not here
+    made.add(Command("tui", "the TUI", fake_tui, needs=Needs.NOTHING))
+    made.run(Context(args, None, made, interactive=True, name="demo"))
+    tui_args, stopped = opened
+    assert (tui_args.target, tui_args.agent) == ("/tmp/g.sock", "unix:/tmp/a.sock")
+    assert tui_args.elf == demo_elf and stopped == "stopped"
