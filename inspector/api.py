@@ -167,6 +167,8 @@ def launch_demo(
     append: str | None = None,
     uefi: bool = False,
     cpu_flags: Sequence[str] = (),
+    exception_log: bool = False,
+    stopped: bool = False,
     smp: int = 1,
 ) -> QemuInstance:
     """Boot the demo kernel in QEMU and wait until it says it is ready.
@@ -179,7 +181,12 @@ def launch_demo(
     ``make -C kernel-agent uefi``; symbols still come from ``DEMO_KERNEL``);
     the firmware takes 5-6 s under TCG, so give ``timeout`` room.
     ``cpu_flags`` add to QEMU's ``-cpu qemu64,+pdpe1gb``: with ``("+la57",)`` and
-    ``append="la57"`` the kernel runs with 5-level paging.
+    ``append="la57"`` the kernel runs with 5-level paging; ``append="fault=pf-nx"`` (and
+    the other ``fault=`` options of ``kernel-agent/demo/fault_demo.h``) makes it fail on
+    purpose. A triple fault pauses QEMU (``instance.status()`` says ``shutdown``) instead of
+    resetting it. ``exception_log`` has QEMU log every delivered exception to
+    ``instance.int_log`` (~270 KB/s while the demo idles); ``stopped`` starts the CPU
+    halted (``-S``), waiting for no line, so a debugger can set breakpoints first.
     ``smp`` CPUs: the demo kernel brings up each AP with a GDT, TSS and stacks of its own.
     """
     if uefi:
@@ -196,6 +203,8 @@ def launch_demo(
             serial=serial,
             uefi=True,
             cpu_flags=cpu_flags,
+            exception_log=exception_log,
+            stopped=stopped,
             smp=smp,
         )
     if not DEMO_KERNEL.is_file():
@@ -208,6 +217,8 @@ def launch_demo(
         serial=serial,
         extra_args=extra,
         cpu_flags=cpu_flags,
+        exception_log=exception_log,
+        stopped=stopped,
         smp=smp,
     )
 

@@ -28,6 +28,14 @@ from .errors import (
     TargetError,
     TargetLost,
 )
+from .fault import (
+    Catchpoint,
+    FaultReport,
+    TripleFaultReport,
+    catch_exceptions,
+    explain_fault,
+    explain_triple_fault,
+)
 from .linux.kernel import LinuxKernel, recognize_linux
 from .linux.orc import OrcTable
 from .numbers import resolve_address
@@ -629,6 +637,26 @@ class Session:
             orc=self.orc(),
             max_depth=max_depth,
         )
+
+    # -- faults (the analysis lives in fault.py) ------------------------------------
+
+    def fault(
+        self, *, frame: int | None = None, vector: int | None = None, qemu_log: str | None = None
+    ) -> FaultReport:
+        """Why the CPU took the exception it is in: vector, error code, the rule broken.
+
+        From the handler's entry (a catchpoint), interrupt frame ``frame`` of the
+        backtrace, or the last exception in ``qemu_log`` (QEMU's ``-d int`` text).
+        """
+        return explain_fault(self, frame=frame, vector=vector, qemu_log=qemu_log)
+
+    def catch(self, vector: int | None) -> list[Catchpoint]:
+        """Stop before the handler of ``vector`` runs (None: every exception, 0-31)."""
+        return catch_exceptions(self, vector)
+
+    def triple_fault(self, qemu_log: str) -> TripleFaultReport:
+        """The exception chain of the triple fault in ``qemu_log`` and why it ended there."""
+        return explain_triple_fault(self, qemu_log)
 
     def _check_canonical(self, address: int) -> None:
         regs = self.registers()

@@ -61,7 +61,17 @@ __all__ = [
 ENTRY_POINT_GROUP = "kinspect.commands"
 
 #: The modules of ``kinspect.inspector.commands`` that hold the built-in commands, in help order.
-BUILTIN_FAMILIES = ("demo", "paging", "descriptors", "stack", "efi", "agent", "remap", "linux")
+BUILTIN_FAMILIES = (
+    "demo",
+    "paging",
+    "descriptors",
+    "stack",
+    "faults",
+    "efi",
+    "agent",
+    "remap",
+    "linux",
+)
 
 AGENT_HELP = (
     "the in-kernel agent's serial line: a device (/dev/ttyUSB0), tcp:HOST:PORT, unix:PATH, "

@@ -60,6 +60,11 @@ class QemuConfig:
     smp: int = 1
     ovmf_code: Path = OVMF_CODE
     ovmf_vars: Path = OVMF_VARS
+    #: log every exception and interrupt QEMU delivers (``-d int``) to ``qemu-int.log``:
+    #: ~270 KB/s on the idle demo kernel (its 100 Hz timer and the handled #PF after
+    #: each tick, each with a register dump), so only when asked; a triple fault and a
+    #: CPU reset (``-d cpu_reset``) are logged there always
+    exception_log: bool = False
 
 
 class QemuInstance:
@@ -74,6 +79,9 @@ class QemuInstance:
         self.serial_log = self.workdir / "serial.log"
         self.serial_port: int | None = None
         self.stderr_log = self.workdir / "qemu.stderr"
+        #: QEMU's own log (``-D``): resets and triple faults, and with ``exception_log``
+        #: every delivered exception (``check_exception``, ``v=0e e=0002 ...``)
+        self.int_log = self.workdir / "qemu-int.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -134,6 +142,9 @@ class QemuInstance:
             *(self._uefi_args() if config.uefi else ("-kernel", str(config.kernel))),
             *("-display", "none"),
             "-no-reboot",
+            *("-action", "reboot=shutdown,shutdown=pause"),  # a triple fault pauses, state kept
+            *("-d", "int,cpu_reset" if config.exception_log else "cpu_reset"),
+            *("-D", str(self.int_log)),
             "-nodefaults",
             *("-monitor", "none"),
             *("-chardev", self._serial_chardev()),
@@ -237,6 +248,22 @@ class QemuInstance:
         except QmpError as exc:
             raise TargetError(str(exc)) from exc
 
+    def int_log_text(self) -> str:
+        """QEMU's log so far (``-D``): see :mod:`.qemu_log` to read it."""
+        try:
+            return self.int_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def status(self) -> dict[str, object]:
+        """QMP ``query-status``: ``{"status": "running"|"paused"|"shutdown"|..., ...}``.
+
+        A triple fault leaves ``"shutdown"`` (``-action shutdown=pause``): stopped, not
+        reset, the gdb stub and the monitor still answer.
+        """
+        with self.qmp() as client:
+            return dict(client.execute("query-status"))
+
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -284,6 +311,8 @@ def launch_qemu(
     serial: str = "unix",
     uefi: bool = False,
     cpu_flags: Sequence[str] = (),
+    exception_log: bool = False,
+    stopped: bool = False,
     smp: int = 1,
 ) -> QemuInstance:
     """Boot ``kernel`` (a UEFI application if ``uefi``) and wait for its ready line on serial.
@@ -291,6 +320,8 @@ def launch_qemu(
     With ``uefi`` and no ``kernel`` the ESP is empty: OVMF ends in its UEFI shell
     (``ready_marker="Shell> "``), still on the firmware's own page tables.
     ``cpu_flags`` are added to ``DEFAULT_CPU``: ``("+la57",)`` gives the CPU 5-level paging.
+    ``exception_log`` logs every delivered exception to ``instance.int_log`` (costly: see
+    :class:`QemuConfig`); ``stopped`` starts the CPU halted (``-S``) and waits for no line.
     ``smp`` is the number of CPUs (the demo kernel brings up all of them).
     """
     instance = QemuInstance(
@@ -301,11 +332,13 @@ def launch_qemu(
             serial=serial,
             uefi=uefi,
             cpu=",".join((DEFAULT_CPU, *cpu_flags)),
+            exception_log=exception_log,
+            stopped=stopped,
             smp=smp,
         )
     )
     instance.start(timeout=min(timeout, 10.0))
-    if wait_ready:
+    if wait_ready and not stopped:
         try:
             instance.wait_for_serial(ready_marker, timeout=timeout)
         except TargetError:

@@ -6,6 +6,7 @@
 #include "agent_port.h"
 #include "gdt.h"
 #include "efi.h"
+#include "fault_demo.h"
 #include "idt.h"
 #include "kprintf.h"
 #include "lapic.h"
@@ -110,6 +111,12 @@ void kernel_main(uint32_t start_info_paddr)
 			start_info_paddr);
 
 	bool low_half = !uefi && cmdline_has(start_info_paddr, "lowhalf");
+	/* "fault=NAME": fail on purpose once everything is set up (fault_demo.h). */
+	int fault = -1;
+
+	for (int i = 0; !uefi && i < FAULT_DEMO_COUNT; i++)
+		if (cmdline_has(start_info_paddr, fault_demo_options[i]))
+			fault = i;
 	/* "noshootdown": the agent gets no TLB shootdown hook (remaps refused on SMP). */
 	bool shootdown = uefi || !cmdline_has(start_info_paddr, "noshootdown");
 
@@ -148,6 +155,8 @@ void kernel_main(uint32_t start_info_paddr)
 	}
 	print_state(has_1g_pages);
 	demo_agent_init(shootdown);
+	if (fault >= 0)
+		fault_demo_run((enum fault_demo)fault);
 	kprintf("kinspect-demo: ready\n");
 
 	for (;;) {

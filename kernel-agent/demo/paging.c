@@ -207,3 +207,30 @@ void paging_init(bool has_1g_pages)
 		kprintf("paging: CR3=0x%lx, %u of %u page-table pages used\n", read_cr3(),
 			pt_pool_used + 1, PT_POOL_PAGES + 1);
 }
+
+/* For the boot option fault=pf-user: a 4 KiB page with US at every level, read and execute. */
+void paging_map_user_page(uint64_t va, uint64_t pa)
+{
+	uint64_t *table = paging_levels == 5 ? kernel_pml5 : kernel_pml4;
+
+	for (unsigned level = paging_levels; level > 1; level--) {
+		unsigned index = TABLE_INDEX(va, level);
+		uint64_t *next = next_table(table, index);
+
+		table[index] |= PTE_US;
+		table = next;
+	}
+	map_page(va, pa, PAGE_SIZE, PTE_P | PTE_US);
+	__asm__ volatile("invlpg (%0)" : : "r"(va) : "memory");
+}
+
+/* For the boot option fault=seed-lowgdt: the low identity map goes (its entry 0 cleared). */
+void paging_drop_identity(void)
+{
+	if (paging_levels == 5)
+		kernel_pml5[0] = 0;
+	else
+		kernel_pml4[0] = 0;
+	/* The identity map's entries are not global: reloading CR3 flushes them. */
+	write_cr3(read_cr3());
+}

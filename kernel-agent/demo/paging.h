@@ -37,4 +37,8 @@ extern unsigned paging_levels;
  */
 void paging_init(bool has_1g_pages);
 
+/* Boot options fault=pf-user and fault=seed-lowgdt only (fault_demo.c). */
+void paging_map_user_page(uint64_t va, uint64_t pa);
+void paging_drop_identity(void);
+
 #endif
