@@ -4,41 +4,40 @@ Pure functions from records to strings, so the CLI and the TUI print the
 same facts the same way. Layouts follow the tools readers already know:
 Linux's ``/sys/kernel/debug/page_tables`` (ptdump) for ranges, the SDM's
 register figures for registers. No I/O here, and no import of the decoders
-at run time (they import :func:`format_size` from here).
+at run time (the decoders take :func:`format_size` from :mod:`.numbers`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .numbers import format_size
 
 if TYPE_CHECKING:
     from kinspect.inspector.x86.control import DecodedRegister
     from kinspect.inspector.x86.paging import Range, Translation
 
 __all__ = [
+    "HEX_ROW",
+    "JSON_VERSION",
+    "format_hex_rows",
+    "format_hexdump",
+    "format_json",
+    "format_range_row",
     "format_ranges",
     "format_register",
     "format_size",
     "format_translation",
+    "json_document",
 ]
 
-_UNITS = "BKMGTPE"
+#: The version of the command line's JSON shapes (docs/json.md): the envelope's ``kinspect``.
+JSON_VERSION = 1
 
-
-def format_size(n: int) -> str:
-    """A byte count the way ptdump prints it: the largest exact unit (``20K``, ``2M``, ``1G``).
-
-    Like Linux, a size is only scaled while it stays a whole number, so
-    1.5 MiB prints as ``1536K`` and nothing is rounded away.
-    """
-    if n < 0:
-        raise ValueError(f"a size cannot be negative: {n}")
-    unit = 0
-    while n and not n & 1023 and unit < len(_UNITS) - 1:
-        n >>= 10
-        unit += 1
-    return f"{n}{_UNITS[unit]}"
+#: Bytes per row of a hex dump.
+HEX_ROW = 16
 
 
 def format_ranges(ranges: Iterable[Range]) -> str:
@@ -50,11 +49,15 @@ def format_ranges(ranges: Iterable[Range]) -> str:
     effective rights over the whole walk; the others are the leaf's bits.
     """
     lines = [f"{'start-end':<37} {'size':>6}  {'physical':<18} flags"]
-    lines.extend(
-        f"{r.start:#018x}-{r.end:#018x} {format_size(r.size):>6}  {r.phys:#018x} {r.flags_text()}"
-        for r in ranges
-    )
+    lines.extend(format_range_row(r) for r in ranges)
     return "\n".join(lines)
+
+
+def format_range_row(r: Range) -> str:
+    """One row of :func:`format_ranges`: ``start-end  size  physical  flags``."""
+    return (
+        f"{r.start:#018x}-{r.end:#018x} {format_size(r.size):>6}  {r.phys:#018x} {r.flags_text()}"
+    )
 
 
 def format_translation(t: Translation) -> str:
@@ -93,3 +96,48 @@ def format_register(decoded: DecodedRegister) -> str:
             " (reserved, or newer than this table)"
         )
     return "\n".join(lines)
+
+
+def format_hex_rows(
+    address: int, data: bytes, symbolize: Callable[[int], str | None] | None = None
+) -> list[tuple[str, str]]:
+    """``(row text, symbols)`` per 16 bytes: ``addr: hex  |ascii|`` and the qwords' symbols.
+
+    ``symbolize`` names the aligned quadwords that point somewhere known
+    (``+0x8=kernel_main+0x12``); without it the second item is empty.
+    """
+    rows = []
+    for offset in range(0, len(data), HEX_ROW):
+        chunk = data[offset : offset + HEX_ROW]
+        hexes = " ".join(chunk[i : i + 8].hex(" ") for i in range(0, len(chunk), 8))
+        ascii_text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        names = []
+        if symbolize is not None:
+            for i in range(0, len(chunk) - 7, 8):
+                value = int.from_bytes(chunk[i : i + 8], "little")
+                if value > 0xFFFF:
+                    name = symbolize(value)
+                    if name:
+                        names.append(f"+{offset + i:#x}={name}")
+        rows.append((f"{address + offset:#018x}: {hexes:<48}  |{ascii_text:<16}|", " ".join(names)))
+    return rows
+
+
+def format_hexdump(
+    address: int, data: bytes, symbolize: Callable[[int], str | None] | None = None
+) -> str:
+    """The hex dump as text, one row per line (:func:`format_hex_rows`, symbols appended)."""
+    return "\n".join(
+        row + (f"  {names}" if names else "")
+        for row, names in format_hex_rows(address, data, symbolize)
+    )
+
+
+def json_document(command: str, target: str | None, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The envelope every ``--json`` document has (docs/json.md), then the command's keys."""
+    return {"kinspect": JSON_VERSION, "command": command, "target": target, **body}
+
+
+def format_json(document: Mapping[str, Any]) -> str:
+    """A JSON document as the command line prints it: ``indent=1``, one trailing newline."""
+    return json.dumps(document, indent=1) + "\n"

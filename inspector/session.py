@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import AgentError, FaultError, InspectorError, TargetError, TargetLost
+from .numbers import resolve_address
 from .symbols import SymbolicAddress, SymbolTable
 from .tables import (
-    SEGMENT_REGISTERS,
     InterruptTable,
     MappingLookup,
     TaskState,
@@ -36,7 +36,7 @@ from .x86.control import (
     decode_paging_mode,
     decode_rflags,
 )
-from .x86.descriptors import DescriptorTable
+from .x86.descriptors import SEGMENT_REGISTERS, DescriptorTable
 from .x86.paging import (
     AddressSpace,
     PageTableEntry,
@@ -246,16 +246,10 @@ class Session:
 
     def resolve(self, text: str) -> int:
         """An address from user text: ``0x...``, decimal, or a symbol name."""
-        try:
-            return int(text.replace("_", "") if text.lower().startswith("0x") else text, 0)
-        except ValueError:
-            pass
         symbols = self.symbols
-        address = symbols.lookup(text) if symbols else None
-        if address is None:
-            hint = "" if symbols else " (pass --elf to use symbol names)"
-            raise InspectorError(f"{text!r} is neither a number nor a known symbol{hint}")
-        return address
+        if symbols is None:
+            return resolve_address(text, None, hint=" (pass --elf to use symbol names)")
+        return resolve_address(text, symbols.lookup)
 
     # -- registers ---------------------------------------------------------------
 
@@ -491,7 +485,7 @@ class Session:
 
     def _loaded_selectors(self, system: SystemRegisters) -> dict[str, int]:
         regs = self.registers()
-        loaded = {name.upper(): regs[name] for name in SEGMENT_REGISTERS if name in regs}
+        loaded = {name: regs[name.lower()] for name in SEGMENT_REGISTERS if name.lower() in regs}
         if system.tr is not None:
             loaded["TR"] = system.tr.selector
         if system.ldtr is not None:

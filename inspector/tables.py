@@ -28,7 +28,6 @@ from .x86.descriptors import (
 from .x86.paging import Range
 
 __all__ = [
-    "SEGMENT_REGISTERS",
     "IdtEntry",
     "InterruptTable",
     "StackPointer",
@@ -42,9 +41,6 @@ __all__ = [
 
 ReadVirtual = Callable[[int, int], bytes]
 MappingLookup = Callable[[int], "str | None"]
-
-#: Segment registers by the names gdb gives them.
-SEGMENT_REGISTERS = ("cs", "ss", "ds", "es", "fs", "gs")
 
 
 def mapping_lookup(ranges: Sequence[Range]) -> MappingLookup:

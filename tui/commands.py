@@ -1,9 +1,13 @@
-"""The ``:`` command line: one table of the TUI's own commands, and the panes' commands.
+"""The ``:`` command line: the TUI's own commands in one table, the panes', then the registry's.
 
 A verb is looked up in :data:`COMMANDS` (run control, breakpoints, export,
 screens), then in the panes' ``COMMANDS`` (``vtop``, ``ptov``, ``mem``, ``phys``,
-``efi``: the pane shown, or the first pane that answers the verb). Every
-error is one line through the app's failure handler.
+``efi``: the pane shown, or the first pane that answers the verb; they show
+their answer in the pane), then in the command registry
+(:mod:`kinspect.inspector.commands`): ``pt``, ``gdt``, ``bt``, ``efi-map``...
+run as ``kinspect`` runs them, with the same parsing and the same errors, in
+the thread that owns the session, and their text is shown in a screen of
+its own. Every error is one line through the app's failure handler.
 """
 
 from __future__ import annotations
@@ -12,12 +16,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kinspect.inspector.commands import CommandResult, registry
 from kinspect.inspector.errors import InspectorError
+from kinspect.inspector.session import Session
+
+from .screens.output import OutputScreen
 
 if TYPE_CHECKING:
     from .app import KinspectApp
 
-__all__ = ["COMMANDS", "TuiCommand", "run_command"]
+__all__ = ["COMMANDS", "NOT_HERE", "TuiCommand", "run_command"]
+
+#: Registry commands that attach a target of their own: not for a session already open.
+NOT_HERE = frozenset({"demo", "tui"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +88,37 @@ def run_command(app: KinspectApp, text: str) -> None:
         pane = active if active in panes else panes[0]
         method = getattr(pane, pane.COMMANDS[verb])
         command = TuiCommand(lambda app, arg: method(arg), pane.NEEDS_ARGUMENT.get(verb))
+    if command is None and _registered(verb):
+        command = TuiCommand(lambda app, arg: run_registered(app, text))
     if command is None:
         app.report_failure(InspectorError(f"unknown command {verb!r} (try help)"))
     elif command.needs and not argument:
         app.report_failure(InspectorError(f"{verb} needs {command.needs}"))
     else:
         command.run(app, argument)
+
+
+def _registered(verb: str) -> bool:
+    commands = registry()
+    return verb in commands.commands or verb in commands.pending
+
+
+def run_registered(app: KinspectApp, line: str) -> None:
+    """A registry command, as ``kinspect`` runs it; its text in a screen, its error one line."""
+    verb = line.split()[0].lower()
+    if verb in NOT_HERE:
+        app.report_failure(
+            InspectorError(f"{verb} attaches a target of its own: run it from a shell")
+        )
+        return
+
+    def work(session: Session) -> CommandResult:
+        return registry().execute(session, line)
+
+    def done(result: CommandResult) -> None:
+        if result.text:
+            app.push_screen(OutputScreen(line, result.text))
+        if result.error:
+            app.report_failure(InspectorError(result.error))
+
+    app.submit(verb, work, done)

@@ -20,7 +20,9 @@ from kinspect.inspector.efi.memmap import (
     MemoryMap,
     format_attributes,
 )
+from kinspect.inspector.formatting import format_range_row as format_range_row_text
 from kinspect.inspector.formatting import format_size
+from kinspect.inspector.numbers import maybe_number
 from kinspect.inspector.x86.paging import Range
 
 __all__ = [
@@ -40,7 +42,6 @@ __all__ = [
     "format_efi_row",
     "format_mapped_at",
     "format_range_row",
-    "parse_number",
 ]
 
 ADDED, REMOVED, CHANGED = "+", "-", "~"
@@ -100,14 +101,6 @@ def diff_ranges(old: Sequence[Range] | None, new: Sequence[Range]) -> list[Range
     return rows
 
 
-def parse_number(text: str) -> int | None:
-    text = text.strip().replace("_", "")
-    try:
-        return int(text, 16) if text.lower().startswith("0x") else int(text, 0)
-    except ValueError:
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class RangeFilter:
     """The range map's filters: each flag set narrows the list (they combine with AND).
@@ -141,7 +134,7 @@ class RangeFilter:
         if self.changed and not row.mark:
             return False
         if self.text:
-            number = parse_number(self.text)
+            number = maybe_number(self.text)
             if number is not None:
                 return r.start <= number < r.end
             if text is None:
@@ -175,7 +168,7 @@ def filter_rows(
     """The rows ``flt`` keeps; ``texts`` (for ``rows``) saves re-formatting them."""
     if not flt.active:
         return list(rows)
-    if flt.text and parse_number(flt.text) is None and texts is not None:
+    if flt.text and maybe_number(flt.text) is None and texts is not None:
         lowered = texts.get()
         return [row for row, text in zip(rows, lowered, strict=True) if flt.matches(row, text)]
     return [row for row in rows if flt.matches(row)]
@@ -183,11 +176,7 @@ def filter_rows(
 
 def format_range_row(row: RangeRow) -> str:
     """The ptdump columns, as ``format_ranges`` prints them, after a mark column."""
-    r = row.range
-    return (
-        f"{row.mark or ' '} {r.start:#018x}-{r.end:#018x} {format_size(r.size):>6}  "
-        f"{r.phys:#018x} {r.flags_text()}"
-    )
+    return f"{row.mark or ' '} {format_range_row_text(row.range)}"
 
 
 # -- the UEFI memory map (the EFI view) ------------------------------------------------------

@@ -3,17 +3,19 @@
 The screen (:class:`~kinspect.tui.screens.remap.RemapScreen`) only presents
 and asks (``PreviewRequested``, ``ApplyRequested``, ``UndoRequested``,
 ``JournalRequested``); the app hands those requests to :class:`RemapController`,
-which plans, applies and undoes through ``Session.remapper()`` (the Remapper
+which plans (``inspector.remap.request``: the same parsing and planning as
+``kinspect remap``), applies and undoes through ``Session.remapper()`` (the Remapper
 ``kinspect remap`` uses) and gives the results back to the screen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kinspect.inspector.errors import InspectorError
 from kinspect.inspector.remap.apply import UndoRefused
+from kinspect.inspector.remap.request import parse_request, plan_request
 from kinspect.inspector.session import Session
 
 from .screens.remap import RemapScreen
@@ -21,57 +23,7 @@ from .screens.remap import RemapScreen
 if TYPE_CHECKING:
     from .app import KinspectApp
 
-__all__ = ["RemapController", "plan_remap"]
-
-
-def plan_remap(
-    session: Session,
-    remapper: Any,
-    action: str,
-    fields: Mapping[str, Any],
-    resolve: Callable[[Session, str], int],
-) -> Any:
-    """The plan for one remap form, as ``kinspect remap ACTION --plan`` makes it."""
-    from kinspect.inspector.cli_remap import parse_size
-    from kinspect.inspector.efi.runtime import EFI_VA_BASE
-    from kinspect.inspector.remap.plan import LEVEL_OF_SIZE, parse_flags
-
-    def number(name: str, what: str, parse: Callable[[str], int]) -> int:
-        text = str(fields.get(name, "")).strip()
-        if not text:
-            raise InspectorError(f"{action}: the {what} is missing")
-        try:
-            return parse(text)
-        except InspectorError:
-            raise
-        except (ValueError, KeyError) as exc:
-            raise InspectorError(f"{action}: {what} {text!r}: {exc}") from exc
-
-    def address(text: str) -> int:
-        return resolve(session, text)
-
-    if action == "higher-half":
-        return remapper.plan_higher_half()
-    if action == "efi-runtime":
-        base = number("base", "base", parse_size) if fields.get("base") else EFI_VA_BASE
-        return remapper.plan_efi_runtime(base=base, drop_identity=not fields.get("keep_identity"))
-    va = number("va", "virtual address", address)
-    size = number("size", "size", parse_size)
-    if action == "move":
-        new_va = number("new_va", "new virtual address", address)
-        return remapper.plan_move(va, size, new_va, drop_old=bool(fields.get("drop_old")))
-    page_size = number("page_size", "page size", parse_size)
-    if page_size not in LEVEL_OF_SIZE:
-        raise InspectorError(f"{action}: page size must be 4k, 2m, 1g (or 512g for unmap)")
-    if action == "unmap":
-        return remapper.plan_unmap(va, size, page_size=page_size)
-    flags = number("flags", "flags", parse_flags)
-    if action == "map":
-        pa = number("pa", "physical address", parse_size)
-        return remapper.plan_map(va, pa, size, page_size=page_size, flags=flags)
-    if action == "protect":
-        return remapper.plan_protect(va, size, page_size=page_size, flags=flags)
-    raise InspectorError(f"unknown remap {action!r}")
+__all__ = ["RemapController"]
 
 
 class RemapController:
@@ -110,7 +62,9 @@ class RemapController:
                     f"a crashed session left {len(orphaned)} open steps in "
                     f"{remapper.journal.path}: undo them (journal, Undo) first"
                 )
-            return plan_remap(session, remapper, action, fields, resolve)
+            # the one remap dispatch, as kinspect remap ACTION --plan makes it
+            request = parse_request(action, fields, lambda text: resolve(session, text))
+            return plan_request(remapper, request)
 
         def done(plan: Any) -> None:
             if (screen := self.screen) is not None:

@@ -26,6 +26,7 @@ __all__ = [
     "EXCEPTION_VECTORS",
     "ERROR_CODE_VECTORS",
     "DescriptorTable",
+    "SEGMENT_REGISTERS",
     "GdtSlot",
     "Gate",
     "SegmentDescriptor",
@@ -389,7 +390,8 @@ class DescriptorTable:
         }
 
 
-_SEGMENT_REGISTERS = ("CS", "SS", "DS", "ES", "FS", "GS")
+#: The segment registers by their SDM names (gdb reports them lower-case).
+SEGMENT_REGISTERS = ("CS", "SS", "DS", "ES", "FS", "GS")
 
 
 def decode_gdt(
@@ -675,4 +677,4 @@ def decode_tss64(data: bytes) -> Tss64:
     r0, rsp0, rsp1, rsp2, r1, *rest = _TSS64.unpack_from(data)
     ist = tuple(rest[:7])
     r2, r3, iomap = rest[7:]
-    return Tss64((rsp0, rsp1, rsp2), ist, iomap, r0 | r1 | r2 | r3)  # type: ignore[arg-type]
+    return Tss64((rsp0, rsp1, rsp2), ist, iomap, r0 | r1 | r2 | r3)

@@ -34,7 +34,7 @@ def test_framing_imports_no_transport_or_io():
 
 
 @pytest.mark.parametrize(
-    "module", ["kinspect.inspector.targets.agent", "kinspect.inspector.cli_agent"]
+    "module", ["kinspect.inspector.targets.agent", "kinspect.inspector.commands.agent"]
 )
 def test_agent_faces_do_not_load_textual(module):
     assert "textual" not in loaded_after(module)

@@ -27,6 +27,7 @@ COMMANDS = (
     ("export, svg", "save the current view as text, or the screen as SVG"),
     ("remap", "the remap screen (7): forms, plan, apply, journal, undo"),
     ("efi", "the UEFI memory map (8)"),
+    ("pt, regs, gdt, bt, ...", "any other kinspect command, as the CLI runs it: its text"),
 )
 
 #: The views that are screens of their own, not panes: (key, name, what it shows).

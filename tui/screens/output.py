@@ -1,4 +1,4 @@
-"""What a registry command printed (``:pt``, ``:gdt``, ``:bt``...): its text, as the CLI prints it."""
+"""What a registry command printed (``:pt``, ``:gdt``, ``:bt``...), as the CLI prints it."""
 
 from __future__ import annotations
 

@@ -9,32 +9,13 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Static
 
-__all__ = ["HexView", "format_hex_rows"]
+from kinspect.inspector.formatting import HEX_ROW, format_hex_rows
 
-ROW = 16
+__all__ = ["HexView"]
+
+ROW = HEX_ROW
 ROWS = 16
 WINDOW = ROW * ROWS
-
-
-def format_hex_rows(
-    address: int, data: bytes, symbolize: Callable[[int], str | None] | None = None
-) -> list[tuple[str, str]]:
-    """``(row text, symbols)`` per 16 bytes: ``addr: hex  |ascii|`` and the qwords' symbols."""
-    rows = []
-    for offset in range(0, len(data), ROW):
-        chunk = data[offset : offset + ROW]
-        hexes = " ".join(chunk[i : i + 8].hex(" ") for i in range(0, len(chunk), 8))
-        ascii_text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
-        names = []
-        if symbolize is not None:
-            for i in range(0, len(chunk) - 7, 8):
-                value = int.from_bytes(chunk[i : i + 8], "little")
-                if value > 0xFFFF:
-                    name = symbolize(value)
-                    if name:
-                        names.append(f"+{offset + i:#x}={name}")
-        rows.append((f"{address + offset:#018x}: {hexes:<48}  |{ascii_text:<16}|", " ".join(names)))
-    return rows
 
 
 class HexView(Static, can_focus=True):
