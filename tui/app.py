@@ -32,7 +32,7 @@ from kinspect.inspector.errors import InspectorError, TargetLost
 from kinspect.inspector.session import Session
 
 from .breakpoints_controller import BreakpointsController
-from .commands import run_command
+from .commands import palette, run_command
 from .link import Job, Link, RegisterSnapshot, take_register_snapshot
 from .messages import Stop, StopSeen
 from .panes import PANES, Pane
@@ -41,49 +41,10 @@ from .remap_controller import RemapController
 from .screens.breakpoints import BreakpointsScreen
 from .screens.help import HelpScreen
 from .screens.remap import RemapScreen
+from .stops import cpu_mode, describe_stop
 from .widgets.status import StatusLine
 
 __all__ = ["KinspectApp", "cpu_mode", "describe_stop", "make_app"]
-
-
-def describe_stop(record: Mapping[str, Any], symbolize: Callable[[int], str | None]) -> str:
-    """Why the target stopped, in a few words: ``breakpoint 1 at demo_level3``."""
-    reason = str(record.get("reason", "") or "")
-    frame = record.get("frame") if isinstance(record.get("frame"), Mapping) else {}
-    where = ""
-    addr = frame.get("addr") if frame else None
-    if isinstance(addr, str):
-        try:
-            where = symbolize(int(addr, 16)) or addr
-        except ValueError:
-            where = addr
-    if reason == "breakpoint-hit":
-        text = f"breakpoint {record.get('bkptno', '?')}"
-    elif reason == "signal-received":
-        signal = record.get("signal-name", "signal")
-        text = "interrupted" if signal in ("SIGINT", "0") else f"signal {signal}"
-    elif reason == "end-stepping-range":
-        text = "stepped"
-    elif reason:
-        text = reason.replace("-", " ")
-    else:
-        text = "stopped"
-    return f"{text} at {where}" if where else text
-
-
-def cpu_mode(values: Mapping[str, int], control: Any) -> str:
-    """``64-bit CPL0 | 4-level paging [...]``: the CPU mode the registers imply, then paging."""
-    efer = control.registers["EFER"]
-    cr0 = control.registers["CR0"]
-    if efer.is_set("LMA"):
-        mode = "64-bit"
-    elif cr0.is_set("PE"):
-        mode = "protected"
-    else:
-        mode = "real"
-    if "cs" in values and cr0.is_set("PE"):
-        mode += f" CPL{values['cs'] & 3}"
-    return f"{mode} | {control.paging}"
 
 
 def _key_bindings() -> list[Binding]:
@@ -519,37 +480,7 @@ class KinspectApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield SystemCommand("Continue", "Let the kernel run (c)", self.action_resume)
-        yield SystemCommand("Stop", "Interrupt the kernel (p)", self.action_interrupt)
-        yield SystemCommand("Single step", "Execute one instruction (s)", self.action_step)
-        for title, help_text, prefix in (
-            ("Breakpoint", "Break on a symbol or address (b)", "break "),
-            ("vtop", "Translate a virtual address (v)", "vtop "),
-            ("ptov", "Virtual aliases of a physical address (o)", "ptov "),
-            ("Memory", "Hex view at an address (g)", "mem "),
-        ):
-            yield SystemCommand(title, help_text, lambda p=prefix: self.action_prompt(p))
-        yield SystemCommand(
-            "Breakpoints",
-            "The breakpoints with their hit counts; delete one or all (B)",
-            self.action_breakpoints,
-        )
-        yield SystemCommand("Refresh", "Read everything again (r)", self.action_refresh)
-        yield SystemCommand("Reconnect", "Attach to the target again (R)", self.action_reconnect)
-        yield SystemCommand(
-            "Export text", "Save the current view as text (e)", self.action_export_text
-        )
-        yield SystemCommand("Export SVG", "Save the screen as SVG (E)", self.action_export_svg)
-        yield SystemCommand(
-            "Remap",
-            "Map, unmap, protect, move, higher-half, efi-runtime (agent); journal, undo (7)",
-            self.action_remap,
-        )
-        yield SystemCommand("Remap journal", "Open remap steps, undo (7)", self.action_remap)
-        for pane in PANES:
-            title, help_text = pane.PALETTE
-            yield SystemCommand(title, help_text, lambda name=pane.NAME: self.action_tab(name))
-        yield SystemCommand("Help", "Keys and commands (?)", self.action_help)
+        yield from palette(self)
 
 
 def make_app(

@@ -12,20 +12,23 @@ its own. Every error is one line through the app's failure handler.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from textual.app import SystemCommand
 
 from kinspect.inspector.commands import CommandResult, registry
 from kinspect.inspector.errors import InspectorError
 from kinspect.inspector.session import Session
 
+from .panes import PANES
 from .screens.output import OutputScreen
 
 if TYPE_CHECKING:
     from .app import KinspectApp
 
-__all__ = ["COMMANDS", "NOT_HERE", "TuiCommand", "run_command"]
+__all__ = ["COMMANDS", "NOT_HERE", "TuiCommand", "palette", "run_command"]
 
 #: Registry commands that attach a target of their own: not for a session already open.
 NOT_HERE = frozenset({"demo", "tui"})
@@ -122,3 +125,36 @@ def run_registered(app: KinspectApp, line: str) -> None:
             app.report_failure(InspectorError(result.error))
 
     app.submit(verb, work, done)
+
+
+def palette(app: KinspectApp) -> Iterator[SystemCommand]:
+    """The command palette (ctrl+p): run control, prompts, screens, then one entry per pane."""
+    yield SystemCommand("Continue", "Let the kernel run (c)", app.action_resume)
+    yield SystemCommand("Stop", "Interrupt the kernel (p)", app.action_interrupt)
+    yield SystemCommand("Single step", "Execute one instruction (s)", app.action_step)
+    for title, help_text, prefix in (
+        ("Breakpoint", "Break on a symbol or address (b)", "break "),
+        ("vtop", "Translate a virtual address (v)", "vtop "),
+        ("ptov", "Virtual aliases of a physical address (o)", "ptov "),
+        ("Memory", "Hex view at an address (g)", "mem "),
+    ):
+        yield SystemCommand(title, help_text, lambda p=prefix: app.action_prompt(p))
+    yield SystemCommand(
+        "Breakpoints",
+        "The breakpoints with their hit counts; delete one or all (B)",
+        app.action_breakpoints,
+    )
+    yield SystemCommand("Refresh", "Read everything again (r)", app.action_refresh)
+    yield SystemCommand("Reconnect", "Attach to the target again (R)", app.action_reconnect)
+    yield SystemCommand("Export text", "Save the current view as text (e)", app.action_export_text)
+    yield SystemCommand("Export SVG", "Save the screen as SVG (E)", app.action_export_svg)
+    yield SystemCommand(
+        "Remap",
+        "Map, unmap, protect, move, higher-half, efi-runtime (agent); journal, undo (7)",
+        app.action_remap,
+    )
+    yield SystemCommand("Remap journal", "Open remap steps, undo (7)", app.action_remap)
+    for pane in PANES:
+        title, help_text = pane.PALETTE
+        yield SystemCommand(title, help_text, lambda name=pane.NAME: app.action_tab(name))
+    yield SystemCommand("Help", "Keys and commands (?)", app.action_help)
