@@ -21,7 +21,7 @@ from typing import Any
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
@@ -47,34 +47,33 @@ from .widgets.status import StatusLine
 __all__ = ["KinspectApp", "cpu_mode", "describe_stop", "make_app"]
 
 
-def _key_bindings() -> list[Binding]:
+def _key_bindings() -> list[BindingType]:
     """The global keys: run control and prompts, then the panes' keys, then the rest."""
-    priority = {"priority": True}
     panes = [
-        Binding(key, f"pane('{pane.NAME}', '{action}')", text, show=False, **priority)
+        Binding(key, f"pane('{pane.NAME}', '{action}')", text, show=False, priority=True)
         for pane in PANES
         for key, action, text in pane.GLOBAL_KEYS
     ]
     tabs = [pane.binding() for pane in PANES]
-    tabs.append(Binding("7", "remap", "Remaps (agent)", show=False, **priority))
+    tabs.append(Binding("7", "remap", "Remaps (agent)", show=False, priority=True))
     return [
-        Binding("q", "quit", "Quit", **priority),
-        Binding("c", "resume", "Continue", **priority),
-        Binding("p", "interrupt", "Stop", **priority),
-        Binding("s", "step", "Step", **priority),
-        Binding("b", "prompt('break ')", "Break", **priority),
-        Binding("B", "breakpoints", "Breakpoints", show=False, **priority),
-        Binding("v", "prompt('vtop ')", "vtop", **priority),
-        Binding("o", "prompt('ptov ')", "ptov", **priority),
-        Binding("g", "prompt('mem ')", "Memory", **priority),
-        Binding("colon", "prompt('')", "Command", show=False, **priority),
+        Binding("q", "quit", "Quit", priority=True),
+        Binding("c", "resume", "Continue", priority=True),
+        Binding("p", "interrupt", "Stop", priority=True),
+        Binding("s", "step", "Step", priority=True),
+        Binding("b", "prompt('break ')", "Break", priority=True),
+        Binding("B", "breakpoints", "Breakpoints", show=False, priority=True),
+        Binding("v", "prompt('vtop ')", "vtop", priority=True),
+        Binding("o", "prompt('ptov ')", "ptov", priority=True),
+        Binding("g", "prompt('mem ')", "Memory", priority=True),
+        Binding("colon", "prompt('')", "Command", show=False, priority=True),
         *panes,
         *sorted(tabs, key=lambda binding: binding.key),
-        Binding("r", "refresh", "Refresh", show=False, **priority),
-        Binding("R", "reconnect", "Reconnect", show=False, **priority),
-        Binding("e", "export_text", "Export", show=False, **priority),
-        Binding("E", "export_svg", "SVG", show=False, **priority),
-        Binding("question_mark,f1", "help", "Help", **priority),
+        Binding("r", "refresh", "Refresh", show=False, priority=True),
+        Binding("R", "reconnect", "Reconnect", show=False, priority=True),
+        Binding("e", "export_text", "Export", show=False, priority=True),
+        Binding("E", "export_svg", "SVG", show=False, priority=True),
+        Binding("question_mark,f1", "help", "Help", priority=True),
         Binding("escape", "unfocus", "Leave input", show=False),
     ]
 
@@ -92,7 +91,9 @@ class KinspectApp(App[None]):
     # tmux send-keys), "b" must have moved the focus to the command box before
     # the "d" of "demo_level3" is forwarded. check_action turns them off while
     # a text box has the focus or another screen is on top, so they type there.
-    _PRIORITY = frozenset(b.action.split("(")[0] for b in BINDINGS if b.priority)
+    _PRIORITY = frozenset(
+        b.action.split("(")[0] for b in BINDINGS if isinstance(b, Binding) and b.priority
+    )
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in self._PRIORITY:
@@ -115,7 +116,6 @@ class KinspectApp(App[None]):
         self.export_dir = Path(export_dir) if export_dir else Path.cwd()
         self.link = self._make_link(session)
         self._queued: deque[str] = deque()  # names of the jobs in the owner's queue, in order
-        self._in_flight = 0  # results posted to panes and not yet handled
         self.errors: list[str] = []  # every failure reported, for tests and the log
         self.stops = 0  # stops shown (each refreshes every view)
         self.last_latency: float | None = None  # stop seen -> registers on screen, seconds
@@ -125,8 +125,8 @@ class KinspectApp(App[None]):
         self.on_stack_drawn: Callable[[], None] | None = None
         self._values: Mapping[str, int] = {}  # the registers of the last stop
         self._symbols: Any = None
-        self.remaps = RemapController(self)
-        self.breakpoints = BreakpointsController(self)
+        self.remaps: RemapController = RemapController(self)
+        self.breakpoints: BreakpointsController = BreakpointsController(self)
 
     def _make_link(self, session: Session) -> Link:
         return Link(
@@ -164,7 +164,7 @@ class KinspectApp(App[None]):
     def on_mount(self) -> None:
         self.query_one(StatusLine).target = self.session.target.description
         self._own_target()
-        self._attach()
+        self._attach_target()
 
     def on_unmount(self) -> None:
         self.link.close()
@@ -197,13 +197,20 @@ class KinspectApp(App[None]):
         self.link.submit(Job(name, work, done, failed, watch, while_running))
 
     def deliver(self, to: Widget, message: Message) -> None:
-        """Post a result to a pane; :meth:`wait_idle` waits until the pane has handled it."""
-        self._in_flight += 1
-        if not (to.post_message(message) and to.call_later(self._handled)):
-            self._in_flight -= 1
+        """Post a result to a pane; it counts as pending until the pane has handled it.
 
-    def _handled(self) -> None:
-        self._in_flight -= 1
+        So ``link.pending`` is 0 only when every answer was shown and every read
+        a pane asked for in return was submitted (tests and the benchmark wait on it).
+        """
+        self.link.pending += 1
+        link = self.link
+        if not (to.post_message(message) and to.call_later(self._handled, link)):
+            self._handled(link)
+
+    def _handled(self, link: Link) -> None:
+        link.pending -= 1
+        if link is self.link and not link.pending:
+            self._on_idle()
 
     def _on_answer(self, job: Job) -> None:
         """A job was answered: the status line names the one now being read."""
@@ -218,12 +225,12 @@ class KinspectApp(App[None]):
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until every submitted job was answered and shown (tests, the benchmark)."""
         deadline = time.monotonic() + timeout
-        while self.link.pending or self._in_flight:
+        while self.link.pending:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.link.pending} target jobs still pending")
             await asyncio.sleep(0.01)
 
-    def _attach(self) -> None:
+    def _attach_target(self) -> None:
         def work(session: Session) -> tuple[Mapping[str, Any], RegisterSnapshot]:
             session.invalidate()  # read everything again
             session.stop()
@@ -264,7 +271,7 @@ class KinspectApp(App[None]):
                 self.on_stack_drawn()
 
     def action_refresh(self) -> None:
-        self._attach()
+        self._attach_target()
 
     def action_reconnect(self) -> None:
         if self._connect is None:
@@ -478,7 +485,7 @@ class KinspectApp(App[None]):
             return
         self.notify(f"saved {path}")
 
-    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield from palette(self)
 

@@ -32,4 +32,4 @@ class StopSeen(Message, bubble=False):
 
     def __init__(self, stop: Stop) -> None:
         super().__init__()
-        self.stop = stop
+        self.stopped = stop  # not ``stop``: Message.stop() stops a message's bubbling

@@ -125,7 +125,8 @@ class RemapController:
                         "(kinspect remap undo --force if it is the same kernel)"
                     )
             try:
-                return remapper.undo(chosen)
+                undone: list[Any] = remapper.undo(chosen)
+                return undone
             finally:
                 session.invalidate()
 

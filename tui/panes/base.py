@@ -52,7 +52,7 @@ class Pane(TabPane):
 
     def __init__(self) -> None:
         super().__init__(self.TITLE, id=self.NAME)
-        self.stop: Stop | None = None  # the last stop seen
+        self.last_stop: Stop | None = None  # the last stop seen
         self.read_at = -1  # the stop the view was last read at
 
     @classmethod
@@ -66,13 +66,17 @@ class Pane(TabPane):
     # -- what the app calls ----------------------------------------------------------------
 
     def on_stop_seen(self, message: StopSeen) -> None:
-        self.stop = message.stop
+        self.last_stop = message.stopped
         if self.REFRESH == "stop" or self.display:
             self.load()
 
     def shown(self) -> None:
         """The tab was shown: a view read only while shown catches up with the last stop."""
-        if self.REFRESH == "shown" and self.stop is not None and self.read_at != self.stop.number:
+        if (
+            self.REFRESH == "shown"
+            and self.last_stop is not None
+            and self.read_at != self.last_stop.number
+        ):
             self.load()
 
     def load(self) -> None:

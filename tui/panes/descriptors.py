@@ -46,7 +46,7 @@ class DescriptorsPane(Pane):
     class Read(Message, bubble=False):
         def __init__(self, stop: int, tables: dict[str, str], errors: dict[str, str]) -> None:
             super().__init__()
-            self.stop = stop
+            self.at_stop = stop
             self.tables = tables
             self.errors = errors
 
@@ -54,11 +54,11 @@ class DescriptorsPane(Pane):
         yield DescriptorsView(id="descriptors-view")
 
     def load(self) -> None:
-        stop = self.stop.number if self.stop is not None else 0
+        stop = self.last_stop.number if self.last_stop is not None else 0
         self.read("descriptors", read_descriptor_tables, lambda result: self.Read(stop, *result))
 
     def on_descriptors_pane_read(self, message: Read) -> None:
-        self.read_at = message.stop
+        self.read_at = message.at_stop
         self.query_one(DescriptorsView).show(message.tables, message.errors)
 
     def export_text(self) -> str:

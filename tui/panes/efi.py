@@ -54,21 +54,21 @@ class EfiPane(Pane):
     class Read(Message, bubble=False):
         def __init__(self, stop: int, memory_map: Any, attributes: Any) -> None:
             super().__init__()
-            self.stop = stop
+            self.at_stop = stop
             self.memory_map = memory_map
             self.attributes = attributes
 
     class Failed(Message, bubble=False):
         def __init__(self, stop: int, error: BaseException) -> None:
             super().__init__()
-            self.stop = stop
+            self.at_stop = stop
             self.error = error
 
     def compose(self) -> ComposeResult:
         yield EfiMapView(id="efi-view")
 
     def load(self) -> None:
-        stop = self.stop.number if self.stop is not None else 0
+        stop = self.last_stop.number if self.last_stop is not None else 0
         self.read(
             "efi map",
             read_efi_map,
@@ -77,11 +77,13 @@ class EfiPane(Pane):
         )
 
     def on_efi_pane_read(self, message: Read) -> None:
-        self.read_at = message.stop
-        self.query_one(EfiMapView).show(message.memory_map, message.attributes, stop=message.stop)
+        self.read_at = message.at_stop
+        self.query_one(EfiMapView).show(
+            message.memory_map, message.attributes, stop=message.at_stop
+        )
 
     def on_efi_pane_failed(self, message: Failed) -> None:
-        self.read_at = message.stop
+        self.read_at = message.at_stop
         error = message.error
         view = self.query_one(EfiMapView)
         if isinstance(error, InspectorError):

@@ -34,14 +34,14 @@ class RegistersPane(Pane):
         self.query_one(RegistersView).symbolize = self.kinspect.symbolize
 
     def on_stop_seen(self, message: StopSeen) -> None:
-        self.stop = message.stop
-        snapshot = message.stop.snapshot
+        self.last_stop = message.stopped
+        snapshot = message.stopped.snapshot
         if snapshot is None:
             return
         self.query_one(RegistersView).show(snapshot, self.previous)
         self.previous = snapshot.values
-        self.read_at = message.stop.number
-        seen = message.stop.seen_at or snapshot.taken
+        self.read_at = message.stopped.number
+        seen = message.stopped.seen_at or snapshot.taken
         self.call_after_refresh(self.kinspect.drawn, "registers", seen)
 
     def export_text(self) -> str:

@@ -62,6 +62,6 @@ class WalkingPane(Pane):
         self.read(
             "vtop",
             work,
-            lambda result: self.Walked(*result, f"vtop {text}", show=True),
+            lambda result: self.Walked(result[0], result[1], f"vtop {text}", show=True),
             while_running="fail",
         )

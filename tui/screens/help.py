@@ -52,7 +52,9 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss", "Close")]
 
     def __init__(
-        self, bindings: Sequence[Binding | tuple], views: Sequence[tuple[str, str, str]] = ()
+        self,
+        bindings: Sequence[Binding | tuple[str, ...]],
+        views: Sequence[tuple[str, str, str]] = (),
     ) -> None:
         """``views``: (key, name, what it shows) of each pane; the screens are added here."""
         super().__init__()

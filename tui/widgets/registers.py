@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from rich.console import Group
 from rich.table import Table
@@ -59,7 +59,7 @@ class RegistersView(VerticalScroll):
         self.snapshot: RegisterSnapshot | None = None
         self.changed: frozenset[str] = frozenset()
         self.generation = 0  # how many snapshots were shown (tests and the benchmark wait on it)
-        self.symbolize = None  # callable address -> str | None, set by the app
+        self.symbolize: Callable[[int], str | None] | None = None  # set by the app
 
     def compose(self):
         yield Static("no registers yet", id="registers-body")
