@@ -31,5 +31,10 @@ def run_tui(context: Context) -> CommandResult:
 
 
 COMMAND = Command(
-    "tui", "the live TUI on a target (Textual)", run_tui, needs=Needs.NOTHING, family="tui"
+    "tui",
+    "the live TUI on a target (Textual)",
+    run_tui,
+    needs=Needs.NOTHING,
+    family="tui",
+    on_line=False,
 )

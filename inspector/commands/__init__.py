@@ -18,11 +18,9 @@ that way, so nothing in ``inspector/`` imports ``tui/``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import contextvars
 import enum
 import importlib
-import io
 import shlex
 import sys
 import types
@@ -176,6 +174,8 @@ class Command:
     ``needs``: a :class:`Needs`, or a function of the parsed arguments
     (``sym`` needs a target only when ``--target`` is given). ``missing``: the
     usage error when what it needs is not given (default: say which option).
+    ``on_line``: False for a command that attaches its own target and takes the
+    terminal (``demo``, ``tui``), which :meth:`Registry.execute` refuses.
     """
 
     name: str
@@ -185,6 +185,7 @@ class Command:
     needs: Needs | Callable[[argparse.Namespace], Needs] = Needs.TARGET
     missing: str | None = None
     family: str = ""
+    on_line: bool = True
 
     def needs_for(self, args: argparse.Namespace) -> Needs:
         return self.needs if isinstance(self.needs, Needs) else self.needs(args)
@@ -515,12 +516,15 @@ class Registry:
         self.load_plugins()
         parser = self.build_parser(prog="", parser_class=_RaisingParser)
         lines: list[str] = []
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                args = parser.parse_args(words)
+        try:  # _RaisingParser prints nothing: errors and help come back as exceptions
+            args = parser.parse_args(words)
         except _HelpShown as shown:
             return CommandResult(words[0], None, None, shown.text.rstrip("\n"))
         command = self.commands[args.command]
+        if not command.on_line:
+            raise UsageError(
+                f"{command.name} runs from the command line only (kinspect {command.name})"
+            )
         needs = command.needs_for(args)
         if needs is not Needs.NOTHING and session is None:
             raise UsageError(f"{command.name} needs a target")

@@ -167,5 +167,6 @@ COMMANDS = [
         run_demo,
         _arguments,
         needs=Needs.NOTHING,
+        on_line=False,
     ),
 ]

@@ -142,15 +142,9 @@ def _vtop_arguments(parser: argparse.ArgumentParser) -> None:
 def run_vtop(context: Context) -> CommandResult:
     session = context.need_session()
     virtual = session.resolve(context.args.address)
-    translation = session.translate(virtual)
-    if translation.ok:
-        return context.result(translation.to_dict(), format_translation(translation))
-    return context.result(
-        translation.to_dict(),
-        format_translation(translation),
-        status=1,
-        error=f"{virtual:#x} does not translate: {translation.fault}",
-    )
+    t = session.translate(virtual)
+    why = None if t.ok else f"{virtual:#x} does not translate: {t.fault}"
+    return context.result(t.to_dict(), format_translation(t), status=0 if t.ok else 1, error=why)
 
 
 def _ptov_arguments(parser: argparse.ArgumentParser) -> None:

@@ -175,3 +175,25 @@ def test_qemu_exiting_mid_walk_is_one_line_error(demo_kernel):
         session.close()
     finally:
         instance.stop()
+
+
+def test_the_tui_command_line_runs_the_same_commands(qemu, demo_kernel):
+    """registry().execute, the TUI's `:` line, gives the CLI's text and document byte for byte."""
+    from kinspect.inspector.commands import UsageError, registry
+    from kinspect.inspector.formatting import format_json
+
+    where = ("--target", qemu.gdb_endpoint, "--elf", demo_kernel)
+    vtop = kinspect(*where, "vtop", "kernel_main")
+    gdt = kinspect(*where, "--json", "gdt")
+    unmapped = kinspect(*where, "vtop", "0x7fff00000000")
+    assert vtop.returncode == 0 and gdt.returncode == 0, (vtop.stderr, gdt.stderr)
+    with api.attach(qemu.gdb_endpoint, elf=demo_kernel) as session:
+        commands = registry()
+        assert commands.execute(session, "vtop kernel_main").text + "\n" == vtop.stdout
+        assert format_json(commands.execute(session, "gdt").document) == gdt.stdout
+        failed = commands.execute(session, "vtop 0x7fff00000000")
+        with pytest.raises(UsageError, match="required: address"):
+            commands.execute(session, "vtop")
+    assert failed.status == unmapped.returncode == 1
+    assert failed.text + "\n" == unmapped.stdout
+    assert unmapped.stderr == f"kinspect: error: {failed.error}\n"

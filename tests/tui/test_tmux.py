@@ -85,8 +85,9 @@ def test_a_person_at_a_terminal(qemu, demo_kernel):  # noqa: F811
         tmux.keys("v")
         tmux.keys("demo_level3", literal=True)
         tmux.keys("Enter")
-        screen = tmux.wait_for("vtop demo_level3")
-        assert "PML4[511]" in screen and "=> 0xffffffff80" in screen
+        # the prompt echoes "vtop demo_level3" before the walk is drawn: wait for the walk
+        screen = tmux.wait_for("=> 0xffffffff80")
+        assert "vtop demo_level3" in screen and "PML4[511]" in screen
 
         tmux.keys("Escape")
         time.sleep(0.3)  # a key right after Escape would read as Alt+key

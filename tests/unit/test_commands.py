@@ -161,6 +161,8 @@ def test_execute_parses_like_the_cli_and_raises_instead_of_exiting():
         made.execute(None, "vtop 0x1000")
     with pytest.raises(UsageError, match="No closing quotation"):
         made.execute(None, "sym 'x")
+    with pytest.raises(UsageError, match="demo runs from the command line only"):
+        made.execute(None, "demo --keep")
     shown = made.execute(None, "vtop --help")
     assert "virtual address or symbol" in shown.text and shown.document is None
 
