@@ -28,10 +28,7 @@ from .screens.output import OutputScreen
 if TYPE_CHECKING:
     from .app import KinspectApp
 
-__all__ = ["COMMANDS", "NOT_HERE", "TuiCommand", "palette", "run_command"]
-
-#: Registry commands that attach a target of their own: not for a session already open.
-NOT_HERE = frozenset({"demo", "tui"})
+__all__ = ["COMMANDS", "TuiCommand", "palette", "run_command"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +104,11 @@ def _registered(verb: str) -> bool:
 
 
 def run_registered(app: KinspectApp, line: str) -> None:
-    """A registry command, as ``kinspect`` runs it; its text in a screen, its error one line."""
+    """A registry command, as ``kinspect`` runs it; its text in a screen, its error one line.
+
+    The registry refuses the commands that attach a target of their own (``demo``, ``tui``).
+    """
     verb = line.split()[0].lower()
-    if verb in NOT_HERE:
-        app.report_failure(
-            InspectorError(f"{verb} attaches a target of its own: run it from a shell")
-        )
-        return
 
     def work(session: Session) -> CommandResult:
         return registry().execute(session, line)
