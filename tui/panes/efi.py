@@ -25,6 +25,7 @@ __all__ = ["EfiPane"]
 def read_efi_map(session: Session) -> tuple[Any, Any]:
     """The map and its memory attributes table (or why the table was not read)."""
     memory_map = session.efi_memory_map()
+    attributes: object  # the table, None, or why it could not be read
     try:
         attributes = session.efi_memory_attributes()
     except InspectorError as exc:  # the map is still worth showing
