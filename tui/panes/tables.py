@@ -65,7 +65,7 @@ class TablesPane(WalkingPane):
     def on_tables_pane_root_read(self, message: RootRead) -> None:
         self.generation += 1
         tree = self.query_one(TableTree)
-        tree.reset(message.root, message.levels)
+        tree.load_root(message.root, message.levels)
         tree.root.expand()
 
     @on(TableTree.Load)
