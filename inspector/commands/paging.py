@@ -78,7 +78,6 @@ def pt_document(session: Session, *, leaves: bool = False, compact: bool = False
         "leaf_count": len(space.leaves),
         "truncated": space.truncated,
         "problems": [p.to_dict() for p in space.problems],
-        "physical_from": session.physical_source,
     }
     if leaves:
         body["leaves"] = [leaf.to_dict() for leaf in space.leaves]
@@ -188,7 +187,6 @@ def _pt_by_agent_walk(
         "leaf_count": stats["leaves"],
         "truncated": False,
         "problems": [],
-        "physical_from": session.physical_source,
         "compact": False,
         "ranges": [{**r.to_dict(), "region": None} for r in ranges],
     }

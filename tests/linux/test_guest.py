@@ -83,8 +83,11 @@ def test_plain_stub_walks_with_no_phys_base_and_matches_info_tlb(plain):
     assert session.physical_source == (
         f"the direct map at {kernel.page_offset_base:#x} (page_offset_base (kallsyms))"
     )
-    pt = registry().execute(session, "pt --leaves")
-    assert pt.status == 0 and pt.body["physical_from"] == session.physical_source
+    said = registry().execute(session, "kernel")
+    assert said.body["physical_from"] == session.physical_source
+    assert f"physical memory  {session.physical_source}" in said.text
+    pt = registry().execute(session, "pt")
+    assert pt.text.endswith(f"physical memory read through {session.physical_source}")
 
 
 def qemu_register(text: str, name: str) -> tuple[int, int]:
