@@ -133,8 +133,8 @@ class Session:
         #: the CPU whose per-CPU GDT and TSS are shown when the target shows no GDTR/TR
         self.cpu = 0
         self._linux_system: LinuxSystemRegisters | None = None
-        #: the direct-map base was guessed (from GS) and not yet read from page_offset_base
-        self._direct_map_guessed = False
+        #: the direct-map base guessed (from GS), until read from page_offset_base
+        self._direct_map_guess: int | None = None
         self._registers: Mapping[str, int] | None = None
         self._space: AddressSpace | None = None
         self._ranges: list[Range] | None = None
@@ -317,19 +317,14 @@ class Session:
 
     def _confirm_direct_map(self, kernel: LinuxKernel) -> None:
         """Read physical memory at ``page_offset_base`` from now on, once it is known."""
-        if not self._direct_map_guessed or kernel.page_offset_base is None:
+        guess, base = self._direct_map_guess, kernel.page_offset_base
+        if guess is None or base is None:
             return
-        self._direct_map_guessed = False
-        base = kernel.page_offset_base
-        moved = self.target.physical_source != self._guessed_source(base)
+        self._direct_map_guess = None
         self.target.use_direct_map(base, "page_offset_base (kallsyms)")
-        if moved:  # the guess was checked, so this is not expected: read again
+        if base != guess:  # the guess was checked, so this is not expected: read again
             self._space = self._ranges = None
             self._tables.clear()
-
-    @staticmethod
-    def _guessed_source(base: int) -> str:
-        return f"the direct map at {base:#x} (guessed from GS, checked by a walk)"
 
     def _find_direct_map(self, cr3: int, mode: PagingMode) -> None:
         """A stub without physical reads of its own reads through the direct map: find its
@@ -340,11 +335,12 @@ class Session:
         for base, gs in direct_map_candidates(registers):
 
             def walk(virtual: int, read: Callable[[int, int], bytes]) -> int | None:
-                return translate(read, cr3, mode, virtual).pa
+                physical: int | None = translate(read, cr3, mode, virtual).pa
+                return physical
 
             if check_direct_map(base, gs, self.target.read_virtual, walk):
                 self.target.use_direct_map(base, "guessed from GS, checked by a walk")
-                self._direct_map_guessed = True
+                self._direct_map_guess = base
                 return
 
     @property
@@ -371,7 +367,10 @@ class Session:
         """The ranges merged ptdump's way (whatever their physical addresses), never
         across a region boundary."""
         regions = self.regions()
-        return compact_ranges(self.ranges(), regions.boundaries() if regions else ())
+        merged: list[CompactRange] = compact_ranges(
+            self.ranges(), regions.boundaries() if regions else ()
+        )
+        return merged
 
     def resolve(self, text: str) -> int:
         """An address from user text: ``0x...``, decimal, or a symbol name."""

@@ -92,7 +92,8 @@ def pt_document(session: Session, *, leaves: bool = False, compact: bool = False
 
 
 def _start(row: Range | CompactRange) -> int:
-    return row.range.start if isinstance(row, CompactRange) else row.start
+    start: int = row.range.start if isinstance(row, CompactRange) else row.start
+    return start
 
 
 def format_ranges_with_regions(
