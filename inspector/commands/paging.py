@@ -12,7 +12,7 @@ from ..session import Session
 from ..targets.agent import AgentTarget
 from ..targets.base import Capability
 from ..x86.paging import CompactRange, Range
-from . import Command, CommandResult, Context
+from . import Command, CommandResult, Context, UsageError
 
 __all__ = ["COMMANDS", "pt_document", "regs_document", "render_pt", "render_regs"]
 
@@ -151,9 +151,7 @@ def run_pt(context: Context) -> CommandResult:
     leaves = bool(context.args.leaves)
     compact = bool(context.args.compact)
     if leaves and compact:
-        return context.result(
-            {}, None, status=2, error="pt: --compact merges ranges, --leaves shows leaves: pick one"
-        )
+        raise UsageError("--compact merges ranges, --leaves shows leaves: pick one")
     if not leaves and not compact and session.target.has(Capability.AGENT):
         done = _pt_by_agent_walk(context, session, session.target.agent())
         if done is not None:
