@@ -82,9 +82,7 @@ def pt_document(session: Session, *, leaves: bool = False, compact: bool = False
     if leaves:
         body["leaves"] = [leaf.to_dict() for leaf in space.leaves]
         return body
-    rows: list[Range] | list[CompactRange] = (
-        session.compact_ranges() if compact else session.ranges()
-    )
+    rows: Sequence[Range | CompactRange] = session.compact_ranges() if compact else session.ranges()
     names = _region_names(session, (_start(r) for r in rows))
     body["compact"] = compact
     body["ranges"] = [{**r.to_dict(), "region": name} for r, name in zip(rows, names, strict=True)]
