@@ -296,13 +296,14 @@ class Session:
     @property
     def last_stop(self) -> StopRecord:
         """The record of the last stop (``reason``, ``frame``...), empty when unknown;
-        ``cpu``: the index of the CPU that stopped (the one selected since)."""
+        ``cpu``: the index of the CPU that stopped (QEMU's stub), selected by the stop."""
         return self._with_cpu(self.target.last_stop or {})
 
     def _with_cpu(self, record: StopRecord) -> StopRecord:
-        if not record:
-            return record
-        return {**record, "cpu": self.target.cpu}
+        """The record after the target has followed it to the CPU that stopped: a
+        debugger whose stops name a thread (QEMU's stub: one per CPU) adds ``cpu``."""
+        self.target.cpu  # noqa: B018 - following the stop selects its CPU
+        return record
 
     def wait_for_stop(self, timeout: float) -> StopRecord | None:
         """Wait up to ``timeout`` s for the running target to stop.

@@ -187,7 +187,7 @@ class GdbTarget(Target):
         self._cpu_threads = {cpu.index: thread for cpu, thread in threads}
         current = payload.get("current-thread-id") if isinstance(payload, Mapping) else None
         self._cpu = self._cpu_of_thread(current) or 0
-        self._followed = self._mi.last_stop
+        self._sync_cpu()
 
     def _cpu_of_thread(self, thread: object) -> int | None:
         for index, known in self._cpu_threads.items():
@@ -203,6 +203,7 @@ class GdbTarget(Target):
             cpu = self._cpu_of_thread(record.get("thread-id"))
             if cpu is not None:
                 self._cpu = cpu
+                record["cpu"] = cpu  # the stop report names its CPU
 
     @property
     def cpu(self) -> int:
