@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cpus import CpuState, find_current_task
+from .cpus import CpuState, PerCpuArea, find_current_task, per_cpu_offset, per_cpu_symbol
 from .efi.memmap import (
     MemoryAttributesTable,
     MemoryDescriptor,
@@ -225,16 +225,20 @@ class Session:
         self.stop()
         self.target.select_cpu(index)
 
-    def cpus(self) -> list[CpuState]:
+    def cpus(self, *, detail: bool = False) -> list[CpuState]:
         """Every CPU: its state, RIP, CR3, paging mode, GDTR/IDTR/TR and, on Linux, its
-        current task. Each is read with that CPU selected; the selection is kept."""
+        current task. Each is read with that CPU selected; the selection is kept.
+        ``detail``: Linux's per-CPU areas too (:class:`~inspector.cpus.PerCpuArea`)."""
         self.stop()
         selected = self.cpu
         states: list[CpuState] = []
         try:
             for thread in self.target.cpu_threads():
                 self.target.select_cpu(thread.index)
-                states.append(self._cpu_state(thread.index, thread.halted, selected))
+                state = self._cpu_state(thread.index, thread.halted, selected)
+                if detail:
+                    state = replace(state, area=self._per_cpu_area(state))
+                states.append(state)
         finally:
             self.target.select_cpu(selected)
         return states
@@ -281,6 +285,48 @@ class Session:
             current_task=task,
             current_task_symbol=task_symbol,
             error="; ".join(problems) or None,
+        )
+
+    def _per_cpu_area(self, state: CpuState) -> PerCpuArea | None:
+        """The selected CPU's per-CPU area on Linux (None elsewhere)."""
+        symbols = self.symbols
+        if symbols is None:
+            return None
+        offset = per_cpu_offset(self._read_u64, symbols.lookup, state.index)
+        if offset is None:
+            return None
+
+        def mine(name: str) -> int | None:
+            variable = per_cpu_symbol(symbols.lookup, name)
+            return None if variable is None else offset + variable
+
+        def same_page(a: int | None, b: int | None) -> bool | None:
+            if a is None or b is None:
+                return None
+            try:
+                one, two = self.translate(a), self.translate(b)
+            except InspectorError:
+                return None
+            if one.pa is None or two.pa is None:
+                return None
+            return bool(one.pa >> 12 == two.pa >> 12)
+
+        gdt_page, tss = mine("gdt_page"), mine("cpu_tss_rw")
+        stacks: tuple[tuple[str, int], ...] = ()
+        try:
+            stacks = tuple(
+                (s.name, s.value) for s in self.tss().stacks if s.name.startswith("IST") and s.value
+            )
+        except InspectorError:
+            pass
+        return PerCpuArea(
+            offset=offset,
+            gdt_page=gdt_page,
+            tss=tss,
+            entry_area=state.gdtr.base if state.gdtr else None,
+            gdt_shared=same_page(state.gdtr.base if state.gdtr else None, gdt_page),
+            tss_shared=same_page(state.tr_base, tss),
+            stacks=stacks,
         )
 
     def _read_u64(self, address: int) -> int:
