@@ -168,7 +168,8 @@ class GdbTarget(Target):
             except TargetError:
                 self._ram_size = None
         self.description = f"gdb remote stub {self.endpoint}" + (" (QEMU)" if self.is_qemu else "")
-        self._learn_cpus()
+        if self.is_qemu:  # kgdb's threads are the kernel's tasks: many, and no CPU
+            self._learn_cpus()
         # Physical reads: QEMU's mode, or the direct map (its base found on first use).
         offered = {Capability.PHYSICAL_READS, Capability.RUN_CONTROL, Capability.BREAKPOINTS}
         if self.is_qemu:
