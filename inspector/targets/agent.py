@@ -35,6 +35,7 @@ from ..x86.paging import Permissions, Range
 from .base import (
     Breakpoint,
     Capability,
+    CpuThread,
     DescriptorTableRegister,
     SegmentRegister,
     StopRecord,
@@ -427,6 +428,8 @@ class AgentAssistedTarget(Target):
             #: every register the agent reported (``pat``, ``gdtr_base``, ...)
             self.agent_registers = agent.agent_registers()
             self._agent_system = agent.system_registers()
+            #: the CPU the agent answered on (its registers are that CPU's)
+            self._agent_cpu = int(agent.info.get("cpu", 0)) if isinstance(agent.info, dict) else 0
             self.agent_info = agent.info
         finally:
             agent.close(resume=False)
@@ -521,8 +524,24 @@ class AgentAssistedTarget(Target):
 
     def system_registers(self) -> SystemRegisters:
         if self.system_from == "agent":
+            if self.stub.cpu != self._agent_cpu:
+                raise TargetError(
+                    f"GDTR/IDTR/TR come from the agent here, which saw CPU {self._agent_cpu} "
+                    f"only, not CPU {self.stub.cpu}"
+                )
             return self._agent_system
         return self.stub.system_registers()
+
+    # The stub's CPUs: one gdb thread each (QEMU's).
+    @property
+    def cpu(self) -> int:
+        return self.stub.cpu
+
+    def cpu_threads(self) -> list[CpuThread]:
+        return self.stub.cpu_threads()
+
+    def select_cpu(self, index: int) -> None:
+        self.stub.select_cpu(index)
 
     @property
     def state(self) -> str:

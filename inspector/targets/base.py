@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import MissingCapability
+from ..errors import MissingCapability, TargetError
 
 if TYPE_CHECKING:
     from ..efi.runtime import EfiTime
@@ -38,6 +38,7 @@ __all__ = [
     "REMAPS_NEED_AGENT",
     "Breakpoint",
     "Capability",
+    "CpuThread",
     "DescriptorTableRegister",
     "SegmentRegister",
     "StopRecord",
@@ -146,6 +147,15 @@ class SystemRegisters:
             "tr": self.tr.to_dict() if self.tr else None,
             "ldtr": self.ldtr.to_dict() if self.ldtr else None,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class CpuThread:
+    """One CPU as the target lists it: its index (QEMU's ``cpu N``, Linux's CPU number)
+    and whether it sits in HLT waiting for an interrupt (None: the target cannot tell)."""
+
+    index: int
+    halted: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +271,24 @@ class Target(ABC):
     def ram_size(self) -> int | None:
         """Bytes of guest RAM when known."""
         return None
+
+    # -- CPUs: every read is of the selected CPU -----------------------------------------
+    # The defaults are a target that shows one CPU (the agent answers on its own).
+
+    @property
+    def cpu(self) -> int:
+        """The index of the CPU whose registers, system registers and address space
+        the reads see (after a stop: the CPU that stopped)."""
+        return 0
+
+    def cpu_threads(self) -> list[CpuThread]:
+        """Every CPU the target shows, by index."""
+        return [CpuThread(0)]
+
+    def select_cpu(self, index: int) -> None:
+        """Read CPU ``index`` from now on; TargetError when there is no such CPU."""
+        if index != 0:
+            raise TargetError(f"{self.description} shows one CPU only: there is no CPU {index}")
 
     @property
     def maxphyaddr(self) -> int | None:
