@@ -28,6 +28,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Input, TabbedContent
 from textual.worker import Worker, WorkerState
 
+from kinspect.inspector.cpus import CpuState
 from kinspect.inspector.errors import InspectorError, TargetLost
 from kinspect.inspector.session import Session
 
@@ -67,6 +68,8 @@ def _key_bindings() -> list[BindingType]:
         Binding("o", "prompt('ptov ')", "ptov", priority=True),
         Binding("g", "prompt('mem ')", "Memory", priority=True),
         Binding("colon", "prompt('')", "Command", show=False, priority=True),
+        Binding("left_square_bracket", "cpu(-1)", "Previous CPU", show=False, priority=True),
+        Binding("right_square_bracket", "cpu(1)", "Next CPU", show=False, priority=True),
         *panes,
         *sorted(tabs, key=lambda binding: binding.key),
         Binding("r", "refresh", "Refresh", show=False, priority=True),
@@ -125,6 +128,7 @@ class KinspectApp(App[None]):
         self.on_stack_drawn: Callable[[], None] | None = None
         self._values: Mapping[str, int] = {}  # the registers of the last stop
         self._symbols: Any = None
+        self.cpus: list[CpuState] = []  # every CPU as read at the last stop
         self.remaps: RemapController = RemapController(self)
         self.breakpoints: BreakpointsController = BreakpointsController(self)
 
@@ -240,13 +244,22 @@ class KinspectApp(App[None]):
 
         self.submit("attach", work, lambda result: self._on_stop(*result), while_running="run")
 
-    def _on_stop(self, record: Mapping[str, Any], snapshot: RegisterSnapshot | None) -> None:
-        """A stop: the status line, then every pane and screen is told (registers first)."""
+    def _on_stop(
+        self, record: Mapping[str, Any], snapshot: RegisterSnapshot | None, cpu: int | None = None
+    ) -> None:
+        """A stop: the status line, then every pane and screen is told (registers first).
+
+        ``cpu``: the CPU selected since (``select_cpu``); else the stop's own CPU."""
         self._symbols = self.session.symbols
         status = self.query_one(StatusLine)
         status.state = "stopped"
         status.health = "ok"
         status.reason = describe_stop(record, self.symbolize)
+        stop_cpu = record.get("cpu")
+        status.stop_cpu = stop_cpu if isinstance(stop_cpu, int) else None
+        if cpu is not None or status.stop_cpu is not None:
+            status.cpu = cpu if cpu is not None else status.stop_cpu
+        self._read_cpus()
         if snapshot is not None:
             if snapshot.control is not None:
                 status.mode = cpu_mode(snapshot.values, snapshot.control)
@@ -256,6 +269,42 @@ class KinspectApp(App[None]):
         for pane in sorted(self.panes, key=lambda pane: pane.STOP_ORDER):
             self.deliver(pane, StopSeen(stop))
         self.breakpoints.stopped()
+
+    def _read_cpus(self) -> None:
+        """Every CPU's state for the status line, once per stop (a register read per CPU);
+        not again on a target that showed one CPU."""
+        if len(self.cpus) == 1:
+            return
+
+        def done(cpus: list[CpuState]) -> None:
+            self.cpus = cpus
+            status = self.query_one(StatusLine)
+            status.cpus = tuple((cpu.index, cpu.state) for cpu in cpus)
+            status.cpu = next((cpu.index for cpu in cpus if cpu.selected), status.cpu)
+
+        self.submit("cpus", lambda session: session.cpus(), done, while_running="skip")
+
+    def select_cpu(self, index: int) -> None:
+        """Read CPU ``index`` from now on: every view reads again, as after a stop."""
+
+        def work(session: Session) -> tuple[Mapping[str, Any], RegisterSnapshot]:
+            session.select_cpu(index)
+            return dict(session.last_stop), take_register_snapshot(session)
+
+        def done(result: tuple[Mapping[str, Any], RegisterSnapshot]) -> None:
+            self._on_stop(*result, cpu=index)
+
+        self.submit(f"CPU {index}", work, done)
+
+    def action_cpu(self, step: int) -> None:
+        """The previous (-1) or next (1) CPU, around the ones read at the last stop."""
+        indices = [cpu.index for cpu in self.cpus]
+        if len(indices) < 2:
+            self.report_failure(InspectorError("this target shows one CPU: nothing to select"))
+            return
+        current = self.query_one(StatusLine).cpu
+        at = indices.index(current) if current in indices else 0
+        self.select_cpu(indices[(at + step) % len(indices)])
 
     def drawn(self, what: str, seen: float) -> None:
         """A pane drew what a stop changed: the latency, for the benchmark."""
@@ -298,6 +347,7 @@ class KinspectApp(App[None]):
 
         def done(result: tuple[Session, Mapping[str, Any], RegisterSnapshot]) -> None:
             self.session, record, snapshot = result
+            self.cpus = []  # another target: read its CPUs again
             self.query_one(StatusLine).target = self.session.target.description
             self.notify("reconnected")
             self._on_stop(record, snapshot)

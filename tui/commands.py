@@ -51,6 +51,13 @@ def _delete(app: KinspectApp, argument: str, verb: str = "delete") -> None:
         )
 
 
+def _cpu(app: KinspectApp, argument: str) -> None:
+    if argument.isdigit():
+        app.select_cpu(int(argument))
+    else:
+        app.report_failure(InspectorError("cpu needs a CPU number (cpus lists them)"))
+
+
 def _aliases(command: TuiCommand, *names: str) -> dict[str, TuiCommand]:
     return dict.fromkeys(names, command)
 
@@ -67,6 +74,7 @@ COMMANDS: Mapping[str, TuiCommand] = {
     **_aliases(TuiCommand(lambda app, arg: app.action_resume()), "continue", "c"),
     **_aliases(TuiCommand(lambda app, arg: app.action_interrupt()), "stop", "interrupt"),
     **_aliases(TuiCommand(lambda app, arg: app.action_step()), "step", "si", "stepi"),
+    "cpu": TuiCommand(_cpu, "a CPU number (cpus lists them)"),
     "refresh": TuiCommand(lambda app, arg: app.action_refresh()),
     "reconnect": TuiCommand(lambda app, arg: app.action_reconnect()),
     "export": TuiCommand(lambda app, arg: app.action_export_text()),
@@ -132,6 +140,7 @@ def palette(app: KinspectApp) -> Iterator[SystemCommand]:
         ("vtop", "Translate a virtual address (v)", "vtop "),
         ("ptov", "Virtual aliases of a physical address (o)", "ptov "),
         ("Memory", "Hex view at an address (g)", "mem "),
+        ("CPU", "Read another CPU: every view reads again ([ ])", "cpu "),
     ):
         yield SystemCommand(title, help_text, lambda p=prefix: app.action_prompt(p))
     yield SystemCommand(

@@ -36,7 +36,7 @@ from kinspect.inspector.remap.journal import Journal, JournalStep
 from kinspect.inspector.remap.plan import Step, protected_areas
 from kinspect.inspector.session import Session
 from kinspect.inspector.symbols import Symbol, SymbolTable
-from kinspect.inspector.targets.base import Breakpoint, Capability, Target
+from kinspect.inspector.targets.base import Breakpoint, Capability, CpuThread, Target
 from kinspect.inspector.targets.qemu_text import system_registers_from_info
 from kinspect.inspector.x86.control import decode_paging_mode
 from kinspect.inspector.x86.paging import translate
@@ -486,4 +486,55 @@ def efi_remap_session(
     session._remapper = EfiRemapper(
         session.target, Journal.open(journal_path), efi, identity=identity
     )
+    return session
+
+
+class SmpMemoryTarget(MemoryTarget):
+    """The capture on ``count`` CPUs, as QEMU's stub shows them (one thread per CPU).
+
+    Each CPU has its own registers (CPU N's RIP is the capture's plus N, its RAX
+    is N); CPUs ``halted`` sit in HLT. A breakpoint is hit on CPU ``hit_cpu``: the
+    stop record names it (``cpu``) and selects it, as the gdb target does.
+    """
+
+    def __init__(self, count: int = 4, *, halted: Iterable[int] = (), hit_cpu: int = 0) -> None:
+        super().__init__()
+        self.per_cpu = [dict(REGISTERS, rip=REGISTERS["rip"] + n, rax=n) for n in range(count)]
+        self.halted = set(halted)
+        self.hit_cpu = hit_cpu
+        self.selected = 0
+        self.regs = self.per_cpu[0]
+
+    @property
+    def cpu(self) -> int:
+        return self.selected
+
+    def cpu_threads(self) -> list[CpuThread]:
+        return [CpuThread(n, n in self.halted) for n in range(len(self.per_cpu))]
+
+    def select_cpu(self, index: int) -> None:
+        self._check()
+        if not 0 <= index < len(self.per_cpu):
+            raise TargetError(
+                f"there is no CPU {index}: this target has CPUs 0-{len(self.per_cpu) - 1}"
+            )
+        self.selected = index
+        self.regs = self.per_cpu[index]
+
+    def _stopped(self, record: dict) -> None:
+        if record.get("reason") == "breakpoint-hit":
+            address = self.regs["rip"]
+            self.select_cpu_now(self.hit_cpu)
+            self.regs["rip"] = address
+            record = dict(record, cpu=self.hit_cpu)
+        super()._stopped(record)
+
+    def select_cpu_now(self, index: int) -> None:
+        self.selected = index
+        self.regs = self.per_cpu[index]
+
+
+def smp_session(count: int = 4, **options) -> Session:
+    session = Session(SmpMemoryTarget(count, **options))
+    session._symbols = capture_symbols()
     return session

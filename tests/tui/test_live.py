@@ -7,6 +7,7 @@ ELF reader); registers are compared with what GDB itself reports.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -704,4 +705,61 @@ def test_the_remap_screen_moves_uefi_runtime_on_ovmf(demo_kernel, tmp_path, monk
     finally:
         if session is not None:
             session.close()
+        own.stop()
+
+
+def _monitor_cpus(text: str) -> dict[int, dict[str, int]]:
+    """QEMU's ``info registers -a``: per CPU, RIP, CR3 and HLT (parsed here, not by kinspect)."""
+    cpus = {}
+    text = text.replace("\r\n", "\n")
+    for number, body in re.findall(r"^CPU#(\d+)\n(.*?)(?=^CPU#|\Z)", text, re.M | re.S):
+        regs = {k: int(v, 16) for k, v in re.findall(r"\b(RIP|CR3|HLT)=([0-9a-f]+)", body)}
+        cpus[int(number)] = regs
+    return cpus
+
+
+def test_the_cpu_selector_on_the_two_cpu_demo_kernel(demo_kernel):  # noqa: F811
+    """Every CPU's state in the status line and each CPU's registers after ``]`` and
+    ``:cpu N``, against QEMU's own ``info registers -a`` (HLT, RIP, CR3 per CPU)."""
+    own = api.launch_demo(smp=2)
+    try:
+        own.wait_for_serial("smp: 2 cpus online", timeout=60)
+        session = api.attach(own.gdb_endpoint, elf=demo_kernel)
+
+        async def go():
+            app = make_app(session)
+            async with app.run_test(size=(160, 48)) as pilot:
+                status = app.query_one(StatusLine)
+                regs = app.query_one(RegistersView)
+                await until(
+                    pilot,
+                    lambda: app.stops == 1 and len(app.cpus) == 2 and not app.link.pending,
+                    what="attach and the CPUs read",
+                )
+                truth = _monitor_cpus(own.monitor("info registers -a"))
+                assert sorted(truth) == [0, 1]
+                letters = " ".join("H" if truth[n]["HLT"] else "S" for n in (0, 1))
+                first = status.cpu
+                assert first in (0, 1)
+                assert f"CPU {first}/2 ({letters})" in status.export_text()
+                for press, cpu in (("right_square_bracket", 1 - first), ("", first)):
+                    stops = app.stops
+                    if press:
+                        await pilot.press(press)
+                    else:
+                        app.run_command(f"cpu {cpu}")
+                    await until(
+                        pilot,
+                        lambda stops=stops: app.stops == stops + 1 and not app.link.pending,
+                        what=f"CPU {cpu} read",
+                    )
+                    assert session.cpu == cpu and f"CPU {cpu}/2" in status.export_text()
+                    values = regs.snapshot.values
+                    assert values["rip"] == truth[cpu]["RIP"], (cpu, truth)
+                    assert values["cr3"] == truth[cpu]["CR3"]
+                assert app.errors == []
+
+        run(go())
+        session.close()
+    finally:
         own.stop()

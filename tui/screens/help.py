@@ -23,6 +23,7 @@ COMMANDS = (
     ("breakpoints, bl", "the breakpoints with their hit counts (B); d deletes one, D all"),
     ("delete N...|all", "delete breakpoints by number, or every one"),
     ("continue, stop, step", "run control (also c, p, s)"),
+    ("cpu N", "read CPU N: every view reads again ([ and ] the previous and next CPU)"),
     ("refresh, reconnect", "read everything again; attach again after a lost link"),
     ("export, svg", "save the current view as text, or the screen as SVG"),
     ("remap", "the remap screen (7): forms, plan, apply, journal, undo"),
@@ -69,7 +70,9 @@ class HelpScreen(ModalScreen[None]):
             keys.add_row(
                 binding.key.replace("question_mark", "?")
                 .replace("colon", ":")
-                .replace("slash", "/"),
+                .replace("slash", "/")
+                .replace("left_square_bracket", "[")
+                .replace("right_square_bracket", "]"),
                 binding.description,
             )
         keys.add_row("ctrl+p", "command palette")
