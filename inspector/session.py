@@ -36,8 +36,10 @@ from .fault import (
     explain_fault,
     explain_triple_fault,
 )
-from .linux.kernel import LinuxKernel, recognize_linux
+from .linux.btf import Btf, decode_btf
+from .linux.kernel import LinuxKernel, read_btf_bytes, recognize_linux
 from .linux.orc import OrcTable
+from .linux.tasks import TaskList, find_task, read_tasks, saved_context
 from .numbers import resolve_address
 from .symbols import SymbolicAddress, SymbolTable
 from .tables import (
@@ -123,6 +125,8 @@ class Session:
         #: The kernel's ORC tables (None: it has none), looked for once: they never change.
         self._orc: OrcTable | None = None
         self._orc_looked = False
+        #: the kernel's BTF, decoded on first use (kept: the image stays put)
+        self._btf: Btf | None = None
         #: a Linux kernel recognized on first use (kept across stops: the image stays put)
         self._linux: tuple[LinuxKernel, SymbolTable] | None = None
         self._linux_error: str | None = None
@@ -636,6 +640,48 @@ class Session:
             idt_handlers=handlers,
             orc=self.orc(),
             max_depth=max_depth,
+        )
+
+    # -- Linux: types and tasks (inspector/linux/btf.py, tasks.py) ----------------
+
+    def btf(self) -> Btf:
+        """The kernel's BTF, read from its memory once (and cached on disk as kallsyms is)."""
+        if self._btf is None:
+            kernel = self.kernel()
+            symbols = self.symbols
+            if symbols is None:
+                raise InspectorError("no kernel symbols: cannot find the kernel's BTF")
+            self._btf = decode_btf(read_btf_bytes(self.read_virtual, symbols.lookup, kernel))
+        return self._btf
+
+    def tasks(self) -> TaskList:
+        """Every task on ``init_task.tasks``, and each CPU's current task (read per call)."""
+        btf = self.btf()
+        symbols = self.symbols
+        assert symbols is not None  # btf() needs them
+        return read_tasks(
+            self.read_virtual,
+            btf,
+            symbols.lookup,
+            page_offset_base=self.kernel().page_offset_base,
+        )
+
+    def task_backtrace(self, pid: int, *, max_depth: int = MAX_DEPTH) -> Backtrace:
+        """The stack of task ``pid``: from the CPU's registers when it is running, else
+        from its saved context (``thread.sp``'s ``inactive_task_frame``)."""
+        task = find_task(self.tasks(), pid)
+        if task.current_on:
+            return self.backtrace(max_depth=max_depth)
+        context = saved_context(self.read_virtual, self.btf(), task.address)
+        symbols = self.symbols
+        return unwind(
+            self.read_virtual,
+            context.registers,
+            symbols=symbols,
+            mapping=self.mapping(),
+            orc=self.orc(),
+            max_depth=max_depth,
+            return_address=True,
         )
 
     # -- faults (the analysis lives in fault.py) ------------------------------------
