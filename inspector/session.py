@@ -39,7 +39,7 @@ from .fault import (
 from .linux.btf import Btf, decode_btf
 from .linux.kernel import LinuxKernel, read_btf_bytes, recognize_linux
 from .linux.orc import OrcTable
-from .linux.tasks import TaskList, find_task, read_tasks, saved_context
+from .linux.tasks import Task, TaskList, find_task, pti_user_copy, read_tasks, saved_context
 from .numbers import resolve_address
 from .symbols import SymbolicAddress, SymbolTable
 from .tables import (
@@ -665,6 +665,20 @@ class Session:
             symbols.lookup,
             page_offset_base=self.kernel().page_offset_base,
         )
+
+    def task_address_spaces(self, pid: int) -> tuple[Task, AddressSpace, AddressSpace | None]:
+        """Task ``pid``'s page tables from its ``mm->pgd``: the kernel's copy, and under
+        PTI the user-space copy (None without PTI)."""
+        task = find_task(self.tasks(), pid)
+        if task.pgd_physical is None:
+            raise InspectorError(
+                f"task {pid} ({task.comm}) is a kernel thread: it has no mm of its own"
+            )
+        _, mode = self._walk_inputs()
+        space = collect_address_space(self._read_table, task.pgd_physical, mode)
+        user_at = pti_user_copy(self._read_table(task.pgd_physical, 4096), task.pgd_physical)
+        user = collect_address_space(self._read_table, user_at, mode) if user_at else None
+        return task, space, user
 
     def task_backtrace(self, pid: int, *, max_depth: int = MAX_DEPTH) -> Backtrace:
         """The stack of task ``pid``: from the CPU's registers when it is running, else

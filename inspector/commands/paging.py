@@ -9,6 +9,7 @@ from ..formatting import format_ranges, format_register, format_translation
 from ..session import Session
 from ..targets.agent import AgentTarget
 from ..targets.base import Capability
+from ..x86.paging import AddressSpace, coalesce_ranges
 from . import Command, CommandResult, Context
 
 __all__ = ["COMMANDS", "pt_document", "regs_document", "render_pt", "render_regs"]
@@ -51,6 +52,12 @@ def run_regs(context: Context) -> CommandResult:
 
 def _pt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--leaves", action="store_true", help="one line per leaf instead of ranges")
+    parser.add_argument(
+        "--task",
+        type=int,
+        metavar="PID",
+        help="a Linux task's page tables (its mm->pgd; under PTI its user copy too)",
+    )
 
 
 def pt_document(session: Session, *, leaves: bool = False) -> dict[str, Any]:
@@ -87,9 +94,57 @@ def render_pt(session: Session, *, leaves: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _space_document(space: AddressSpace, *, leaves: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "pgd": space.cr3,
+        "leaf_count": len(space.leaves),
+        "truncated": space.truncated,
+        "problems": [p.to_dict() for p in space.problems],
+    }
+    if leaves:
+        body["leaves"] = [leaf.to_dict() for leaf in space.leaves]
+    else:
+        body["ranges"] = [r.to_dict() for r in coalesce_ranges(space.leaves)]
+    return body
+
+
+def _space_text(title: str, space: AddressSpace, *, leaves: bool) -> list[str]:
+    lines = [title]
+    if leaves:
+        lines.extend(str(leaf) for leaf in space.leaves)
+    else:
+        lines.append(format_ranges(coalesce_ranges(space.leaves)))
+    lines.append(f"{len(space.leaves)} leaves")
+    lines.extend(f"problem: {problem}" for problem in space.problems)
+    return lines
+
+
+def run_pt_task(context: Context, session: Session, pid: int, *, leaves: bool) -> CommandResult:
+    """``pt --task PID``: the task's own tables, both copies under PTI."""
+    task, space, user = session.task_address_spaces(pid)
+    body: dict[str, Any] = {
+        "task": {"pid": task.pid, "comm": task.comm, "address": task.address},
+        "paging": space.mode.to_dict(),
+        "kernel_copy": _space_document(space, leaves=leaves),
+        "user_copy": _space_document(user, leaves=leaves) if user else None,
+    }
+    title = f"task {task.pid} ({task.comm}): mm->pgd at physical {space.cr3:#x}  {space.mode}"
+    lines = _space_text(title + (" (PTI: the kernel's copy)" if user else ""), space, leaves=leaves)
+    if user is not None:
+        lines.append("")
+        lines += _space_text(
+            f"PTI: the user-space copy at physical {user.cr3:#x} (CR3 in user mode)",
+            user,
+            leaves=leaves,
+        )
+    return context.result(body, "\n".join(lines))
+
+
 def run_pt(context: Context) -> CommandResult:
     session = context.need_session()
     leaves = bool(context.args.leaves)
+    if context.args.task is not None:
+        return run_pt_task(context, session, context.args.task, leaves=leaves)
     if not leaves and session.target.has(Capability.AGENT):
         done = _pt_by_agent_walk(context, session, session.target.agent())
         if done is not None:

@@ -20,6 +20,7 @@ __all__ = [
     "Task",
     "TaskList",
     "find_task",
+    "pti_user_copy",
     "format_tasks",
     "read_tasks",
     "saved_context",
@@ -283,3 +284,20 @@ def saved_context(read_virtual: ReadVirtual, btf: Btf, task: int) -> SavedContex
     if "rip" not in registers:
         raise InspectorError("the kernel's inactive_task_frame has no ret_addr")
     return SavedContext(sp, registers)
+
+
+def pti_user_copy(pgd_table: bytes, pgd_physical: int) -> int | None:
+    """The physical address of a task's user-space copy of its PGD under PTI, else None.
+
+    PTI allocates each PGD as two pages, the kernel's copy then the user's, and marks
+    the kernel copy's user-space entries NX (arch/x86/mm/pti.c, pti_set_user_pgtbl):
+    so an 8 KiB-aligned PGD whose present user entries (US) in the lower half all have
+    NX has its user copy one page above.
+    """
+    if pgd_physical % 8192:
+        return None
+    entries = struct.unpack("<256Q", pgd_table[: 256 * 8])
+    user = [e for e in entries if e & 0b101 == 0b101]  # P and US
+    if user and all(e >> 63 for e in user):
+        return pgd_physical + 4096
+    return None

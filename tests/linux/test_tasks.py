@@ -2,9 +2,11 @@
 Debian guest (one boot for the module), against what the guest says about itself: busybox
 ``ps``, /proc/PID/stack, /proc/PID/pagemap."""
 
+import base64
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 
@@ -135,3 +137,52 @@ def test_type_prints_layouts_from_btf(guest):
     assert missing.stderr.strip().splitlines() == [
         "kinspect: error: the kernel's BTF has no type 'no_such_struct'"
     ]
+
+
+def pagemap(linux_guest, pid):
+    """{virtual page: physical frame} of every page /proc/PID/pagemap says is present."""
+    script = (
+        f"grep -v vsyscall /proc/{pid}/maps | while read r rest; do s=${{r%-*}}; e=${{r#*-}}; "
+        f"echo $s $(dd if=/proc/{pid}/pagemap bs=8 skip=$((0x$s/4096)) "
+        f"count=$(((0x$e-0x$s)/4096)) 2>/dev/null | base64 -w0); done"
+    )
+    present = {}
+    for line in linux_guest.shell(script).output.splitlines():
+        start_text, _, encoded = line.strip().partition(" ")
+        data = base64.b64decode(encoded)
+        start = int(start_text, 16)
+        for i, (entry,) in enumerate(struct.iter_unpack("<Q", data)):
+            if entry >> 63:  # bit 63: present; bits 0-54: the frame
+                present[start + 4096 * i] = (entry & ((1 << 55) - 1)) * 4096
+    return present
+
+
+def test_pt_task_maps_what_pagemap_says(guest):
+    linux_guest, _ = guest
+    pid = linux_guest.pids["nanosleep"]
+    present = pagemap(linux_guest, pid)
+    assert len(present) > 5, present
+    result = kinspect(guest, "--json", "pt", "--task", str(pid), "--leaves")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["task"]["pid"] == pid
+    # the guest runs with pti=on: both copies, the user one a page above the kernel's
+    kernel_copy, user_copy = document["kernel_copy"], document["user_copy"]
+    assert user_copy is not None and user_copy["pgd"] == kernel_copy["pgd"] + 4096
+    for copy in (kernel_copy, user_copy):
+        leaves = [(leaf["va"], leaf["size"], leaf["pa"]) for leaf in copy["leaves"]]
+        found = {}
+        for va in present:
+            for start, size, pa in leaves:
+                if start <= va < start + size:
+                    found[va] = pa + va - start
+                    break
+        assert found == present
+        assert all(leaf["permissions"]["user"] for leaf in copy["leaves"] if leaf["va"] in present)
+    # the kernel's copy makes user space non-executable (PTI: the user copy runs it)
+    assert not any(
+        leaf["permissions"]["executable"] for leaf in kernel_copy["leaves"] if leaf["va"] in present
+    )
+    kthread = kinspect(guest, "pt", "--task", "2")
+    assert kthread.returncode == 1
+    assert "kernel thread" in kthread.stderr and "Traceback" not in kthread.stderr
