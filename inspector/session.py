@@ -38,6 +38,7 @@ from .fault import (
 )
 from .linux.btf import Btf, decode_btf
 from .linux.kernel import LinuxKernel, read_btf_bytes, recognize_linux
+from .linux.modules import ModuleList, read_modules
 from .linux.orc import OrcTable
 from .linux.tasks import Task, TaskList, find_task, pti_user_copy, read_tasks, saved_context
 from .numbers import resolve_address
@@ -665,6 +666,13 @@ class Session:
             symbols.lookup,
             page_offset_base=self.kernel().page_offset_base,
         )
+
+    def modules(self) -> ModuleList:
+        """The loaded modules (the kernel's ``modules`` list), newest first."""
+        btf = self.btf()
+        symbols = self.symbols
+        assert symbols is not None  # btf() needs them
+        return read_modules(self.read_virtual, btf, symbols.lookup)
 
     def task_address_spaces(self, pid: int) -> tuple[Task, AddressSpace, AddressSpace | None]:
         """Task ``pid``'s page tables from its ``mm->pgd``: the kernel's copy, and under

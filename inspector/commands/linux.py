@@ -1,5 +1,6 @@
 """Linux as it ships, with no files: ``kernel`` says what kinspect recognized, ``type``
-prints a layout from the kernel's BTF, ``tasks`` lists every task."""
+prints a layout from the kernel's BTF, ``tasks`` lists every task, ``modules`` the
+loaded modules."""
 
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ def run_tasks(context: Context) -> CommandResult:
     return context.result(found.to_dict(), str(found))
 
 
+def run_modules(context: Context) -> CommandResult:
+    """The loaded modules as /proc/modules shows them, each with its layout."""
+    found = context.need_session().modules()
+    return context.result(found.to_dict(), str(found))
+
+
 COMMANDS = [
     Command(
         "kernel",
@@ -60,5 +67,11 @@ COMMANDS = [
         "every Linux task (init_task.tasks): pid, comm, state, CPU, kernel thread, "
         "page-table root; the current task per CPU",
         run_tasks,
+    ),
+    Command(
+        "modules",
+        "the loaded Linux modules as /proc/modules shows them, with their text, "
+        "read-only and writable parts",
+        run_modules,
     ),
 ]

@@ -3,12 +3,14 @@ Debian guest (one boot for the module), against what the guest says about itself
 ``ps``, /proc/PID/stack, /proc/PID/pagemap."""
 
 import base64
+import io
 import json
 import os
 import re
 import struct
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -186,3 +188,56 @@ def test_pt_task_maps_what_pagemap_says(guest):
     kthread = kinspect(guest, "pt", "--task", "2")
     assert kthread.returncode == 1
     assert "kernel thread" in kthread.stderr and "Traceback" not in kthread.stderr
+
+
+#: small modules of the kernel package without dependencies, loaded for the modules test
+MODULES = ("kernel/lib/crc7.ko", "kernel/net/ipv4/tcp_bic.ko")
+
+
+def load_module(linux_guest, relative):
+    """Extract a module from the kernel's .deb and insmod it through the serial console
+    (base64 in lines under the tty's 4096-byte line limit)."""
+    files = linux_guest.files
+    if files.deb is None:
+        pytest.fail("the kernel's .deb is not in build/linux/debs: run `make linux-guest`")
+    member = f"./lib/modules/{files.release}/{relative}"
+    tar = subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", str(files.deb)], capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        data = archive.extractfile(member).read()
+    encoded = base64.b64encode(data).decode()
+    target = "/tmp/" + relative.rsplit("/", 1)[1]
+    linux_guest.shell(f"rm -f {target}.b64")
+    for i in range(0, len(encoded), 2048):
+        linux_guest.shell(f"echo {encoded[i : i + 2048]} >> {target}.b64")
+    linux_guest.shell(f"base64 -d {target}.b64 > {target} && insmod {target}")
+
+
+def test_modules_equal_proc_modules(guest):
+    linux_guest, _ = guest
+    loaded = linux_guest.shell("cat /proc/modules").output.split()
+    for relative in MODULES:
+        name = relative.rsplit("/", 1)[1][: -len(".ko")]
+        if name not in loaded:
+            load_module(linux_guest, relative)
+    theirs = [
+        line.split()[:6] for line in linux_guest.shell("cat /proc/modules").output.splitlines()
+    ]
+    assert {"crc7", "tcp_bic"} <= {fields[0] for fields in theirs}
+    result = kinspect(guest, "--json", "modules")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["problem"] is None
+    ours = [
+        [
+            m["name"], str(m["size"]), str(m["refcount"]),
+            ",".join(m["used_by"]) + "," if m["used_by"] else "-", m["state"], f"{m['base']:#x}",
+        ]
+        for m in document["modules"]
+    ]  # fmt: skip
+    assert ours == theirs
+    # the core text is where /proc/modules's address is, executable and nothing else is
+    for module in document["modules"]:
+        text = next(p for p in module["parts"] if p["name"] == "text")
+        assert text["base"] == module["base"] and text["permissions"] == "r-x"
