@@ -688,6 +688,37 @@ class Session:
         user = collect_address_space(self._read_table, user_at, mode) if user_at else None
         return task, space, user
 
+    def task_translate(self, pid: int, virtual: int) -> Translation:
+        """Translate ``virtual`` through task ``pid``'s own tables (its ``mm->pgd``: the
+        kernel's copy under PTI, which maps user space too)."""
+        task = find_task(self.tasks(), pid)
+        if task.pgd_physical is None:
+            raise InspectorError(
+                f"task {pid} ({task.comm}) is a kernel thread: it has no mm of its own"
+            )
+        _, mode = self._walk_inputs()
+        return translate(self._read_table, task.pgd_physical, mode, virtual)
+
+    def task_aliases(self, physical: int) -> list[tuple[int, Task | None]]:
+        """Every virtual address that maps ``physical`` in any task: the kernel half once
+        (shared by all, owner None), then each user task's lower half, with its task."""
+        if physical < 0 or physical >= 1 << 52:
+            raise FaultError(physical, "not a physical address (must be below 2^52)")
+        found: list[tuple[int, Task | None]] = [
+            (va, None)
+            for va, _leaf in find_aliases(self.address_space().leaves, physical)
+            if va >> 63
+        ]
+        _, mode = self._walk_inputs()
+        for task in self.tasks().tasks:
+            if task.pgd_physical is None:
+                continue
+            space = collect_address_space(self._read_table, task.pgd_physical, mode)
+            found += [
+                (va, task) for va, _leaf in find_aliases(space.leaves, physical) if not va >> 63
+            ]
+        return found
+
     def task_backtrace(self, pid: int, *, max_depth: int = MAX_DEPTH) -> Backtrace:
         """The stack of task ``pid``: from the CPU's registers when it is running, else
         from its saved context (``thread.sp``'s ``inactive_task_frame``)."""

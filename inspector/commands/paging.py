@@ -193,23 +193,36 @@ def _pt_by_agent_walk(
 
 def _vtop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("address", help="virtual address or symbol")
+    parser.add_argument(
+        "--task", type=int, metavar="PID", help="through a Linux task's own tables (mm->pgd)"
+    )
 
 
 def run_vtop(context: Context) -> CommandResult:
     session = context.need_session()
     virtual = session.resolve(context.args.address)
-    t = session.translate(virtual)
+    if context.args.task is not None:
+        t = session.task_translate(context.args.task, virtual)
+    else:
+        t = session.translate(virtual)
     why = None if t.ok else f"{virtual:#x} does not translate: {t.fault}"
     return context.result(t.to_dict(), format_translation(t), status=0 if t.ok else 1, error=why)
 
 
 def _ptov_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("address", help="physical address")
+    parser.add_argument(
+        "--all-tasks",
+        action="store_true",
+        help="search every Linux task's tables too and name the owner of each mapping",
+    )
 
 
 def run_ptov(context: Context) -> CommandResult:
     session = context.need_session()
     physical = session.resolve(context.args.address)
+    if context.args.all_tasks:
+        return _ptov_all_tasks(context, session, physical)
     aliases = session.aliases(physical)
     body = {"physical": physical, "virtual": aliases}
     if not aliases:
@@ -221,6 +234,24 @@ def run_ptov(context: Context) -> CommandResult:
     for va in aliases:
         name = f"  {symbols.format_address(va)}" if symbols and symbols.symbolize(va) else ""
         lines.append(f"{va:#018x}{name}")
+    return context.result(body, "\n".join(lines))
+
+
+def _ptov_all_tasks(context: Context, session: Session, physical: int) -> CommandResult:
+    found = session.task_aliases(physical)
+    owners = [
+        {"virtual": va, "pid": task.pid if task else None, "comm": task.comm if task else None}
+        for va, task in found
+    ]
+    body = {"physical": physical, "virtual": [va for va, _ in found], "owners": owners}
+    if not found:
+        return context.result(
+            body, None, status=1, error=f"no task's tables map physical {physical:#x}"
+        )
+    lines = [
+        f"{va:#018x}  " + (f"pid {task.pid} ({task.comm})" if task else "kernel (every task)")
+        for va, task in found
+    ]
     return context.result(body, "\n".join(lines))
 
 

@@ -185,6 +185,17 @@ def test_pt_task_maps_what_pagemap_says(guest):
     assert not any(
         leaf["permissions"]["executable"] for leaf in kernel_copy["leaves"] if leaf["va"] in present
     )
+    # one page of the sleeper: vtop through its tables, ptov names it as an owner
+    va, frame = max(present.items())  # its stack's top page
+    result = kinspect(guest, "--json", "vtop", "--task", str(pid), hex(va + 0x18))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["pa"] == frame + 0x18
+    result = kinspect(guest, "--json", "ptov", "--all-tasks", hex(frame + 0x18))
+    assert result.returncode == 0, result.stderr
+    owners = json.loads(result.stdout)["owners"]
+    assert {"virtual": va + 0x18, "pid": pid, "comm": "sleep"} in owners
+    # the direct map maps every frame: the kernel half is listed once, with no task
+    assert any(o["pid"] is None and o["virtual"] >> 63 for o in owners)
     kthread = kinspect(guest, "pt", "--task", "2")
     assert kthread.returncode == 1
     assert "kernel thread" in kthread.stderr and "Traceback" not in kthread.stderr
