@@ -38,7 +38,7 @@ from .fault import (
 )
 from .linux.btf import Btf, decode_btf
 from .linux.kernel import LinuxKernel, read_btf_bytes, recognize_linux
-from .linux.modules import ModuleList, read_modules
+from .linux.modules import ModuleList, ModuleSymbol, read_module_symbols, read_modules
 from .linux.orc import OrcTable
 from .linux.tasks import Task, TaskList, find_task, pti_user_copy, read_tasks, saved_context
 from .numbers import resolve_address
@@ -527,7 +527,32 @@ class Session:
         symbols = self.symbols
         if symbols is None:
             raise InspectorError("symbolizing needs the kernel's ELF: pass --elf")
+        if self._linux is not None and address >> 63 and not self.elf:
+            found = self._module_symbol(address)
+            if found is not None:
+                return found
         return symbols.addr2sym(address)
+
+    def _module_symbol(self, address: int) -> SymbolicAddress | None:
+        """``name [module]`` for an address inside a loaded module (its own kallsyms)."""
+        try:
+            modules = self.modules()
+            btf = self.btf()
+        except InspectorError:
+            return None
+        for module in modules.modules:
+            if not any(p.base <= address < p.base + p.size for p in module.parts):
+                continue
+            best: ModuleSymbol | None = None
+            for symbol in read_module_symbols(self.read_virtual, btf, module):
+                if symbol.address <= address:
+                    best = symbol
+            if best is None:
+                return SymbolicAddress(address, f"[{module.name}]", 0, None)
+            return SymbolicAddress(
+                address, f"{best.name} [{module.name}]", address - best.address, None
+            )
+        return None
 
     def _long_mode(self) -> bool:
         efer = self.registers().get("efer")

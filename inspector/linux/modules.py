@@ -7,6 +7,7 @@ layout: its text, read-only, read-only-after-init and writable parts, from
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,15 @@ from typing import Any
 from ..errors import InspectorError
 from .btf import Btf
 
-__all__ = ["Module", "ModuleList", "ModulePart", "format_modules", "read_modules"]
+__all__ = [
+    "Module",
+    "ModuleList",
+    "ModulePart",
+    "ModuleSymbol",
+    "format_modules",
+    "read_module_symbols",
+    "read_modules",
+]
 
 ReadVirtual = Callable[[int, int], bytes]
 Lookup = Callable[[str], int | None]
@@ -231,3 +240,44 @@ def _users(reader: _Reader, address: int) -> tuple[str, ...]:
         )
         link = reader.u(use, "module_use", "source_list.next")
     return tuple(names)
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleSymbol:
+    address: int
+    size: int
+    name: str
+    module: str
+
+
+#: Elf64_Sym (the ELF specification's layout, not the kernel's): name, info, other,
+#: section index, value, size
+_ELF64_SYM = struct.Struct("<IBBHQQ")
+
+
+def read_module_symbols(read_virtual: ReadVirtual, btf: Btf, module: Module) -> list[ModuleSymbol]:
+    """A module's own symbols (``mod->kallsyms``: the ELF symbols it keeps), by address;
+    the ones /proc/kallsyms lists with ``[module]`` after them."""
+    reader = _Reader(read_virtual, btf)
+    table = reader.u(module.address, "module", "kallsyms")
+    if not table:
+        return []
+    symtab = reader.u(table, "mod_kallsyms", "symtab")
+    count = reader.u(table, "mod_kallsyms", "num_symtab")
+    strtab = reader.u(table, "mod_kallsyms", "strtab")
+    count = min(count, 1 << 16)
+    if not count or not symtab or not strtab:
+        return []
+    data = read_virtual(symtab, count * _ELF64_SYM.size)
+    rows = list(_ELF64_SYM.iter_unpack(data))
+    end = max(row[0] for row in rows) + 256
+    strings = read_virtual(strtab, end)
+    symbols = []
+    for name_at, _info, _other, section, value, size in rows:
+        if not value or not section or not name_at:
+            continue
+        name = strings[name_at : strings.find(b"\0", name_at)].decode("utf-8", "replace")
+        if name:
+            symbols.append(ModuleSymbol(value, size, name, module.name))
+    symbols.sort(key=lambda s: s.address)
+    return symbols

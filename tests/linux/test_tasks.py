@@ -248,6 +248,19 @@ def test_modules_equal_proc_modules(guest):
         for m in document["modules"]
     ]  # fmt: skip
     assert ours == theirs
+    # sym names module addresses as /proc/kallsyms does: "name [module]"
+    listed = linux_guest.shell("grep -E ' [tT] .*\\[tcp_bic\\]' /proc/kallsyms").output
+    names = {}
+    for line in listed.splitlines():
+        address, _, name = line.split()[:3]
+        names.setdefault(int(address, 16), set()).add(name)
+    assert len(names) >= 3, listed
+    result = kinspect(guest, "--json", "sym", *(hex(a + 1) for a in sorted(names)))
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)["addresses"]
+    for address, answer in zip(sorted(names), found, strict=True):
+        name, _, module = answer["symbol"].partition(" ")
+        assert (name in names[address], module, answer["offset"]) == (True, "[tcp_bic]", 1)
     # the core text is where /proc/modules's address is, executable and nothing else is
     for module in document["modules"]:
         text = next(p for p in module["parts"] if p["name"] == "text")
