@@ -527,7 +527,8 @@ class Session:
         symbols = self.symbols
         if symbols is None:
             raise InspectorError("symbolizing needs the kernel's ELF: pass --elf")
-        if self._linux is not None and address >> 63 and not self.elf:
+        end = symbols.lookup("_end")  # modules lie past the kernel's image
+        if self._linux is not None and not self.elf and end is not None and address >= end:
             found = self._module_symbol(address)
             if found is not None:
                 return found
