@@ -337,7 +337,9 @@ def unwind(
         pc, sp = regs[_RIP], regs[_RSP]
         lookup = pc if exact else pc - 1
         symbol, offset, line = None, 0, None
-        if symbols is not None:
+        # a user-space PC (reached through a pt_regs from CPL 3) is in no kernel symbol
+        in_user = interrupt is not None and interrupt.cs & 3 == 3
+        if symbols is not None and not in_user:
             try:
                 found = symbols.symbolize(lookup)
                 if found is not None:

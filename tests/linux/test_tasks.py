@@ -119,6 +119,7 @@ def test_bt_task_equals_proc_stack(guest, sleeper):
     # through the syscall entry into the task's user-space pt_regs
     assert backtrace["stop"] == "outermost"
     assert frames[-1]["how"] == "interrupt" and frames[-1]["interrupt"]["cs"] & 3 == 3
+    assert frames[-1]["symbol"] is None  # a user-space PC: no kernel symbol names it
 
 
 def test_type_prints_layouts_from_btf(guest):
