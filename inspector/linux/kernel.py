@@ -320,7 +320,7 @@ def read_btf_bytes(
         )
     size = stop - start
     try:
-        head = read_virtual(start, 64)
+        head = read_virtual(start, min(64, size))
     except (FaultError, TargetError) as exc:
         raise InspectorError(f"cannot read the kernel's BTF at {start:#x}: {exc}") from exc
     key = hashlib.sha256(f"{kernel.banner}\n{kernel.text:#x}\n{size}".encode()).hexdigest()[:20]
@@ -328,7 +328,7 @@ def read_btf_bytes(
     if use_cache:
         try:
             data = gzip.decompress(path.read_bytes())
-            if len(data) == size and data[:64] == head:
+            if len(data) == size and data[: len(head)] == head:
                 return data
         except (OSError, EOFError, gzip.BadGzipFile):
             pass

@@ -253,7 +253,8 @@ def _task(
 
 
 def find_task(found: TaskList, pid: int) -> Task:
-    for task in found.tasks:
+    """Task ``pid`` on the list, or a CPU's idle task (pid 0: the first CPU's)."""
+    for task in (*found.tasks, *found.current):
         if task.pid == pid:
             return task
     raise InspectorError(f"no task with PID {pid} on the kernel's task list")

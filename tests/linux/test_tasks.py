@@ -135,6 +135,11 @@ def test_type_prints_layouts_from_btf(guest):
     assert text.returncode == 0, text.stderr
     assert re.search(r"struct list_head \*next;\s+/\*\s+0\s+8 \*/", text.stdout)
     assert re.search(r"struct list_head \*prev;\s+/\*\s+8\s+8 \*/", text.stdout)
+    nobody = kinspect(guest, "bt", "--task", "99999")
+    assert nobody.returncode == 1
+    assert nobody.stderr.strip().splitlines() == [
+        "kinspect: error: no task with PID 99999 on the kernel's task list"
+    ]
     missing = kinspect(guest, "type", "no_such_struct")
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == [

@@ -120,6 +120,7 @@ def test_walk_from_init_task():
     assert rows == [(1, "init", "S", 0, False, 0x1234000), (2, "kthreadd", "I", 1, True, None)]
     assert [t.pid for t in found.current] == [0, 2]
     assert find_task(found, 2).current_on == (1,)
+    assert find_task(found, 0).comm == "swapper/0"  # an idle task: on no list, current
     with pytest.raises(InspectorError, match="no task with PID 7"):
         find_task(found, 7)
     assert "CPU 1: current kthreadd (pid 2)" in str(found)
@@ -159,3 +160,34 @@ def test_pti_user_copy():
     struct.pack_into("<Q", table, 0, user_entry)  # executable user entry: no PTI
     assert pti_user_copy(bytes(table), 0x4000) is None
     assert pti_user_copy(bytes(4096), 0x4000) is None
+
+
+def test_btf_read_once_then_from_the_cache(tmp_path):
+    from kinspect.inspector.linux.kernel import LinuxKernel, read_btf_bytes
+
+    blob = Builder()
+    blob.int("int", 4, signed=True)
+    data = blob.bytes()
+    memory = Memory()
+    memory.put(0x5000, data)
+    reads = []
+
+    def read(address, size):
+        reads.append(size)
+        return memory.read(address, size)
+
+    symbols = {"__start_BTF": 0x5000, "__stop_BTF": 0x5000 + len(data)}
+    kernel = LinuxKernel.__new__(LinuxKernel)
+    object.__setattr__(kernel, "banner", "Linux version test")
+    object.__setattr__(kernel, "text", 0xFFFFFFFF81000000)
+    assert read_btf_bytes(read, symbols.get, kernel, cache=tmp_path) == data
+    assert decode_btf(data).named("int").size == 4
+    reads.clear()
+    assert read_btf_bytes(read, symbols.get, kernel, cache=tmp_path) == data
+    assert reads == [
+        min(64, len(data))
+    ]  # only the header, to check the cache is still this kernel's
+    memory.put(0x5000 + 30, b"\xff")  # the kernel's BTF changed: read again
+    assert read_btf_bytes(read, symbols.get, kernel, cache=tmp_path) != data
+    with pytest.raises(InspectorError, match="CONFIG_DEBUG_INFO_BTF"):
+        read_btf_bytes(read, {}.get, kernel, cache=tmp_path)
