@@ -191,3 +191,82 @@ def test_btf_read_once_then_from_the_cache(tmp_path):
     assert read_btf_bytes(read, symbols.get, kernel, cache=tmp_path) != data
     with pytest.raises(InspectorError, match="CONFIG_DEBUG_INFO_BTF"):
         read_btf_bytes(read, {}.get, kernel, cache=tmp_path)
+
+
+def module_btf():
+    b = Builder()
+    u64 = b.int("long unsigned int", 8)
+    u32 = b.int("unsigned int", 4)
+    i32 = b.int("int", 4, signed=True)
+    char = b.int("char", 1, signed=True)
+    name = b.array(char, i32, 56)
+    lh = b.count + 1
+    b.struct("list_head", 16, [("next", lh + 1, 0, 0), ("prev", lh + 1, 64, 0)])
+    b.ptr(lh)
+    states = ["MODULE_STATE_LIVE", "MODULE_STATE_COMING", "MODULE_STATE_GOING"]
+    extra = b"".join(struct.pack("<Ii", b.name(n), v) for v, n in enumerate(states))
+    state = b.add(6, "module_state", 4, extra, vlen=3)
+    fields = ["base", "size", "text_size", "ro_size", "ro_after_init_size"]
+    layout = b.struct("module_layout", 40, [(f, u64, 64 * i, 0) for i, f in enumerate(fields)])
+    atomic = b.struct("", 4, [("counter", i32, 0, 0)])
+    b.struct(
+        "module",
+        200,
+        [
+            ("state", state, 0, 0), ("list", lh, 64, 0), ("name", name, 192, 0),
+            ("core_layout", layout, 640, 0), ("init_layout", layout, 960, 0),
+            ("refcnt", atomic, 1280, 0), ("source_list", lh, 1344, 0), ("kallsyms", u64, 1472, 0),
+        ],
+    )  # fmt: skip
+    b.struct("module_use", 48, [("source_list", lh, 0, 0), ("source", u64, 256, 0)])
+    b.struct(
+        "mod_kallsyms", 32,
+        [("symtab", u64, 0, 0), ("num_symtab", u32, 64, 0), ("strtab", u64, 128, 0)],
+    )  # fmt: skip
+    return decode_btf(b.bytes())
+
+
+def test_modules_from_the_list_with_layouts_users_and_symbols():
+    from kinspect.inspector.linux.modules import read_module_symbols, read_modules
+
+    memory = Memory()
+    head, a, b = 0x9000, 0xFFFFFFFFC0001000, 0xFFFFFFFFC0002000
+    memory.q(head, a + 8)
+
+    def module(at, name, nxt, state=0, refcount=1):
+        memory.put(at, bytes(200))
+        memory.put(at, struct.pack("<I", state))
+        memory.q(at + 8, nxt + 8 if nxt != head else head)
+        memory.put(at + 24, name.encode())
+        base = at + 0x10000
+        memory.put(at + 80, struct.pack("<5Q", base, 0x5000, 0x2000, 0x3000, 0x4000))
+        memory.put(at + 160, struct.pack("<i", refcount + 1))
+        memory.q(at + 168, at + 168)
+        memory.q(at + 184, 0)
+
+    module(a, "crc7", b)
+    module(b, "tcp_bic", head, state=1, refcount=2)
+    # crc7 is used by tcp_bic: a module_use on crc7's source_list
+    use = 0xA000
+    memory.q(a + 168, use)
+    memory.q(use, a + 168)
+    memory.q(use + 32, b)
+    found = read_modules(memory.read, module_btf(), {"modules": head}.get)
+    assert found.problem is None
+    rows = [(m.name, m.size, m.refcount, m.used_by, m.state, m.base) for m in found.modules]
+    assert rows == [
+        ("crc7", 0x5000, 1, ("tcp_bic",), "Live", a + 0x10000),
+        ("tcp_bic", 0x5000, 2, (), "Loading", b + 0x10000),
+    ]
+    parts = {(p.name, p.size, p.permissions) for p in found.modules[0].parts}
+    assert {("text", 0x2000, "r-x"), ("rodata", 0x1000, "r--"), ("data", 0x1000, "rw-")} <= parts
+    assert "crc7 20480 1 tcp_bic, Live 0xffffffffc0011000" in str(found)
+    # its own symbols: Elf64_Sym entries and their names
+    table, symtab, strtab = 0xB000, 0xC000, 0xD000
+    memory.q(a + 184, table)
+    memory.put(table, struct.pack("<QI4xQ", symtab, 3, strtab) + bytes(8))
+    rows = [(0, 0, 0, 0, 0, 0), (1, 0x12, 0, 1, a + 0x10010, 8), (6, 0x12, 0, 1, a + 0x10000, 16)]
+    memory.put(symtab, b"".join(struct.pack("<IBBHQQ", *r) for r in rows))
+    memory.put(strtab, b"\0crc7\0crc7_be\0" + bytes(300))
+    symbols = read_module_symbols(memory.read, module_btf(), found.modules[0])
+    assert [(s.name, s.address - a) for s in symbols] == [("crc7_be", 0x10000), ("crc7", 0x10010)]
