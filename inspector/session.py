@@ -8,7 +8,7 @@ the TUI shows comes from the same call here, so the two cannot disagree.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,8 +38,10 @@ from .fault import (
 )
 from .linux.btf import Btf, decode_btf
 from .linux.kernel import LinuxKernel, read_btf_bytes, recognize_linux
+from .linux.layout import RegionMap, check_direct_map, direct_map_candidates, linux_regions
 from .linux.modules import ModuleList, ModuleSymbol, read_module_symbols, read_modules
 from .linux.orc import OrcTable
+from .linux.percpu import LinuxSystemRegisters, find_system_registers
 from .linux.tasks import Task, TaskList, find_task, pti_user_copy, read_tasks, saved_context
 from .numbers import resolve_address
 from .symbols import SymbolicAddress, SymbolTable
@@ -76,12 +78,14 @@ from .x86.control import (
 from .x86.descriptors import SEGMENT_REGISTERS, DescriptorTable
 from .x86.paging import (
     AddressSpace,
+    CompactRange,
     PageTableEntry,
     Range,
     Translation,
     check_canonical,
     coalesce_ranges,
     collect_address_space,
+    compact_ranges,
     decode_table,
     find_aliases,
     translate,
@@ -131,6 +135,11 @@ class Session:
         #: a Linux kernel recognized on first use (kept across stops: the image stays put)
         self._linux: tuple[LinuxKernel, SymbolTable] | None = None
         self._linux_error: str | None = None
+        #: the CPU whose per-CPU GDT and TSS are shown when the target shows no GDTR/TR
+        self.cpu = 0
+        self._linux_system: LinuxSystemRegisters | None = None
+        #: the direct-map base guessed (from GS), until read from page_offset_base
+        self._direct_map_guess: int | None = None
         self._registers: Mapping[str, int] | None = None
         self._space: AddressSpace | None = None
         self._ranges: list[Range] | None = None
@@ -307,7 +316,66 @@ class Session:
                 )
             except InspectorError as exc:
                 self._linux_error = str(exc)
+            else:
+                self._confirm_direct_map(self._linux[0])
         return self._linux
+
+    def _confirm_direct_map(self, kernel: LinuxKernel) -> None:
+        """Read physical memory at ``page_offset_base`` from now on, once it is known."""
+        guess, base = self._direct_map_guess, kernel.page_offset_base
+        if guess is None or base is None:
+            return
+        self._direct_map_guess = None
+        self.target.use_direct_map(base, "page_offset_base (kallsyms)")
+        if base != guess:  # the guess was checked, so this is not expected: read again
+            self._space = self._ranges = None
+            self._tables.clear()
+
+    def _find_direct_map(self, cr3: int, mode: PagingMode) -> None:
+        """A stub without physical reads of its own reads through the direct map: find its
+        base (a guess from GS checked by a walk, confirmed from page_offset_base later)."""
+        if not self.target.direct_map_wanted():
+            return
+        registers = self.registers()
+        for base, gs in direct_map_candidates(registers):
+
+            def walk(virtual: int, read: Callable[[int, int], bytes]) -> int | None:
+                physical: int | None = translate(read, cr3, mode, virtual).pa
+                return physical
+
+            if check_direct_map(base, gs, self.target.read_virtual, walk):
+                self.target.use_direct_map(base, "guessed from GS, checked by a walk")
+                self._direct_map_guess = base
+                return
+
+    @property
+    def physical_source(self) -> str | None:
+        """Where physical memory is read from, in words (None: it cannot be yet)."""
+        return self.target.physical_source
+
+    def regions(self) -> RegionMap | None:
+        """Linux's regions as ptdump names them; None on a kernel not recognized as Linux."""
+        found = self._recognize()
+        if found is None:
+            return None
+        kernel, symbols = found
+        return linux_regions(
+            levels=5 if kernel.la57 else 4,
+            page_offset_base=kernel.page_offset_base,
+            vmalloc_base=kernel.vmalloc_base,
+            vmemmap_base=kernel.vmemmap_base,
+            text=kernel.text,
+            end=symbols.lookup("_end"),
+        )
+
+    def compact_ranges(self) -> list[CompactRange]:
+        """The ranges merged ptdump's way (whatever their physical addresses), never
+        across a region boundary."""
+        regions = self.regions()
+        merged: list[CompactRange] = compact_ranges(
+            self.ranges(), regions.boundaries() if regions else ()
+        )
+        return merged
 
     def resolve(self, text: str) -> int:
         """An address from user text: ``0x...``, decimal, or a symbol name."""
@@ -351,8 +419,34 @@ class Session:
         return self.control_registers().paging
 
     def system_registers(self) -> SystemRegisters:
+        """GDTR/IDTR/TR/LDTR from the target, else (a Linux kernel) from its variables."""
+        return self._system_registers()[0]
+
+    def system_registers_from(self) -> dict[str, str]:
+        """Where ``gdtr``, ``idtr`` and ``tr`` came from, in words."""
+        return self._system_registers()[1]
+
+    def _system_registers(self) -> tuple[SystemRegisters, dict[str, str]]:
         self.stop()
-        return self.target.system_registers()
+        if self.target.has(Capability.SYSTEM_REGISTERS):
+            source = self.target.system_registers_source or self.target.description
+            return self.target.system_registers(), dict.fromkeys(("gdtr", "idtr", "tr"), source)
+        if self._linux_system is None:
+            found = self._recognize()
+            if found is None:
+                self.target.system_registers()  # MissingCapability, with its hint
+                raise self.target.missing(Capability.SYSTEM_REGISTERS)
+            self._linux_system = find_system_registers(
+                self.read_virtual, found[1].lookup, self._alias_in, cpu=self.cpu
+            )
+        return self._linux_system.registers, dict(self._linux_system.sources)
+
+    def _alias_in(self, virtual: int, low: int, high: int) -> int | None:
+        """Where in [low, high) the physical memory at ``virtual`` is mapped too."""
+        t = self.translate(virtual)
+        if t.pa is None:
+            return None
+        return next((va for va in self.aliases(t.pa) if low <= va < high), None)
 
     # -- memory --------------------------------------------------------------------
 
@@ -363,6 +457,8 @@ class Session:
 
     def read_physical(self, address: int, size: int) -> bytes:
         self.stop()
+        if self.target.direct_map_wanted():
+            self._find_direct_map(*self._walk_inputs())
         return self.target.read_physical(address, size)
 
     def _read_table(self, address: int, size: int) -> bytes:
@@ -392,6 +488,7 @@ class Session:
         """Every leaf of the current page tables (walked once per stop)."""
         if self._space is None:
             cr3, mode = self._walk_inputs()
+            self._find_direct_map(cr3, mode)
             self._space = collect_address_space(self._read_table, cr3, mode)
         return self._space
 
@@ -402,6 +499,7 @@ class Session:
 
     def translate(self, virtual: int) -> Translation:
         cr3, mode = self._walk_inputs()
+        self._find_direct_map(cr3, mode)
         return translate(self._read_table, cr3, mode, virtual)
 
     def page_table(self, address: int, level: int) -> tuple[PageTableEntry, ...]:

@@ -21,6 +21,7 @@ import argparse
 import contextvars
 import enum
 import importlib
+import math
 import shlex
 import sys
 import types
@@ -268,9 +269,20 @@ def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
     )
     timeout_help = "seconds per target request (default 10)"
     if suppress:  # the parser's argument_default (SUPPRESS) applies
-        parser.add_argument("--timeout", type=float, help=timeout_help)
+        parser.add_argument("--timeout", type=_seconds, help=timeout_help)
     else:
-        parser.add_argument("--timeout", type=float, help=timeout_help, default=10.0)
+        parser.add_argument("--timeout", type=_seconds, help=timeout_help, default=10.0)
+
+
+def _seconds(text: str) -> float:
+    """A timeout: a positive, finite number of seconds (argparse's type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return value
 
 
 def _common(parser_class: type[argparse.ArgumentParser], *, suppress: bool) -> Any:

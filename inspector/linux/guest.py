@@ -221,9 +221,7 @@ def launch_linux(
     files = files or guest_files()
     command_line = f"{GUEST_APPEND} {append}".strip()
     started = time.monotonic()
-    # fmt: off  (option and value on one line, as a QEMU command line reads)
-    extra = ("-initrd", str(files.initramfs), "-append", command_line)
-    # fmt: on
+    extra = (*("-initrd", str(files.initramfs)), *("-append", command_line))
     qemu = launch_qemu(
         files.vmlinuz,
         memory=memory,

@@ -200,6 +200,14 @@ class AgentTarget(Target):
             out += data
         return bytes(out)
 
+    @property
+    def physical_source(self) -> str | None:
+        return "the in-kernel agent"
+
+    @property
+    def system_registers_source(self) -> str | None:
+        return "the in-kernel agent"
+
     def read_physical(self, address: int, size: int) -> bytes:
         if address + size > 1 << 52:
             raise FaultError(address, "physical address out of range (above 2^52)")
@@ -491,6 +499,22 @@ class AgentAssistedTarget(Target):
 
     def read_physical(self, address: int, size: int) -> bytes:
         return self.stub.read_physical(address, size)
+
+    @property
+    def physical_source(self) -> str | None:
+        return self.stub.physical_source
+
+    @property
+    def system_registers_source(self) -> str | None:
+        if self.system_from == "agent":
+            return "the in-kernel agent"
+        return self.stub.system_registers_source
+
+    def direct_map_wanted(self) -> bool:
+        return self.stub.direct_map_wanted()
+
+    def use_direct_map(self, base: int, source: str) -> None:
+        self.stub.use_direct_map(base, source)
 
     def registers(self) -> Mapping[str, int]:
         return self.stub.registers()

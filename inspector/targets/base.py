@@ -211,6 +211,25 @@ class Target(ABC):
         """Read guest physical memory (Capability.PHYSICAL_READS). Raises FaultError past RAM."""
         raise self.missing(Capability.PHYSICAL_READS)
 
+    @property
+    def physical_source(self) -> str | None:
+        """Where physical reads come from, in words for the output (None: not known yet)."""
+        return "the target" if self.has(Capability.PHYSICAL_READS) else None
+
+    @property
+    def system_registers_source(self) -> str | None:
+        """Where GDTR/IDTR/TR come from, in words (None: this target cannot show them)."""
+        return "the target" if self.has(Capability.SYSTEM_REGISTERS) else None
+
+    def direct_map_wanted(self) -> bool:
+        """Whether physical reads wait for the base of the kernel's direct map."""
+        return False
+
+    def use_direct_map(self, base: int, source: str) -> None:
+        """Read physical memory through the direct map at ``base`` (``source``: how it
+        was found, for the output), on a target that reads it so."""
+        raise self.missing(Capability.PHYSICAL_READS, "it reads no direct map")
+
     @abstractmethod
     def registers(self) -> Mapping[str, int]:
         """General, segment and control registers by lower-case name (rip, cr3, efer, ...)."""

@@ -97,6 +97,7 @@ class GdbTarget(Target):
         self.elf = elf
         self.timeout = timeout
         self._phys_base = phys_base
+        self._phys_base_source = "--phys-base" if phys_base is not None else ""
         self._phys_mode = False
         self._register_numbers: dict[str, int] | None = None
         self._ram_size: int | None = None
@@ -293,9 +294,43 @@ class GdbTarget(Target):
             return self._ram_size
         return (1 << 32) + self._ram_size
 
+    @property
+    def physical_source(self) -> str | None:
+        if self.physical == "qemu":
+            return "QEMU's physical-memory mode"
+        if self._phys_base is None:
+            return None
+        return f"the direct map at {self._phys_base:#x} ({self._phys_base_source})"
+
+    @property
+    def system_registers_source(self) -> str | None:
+        return "QEMU's monitor (info registers)" if self.is_qemu else None
+
+    def direct_map_wanted(self) -> bool:
+        return self.physical == "direct-map" and self._symbol_direct_map_base() is None
+
+    def use_direct_map(self, base: int, source: str) -> None:
+        if self.physical != "direct-map":
+            raise TargetError("this stub reads physical memory itself (QEMU's mode)")
+        self._phys_base = base
+        self._phys_base_source = source
+
     def _direct_map_base(self) -> int:
+        base = self._symbol_direct_map_base()
+        if base is not None:
+            return base
+        raise TargetError(
+            "this stub cannot read physical memory: pass --phys-base with the kernel's "
+            "direct-map base, or --elf with a kernel that defines "
+            + " or ".join(DIRECT_MAP_SYMBOLS)
+        )
+
+    def _symbol_direct_map_base(self) -> int | None:
+        """The base given, or read through gdb from the ELF's symbols (None: neither)."""
         if self._phys_base is not None:
             return self._phys_base
+        if not self.elf:
+            return None
         for symbol in DIRECT_MAP_SYMBOLS:
             try:
                 result = self._call(
@@ -308,12 +343,9 @@ class GdbTarget(Target):
                 self._phys_base = int(value.split()[0], 0)
             except (ValueError, IndexError):
                 continue
+            self._phys_base_source = f"{symbol} in the ELF, through gdb"
             return self._phys_base
-        raise TargetError(
-            "this stub cannot read physical memory: pass --phys-base with the kernel's "
-            "direct-map base, or --elf with a kernel that defines "
-            + " or ".join(DIRECT_MAP_SYMBOLS)
-        )
+        return None
 
     # -- registers -----------------------------------------------------------------
 

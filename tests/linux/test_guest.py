@@ -1,10 +1,19 @@
-"""The Debian guest itself: it boots with KASLR and PTI, and its shell answers."""
+"""The Debian guest itself: it boots with KASLR and PTI, and its shell answers; and what
+kinspect sees of it through a stub with QEMU's extensions hidden (as kgdb or a probe's
+server would be: no physical-memory mode, no GDTR/IDTR/TR), against QEMU's monitor."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
+
+from kinspect.inspector.commands import registry
+from kinspect.inspector.session import Session
+from kinspect.inspector.targets.base import Capability
+from kinspect.inspector.targets.gdb import GdbTarget
+from kinspect.inspector.targets.qemu_text import decode_info_tlb
+from tests.qemu_view import tlb_flags
 
 from .conftest import read_guest_file
 
@@ -36,3 +45,105 @@ def test_kaslr_moved_the_text(linux_guest):
     text = read_guest_file(linux_guest, "/proc/kallsyms")
     start = int(re.search(r"^([0-9a-f]+) T _text$", text, re.M).group(1), 16)
     assert start != 0xFFFFFFFF81000000 and start >> 31 == 0x1FFFFFFFF
+
+
+class PlainStub(GdbTarget):
+    """QEMU's stub as a stub without QEMU's extensions: it never says it has them."""
+
+    def _probe_qemu(self) -> bool:
+        return False
+
+
+@pytest.fixture(scope="module")
+def plain(linux_guest):
+    """A session through the plain stub (no --phys-base, no ELF), with what QEMU's monitor
+    says at the same stop; last in the module, as it holds the guest stopped."""
+    session = Session(PlainStub(linux_guest.gdb_endpoint, physical="direct-map"))
+    try:
+        assert not session.target.has(Capability.SYSTEM_REGISTERS)
+        session.stop()
+        monitor = {
+            "registers": linux_guest.monitor("info registers"),
+            "tlb": linux_guest.monitor("info tlb", timeout=240.0),
+        }
+        yield session, monitor
+    finally:
+        session.close()
+
+
+def test_plain_stub_walks_with_no_phys_base_and_matches_info_tlb(plain):
+    session, monitor = plain
+    ours = {
+        (leaf.va, leaf.pa, tlb_flags(leaf.entry.raw)) for leaf in session.address_space().leaves
+    }
+    truth = {tuple(line) for line in decode_info_tlb(monitor["tlb"])}
+    assert len(truth) > 50_000
+    assert ours == truth
+    kernel = session.kernel()
+    assert session.physical_source == (
+        f"the direct map at {kernel.page_offset_base:#x} (page_offset_base (kallsyms))"
+    )
+    said = registry().execute(session, "kernel")
+    assert said.body["physical_from"] == session.physical_source
+    assert f"physical memory  {session.physical_source}" in said.text
+    pt = registry().execute(session, "pt")
+    assert pt.text.endswith(f"physical memory read through {session.physical_source}")
+
+
+def qemu_register(text: str, name: str) -> tuple[int, int]:
+    """(base, limit) of GDT, IDT or TR in ``info registers``."""
+    match = re.search(
+        rf"^{name}\s*=\s*(?:[0-9a-f]{{4}} )?([0-9a-f]{{16}}) ([0-9a-f]{{8}})", text, re.M
+    )
+    assert match, text
+    return int(match.group(1), 16), int(match.group(2), 16)
+
+
+def test_plain_stub_descriptors_are_where_qemu_says(plain):
+    session, monitor = plain
+    text = monitor["registers"]
+    gdt = registry().execute(session, "gdt")
+    assert gdt.status == 0, gdt.error
+    assert (gdt.body["gdt"]["base"], gdt.body["gdt"]["limit"]) == qemu_register(text, "GDT")
+    assert gdt.body["source"]["gdtr"].startswith("gdt_page via __per_cpu_offset[0] (kallsyms)")
+    assert "GDTR from gdt_page via __per_cpu_offset[0]" in gdt.text
+
+    idt = registry().execute(session, "idt")
+    assert idt.status == 0, idt.error
+    assert (idt.body["idt"]["base"], idt.body["idt"]["limit"]) == qemu_register(text, "IDT")
+    assert idt.body["source"] == {"idtr": "idt_descr (kallsyms)"}
+    assert "asm_exc_page_fault" in idt.text
+
+    tss = registry().execute(session, "tss")
+    assert tss.status == 0, tss.error
+    assert (tss.body["tss"]["base"], tss.body["tss"]["limit"]) == qemu_register(text, "TR")
+    assert "cpu_tss_rw via __per_cpu_offset[0]" in tss.body["source"]["tr"]
+
+
+#: the regions a running Debian guest always maps (user space and modules vary with the
+#: CR3 it stops in and what it loaded)
+REGIONS = {"direct map", "vmalloc", "vmemmap", "cpu_entry_area", "espfix", "kernel text/data"}
+REGIONS |= {"fixmap"}
+ALL_REGIONS = REGIONS | {"user space", "modules", "LDT remap", "EFI runtime", None}
+
+
+def test_pt_compact_fits_500_rows_under_region_headings(plain):
+    session, _ = plain
+    exact = registry().execute(session, "pt")
+    compact = registry().execute(session, "pt --compact")
+    assert compact.status == 0, compact.error
+    rows = compact.text.splitlines()
+    assert len(rows) < 500 < len(exact.text.splitlines())
+    headings = [line for line in rows if line.startswith("---[ ")]
+    assert REGIONS <= {h[5:-5] for h in headings} <= ALL_REGIONS
+    assert headings.index("---[ direct map ]---") < headings.index("---[ espfix ]---")
+    # every leaf is counted once, in one compact row
+    merged = compact.body["ranges"]
+    assert sum(r["pieces"] for r in merged) == len(exact.body["ranges"])
+    assert sum(r["mapped"] for r in merged) == sum(r["size"] for r in exact.body["ranges"])
+    kernel = session.kernel()
+    for doc in (exact.body, compact.body):
+        by_start = {r["start"]: r["region"] for r in doc["ranges"]}
+        assert by_start[kernel.text] == "kernel text/data"
+        assert by_start[kernel.page_offset_base] == "direct map"
+        assert REGIONS <= {r["region"] for r in doc["ranges"]} <= ALL_REGIONS
