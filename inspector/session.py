@@ -37,10 +37,13 @@ from .fault import (
     explain_fault,
     explain_triple_fault,
 )
-from .linux.kernel import LinuxKernel, recognize_linux
+from .linux.btf import Btf, decode_btf
+from .linux.kernel import LinuxKernel, read_btf_bytes, recognize_linux
 from .linux.layout import RegionMap, check_direct_map, direct_map_candidates, linux_regions
+from .linux.modules import ModuleList, ModuleSymbol, read_module_symbols, read_modules
 from .linux.orc import OrcTable
 from .linux.percpu import LinuxSystemRegisters, find_system_registers
+from .linux.tasks import Task, TaskList, find_task, pti_user_copy, read_tasks, saved_context
 from .numbers import resolve_address
 from .symbols import SymbolicAddress, SymbolTable
 from .tables import (
@@ -128,6 +131,8 @@ class Session:
         #: The kernel's ORC tables (None: it has none), looked for once: they never change.
         self._orc: OrcTable | None = None
         self._orc_looked = False
+        #: the kernel's BTF, decoded on first use (kept: the image stays put)
+        self._btf: Btf | None = None
         #: a Linux kernel recognized on first use (kept across stops: the image stays put)
         self._linux: tuple[LinuxKernel, SymbolTable] | None = None
         self._linux_error: str | None = None
@@ -754,7 +759,33 @@ class Session:
         symbols = self.symbols
         if symbols is None:
             raise InspectorError("symbolizing needs the kernel's ELF: pass --elf")
+        end = symbols.lookup("_end")  # modules lie past the kernel's image
+        if self._linux is not None and not self.elf and end is not None and address >= end:
+            found = self._module_symbol(address)
+            if found is not None:
+                return found
         return symbols.addr2sym(address)
+
+    def _module_symbol(self, address: int) -> SymbolicAddress | None:
+        """``name [module]`` for an address inside a loaded module (its own kallsyms)."""
+        try:
+            modules = self.modules()
+            btf = self.btf()
+        except InspectorError:
+            return None
+        for module in modules.modules:
+            if not any(p.base <= address < p.base + p.size for p in module.parts):
+                continue
+            best: ModuleSymbol | None = None
+            for symbol in read_module_symbols(self.read_virtual, btf, module):
+                if symbol.address <= address:
+                    best = symbol
+            if best is None:
+                return SymbolicAddress(address, f"[{module.name}]", 0, None)
+            return SymbolicAddress(
+                address, f"{best.name} [{module.name}]", address - best.address, None
+            )
+        return None
 
     def _long_mode(self) -> bool:
         efer = self.registers().get("efer")
@@ -868,6 +899,100 @@ class Session:
             idt_handlers=handlers,
             orc=self.orc(),
             max_depth=max_depth,
+        )
+
+    # -- Linux: types and tasks (inspector/linux/btf.py, tasks.py) ----------------
+
+    def btf(self) -> Btf:
+        """The kernel's BTF, read from its memory once (and cached on disk as kallsyms is)."""
+        if self._btf is None:
+            kernel = self.kernel()
+            symbols = self.symbols
+            if symbols is None:
+                raise InspectorError("no kernel symbols: cannot find the kernel's BTF")
+            self._btf = decode_btf(read_btf_bytes(self.read_virtual, symbols.lookup, kernel))
+        return self._btf
+
+    def tasks(self) -> TaskList:
+        """Every task on ``init_task.tasks``, and each CPU's current task (read per call)."""
+        btf = self.btf()
+        symbols = self.symbols
+        assert symbols is not None  # btf() needs them
+        return read_tasks(
+            self.read_virtual,
+            btf,
+            symbols.lookup,
+            page_offset_base=self.kernel().page_offset_base,
+        )
+
+    def modules(self) -> ModuleList:
+        """The loaded modules (the kernel's ``modules`` list), newest first."""
+        btf = self.btf()
+        symbols = self.symbols
+        assert symbols is not None  # btf() needs them
+        return read_modules(self.read_virtual, btf, symbols.lookup)
+
+    def task_address_spaces(self, pid: int) -> tuple[Task, AddressSpace, AddressSpace | None]:
+        """Task ``pid``'s page tables from its ``mm->pgd``: the kernel's copy, and under
+        PTI the user-space copy (None without PTI)."""
+        task = find_task(self.tasks(), pid)
+        if task.pgd_physical is None:
+            raise InspectorError(
+                f"task {pid} ({task.comm}) is a kernel thread: it has no mm of its own"
+            )
+        _, mode = self._walk_inputs()
+        space = collect_address_space(self._read_table, task.pgd_physical, mode)
+        user_at = pti_user_copy(self._read_table(task.pgd_physical, 4096), task.pgd_physical)
+        user = collect_address_space(self._read_table, user_at, mode) if user_at else None
+        return task, space, user
+
+    def task_translate(self, pid: int, virtual: int) -> Translation:
+        """Translate ``virtual`` through task ``pid``'s own tables (its ``mm->pgd``: the
+        kernel's copy under PTI, which maps user space too)."""
+        task = find_task(self.tasks(), pid)
+        if task.pgd_physical is None:
+            raise InspectorError(
+                f"task {pid} ({task.comm}) is a kernel thread: it has no mm of its own"
+            )
+        _, mode = self._walk_inputs()
+        return translate(self._read_table, task.pgd_physical, mode, virtual)
+
+    def task_aliases(self, physical: int) -> list[tuple[int, Task | None]]:
+        """Every virtual address that maps ``physical`` in any task: the kernel half once
+        (shared by all, owner None), then each user task's lower half, with its task."""
+        if physical < 0 or physical >= 1 << 52:
+            raise FaultError(physical, "not a physical address (must be below 2^52)")
+        found: list[tuple[int, Task | None]] = [
+            (va, None)
+            for va, _leaf in find_aliases(self.address_space().leaves, physical)
+            if va >> 63
+        ]
+        _, mode = self._walk_inputs()
+        for task in self.tasks().tasks:
+            if task.pgd_physical is None:
+                continue
+            space = collect_address_space(self._read_table, task.pgd_physical, mode)
+            found += [
+                (va, task) for va, _leaf in find_aliases(space.leaves, physical) if not va >> 63
+            ]
+        return found
+
+    def task_backtrace(self, pid: int, *, max_depth: int = MAX_DEPTH) -> Backtrace:
+        """The stack of task ``pid``: from the CPU's registers when it is running, else
+        from its saved context (``thread.sp``'s ``inactive_task_frame``)."""
+        task = find_task(self.tasks(), pid)
+        if task.current_on:
+            return self.backtrace(max_depth=max_depth)
+        context = saved_context(self.read_virtual, self.btf(), task.address)
+        symbols = self.symbols
+        return unwind(
+            self.read_virtual,
+            context.registers,
+            symbols=symbols,
+            mapping=self.mapping(),
+            orc=self.orc(),
+            max_depth=max_depth,
+            return_address=True,
         )
 
     # -- faults (the analysis lives in fault.py) ------------------------------------
