@@ -8,7 +8,7 @@ the TUI shows comes from the same call here, so the two cannot disagree.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,15 +73,18 @@ from .x86.control import (
 from .x86.descriptors import SEGMENT_REGISTERS, DescriptorTable
 from .x86.paging import (
     AddressSpace,
+    Leaf,
     PageTableEntry,
     Range,
     Translation,
+    WalkProblem,
     check_canonical,
     coalesce_ranges,
     collect_address_space,
     decode_table,
     find_aliases,
     translate,
+    walk_page_tables,
 )
 
 if TYPE_CHECKING:
@@ -389,6 +392,33 @@ class Session:
             cr3, mode = self._walk_inputs()
             self._space = collect_address_space(self._read_table, cr3, mode)
         return self._space
+
+    def walk_leaves(self) -> Iterator[list[Leaf] | WalkProblem]:
+        """The walk as it goes: runs of leaves and the problems between them, in VA order.
+
+        For output that streams (``pt --json-lines``): nothing is kept, so a
+        map of half a million leaves never sits in memory whole. The walk of
+        :meth:`address_space` when it is already done.
+        """
+        if self._space is not None:
+            yield list(self._space.leaves)
+            yield from self._space.problems
+            return
+        cr3, mode = self._walk_inputs()
+        run: list[Leaf] = []
+        for item in walk_page_tables(self._read_table, cr3, mode):
+            if isinstance(item, Leaf):
+                run.append(item)
+                if len(run) >= 8192:
+                    yield run
+                    run = []
+            else:
+                if run:
+                    yield run
+                    run = []
+                yield item
+        if run:
+            yield run
 
     def ranges(self) -> list[Range]:
         if self._ranges is None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
-from ..formatting import format_ranges, format_register, format_translation
+from ..formatting import format_ranges, format_register, format_translation, json_document
 from ..session import Session
 from ..targets.agent import AgentTarget
 from ..targets.base import Capability
-from . import Command, CommandResult, Context
+from . import Command, CommandResult, Context, UsageError
 
 __all__ = ["COMMANDS", "pt_document", "regs_document", "render_pt", "render_regs"]
 
@@ -51,6 +52,11 @@ def run_regs(context: Context) -> CommandResult:
 
 def _pt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--leaves", action="store_true", help="one line per leaf instead of ranges")
+    parser.add_argument(
+        "--json-lines",
+        action="store_true",
+        help="with --leaves: JSON Lines, streamed as the walk goes (see docs/json.md)",
+    )
 
 
 def pt_document(session: Session, *, leaves: bool = False) -> dict[str, Any]:
@@ -90,11 +96,44 @@ def render_pt(session: Session, *, leaves: bool = False) -> str:
 def run_pt(context: Context) -> CommandResult:
     session = context.need_session()
     leaves = bool(context.args.leaves)
+    if context.args.json_lines:
+        if not leaves:
+            raise UsageError("--json-lines goes with --leaves (one leaf per line)")
+        return _pt_json_lines(context, session)
     if not leaves and session.target.has(Capability.AGENT):
         done = _pt_by_agent_walk(context, session, session.target.agent())
         if done is not None:
             return done
     return context.result(pt_document(session, leaves=leaves), render_pt(session, leaves=leaves))
+
+
+def _pt_json_lines(context: Context, session: Session) -> CommandResult:
+    """``pt --leaves --json-lines``: the envelope, a line per leaf as the walk goes, the end.
+
+    Lines are emitted a run of leaves at a time, so neither the leaves nor
+    the output are ever held whole (docs/json.md, "JSON Lines").
+    """
+    control = session.control_registers()
+    head = json_document(context.name, session.target.description, {"cr3": control["CR3"].value})
+    head["paging"] = control.paging.to_dict()
+    context.emit(json.dumps(head, separators=(",", ":")))
+    count = 0
+    problems = []
+    for item in session.walk_leaves():
+        if isinstance(item, list):
+            count += len(item)
+            context.emit(
+                "\n".join(json.dumps(leaf.to_dict(), separators=(",", ":")) for leaf in item)
+            )
+        else:
+            problems.append(item)
+    end = {
+        "leaf_count": count,
+        "truncated": any(p.kind == "truncated" for p in problems),
+        "problems": [p.to_dict() for p in problems],
+    }
+    context.emit(json.dumps(end, separators=(",", ":")))
+    return context.result(None, None)
 
 
 def _pt_by_agent_walk(
