@@ -13,14 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .efi.memmap import (
-    MemoryAttributesTable,
-    MemoryDescriptor,
-    MemoryMap,
-    decode_memory_attributes_table,
-    decode_memory_map,
-)
-from .efi.runtime import EfiTime
 from .errors import (
     FaultError,
     InspectorError,
@@ -28,28 +20,8 @@ from .errors import (
     TargetError,
     TargetLost,
 )
-from .fault import (
-    Catchpoint,
-    FaultReport,
-    TripleFaultReport,
-    catch_exceptions,
-    explain_fault,
-    explain_triple_fault,
-)
-from .linux.kernel import LinuxKernel, recognize_linux
-from .linux.orc import OrcTable
 from .numbers import resolve_address
 from .symbols import SymbolicAddress, SymbolTable
-from .tables import (
-    InterruptTable,
-    MappingLookup,
-    TaskState,
-    describe_gdt,
-    describe_idt,
-    describe_ldt,
-    describe_tss,
-    mapping_lookup,
-)
 from .targets.base import (
     REMAPS_NEED_AGENT,
     Breakpoint,
@@ -70,7 +42,6 @@ from .x86.control import (
     decode_paging_mode,
     decode_rflags,
 )
-from .x86.descriptors import SEGMENT_REGISTERS, DescriptorTable
 from .x86.paging import (
     AddressSpace,
     Leaf,
@@ -87,8 +58,17 @@ from .x86.paging import (
     walk_page_tables,
 )
 
+# Each of these is imported by the method that needs it: `kinspect regs` starts without
+# them (issue 16: cold start).
 if TYPE_CHECKING:
+    from .efi.memmap import MemoryAttributesTable, MemoryDescriptor, MemoryMap
+    from .efi.runtime import EfiTime
+    from .fault import Catchpoint, FaultReport, TripleFaultReport
+    from .linux.kernel import LinuxKernel
+    from .linux.orc import OrcTable
     from .remap.service import Remaps
+    from .tables import InterruptTable, MappingLookup, TaskState
+    from .x86.descriptors import DescriptorTable
 
 __all__ = ["ControlState", "Session"]
 
@@ -295,6 +275,8 @@ class Session:
         return found[0]
 
     def _recognize(self) -> tuple[LinuxKernel, SymbolTable] | None:
+        from .linux.kernel import recognize_linux
+
         if self._linux is None and self._linux_error is None:
             try:
                 self._linux = recognize_linux(
@@ -492,6 +474,8 @@ class Session:
         Each runtime region comes with the virtual addresses that map its
         first page now.
         """
+        from .efi.memmap import MemoryMap, decode_memory_map
+
         kept = self._efi_kept()
         if kept["memmap_size"] == 0:
             raise TargetError("the kernel did not boot through UEFI: its memory map is empty")
@@ -507,6 +491,8 @@ class Session:
 
     def efi_memory_attributes(self) -> MemoryAttributesTable | None:
         """EFI_MEMORY_ATTRIBUTES_TABLE as the kernel kept it, or None."""
+        from .efi.memmap import decode_memory_attributes_table
+
         kept = self._efi_kept()
         if kept["memattr_size"] == 0:
             return None
@@ -559,6 +545,8 @@ class Session:
         return True if efer is None else bool(efer >> 10 & 1)  # EFER.LMA
 
     def _loaded_selectors(self, system: SystemRegisters) -> dict[str, int]:
+        from .x86.descriptors import SEGMENT_REGISTERS
+
         regs = self.registers()
         loaded = {name: regs[name.lower()] for name in SEGMENT_REGISTERS if name.lower() in regs}
         if system.tr is not None:
@@ -569,6 +557,8 @@ class Session:
 
     def gdt(self) -> DescriptorTable:
         """The GDT at GDTR, each slot decoded, loaded selectors marked and checked."""
+        from .tables import describe_gdt
+
         system = self.system_registers()
         return describe_gdt(
             self.read_virtual,
@@ -579,6 +569,8 @@ class Session:
 
     def ldt(self) -> DescriptorTable | None:
         """The LDT LDTR holds, or None when LDTR is null."""
+        from .tables import describe_ldt
+
         system = self.system_registers()
         return describe_ldt(
             self.read_virtual,
@@ -589,6 +581,8 @@ class Session:
 
     def idt(self) -> InterruptTable:
         """Every IDT gate with its handler rebuilt and symbolized."""
+        from .tables import describe_idt
+
         return describe_idt(
             self.read_virtual,
             self.system_registers().idtr,
@@ -598,6 +592,8 @@ class Session:
 
     def tss(self) -> TaskState:
         """The TSS TR selects, with RSP0-2 and IST1-7 and whether each stack is mapped."""
+        from .tables import describe_gdt, describe_tss
+
         system = self.system_registers()
         gdt = describe_gdt(
             self.read_virtual,
@@ -609,6 +605,8 @@ class Session:
 
     def mapping(self) -> MappingLookup | None:
         """``address -> mapped range`` from the page tables, None when they cannot be walked."""
+        from .tables import mapping_lookup
+
         try:
             return mapping_lookup(self.ranges())
         except InspectorError:
@@ -624,6 +622,8 @@ class Session:
         return self._orc
 
     def _find_orc(self) -> OrcTable | None:
+        from .linux.orc import OrcTable
+
         symbols = self.symbols
         if symbols is not None and symbols.lookup("__start_orc_unwind_ip") is not None:
             try:
@@ -678,14 +678,20 @@ class Session:
         From the handler's entry (a catchpoint), interrupt frame ``frame`` of the
         backtrace, or the last exception in ``qemu_log`` (QEMU's ``-d int`` text).
         """
+        from .fault import explain_fault
+
         return explain_fault(self, frame=frame, vector=vector, qemu_log=qemu_log)
 
     def catch(self, vector: int | None) -> list[Catchpoint]:
         """Stop before the handler of ``vector`` runs (None: every exception, 0-31)."""
+        from .fault import catch_exceptions
+
         return catch_exceptions(self, vector)
 
     def triple_fault(self, qemu_log: str) -> TripleFaultReport:
         """The exception chain of the triple fault in ``qemu_log`` and why it ended there."""
+        from .fault import explain_triple_fault
+
         return explain_triple_fault(self, qemu_log)
 
     def _check_canonical(self, address: int) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..formatting import format_ranges, format_register, format_translation, json_document
 from ..session import Session
-from ..targets.agent import AgentTarget
 from ..targets.base import Capability
 from . import Command, CommandResult, Context, UsageError
+
+if TYPE_CHECKING:
+    from ..targets.agent import AgentTarget
 
 __all__ = ["COMMANDS", "pt_document", "regs_document", "render_pt", "render_regs"]
 
