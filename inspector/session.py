@@ -8,7 +8,7 @@ the TUI shows comes from the same call here, so the two cannot disagree.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,16 +46,6 @@ from .linux.percpu import LinuxSystemRegisters, find_system_registers
 from .linux.tasks import Task, TaskList, find_task, pti_user_copy, read_tasks, saved_context
 from .numbers import resolve_address
 from .symbols import SymbolicAddress, SymbolTable
-from .tables import (
-    InterruptTable,
-    MappingLookup,
-    TaskState,
-    describe_gdt,
-    describe_idt,
-    describe_ldt,
-    describe_tss,
-    mapping_lookup,
-)
 from .targets.base import (
     REMAPS_NEED_AGENT,
     Breakpoint,
@@ -76,13 +66,14 @@ from .x86.control import (
     decode_paging_mode,
     decode_rflags,
 )
-from .x86.descriptors import SEGMENT_REGISTERS, DescriptorTable
 from .x86.paging import (
     AddressSpace,
     CompactRange,
+    Leaf,
     PageTableEntry,
     Range,
     Translation,
+    WalkProblem,
     check_canonical,
     coalesce_ranges,
     collect_address_space,
@@ -90,10 +81,20 @@ from .x86.paging import (
     decode_table,
     find_aliases,
     translate,
+    walk_page_tables,
 )
 
+# Each of these is imported by the method that needs it: `kinspect regs` starts without
+# them (issue 16: cold start).
 if TYPE_CHECKING:
+    from .efi.memmap import MemoryAttributesTable, MemoryDescriptor, MemoryMap
+    from .efi.runtime import EfiTime
+    from .fault import Catchpoint, FaultReport, TripleFaultReport
+    from .linux.kernel import LinuxKernel
+    from .linux.orc import OrcTable
     from .remap.service import Remaps
+    from .tables import InterruptTable, MappingLookup, TaskState
+    from .x86.descriptors import DescriptorTable
 
 __all__ = ["ControlState", "Session"]
 
@@ -434,6 +435,7 @@ class Session:
         return found[0]
 
     def _recognize(self) -> tuple[LinuxKernel, SymbolTable] | None:
+
         if self._linux is None and self._linux_error is None:
             try:
                 self._linux = recognize_linux(
@@ -625,6 +627,35 @@ class Session:
             self._space[cpu] = collect_address_space(self._read_table, cr3, mode)
         return self._space[cpu]
 
+    def walk_leaves(self) -> Iterator[list[Leaf] | WalkProblem]:
+        """The walk as it goes: runs of leaves and the problems between them, in VA order.
+
+        For output that streams (``pt --json-lines``): nothing is kept, so a
+        map of half a million leaves never sits in memory whole. The walk of
+        :meth:`address_space` when it is already done.
+        """
+        space = self._space.get(self.cpu)
+        if space is not None:
+            yield list(space.leaves)
+            yield from space.problems
+            return
+        cr3, mode = self._walk_inputs()
+        self._find_direct_map(cr3, mode)
+        run: list[Leaf] = []
+        for item in walk_page_tables(self._read_table, cr3, mode):
+            if isinstance(item, Leaf):
+                run.append(item)
+                if len(run) >= 8192:
+                    yield run
+                    run = []
+            else:
+                if run:
+                    yield run
+                    run = []
+                yield item
+        if run:
+            yield run
+
     def ranges(self) -> list[Range]:
         cpu = self.cpu
         if cpu not in self._ranges:
@@ -699,6 +730,8 @@ class Session:
         Each runtime region comes with the virtual addresses that map its
         first page now.
         """
+        from .efi.memmap import MemoryMap
+
         kept = self._efi_kept()
         if kept["memmap_size"] == 0:
             raise TargetError("the kernel did not boot through UEFI: its memory map is empty")
@@ -714,6 +747,7 @@ class Session:
 
     def efi_memory_attributes(self) -> MemoryAttributesTable | None:
         """EFI_MEMORY_ATTRIBUTES_TABLE as the kernel kept it, or None."""
+
         kept = self._efi_kept()
         if kept["memattr_size"] == 0:
             return None
@@ -792,6 +826,8 @@ class Session:
         return True if efer is None else bool(efer >> 10 & 1)  # EFER.LMA
 
     def _loaded_selectors(self, system: SystemRegisters) -> dict[str, int]:
+        from .x86.descriptors import SEGMENT_REGISTERS
+
         regs = self.registers()
         loaded = {name: regs[name.lower()] for name in SEGMENT_REGISTERS if name.lower() in regs}
         if system.tr is not None:
@@ -802,6 +838,8 @@ class Session:
 
     def gdt(self) -> DescriptorTable:
         """The GDT at GDTR, each slot decoded, loaded selectors marked and checked."""
+        from .tables import describe_gdt
+
         system = self.system_registers()
         return describe_gdt(
             self.read_virtual,
@@ -812,6 +850,8 @@ class Session:
 
     def ldt(self) -> DescriptorTable | None:
         """The LDT LDTR holds, or None when LDTR is null."""
+        from .tables import describe_ldt
+
         system = self.system_registers()
         return describe_ldt(
             self.read_virtual,
@@ -822,6 +862,8 @@ class Session:
 
     def idt(self) -> InterruptTable:
         """Every IDT gate with its handler rebuilt and symbolized."""
+        from .tables import describe_idt
+
         return describe_idt(
             self.read_virtual,
             self.system_registers().idtr,
@@ -831,6 +873,8 @@ class Session:
 
     def tss(self) -> TaskState:
         """The TSS TR selects, with RSP0-2 and IST1-7 and whether each stack is mapped."""
+        from .tables import describe_gdt, describe_tss
+
         system = self.system_registers()
         gdt = describe_gdt(
             self.read_virtual,
@@ -842,6 +886,8 @@ class Session:
 
     def mapping(self) -> MappingLookup | None:
         """``address -> mapped range`` from the page tables, None when they cannot be walked."""
+        from .tables import mapping_lookup
+
         try:
             return mapping_lookup(self.ranges())
         except InspectorError:
@@ -857,6 +903,8 @@ class Session:
         return self._orc
 
     def _find_orc(self) -> OrcTable | None:
+        from .linux.orc import OrcTable
+
         symbols = self.symbols
         if symbols is not None and symbols.lookup("__start_orc_unwind_ip") is not None:
             try:
@@ -1005,14 +1053,17 @@ class Session:
         From the handler's entry (a catchpoint), interrupt frame ``frame`` of the
         backtrace, or the last exception in ``qemu_log`` (QEMU's ``-d int`` text).
         """
+
         return explain_fault(self, frame=frame, vector=vector, qemu_log=qemu_log)
 
     def catch(self, vector: int | None) -> list[Catchpoint]:
         """Stop before the handler of ``vector`` runs (None: every exception, 0-31)."""
+
         return catch_exceptions(self, vector)
 
     def triple_fault(self, qemu_log: str) -> TripleFaultReport:
         """The exception chain of the triple fault in ``qemu_log`` and why it ended there."""
+
         return explain_triple_fault(self, qemu_log)
 
     def _check_canonical(self, address: int) -> None:

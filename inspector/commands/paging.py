@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..formatting import format_ranges, format_register, format_translation
+from ..formatting import format_ranges, format_register, format_translation, json_document
 from ..numbers import format_size
 from ..session import Session
-from ..targets.agent import AgentTarget
 from ..targets.base import Capability
 from ..x86.paging import AddressSpace, CompactRange, Range, coalesce_ranges
 from . import Command, CommandResult, Context, UsageError
+
+if TYPE_CHECKING:
+    from ..targets.agent import AgentTarget
 
 __all__ = ["COMMANDS", "pt_document", "regs_document", "render_pt", "render_regs"]
 
@@ -65,6 +68,11 @@ def _pt_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="PID",
         help="a Linux task's page tables (its mm->pgd; under PTI its user copy too)",
+    )
+    parser.add_argument(
+        "--json-lines",
+        action="store_true",
+        help="with --leaves: JSON Lines, streamed as the walk goes (see docs/json.md)",
     )
 
 
@@ -201,6 +209,10 @@ def run_pt(context: Context) -> CommandResult:
     leaves = bool(context.args.leaves)
     if context.args.task is not None:
         return run_pt_task(context, session, context.args.task, leaves=leaves)
+    if context.args.json_lines:
+        if not leaves:
+            raise UsageError("--json-lines goes with --leaves (one leaf per line)")
+        return _pt_json_lines(context, session)
     compact = bool(context.args.compact)
     if leaves and compact:
         raise UsageError("--compact merges ranges, --leaves shows leaves: pick one")
@@ -212,6 +224,35 @@ def run_pt(context: Context) -> CommandResult:
         pt_document(session, leaves=leaves, compact=compact),
         render_pt(session, leaves=leaves, compact=compact),
     )
+
+
+def _pt_json_lines(context: Context, session: Session) -> CommandResult:
+    """``pt --leaves --json-lines``: the envelope, a line per leaf as the walk goes, the end.
+
+    Lines are emitted a run of leaves at a time, so neither the leaves nor
+    the output are ever held whole (docs/json.md, "JSON Lines").
+    """
+    control = session.control_registers()
+    head = json_document(context.name, session.target.description, {"cr3": control["CR3"].value})
+    head["paging"] = control.paging.to_dict()
+    context.emit(json.dumps(head, separators=(",", ":")))
+    count = 0
+    problems = []
+    for item in session.walk_leaves():
+        if isinstance(item, list):
+            count += len(item)
+            context.emit(
+                "\n".join(json.dumps(leaf.to_dict(), separators=(",", ":")) for leaf in item)
+            )
+        else:
+            problems.append(item)
+    end = {
+        "leaf_count": count,
+        "truncated": any(p.kind == "truncated" for p in problems),
+        "problems": [p.to_dict() for p in problems],
+    }
+    context.emit(json.dumps(end, separators=(",", ":")))
+    return context.result(None, None)
 
 
 def _pt_by_agent_walk(
