@@ -13,15 +13,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cpus import CpuState, PerCpuArea, find_current_task, per_cpu_offset, per_cpu_symbol
-from .efi.memmap import (
-    MemoryAttributesTable,
-    MemoryDescriptor,
-    MemoryMap,
-    decode_memory_attributes_table,
-    decode_memory_map,
-)
-from .efi.runtime import EfiTime
 from .errors import (
     FaultError,
     InspectorError,
@@ -29,21 +20,6 @@ from .errors import (
     TargetError,
     TargetLost,
 )
-from .fault import (
-    Catchpoint,
-    FaultReport,
-    TripleFaultReport,
-    catch_exceptions,
-    explain_fault,
-    explain_triple_fault,
-)
-from .linux.btf import Btf, decode_btf
-from .linux.kernel import LinuxKernel, read_btf_bytes, recognize_linux
-from .linux.layout import RegionMap, check_direct_map, direct_map_candidates, linux_regions
-from .linux.modules import ModuleList, ModuleSymbol, read_module_symbols, read_modules
-from .linux.orc import OrcTable
-from .linux.percpu import LinuxSystemRegisters, find_system_registers
-from .linux.tasks import Task, TaskList, find_task, pti_user_copy, read_tasks, saved_context
 from .numbers import resolve_address
 from .symbols import SymbolicAddress, SymbolTable
 from .targets.base import (
@@ -87,11 +63,25 @@ from .x86.paging import (
 # Each of these is imported by the method that needs it: `kinspect regs` starts without
 # them (issue 16: cold start).
 if TYPE_CHECKING:
-    from .efi.memmap import MemoryAttributesTable, MemoryDescriptor, MemoryMap
+    from .cpus import CpuState, PerCpuArea
+    from .efi.memmap import (
+        MemoryAttributesTable,
+        MemoryDescriptor,
+        MemoryMap,
+    )
     from .efi.runtime import EfiTime
-    from .fault import Catchpoint, FaultReport, TripleFaultReport
+    from .fault import (
+        Catchpoint,
+        FaultReport,
+        TripleFaultReport,
+    )
+    from .linux.btf import Btf
     from .linux.kernel import LinuxKernel
+    from .linux.layout import RegionMap
+    from .linux.modules import ModuleList, ModuleSymbol
     from .linux.orc import OrcTable
+    from .linux.percpu import LinuxSystemRegisters
+    from .linux.tasks import Task, TaskList
     from .remap.service import Remaps
     from .tables import InterruptTable, MappingLookup, TaskState
     from .x86.descriptors import DescriptorTable
@@ -258,6 +248,8 @@ class Session:
         return states
 
     def _cpu_state(self, index: int, halted: bool | None, selected: int) -> CpuState:
+        from .cpus import CpuState, find_current_task
+
         state = "halted" if halted else "stopped"
         problems: list[str] = []
         try:
@@ -303,6 +295,8 @@ class Session:
 
     def _per_cpu_area(self, state: CpuState) -> PerCpuArea | None:
         """The selected CPU's per-CPU area on Linux (None elsewhere)."""
+        from .cpus import PerCpuArea, per_cpu_offset, per_cpu_symbol
+
         symbols = self.symbols
         if symbols is None:
             return None
@@ -436,6 +430,8 @@ class Session:
 
     def _recognize(self) -> tuple[LinuxKernel, SymbolTable] | None:
 
+        from .linux.kernel import recognize_linux
+
         if self._linux is None and self._linux_error is None:
             try:
                 self._linux = recognize_linux(
@@ -465,6 +461,8 @@ class Session:
     def _find_direct_map(self, cr3: int, mode: PagingMode) -> None:
         """A stub without physical reads of its own reads through the direct map: find its
         base (a guess from GS checked by a walk, confirmed from page_offset_base later)."""
+        from .linux.layout import check_direct_map, direct_map_candidates
+
         if not self.target.direct_map_wanted():
             return
         registers = self.registers()
@@ -486,6 +484,8 @@ class Session:
 
     def regions(self) -> RegionMap | None:
         """Linux's regions as ptdump names them; None on a kernel not recognized as Linux."""
+        from .linux.layout import linux_regions
+
         found = self._recognize()
         if found is None:
             return None
@@ -559,6 +559,8 @@ class Session:
         return self._system_registers()[1]
 
     def _system_registers(self) -> tuple[SystemRegisters, dict[str, str]]:
+        from .linux.percpu import find_system_registers
+
         self.stop()
         if self.target.has(Capability.SYSTEM_REGISTERS):
             source = self.target.system_registers_source or self.target.description
@@ -730,7 +732,7 @@ class Session:
         Each runtime region comes with the virtual addresses that map its
         first page now.
         """
-        from .efi.memmap import MemoryMap
+        from .efi.memmap import MemoryMap, decode_memory_map
 
         kept = self._efi_kept()
         if kept["memmap_size"] == 0:
@@ -747,6 +749,7 @@ class Session:
 
     def efi_memory_attributes(self) -> MemoryAttributesTable | None:
         """EFI_MEMORY_ATTRIBUTES_TABLE as the kernel kept it, or None."""
+        from .efi.memmap import decode_memory_attributes_table
 
         kept = self._efi_kept()
         if kept["memattr_size"] == 0:
@@ -802,6 +805,8 @@ class Session:
 
     def _module_symbol(self, address: int) -> SymbolicAddress | None:
         """``name [module]`` for an address inside a loaded module (its own kallsyms)."""
+        from .linux.modules import read_module_symbols
+
         try:
             modules = self.modules()
             btf = self.btf()
@@ -953,6 +958,9 @@ class Session:
 
     def btf(self) -> Btf:
         """The kernel's BTF, read from its memory once (and cached on disk as kallsyms is)."""
+        from .linux.btf import decode_btf
+        from .linux.kernel import read_btf_bytes
+
         if self._btf is None:
             kernel = self.kernel()
             symbols = self.symbols
@@ -963,6 +971,8 @@ class Session:
 
     def tasks(self) -> TaskList:
         """Every task on ``init_task.tasks``, and each CPU's current task (read per call)."""
+        from .linux.tasks import read_tasks
+
         btf = self.btf()
         symbols = self.symbols
         assert symbols is not None  # btf() needs them
@@ -975,6 +985,8 @@ class Session:
 
     def modules(self) -> ModuleList:
         """The loaded modules (the kernel's ``modules`` list), newest first."""
+        from .linux.modules import read_modules
+
         btf = self.btf()
         symbols = self.symbols
         assert symbols is not None  # btf() needs them
@@ -983,6 +995,8 @@ class Session:
     def task_address_spaces(self, pid: int) -> tuple[Task, AddressSpace, AddressSpace | None]:
         """Task ``pid``'s page tables from its ``mm->pgd``: the kernel's copy, and under
         PTI the user-space copy (None without PTI)."""
+        from .linux.tasks import find_task, pti_user_copy
+
         task = find_task(self.tasks(), pid)
         if task.pgd_physical is None:
             raise InspectorError(
@@ -997,6 +1011,8 @@ class Session:
     def task_translate(self, pid: int, virtual: int) -> Translation:
         """Translate ``virtual`` through task ``pid``'s own tables (its ``mm->pgd``: the
         kernel's copy under PTI, which maps user space too)."""
+        from .linux.tasks import find_task
+
         task = find_task(self.tasks(), pid)
         if task.pgd_physical is None:
             raise InspectorError(
@@ -1028,6 +1044,8 @@ class Session:
     def task_backtrace(self, pid: int, *, max_depth: int = MAX_DEPTH) -> Backtrace:
         """The stack of task ``pid``: from the CPU's registers when it is running, else
         from its saved context (``thread.sp``'s ``inactive_task_frame``)."""
+        from .linux.tasks import find_task, saved_context
+
         task = find_task(self.tasks(), pid)
         if task.current_on:
             return self.backtrace(max_depth=max_depth)
@@ -1053,16 +1071,19 @@ class Session:
         From the handler's entry (a catchpoint), interrupt frame ``frame`` of the
         backtrace, or the last exception in ``qemu_log`` (QEMU's ``-d int`` text).
         """
+        from .fault import explain_fault
 
         return explain_fault(self, frame=frame, vector=vector, qemu_log=qemu_log)
 
     def catch(self, vector: int | None) -> list[Catchpoint]:
         """Stop before the handler of ``vector`` runs (None: every exception, 0-31)."""
+        from .fault import catch_exceptions
 
         return catch_exceptions(self, vector)
 
     def triple_fault(self, qemu_log: str) -> TripleFaultReport:
         """The exception chain of the triple fault in ``qemu_log`` and why it ended there."""
+        from .fault import explain_triple_fault
 
         return explain_triple_fault(self, qemu_log)
 
