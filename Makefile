@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 KERNEL  := kernel-agent/build/demo-kernel.elf
 
-.PHONY: all deps kernel linux-guest demo demo-uefi test unit integration bench lint clean
+.PHONY: all deps kernel linux-guest demo demo-uefi test unit integration bench lint fuzz clean
 
 all: kernel
 
@@ -38,6 +38,14 @@ integration: kernel linux-guest
 bench: kernel
 	$(PY) -m pytest -q -p no:cacheprovider -o python_files="bench_*.py" benchmarks --benchmark-only --benchmark-columns=min,median,mean,max,rounds
 
+# libFuzzer (clang, ASan, UBSan) over the agent's frame decoder, msgpack decoder and
+# request dispatcher, each for FUZZ_SECONDS on one core (kernel-agent/fuzz/); not part
+# of `make test` (tests/unit/test_agent_fuzz_corpus.py replays the committed corpus).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@bash scripts/bootstrap.sh fuzz
+	@$(MAKE) --no-print-directory -C kernel-agent/fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS)
+
 # ruff (lint and format) and mypy: strict for protocols/ and inspector/x86/, default
 # elsewhere. mypy checks the kinspect.* names through a tree of links (the folders keep
 # their names in the repository; the installed package puts them under kinspect).
@@ -52,3 +60,4 @@ lint: deps
 
 clean:
 	@$(MAKE) --no-print-directory -C kernel-agent clean
+	@$(MAKE) --no-print-directory -C kernel-agent/fuzz clean

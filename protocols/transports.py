@@ -277,11 +277,14 @@ def open_transport(spec: str, *, baudrate: int = 115200, timeout: float = 5.0) -
     ``tcp:HOST:PORT``, ``unix:PATH``, ``pty:PATH``, a pyserial URL
     (``rfc2217://...``, ``socket://...``, ``loop://``), or a path: a unix
     socket, a pty (``/dev/pts/N``) or a serial device (``/dev/ttyUSB0``).
+    ``timeout`` (seconds to connect) must be a positive finite number.
     """
+    if not timeout > 0 or timeout == float("inf"):
+        raise TransportError(f"bad timeout {timeout!r}: want a positive number of seconds")
     if spec.startswith("tcp:"):
         host, _, port = spec[len("tcp:") :].rpartition(":")
-        if not host or not port.isdigit():
-            raise TransportError(f"bad tcp spec {spec!r} (want tcp:HOST:PORT)")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise TransportError(f"bad tcp spec {spec!r} (want tcp:HOST:PORT, PORT 1-65535)")
         return SocketTransport.connect_tcp(host, int(port), timeout)
     if spec.startswith("unix:"):
         return SocketTransport.connect_unix(spec[len("unix:") :], timeout)

@@ -3,6 +3,7 @@
 #   system: qemu-system-x86, gdb, gcc, binutils, make, tmux, python3-venv,
 #           ovmf and gnu-efi for the UEFI demo kernel (apt)
 #   python: a venv in .venv with kinspect and its test tools (pip)
+#   `bootstrap.sh fuzz` (make fuzz) also: clang, for libFuzzer and its sanitizers
 # Idempotent: a second run with everything present takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,9 @@ command -v python3 >/dev/null || need+=(python3)
 # the UEFI demo kernel (issue 7): firmware, and gnu-efi's crt0 and linker script
 [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
 [ -f /usr/lib/crt0-efi-x86_64.o ] || need+=(gnu-efi)
+if [ "${1:-}" = fuzz ]; then
+    command -v clang >/dev/null || need+=(clang)  # brings libFuzzer (libclang-rt)
+fi
 if command -v python3 >/dev/null && [ ! -x .venv/bin/python ]; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 fi

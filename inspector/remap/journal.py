@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InspectorError
+
 __all__ = ["DEFAULT_JOURNAL", "Journal", "JournalStep", "default_journal_path"]
 
 DEFAULT_JOURNAL = "~/.local/state/kinspect/remap-journal.jsonl"
@@ -89,45 +91,62 @@ class Journal:
     def _load(self) -> None:
         if not self.path.exists():
             return
-        for line in self.path.read_text().splitlines():
+        try:
+            text = self.path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise InspectorError(f"journal {self.path}: cannot read it: {reason}") from exc
+        for number, line in enumerate(text.splitlines(), 1):
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a crash mid-write: the step before it is whole
-            kind = rec.get("kind")
-            if kind == "session":
-                self.sessions[rec["session"]] = rec
-            elif kind == "end" and rec.get("session") in self.sessions:
-                self.sessions[rec["session"]]["ended"] = True
-            elif kind == "step" and rec.get("state") == "pending":
-                self.steps[rec["seq"]] = JournalStep(
-                    rec["seq"],
-                    rec["session"],
-                    rec["method"],
-                    rec["params"],
-                    rec.get("before"),
-                    rec.get("description", ""),
-                    "pending",
-                    None,
-                    rec.get("time", 0.0),
-                )
-                self._next = max(self._next, rec["seq"] + 1)
-            elif kind == "step" and rec["seq"] in self.steps:
-                self.steps[rec["seq"]].state = "applied"
-                self.steps[rec["seq"]].result = rec.get("result")
-            elif kind == "undone" and rec["seq"] in self.steps:
-                self.steps[rec["seq"]].state = "undone"
-            elif kind == "kept":
-                for seq in rec.get("seqs", []):
-                    if seq in self.steps:
-                        self.steps[seq].state = "kept"
+            try:
+                self._load_record(rec)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                raise InspectorError(
+                    f"journal {self.path}: line {number} is not a journal record "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
+
+    def _load_record(self, rec: Any) -> None:
+        kind = rec.get("kind")
+        if kind == "session":
+            self.sessions[rec["session"]] = rec
+        elif kind == "end" and rec.get("session") in self.sessions:
+            self.sessions[rec["session"]]["ended"] = True
+        elif kind == "step" and rec.get("state") == "pending":
+            self.steps[rec["seq"]] = JournalStep(
+                rec["seq"],
+                rec["session"],
+                rec["method"],
+                rec["params"],
+                rec.get("before"),
+                rec.get("description", ""),
+                "pending",
+                None,
+                rec.get("time", 0.0),
+            )
+            self._next = max(self._next, rec["seq"] + 1)
+        elif kind == "step" and rec["seq"] in self.steps:
+            self.steps[rec["seq"]].state = "applied"
+            self.steps[rec["seq"]].result = rec.get("result")
+        elif kind == "undone" and rec["seq"] in self.steps:
+            self.steps[rec["seq"]].state = "undone"
+        elif kind == "kept":
+            for seq in rec.get("seqs", []):
+                if seq in self.steps:
+                    self.steps[seq].state = "kept"
 
     def _append(self, rec: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise InspectorError(f"journal {self.path}: cannot write it: {exc.strerror}") from exc
 
     def start_session(self, target: str) -> str:
         self.session = f"{os.getpid()}-{time.time_ns()}"

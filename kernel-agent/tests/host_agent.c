@@ -179,6 +179,9 @@ static void host_console(void *ctx, uint8_t byte)
 
 static int fake_fd = -1;
 static bool fake_virtual;
+/* Where SetVirtualAddressMap mapped the runtime RAM regions again (fake_uefi_reset undoes it). */
+static void *fake_mapped[2];
+static uint64_t fake_mapped_size[2];
 static uint8_t fake_map[5 * FAKE_DESC_SIZE] __attribute__((aligned(8)));
 static uint8_t fake_memattr[16 + FAKE_DESC_SIZE] __attribute__((aligned(8)));
 static struct agent_efi fake_efi;
@@ -323,6 +326,7 @@ static EFIAPI uint64_t fake_set_virtual_address_map(uint64_t size, uint64_t desc
 						    uint32_t version, const uint8_t *map)
 {
 	void *done[2] = { NULL, NULL };
+	uint64_t sizes[2] = { 0, 0 };
 	unsigned mapped = 0;
 
 	if (misaligned(__builtin_frame_address(0)))
@@ -356,9 +360,10 @@ static EFIAPI uint64_t fake_set_virtual_address_map(uint64_t size, uint64_t desc
 			if (at != MAP_FAILED)
 				munmap(at, d->number_of_pages * 4096);
 			for (unsigned j = 0; j < mapped; j++)
-				munmap(done[j], 4096);
+				munmap(done[j], sizes[j]);
 			return EFI_ERR(2);
 		}
+		sizes[mapped] = d->number_of_pages * 4096;
 		done[mapped++] = at;
 	}
 	/* ConvertPointer on what the firmware keeps: ST->RuntimeServices and RT's entry points. */
@@ -367,6 +372,10 @@ static EFIAPI uint64_t fake_set_virtual_address_map(uint64_t size, uint64_t desc
 			put64(FAKE_RT + off, fake_convert(map, 3, get64(FAKE_RT + off)));
 	put64(FAKE_ST + 88, fake_convert(map, 3, FAKE_RT));
 	munmap((void *)FAKE_BASE, FAKE_SIZE);
+	for (unsigned j = 0; j < mapped; j++) {
+		fake_mapped[j] = done[j];
+		fake_mapped_size[j] = sizes[j];
+	}
 	fake_virtual = true;
 	return 0;
 }
@@ -435,6 +444,26 @@ static const struct agent_efi *fake_uefi(void)
 		.memattr_size = sizeof(fake_memattr),
 	};
 	return &fake_efi;
+}
+
+/*
+ * The firmware as fake_uefi left it, for a caller that runs many sessions in
+ * one process (kernel-agent/fuzz/fuzz_dispatch.c): after SetVirtualAddressMap
+ * its memory is back at FAKE_BASE with physical pointers.
+ */
+static __attribute__((unused)) const struct agent_efi *fake_uefi_reset(void)
+{
+	if (fake_fd < 0)
+		return fake_uefi();
+	if (!fake_virtual)
+		return &fake_efi;
+	for (unsigned j = 0; j < 2; j++)
+		if (fake_mapped[j])
+			munmap(fake_mapped[j], fake_mapped_size[j]);
+	fake_mapped[0] = fake_mapped[1] = NULL;
+	close(fake_fd);
+	fake_virtual = false;
+	return fake_uefi();
 }
 
 static uint64_t u64(FILE *f)
