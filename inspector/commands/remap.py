@@ -14,8 +14,9 @@ from typing import Any
 
 from ..efi.runtime import EFI_VA_BASE
 from ..numbers import parse_size
+from ..remap.flags import DEFAULT_FLAGS, FLAGS_HELP, parse_flags, wants_pat
 from ..remap.journal import Journal, default_journal_path
-from ..remap.plan import LEVEL_OF_SIZE, Plan, parse_flags
+from ..remap.plan import LEVEL_OF_SIZE, Plan
 from ..remap.request import RemapRequest, plan_request
 from ..session import Session
 from . import Command, CommandResult, Context, Needs, UsageError, add_actions, connect
@@ -45,7 +46,11 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("pa", type=parse_size, help="physical address")
     m.add_argument("size", type=parse_size, help="bytes (0x3000, 12k, 2m)")
     m.add_argument("--page-size", type=_page_size, default=0x1000, help="4k (default), 2m or 1g")
-    m.add_argument("--flags", default="rw,nx", help="RW,US,PWT,PCD,G,NX or ro (default rw,nx)")
+    m.add_argument(
+        "--flags",
+        default=DEFAULT_FLAGS["map"],
+        help=f"{FLAGS_HELP} (default {DEFAULT_FLAGS['map']})",
+    )
     u = actions.add_parser("unmap", parents=[apply_opts], help="clear the entries of a range")
     u.add_argument("va", help="virtual address or symbol")
     u.add_argument("size", type=parse_size)
@@ -59,7 +64,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("va", help="virtual address or symbol")
     p.add_argument("size", type=parse_size)
     p.add_argument("--page-size", type=_page_size, default=0x1000)
-    p.add_argument("--flags", required=True, help="the new flags: RW,US,PWT,PCD,G,NX or ro")
+    p.add_argument("--flags", required=True, help=f"the new flags: {FLAGS_HELP}")
     mv = actions.add_parser(
         "move",
         parents=[apply_opts],
@@ -99,8 +104,11 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     journal.add_argument("--journal")
 
 
-def request_of(session: Session, args: argparse.Namespace) -> RemapRequest:
-    """The :class:`RemapRequest` the command line's arguments ask for."""
+def request_of(
+    session: Session, args: argparse.Namespace, *, pat: int | None = None
+) -> RemapRequest:
+    """The :class:`RemapRequest` the command line's arguments ask for (``pat``: IA32_PAT,
+    for caching names)."""
     action = args.remap_command
     if action == "higher-half":
         return RemapRequest(action)
@@ -112,7 +120,7 @@ def request_of(session: Session, args: argparse.Namespace) -> RemapRequest:
         return RemapRequest(action, va=va, size=args.size, new_va=new_va, drop_old=args.drop_old)
     if action == "unmap":
         return RemapRequest(action, va=va, size=args.size, page_size=args.page_size)
-    flags = parse_flags(args.flags)
+    flags = parse_flags(args.flags, pat=pat)
     pa = args.pa if action == "map" else 0
     return RemapRequest(action, va=va, size=args.size, pa=pa, page_size=args.page_size, flags=flags)
 
@@ -218,7 +226,9 @@ def _change(
             "keeps them; nothing else is applied until then"
         )
         return context.result(None, None, status=1, command=name)
-    plan: Plan = plan_request(remapper, request_of(session, args))
+    flags_text = getattr(args, "flags", None) or ""
+    pat = remapper.registers().get("pat") if wants_pat(flags_text) else None
+    plan: Plan = plan_request(remapper, request_of(session, args, pat=pat))
     planned = {"plan": plan.to_dict(), "applied": []}
     if not context.json:
         context.emit(str(plan))
@@ -234,6 +244,11 @@ def _change(
     if not args.yes and not context.confirm("apply? [y/N] "):
         context.warn("kinspect: not applied (--yes applies without asking)")
         return context.result(None, None, status=1, command=name)
+    if plan.warnings and not args.yes:
+        again = f"this change {'; '.join(plan.warnings)}: apply it anyway? [y/N] "
+        if not context.confirm(again):
+            context.warn("kinspect: not applied (--yes applies without asking)")
+            return context.result(None, None, status=1, command=name)
     reports = []
     for step in plan.steps:
         report = remapper.run_step(step, force=args.force)
