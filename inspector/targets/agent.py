@@ -33,6 +33,7 @@ from ..efi.runtime import EfiTime
 from ..errors import AgentError, FaultError, ProtocolError, TargetError, TargetLost
 from ..x86.paging import Permissions, Range
 from .base import (
+    REMAPS_READ_ONLY,
     Breakpoint,
     Capability,
     DescriptorTableRegister,
@@ -147,6 +148,9 @@ class AgentTarget(Target):
         if not isinstance(self.info, dict) or self.info.get("protocol") != 1:
             self.client.close()
             raise ProtocolError(f"{self.spec} does not speak agent protocol 1: {self.info!r}")
+        if self.info.get("readonly"):  # no mutating methods compiled in: no remaps
+            self.capabilities = type(self).capabilities - {Capability.REMAPS}
+            self.missing_reasons = {Capability.REMAPS: REMAPS_READ_ONLY}
         self.max_read = int(self.info.get("max_read", 1024))
         #: what the last walk_ranges took: leaves, problems (entries skipped), requests
         self.walk_stats: dict[str, int] = {}
@@ -434,11 +438,14 @@ class AgentAssistedTarget(Target):
         # the agent's line can be opened again by name. The agent's own requests and its UEFI
         # calls are not offered: it answers only while the kernel runs, and the stub stops it.
         from_stub = {Capability.PHYSICAL_READS, Capability.RUN_CONTROL, Capability.BREAKPOINTS}
+        readonly = bool(self.agent_info.get("readonly"))
         self.capabilities = frozenset(
             (self.stub.capabilities & from_stub)
             | {Capability.SYSTEM_REGISTERS}
-            | ({Capability.REMAPS} if self.agent_spec else set())
+            | ({Capability.REMAPS} if self.agent_spec and not readonly else set())
         )
+        if readonly:
+            self.missing_reasons = {Capability.REMAPS: REMAPS_READ_ONLY}
 
     def open_agent(self) -> AgentTarget:
         """A fresh connection to the agent on its named line (remaps open one per turn)."""

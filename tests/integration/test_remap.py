@@ -326,6 +326,7 @@ def test_seed_scenario_higher_half_from_the_cli(lowqemu, tmp_path):
             lowqemu.agent_endpoint,
             "remap",
             "undo",
+            "--all",  # every step of the scenario (plain undo takes the newest, then asks)
             "--journal",
             str(journal),
         ],
