@@ -74,6 +74,8 @@ _REGISTER_NAMES = (
 CONNECT_TIMEOUT = 10.0
 #: How long the look before connecting waits for a stub to answer (in use: it never does).
 QUICK_LOOK = 1.0
+#: The first CPU's QOM path on QEMU's pc and q35 machines (query-cpus-fast names it so).
+QEMU_CPU_PATH = "/machine/unattached/device[0]"
 READ_CHUNK = 64 * 1024
 
 
@@ -103,6 +105,7 @@ class GdbTarget(Target):
         self._phys_mode = False
         self._register_numbers: dict[str, int] | None = None
         self._ram_size: int | None = None
+        self._maxphyaddr: int | None = None  # 0: asked, not known
         self._closed = False
         try:
             self._mi = MiSession(gdb)
@@ -190,6 +193,21 @@ class GdbTarget(Target):
             f"{self.endpoint} is in use by another client: it accepts, but no gdb stub "
             f"answered within {QUICK_LOOK:g} s (QEMU's stub serves one debugger at a time)"
         )
+
+    @property
+    def maxphyaddr(self) -> int | None:
+        """The CPU's physical address width from QEMU's own CPU object (its ``phys-bits``
+        property, read with ``qom-get`` through the stub's monitor), asked once; None from
+        a stub that is not QEMU's: 52 is assumed then (reserved bits 40-51 go unchecked)."""
+        if self._maxphyaddr is None and self.is_qemu:
+            self._maxphyaddr = 0
+            try:
+                text = self._console(f"monitor qom-get {QEMU_CPU_PATH} phys-bits").strip()
+            except TargetError:
+                text = ""
+            if text.isdigit() and 32 <= int(text) <= 52:
+                self._maxphyaddr = int(text)
+        return self._maxphyaddr or None
 
     def _probe_qemu(self) -> bool:
         reply = self._packet("qqemu.PhyMemMode")

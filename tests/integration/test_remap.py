@@ -435,26 +435,40 @@ def test_seed_scenario_each_step_against_qemus_view(lowqemu, remapper):
     assert regs["tr"].base < HIGHER_HALF and [va for va in tlb(lowqemu) if va < HIGHER_HALF]
 
 
-def test_undo_refuses_steps_applied_through_another_line(lowqemu, tmp_path):
-    journal = Journal.open(tmp_path / "other.jsonl")
-    journal.start_session("unix:/somewhere/else.sock")
+def test_undo_leaves_steps_of_another_kernel_alone(lowqemu, tmp_path):
+    """Steps are kept per kernel instance (the boot nonce the agent reports): a step left on
+    another kernel neither blocks nor appears here, and is not undone on this one."""
+    path = tmp_path / "other.jsonl"
+    journal = Journal.open(path)
+    journal.start_session("unix:/somewhere/else.sock", kernel="boot 0x00000000deadbeef")
     journal.applied(journal.begin("map", [SPARE], {"entries": []}, "elsewhere"), [])
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kinspect.inspector.cli",
-            "--agent",
-            lowqemu.agent_endpoint,
-            "remap",
-            "undo",
-            "--journal",
-            str(tmp_path / "other.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert done.returncode == 1 and "applied through unix:/somewhere/else.sock" in done.stderr
-    assert len(Journal.open(tmp_path / "other.jsonl").open_steps()) == 1
+
+    def kinspect(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kinspect.inspector.cli",
+                "--agent",
+                lowqemu.agent_endpoint,
+                "remap",
+                *args,
+                "--journal",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+
+    done = kinspect("undo")
+    assert done.returncode == 0 and "nothing to undo" in done.stdout, done.stderr
+    assert [s.seq for s in Journal.open(path).open_steps()] == [1]  # still open, for its kernel
+    listed = kinspect("journal")
+    assert "0 open steps (kernel boot 0x" in listed.stdout, listed.stdout
+    assert "1 open steps of other kernels: --all lists them" in listed.stdout
+    everything = kinspect("journal", "--all")
+    assert "#1 applied  map elsewhere  [boot 0x00000000deadbeef]" in everything.stdout
+    blocked = kinspect("map", hex(SPARE), "0x500000", "0x1000", "--plan")
+    assert "crashed session" not in blocked.stderr and blocked.returncode == 0, blocked.stderr
