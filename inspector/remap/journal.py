@@ -156,9 +156,9 @@ class Journal:
         try:
             text = chunk.decode()
         except UnicodeDecodeError as exc:
-            line = self._line + chunk[: exc.start].count(b"\n") + 1
+            bad = self._line + chunk[: exc.start].count(b"\n") + 1
             raise InspectorError(
-                f"journal {self.path}: cannot read it: not UTF-8 text (line {line})"
+                f"journal {self.path}: cannot read it: not UTF-8 text (line {bad})"
             ) from exc
         for line in text.splitlines():
             self._line += 1
