@@ -492,15 +492,18 @@ def _permission(r: Range) -> Permission:
 
 
 def _alias_warnings(ranges: Iterable[Range], pa: int, size: int, flags: int) -> list[str]:
-    """W^X across aliases: a writable view of pages executable elsewhere, or the reverse."""
+    """W^X across aliases: a writable view of pages that are executable and read-only
+    elsewhere (code), or an executable view of writable, non-executable ones (data). A page
+    already W+X where it is mapped is not made worse by another view of it."""
     after = Permission(bool(flags & FLAG_BITS["RW"]), not flags & FLAG_BITS["NX"])
     out = []
     for r in indexed(ranges):
         if r.phys >= pa + size or r.phys + r.size <= pa:
             continue
-        if after.writable and r.permissions.executable:
+        w, x = r.permissions.writable, r.permissions.executable
+        if after.writable and x and not w:
             out.append(f"makes a writable alias of executable pages mapped at {r.start:#x}")
-        elif after.executable and r.permissions.writable:
+        elif after.executable and w and not x:
             out.append(f"makes an executable alias of writable pages mapped at {r.start:#x}")
         if out:
             break

@@ -472,3 +472,53 @@ def test_undo_leaves_steps_of_another_kernel_alone(lowqemu, tmp_path):
     assert "#1 applied  map elsewhere  [boot 0x00000000deadbeef]" in everything.stdout
     blocked = kinspect("map", hex(SPARE), "0x500000", "0x1000", "--plan")
     assert "crashed session" not in blocked.stderr and blocked.returncode == 0, blocked.stderr
+
+
+def test_flags_ro_keeps_nx_and_adding_execute_asks_again(lowqemu, tmp_path):
+    """Issue 17: `--flags ro` made the page executable (NX cleared); it keeps NX now, as QEMU's
+    own `info tlb` shows, and a change that adds execute or makes W+X says so and asks again."""
+    journal = str(tmp_path / "flags.jsonl")
+
+    def kinspect(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kinspect.inspector.cli",
+                "--agent",
+                lowqemu.agent_endpoint,
+                "remap",
+                *args,
+                "--journal",
+                journal,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    before = tlb(lowqemu)
+    mapped = kinspect("map", hex(SPARE), "0x500000", "4k", "--yes")
+    assert mapped.returncode == 0 and "WARNING" not in mapped.stdout, mapped.stderr
+    assert tlb(lowqemu)[SPARE][0] == 0x500000
+    assert tlb(lowqemu)[SPARE][1][0] == "X" and tlb(lowqemu)[SPARE][1][-1] == "W"
+    ro = kinspect("protect", hex(SPARE), "4k", "--flags", "ro", "--yes")
+    assert ro.returncode == 0, ro.stderr
+    flags = tlb(lowqemu)[SPARE][1]
+    assert flags[0] == "X" and flags[-1] == "-", flags  # NX kept, read-only (QEMU's view)
+    wx = kinspect("protect", hex(SPARE), "4k", "--flags", "rwx", "--plan")
+    assert wx.returncode == 0 and "Traceback" not in wx.stderr, wx.stderr
+    assert "WARNING: makes the pages writable AND executable (W+X)" in wx.stdout
+    assert "WARNING: adds write to pages that were read-only" in wx.stdout
+    # Without --yes and nobody to answer: not applied, and the page stays as it was.
+    asked = kinspect("protect", hex(SPARE), "4k", "--flags", "rx")
+    assert asked.returncode == 1 and "not applied" in asked.stderr
+    assert tlb(lowqemu)[SPARE][1] == flags
+    bad = kinspect("protect", hex(SPARE), "4k", "--flags", "rwz", "--plan")
+    assert bad.returncode != 0 and "unknown flag 'rwz'" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    undone = kinspect("undo", "--all")
+    assert undone.returncode == 0, undone.stderr
+    assert tlb(lowqemu) == before
