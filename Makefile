@@ -39,12 +39,14 @@ bench: kernel
 	$(PY) -m pytest -q -p no:cacheprovider -o python_files="bench_*.py" benchmarks --benchmark-only --benchmark-columns=min,median,mean,max,rounds
 
 # libFuzzer (clang, ASan, UBSan) over the agent's frame decoder, msgpack decoder and
-# request dispatcher, each for FUZZ_SECONDS on one core (kernel-agent/fuzz/); not part
+# request dispatcher, each for FUZZ_SECONDS on one core (kernel-agent/fuzz/; one harness
+# or two: FUZZ_HARNESSES="msgpack dispatch"); not part
 # of `make test` (tests/unit/test_agent_fuzz_corpus.py replays the committed corpus).
 FUZZ_SECONDS ?= 60
 fuzz:
 	@bash scripts/bootstrap.sh fuzz
-	@$(MAKE) --no-print-directory -C kernel-agent/fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS)
+	@$(MAKE) --no-print-directory -C kernel-agent/fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS) \
+		$(if $(FUZZ_HARNESSES),FUZZ_HARNESSES="$(FUZZ_HARNESSES)")
 
 # ruff (lint and format) and mypy: strict for protocols/ and inspector/x86/, default
 # elsewhere. mypy checks the kinspect.* names through a tree of links (the folders keep

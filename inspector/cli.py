@@ -24,6 +24,7 @@ from .commands import (
     check_needs,
     connect,
     registry,
+    run_command,
 )
 from .errors import InspectorError
 from .formatting import format_json
@@ -93,7 +94,7 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     )
     try:
         try:
-            result = command.run(context)
+            result = run_command(command, context)
         except UsageError as exc:
             parser.error(str(exc))
     finally:

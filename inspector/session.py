@@ -8,11 +8,12 @@ the TUI shows comes from the same call here, so the two cannot disagree.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cpus import CpuState, PerCpuArea, find_current_task, per_cpu_offset, per_cpu_symbol
 from .efi.memmap import (
     MemoryAttributesTable,
     MemoryDescriptor,
@@ -37,7 +38,9 @@ from .fault import (
     explain_triple_fault,
 )
 from .linux.kernel import LinuxKernel, recognize_linux
+from .linux.layout import RegionMap, check_direct_map, direct_map_candidates, linux_regions
 from .linux.orc import OrcTable
+from .linux.percpu import LinuxSystemRegisters, find_system_registers
 from .numbers import resolve_address
 from .symbols import SymbolicAddress, SymbolTable
 from .tables import (
@@ -73,12 +76,14 @@ from .x86.control import (
 from .x86.descriptors import SEGMENT_REGISTERS, DescriptorTable
 from .x86.paging import (
     AddressSpace,
+    CompactRange,
     PageTableEntry,
     Range,
     Translation,
     check_canonical,
     coalesce_ranges,
     collect_address_space,
+    compact_ranges,
     decode_table,
     find_aliases,
     translate,
@@ -126,9 +131,14 @@ class Session:
         #: a Linux kernel recognized on first use (kept across stops: the image stays put)
         self._linux: tuple[LinuxKernel, SymbolTable] | None = None
         self._linux_error: str | None = None
-        self._registers: Mapping[str, int] | None = None
-        self._space: AddressSpace | None = None
-        self._ranges: list[Range] | None = None
+        #: per CPU: where its GDT, IDT and TSS are, from the kernel's per-CPU variables
+        self._linux_system: dict[int, LinuxSystemRegisters] = {}
+        #: the direct-map base guessed (from GS), until read from page_offset_base
+        self._direct_map_guess: int | None = None
+        # per CPU (its index): each has its own registers and CR3; table pages are physical
+        self._registers: dict[int, Mapping[str, int]] = {}
+        self._space: dict[int, AddressSpace] = {}
+        self._ranges: dict[int, list[Range]] = {}
         self._tables: dict[int, bytes] = {}
         self._remapper: Remaps | None = None
         #: Where the kernel keeps the UEFI memory map, and the map itself: neither changes
@@ -154,9 +164,9 @@ class Session:
 
     def invalidate(self) -> None:
         """Forget everything read: the target ran (or was changed) since."""
-        self._registers = None
-        self._space = None
-        self._ranges = None
+        self._registers.clear()
+        self._space.clear()
+        self._ranges.clear()
         self._tables.clear()
         # not recognized in this stop (a user CR3 under PTI maps no kernel data): try again
         self._linux_error = None
@@ -210,6 +220,126 @@ class Session:
         finally:
             self.invalidate()
 
+    # -- CPUs: every view reads the selected one -----------------------------------
+
+    @property
+    def cpu(self) -> int:
+        """The selected CPU's index: every register, descriptor table, walk and stack
+        is this CPU's. A stop selects the CPU that stopped (a breakpoint's)."""
+        return self.target.cpu
+
+    def select_cpu(self, index: int) -> None:
+        """Read CPU ``index`` from now on (the target is stopped first)."""
+        self.stop()
+        self.target.select_cpu(index)
+
+    def cpus(self, *, detail: bool = False) -> list[CpuState]:
+        """Every CPU: its state, RIP, CR3, paging mode, GDTR/IDTR/TR and, on Linux, its
+        current task. Each is read with that CPU selected; the selection is kept.
+        ``detail``: Linux's per-CPU areas too (:class:`~inspector.cpus.PerCpuArea`)."""
+        self.stop()
+        selected = self.cpu
+        states: list[CpuState] = []
+        try:
+            for thread in self.target.cpu_threads():
+                self.target.select_cpu(thread.index)
+                state = self._cpu_state(thread.index, thread.halted, selected)
+                if detail:
+                    state = replace(state, area=self._per_cpu_area(state))
+                states.append(state)
+        finally:
+            self.target.select_cpu(selected)
+        return states
+
+    def _cpu_state(self, index: int, halted: bool | None, selected: int) -> CpuState:
+        state = "halted" if halted else "stopped"
+        problems: list[str] = []
+        try:
+            regs = self.registers()
+        except InspectorError as exc:
+            return CpuState(index, state, index == selected, error=str(exc))
+        rip, cr3 = regs.get("rip"), regs.get("cr3")
+        symbol = paging = None
+        symbols = self.symbols
+        if rip is not None and symbols is not None:
+            found = symbols.symbolize(rip)
+            symbol = f"{found[0].name}+{found[1]:#x}" if found else None
+        try:
+            paging = self.paging_mode().name
+        except InspectorError as exc:
+            problems.append(str(exc))
+        system = None
+        try:
+            system = self.system_registers()
+        except InspectorError as exc:
+            problems.append(str(exc))
+        task = task_symbol = None
+        if symbols is not None:
+            task = find_current_task(self._read_u64, symbols.lookup, index)
+            found = symbols.symbolize(task) if task is not None else None
+            task_symbol = found[0].name if found and found[1] == 0 else None
+        return CpuState(
+            index,
+            state,
+            index == selected,
+            rip=rip,
+            symbol=symbol,
+            cr3=cr3,
+            paging=paging,
+            gdtr=system.gdtr if system else None,
+            idtr=system.idtr if system else None,
+            tr_selector=system.tr.selector if system and system.tr else None,
+            tr_base=system.tr.base if system and system.tr else None,
+            current_task=task,
+            current_task_symbol=task_symbol,
+            error="; ".join(problems) or None,
+        )
+
+    def _per_cpu_area(self, state: CpuState) -> PerCpuArea | None:
+        """The selected CPU's per-CPU area on Linux (None elsewhere)."""
+        symbols = self.symbols
+        if symbols is None:
+            return None
+        offset = per_cpu_offset(self._read_u64, symbols.lookup, state.index)
+        if offset is None:
+            return None
+
+        def mine(name: str) -> int | None:
+            variable = per_cpu_symbol(symbols.lookup, name)
+            return None if variable is None else offset + variable
+
+        def same_page(a: int | None, b: int | None) -> bool | None:
+            if a is None or b is None:
+                return None
+            try:
+                one, two = self.translate(a), self.translate(b)
+            except InspectorError:
+                return None
+            if one.pa is None or two.pa is None:
+                return None
+            return bool(one.pa >> 12 == two.pa >> 12)
+
+        gdt_page, tss = mine("gdt_page"), mine("cpu_tss_rw")
+        stacks: tuple[tuple[str, int], ...] = ()
+        try:
+            stacks = tuple(
+                (s.name, s.value) for s in self.tss().stacks if s.name.startswith("IST") and s.value
+            )
+        except InspectorError:
+            pass
+        return PerCpuArea(
+            offset=offset,
+            gdt_page=gdt_page,
+            tss=tss,
+            entry_area=state.gdtr.base if state.gdtr else None,
+            gdt_shared=same_page(state.gdtr.base if state.gdtr else None, gdt_page),
+            tss_shared=same_page(state.tr_base, tss),
+            stacks=stacks,
+        )
+
+    def _read_u64(self, address: int) -> int:
+        return int.from_bytes(self.read_virtual(address, 8), "little")
+
     # -- run control (what a live face needs: the TUI) ---------------------------
 
     @property
@@ -219,8 +349,15 @@ class Session:
 
     @property
     def last_stop(self) -> StopRecord:
-        """The record of the last stop (``reason``, ``frame``...), empty when unknown."""
-        return self.target.last_stop or {}
+        """The record of the last stop (``reason``, ``frame``...), empty when unknown;
+        ``cpu``: the index of the CPU that stopped (QEMU's stub), selected by the stop."""
+        return self._with_cpu(self.target.last_stop or {})
+
+    def _with_cpu(self, record: StopRecord) -> StopRecord:
+        """The record after the target has followed it to the CPU that stopped: a
+        debugger whose stops name a thread (QEMU's stub: one per CPU) adds ``cpu``."""
+        self.target.cpu  # noqa: B018 - following the stop selects its CPU
+        return record
 
     def wait_for_stop(self, timeout: float) -> StopRecord | None:
         """Wait up to ``timeout`` s for the running target to stop.
@@ -249,13 +386,13 @@ class Session:
         reason = str((record or {}).get("reason", ""))
         if reason.startswith("exited"):  # gdb's word for a remote that closed
             raise TargetLost(f"the target has gone away ({reason.replace('-', ' ')})")
-        return record or {}
+        return self._with_cpu(record or {})
 
     def step_instruction(self) -> StopRecord:
         """Execute one instruction and return the stop record."""
         self.stop()
         self.invalidate()
-        return self.target.step_instruction()
+        return self._with_cpu(self.target.step_instruction())
 
     def break_insert(self, location: str) -> tuple[int, int]:
         """A breakpoint at a symbol or address (user text); its number and address."""
@@ -302,7 +439,67 @@ class Session:
                 )
             except InspectorError as exc:
                 self._linux_error = str(exc)
+            else:
+                self._confirm_direct_map(self._linux[0])
         return self._linux
+
+    def _confirm_direct_map(self, kernel: LinuxKernel) -> None:
+        """Read physical memory at ``page_offset_base`` from now on, once it is known."""
+        guess, base = self._direct_map_guess, kernel.page_offset_base
+        if guess is None or base is None:
+            return
+        self._direct_map_guess = None
+        self.target.use_direct_map(base, "page_offset_base (kallsyms)")
+        if base != guess:  # the guess was checked, so this is not expected: read again
+            self._space.clear()
+            self._ranges.clear()
+            self._tables.clear()
+
+    def _find_direct_map(self, cr3: int, mode: PagingMode) -> None:
+        """A stub without physical reads of its own reads through the direct map: find its
+        base (a guess from GS checked by a walk, confirmed from page_offset_base later)."""
+        if not self.target.direct_map_wanted():
+            return
+        registers = self.registers()
+        for base, gs in direct_map_candidates(registers):
+
+            def walk(virtual: int, read: Callable[[int, int], bytes]) -> int | None:
+                physical: int | None = translate(read, cr3, mode, virtual).pa
+                return physical
+
+            if check_direct_map(base, gs, self.target.read_virtual, walk):
+                self.target.use_direct_map(base, "guessed from GS, checked by a walk")
+                self._direct_map_guess = base
+                return
+
+    @property
+    def physical_source(self) -> str | None:
+        """Where physical memory is read from, in words (None: it cannot be yet)."""
+        return self.target.physical_source
+
+    def regions(self) -> RegionMap | None:
+        """Linux's regions as ptdump names them; None on a kernel not recognized as Linux."""
+        found = self._recognize()
+        if found is None:
+            return None
+        kernel, symbols = found
+        return linux_regions(
+            levels=5 if kernel.la57 else 4,
+            page_offset_base=kernel.page_offset_base,
+            vmalloc_base=kernel.vmalloc_base,
+            vmemmap_base=kernel.vmemmap_base,
+            text=kernel.text,
+            end=symbols.lookup("_end"),
+        )
+
+    def compact_ranges(self) -> list[CompactRange]:
+        """The ranges merged ptdump's way (whatever their physical addresses), never
+        across a region boundary."""
+        regions = self.regions()
+        merged: list[CompactRange] = compact_ranges(
+            self.ranges(), regions.boundaries() if regions else ()
+        )
+        return merged
 
     def resolve(self, text: str) -> int:
         """An address from user text: ``0x...``, decimal, or a symbol name."""
@@ -315,10 +512,11 @@ class Session:
 
     def registers(self) -> Mapping[str, int]:
         """General, segment and control registers as the target reports them."""
-        if self._registers is None:
-            self.stop()
-            self._registers = dict(self.target.registers())
-        return self._registers
+        self.stop()
+        cpu = self.target.cpu
+        if cpu not in self._registers:
+            self._registers[cpu] = dict(self.target.registers())
+        return self._registers[cpu]
 
     def control_registers(self) -> ControlState:
         regs = self.registers()
@@ -346,8 +544,36 @@ class Session:
         return self.control_registers().paging
 
     def system_registers(self) -> SystemRegisters:
+        """GDTR/IDTR/TR/LDTR from the target, else (a Linux kernel) from its variables."""
+        return self._system_registers()[0]
+
+    def system_registers_from(self) -> dict[str, str]:
+        """Where ``gdtr``, ``idtr`` and ``tr`` came from, in words."""
+        return self._system_registers()[1]
+
+    def _system_registers(self) -> tuple[SystemRegisters, dict[str, str]]:
         self.stop()
-        return self.target.system_registers()
+        if self.target.has(Capability.SYSTEM_REGISTERS):
+            source = self.target.system_registers_source or self.target.description
+            return self.target.system_registers(), dict.fromkeys(("gdtr", "idtr", "tr"), source)
+        cpu = self.cpu
+        if cpu not in self._linux_system:
+            found = self._recognize()
+            if found is None:
+                self.target.system_registers()  # MissingCapability, with its hint
+                raise self.target.missing(Capability.SYSTEM_REGISTERS)
+            self._linux_system[cpu] = find_system_registers(
+                self.read_virtual, found[1].lookup, self._alias_in, cpu=cpu
+            )
+        found_here = self._linux_system[cpu]
+        return found_here.registers, dict(found_here.sources)
+
+    def _alias_in(self, virtual: int, low: int, high: int) -> int | None:
+        """Where in [low, high) the physical memory at ``virtual`` is mapped too."""
+        t = self.translate(virtual)
+        if t.pa is None:
+            return None
+        return next((va for va in self.aliases(t.pa) if low <= va < high), None)
 
     # -- memory --------------------------------------------------------------------
 
@@ -358,6 +584,8 @@ class Session:
 
     def read_physical(self, address: int, size: int) -> bytes:
         self.stop()
+        if self.target.direct_map_wanted():
+            self._find_direct_map(*self._walk_inputs())
         return self.target.read_physical(address, size)
 
     def _read_table(self, address: int, size: int) -> bytes:
@@ -385,18 +613,22 @@ class Session:
 
     def address_space(self) -> AddressSpace:
         """Every leaf of the current page tables (walked once per stop)."""
-        if self._space is None:
+        cpu = self.cpu
+        if cpu not in self._space:
             cr3, mode = self._walk_inputs()
-            self._space = collect_address_space(self._read_table, cr3, mode)
-        return self._space
+            self._find_direct_map(cr3, mode)
+            self._space[cpu] = collect_address_space(self._read_table, cr3, mode)
+        return self._space[cpu]
 
     def ranges(self) -> list[Range]:
-        if self._ranges is None:
-            self._ranges = coalesce_ranges(self.address_space().leaves)
-        return self._ranges
+        cpu = self.cpu
+        if cpu not in self._ranges:
+            self._ranges[cpu] = coalesce_ranges(self.address_space().leaves)
+        return self._ranges[cpu]
 
     def translate(self, virtual: int) -> Translation:
         cr3, mode = self._walk_inputs()
+        self._find_direct_map(cr3, mode)
         return translate(self._read_table, cr3, mode, virtual)
 
     def page_table(self, address: int, level: int) -> tuple[PageTableEntry, ...]:

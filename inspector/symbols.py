@@ -93,7 +93,7 @@ class LineTable:
 
     @classmethod
     def from_dwarf(cls, dwarf: Any) -> LineTable:
-        rows: list[tuple[int, SourceLine | None]] = []
+        rows: list[tuple[int, SourceLine | None, bool]] = []
         for cu in dwarf.iter_CUs():
             program = dwarf.line_program_for_CU(cu)
             if program is None:

@@ -228,7 +228,11 @@ def efi_rows(memory_map: MemoryMap, previous: MemoryMap | None = None) -> list[E
             rows.append(EfiRow(d))
             continue
         now = tuple(memory_map.mapped_at.get(d.index, ()))
-        mark = _mapping_mark(tuple(previous.mapped_at.get(d.index, ())), now) if same else ""
+        mark = (
+            _mapping_mark(tuple(previous.mapped_at.get(d.index, ())), now)
+            if same and previous is not None
+            else ""
+        )
         rows.append(EfiRow(d, now, mark))
     return rows
 

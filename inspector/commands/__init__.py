@@ -21,6 +21,7 @@ import argparse
 import contextvars
 import enum
 import importlib
+import math
 import shlex
 import sys
 import types
@@ -52,6 +53,7 @@ __all__ = [
     "connect",
     "parse_slide",
     "registry",
+    "run_command",
 ]
 
 #: The entry-point group third-party commands register in (pyproject.toml:
@@ -61,6 +63,7 @@ ENTRY_POINT_GROUP = "kinspect.commands"
 #: The modules of ``kinspect.inspector.commands`` that hold the built-in commands, in help order.
 BUILTIN_FAMILIES = (
     "demo",
+    "cpus",
     "paging",
     "descriptors",
     "stack",
@@ -258,6 +261,13 @@ def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
     )
     parser.add_argument("--json", action="store_true", help="print JSON (see docs/json.md)")
     parser.add_argument(
+        "--cpu",
+        type=_cpu_index,
+        metavar="N",
+        help="read CPU N: its registers, descriptor tables, page tables and stack "
+        "(default: the CPU that stopped; `kinspect cpus` lists them)",
+    )
+    parser.add_argument(
         "--slide",
         help="load slide of the kernel (KASLR): a number, or SYMBOL=ADDRESS to compute it",
     )
@@ -268,9 +278,49 @@ def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
     )
     timeout_help = "seconds per target request (default 10)"
     if suppress:  # the parser's argument_default (SUPPRESS) applies
-        parser.add_argument("--timeout", type=float, help=timeout_help)
+        parser.add_argument("--timeout", type=_seconds, help=timeout_help)
     else:
-        parser.add_argument("--timeout", type=float, help=timeout_help, default=10.0)
+        parser.add_argument("--timeout", type=_seconds, help=timeout_help, default=10.0)
+
+
+def _seconds(text: str) -> float:
+    """A timeout: a positive, finite number of seconds (argparse's type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return value
+
+
+def _cpu_index(text: str) -> int:
+    try:
+        index = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CPU number: {text!r}") from None
+    if index < 0:
+        raise argparse.ArgumentTypeError(f"not a CPU number: {text!r}")
+    return index
+
+
+def run_command(command: Command, context: Context, *, keep_cpu: bool = False) -> CommandResult:
+    """Run ``command`` on the CPU ``--cpu`` names (when given and a session is attached).
+
+    ``keep_cpu``: select the session's CPU of before again afterwards (the TUI's ``:``
+    line: ``gdt --cpu 2`` shows CPU 2 and leaves the views on theirs).
+    """
+    cpu = getattr(context.args, "cpu", None)
+    session = context.session
+    if cpu is None or session is None:
+        return command.run(context)
+    previous = session.cpu
+    session.select_cpu(cpu)
+    try:
+        return command.run(context)
+    finally:
+        if keep_cpu and session.state == "stopped" and session.cpu == cpu:
+            session.select_cpu(previous)
 
 
 def _common(parser_class: type[argparse.ArgumentParser], *, suppress: bool) -> Any:
@@ -557,7 +607,7 @@ class Registry:
             warn=lines.append,
             name=command.name,
         )
-        result = command.run(context)
+        result = run_command(command, context, keep_cpu=True)
         if lines:
             text = "\n".join([*lines, *([result.text] if result.text is not None else [])])
             result = replace(result, text=text)

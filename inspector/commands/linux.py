@@ -9,8 +9,12 @@ __all__ = ["COMMANDS"]
 
 def run_kernel(context: Context) -> CommandResult:
     """The banner, _text and the KASLR slide, the layout bases, the paging, the symbols."""
-    kernel = context.need_session().kernel()
-    return context.result({"kernel": kernel.to_dict()}, str(kernel))
+    session = context.need_session()
+    kernel = session.kernel()
+    physical = session.physical_source
+    body = {"kernel": kernel.to_dict(), "physical_from": physical}
+    text = f"{kernel}\nphysical memory  {physical or 'not readable yet'}"
+    return context.result(body, text)
 
 
 COMMANDS = [

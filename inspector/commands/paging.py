@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..formatting import format_ranges, format_register, format_translation
+from ..numbers import format_size
 from ..session import Session
 from ..targets.agent import AgentTarget
 from ..targets.base import Capability
-from . import Command, CommandResult, Context
+from ..x86.paging import CompactRange, Range
+from . import Command, CommandResult, Context, UsageError
 
 __all__ = ["COMMANDS", "pt_document", "regs_document", "render_pt", "render_regs"]
 
@@ -51,9 +54,22 @@ def run_regs(context: Context) -> CommandResult:
 
 def _pt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--leaves", action="store_true", help="one line per leaf instead of ranges")
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="merge neighbours with the same permissions, attributes and page size, "
+        "whatever their physical addresses (ptdump's rule)",
+    )
 
 
-def pt_document(session: Session, *, leaves: bool = False) -> dict[str, Any]:
+def _region_names(session: Session, starts: Iterable[int]) -> list[str | None]:
+    regions = session.regions()
+    if regions is None:
+        return [None for _ in starts]
+    return [regions.name_of(start) for start in starts]
+
+
+def pt_document(session: Session, *, leaves: bool = False, compact: bool = False) -> dict[str, Any]:
     space = session.address_space()
     control = session.control_registers()
     body: dict[str, Any] = {
@@ -65,20 +81,61 @@ def pt_document(session: Session, *, leaves: bool = False) -> dict[str, Any]:
     }
     if leaves:
         body["leaves"] = [leaf.to_dict() for leaf in space.leaves]
-    else:
-        body["ranges"] = [r.to_dict() for r in session.ranges()]
+        return body
+    rows: Sequence[Range | CompactRange] = session.compact_ranges() if compact else session.ranges()
+    names = _region_names(session, (_start(r) for r in rows))
+    body["compact"] = compact
+    body["ranges"] = [{**r.to_dict(), "region": name} for r, name in zip(rows, names, strict=True)]
     return body
 
 
-def render_pt(session: Session, *, leaves: bool = False) -> str:
+def _start(row: Range | CompactRange) -> int:
+    start: int = row.range.start if isinstance(row, CompactRange) else row.start
+    return start
+
+
+def format_ranges_with_regions(
+    rows: Sequence[Range] | Sequence[CompactRange], names: Sequence[str | None]
+) -> str:
+    """:func:`format_ranges` with ptdump's heading (``---[ direct map ]---``) where the
+    region changes; a compact row ends with how many ranges it stands for."""
+    table = format_ranges([r.range if isinstance(r, CompactRange) else r for r in rows])
+    header, *body = table.split("\n")
+    lines = [header]
+    current: str | None = None
+    for row, line, name in zip(rows, body, names, strict=True):
+        if name != current and name is not None:
+            lines.append(f"---[ {name} ]---")
+        current = name
+        if isinstance(row, CompactRange) and row.pieces > 1:
+            line += f"  ({row.pieces} ranges, {format_size(row.mapped)} mapped)"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def render_pt(session: Session, *, leaves: bool = False, compact: bool = False) -> str:
     space = session.address_space()
     control = session.control_registers()
     lines = [f"CR3={control['CR3'].value:#x}  {control.paging}"]
     if leaves:
         lines.extend(str(leaf) for leaf in space.leaves)
+        lines.append(f"{len(space.leaves)} leaves in {len(session.ranges())} ranges")
     else:
-        lines.append(format_ranges(session.ranges()))
-    lines.append(f"{len(space.leaves)} leaves in {len(session.ranges())} ranges")
+        rows: list[Range] | list[CompactRange] = (
+            session.compact_ranges() if compact else session.ranges()
+        )
+        names = _region_names(session, (_start(r) for r in rows))
+        lines.append(format_ranges_with_regions(rows, names))
+        if compact:
+            lines.append(
+                f"{len(space.leaves)} leaves in {len(session.ranges())} ranges, "
+                f"{len(rows)} rows compacted"
+            )
+        else:
+            lines.append(f"{len(space.leaves)} leaves in {len(session.ranges())} ranges")
+    source = session.physical_source
+    if source is not None and "direct map" in source:
+        lines.append(f"physical memory read through {source}")
     lines.extend(f"problem: {problem}" for problem in space.problems)
     if space.truncated:
         lines.append(
@@ -90,11 +147,17 @@ def render_pt(session: Session, *, leaves: bool = False) -> str:
 def run_pt(context: Context) -> CommandResult:
     session = context.need_session()
     leaves = bool(context.args.leaves)
-    if not leaves and session.target.has(Capability.AGENT):
+    compact = bool(context.args.compact)
+    if leaves and compact:
+        raise UsageError("--compact merges ranges, --leaves shows leaves: pick one")
+    if not leaves and not compact and session.target.has(Capability.AGENT):
         done = _pt_by_agent_walk(context, session, session.target.agent())
         if done is not None:
             return done
-    return context.result(pt_document(session, leaves=leaves), render_pt(session, leaves=leaves))
+    return context.result(
+        pt_document(session, leaves=leaves, compact=compact),
+        render_pt(session, leaves=leaves, compact=compact),
+    )
 
 
 def _pt_by_agent_walk(
@@ -121,7 +184,8 @@ def _pt_by_agent_walk(
         "leaf_count": stats["leaves"],
         "truncated": False,
         "problems": [],
-        "ranges": [r.to_dict() for r in ranges],
+        "compact": False,
+        "ranges": [{**r.to_dict(), "region": None} for r in ranges],
     }
     text = "\n".join(
         [

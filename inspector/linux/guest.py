@@ -211,19 +211,19 @@ def launch_linux(
     append: str = "",
     cpu_flags: Sequence[str] = (),
     files: GuestFiles | None = None,
+    smp: int = 1,
 ) -> LinuxGuest:
     """Boot the Debian guest under TCG and wait for /init's ready line.
 
     ``append`` adds to :data:`GUEST_APPEND` (``"no5lvl"``, ``"nokaslr"``...);
     ``cpu_flags`` add to QEMU's CPU model: ``("+la57",)`` lets the kernel use 5-level
-    paging. About 20 s on an idle machine; ``timeout`` leaves room for a loaded one.
+    paging. ``smp``: the number of CPUs (QEMU's ``-smp``). About 20 s on an idle machine;
+    ``timeout`` leaves room for a loaded one.
     """
     files = files or guest_files()
     command_line = f"{GUEST_APPEND} {append}".strip()
     started = time.monotonic()
-    # fmt: off  (option and value on one line, as a QEMU command line reads)
-    extra = ("-initrd", str(files.initramfs), "-append", command_line)
-    # fmt: on
+    extra = (*("-initrd", str(files.initramfs)), *("-append", command_line))
     qemu = launch_qemu(
         files.vmlinuz,
         memory=memory,
@@ -231,5 +231,6 @@ def launch_linux(
         ready_marker=READY_MARKER,
         extra_args=extra,
         cpu_flags=cpu_flags,
+        smp=smp,
     )
     return LinuxGuest(qemu, files, time.monotonic() - started)

@@ -39,6 +39,7 @@ from .base import (
     REMAPS_READ_ONLY,
     Breakpoint,
     Capability,
+    CpuThread,
     DescriptorTableRegister,
     SegmentRegister,
     StopRecord,
@@ -267,6 +268,14 @@ class AgentTarget(Target):
             out += data
         return bytes(out)
 
+    @property
+    def physical_source(self) -> str | None:
+        return "the in-kernel agent"
+
+    @property
+    def system_registers_source(self) -> str | None:
+        return "the in-kernel agent"
+
     def read_physical(self, address: int, size: int) -> bytes:
         if address + size > 1 << 52:
             raise FaultError(address, "physical address out of range (above 2^52)")
@@ -486,6 +495,8 @@ class AgentAssistedTarget(Target):
             #: every register the agent reported (``pat``, ``gdtr_base``, ...)
             self.agent_registers = agent.agent_registers()
             self._agent_system = agent.system_registers()
+            #: the CPU the agent answered on (its registers are that CPU's)
+            self._agent_cpu = int(agent.info.get("cpu", 0)) if isinstance(agent.info, dict) else 0
             self.agent_info = agent.info
         finally:
             agent.close(resume=False)
@@ -562,13 +573,45 @@ class AgentAssistedTarget(Target):
     def read_physical(self, address: int, size: int) -> bytes:
         return self.stub.read_physical(address, size)
 
+    @property
+    def physical_source(self) -> str | None:
+        return self.stub.physical_source
+
+    @property
+    def system_registers_source(self) -> str | None:
+        if self.system_from == "agent":
+            return "the in-kernel agent"
+        return self.stub.system_registers_source
+
+    def direct_map_wanted(self) -> bool:
+        return self.stub.direct_map_wanted()
+
+    def use_direct_map(self, base: int, source: str) -> None:
+        self.stub.use_direct_map(base, source)
+
     def registers(self) -> Mapping[str, int]:
         return self.stub.registers()
 
     def system_registers(self) -> SystemRegisters:
         if self.system_from == "agent":
+            if self.stub.cpu != self._agent_cpu:
+                raise TargetError(
+                    f"GDTR/IDTR/TR come from the agent here, which saw CPU {self._agent_cpu} "
+                    f"only, not CPU {self.stub.cpu}"
+                )
             return self._agent_system
         return self.stub.system_registers()
+
+    # The stub's CPUs: one gdb thread each (QEMU's).
+    @property
+    def cpu(self) -> int:
+        return self.stub.cpu
+
+    def cpu_threads(self) -> list[CpuThread]:
+        return self.stub.cpu_threads()
+
+    def select_cpu(self, index: int) -> None:
+        self.stub.select_cpu(index)
 
     @property
     def state(self) -> str:

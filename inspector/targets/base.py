@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import MissingCapability
+from ..errors import MissingCapability, TargetError
 
 if TYPE_CHECKING:
     from ..efi.runtime import EfiTime
@@ -38,6 +38,7 @@ __all__ = [
     "REMAPS_NEED_AGENT",
     "Breakpoint",
     "Capability",
+    "CpuThread",
     "DescriptorTableRegister",
     "SegmentRegister",
     "StopRecord",
@@ -153,6 +154,15 @@ class SystemRegisters:
 
 
 @dataclass(frozen=True, slots=True)
+class CpuThread:
+    """One CPU as the target lists it: its index (QEMU's ``cpu N``, Linux's CPU number)
+    and whether it sits in HLT waiting for an interrupt (None: the target cannot tell)."""
+
+    index: int
+    halted: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Breakpoint:
     """One breakpoint (or watchpoint) as the target's debugger keeps it.
 
@@ -217,6 +227,25 @@ class Target(ABC):
         """Read guest physical memory (Capability.PHYSICAL_READS). Raises FaultError past RAM."""
         raise self.missing(Capability.PHYSICAL_READS)
 
+    @property
+    def physical_source(self) -> str | None:
+        """Where physical reads come from, in words for the output (None: not known yet)."""
+        return "the target" if self.has(Capability.PHYSICAL_READS) else None
+
+    @property
+    def system_registers_source(self) -> str | None:
+        """Where GDTR/IDTR/TR come from, in words (None: this target cannot show them)."""
+        return "the target" if self.has(Capability.SYSTEM_REGISTERS) else None
+
+    def direct_map_wanted(self) -> bool:
+        """Whether physical reads wait for the base of the kernel's direct map."""
+        return False
+
+    def use_direct_map(self, base: int, source: str) -> None:
+        """Read physical memory through the direct map at ``base`` (``source``: how it
+        was found, for the output), on a target that reads it so."""
+        raise self.missing(Capability.PHYSICAL_READS, "it reads no direct map")
+
     @abstractmethod
     def registers(self) -> Mapping[str, int]:
         """General, segment and control registers by lower-case name (rip, cr3, efer, ...)."""
@@ -248,6 +277,24 @@ class Target(ABC):
     def ram_size(self) -> int | None:
         """Bytes of guest RAM when known."""
         return None
+
+    # -- CPUs: every read is of the selected CPU -----------------------------------------
+    # The defaults are a target that shows one CPU (the agent answers on its own).
+
+    @property
+    def cpu(self) -> int:
+        """The index of the CPU whose registers, system registers and address space
+        the reads see (after a stop: the CPU that stopped)."""
+        return 0
+
+    def cpu_threads(self) -> list[CpuThread]:
+        """Every CPU the target shows, by index."""
+        return [CpuThread(0)]
+
+    def select_cpu(self, index: int) -> None:
+        """Read CPU ``index`` from now on; TargetError when there is no such CPU."""
+        if index != 0:
+            raise TargetError(f"{self.description} shows one CPU only: there is no CPU {index}")
 
     @property
     def maxphyaddr(self) -> int | None:

@@ -27,10 +27,10 @@ from ..errors import (
     TargetLost,
 )
 from ..x86.paging import check_canonical
-from .base import Breakpoint, Capability, StopRecord, SystemRegisters, Target
+from .base import Breakpoint, Capability, CpuThread, StopRecord, SystemRegisters, Target
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
-__all__ = ["DIRECT_MAP_SYMBOLS", "GdbTarget", "decode_break_table"]
+__all__ = ["DIRECT_MAP_SYMBOLS", "GdbTarget", "decode_break_table", "decode_cpu_threads"]
 
 #: Variables that hold the base of a kernel's direct map of physical memory.
 DIRECT_MAP_SYMBOLS = ("direct_map_base", "page_offset_base")
@@ -102,11 +102,16 @@ class GdbTarget(Target):
         self.elf = elf
         self.timeout = timeout
         self._phys_base = phys_base
+        self._phys_base_source = "--phys-base" if phys_base is not None else ""
         self._phys_mode = False
         self._register_numbers: dict[str, int] | None = None
         self._ram_size: int | None = None
         self._maxphyaddr: int | None = None  # 0: asked, not known
         self._closed = False
+        #: CPU index -> gdb thread id (QEMU's stub shows one thread per vCPU)
+        self._cpu_threads: dict[int, str] = {}
+        self._cpu = 0
+        self._followed: object = None
         try:
             self._mi = MiSession(gdb)
         except MiClosed as exc:
@@ -172,6 +177,8 @@ class GdbTarget(Target):
             except TargetError:
                 self._ram_size = None
         self.description = f"gdb remote stub {self.endpoint}" + (" (QEMU)" if self.is_qemu else "")
+        if self.is_qemu:  # kgdb's threads are the kernel's tasks: many, and no CPU
+            self._learn_cpus()
         # Physical reads: QEMU's mode, or the direct map (its base found on first use).
         offered = {Capability.PHYSICAL_READS, Capability.RUN_CONTROL, Capability.BREAKPOINTS}
         if self.is_qemu:
@@ -208,6 +215,64 @@ class GdbTarget(Target):
             if text.isdigit() and 32 <= int(text) <= 52:
                 self._maxphyaddr = int(text)
         return self._maxphyaddr or None
+
+    def _learn_cpus(self) -> None:
+        """Which gdb thread is which CPU (QEMU names them ``CPU#N``), asked once: the
+        CPUs of a machine do not come and go. Other stubs' threads are tasks (kgdb) or
+        unnamed: those show one CPU, the one gdb has selected."""
+        try:
+            payload = self._checked("-thread-info").payload
+        except TargetError:
+            return
+        threads = decode_cpu_threads(payload)
+        self._cpu_threads = {cpu.index: thread for cpu, thread in threads}
+        current = payload.get("current-thread-id") if isinstance(payload, Mapping) else None
+        self._cpu = self._cpu_of_thread(current) or 0
+        self._sync_cpu()
+
+    def _cpu_of_thread(self, thread: object) -> int | None:
+        for index, known in self._cpu_threads.items():
+            if known == str(thread):
+                return index
+        return None
+
+    def _sync_cpu(self) -> None:
+        """Follow a new stop to the CPU that reported it (gdb has selected its thread)."""
+        record = self._mi.last_stop
+        if record is not None and record is not self._followed:
+            self._followed = record
+            cpu = self._cpu_of_thread(record.get("thread-id"))
+            if cpu is not None:
+                self._cpu = cpu
+                record["cpu"] = cpu  # the stop report names its CPU
+
+    @property
+    def cpu(self) -> int:
+        self._sync_cpu()
+        return self._cpu
+
+    def cpu_threads(self) -> list[CpuThread]:
+        if not self._cpu_threads:
+            return [CpuThread(0)]
+        if self.state != "stopped":
+            return [CpuThread(index) for index in sorted(self._cpu_threads)]
+        found = dict(decode_cpu_threads(self._checked("-thread-info").payload))
+        return sorted(found, key=lambda cpu: cpu.index)
+
+    def select_cpu(self, index: int) -> None:
+        self._require_stopped()
+        self._sync_cpu()
+        if not self._cpu_threads:
+            super().select_cpu(index)
+            return
+        thread = self._cpu_threads.get(index)
+        if thread is None:
+            raise TargetError(
+                f"there is no CPU {index}: this target has CPUs 0-{max(self._cpu_threads)}"
+            )
+        if index != self._cpu:
+            self._checked(f"-thread-select {thread}")
+            self._cpu = index
 
     def _probe_qemu(self) -> bool:
         reply = self._packet("qqemu.PhyMemMode")
@@ -332,9 +397,43 @@ class GdbTarget(Target):
             return self._ram_size
         return (1 << 32) + self._ram_size
 
+    @property
+    def physical_source(self) -> str | None:
+        if self.physical == "qemu":
+            return "QEMU's physical-memory mode"
+        if self._phys_base is None:
+            return None
+        return f"the direct map at {self._phys_base:#x} ({self._phys_base_source})"
+
+    @property
+    def system_registers_source(self) -> str | None:
+        return "QEMU's monitor (info registers)" if self.is_qemu else None
+
+    def direct_map_wanted(self) -> bool:
+        return self.physical == "direct-map" and self._symbol_direct_map_base() is None
+
+    def use_direct_map(self, base: int, source: str) -> None:
+        if self.physical != "direct-map":
+            raise TargetError("this stub reads physical memory itself (QEMU's mode)")
+        self._phys_base = base
+        self._phys_base_source = source
+
     def _direct_map_base(self) -> int:
+        base = self._symbol_direct_map_base()
+        if base is not None:
+            return base
+        raise TargetError(
+            "this stub cannot read physical memory: pass --phys-base with the kernel's "
+            "direct-map base, or --elf with a kernel that defines "
+            + " or ".join(DIRECT_MAP_SYMBOLS)
+        )
+
+    def _symbol_direct_map_base(self) -> int | None:
+        """The base given, or read through gdb from the ELF's symbols (None: neither)."""
         if self._phys_base is not None:
             return self._phys_base
+        if not self.elf:
+            return None
         for symbol in DIRECT_MAP_SYMBOLS:
             try:
                 result = self._call(
@@ -347,17 +446,15 @@ class GdbTarget(Target):
                 self._phys_base = int(value.split()[0], 0)
             except (ValueError, IndexError):
                 continue
+            self._phys_base_source = f"{symbol} in the ELF, through gdb"
             return self._phys_base
-        raise TargetError(
-            "this stub cannot read physical memory: pass --phys-base with the kernel's "
-            "direct-map base, or --elf with a kernel that defines "
-            + " or ".join(DIRECT_MAP_SYMBOLS)
-        )
+        return None
 
     # -- registers -----------------------------------------------------------------
 
     def registers(self) -> Mapping[str, int]:
         self._require_stopped()
+        self._sync_cpu()
         if self._register_numbers is None:
             names = self._checked("-data-list-register-names").payload.get("register-names", [])
             self._register_numbers = {name: i for i, name in enumerate(names) if name}
@@ -386,6 +483,9 @@ class GdbTarget(Target):
                 "attach the in-kernel agent to see them",
             )
         self._require_stopped()
+        self._sync_cpu()
+        if self._cpu_threads:  # the monitor's own CPU, apart from gdb's thread
+            self._console(f"monitor cpu {self._cpu}")
         text = self._console("monitor info registers")
         try:
             return system_registers_from_info(text)
@@ -490,6 +590,30 @@ class GdbTarget(Target):
             pass
         finally:
             self._mi.close()
+
+
+_CPU_DETAILS = re.compile(r"CPU#(\d+)(?:\s*\[\s*(\w+)\s*\])?")
+
+
+def decode_cpu_threads(payload: Any) -> list[tuple[CpuThread, str]]:
+    """The CPUs in a ``-thread-info`` answer, with their gdb thread ids.
+
+    QEMU's stub names each vCPU's thread ``CPU#N [halted ]`` or ``CPU#N
+    [running]`` (its ``qThreadExtraInfo``): ``halted`` is a CPU in HLT. A
+    thread without such details (kgdb's tasks) is no CPU: none is listed.
+    """
+    threads = payload.get("threads") if isinstance(payload, Mapping) else None
+    found: list[tuple[CpuThread, str]] = []
+    for thread in threads if isinstance(threads, list) else []:
+        if not isinstance(thread, Mapping):
+            continue
+        match = _CPU_DETAILS.search(str(thread.get("details") or ""))
+        if match is None or "id" not in thread:
+            continue
+        word = match.group(2)
+        halted = None if word is None else word == "halted"
+        found.append((CpuThread(int(match.group(1)), halted), str(thread["id"])))
+    return found
 
 
 def decode_break_table(payload: Any) -> list[Breakpoint]:

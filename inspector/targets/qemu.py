@@ -103,7 +103,7 @@ class QemuInstance:
             with self.qmp() as client:
                 for chardev in client.execute("query-chardev"):
                     if chardev.get("label") == "serial0":
-                        return chardev["filename"]  # "pty:/dev/pts/N"
+                        return str(chardev["filename"])  # "pty:/dev/pts/N"
             raise TargetError("QEMU did not report the pty of serial0")
         return f"unix:{self.serial_socket}"
 

@@ -87,7 +87,7 @@ def decode_memory_size_summary(text: str) -> int | None:
     return int(base.group(1)) + (int(plugged.group(1)) if plugged else 0)
 
 
-class TlbLine(tuple):
+class TlbLine(tuple[int, int, str]):
     """(va, pa, flags) of one ``info tlb`` line; flags is the 9-letter string."""
 
     __slots__ = ()

@@ -88,30 +88,32 @@ METHODS_UEFI: dict[str, list[tuple]] = {
 }
 
 
-def write(folder: str, name: str, data: bytes) -> None:
-    path = OUT / folder
+def write(out: Path, folder: str, name: str, data: bytes) -> None:
+    path = out / folder
     path.mkdir(parents=True, exist_ok=True)
     (path / f"{name}-{hashlib.sha1(data).hexdigest()[:8]}").write_bytes(data)
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+    """``make_corpus.py [DIR]``: write the corpus to DIR (default: the committed one)."""
+    out = Path(argv[0]) if argv else OUT
     vectors = json.loads((ROOT / "protocols" / "agent_vectors.json").read_text())
-    shutil.rmtree(OUT, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
     for i, v in enumerate(vectors["frames"]):
-        write("frame", f"vector{i}", bytes.fromhex(v["frame"]))
+        write(out, "frame", f"vector{i}", bytes.fromhex(v["frame"]))
     for i, v in enumerate(vectors["streams"]):
-        write("frame", f"stream{i}", bytes.fromhex(v["stream"]))
+        write(out, "frame", f"stream{i}", bytes.fromhex(v["stream"]))
     for i, v in enumerate(vectors["cobs_invalid"]):
-        write("frame", f"cobs_invalid{i}", bytes.fromhex(v))
+        write(out, "frame", f"cobs_invalid{i}", bytes.fromhex(v))
     for i, v in enumerate(vectors["messages"]):
-        write("msgpack", f"message{i}", bytes.fromhex(v["msgpack"]))
+        write(out, "msgpack", f"message{i}", bytes.fromhex(v["msgpack"]))
     for name, calls in {**METHODS, **METHODS_UEFI}.items():
-        write("msgpack", name, requests(*calls)[0])
-        write("frame", name, encode_frame(requests(*calls)[0]))
+        write(out, "msgpack", name, requests(*calls)[0])
+        write(out, "frame", name, encode_frame(requests(*calls)[0]))
     for name, calls in METHODS.items():
-        write("dispatch", name, bytes([0]) + SEPARATOR.join(requests(*calls)))
+        write(out, "dispatch", name, bytes([0]) + SEPARATOR.join(requests(*calls)))
     for name, calls in METHODS_UEFI.items():
-        write("dispatch", name, bytes([UEFI]) + SEPARATOR.join(requests(*calls)))
+        write(out, "dispatch", name, bytes([UEFI]) + SEPARATOR.join(requests(*calls)))
     everything = requests(
         ("hello",),
         ("walk",),
@@ -125,10 +127,10 @@ def main() -> None:
         ("no_remap", NO_REMAP),
         ("no_cpu", NO_CPU),
     ]:
-        write("dispatch", name, bytes([config]) + SEPARATOR.join(everything))
+        write(out, "dispatch", name, bytes([config]) + SEPARATOR.join(everything))
     stream = b"boot\r\n" + b"".join(encode_frame(r) for r in everything) + b"\x00\x05\x00"
-    write("dispatch", "raw", bytes([RAW]) + stream)
+    write(out, "dispatch", "raw", bytes([RAW]) + stream)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

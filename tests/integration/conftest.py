@@ -42,11 +42,13 @@ UEFI_BOOT_TIMEOUT = 90.0
 @pytest.fixture(scope="module")
 def uefi_qemu(demo_kernel):
     """The demo kernel booted through OVMF: one boot per module that asks (SetVirtualAddressMap
-    works once per boot, so a module that calls it has a firmware of its own)."""
+    works once per boot, so a module that calls it has a firmware of its own). Two CPUs: the
+    UEFI path (remap efi-runtime included) runs with an AP online, held by the agent while
+    it serves and shot down after every page-table change."""
     if not api.DEMO_UEFI.is_file():
         pytest.fail(f"{api.DEMO_UEFI} is not built: run `make kernel`")
     started = time.monotonic()
-    instance = api.launch_demo(uefi=True, memory="256M", timeout=UEFI_BOOT_TIMEOUT)
+    instance = api.launch_demo(uefi=True, memory="256M", timeout=UEFI_BOOT_TIMEOUT, smp=2)
     instance.boot_seconds = time.monotonic() - started
     try:
         yield instance

@@ -48,6 +48,17 @@ def agent(uefi_qemu, *args):
     return kinspect("--agent", uefi_qemu.agent_endpoint, *args, timeout=120)
 
 
+def test_0_the_move_runs_with_an_ap_online(uefi_qemu):
+    """The UEFI boot has two CPUs (conftest): the agent holds the AP and shoots down its TLB."""
+    assert "smp: 2 cpus online" in uefi_qemu.serial_output()
+    client = AgentClient(open_transport(uefi_qemu.agent_endpoint), timeout=5)
+    try:
+        hello = client.call("hello")
+    finally:
+        client.close()
+    assert hello["cpus"] == 2 and {"hold_others", "tlb_shootdown"} <= set(hello["hooks"])
+
+
 def test_1_efi_map_through_the_agent_shows_the_runtime_regions_identity_mapped(uefi_qemu, runtime):
     result = agent(uefi_qemu, "efi-map", "--json")  # no ELF: the agent says where the map is
     assert result.returncode == 0, result.stderr

@@ -359,10 +359,8 @@ def test_cli_catch_and_fault(demo_kernel, nm, tmp_path):
         wait_for_shutdown(qemu)
         log = tmp_path / "qemu-int.log"
         log.write_text(qemu.int_log_text())
-        result = kinspect(
-            "--target", qemu.gdb_endpoint, "--elf", demo_kernel, "--no-resume", "--json",
-            "fault", "--qemu-log", str(log),
-        )  # fmt: skip
+        attach = ("--target", qemu.gdb_endpoint, "--elf", demo_kernel, "--no-resume", "--json")
+        result = kinspect(*attach, "fault", "--qemu-log", str(log))
         assert result.returncode == 0, result.stderr
         triple = json.loads(result.stdout)["triple_fault"]
         chain = exception_chain(parse_qemu_log(log.read_text()))

@@ -44,7 +44,11 @@ def _per_cpu(text: str) -> dict[int, dict[str, int]]:
         regs = {k: int(v, 16) for k, v in re.findall(r"\b(RIP|RSP|CR3|CR4|EFER)=([0-9a-f]+)", body)}
         regs["GDT"] = int(re.search(r"^GDT=\s+([0-9a-f]+)", body, re.M).group(1), 16)
         regs["IDT"] = int(re.search(r"^IDT=\s+([0-9a-f]+)", body, re.M).group(1), 16)
-        regs["TR"] = int(re.search(r"^TR =\S+ ([0-9a-f]+)", body, re.M).group(1), 16)
+        tr = re.search(r"^TR =(\S+) ([0-9a-f]+)", body, re.M)
+        regs["TR"], regs["TR_SEL"] = int(tr.group(2), 16), int(tr.group(1), 16)
+        regs["GDT_LIMIT"] = int(
+            re.search(r"^GDT=\s+[0-9a-f]+ ([0-9a-f]+)", body, re.M).group(1), 16
+        )
         regs["CS"] = int(re.search(r"^CS =([0-9a-f]{4})", body, re.M).group(1), 16)
         cpus[int(number)] = regs
     return cpus
@@ -217,3 +221,129 @@ def test_the_seed_scenario_with_two_cpus_online(demo_kernel, tmp_path):  # noqa:
     for regs in cpus.values():
         for name in ("RSP", "GDT", "IDT", "TR", "RIP"):
             assert regs[name] >> 47 == 0x1FFFF, (name, hex(regs[name]))
+
+
+# -- a CPU in every view: cpus, --cpu N, the stop's CPU --------------------------------
+
+
+def _monitor_cpu(qemu, cpu: int) -> dict[str, int]:
+    """QEMU's monitor on one CPU: ``info registers`` with the monitor's CPU set to ``cpu``
+    (QMP's human-monitor-command ``cpu-index``: the monitor's ``cpu N``; parsed here)."""
+    with qemu.qmp() as client:
+        text = client.execute(
+            "human-monitor-command", {"command-line": "info registers", "cpu-index": cpu}
+        )
+    cpus = _per_cpu(str(text))
+    assert list(cpus) == [cpu]  # the monitor answered for the CPU asked
+    return cpus[cpu]
+
+
+def test_cpus_matches_qemu_for_every_cpu(smp_qemu, demo_kernel):  # noqa: F811
+    from kinspect.inspector.commands import registry
+
+    session = api.attach(smp_qemu.gdb_endpoint, elf=demo_kernel)
+    try:
+        result = registry().execute(session, "cpus")
+        truth = _per_cpu(smp_qemu.monitor("info registers -a"))  # stopped by gdb
+        text = result.text
+    finally:
+        session.close()
+    cpus = {cpu["index"]: cpu for cpu in result.body["cpus"]}
+    assert sorted(cpus) == sorted(truth) == list(range(CPUS))
+    for n, regs in truth.items():
+        mine = cpus[n]
+        assert mine["cr3"] == regs["CR3"]
+        assert mine["gdtr"]["base"] == regs["GDT"]
+        assert mine["idtr"]["base"] == regs["IDT"]
+        assert mine["tr"]["base"] == regs["TR"]
+        assert mine["rip"] == regs["RIP"]
+        assert mine["paging"] == "4-level" and mine["state"] in ("halted", "stopped")
+        assert mine["error"] is None
+        assert f"{regs['GDT']:016x}" in text.splitlines()[n + 1]
+    assert [c["selected"] for c in cpus.values()].count(True) == 1
+
+
+def test_a_breakpoint_on_an_ap_shows_that_cpus_registers_stack_and_tables(
+    smp_qemu,
+    demo_kernel,  # noqa: F811
+):
+    symbols = _nm(demo_kernel)
+    online = {int(m[0]): m for m in _ONLINE.findall(smp_qemu.serial_output())}
+    session = api.attach(smp_qemu.gdb_endpoint, elf=demo_kernel)
+    try:
+        number, address = session.break_insert("ap_level2")
+        assert address == symbols["ap_level2"]
+        session.resume()
+        deadline = time.monotonic() + 30
+        record = None
+        while record is None and time.monotonic() < deadline:
+            record = session.wait_for_stop(1.0)
+        assert record is not None, "no AP reached ap_level2 within 30 s"
+        cpu = record["cpu"]
+        assert cpu in range(1, CPUS)  # only APs run ap_level2
+        assert session.cpu == cpu and session.last_stop["cpu"] == cpu
+        truth = _monitor_cpu(smp_qemu, cpu)
+
+        regs = session.registers()
+        assert regs["rip"] == truth["RIP"] == symbols["ap_level2"]
+        assert regs["rsp"] == truth["RSP"] and regs["cr3"] == truth["CR3"]
+        _, _, gdt, tss, stack_low, stack_high = online[cpu]
+        low, high = int(stack_low, 16), int(stack_high, 16)
+        assert low <= regs["rsp"] < high  # this AP's own stack in ap_stacks
+
+        frames = session.backtrace().frames
+        assert [f.symbol for f in frames[:2]] == ["ap_level2", "ap_work"]
+        assert all(low <= f.sp < high for f in frames[:2])
+
+        table = session.gdt()
+        assert table.base == truth["GDT"] == int(gdt, 16)
+        task = session.tss()
+        assert task.base == truth["TR"] == int(tss, 16)
+        assert {s.name: s.value for s in task.stacks}["RSP0"] == high
+        assert session.system_registers().idtr.base == truth["IDT"]
+        session.break_delete(number)
+    finally:
+        session.close()
+
+
+def _cli_json(qemu, kernel, *argv):
+    result = subprocess.run(
+        [sys.executable, "-m", "kinspect.inspector.cli", "--target", qemu.gdb_endpoint]
+        + ["--elf", kernel, "--json", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    import json
+
+    return json.loads(result.stdout)
+
+
+def test_gdt_and_tss_of_cpu_2_match_qemus_cpu_2(smp_qemu, demo_kernel):  # noqa: F811
+    gdt = _cli_json(smp_qemu, demo_kernel, "gdt", "--cpu", "2")["gdt"]
+    tss = _cli_json(smp_qemu, demo_kernel, "--cpu", "2", "tss")["tss"]
+    smp_qemu.monitor("stop")
+    try:
+        truth = _monitor_cpu(smp_qemu, 2)
+        zero = _monitor_cpu(smp_qemu, 0)
+    finally:
+        smp_qemu.monitor("cont")
+    assert gdt["base"] == truth["GDT"] != zero["GDT"]
+    assert tss["base"] == truth["TR"] != zero["TR"]
+    tr_slots = [s for s in gdt["slots"] if "TR" in s["loaded_by"]]
+    assert [s["selector"] for s in tr_slots] == [truth["TR_SEL"]]
+    assert tr_slots[0]["descriptor"]["base"] == truth["TR"]  # CPU 2's TSS, in CPU 2's GDT
+    assert gdt["limit"] == truth["GDT_LIMIT"] and len(gdt["slots"]) == (truth["GDT_LIMIT"] + 1) // 8
+
+
+def test_a_cpu_that_is_not_there_is_one_line(smp_qemu, demo_kernel):  # noqa: F811
+    result = subprocess.run(
+        [sys.executable, "-m", "kinspect.inspector.cli", "--target", smp_qemu.gdb_endpoint]
+        + ["--cpu", "9", "regs"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "kinspect: error: there is no CPU 9: this target has CPUs 0-3"

@@ -1,12 +1,27 @@
-"""The Debian guest itself: it boots with KASLR and PTI, and its shell answers."""
+"""The Debian guest itself: it boots with KASLR and PTI, and its shell answers; on two CPUs
+(this module boots it with -smp 2), each CPU's GDT, TSS and per-CPU area against QEMU's;
+and what kinspect sees of it through a stub with QEMU's extensions hidden (as kgdb or a
+probe's server would be: no physical-memory mode, no GDTR/IDTR/TR), against QEMU's monitor."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 
-from .conftest import read_guest_file
+from kinspect.inspector import api
+from kinspect.inspector.commands import registry
+from kinspect.inspector.linux import guest as linux
+from kinspect.inspector.session import Session
+from kinspect.inspector.targets.base import Capability
+from kinspect.inspector.targets.gdb import GdbTarget
+from kinspect.inspector.targets.qemu_text import decode_info_tlb
+from tests.qemu_view import tlb_flags
+
+from .conftest import LINUX_BOOT_TIMEOUT, _files, read_guest_file
 
 pytestmark = pytest.mark.integration
 
@@ -36,3 +51,193 @@ def test_kaslr_moved_the_text(linux_guest):
     text = read_guest_file(linux_guest, "/proc/kallsyms")
     start = int(re.search(r"^([0-9a-f]+) T _text$", text, re.M).group(1), 16)
     assert start != 0xFFFFFFFF81000000 and start >> 31 == 0x1FFFFFFFF
+
+
+# -- two CPUs: this module's guest has them (-smp 2), the other modules' one ----------------
+
+
+@pytest.fixture(scope="module")
+def linux_guest():
+    guest = linux.launch_linux(files=_files(), timeout=LINUX_BOOT_TIMEOUT, smp=2)
+    try:
+        yield guest
+    finally:
+        guest.stop()
+
+
+def _qemu_cpus(guest, cpu=None) -> dict[int, dict[str, int]]:
+    """QEMU's ``info registers`` (every CPU, or the monitor's CPU set to ``cpu``), parsed
+    here apart from kinspect's parser."""
+    arguments = {"command-line": "info registers" + (" -a" if cpu is None else "")}
+    if cpu is not None:
+        arguments["cpu-index"] = cpu
+    with guest.qemu.qmp() as client:
+        text = str(client.execute("human-monitor-command", arguments)).replace("\r\n", "\n")
+    cpus = {}
+    for number, body in re.findall(r"^CPU#(\d+)\n(.*?)(?=^CPU#|\Z)", text, re.M | re.S):
+        regs = {k: int(v, 16) for k, v in re.findall(r"\b(RIP|CR3|HLT|CPL)=([0-9a-f]+)", body)}
+        for name in ("GDT", "IDT"):
+            base, limit = re.search(rf"^{name}=\s+([0-9a-f]+) ([0-9a-f]+)", body, re.M).groups()
+            regs[name], regs[f"{name}_LIMIT"] = int(base, 16), int(limit, 16)
+        selector, base = re.search(r"^TR =([0-9a-f]{4}) ([0-9a-f]+)", body, re.M).groups()
+        regs["TR_SEL"], regs["TR"] = int(selector, 16), int(base, 16)
+        regs["GS_BASE"] = int(re.search(r"^GS =[0-9a-f]{4} ([0-9a-f]+)", body, re.M).group(1), 16)
+        cpus[int(number)] = regs
+    return cpus
+
+
+def _cli_json(guest, *argv):
+    result = subprocess.run(
+        [sys.executable, "-m", "kinspect.inspector.cli", "--target", guest.gdb_endpoint]
+        + ["--json", *argv],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_gdt_and_tss_of_cpu_1_match_qemus_cpu_1(linux_guest):
+    assert linux_guest.shell("nproc").output.strip() == "2"
+    gdt = _cli_json(linux_guest, "gdt", "--cpu", "1")["gdt"]
+    tss = _cli_json(linux_guest, "--cpu", "1", "tss")["tss"]
+    one, zero = _qemu_cpus(linux_guest, 1)[1], _qemu_cpus(linux_guest, 0)[0]
+    assert gdt["base"] == one["GDT"] != zero["GDT"]
+    assert gdt["limit"] == one["GDT_LIMIT"] and len(gdt["slots"]) == (one["GDT_LIMIT"] + 1) // 8
+    tr = [s for s in gdt["slots"] if "TR" in s["loaded_by"]]
+    assert [s["selector"] for s in tr] == [one["TR_SEL"]]
+    assert tr[0]["descriptor"]["base"] == one["TR"]
+    assert tss["base"] == one["TR"] != zero["TR"] and tss["selector"] == one["TR_SEL"]
+
+
+def test_cpus_and_the_per_cpu_areas_match_qemu(linux_guest):
+    session = api.attach(linux_guest.gdb_endpoint)
+    try:
+        cpus = session.cpus(detail=True)
+        truth = _qemu_cpus(linux_guest)  # every CPU, stopped by gdb
+    finally:
+        session.close()
+    assert [c.index for c in cpus] == sorted(truth) == [0, 1]
+    halted_in_kernel = 0
+    for cpu in cpus:
+        regs = truth[cpu.index]
+        assert (cpu.rip, cpu.cr3) == (regs["RIP"], regs["CR3"])
+        assert (cpu.gdtr.base, cpu.idtr.base, cpu.tr_base) == (regs["GDT"], regs["IDT"], regs["TR"])
+        assert cpu.state == ("halted" if regs["HLT"] else "stopped")
+        area = cpu.area
+        assert area is not None and area.entry_area == regs["GDT"]
+        assert area.gdt_shared and area.tss_shared  # the entry area aliases the per-CPU copies
+        assert cpu.current_task is not None
+        if regs["HLT"] and regs["CPL"] == 0:  # idle: GS holds the kernel's per-CPU base
+            halted_in_kernel += 1
+            assert area.offset == regs["GS_BASE"]
+            if cpu.index == 0:
+                assert cpu.current_task_symbol == "init_task"  # CPU 0's idle task: swapper/0
+    assert cpus[0].area.offset != cpus[1].area.offset
+    assert halted_in_kernel, "no CPU was idle in the kernel: nothing checked the per-CPU offsets"
+
+
+# -- a stub without QEMU's extensions: last, as its fixture holds the guest stopped ----
+
+
+class PlainStub(GdbTarget):
+    """QEMU's stub as a stub without QEMU's extensions: it never says it has them."""
+
+    def _probe_qemu(self) -> bool:
+        return False
+
+
+@pytest.fixture(scope="module")
+def plain(linux_guest):
+    """A session through the plain stub (no --phys-base, no ELF), with what QEMU's monitor
+    says at the same stop; last in the module, as it holds the guest stopped."""
+    session = Session(PlainStub(linux_guest.gdb_endpoint, physical="direct-map"))
+    try:
+        assert not session.target.has(Capability.SYSTEM_REGISTERS)
+        session.stop()
+        monitor = {
+            "registers": linux_guest.monitor("info registers"),
+            "tlb": linux_guest.monitor("info tlb", timeout=240.0),
+        }
+        yield session, monitor
+    finally:
+        session.close()
+
+
+def test_plain_stub_walks_with_no_phys_base_and_matches_info_tlb(plain):
+    session, monitor = plain
+    ours = {
+        (leaf.va, leaf.pa, tlb_flags(leaf.entry.raw)) for leaf in session.address_space().leaves
+    }
+    truth = {tuple(line) for line in decode_info_tlb(monitor["tlb"])}
+    assert len(truth) > 50_000
+    assert ours == truth
+    kernel = session.kernel()
+    assert session.physical_source == (
+        f"the direct map at {kernel.page_offset_base:#x} (page_offset_base (kallsyms))"
+    )
+    said = registry().execute(session, "kernel")
+    assert said.body["physical_from"] == session.physical_source
+    assert f"physical memory  {session.physical_source}" in said.text
+    pt = registry().execute(session, "pt")
+    assert pt.text.endswith(f"physical memory read through {session.physical_source}")
+
+
+def qemu_register(text: str, name: str) -> tuple[int, int]:
+    """(base, limit) of GDT, IDT or TR in ``info registers``."""
+    match = re.search(
+        rf"^{name}\s*=\s*(?:[0-9a-f]{{4}} )?([0-9a-f]{{16}}) ([0-9a-f]{{8}})", text, re.M
+    )
+    assert match, text
+    return int(match.group(1), 16), int(match.group(2), 16)
+
+
+def test_plain_stub_descriptors_are_where_qemu_says(plain):
+    session, monitor = plain
+    text = monitor["registers"]
+    gdt = registry().execute(session, "gdt")
+    assert gdt.status == 0, gdt.error
+    assert (gdt.body["gdt"]["base"], gdt.body["gdt"]["limit"]) == qemu_register(text, "GDT")
+    assert gdt.body["source"]["gdtr"].startswith("gdt_page via __per_cpu_offset[0] (kallsyms)")
+    assert "GDTR from gdt_page via __per_cpu_offset[0]" in gdt.text
+
+    idt = registry().execute(session, "idt")
+    assert idt.status == 0, idt.error
+    assert (idt.body["idt"]["base"], idt.body["idt"]["limit"]) == qemu_register(text, "IDT")
+    assert idt.body["source"] == {"idtr": "idt_descr (kallsyms)"}
+    assert "asm_exc_page_fault" in idt.text
+
+    tss = registry().execute(session, "tss")
+    assert tss.status == 0, tss.error
+    assert (tss.body["tss"]["base"], tss.body["tss"]["limit"]) == qemu_register(text, "TR")
+    assert "cpu_tss_rw via __per_cpu_offset[0]" in tss.body["source"]["tr"]
+
+
+#: the regions a running Debian guest always maps (user space and modules vary with the
+#: CR3 it stops in and what it loaded)
+REGIONS = {"direct map", "vmalloc", "vmemmap", "cpu_entry_area", "espfix", "kernel text/data"}
+REGIONS |= {"fixmap"}
+ALL_REGIONS = REGIONS | {"user space", "modules", "LDT remap", "EFI runtime", None}
+
+
+def test_pt_compact_fits_500_rows_under_region_headings(plain):
+    session, _ = plain
+    exact = registry().execute(session, "pt")
+    compact = registry().execute(session, "pt --compact")
+    assert compact.status == 0, compact.error
+    rows = compact.text.splitlines()
+    assert len(rows) < 500 < len(exact.text.splitlines())
+    headings = [line for line in rows if line.startswith("---[ ")]
+    assert REGIONS <= {h[5:-5] for h in headings} <= ALL_REGIONS
+    assert headings.index("---[ direct map ]---") < headings.index("---[ espfix ]---")
+    # every leaf is counted once, in one compact row
+    merged = compact.body["ranges"]
+    assert sum(r["pieces"] for r in merged) == len(exact.body["ranges"])
+    assert sum(r["mapped"] for r in merged) == sum(r["size"] for r in exact.body["ranges"])
+    kernel = session.kernel()
+    for doc in (exact.body, compact.body):
+        by_start = {r["start"]: r["region"] for r in doc["ranges"]}
+        assert by_start[kernel.text] == "kernel text/data"
+        assert by_start[kernel.page_offset_base] == "direct map"
+        assert REGIONS <= {r["region"] for r in doc["ranges"]} <= ALL_REGIONS

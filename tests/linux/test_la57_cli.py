@@ -107,3 +107,24 @@ def test_kallsyms_file_instead_of_memory(guest, tmp_path):
     refused = kinspect(guest, "--kallsyms", str(bad), "kernel")
     assert refused.returncode == 1
     assert refused.stderr.strip().count("\n") == 0 and "bad, line 1" in refused.stderr
+
+
+def test_pt_compact_names_the_5_level_regions(guest):
+    """The 5-level layout (page_offset_base 0xff11..., vmalloc 0xffa0..., vmemmap 0xffd4...
+    before KASLR) under ptdump's headings, in under 500 rows, through the command line."""
+    _, says, _ = guest
+    result = kinspect(guest, "--json", "pt", "--compact")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["compact"] is True and doc["paging"]["levels"] == 5
+    regions = {r["start"]: r["region"] for r in doc["ranges"]}
+    assert regions[says["address"]["_text"]] == "kernel text/data"
+    kernel = json.loads(kinspect(guest, "--json", "kernel").stdout)["kernel"]
+    assert kernel["page_offset_base"] >> 56 == 0xFF
+    assert regions[kernel["page_offset_base"]] == "direct map"
+    names = {r["region"] for r in doc["ranges"]}
+    assert {"direct map", "vmalloc", "vmemmap", "cpu_entry_area", "kernel text/data"} <= names
+    text = kinspect(guest, "pt", "--compact")
+    assert text.returncode == 0, text.stderr
+    rows = text.stdout.splitlines()
+    assert len(rows) < 500 and "---[ vmemmap ]---" in rows

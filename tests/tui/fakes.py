@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from kinspect.inspector.errors import AgentError, FaultError, TargetError
+from kinspect.inspector.errors import AgentError, FaultError, TargetError, TargetLost
 from kinspect.inspector.remap.apply import HIGHER_HALF, Remapper, StepReport
 from kinspect.inspector.remap.efi import SVAM
 from kinspect.inspector.remap.journal import Journal, JournalStep
@@ -157,7 +157,7 @@ class MemoryTarget(Target):
         if self._state == "running":
             raise TargetError("the target is running; stop it first")
         if self._state == "exited":
-            raise TargetError("the target has gone away")
+            raise TargetLost("the target has gone away")
 
     def read_physical(self, address: int, size: int) -> bytes:
         self._check()
@@ -222,14 +222,14 @@ class MemoryTarget(Target):
 
     def stop(self) -> dict:
         if self._state == "exited":
-            raise TargetError("the target has gone away")
+            raise TargetLost("the target has gone away")
         if self._state == "running":
             self._stopped({"reason": "signal-received", "signal-name": "SIGINT"})
         return self.last_stop
 
     def resume(self) -> None:
         if self._state == "exited":
-            raise TargetError("the target has gone away")
+            raise TargetLost("the target has gone away")
         self._state = "running"
         if self.on_resume is not None:
             self.on_resume(self)
@@ -238,7 +238,7 @@ class MemoryTarget(Target):
         if self._state == "stopped":
             return self.last_stop
         if self._state == "exited":
-            raise TargetError("the target has gone away")
+            raise TargetLost("the target has gone away")
         if self.armed:
             number = min(self.armed)
             self.hits[number] += 1
@@ -272,7 +272,7 @@ class MemoryTarget(Target):
     def breakpoints(self) -> list[Breakpoint]:
         """As gdb lists them without --elf: the location is what was asked, ``*0x...``."""
         if self._state == "exited":
-            raise TargetError("the target has gone away")
+            raise TargetLost("the target has gone away")
         return [
             Breakpoint(n, address, f"*{address:#x}", self.hits[n], True)
             for n, address in sorted(self.armed.items())

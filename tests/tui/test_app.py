@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from kinspect.inspector.errors import TargetError
+from kinspect.inspector.errors import TargetLost
 from kinspect.inspector.session import Session
 from kinspect.tui.app import make_app
 from kinspect.tui.screens.help import HelpScreen
@@ -342,7 +342,7 @@ def test_a_failing_target_is_a_notification_and_reconnect_recovers(session):
         app = make_app(session, connect=connect)
         async with app.run_test(size=SIZE) as pilot:
             await started(app, pilot)
-            session.target.fail = TargetError("the target has gone away (test)")
+            session.target.fail = TargetLost("the target has gone away (test)")
             await pilot.press("r")
             await app.wait_idle()
             await pilot.pause()

@@ -17,3 +17,16 @@ def test_the_cli_loads_the_tui_only_for_tui_and_demo():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_tuis_pure_parts_load_no_textual():
+    """What a stop means and the owner thread's loop are tested without an app."""
+    code = (
+        "import sys, kinspect.tui.stops, kinspect.tui.link, kinspect.tui.model;"
+        " print('textual' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -122,6 +122,9 @@ def test_remap_screen_with_the_efi_runtime_plan(snap_compare, tmp_path):
 def test_breakpoints_list_with_hits(snap_compare):
     """B after two breakpoints and one continue: the first hit once, the second not yet."""
     app = make_app(memory_session())
+    # the two "breakpoint N at" toasts are in the picture: on a loaded machine the default
+    # 5 s could expire them before it is taken
+    app.NOTIFICATION_TIMEOUT = 600
 
     async def run_before(pilot) -> None:
         await settle(command="break asm_exc_coproc_segment_overrun")(pilot)

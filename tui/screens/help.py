@@ -27,34 +27,23 @@ COMMANDS = (
     ("export, svg", "save the current view as text, or the screen as SVG"),
     ("remap", "the remap screen (7): forms, plan, apply, journal, undo"),
     ("efi", "the UEFI memory map (8)"),
+    ("pt, regs, gdt, bt, ...", "any other kinspect command, as the CLI runs it: its text"),
 )
 
-VIEWS = (
-    ("Registers", "general and control registers; yellow = changed since the last stop"),
+#: The views that are screens of their own, not panes: (key, name, what it shows).
+SCREENS = (
     (
-        "Ranges",
-        "coalesced mappings (ptdump); + added, - removed, ~ changed since the last "
-        "stop; magenta = writable and executable; filters combine (AND); the search takes "
-        "text or an address",
-    ),
-    ("Tables", "PML4 -> PDPT -> PD -> PT; Enter or Space expands (one table read each)"),
-    ("Memory", "16 bytes a row; qwords that point into a symbol are named on the right"),
-    (
-        "Breakpoints (B)",
-        "number, enabled, hits (read again at each stop), address, where; d or Delete "
-        "deletes the highlighted one, D all, r reads again",
-    ),
-    (
+        "7",
         "Remaps (7)",
         "through the agent: map, unmap, protect, move, higher-half, efi-runtime; the plan "
         "first (red: cannot be undone), F2 applies it (journaled, verified by a fresh walk); "
         "the journal's steps undo (F3)",
     ),
     (
-        "EFI (8)",
-        "the UEFI memory map the kernel kept: runtime regions in cyan with the virtual "
-        "addresses that map them now (red: not mapped; + - ~ moved since the view was last "
-        "read); the memory attributes table's RO/XP splits",
+        "B",
+        "Breakpoints (B)",
+        "number, enabled, hits (read again at each stop), address, where; d or Delete "
+        "deletes the highlighted one, D all, r reads again",
     ),
 )
 
@@ -62,9 +51,15 @@ VIEWS = (
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss", "Close")]
 
-    def __init__(self, bindings: Sequence[Binding | tuple]) -> None:
+    def __init__(
+        self,
+        bindings: Sequence[Binding | tuple[str, ...]],
+        views: Sequence[tuple[str, str, str]] = (),
+    ) -> None:
+        """``views``: (key, name, what it shows) of each pane; the screens are added here."""
         super().__init__()
         self._keys = [b for b in bindings if isinstance(b, Binding)]
+        self._views = sorted([*views, *SCREENS], key=lambda view: view[0])
 
     def compose(self) -> ComposeResult:
         keys = Table(title="Keys", box=None, show_header=False, title_justify="left")
@@ -91,7 +86,7 @@ class HelpScreen(ModalScreen[None]):
         views = Table(title="Views", box=None, show_header=False, title_justify="left")
         views.add_column(style="bold cyan")
         views.add_column()
-        for name, text in VIEWS:
+        for _key, name, text in self._views:
             views.add_row(name, text)
         with VerticalScroll(id="help-body"):
             yield Static(Text("kinspect: a live kernel inspector", style="bold"))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from rich.console import Group
 from rich.text import Text
+from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
@@ -17,11 +19,11 @@ ORDER = ("GDT", "LDT", "IDT", "TSS")
 class DescriptorsView(VerticalScroll):
     """Each table's text, or why it could not be read (a stub without GDTR, say)."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.tables: Mapping[str, str] = {}
 
-    def compose(self):
+    def compose(self) -> ComposeResult:
         yield Static("no descriptor tables yet", id="descriptors-body")
 
     def show(self, tables: Mapping[str, str], errors: Mapping[str, str]) -> None:

@@ -9,6 +9,8 @@ locally. A kernel that did not boot through UEFI gets one line saying so.
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.style import Style
 from rich.text import Text
 from textual import on
@@ -56,7 +58,7 @@ _MARK_STYLE = {
 class EfiMapView(Vertical):
     """Filters and a summary line, the descriptors, then the cursor's detail and the MAT."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.memory_map: MemoryMap | None = None
         self.attributes: MemoryAttributesTable | str | None = None

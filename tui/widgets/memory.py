@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from rich.text import Text
 from textual.binding import Binding
@@ -36,7 +37,7 @@ class HexView(Static, can_focus=True):
             self.view = view
             self.delta = delta
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(
             "no memory shown: press g and give an address (mem ADDR, phys ADDR)", **kwargs
         )

@@ -9,6 +9,7 @@ API), so a new stop or a new filter costs one list assignment.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.segment import Segment
 from rich.style import Style
@@ -53,7 +54,7 @@ class RangeList(ScrollView, can_focus=True):
             self.range_list = range_list
             self.row = row
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rows: Sequence[RangeRow] = ()
         self.cursor = 0

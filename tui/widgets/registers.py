@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
@@ -54,14 +56,14 @@ CHANGED_STYLE = "bold black on yellow"
 class RegistersView(VerticalScroll):
     """Shows one :class:`RegisterSnapshot`; values that differ from the previous stop stand out."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.snapshot: RegisterSnapshot | None = None
         self.changed: frozenset[str] = frozenset()
         self.generation = 0  # how many snapshots were shown (tests and the benchmark wait on it)
-        self.symbolize = None  # callable address -> str | None, set by the app
+        self.symbolize: Callable[[int], str | None] | None = None  # set by the app
 
-    def compose(self):
+    def compose(self) -> ComposeResult:
         yield Static("no registers yet", id="registers-body")
 
     def show(self, snapshot: RegisterSnapshot, previous: Mapping[str, int] | None) -> None:
@@ -92,7 +94,7 @@ class RegistersView(VerticalScroll):
                 style = CHANGED_STYLE if name in self.changed else ""
                 cells += [name, Text(f"{values[name]:#018x}", style=style)]
             table.add_row(*cells)
-        parts: list = [Text("General registers", style="bold underline"), table]
+        parts: list[RenderableType] = [Text("General registers", style="bold underline"), table]
         rip = values.get("rip")
         if rip is not None and self.symbolize is not None:
             where = self.symbolize(rip)

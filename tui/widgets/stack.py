@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -42,7 +43,7 @@ def source_excerpt(frame: Frame, context: int = CONTEXT) -> Text:
 class StackView(Horizontal):
     """Frames on the left (a short list: one option per frame), source on the right."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backtrace: Backtrace | None = None
 

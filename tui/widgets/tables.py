@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rich.text import Text
 from textual.message import Message
@@ -53,11 +54,11 @@ class TableTree(Tree[TableSpot]):
             self.tree = tree
             self.spot = spot
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__("page tables", **kwargs)
         self.levels = 4
 
-    def reset(self, root_table: int, levels: int) -> None:
+    def load_root(self, root_table: int, levels: int) -> None:
         """A new stop: forget every table read, keep the root collapsed."""
         self.levels = levels
         self.clear()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
@@ -15,7 +17,7 @@ __all__ = ["WalkView"]
 class WalkView(Static):
     """Shows a :class:`Translation` (``show_walk``) or any short text (``show_text``)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__("select a range or an entry to see its walk", *args, **kwargs)
         self.translation: Translation | None = None
         self.plain = ""

@@ -36,7 +36,13 @@ from kinspect.inspector.x86.paging.entry import (
     decode_table,
     format_size,
 )
-from kinspect.inspector.x86.paging.ranges import Range, coalesce_ranges, find_aliases
+from kinspect.inspector.x86.paging.ranges import (
+    CompactRange,
+    Range,
+    coalesce_ranges,
+    compact_ranges,
+    find_aliases,
+)
 from kinspect.inspector.x86.paging.translate import Translation, WalkStep, translate
 from kinspect.inspector.x86.paging.walk import (
     AddressSpace,
@@ -55,6 +61,7 @@ __all__ = [
     "LEVEL_SHIFT",
     "PAGE_SIZE",
     "AddressSpace",
+    "CompactRange",
     "Leaf",
     "PageTableEntry",
     "Permissions",
@@ -66,6 +73,7 @@ __all__ = [
     "canonicalize",
     "check_canonical",
     "coalesce_ranges",
+    "compact_ranges",
     "collect_address_space",
     "decode_entry",
     "decode_table",

@@ -21,7 +21,14 @@ from kinspect.inspector.x86.paging.entry import (
 )
 from kinspect.inspector.x86.paging.walk import Leaf
 
-__all__ = ["Range", "coalesce_ranges", "find_aliases"]
+__all__ = [
+    "COMPACT_MAX_GAP",
+    "CompactRange",
+    "Range",
+    "coalesce_ranges",
+    "compact_ranges",
+    "find_aliases",
+]
 
 _LINUX_LEVEL = {1: "pte", 2: "pmd", 3: "pud", 4: "p4d", 5: "pgd"}
 """Linux's names of the levels, as ptdump ends each line."""
@@ -163,3 +170,71 @@ def find_aliases(leaves: Iterable[Leaf], pa: int) -> list[tuple[int, Leaf]]:
     ]
     found.sort(key=lambda pair: pair[0])
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class CompactRange:
+    """Neighbouring ranges with the same permissions, attributes and page size, merged
+    whatever their physical addresses and the unmapped gaps between them (ptdump's rule).
+
+    ``range`` spans the first start to the last end, with the first piece's ``phys``;
+    ``pieces`` is how many exact ranges it stands for, ``mapped`` the bytes they map.
+    """
+
+    range: Range
+    pieces: int
+    mapped: int
+
+    def __str__(self) -> str:
+        return str(self.range)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON shape: a range's keys, plus ``pieces`` and ``mapped``; see ``docs/json.md``."""
+        return {**self.range.to_dict(), "pieces": self.pieces, "mapped": self.mapped}
+
+
+#: The widest unmapped hole :func:`compact_ranges` merges across: one page table's reach.
+COMPACT_MAX_GAP = 2 << 20
+
+
+def compact_ranges(
+    ranges: Iterable[Range], breaks: Iterable[int] = (), *, max_gap: int = COMPACT_MAX_GAP
+) -> list[CompactRange]:
+    """Merge ranges (ascending) that share permissions, attributes and page size.
+
+    Physical contiguity does not matter, nor an unmapped hole up to ``max_gap``
+    bytes (guard pages, espfix's stride of 64 KiB); a wider hole separates. A
+    merged range never spans an address in ``breaks`` (region boundaries: a range
+    starting at or past one is not merged with a range before it).
+    """
+    stops = sorted(set(breaks))
+    merged: list[CompactRange] = []
+    first: Range | None = None
+    last_end = pieces = mapped = 0
+    limit = 1 << 64  # the next break after the current run's start
+    for r in ranges:
+        if (
+            first is not None
+            and r.start < limit
+            and r.start - last_end <= max_gap
+            and r.page_size == first.page_size
+            and r.permissions == first.permissions
+            and r.attributes == first.attributes
+        ):
+            last_end = r.end
+            pieces += 1
+            mapped += r.size
+            continue
+        if first is not None:
+            merged.append(CompactRange(_spanning(first, last_end), pieces, mapped))
+        first, last_end, pieces, mapped = r, r.end, 1, r.size
+        limit = next((b for b in stops if b > r.start), 1 << 64)
+    if first is not None:
+        merged.append(CompactRange(_spanning(first, last_end), pieces, mapped))
+    return merged
+
+
+def _spanning(first: Range, end: int) -> Range:
+    if end == first.end:
+        return first
+    return Range(first.start, end, first.phys, first.page_size, first.permissions, first.attributes)

@@ -1,0 +1,176 @@
+"""Ranges [2]: the coalesced range map (``kinspect pt``), marked against the previous stop.
+
+Filters (user, kernel, writable, exec, W+X, changed) and a search box combine;
+the walk of the range under the cursor is shown beside. ``ptov`` lists every
+virtual address of a physical one in the walk pane.
+"""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Checkbox, Input, Static
+
+from kinspect.inspector.session import Session
+from kinspect.inspector.x86.paging import Range
+
+from ..model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
+from ..widgets.ranges import RangeList
+from ..widgets.walk import WalkView
+from .walking import WalkingPane
+
+__all__ = ["RangesPane"]
+
+FLAGS = (
+    ("user", "user"),
+    ("kernel", "kernel"),
+    ("writable", "writable"),
+    ("executable", "exec"),
+    ("wx", "W+X"),
+    ("changed", "changed"),
+)
+
+
+def read_ranges(session: Session) -> tuple[list[Range], int]:
+    return session.ranges(), len(session.address_space().problems)
+
+
+class RangesPane(WalkingPane):
+    NAME = "ranges"
+    TITLE = "Ranges [2]"
+    KEY = "2"
+    KEY_HELP = "Ranges"
+    HELP = (
+        "coalesced mappings (ptdump); + added, - removed, ~ changed since the last "
+        "stop; magenta = writable and executable; filters combine (AND); the search takes "
+        "text or an address"
+    )
+    PALETTE = ("Range map", "The coalesced mappings, marked against the previous stop (2)")
+    FOCUS = "#range-list"
+    STOP_ORDER = 20
+    WALK_VIEW = "range-walk"
+    GLOBAL_KEYS = (("slash", "search", "Search"),)
+    COMMANDS = {**WalkingPane.COMMANDS, "ptov": "command_ptov"}
+    NEEDS_ARGUMENT = {**WalkingPane.NEEDS_ARGUMENT, "ptov": "an address or a symbol"}
+
+    class Read(Message, bubble=False):
+        def __init__(self, ranges: list[Range], problems: int) -> None:
+            super().__init__()
+            self.ranges = ranges
+            self.problems = problems
+
+    class Aliases(Message, bubble=False):
+        def __init__(self, pa: int, aliases: list[int]) -> None:
+            super().__init__()
+            self.pa = pa
+            self.aliases = aliases
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ranges: list[Range] = []
+        self.rows: list[RangeRow] = []
+        self.shown_rows: list[RangeRow] = []
+        self.range_filter = RangeFilter()
+        self._previous: list[Range] | None = None
+        self._row_texts = RowTexts([])
+        self._wx = self._marks = self._problems = 0
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            with Horizontal(id="range-filters"):
+                for name, label in FLAGS:
+                    yield Checkbox(label, id=f"f-{name}")
+                yield Input(placeholder="search: text or address", id="range-search")
+            yield Static("no ranges yet", id="range-summary")
+            with Horizontal(classes="split"):
+                yield RangeList(id="range-list")
+                with VerticalScroll(classes="walk-pane"):
+                    yield WalkView(id="range-walk")
+
+    # -- reading -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        self.read("ranges", read_ranges, lambda result: self.Read(*result))
+
+    def on_ranges_pane_read(self, message: Read) -> None:
+        ranges = message.ranges
+        self.ranges = ranges
+        self.rows = diff_ranges(self._previous, ranges)
+        self._previous = ranges
+        self._problems = message.problems
+        self._row_texts = RowTexts(self.rows)
+        self._wx = sum(1 for r in ranges if r.permissions.writable and r.permissions.executable)
+        self._marks = sum(1 for row in self.rows if row.mark)
+        self._apply_filter()
+
+    # -- filters -------------------------------------------------------------------------
+
+    @on(Checkbox.Changed)
+    @on(Input.Changed, "#range-search")
+    def _filters_changed(self, event: Message) -> None:
+        def flag(name: str) -> bool:
+            return self.query_one(f"#f-{name}", Checkbox).value
+
+        self.range_filter = RangeFilter(
+            **{name: flag(name) for name, _ in FLAGS},
+            text=self.query_one("#range-search", Input).value.strip(),
+        )
+        self._apply_filter()
+
+    def _apply_filter(self) -> None:
+        view = self.query_one(RangeList)
+        keep = view.current.range.start if view.current else None
+        self.shown_rows = filter_rows(self.rows, self.range_filter, self._row_texts)
+        view.set_rows(self.shown_rows, keep=keep)
+        self.query_one("#range-summary", Static).update(
+            f"{len(self.shown_rows)} of {len(self.rows)} rows shown | {len(self.ranges)} ranges"
+            f" | W+X {self._wx} | changed since last stop {self._marks}"
+            f" | walk problems {self._problems}"
+        )
+
+    def action_search(self) -> None:
+        self.kinspect.action_tab(self.NAME)
+        self.kinspect.set_focus(self.query_one("#range-search", Input))
+
+    @on(RangeList.Highlighted)
+    def _range_highlighted(self, event: RangeList.Highlighted) -> None:
+        if event.row is not None:
+            r = event.row.range
+            self.show_walk(r.start, title=f"walk of {r.start:#x} (range start)")
+
+    # -- ptov -----------------------------------------------------------------------------
+
+    def command_ptov(self, text: str) -> None:
+        resolve = self.kinspect.resolve
+
+        def work(session: Session) -> tuple[int, list[int]]:
+            pa = resolve(session, text)
+            return pa, session.aliases(pa)
+
+        self.read("ptov", work, lambda result: self.Aliases(*result), while_running="fail")
+
+    def on_ranges_pane_aliases(self, message: Aliases) -> None:
+        pa, aliases = message.pa, message.aliases
+        symbolize = self.kinspect.symbolize
+        if not aliases:
+            lines = [f"no virtual address maps physical {pa:#x}"]
+        else:
+            lines = [f"{len(aliases)} virtual addresses map physical {pa:#x}:"]
+            for va in aliases[:200]:
+                name = symbolize(va)
+                lines.append(f"  {va:#018x}" + (f"  {name}" if name else ""))
+            if len(aliases) > 200:
+                lines.append(f"  ... and {len(aliases) - 200} more")
+        self.kinspect.show_pane(self.NAME)
+        self.walk_view.show_text("\n".join(lines))
+
+    def export_text(self) -> str:
+        return (
+            str(self.query_one("#range-summary", Static).render())
+            + "\n"
+            + self.query_one(RangeList).export_text()
+            + "\n"
+            + self.walk_view.export_text()
+        )

@@ -1,0 +1,67 @@
+"""A pane with a walk view beside its list (Ranges, Tables): the walk of an address, ``vtop``."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual.message import Message
+
+from kinspect.inspector.session import Session
+
+from ..widgets.walk import WalkView
+from .base import Pane
+
+__all__ = ["WalkingPane"]
+
+
+class WalkingPane(Pane):
+    """Shows walks in its :class:`WalkView` (``WALK_VIEW``); answers ``vtop``."""
+
+    WALK_VIEW: ClassVar[str]  # the id of the pane's WalkView
+    COMMANDS = {"vtop": "command_vtop", "v": "command_vtop"}
+    NEEDS_ARGUMENT = {"vtop": "an address or a symbol", "v": "an address or a symbol"}
+
+    class Walked(Message, bubble=False):
+        """The walk of ``va``; ``title`` heads it, the symbol of ``va`` ends it."""
+
+        def __init__(self, va: int, translation: Any, title: str, *, show: bool = False) -> None:
+            super().__init__()
+            self.va = va
+            self.translation = translation
+            self.title = title
+            self.show = show  # asked for (vtop): show the pane
+
+    @property
+    def walk_view(self) -> WalkView:
+        return self.query_one(f"#{self.WALK_VIEW}", WalkView)
+
+    def show_walk(self, va: int, *, title: str = "") -> None:
+        """The walk of ``va`` (a view: skipped while the kernel runs)."""
+        self.read(
+            "walk",
+            lambda session: session.translate(va),
+            lambda translation: self.Walked(va, translation, title),
+        )
+
+    def on_walking_pane_walked(self, message: Walked) -> None:
+        if message.show:
+            self.kinspect.show_pane(self.NAME)
+        name = self.kinspect.symbolize(message.va)
+        self.walk_view.show_walk(
+            message.translation, title=message.title, extra=f"symbol: {name}" if name else ""
+        )
+
+    def command_vtop(self, text: str) -> None:
+        """Translate an address or symbol; the walk goes to this pane's walk view."""
+        resolve = self.kinspect.resolve
+
+        def work(session: Session) -> tuple[int, Any]:
+            va = resolve(session, text)
+            return va, session.translate(va)
+
+        self.read(
+            "vtop",
+            work,
+            lambda result: self.Walked(result[0], result[1], f"vtop {text}", show=True),
+            while_running="fail",
+        )
