@@ -190,7 +190,7 @@ class Session:
         """
         if self._remapper is not None or self.target.has(Capability.REMAPS):
             return None
-        return REMAPS_NEED_AGENT
+        return self.target.missing_reasons.get(Capability.REMAPS, REMAPS_NEED_AGENT)
 
     def remapper(self, *, journal: str | Path | None = None) -> Remaps:
         """This session's :class:`~inspector.remap.apply.Remapper`, made on first use.
