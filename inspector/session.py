@@ -8,20 +8,11 @@ the TUI shows comes from the same call here, so the two cannot disagree.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cpus import CpuState, PerCpuArea, find_current_task, per_cpu_offset, per_cpu_symbol
-from .efi.memmap import (
-    MemoryAttributesTable,
-    MemoryDescriptor,
-    MemoryMap,
-    decode_memory_attributes_table,
-    decode_memory_map,
-)
-from .efi.runtime import EfiTime
 from .errors import (
     FaultError,
     InspectorError,
@@ -29,30 +20,8 @@ from .errors import (
     TargetError,
     TargetLost,
 )
-from .fault import (
-    Catchpoint,
-    FaultReport,
-    TripleFaultReport,
-    catch_exceptions,
-    explain_fault,
-    explain_triple_fault,
-)
-from .linux.kernel import LinuxKernel, recognize_linux
-from .linux.layout import RegionMap, check_direct_map, direct_map_candidates, linux_regions
-from .linux.orc import OrcTable
-from .linux.percpu import LinuxSystemRegisters, find_system_registers
 from .numbers import resolve_address
 from .symbols import SymbolicAddress, SymbolTable
-from .tables import (
-    InterruptTable,
-    MappingLookup,
-    TaskState,
-    describe_gdt,
-    describe_idt,
-    describe_ldt,
-    describe_tss,
-    mapping_lookup,
-)
 from .targets.base import (
     REMAPS_NEED_AGENT,
     Breakpoint,
@@ -73,13 +42,14 @@ from .x86.control import (
     decode_paging_mode,
     decode_rflags,
 )
-from .x86.descriptors import SEGMENT_REGISTERS, DescriptorTable
 from .x86.paging import (
     AddressSpace,
     CompactRange,
+    Leaf,
     PageTableEntry,
     Range,
     Translation,
+    WalkProblem,
     check_canonical,
     coalesce_ranges,
     collect_address_space,
@@ -87,10 +57,34 @@ from .x86.paging import (
     decode_table,
     find_aliases,
     translate,
+    walk_page_tables,
 )
 
+# Each of these is imported by the method that needs it: `kinspect regs` starts without
+# them (issue 16: cold start).
 if TYPE_CHECKING:
+    from .cpus import CpuState, PerCpuArea
+    from .efi.memmap import (
+        MemoryAttributesTable,
+        MemoryDescriptor,
+        MemoryMap,
+    )
+    from .efi.runtime import EfiTime
+    from .fault import (
+        Catchpoint,
+        FaultReport,
+        TripleFaultReport,
+    )
+    from .linux.btf import Btf
+    from .linux.kernel import LinuxKernel
+    from .linux.layout import RegionMap
+    from .linux.modules import ModuleList, ModuleSymbol
+    from .linux.orc import OrcTable
+    from .linux.percpu import LinuxSystemRegisters
+    from .linux.tasks import Task, TaskList
     from .remap.service import Remaps
+    from .tables import InterruptTable, MappingLookup, TaskState
+    from .x86.descriptors import DescriptorTable
 
 __all__ = ["ControlState", "Session"]
 
@@ -128,6 +122,8 @@ class Session:
         #: The kernel's ORC tables (None: it has none), looked for once: they never change.
         self._orc: OrcTable | None = None
         self._orc_looked = False
+        #: the kernel's BTF, decoded on first use (kept: the image stays put)
+        self._btf: Btf | None = None
         #: a Linux kernel recognized on first use (kept across stops: the image stays put)
         self._linux: tuple[LinuxKernel, SymbolTable] | None = None
         self._linux_error: str | None = None
@@ -194,7 +190,7 @@ class Session:
         """
         if self._remapper is not None or self.target.has(Capability.REMAPS):
             return None
-        return REMAPS_NEED_AGENT
+        return self.target.missing_reasons.get(Capability.REMAPS, REMAPS_NEED_AGENT)
 
     def remapper(self, *, journal: str | Path | None = None) -> Remaps:
         """This session's :class:`~inspector.remap.apply.Remapper`, made on first use.
@@ -252,6 +248,8 @@ class Session:
         return states
 
     def _cpu_state(self, index: int, halted: bool | None, selected: int) -> CpuState:
+        from .cpus import CpuState, find_current_task
+
         state = "halted" if halted else "stopped"
         problems: list[str] = []
         try:
@@ -297,6 +295,8 @@ class Session:
 
     def _per_cpu_area(self, state: CpuState) -> PerCpuArea | None:
         """The selected CPU's per-CPU area on Linux (None elsewhere)."""
+        from .cpus import PerCpuArea, per_cpu_offset, per_cpu_symbol
+
         symbols = self.symbols
         if symbols is None:
             return None
@@ -429,6 +429,9 @@ class Session:
         return found[0]
 
     def _recognize(self) -> tuple[LinuxKernel, SymbolTable] | None:
+
+        from .linux.kernel import recognize_linux
+
         if self._linux is None and self._linux_error is None:
             try:
                 self._linux = recognize_linux(
@@ -458,6 +461,8 @@ class Session:
     def _find_direct_map(self, cr3: int, mode: PagingMode) -> None:
         """A stub without physical reads of its own reads through the direct map: find its
         base (a guess from GS checked by a walk, confirmed from page_offset_base later)."""
+        from .linux.layout import check_direct_map, direct_map_candidates
+
         if not self.target.direct_map_wanted():
             return
         registers = self.registers()
@@ -479,6 +484,8 @@ class Session:
 
     def regions(self) -> RegionMap | None:
         """Linux's regions as ptdump names them; None on a kernel not recognized as Linux."""
+        from .linux.layout import linux_regions
+
         found = self._recognize()
         if found is None:
             return None
@@ -552,6 +559,8 @@ class Session:
         return self._system_registers()[1]
 
     def _system_registers(self) -> tuple[SystemRegisters, dict[str, str]]:
+        from .linux.percpu import find_system_registers
+
         self.stop()
         if self.target.has(Capability.SYSTEM_REGISTERS):
             source = self.target.system_registers_source or self.target.description
@@ -619,6 +628,35 @@ class Session:
             self._find_direct_map(cr3, mode)
             self._space[cpu] = collect_address_space(self._read_table, cr3, mode)
         return self._space[cpu]
+
+    def walk_leaves(self) -> Iterator[list[Leaf] | WalkProblem]:
+        """The walk as it goes: runs of leaves and the problems between them, in VA order.
+
+        For output that streams (``pt --json-lines``): nothing is kept, so a
+        map of half a million leaves never sits in memory whole. The walk of
+        :meth:`address_space` when it is already done.
+        """
+        space = self._space.get(self.cpu)
+        if space is not None:
+            yield list(space.leaves)
+            yield from space.problems
+            return
+        cr3, mode = self._walk_inputs()
+        self._find_direct_map(cr3, mode)
+        run: list[Leaf] = []
+        for item in walk_page_tables(self._read_table, cr3, mode):
+            if isinstance(item, Leaf):
+                run.append(item)
+                if len(run) >= 8192:
+                    yield run
+                    run = []
+            else:
+                if run:
+                    yield run
+                    run = []
+                yield item
+        if run:
+            yield run
 
     def ranges(self) -> list[Range]:
         cpu = self.cpu
@@ -694,6 +732,8 @@ class Session:
         Each runtime region comes with the virtual addresses that map its
         first page now.
         """
+        from .efi.memmap import MemoryMap, decode_memory_map
+
         kept = self._efi_kept()
         if kept["memmap_size"] == 0:
             raise TargetError("the kernel did not boot through UEFI: its memory map is empty")
@@ -709,6 +749,8 @@ class Session:
 
     def efi_memory_attributes(self) -> MemoryAttributesTable | None:
         """EFI_MEMORY_ATTRIBUTES_TABLE as the kernel kept it, or None."""
+        from .efi.memmap import decode_memory_attributes_table
+
         kept = self._efi_kept()
         if kept["memattr_size"] == 0:
             return None
@@ -754,13 +796,43 @@ class Session:
         symbols = self.symbols
         if symbols is None:
             raise InspectorError("symbolizing needs the kernel's ELF: pass --elf")
+        end = symbols.lookup("_end")  # modules lie past the kernel's image
+        if self._linux is not None and not self.elf and end is not None and address >= end:
+            found = self._module_symbol(address)
+            if found is not None:
+                return found
         return symbols.addr2sym(address)
+
+    def _module_symbol(self, address: int) -> SymbolicAddress | None:
+        """``name [module]`` for an address inside a loaded module (its own kallsyms)."""
+        from .linux.modules import read_module_symbols
+
+        try:
+            modules = self.modules()
+            btf = self.btf()
+        except InspectorError:
+            return None
+        for module in modules.modules:
+            if not any(p.base <= address < p.base + p.size for p in module.parts):
+                continue
+            best: ModuleSymbol | None = None
+            for symbol in read_module_symbols(self.read_virtual, btf, module):
+                if symbol.address <= address:
+                    best = symbol
+            if best is None:
+                return SymbolicAddress(address, f"[{module.name}]", 0, None)
+            return SymbolicAddress(
+                address, f"{best.name} [{module.name}]", address - best.address, None
+            )
+        return None
 
     def _long_mode(self) -> bool:
         efer = self.registers().get("efer")
         return True if efer is None else bool(efer >> 10 & 1)  # EFER.LMA
 
     def _loaded_selectors(self, system: SystemRegisters) -> dict[str, int]:
+        from .x86.descriptors import SEGMENT_REGISTERS
+
         regs = self.registers()
         loaded = {name: regs[name.lower()] for name in SEGMENT_REGISTERS if name.lower() in regs}
         if system.tr is not None:
@@ -771,6 +843,8 @@ class Session:
 
     def gdt(self) -> DescriptorTable:
         """The GDT at GDTR, each slot decoded, loaded selectors marked and checked."""
+        from .tables import describe_gdt
+
         system = self.system_registers()
         return describe_gdt(
             self.read_virtual,
@@ -781,6 +855,8 @@ class Session:
 
     def ldt(self) -> DescriptorTable | None:
         """The LDT LDTR holds, or None when LDTR is null."""
+        from .tables import describe_ldt
+
         system = self.system_registers()
         return describe_ldt(
             self.read_virtual,
@@ -791,6 +867,8 @@ class Session:
 
     def idt(self) -> InterruptTable:
         """Every IDT gate with its handler rebuilt and symbolized."""
+        from .tables import describe_idt
+
         return describe_idt(
             self.read_virtual,
             self.system_registers().idtr,
@@ -800,6 +878,8 @@ class Session:
 
     def tss(self) -> TaskState:
         """The TSS TR selects, with RSP0-2 and IST1-7 and whether each stack is mapped."""
+        from .tables import describe_gdt, describe_tss
+
         system = self.system_registers()
         gdt = describe_gdt(
             self.read_virtual,
@@ -811,6 +891,8 @@ class Session:
 
     def mapping(self) -> MappingLookup | None:
         """``address -> mapped range`` from the page tables, None when they cannot be walked."""
+        from .tables import mapping_lookup
+
         try:
             return mapping_lookup(self.ranges())
         except InspectorError:
@@ -826,6 +908,8 @@ class Session:
         return self._orc
 
     def _find_orc(self) -> OrcTable | None:
+        from .linux.orc import OrcTable
+
         symbols = self.symbols
         if symbols is not None and symbols.lookup("__start_orc_unwind_ip") is not None:
             try:
@@ -870,6 +954,113 @@ class Session:
             max_depth=max_depth,
         )
 
+    # -- Linux: types and tasks (inspector/linux/btf.py, tasks.py) ----------------
+
+    def btf(self) -> Btf:
+        """The kernel's BTF, read from its memory once (and cached on disk as kallsyms is)."""
+        from .linux.btf import decode_btf
+        from .linux.kernel import read_btf_bytes
+
+        if self._btf is None:
+            kernel = self.kernel()
+            symbols = self.symbols
+            if symbols is None:
+                raise InspectorError("no kernel symbols: cannot find the kernel's BTF")
+            self._btf = decode_btf(read_btf_bytes(self.read_virtual, symbols.lookup, kernel))
+        return self._btf
+
+    def tasks(self) -> TaskList:
+        """Every task on ``init_task.tasks``, and each CPU's current task (read per call)."""
+        from .linux.tasks import read_tasks
+
+        btf = self.btf()
+        symbols = self.symbols
+        assert symbols is not None  # btf() needs them
+        return read_tasks(
+            self.read_virtual,
+            btf,
+            symbols.lookup,
+            page_offset_base=self.kernel().page_offset_base,
+        )
+
+    def modules(self) -> ModuleList:
+        """The loaded modules (the kernel's ``modules`` list), newest first."""
+        from .linux.modules import read_modules
+
+        btf = self.btf()
+        symbols = self.symbols
+        assert symbols is not None  # btf() needs them
+        return read_modules(self.read_virtual, btf, symbols.lookup)
+
+    def task_address_spaces(self, pid: int) -> tuple[Task, AddressSpace, AddressSpace | None]:
+        """Task ``pid``'s page tables from its ``mm->pgd``: the kernel's copy, and under
+        PTI the user-space copy (None without PTI)."""
+        from .linux.tasks import find_task, pti_user_copy
+
+        task = find_task(self.tasks(), pid)
+        if task.pgd_physical is None:
+            raise InspectorError(
+                f"task {pid} ({task.comm}) is a kernel thread: it has no mm of its own"
+            )
+        _, mode = self._walk_inputs()
+        space = collect_address_space(self._read_table, task.pgd_physical, mode)
+        user_at = pti_user_copy(self._read_table(task.pgd_physical, 4096), task.pgd_physical)
+        user = collect_address_space(self._read_table, user_at, mode) if user_at else None
+        return task, space, user
+
+    def task_translate(self, pid: int, virtual: int) -> Translation:
+        """Translate ``virtual`` through task ``pid``'s own tables (its ``mm->pgd``: the
+        kernel's copy under PTI, which maps user space too)."""
+        from .linux.tasks import find_task
+
+        task = find_task(self.tasks(), pid)
+        if task.pgd_physical is None:
+            raise InspectorError(
+                f"task {pid} ({task.comm}) is a kernel thread: it has no mm of its own"
+            )
+        _, mode = self._walk_inputs()
+        return translate(self._read_table, task.pgd_physical, mode, virtual)
+
+    def task_aliases(self, physical: int) -> list[tuple[int, Task | None]]:
+        """Every virtual address that maps ``physical`` in any task: the kernel half once
+        (shared by all, owner None), then each user task's lower half, with its task."""
+        if physical < 0 or physical >= 1 << 52:
+            raise FaultError(physical, "not a physical address (must be below 2^52)")
+        found: list[tuple[int, Task | None]] = [
+            (va, None)
+            for va, _leaf in find_aliases(self.address_space().leaves, physical)
+            if va >> 63
+        ]
+        _, mode = self._walk_inputs()
+        for task in self.tasks().tasks:
+            if task.pgd_physical is None:
+                continue
+            space = collect_address_space(self._read_table, task.pgd_physical, mode)
+            found += [
+                (va, task) for va, _leaf in find_aliases(space.leaves, physical) if not va >> 63
+            ]
+        return found
+
+    def task_backtrace(self, pid: int, *, max_depth: int = MAX_DEPTH) -> Backtrace:
+        """The stack of task ``pid``: from the CPU's registers when it is running, else
+        from its saved context (``thread.sp``'s ``inactive_task_frame``)."""
+        from .linux.tasks import find_task, saved_context
+
+        task = find_task(self.tasks(), pid)
+        if task.current_on:
+            return self.backtrace(max_depth=max_depth)
+        context = saved_context(self.read_virtual, self.btf(), task.address)
+        symbols = self.symbols
+        return unwind(
+            self.read_virtual,
+            context.registers,
+            symbols=symbols,
+            mapping=self.mapping(),
+            orc=self.orc(),
+            max_depth=max_depth,
+            return_address=True,
+        )
+
     # -- faults (the analysis lives in fault.py) ------------------------------------
 
     def fault(
@@ -880,14 +1071,20 @@ class Session:
         From the handler's entry (a catchpoint), interrupt frame ``frame`` of the
         backtrace, or the last exception in ``qemu_log`` (QEMU's ``-d int`` text).
         """
+        from .fault import explain_fault
+
         return explain_fault(self, frame=frame, vector=vector, qemu_log=qemu_log)
 
     def catch(self, vector: int | None) -> list[Catchpoint]:
         """Stop before the handler of ``vector`` runs (None: every exception, 0-31)."""
+        from .fault import catch_exceptions
+
         return catch_exceptions(self, vector)
 
     def triple_fault(self, qemu_log: str) -> TripleFaultReport:
         """The exception chain of the triple fault in ``qemu_log`` and why it ended there."""
+        from .fault import explain_triple_fault
+
         return explain_triple_fault(self, qemu_log)
 
     def _check_canonical(self, address: int) -> None:

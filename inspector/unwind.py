@@ -290,8 +290,13 @@ def unwind(
     idt_handlers: Mapping[int, int] | None = None,
     orc: _Orc | None = None,
     max_depth: int = MAX_DEPTH,
+    return_address: bool = False,
 ) -> Backtrace:
     """Walk the stack from ``registers`` (``rip``, ``rsp``, ``rbp``, ...).
+
+    ``return_address``: ``rip`` is a return address, not the next instruction (a
+    sleeping task's saved context, whose ``ret_addr`` follows the call that switched
+    away), so its frame is looked up one byte before, as every caller's is.
 
     ``idt_handlers`` maps handler addresses to vectors, so that a PC at a
     handler's first instruction is known to sit on an IRETQ frame. ``orc``
@@ -322,7 +327,7 @@ def unwind(
     def describe(address: int) -> str:
         return symbols.format_address(address) if symbols else f"{address:#x}"
 
-    exact = True  # frame 0, and frames reached through an interrupt frame
+    exact = not return_address  # frame 0, and frames reached through an interrupt frame
     how = "registers"
     method: str | None = None
     interrupt: InterruptFrame | None = None
@@ -332,7 +337,9 @@ def unwind(
         pc, sp = regs[_RIP], regs[_RSP]
         lookup = pc if exact else pc - 1
         symbol, offset, line = None, 0, None
-        if symbols is not None:
+        # a user-space PC (reached through a pt_regs from CPL 3) is in no kernel symbol
+        in_user = interrupt is not None and interrupt.cs & 3 == 3
+        if symbols is not None and not in_user:
             try:
                 found = symbols.symbolize(lookup)
                 if found is not None:

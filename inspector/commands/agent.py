@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InspectorError
 from ..formatting import format_hexdump, format_ranges
 from ..numbers import parse_number
 from ..session import Session
-from ..targets.agent import AgentTarget
 from ..targets.base import Capability
 from ..x86.pat import decode_pat
 from . import AGENT_HELP, Command, CommandResult, Context, Needs, UsageError, add_actions
+
+if TYPE_CHECKING:
+    from ..targets.agent import AgentTarget
 
 __all__ = ["COMMANDS"]
 

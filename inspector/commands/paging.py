@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..formatting import format_ranges, format_register, format_translation
+from ..formatting import format_ranges, format_register, format_translation, json_document
 from ..numbers import format_size
 from ..session import Session
-from ..targets.agent import AgentTarget
 from ..targets.base import Capability
-from ..x86.paging import CompactRange, Range
+from ..x86.paging import AddressSpace, CompactRange, Range, coalesce_ranges
 from . import Command, CommandResult, Context, UsageError
+
+if TYPE_CHECKING:
+    from ..targets.agent import AgentTarget
 
 __all__ = ["COMMANDS", "pt_document", "regs_document", "render_pt", "render_regs"]
 
@@ -59,6 +62,17 @@ def _pt_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="merge neighbours with the same permissions, attributes and page size, "
         "whatever their physical addresses (ptdump's rule)",
+    )
+    parser.add_argument(
+        "--task",
+        type=int,
+        metavar="PID",
+        help="a Linux task's page tables (its mm->pgd; under PTI its user copy too)",
+    )
+    parser.add_argument(
+        "--json-lines",
+        action="store_true",
+        help="with --leaves: JSON Lines, streamed as the walk goes (see docs/json.md)",
     )
 
 
@@ -144,9 +158,61 @@ def render_pt(session: Session, *, leaves: bool = False, compact: bool = False) 
     return "\n".join(lines)
 
 
+def _space_document(space: AddressSpace, *, leaves: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "pgd": space.cr3,
+        "leaf_count": len(space.leaves),
+        "truncated": space.truncated,
+        "problems": [p.to_dict() for p in space.problems],
+    }
+    if leaves:
+        body["leaves"] = [leaf.to_dict() for leaf in space.leaves]
+    else:
+        body["ranges"] = [r.to_dict() for r in coalesce_ranges(space.leaves)]
+    return body
+
+
+def _space_text(title: str, space: AddressSpace, *, leaves: bool) -> list[str]:
+    lines = [title]
+    if leaves:
+        lines.extend(str(leaf) for leaf in space.leaves)
+    else:
+        lines.append(format_ranges(coalesce_ranges(space.leaves)))
+    lines.append(f"{len(space.leaves)} leaves")
+    lines.extend(f"problem: {problem}" for problem in space.problems)
+    return lines
+
+
+def run_pt_task(context: Context, session: Session, pid: int, *, leaves: bool) -> CommandResult:
+    """``pt --task PID``: the task's own tables, both copies under PTI."""
+    task, space, user = session.task_address_spaces(pid)
+    body: dict[str, Any] = {
+        "task": {"pid": task.pid, "comm": task.comm, "address": task.address},
+        "paging": space.mode.to_dict(),
+        "kernel_copy": _space_document(space, leaves=leaves),
+        "user_copy": _space_document(user, leaves=leaves) if user else None,
+    }
+    title = f"task {task.pid} ({task.comm}): mm->pgd at physical {space.cr3:#x}  {space.mode}"
+    lines = _space_text(title + (" (PTI: the kernel's copy)" if user else ""), space, leaves=leaves)
+    if user is not None:
+        lines.append("")
+        lines += _space_text(
+            f"PTI: the user-space copy at physical {user.cr3:#x} (CR3 in user mode)",
+            user,
+            leaves=leaves,
+        )
+    return context.result(body, "\n".join(lines))
+
+
 def run_pt(context: Context) -> CommandResult:
     session = context.need_session()
     leaves = bool(context.args.leaves)
+    if context.args.task is not None:
+        return run_pt_task(context, session, context.args.task, leaves=leaves)
+    if context.args.json_lines:
+        if not leaves:
+            raise UsageError("--json-lines goes with --leaves (one leaf per line)")
+        return _pt_json_lines(context, session)
     compact = bool(context.args.compact)
     if leaves and compact:
         raise UsageError("--compact merges ranges, --leaves shows leaves: pick one")
@@ -158,6 +224,35 @@ def run_pt(context: Context) -> CommandResult:
         pt_document(session, leaves=leaves, compact=compact),
         render_pt(session, leaves=leaves, compact=compact),
     )
+
+
+def _pt_json_lines(context: Context, session: Session) -> CommandResult:
+    """``pt --leaves --json-lines``: the envelope, a line per leaf as the walk goes, the end.
+
+    Lines are emitted a run of leaves at a time, so neither the leaves nor
+    the output are ever held whole (docs/json.md, "JSON Lines").
+    """
+    control = session.control_registers()
+    head = json_document(context.name, session.target.description, {"cr3": control["CR3"].value})
+    head["paging"] = control.paging.to_dict()
+    context.emit(json.dumps(head, separators=(",", ":")))
+    count = 0
+    problems = []
+    for item in session.walk_leaves():
+        if isinstance(item, list):
+            count += len(item)
+            context.emit(
+                "\n".join(json.dumps(leaf.to_dict(), separators=(",", ":")) for leaf in item)
+            )
+        else:
+            problems.append(item)
+    end = {
+        "leaf_count": count,
+        "truncated": any(p.kind == "truncated" for p in problems),
+        "problems": [p.to_dict() for p in problems],
+    }
+    context.emit(json.dumps(end, separators=(",", ":")))
+    return context.result(None, None)
 
 
 def _pt_by_agent_walk(
@@ -202,23 +297,36 @@ def _pt_by_agent_walk(
 
 def _vtop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("address", help="virtual address or symbol")
+    parser.add_argument(
+        "--task", type=int, metavar="PID", help="through a Linux task's own tables (mm->pgd)"
+    )
 
 
 def run_vtop(context: Context) -> CommandResult:
     session = context.need_session()
     virtual = session.resolve(context.args.address)
-    t = session.translate(virtual)
+    if context.args.task is not None:
+        t = session.task_translate(context.args.task, virtual)
+    else:
+        t = session.translate(virtual)
     why = None if t.ok else f"{virtual:#x} does not translate: {t.fault}"
     return context.result(t.to_dict(), format_translation(t), status=0 if t.ok else 1, error=why)
 
 
 def _ptov_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("address", help="physical address")
+    parser.add_argument(
+        "--all-tasks",
+        action="store_true",
+        help="search every Linux task's tables too and name the owner of each mapping",
+    )
 
 
 def run_ptov(context: Context) -> CommandResult:
     session = context.need_session()
     physical = session.resolve(context.args.address)
+    if context.args.all_tasks:
+        return _ptov_all_tasks(context, session, physical)
     aliases = session.aliases(physical)
     body = {"physical": physical, "virtual": aliases}
     if not aliases:
@@ -230,6 +338,24 @@ def run_ptov(context: Context) -> CommandResult:
     for va in aliases:
         name = f"  {symbols.format_address(va)}" if symbols and symbols.symbolize(va) else ""
         lines.append(f"{va:#018x}{name}")
+    return context.result(body, "\n".join(lines))
+
+
+def _ptov_all_tasks(context: Context, session: Session, physical: int) -> CommandResult:
+    found = session.task_aliases(physical)
+    owners = [
+        {"virtual": va, "pid": task.pid if task else None, "comm": task.comm if task else None}
+        for va, task in found
+    ]
+    body = {"physical": physical, "virtual": [va for va, _ in found], "owners": owners}
+    if not found:
+        return context.result(
+            body, None, status=1, error=f"no task's tables map physical {physical:#x}"
+        )
+    lines = [
+        f"{va:#018x}  " + (f"pid {task.pid} ({task.comm})" if task else "kernel (every task)")
+        for va, task in found
+    ]
     return context.result(body, "\n".join(lines))
 
 

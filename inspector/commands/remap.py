@@ -13,9 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..efi.runtime import EFI_VA_BASE
+from ..errors import InspectorError
 from ..numbers import parse_size
+from ..remap.flags import DEFAULT_FLAGS, FLAGS_HELP, parse_flags, wants_pat
 from ..remap.journal import Journal, default_journal_path
-from ..remap.plan import LEVEL_OF_SIZE, Plan, parse_flags
+from ..remap.plan import LEVEL_OF_SIZE, Plan
 from ..remap.request import RemapRequest, plan_request
 from ..session import Session
 from . import Command, CommandResult, Context, Needs, UsageError, add_actions, connect
@@ -45,7 +47,11 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("pa", type=parse_size, help="physical address")
     m.add_argument("size", type=parse_size, help="bytes (0x3000, 12k, 2m)")
     m.add_argument("--page-size", type=_page_size, default=0x1000, help="4k (default), 2m or 1g")
-    m.add_argument("--flags", default="rw,nx", help="RW,US,PWT,PCD,G,NX or ro (default rw,nx)")
+    m.add_argument(
+        "--flags",
+        default=DEFAULT_FLAGS["map"],
+        help=f"{FLAGS_HELP} (default {DEFAULT_FLAGS['map']})",
+    )
     u = actions.add_parser("unmap", parents=[apply_opts], help="clear the entries of a range")
     u.add_argument("va", help="virtual address or symbol")
     u.add_argument("size", type=parse_size)
@@ -59,7 +65,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("va", help="virtual address or symbol")
     p.add_argument("size", type=parse_size)
     p.add_argument("--page-size", type=_page_size, default=0x1000)
-    p.add_argument("--flags", required=True, help="the new flags: RW,US,PWT,PCD,G,NX or ro")
+    p.add_argument("--flags", required=True, help=f"the new flags: {FLAGS_HELP}")
     mv = actions.add_parser(
         "move",
         parents=[apply_opts],
@@ -89,18 +95,32 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     efi.add_argument(
         "--keep-identity", action="store_true", help="leave the identity map in place afterwards"
     )
-    undo = actions.add_parser("undo", help="restore what open steps replaced")
-    undo.add_argument("--seq", type=int, action="append", help="only this step (repeatable)")
+    undo = actions.add_parser(
+        "undo",
+        help="restore what this kernel's newest open step replaced (asks before undoing more)",
+    )
+    which = undo.add_mutually_exclusive_group()
+    which.add_argument("--seq", type=int, action="append", help="only this step (repeatable)")
+    which.add_argument("--all", action="store_true", help="every open step of this kernel")
     undo.add_argument("--force", action="store_true")
     undo.add_argument("--journal")
-    journal = actions.add_parser("journal", help="list the journal's open steps")
-    journal.add_argument("--all", action="store_true", help="every step, undone and kept too")
-    journal.add_argument("--keep", action="store_true", help="close the open steps without undoing")
+    journal = actions.add_parser(
+        "journal", help="list this kernel's open steps (with --agent; every kernel's without)"
+    )
+    journal.add_argument(
+        "--all", action="store_true", help="every step of every kernel, undone and kept too"
+    )
+    journal.add_argument(
+        "--keep", action="store_true", help="close the listed open steps without undoing"
+    )
     journal.add_argument("--journal")
 
 
-def request_of(session: Session, args: argparse.Namespace) -> RemapRequest:
-    """The :class:`RemapRequest` the command line's arguments ask for."""
+def request_of(
+    session: Session, args: argparse.Namespace, *, pat: int | None = None
+) -> RemapRequest:
+    """The :class:`RemapRequest` the command line's arguments ask for (``pat``: IA32_PAT,
+    for caching names)."""
     action = args.remap_command
     if action == "higher-half":
         return RemapRequest(action)
@@ -112,7 +132,7 @@ def request_of(session: Session, args: argparse.Namespace) -> RemapRequest:
         return RemapRequest(action, va=va, size=args.size, new_va=new_va, drop_old=args.drop_old)
     if action == "unmap":
         return RemapRequest(action, va=va, size=args.size, page_size=args.page_size)
-    flags = parse_flags(args.flags)
+    flags = parse_flags(args.flags, pat=pat)
     pa = args.pa if action == "map" else 0
     return RemapRequest(action, va=va, size=args.size, pa=pa, page_size=args.page_size, flags=flags)
 
@@ -121,10 +141,15 @@ def run_remap(context: Context) -> CommandResult:
     args = context.args
     name = f"remap {args.remap_command}"
     if args.remap_command == "journal":
-        return _journal(context, Journal.open(getattr(args, "journal", None)), name)
+        if context.session is not None and context.session.remap_unavailable is None:
+            return _journal(context, context.session.remapper().journal, name)
+        kernel = _kernel_of(args) if getattr(args, "agent", None) else None
+        return _journal(context, Journal.open(getattr(args, "journal", None), kernel=kernel), name)
     if context.session is not None:  # the TUI's session: its remapper and its journal
         session = context.session
-        return _change(context, session, session.remapper(), name, spec=None, hello=None)
+        if session.remap_unavailable is not None:
+            raise InspectorError(f"{name}: {session.remap_unavailable}")
+        return _change(context, session, session.remapper(), name, hello=None)
     if not getattr(args, "agent", None):
         raise UsageError(
             "remap needs --agent (the in-kernel agent's line); --target too verifies "
@@ -135,31 +160,51 @@ def run_remap(context: Context) -> CommandResult:
     journal = Journal.open(getattr(args, "journal", None))
     session = connect(args, needs=Needs.AGENT_ALONE, on_console=None)
     try:
+        if session.remap_unavailable is not None:  # a read-only agent: one line, nothing sent
+            raise InspectorError(f"{name}: {session.remap_unavailable}")
         target = session.target.agent()
         remapper = Remapper(target, journal, verify_walk=_gdb_walk(args))
         client = target.client
-        return _change(
-            context, session, remapper, name, spec=target.spec, hello=lambda: client.call("hello")
-        )
+        return _change(context, session, remapper, name, hello=lambda: client.call("hello"))
     finally:
         journal.end_session()
         session.close(resume=not args.no_resume)
 
 
+def _kernel_of(args: argparse.Namespace) -> str:
+    """The kernel instance the agent on ``--agent`` speaks for (asked, not stopped)."""
+    from ..remap.journal import kernel_identity
+    from ..targets.agent import AgentTarget
+
+    target = AgentTarget(args.agent, timeout=min(getattr(args, "timeout", None) or 2.0, 2.0))
+    try:
+        regs = None if target.info.get("boot_nonce") else target.agent_registers()
+        return kernel_identity(target.info, regs)
+    finally:
+        target.close(resume=False)
+
+
 def _journal(context: Context, journal: Journal, name: str) -> CommandResult:
     args = context.args
-    steps = (
-        sorted(journal.steps.values(), key=lambda s: s.seq) if args.all else journal.open_steps()
-    )
+    steps = journal.all_steps(all_kernels=True) if args.all else journal.open_steps()
     if args.keep:
         journal.keep(journal.open_steps())
-    lines = [f"journal {journal.path}: {len(journal.open_steps())} open steps"]
-    lines += [f"  {s}" for s in steps]
+    elsewhere = len(journal.open_steps(all_kernels=True)) - len(journal.open_steps())
+    scope = f"kernel {journal.kernel}" if journal.kernel else "every kernel"
+    lines = [f"journal {journal.path}: {len(journal.open_steps())} open steps ({scope})"]
+    lines += [
+        f"  {s}" + ("" if journal.kernel and not args.all else f"  [{journal.kernel_of(s)}]")
+        for s in steps
+    ]
+    if elsewhere and not args.all:
+        lines.append(f"  ({elsewhere} open steps of other kernels: --all lists them)")
     if args.keep:
         lines.append(f"kept {len(steps)} steps (closed without undoing)")
     body = {
         "journal": str(journal.path),
-        "steps": [s.to_dict() for s in steps],
+        "kernel": journal.kernel,
+        "steps": [{**s.to_dict(), "kernel": journal.kernel_of(s)} for s in steps],
+        "other_kernels_open": elsewhere,
         "kept": bool(args.keep),
     }
     return context.result(body, "\n".join(lines), command=name)
@@ -171,41 +216,20 @@ def _change(
     remapper: Any,
     name: str,
     *,
-    spec: str | None,
     hello: Callable[[], Any] | None,
 ) -> CommandResult:
     """Undo, or plan, confirm, apply and verify.
 
-    ``remapper``: a Remapper or its stub-assisted kin; ``spec``: the agent's
-    line, to refuse undoing steps applied through another; ``hello``: asks
-    the agent whether it still answers after the change.
+    ``remapper``: a Remapper or its stub-assisted kin (its journal is scoped to
+    the kernel it reaches); ``hello``: asks the agent whether it still answers
+    after the change.
     """
     from ..remap.apply import UNFORCEABLE
 
     args = context.args
     journal: Journal = remapper.journal
     if args.remap_command == "undo":
-        chosen = [s for s in journal.open_steps() if not args.seq or s.seq in args.seq]
-        elsewhere = [
-            s
-            for s in chosen
-            if spec is not None and journal.sessions.get(s.session, {}).get("target", spec) != spec
-        ]
-        if elsewhere and not args.force:
-            other = journal.sessions[elsewhere[0].session]["target"]
-            context.warn(
-                f"kinspect: {len(elsewhere)} open steps were applied through {other}, "
-                f"not {spec}; undo them there (or --force if it is the same "
-                "kernel under another name)"
-            )
-            return context.result(None, None, status=1, command=name)
-        done = remapper.undo(chosen, force=args.force)
-        lines = [f"undone: #{s.seq} {s.method} {s.description}" for s in done]
-        return context.result(
-            {"undone": [s.to_dict() for s in done]},
-            "\n".join(lines or ["nothing to undo"]),
-            command=name,
-        )
+        return _undo(context, remapper, journal, name)
     orphaned = journal.orphaned()
     if orphaned:
         context.warn(
@@ -218,7 +242,9 @@ def _change(
             "keeps them; nothing else is applied until then"
         )
         return context.result(None, None, status=1, command=name)
-    plan: Plan = plan_request(remapper, request_of(session, args))
+    flags_text = getattr(args, "flags", None) or ""
+    pat = remapper.registers().get("pat") if wants_pat(flags_text) else None
+    plan: Plan = plan_request(remapper, request_of(session, args, pat=pat))
     planned = {"plan": plan.to_dict(), "applied": []}
     if not context.json:
         context.emit(str(plan))
@@ -234,6 +260,11 @@ def _change(
     if not args.yes and not context.confirm("apply? [y/N] "):
         context.warn("kinspect: not applied (--yes applies without asking)")
         return context.result(None, None, status=1, command=name)
+    if plan.warnings and not args.yes:
+        again = f"this change {'; '.join(plan.warnings)}: apply it anyway? [y/N] "
+        if not context.confirm(again):
+            context.warn("kinspect: not applied (--yes applies without asking)")
+            return context.result(None, None, status=1, command=name)
     reports = []
     for step in plan.steps:
         report = remapper.run_step(step, force=args.force)
@@ -256,6 +287,41 @@ def _change(
         "journal": str(journal.path),
     }
     return context.result(body, summary, status=0 if ok else 1, command=name)
+
+
+def _undo(context: Context, remapper: Any, journal: Journal, name: str) -> CommandResult:
+    """``--seq``: those steps; ``--all``: every open step; else the newest, then the rest
+    only when the user says so."""
+    args = context.args
+    open_steps = journal.open_steps()
+    if args.seq:
+        unknown = sorted(set(args.seq) - {s.seq for s in open_steps})
+        if unknown:
+            raise InspectorError(
+                f"{name}: no open step #{unknown[0]} of this kernel in {journal.path} "
+                "(`kinspect remap journal --all` lists every step)"
+            )
+        chosen = [s for s in open_steps if s.seq in args.seq]
+    else:
+        chosen = open_steps if args.all else open_steps[-1:]
+    done = list(remapper.undo(chosen, force=args.force))
+    rest = journal.open_steps()
+    if rest and not args.seq and not args.all:
+        if not context.json:
+            for s in done:
+                context.emit(f"undone: #{s.seq} {s.method} {s.description}")
+        if context.confirm(f"{len(rest)} more open steps of this kernel: undo them too? [y/N] "):
+            done += remapper.undo(rest, force=args.force)
+            lines = [f"undone: #{s.seq} {s.method} {s.description}" for s in done[1:]]
+        else:
+            lines = [f"{len(rest)} open steps left (`kinspect remap undo --all` undoes them)"]
+    else:
+        lines = [f"undone: #{s.seq} {s.method} {s.description}" for s in done]
+    return context.result(
+        {"undone": [s.to_dict() for s in done], "left": len(journal.open_steps())},
+        "\n".join(lines or ["nothing to undo"]),
+        command=name,
+    )
 
 
 def _gdb_walk(args: argparse.Namespace) -> Callable[[], Any] | None:

@@ -15,6 +15,12 @@ def _bt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-depth", type=int, default=64, help="frames walked at most (default 64)"
     )
+    parser.add_argument(
+        "--task",
+        type=int,
+        metavar="PID",
+        help="a Linux task's stack: a sleeping one from its saved context (thread.sp)",
+    )
 
 
 def run_bt(context: Context) -> CommandResult:
@@ -22,7 +28,10 @@ def run_bt(context: Context) -> CommandResult:
     session = context.need_session()
     if session.symbols is None and not context.json:
         context.warn("(no --elf: frames without names, frame pointers only)")
-    backtrace = session.backtrace(max_depth=context.args.max_depth)
+    if context.args.task is not None:
+        backtrace = session.task_backtrace(context.args.task, max_depth=context.args.max_depth)
+    else:
+        backtrace = session.backtrace(max_depth=context.args.max_depth)
     return context.result({"backtrace": backtrace.to_dict()}, str(backtrace))
 
 

@@ -300,3 +300,51 @@ def recognize_linux(
         seconds=time.monotonic() - started,
     )
     return kernel, table
+
+
+def read_btf_bytes(
+    read_virtual: ReadVirtual,
+    lookup: Callable[[str], int | None],
+    kernel: LinuxKernel,
+    *,
+    cache: Path | None = None,
+    use_cache: bool = True,
+) -> bytes:
+    """The kernel's BTF (``__start_BTF`` to ``__stop_BTF``), from the cache when the
+    kernel still holds the same header there (it is several MB: a minute over a stub)."""
+    start, stop = lookup("__start_BTF"), lookup("__stop_BTF")
+    if start is None or stop is None or stop <= start:
+        raise InspectorError(
+            "the kernel has no BTF (no __start_BTF/__stop_BTF in its symbols: "
+            "built without CONFIG_DEBUG_INFO_BTF)"
+        )
+    size = stop - start
+    try:
+        head = read_virtual(start, min(64, size))
+    except (FaultError, TargetError) as exc:
+        raise InspectorError(f"cannot read the kernel's BTF at {start:#x}: {exc}") from exc
+    key = hashlib.sha256(f"{kernel.banner}\n{kernel.text:#x}\n{size}".encode()).hexdigest()[:20]
+    path = (cache or cache_directory()) / f"btf-{key}.bin.gz"
+    if use_cache:
+        try:
+            data = gzip.decompress(path.read_bytes())
+            if len(data) == size and data[: len(head)] == head:
+                return data
+        except (OSError, EOFError, gzip.BadGzipFile):
+            pass
+    chunks = []
+    try:
+        for at in range(start, stop, 1 << 16):
+            chunks.append(read_virtual(at, min(1 << 16, stop - at)))
+    except (FaultError, TargetError) as exc:
+        raise InspectorError(f"cannot read the kernel's BTF: {exc}") from exc
+    data = b"".join(chunks)
+    if use_cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + f".{os.getpid()}.partial")
+            partial.write_bytes(gzip.compress(data, compresslevel=1))
+            partial.replace(path)
+        except OSError:
+            pass
+    return data

@@ -35,7 +35,7 @@ from ..x86.paging import (
     walk_tables,
 )
 from .efi import IRREVERSIBLE, SVAM, plan_efi_steps, read_efi_state
-from .journal import Journal, JournalStep
+from .journal import Journal, JournalStep, kernel_identity
 from .plan import (
     LEVEL_OF_SIZE,
     Expectation,
@@ -183,7 +183,11 @@ class Remapper:
         #: Set once SetVirtualAddressMap succeeded here: later steps check the runtime services.
         self.efi_virtual = False
         target.stop()
-        journal.start_session(target.spec)
+        #: Which kernel instance this is: the journal shows and undoes its steps only.
+        self.kernel = kernel_identity(
+            target.info, None if target.info.get("boot_nonce") else self.registers()
+        )
+        journal.start_session(target.spec, kernel=self.kernel)
 
     # -- reading the state ---------------------------------------------------------
 

@@ -22,7 +22,7 @@ from ..efi.runtime import EFI_VA_BASE
 from ..errors import InspectorError, TargetError, TargetLost
 from ..x86.paging import Range
 from .apply import PAGE, Remapper, StepReport
-from .journal import Journal, JournalStep
+from .journal import Journal, JournalStep, kernel_identity
 from .plan import Plan, Step
 
 if TYPE_CHECKING:  # the targets open remappers: they are imported the other way round
@@ -51,6 +51,9 @@ class StubAssistedRemapper:
         self.journal = journal
         self.spec = target.agent_spec
         self._walk = walk
+        # The kernel the agent named when the session attached: the journal is scoped to it
+        # now (the TUI lists it before any turn), and again by the Remapper of the first turn.
+        journal.kernel = kernel_identity(target.agent_info, target.agent_registers)
         self._agent: AgentTarget | None = None
         self._remapper: Remapper | None = None
         self._in_turn = False

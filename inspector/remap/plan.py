@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..x86.paging import Range, entry_span, is_canonical
+from .flags import PTE_FLAG_BITS, Permission, escalation, format_flags, parse_flags
 
 __all__ = [
     "FLAG_BITS",
@@ -37,8 +38,8 @@ __all__ = [
 ]
 
 PAGE = 0x1000
-#: Leaf entry bits a map or protect may set (P is always set). SDM names.
-FLAG_BITS = {"RW": 1 << 1, "US": 1 << 2, "PWT": 1 << 3, "PCD": 1 << 4, "G": 1 << 8, "NX": 1 << 63}
+#: Leaf entry bits a map or protect may set (P is always set). SDM names (flags.py).
+FLAG_BITS = PTE_FLAG_BITS
 LEVEL_OF_SIZE = {1 << 12: 1, 1 << 21: 2, 1 << 30: 3, 1 << 39: 4}
 #: Stack the agent's own frames take below the kernel's RSP (kernel-agent/README.md, "Size").
 AGENT_FRAMES = 0x800
@@ -56,24 +57,6 @@ REASONS = (
     "no-guard-page",
     "efi-runtime",
 )
-
-
-def parse_flags(text: str) -> int:
-    """``"rw,nx,g"`` to PTE bits; ``""`` or ``"ro"`` is read-only, executable, supervisor."""
-    value = 0
-    for word in filter(None, (w.strip().upper() for w in text.replace("+", ",").split(","))):
-        if word == "RO":
-            continue
-        if word not in FLAG_BITS:
-            raise ValueError(f"unknown flag {word!r} (known: {', '.join(FLAG_BITS)}, RO)")
-        value |= FLAG_BITS[word]
-    return value
-
-
-def format_flags(value: int) -> str:
-    names = ["P"] + [n for n, bit in FLAG_BITS.items() if value & bit]
-    unknown = value & ~(sum(FLAG_BITS.values()) | 1)
-    return " ".join(names) + (f" |{unknown:#x}" if unknown else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +140,8 @@ class Plan:
     unreachable: tuple[Range, ...] = ()
     refusals: tuple[Refusal, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    #: What the change adds (write, execute, W+X): the faces ask again before applying it.
+    warnings: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         lines = [f"plan: {self.title}"]
@@ -177,6 +162,7 @@ class Plan:
         else:
             lines.append("  becomes unreachable: nothing")
         lines.extend(f"  note: {n}" for n in self.notes)
+        lines.extend(f"  WARNING: {w}" for w in self.warnings)
         lines.extend(f"  {r}" for r in self.refusals)
         return "\n".join(lines)
 
@@ -188,6 +174,7 @@ class Plan:
             "unreachable": [r.to_dict() for r in self.unreachable],
             "refusals": [r.to_dict() for r in self.refusals],
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
         }
 
 
@@ -402,6 +389,10 @@ def plan_map(
                 ),
             )
         )
+    before: list[Permission | None] = [_permission(r) for r in replaced]
+    if sum(r.size for r in replaced) < size:
+        before.append(None)  # some of it is mapped for the first time
+    warnings = escalation(flags, before) + _alias_warnings(ranges, pa, size, flags)
     return Plan(
         f"map {va:#x}-{va + size:#x} -> {pa:#x} ({format_flags(flags)})",
         tuple(steps),
@@ -409,6 +400,7 @@ def plan_map(
         tuple(replaced),
         tuple(refusals),
         ("replaces existing mappings (their entries are journaled)",) if replaced else (),
+        tuple(warnings),
     )
 
 
@@ -491,7 +483,31 @@ def plan_protect(
         0,
         (),
         tuple(refusals),
+        warnings=tuple(escalation(flags, [_permission(r) for r in covered])),
     )
+
+
+def _permission(r: Range) -> Permission:
+    return Permission(r.permissions.writable, r.permissions.executable)
+
+
+def _alias_warnings(ranges: Iterable[Range], pa: int, size: int, flags: int) -> list[str]:
+    """W^X across aliases: a writable view of pages that are executable and read-only
+    elsewhere (code), or an executable view of writable, non-executable ones (data). A page
+    already W+X where it is mapped is not made worse by another view of it."""
+    after = Permission(bool(flags & FLAG_BITS["RW"]), not flags & FLAG_BITS["NX"])
+    out = []
+    for r in indexed(ranges):
+        if r.phys >= pa + size or r.phys + r.size <= pa:
+            continue
+        w, x = r.permissions.writable, r.permissions.executable
+        if after.writable and x and not w:
+            out.append(f"makes a writable alias of executable pages mapped at {r.start:#x}")
+        elif after.executable and w and not x:
+            out.append(f"makes an executable alias of writable pages mapped at {r.start:#x}")
+        if out:
+            break
+    return out
 
 
 def _leaf_flags(r: Range) -> int:

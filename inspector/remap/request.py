@@ -16,7 +16,8 @@ from typing import Any, Protocol
 from ..efi.runtime import EFI_VA_BASE
 from ..errors import InspectorError
 from ..numbers import parse_size
-from .plan import LEVEL_OF_SIZE, Plan, parse_flags
+from .flags import parse_flags
+from .plan import LEVEL_OF_SIZE, Plan
 
 __all__ = ["ACTIONS", "Planner", "RemapRequest", "parse_request", "plan_request"]
 
@@ -78,11 +79,17 @@ def plan_request(remapper: Planner, request: RemapRequest) -> Plan:
 
 
 def parse_request(
-    action: str, fields: Mapping[str, Any], resolve: Callable[[str], int]
+    action: str,
+    fields: Mapping[str, Any],
+    resolve: Callable[[str], int],
+    *,
+    pat: int | None = None,
 ) -> RemapRequest:
     """A request from a form's fields (text): ``va``, ``size``, ``pa``, ``page_size``, ``flags``,
     ``new_va``, ``drop_old``, ``base``, ``keep_identity``; ``resolve`` turns an address or a
-    symbol into a number. A missing or bad field is an :class:`InspectorError` naming it.
+    symbol into a number; ``pat``: IA32_PAT, for caching names in ``flags`` (the power-on
+    PAT when None). A missing or bad field is an :class:`InspectorError` naming it. The
+    flags field starts from :data:`~.flags.DEFAULT_FLAGS` (``r`` for protect, ``rw`` for map).
     """
 
     def number(name: str, what: str, parse: Callable[[str], int]) -> int:
@@ -115,6 +122,6 @@ def parse_request(
         raise InspectorError(f"{action}: page size must be 4k, 2m, 1g (or 512g for unmap)")
     if action == "unmap":
         return RemapRequest(action, va=va, size=size, page_size=page_size)
-    flags = number("flags", "flags", parse_flags)
+    flags = number("flags", "flags", lambda text: parse_flags(text, pat=pat))
     pa = number("pa", "physical address", parse_size) if action == "map" else 0
     return RemapRequest(action, va=va, size=size, pa=pa, page_size=page_size, flags=flags)

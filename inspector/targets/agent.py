@@ -13,6 +13,7 @@ says it may; anything else is an error reply, raised here as FaultError.
 
 from __future__ import annotations
 
+import os
 import struct
 import uuid
 from collections.abc import Callable, Mapping
@@ -27,12 +28,15 @@ from kinspect.protocols.agent_client import (
     AgentTimeout,
 )
 from kinspect.protocols.agent_wire import ERROR_NAMES, ErrorCode
+from kinspect.protocols.probe import looks_like_gdb
+from kinspect.protocols.qmp import QmpClient, QmpError
 from kinspect.protocols.transports import Transport, TransportError, open_transport
 
 from ..efi.runtime import EfiTime
 from ..errors import AgentError, FaultError, ProtocolError, TargetError, TargetLost
 from ..x86.paging import Permissions, Range
 from .base import (
+    REMAPS_READ_ONLY,
     Breakpoint,
     Capability,
     CpuThread,
@@ -55,6 +59,9 @@ __all__ = [
     "AgentTranslation",
     "decode_walk_range",
 ]
+
+#: How long the first hello waits before the silence is explained (in use, a stopped kernel).
+QUICK_LOOK = 1.0
 
 #: Bits of a walk range's flags (AGENT_PROTOCOL.md, "walk").
 RANGE_FLAGS = {"W": 1, "U": 2, "X": 4, "G": 8, "PWT": 16, "PCD": 32, "PAT": 64}
@@ -103,6 +110,23 @@ def decode_walk_range(item: list[int]) -> Range:
     return Range(start, start + size, phys, page_size, permissions, attributes)
 
 
+def _qemu_status_beside(spec: str) -> str | None:
+    """QEMU's run state from the QMP socket beside a ``unix:`` line (the launcher's layout:
+    serial.sock and qmp.sock in one directory); None when there is none to ask."""
+    if not spec.startswith("unix:"):
+        return None
+    qmp = os.path.join(os.path.dirname(spec[len("unix:") :]), "qmp.sock")
+    if not os.path.exists(qmp):
+        return None
+    try:
+        with QmpClient(qmp, timeout=0.5) as client:
+            reply = client.execute("query-status")
+    except (QmpError, OSError):
+        return None
+    status = reply.get("status") if isinstance(reply, dict) else None
+    return status if isinstance(status, str) else None
+
+
 class AgentTarget(Target):
     """A kernel that embeds the kinspect agent, on a serial line (or socket, or pty)."""
 
@@ -140,14 +164,23 @@ class AgentTarget(Target):
         self._closed = False
         self._maxphyaddr: int | None = None
         self._stopped_by_us = False
+        # Console text is held back until the line is known to be the agent's: a gdb stub's
+        # packets are not the kernel's console.
+        self.client.on_console = None
         try:
-            self.info = self._call("hello")
+            self.info = self._hello(timeout)
         except Exception:
             self.client.close()
             raise
+        self.client.on_console = on_console
+        if on_console is not None and self.client.console:
+            on_console(bytes(self.client.console))
         if not isinstance(self.info, dict) or self.info.get("protocol") != 1:
             self.client.close()
             raise ProtocolError(f"{self.spec} does not speak agent protocol 1: {self.info!r}")
+        if self.info.get("readonly"):  # no mutating methods compiled in: no remaps
+            self.capabilities = type(self).capabilities - {Capability.REMAPS}
+            self.missing_reasons = {Capability.REMAPS: REMAPS_READ_ONLY}
         self.max_read = int(self.info.get("max_read", 1024))
         #: what the last walk_ranges took: leaves, problems (entries skipped), requests
         self.walk_stats: dict[str, int] = {}
@@ -155,6 +188,40 @@ class AgentTarget(Target):
         self.description = f"kinspect agent {self.info.get('agent', '?')} on {self.spec}"
 
     # -- plumbing --------------------------------------------------------------
+
+    def _hello(self, timeout: float) -> Any:
+        """The handshake, with a quick first look: a line where nothing at all comes back
+        within :data:`QUICK_LOOK` is explained at once, not after every retry."""
+        try:
+            return self.client.call("hello", timeout=min(timeout, QUICK_LOOK), retries=0)
+        except AgentTimeout:
+            pass
+        except (AgentRemoteError, AgentProtocolError, AgentClientError):
+            return self._call("hello")  # the same error again, in the target's words
+        seen = bytes(self.client.console)
+        if looks_like_gdb(seen):
+            raise TargetError(
+                f"{self.spec} is a gdb stub, not the agent (it answered in GDB remote packets): "
+                "give it to --target; --agent takes the kernel's serial line"
+            )
+        if self.client.stats.bytes_received:
+            return self._call("hello")  # the line is alive (console text, damaged frames)
+        raise TargetError(self._silence())
+
+    def _silence(self) -> str:
+        """Why nothing came back: QEMU's status when its QMP socket is beside the line's."""
+        status = _qemu_status_beside(self.spec)
+        if status is not None and status not in ("running", "prelaunch"):
+            return (
+                f"the kernel is stopped by a debugger (QEMU's status is {status!r}: a gdb stub "
+                "holds the CPU, e.g. after --no-resume), so its agent cannot answer on "
+                f"{self.spec}; let it run (gdb's continue, or QEMU's cont)"
+            )
+        return (
+            f"{self.spec} is in use by another client (the connection was accepted, but "
+            f"nothing answered within {QUICK_LOOK:g} s: QEMU gives a socket to one client at "
+            "a time), or the kernel is not running its agent"
+        )
 
     def _call(self, method: str, *params: Any) -> Any:
         if self._closed:
@@ -445,11 +512,14 @@ class AgentAssistedTarget(Target):
         # the agent's line can be opened again by name. The agent's own requests and its UEFI
         # calls are not offered: it answers only while the kernel runs, and the stub stops it.
         from_stub = {Capability.PHYSICAL_READS, Capability.RUN_CONTROL, Capability.BREAKPOINTS}
+        readonly = bool(self.agent_info.get("readonly"))
         self.capabilities = frozenset(
             (self.stub.capabilities & from_stub)
             | {Capability.SYSTEM_REGISTERS}
-            | ({Capability.REMAPS} if self.agent_spec else set())
+            | ({Capability.REMAPS} if self.agent_spec and not readonly else set())
         )
+        if readonly:
+            self.missing_reasons = {Capability.REMAPS: REMAPS_READ_ONLY}
 
     def open_agent(self) -> AgentTarget:
         """A fresh connection to the agent on its named line (remaps open one per turn)."""

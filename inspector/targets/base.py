@@ -52,6 +52,10 @@ REMAPS_NEED_AGENT = (
     "remaps need the in-kernel agent: attach with --agent (alone, or beside "
     "--target: the agent applies, the stub verifies)"
 )
+REMAPS_READ_ONLY = (
+    "the agent is a read-only build (AGENT_READONLY, its hello says readonly): "
+    "it has no methods that change the kernel, so no remaps"
+)
 
 #: A stop as the target's debugger reports it (gdb/MI's ``*stopped`` payload: ``reason``,
 #: ``frame``, ``bkptno``...); empty when unknown.
@@ -198,6 +202,8 @@ class Target(ABC):
 
     #: What this target offers beyond the abstract methods (see :class:`Capability`).
     capabilities: frozenset[Capability] = frozenset()
+    #: Why a capability this kind of target usually offers is missing here (one line each).
+    missing_reasons: dict[Capability, str] = {}  # noqa: RUF012 (read-only; set per instance)
 
     def has(self, capability: Capability) -> bool:
         """Whether this target offers ``capability``."""

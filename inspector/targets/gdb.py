@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kinspect.protocols.gdbmi import MiClosed, MiError, MiResult, MiSession, MiTimeout, mi_quote
+from kinspect.protocols.probe import probe
 
 from ..errors import (
     FaultError,
@@ -71,6 +72,10 @@ _REGISTER_NAMES = (
 )
 
 CONNECT_TIMEOUT = 10.0
+#: How long the look before connecting waits for a stub to answer (in use: it never does).
+QUICK_LOOK = 1.0
+#: The first CPU's QOM path on QEMU's pc and q35 machines (query-cpus-fast names it so).
+QEMU_CPU_PATH = "/machine/unattached/device[0]"
 READ_CHUNK = 64 * 1024
 
 
@@ -101,6 +106,7 @@ class GdbTarget(Target):
         self._phys_mode = False
         self._register_numbers: dict[str, int] | None = None
         self._ram_size: int | None = None
+        self._maxphyaddr: int | None = None  # 0: asked, not known
         self._closed = False
         #: CPU index -> gdb thread id (QEMU's stub shows one thread per vCPU)
         self._cpu_threads: dict[int, str] = {}
@@ -143,6 +149,8 @@ class GdbTarget(Target):
         piped = endpoint.startswith("|")  # "| command": gdb talks to a program's stdio
         if not endpoint or (not piped and any(c.isspace() for c in endpoint)) or "\n" in endpoint:
             raise TargetError(f"bad target {self.endpoint!r}: give host:port or a socket path")
+        if not piped:
+            self._look_first(endpoint)
         try:
             self._mi.command(f"-target-select remote {endpoint}", timeout=CONNECT_TIMEOUT)
         except MiError as exc:
@@ -176,6 +184,37 @@ class GdbTarget(Target):
         if self.is_qemu:
             offered.add(Capability.SYSTEM_REGISTERS)
         self.capabilities = frozenset(offered)
+
+    def _look_first(self, endpoint: str) -> None:
+        """One short look at a socket before gdb's own connect (which waits far longer):
+        a stub held by another debugger, or the agent's line given as a stub, is said at once."""
+        seen = probe(endpoint, timeout=QUICK_LOOK)
+        if seen is None or seen.kind in ("gdb", "other"):
+            return  # gdb's connect says what is wrong, if anything
+        if seen.kind == "agent":
+            raise TargetError(
+                f"{self.endpoint} is the kinspect agent's line, not a gdb stub: give it to "
+                "--agent; --target takes the gdb stub (QEMU's -gdb socket)"
+            )
+        raise TargetError(
+            f"{self.endpoint} is in use by another client: it accepts, but no gdb stub "
+            f"answered within {QUICK_LOOK:g} s (QEMU's stub serves one debugger at a time)"
+        )
+
+    @property
+    def maxphyaddr(self) -> int | None:
+        """The CPU's physical address width from QEMU's own CPU object (its ``phys-bits``
+        property, read with ``qom-get`` through the stub's monitor), asked once; None from
+        a stub that is not QEMU's: 52 is assumed then (reserved bits 40-51 go unchecked)."""
+        if self._maxphyaddr is None and self.is_qemu:
+            self._maxphyaddr = 0
+            try:
+                text = self._console(f"monitor qom-get {QEMU_CPU_PATH} phys-bits").strip()
+            except TargetError:
+                text = ""
+            if text.isdigit() and 32 <= int(text) <= 52:
+                self._maxphyaddr = int(text)
+        return self._maxphyaddr or None
 
     def _learn_cpus(self) -> None:
         """Which gdb thread is which CPU (QEMU names them ``CPU#N``), asked once: the

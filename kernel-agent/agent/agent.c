@@ -429,7 +429,7 @@ static int m_hello(struct agent *a, struct params *p, struct mp_writer *w, struc
 	/* A new session: forget the replies kept for the previous one's retries. */
 	for (unsigned i = 0; i < AGENT_REPLAY_SLOTS; i++)
 		a->replay[i].used = false;
-	mp_write_map(w, 13);
+	mp_write_map(w, 14);
 	mp_write_cstr(w, "protocol");
 	mp_write_uint(w, AGENT_PROTOCOL_VERSION);
 	mp_write_cstr(w, "agent");
@@ -454,6 +454,11 @@ static int m_hello(struct agent *a, struct params *p, struct mp_writer *w, struc
 	mp_write_bool(w, a->stopped);
 	mp_write_cstr(w, "cpus");
 	mp_write_uint(w, cpus_online(a));
+	mp_write_cstr(w, "boot_nonce");
+	if (a->ops->boot_nonce)
+		mp_write_uint(w, a->ops->boot_nonce);
+	else
+		mp_write_nil(w);
 	mp_write_cstr(w, "readonly");
 #ifdef AGENT_READONLY
 	mp_write_bool(w, true);

@@ -163,6 +163,15 @@ struct agent_ops {
 	void (*hold_others)(void *ctx);
 	void (*release_others)(void *ctx);
 	void (*tlb_shootdown)(void *ctx, uint64_t va, bool all);
+	/*
+	 * Optional: a number that differs on every boot of the host kernel and
+	 * stays the same until the next (0: none). hello reports it as
+	 * boot_nonce, and the inspector keeps its remap journal per kernel
+	 * instance by it (without one: CR3 and the kernel's build id). Any
+	 * entropy the kernel has will do: RDRAND, a TSC read at boot mixed with
+	 * the RTC (the demo kernel's), a random UUID the kernel made.
+	 */
+	uint64_t boot_nonce;
 };
 
 struct agent_replay {

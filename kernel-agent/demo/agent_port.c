@@ -138,6 +138,37 @@ static const struct agent_ops demo_agent_ops = {
 	.write_cr3 = agent_x86_write_cr3,
 };
 
+/* One CMOS RTC register (seconds, minutes, ...): entropy that differs between boots. */
+static uint8_t cmos_read(uint8_t reg)
+{
+	outb(0x70, reg);
+	return inb(0x71);
+}
+
+/*
+ * This boot's nonce: the TSC read now (it counts from power-on, and boot
+ * takes a different number of cycles each time) mixed with the RTC's date
+ * and time, through splitmix64's finalizer. No RDRAND on the CPUs the demo
+ * targets (qemu64), so this is the entropy the kernel has; it only has to
+ * tell two boots apart, not resist an adversary.
+ */
+static uint64_t boot_nonce(void)
+{
+	uint32_t lo, hi;
+	uint64_t x;
+
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	x = ((uint64_t)hi << 32) | lo;
+	for (uint8_t reg = 0; reg <= 9; reg++)
+		x = (x << 7 | x >> 57) ^ cmos_read(reg);
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return x ? x : 1;
+}
+
 void demo_agent_init(bool shootdown)
 {
 	static struct agent_ops ops;
@@ -148,6 +179,7 @@ void demo_agent_init(bool shootdown)
 	ops = demo_agent_ops;
 	ops.code_start = (uint64_t)__text_start;
 	ops.code_end = (uint64_t)__text_end;
+	ops.boot_nonce = boot_nonce();
 	if (efi_boot_info_paddr) {
 		demo_efi.system_table = efi_system_table_paddr;
 		demo_efi.memmap = efi_memmap;

@@ -527,6 +527,10 @@ int main(int argc, char **argv)
 		}
 	}
 	fclose(f);
+	/* The boot nonce the tests give this "boot" (absent: none, as a port without one). */
+	const char *nonce = getenv("HOST_AGENT_BOOT_NONCE");
+	if (nonce)
+		ops.boot_nonce = strtoull(nonce, NULL, 0);
 	if (agent_init(&agent, NULL, NULL) != AGENT_E_ARG) {
 		fprintf(stderr, "host_agent: agent_init accepted no ops\n");
 		return 3;

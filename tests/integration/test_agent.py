@@ -342,20 +342,20 @@ def test_cli_agent_gives_the_same_answers_as_the_gdb_stub(qemu, demo_kernel, age
         through_agent = cli("--agent", agent_spec, "--elf", demo_kernel, *command)
         through_gdb = cli("--target", qemu.gdb_endpoint, "--elf", demo_kernel, *command)
         assert through_agent.returncode == through_gdb.returncode == 0, through_agent.stderr
-        # The agent knows CPUID's address width (40 on qemu64); the stub assumes 52.
+        # The agent knows CPUID's address width (40 on qemu64); QEMU's stub now tells it too
+        # (its CPU's phys-bits): it no longer assumes 52.
         assert ("MAXPHYADDR=40" in through_agent.stdout) == (command[0] == "pt")
-        same = through_agent.stdout.replace("MAXPHYADDR=40", "MAXPHYADDR=52")
-        assert same == through_gdb.stdout
+        assert through_agent.stdout == through_gdb.stdout
     pt_agent = json.loads(cli("--agent", agent_spec, "--json", "pt").stdout)
     pt_gdb = json.loads(cli("--target", qemu.gdb_endpoint, "--json", "pt").stdout)
     assert pt_agent.pop("target") != pt_gdb.pop("target")
-    assert (pt_agent["paging"].pop("maxphyaddr"), pt_gdb["paging"].pop("maxphyaddr")) == (40, 52)
+    assert (pt_agent["paging"].pop("maxphyaddr"), pt_gdb["paging"].pop("maxphyaddr")) == (40, 40)
     assert pt_agent == pt_gdb
     regs_agent = json.loads(cli("--agent", agent_spec, "--json", "regs").stdout)
     regs_gdb = json.loads(cli("--target", qemu.gdb_endpoint, "--json", "regs").stdout)
     for name in ("CR0", "CR3", "CR4", "EFER"):
         assert regs_agent["control"][name] == regs_gdb["control"][name], name
-    assert {**regs_agent["paging"], "maxphyaddr": 52} == regs_gdb["paging"]
+    assert regs_agent["paging"] == regs_gdb["paging"]  # QEMU's stub tells phys-bits too
     assert regs_agent["target"].startswith("kinspect agent 0.1.0 on unix:")
 
 
@@ -441,7 +441,8 @@ def test_the_agent_tells_the_physical_address_width(qemu, demo_kernel, agent_spe
         assert both.paging_mode().maxphyaddr == truth
         assert "MAXPHYADDR=40" in str(both.paging_mode())
     with api.attach(qemu.gdb_endpoint, elf=demo_kernel) as stub_only:
-        assert stub_only.paging_mode().maxphyaddr == 52  # unknown: every address bit allowed
+        # QEMU's stub: its CPU object's phys-bits through the stub's monitor (52 was assumed)
+        assert stub_only.paging_mode().maxphyaddr == truth
 
 
 @pytest.mark.parametrize("serial", ["tcp", "pty"])
@@ -520,3 +521,98 @@ def test_console_text_reaches_the_api_user(agent_spec, demo_kernel):
         session.close()
     assert b"kinspect-demo: echo api console check\r\n" in bytes(seen)
     assert bytes(seen) in session.target.console
+
+
+# -- honest, fast errors on a busy or wrong line (issue 17) ---------------------------------
+
+
+def _kinspect(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "kinspect.inspector.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done, time.monotonic() - t0
+
+
+def _qemu_runs(qemu) -> None:
+    """Let the VM run again (a gdb connection stops it) and wait until QEMU says it does."""
+    with qemu.qmp() as client:
+        client.execute("cont")
+    deadline = time.monotonic() + 10
+    while qemu.status().get("status") != "running":
+        assert time.monotonic() < deadline, qemu.status()
+        time.sleep(0.05)
+
+
+def test_a_second_target_while_one_holds_the_stub_says_in_use_at_once(qemu, demo_kernel):
+    from kinspect.inspector.errors import TargetError
+    from kinspect.inspector.targets.gdb import GdbTarget
+
+    holder = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+    try:
+        done, elapsed = _kinspect("--target", qemu.gdb_endpoint, "regs")
+        assert done.returncode != 0
+        assert "in use by another client" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        # In process: the look takes 1 s of silence (gdb's own connect waited 10-12 s).
+        t0 = time.monotonic()
+        with pytest.raises(TargetError, match="in use by another client") as error:
+            GdbTarget(qemu.gdb_endpoint)
+        looked = time.monotonic() - t0
+        print(f"stub in use: said after {looked:.2f} s in process, {elapsed:.2f} s by the CLI")
+        assert looked < 5.0, (looked, str(error.value))
+        assert holder.registers()["rip"]  # the holder still reads
+    finally:
+        holder.close()
+    _qemu_runs(qemu)
+
+
+def test_the_agent_option_on_the_gdb_socket_says_it_is_a_gdb_stub(qemu):
+    try:
+        done, _ = _kinspect("--agent", f"unix:{qemu.gdb_socket}", "regs")
+        assert done.returncode != 0
+        assert "is a gdb stub, not the agent" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and "$T0" not in done.stderr.splitlines()[0]
+    finally:
+        _qemu_runs(qemu)
+
+
+def test_the_target_option_on_the_agent_line_says_it_is_the_agent(qemu, agent_spec):
+    done, elapsed = _kinspect("--target", agent_spec, "regs")
+    assert done.returncode != 0
+    assert "is the kinspect agent's line, not a gdb stub" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    print(f"agent line given as a stub: said after {elapsed:.2f} s")
+
+
+def test_a_held_agent_line_says_in_use_without_waiting_for_every_retry(qemu, agent):
+    from kinspect.inspector.errors import TargetError
+
+    t0 = time.monotonic()
+    with pytest.raises(TargetError, match="in use by another client"):
+        AgentTarget(f"unix:{qemu.serial_socket}", timeout=5)
+    elapsed = time.monotonic() - t0
+    print(f"agent line in use: said after {elapsed:.2f} s (4 attempts of 5 s before)")
+    assert elapsed < 3.0
+    assert agent.agent_registers()["cr3"]  # the holder still has the line
+
+
+def test_a_kernel_stopped_by_a_debugger_is_said_instead_of_a_stall(qemu, demo_kernel):
+    from kinspect.inspector.errors import TargetError
+
+    api.attach(qemu.gdb_endpoint, elf=demo_kernel).close(resume=False)  # like --no-resume
+    try:
+        assert qemu.status().get("status") != "running"
+        t0 = time.monotonic()
+        with pytest.raises(TargetError, match="stopped by a debugger"):
+            AgentTarget(f"unix:{qemu.serial_socket}", timeout=5)
+        assert time.monotonic() - t0 < 3.0
+        done, _ = _kinspect("--agent", f"unix:{qemu.serial_socket}", "regs")
+        assert done.returncode != 0 and "stopped by a debugger" in done.stderr, done.stderr
+    finally:
+        _qemu_runs(qemu)
+    target = AgentTarget(f"unix:{qemu.serial_socket}", timeout=5)  # it answers again
+    target.close()

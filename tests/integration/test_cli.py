@@ -49,6 +49,27 @@ def test_pt_json_agrees_with_info_tlb_page_for_page(qemu, demo_kernel):
     assert ours == truth
 
 
+def test_pt_json_lines_streams_what_info_tlb_lists(qemu, demo_kernel):
+    """One leaf per line between the envelope and the end line; the same leaves as --json."""
+    result = kinspect("--target", qemu.gdb_endpoint, "pt", "--leaves", "--json-lines")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    head, leaves, end = lines[0], lines[1:-1], lines[-1]
+    assert head["kinspect"] == 1 and head["command"] == "pt" and head["paging"]["levels"] == 4
+    assert end["leaf_count"] == len(leaves) and end["truncated"] is False
+    ours = {(leaf["va"], leaf["pa"], tlb_flags(leaf["entry"]["raw"])) for leaf in leaves}
+    assert ours == {tuple(line) for line in decode_info_tlb(qemu.monitor("info tlb"))}
+    whole = json.loads(kinspect("--target", qemu.gdb_endpoint, "pt", "--json", "--leaves").stdout)
+    assert leaves == whole["leaves"] and end["problems"] == whole["problems"]
+    assert head["cr3"] == whole["cr3"]
+
+
+def test_pt_json_lines_wants_leaves(qemu):
+    result = kinspect("--target", qemu.gdb_endpoint, "pt", "--json-lines")
+    assert result.returncode == 2 and "--json-lines goes with --leaves" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_pt_json_ranges_cover_the_leaves(qemu):
     result = kinspect("--target", qemu.gdb_endpoint, "pt", "--json")
     assert result.returncode == 0, result.stderr

@@ -326,6 +326,7 @@ def test_seed_scenario_higher_half_from_the_cli(lowqemu, tmp_path):
             lowqemu.agent_endpoint,
             "remap",
             "undo",
+            "--all",  # every step of the scenario (plain undo takes the newest, then asks)
             "--journal",
             str(journal),
         ],
@@ -434,26 +435,90 @@ def test_seed_scenario_each_step_against_qemus_view(lowqemu, remapper):
     assert regs["tr"].base < HIGHER_HALF and [va for va in tlb(lowqemu) if va < HIGHER_HALF]
 
 
-def test_undo_refuses_steps_applied_through_another_line(lowqemu, tmp_path):
-    journal = Journal.open(tmp_path / "other.jsonl")
-    journal.start_session("unix:/somewhere/else.sock")
+def test_undo_leaves_steps_of_another_kernel_alone(lowqemu, tmp_path):
+    """Steps are kept per kernel instance (the boot nonce the agent reports): a step left on
+    another kernel neither blocks nor appears here, and is not undone on this one."""
+    path = tmp_path / "other.jsonl"
+    journal = Journal.open(path)
+    journal.start_session("unix:/somewhere/else.sock", kernel="boot 0x00000000deadbeef")
     journal.applied(journal.begin("map", [SPARE], {"entries": []}, "elsewhere"), [])
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kinspect.inspector.cli",
-            "--agent",
-            lowqemu.agent_endpoint,
-            "remap",
-            "undo",
-            "--journal",
-            str(tmp_path / "other.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert done.returncode == 1 and "applied through unix:/somewhere/else.sock" in done.stderr
-    assert len(Journal.open(tmp_path / "other.jsonl").open_steps()) == 1
+
+    def kinspect(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kinspect.inspector.cli",
+                "--agent",
+                lowqemu.agent_endpoint,
+                "remap",
+                *args,
+                "--journal",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+
+    done = kinspect("undo")
+    assert done.returncode == 0 and "nothing to undo" in done.stdout, done.stderr
+    assert [s.seq for s in Journal.open(path).open_steps()] == [1]  # still open, for its kernel
+    listed = kinspect("journal")
+    assert "0 open steps (kernel boot 0x" in listed.stdout, listed.stdout
+    assert "1 open steps of other kernels: --all lists them" in listed.stdout
+    everything = kinspect("journal", "--all")
+    assert "#1 applied  map elsewhere  [boot 0x00000000deadbeef]" in everything.stdout
+    blocked = kinspect("map", hex(SPARE), "0x500000", "0x1000", "--plan")
+    assert "crashed session" not in blocked.stderr and blocked.returncode == 0, blocked.stderr
+
+
+def test_flags_ro_keeps_nx_and_adding_execute_asks_again(lowqemu, tmp_path):
+    """Issue 17: `--flags ro` made the page executable (NX cleared); it keeps NX now, as QEMU's
+    own `info tlb` shows, and a change that adds execute or makes W+X says so and asks again."""
+    journal = str(tmp_path / "flags.jsonl")
+
+    def kinspect(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kinspect.inspector.cli",
+                "--agent",
+                lowqemu.agent_endpoint,
+                "remap",
+                *args,
+                "--journal",
+                journal,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    before = tlb(lowqemu)
+    mapped = kinspect("map", hex(SPARE), "0x500000", "4k", "--yes")
+    assert mapped.returncode == 0 and "WARNING" not in mapped.stdout, mapped.stderr
+    assert tlb(lowqemu)[SPARE][0] == 0x500000
+    assert tlb(lowqemu)[SPARE][1][0] == "X" and tlb(lowqemu)[SPARE][1][-1] == "W"
+    ro = kinspect("protect", hex(SPARE), "4k", "--flags", "ro", "--yes")
+    assert ro.returncode == 0, ro.stderr
+    flags = tlb(lowqemu)[SPARE][1]
+    assert flags[0] == "X" and flags[-1] == "-", flags  # NX kept, read-only (QEMU's view)
+    wx = kinspect("protect", hex(SPARE), "4k", "--flags", "rwx", "--plan")
+    assert wx.returncode == 0 and "Traceback" not in wx.stderr, wx.stderr
+    assert "WARNING: makes the pages writable AND executable (W+X)" in wx.stdout
+    assert "WARNING: adds write to pages that were read-only" in wx.stdout
+    # Without --yes and nobody to answer: not applied, and the page stays as it was.
+    asked = kinspect("protect", hex(SPARE), "4k", "--flags", "rx")
+    assert asked.returncode == 1 and "not applied" in asked.stderr
+    assert tlb(lowqemu)[SPARE][1] == flags
+    bad = kinspect("protect", hex(SPARE), "4k", "--flags", "rwz", "--plan")
+    assert bad.returncode != 0 and "unknown flag 'rwz'" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    undone = kinspect("undo", "--all")
+    assert undone.returncode == 0, undone.stderr
+    assert tlb(lowqemu) == before

@@ -537,4 +537,26 @@ class SmpMemoryTarget(MemoryTarget):
 def smp_session(count: int = 4, **options) -> Session:
     session = Session(SmpMemoryTarget(count, **options))
     session._symbols = capture_symbols()
+
+
+def capture_regions():
+    """Linux's regions for the capture (no KASLR: the default bases, _text to 48 MiB on)."""
+    from kinspect.inspector.linux.layout import linux_regions
+
+    return linux_regions(
+        levels=4,
+        page_offset_base=None,
+        vmalloc_base=None,
+        vmemmap_base=None,
+        text=TEXT,
+        end=TEXT + (48 << 20),
+    )
+
+
+def regions_session(session: Session | None = None) -> Session:
+    """A session on the capture that knows Linux's regions, as ``Session.regions()`` answers
+    on a recognized kernel (the capture's symbols are too few to recognize it)."""
+    session = session if session is not None else memory_session()
+    regions = capture_regions()
+    session.regions = lambda: regions  # type: ignore[method-assign]
     return session

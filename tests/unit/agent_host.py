@@ -96,9 +96,15 @@ def write_image(
 class HostAgent:
     """The host-built agent as a subprocess; ``transport`` talks to it."""
 
-    def __init__(self, binary: Path, image: Path) -> None:
+    def __init__(self, binary: Path, image: Path, *, boot_nonce: int | None = None) -> None:
+        """``boot_nonce``: what the port supplies as ``agent_ops.boot_nonce`` (None: none)."""
+        env = dict(os.environ)
+        env.pop("HOST_AGENT_BOOT_NONCE", None)
+        if boot_nonce is not None:
+            env["HOST_AGENT_BOOT_NONCE"] = hex(boot_nonce)
         self.process = subprocess.Popen(
             [str(binary), str(image)],
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

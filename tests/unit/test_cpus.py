@@ -9,6 +9,7 @@ from kinspect.inspector.cpus import CpuState, find_current_task, format_cpus
 from kinspect.inspector.errors import FaultError, TargetError
 from kinspect.inspector.session import Session
 from kinspect.inspector.targets.base import (
+    Capability,
     CpuThread,
     DescriptorTableRegister,
     SegmentRegister,
@@ -49,6 +50,7 @@ class Machine(Target):
     """Three CPUs, each with its own RIP, GDT and TR; reads count per CPU."""
 
     description = "three-CPU machine"
+    capabilities = frozenset({Capability.SYSTEM_REGISTERS})
 
     def __init__(self):
         self._cpu = 0

@@ -21,7 +21,7 @@ from kinspect.inspector.efi.runtime import (
 from kinspect.inspector.errors import InspectorError
 from kinspect.inspector.remap.apply import Remapper, UndoRefused
 from kinspect.inspector.remap.efi import SVAM, EfiState, plan_efi_steps
-from kinspect.inspector.remap.journal import Journal
+from kinspect.inspector.remap.journal import Journal, kernel_identity
 from kinspect.inspector.remap.plan import protected_areas
 from kinspect.inspector.x86.paging import Permissions, Range
 
@@ -201,7 +201,7 @@ class FakeAgent:
     """Enough of AgentTarget for Remapper.undo: it must refuse before any request."""
 
     spec = "fake"
-    info = {"paging_levels": 4}
+    info = {"paging_levels": 4, "boot_nonce": 0x5EED}  # one kernel instance
 
     def __init__(self, virtual_mode=True):
         self.calls = []
@@ -224,7 +224,7 @@ class FakeAgent:
 
 def journal_with_svam(tmp_path, *, reply=True):
     journal = Journal.open(tmp_path / "journal.jsonl")
-    journal.start_session("fake")
+    journal.start_session("fake", kernel=kernel_identity(FakeAgent.info))  # the fake's kernel
     entry = [[0xFFFFFFEF0E8F2000, 1, 0x5000, 0, 0xE8F2000 | 0x8000000000000003]]
     first = journal.begin(
         "map", [0xFFFFFFEF0E8F2000, 0xE8F2000, 0x1000, 0x1000, RW | NX], {"entries": []}, "map"

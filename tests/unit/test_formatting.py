@@ -1,10 +1,16 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kinspect.inspector.formatting import (
+    _INDENT_BY_ARRAYS,
+    _indent_compact,
+    format_json,
     format_ranges,
     format_register,
     format_size,
@@ -102,3 +108,47 @@ def test_decoders_and_formatting_import_no_io_or_ui():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == ""
+
+
+# -- the JSON the command line prints: json.dumps(indent=1), byte for byte, however large ----
+
+_json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(1 << 70), max_value=1 << 70),
+    st.floats(allow_nan=False),
+    st.text(alphabet='ab:,[]{} "\\\n\u00e9x', max_size=6),
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(alphabet='k:,[]{}"', max_size=3), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@given(_json_values)
+@settings(max_examples=300, deadline=None)
+def test_indent_by_arrays_is_json_dumps_indent_1(value):
+    compact = json.dumps(value, separators=(",", ":"))
+    if "\\" in compact:  # format_json takes the plain path for those
+        return
+    assert _indent_compact(compact) == json.dumps(value, indent=1)
+
+
+def test_a_large_document_prints_as_json_dumps_indent_1():
+    ranges = [
+        {
+            "start": i << 12,
+            "attributes": ["G"] if i % 3 else [],
+            "permissions": {"user": i % 2 == 0},
+        }
+        for i in range(5000)
+    ]
+    document = {"kinspect": 1, "command": "pt", "problems": [], "ranges": ranges, "empty": {}}
+    assert len(json.dumps(document)) > _INDENT_BY_ARRAYS  # the array path is the one tested
+    assert format_json(document) == json.dumps(document, indent=1) + "\n"
+    document["reason"] = 'a "quoted" \\ path'  # a backslash: the plain path, same bytes
+    assert format_json(document) == json.dumps(document, indent=1) + "\n"

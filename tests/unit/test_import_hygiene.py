@@ -42,3 +42,23 @@ def test_protocols_import_nothing_of_ours():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """Cold start (issue 16): the commands are registered and a session can be made without
+    Textual, numpy, pyelftools or the fault and Linux analyses; a command that needs one
+    imports it when it runs."""
+    code = (
+        "import sys\n"
+        "from kinspect.inspector import api, cli, session\n"
+        "from kinspect.inspector.commands import registry\n"
+        "registry()\n"
+        "heavy = ('textual', 'numpy', 'elftools', 'kinspect.inspector.fault',"
+        " 'kinspect.inspector.linux.kernel', 'kinspect.inspector.tables')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -49,11 +49,13 @@ AREAS = protected_areas(
 
 
 def test_parse_flags_by_sdm_names():
+    # The SDM's names still parse; NX is now set unless x is named (ro kept NX clear: a bug).
     assert parse_flags("rw,nx") == RW | NX
-    assert parse_flags("ro") == 0
-    assert parse_flags("RW+G+PCD") == RW | FLAG_BITS["G"] | FLAG_BITS["PCD"]
+    assert parse_flags("ro") == NX
+    assert parse_flags("RW+G+PCD") == RW | FLAG_BITS["G"] | FLAG_BITS["PCD"] | NX
+    assert parse_flags("rwx") == RW
     with pytest.raises(ValueError):
-        parse_flags("rwx")
+        parse_flags("rwz")
 
 
 def test_map_plan_splits_into_steps_of_64_pages_and_counts_tables():

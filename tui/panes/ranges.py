@@ -3,18 +3,30 @@
 Filters (user, kernel, writable, exec, W+X, changed) and a search box combine;
 the walk of the range under the cursor is shown beside. ``ptov`` lists every
 virtual address of a physical one in the walk pane.
+
+On Linux (``Session.regions()``) a heading goes before each region's first
+row, as ``kinspect pt`` prints them. ``z`` switches between the exact map and
+the compact one (``Session.compact_ranges()``, ``kinspect pt --compact``:
+neighbours with the same permissions, attributes and page size merged,
+never across a region); compact is the default on a recognized kernel with
+more than :data:`COMPACT_ABOVE` ranges. Filters and the search apply to the
+rows of the mode shown; headings are not rows (never filtered, never
+matched): each shown row keeps its region's heading above it.
 """
 
 from __future__ import annotations
 
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Checkbox, Input, Static
 
+from kinspect.inspector.formatting import format_size
+from kinspect.inspector.linux.layout import RegionMap
 from kinspect.inspector.session import Session
-from kinspect.inspector.x86.paging import Range
+from kinspect.inspector.x86.paging import CompactRange, Range
 
 from ..model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
 from ..widgets.ranges import RangeList
@@ -33,8 +45,24 @@ FLAGS = (
 )
 
 
-def read_ranges(session: Session) -> tuple[list[Range], int]:
-    return session.ranges(), len(session.address_space().problems)
+#: Compact by default above this many exact ranges, on a kernel whose regions are known.
+COMPACT_ABOVE = 4096
+
+
+def read_ranges(
+    session: Session,
+) -> tuple[list[Range], int, list[CompactRange], RegionMap | None]:
+    return (
+        session.ranges(),
+        len(session.address_space().problems),
+        session.compact_ranges(),
+        session.regions(),
+    )
+
+
+def _pieces(row: CompactRange) -> str:
+    """What ``kinspect pt --compact`` adds after a merged row."""
+    return f"  ({row.pieces} ranges, {format_size(row.mapped)} mapped)"
 
 
 class RangesPane(WalkingPane):
@@ -54,12 +82,21 @@ class RangesPane(WalkingPane):
     GLOBAL_KEYS = (("slash", "search", "Search"),)
     COMMANDS = {**WalkingPane.COMMANDS, "ptov": "command_ptov"}
     NEEDS_ARGUMENT = {**WalkingPane.NEEDS_ARGUMENT, "ptov": "an address or a symbol"}
+    BINDINGS = [Binding("z", "toggle_compact", "Compact/exact", show=False)]
 
     class Read(Message, bubble=False):
-        def __init__(self, ranges: list[Range], problems: int) -> None:
+        def __init__(
+            self,
+            ranges: list[Range],
+            problems: int,
+            compact: list[CompactRange] | None = None,
+            regions: RegionMap | None = None,
+        ) -> None:
             super().__init__()
             self.ranges = ranges
             self.problems = problems
+            self.compact = compact if compact is not None else []
+            self.regions = regions
 
     class Aliases(Message, bubble=False):
         def __init__(self, pa: int, aliases: list[int]) -> None:
@@ -74,8 +111,15 @@ class RangesPane(WalkingPane):
         self.shown_rows: list[RangeRow] = []
         self.range_filter = RangeFilter()
         self._previous: list[Range] | None = None
+        self._previous_compact: list[Range] | None = None
         self._row_texts = RowTexts([])
         self._wx = self._marks = self._problems = 0
+        self.regions: RegionMap | None = None
+        self.compact: bool | None = None  # None: not chosen yet (the default by the map's size)
+        self.compact_rows: list[CompactRange] = []
+        self._exact_rows: list[RangeRow] = []
+        self._merged_rows: list[RangeRow] = []
+        self._notes: dict[int, str] = {}
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -97,13 +141,33 @@ class RangesPane(WalkingPane):
     def on_ranges_pane_read(self, message: Read) -> None:
         ranges = message.ranges
         self.ranges = ranges
-        self.rows = diff_ranges(self._previous, ranges)
-        self._previous = ranges
+        self.regions = message.regions
+        self.compact_rows = message.compact
+        merged = [row.range for row in message.compact]
+        self._exact_rows = diff_ranges(self._previous, ranges)
+        self._merged_rows = diff_ranges(self._previous_compact, merged)
+        self._previous, self._previous_compact = ranges, merged
+        self._notes = {row.range.start: _pieces(row) for row in message.compact if row.pieces > 1}
         self._problems = message.problems
-        self._row_texts = RowTexts(self.rows)
         self._wx = sum(1 for r in ranges if r.permissions.writable and r.permissions.executable)
+        if self.compact is None and self.regions is not None and len(ranges) > COMPACT_ABOVE:
+            self.compact = True
+        self._show_mode()
+
+    @property
+    def compact_shown(self) -> bool:
+        return bool(self.compact)
+
+    def _show_mode(self) -> None:
+        self.rows = self._merged_rows if self.compact_shown else self._exact_rows
+        self._row_texts = RowTexts(self.rows)
         self._marks = sum(1 for row in self.rows if row.mark)
         self._apply_filter()
+
+    def action_toggle_compact(self) -> None:
+        """z: the compact map or the exact one (the cursor stays at its address)."""
+        self.compact = not self.compact_shown
+        self._show_mode()
 
     # -- filters -------------------------------------------------------------------------
 
@@ -123,9 +187,22 @@ class RangesPane(WalkingPane):
         view = self.query_one(RangeList)
         keep = view.current.range.start if view.current else None
         self.shown_rows = filter_rows(self.rows, self.range_filter, self._row_texts)
-        view.set_rows(self.shown_rows, keep=keep)
+        compact = self.compact_shown
+        view.set_rows(
+            self.shown_rows,
+            keep=keep,
+            region_of=self.regions.name_of if self.regions is not None else None,
+            notes=self._notes if compact else None,
+        )
+        if compact:
+            mode = "compact (z: exact) | "
+        elif self.regions is not None or self.compact is not None:
+            mode = "exact (z: compact) | "
+        else:
+            mode = ""  # the exact map of a kernel without regions, as before compact mode
         self.query_one("#range-summary", Static).update(
-            f"{len(self.shown_rows)} of {len(self.rows)} rows shown | {len(self.ranges)} ranges"
+            f"{mode}{len(self.shown_rows)} of {len(self.rows)} rows shown"
+            f" | {len(self.ranges)} ranges"
             f" | W+X {self._wx} | changed since last stop {self._marks}"
             f" | walk problems {self._problems}"
         )

@@ -4,11 +4,17 @@ A Linux guest has tens of thousands of ranges (65,000 on the captured 6.1
 kernel); building a widget or a table row for each would take seconds. The
 list keeps the rows as records and renders lines on demand (Textual's line
 API), so a new stop or a new filter costs one list assignment.
+
+On a kernel whose regions are known (Linux), a heading line
+(``---[ direct map ]---``, as ``kinspect pt`` prints it) goes before the
+first row of each region. Headings are not rows: the cursor, ``rows`` and
+``current`` only know ranges, and a click on a heading selects the range
+under it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rich.segment import Segment
@@ -31,6 +37,12 @@ _MARK_STYLE = {
 }
 _WX_STYLE = Style(color="magenta", bold=True)
 _CURSOR = Style(reverse=True)
+_HEADING_STYLE = Style(color="cyan", bold=True)
+
+
+def format_heading(name: str) -> str:
+    """ptdump's heading, as ``format_ranges_with_regions`` draws it for ``kinspect pt``."""
+    return f"---[ {name} ]---"
 
 
 class RangeList(ScrollView, can_focus=True):
@@ -58,18 +70,70 @@ class RangeList(ScrollView, can_focus=True):
         super().__init__(**kwargs)
         self.rows: Sequence[RangeRow] = ()
         self.cursor = 0
+        self.headings: list[str] = []
+        self.notes: Mapping[int, str] = {}
+        # Screen lines: a row's index, or -(k + 1) for headings[k]; None: one line a row.
+        self._lines: list[int] | None = None
+        self._line_of_row: list[int] = []
 
     # -- attributes down --------------------------------------------------------------
 
-    def set_rows(self, rows: Sequence[RangeRow], *, keep: int | None = None) -> None:
-        """Show ``rows``; keep the cursor on the range starting at ``keep`` if present."""
+    def set_rows(
+        self,
+        rows: Sequence[RangeRow],
+        *,
+        keep: int | None = None,
+        region_of: Callable[[int], str | None] | None = None,
+        notes: Mapping[int, str] | None = None,
+    ) -> None:
+        """Show ``rows``; keep the cursor on the range starting at ``keep`` if present.
+
+        ``region_of``: the region of an address (a heading where it changes);
+        ``notes``: text after a row, by its range's start (a compact row's pieces).
+        """
         self.rows = rows
+        self.notes = notes or {}
+        self._layout(region_of)
         index = 0
         if keep is not None:
             index = self.index_of(keep)
-        self.virtual_size = Size(110, len(rows))
+        self.virtual_size = Size(110, self._line_count)
         self._move(index, force=True)
         self.refresh()
+
+    def _layout(self, region_of: Callable[[int], str | None] | None) -> None:
+        self.headings, self._lines, self._line_of_row = [], None, []
+        if region_of is None:
+            return
+        lines: list[int] = []
+        current: str | None = None
+        for index, row in enumerate(self.rows):
+            name = region_of(row.range.start)
+            if name != current and name is not None:
+                self.headings.append(name)
+                lines.append(-len(self.headings))
+            current = name
+            self._line_of_row.append(len(lines))
+            lines.append(index)
+        if self.headings:
+            self._lines = lines
+        else:
+            self._line_of_row = []
+
+    @property
+    def _line_count(self) -> int:
+        return len(self.rows) if self._lines is None else len(self._lines)
+
+    def _line_of(self, index: int) -> int:
+        return index if self._lines is None else self._line_of_row[index]
+
+    def _row_at_line(self, line: int) -> int:
+        """The row on screen line ``line`` (for a heading: the row under it)."""
+        if self._lines is None:
+            return line
+        line = max(0, min(line, len(self._lines) - 1))
+        item = self._lines[line]
+        return item if item >= 0 else self._row_at_line(line + 1)
 
     def index_of(self, address: int) -> int:
         """The row whose range contains (or first follows) ``address``."""
@@ -90,12 +154,17 @@ class RangeList(ScrollView, can_focus=True):
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
-        index = y + scroll_y
+        line = y + scroll_y
         width = self.size.width
-        if index >= len(self.rows):
+        if line >= self._line_count:
             return Strip.blank(width, self.rich_style)
+        index = line if self._lines is None else self._lines[line]
+        if index < 0:
+            text = format_heading(self.headings[-index - 1])
+            strip = Strip([Segment(text.ljust(width + scroll_x), self.rich_style + _HEADING_STYLE)])
+            return strip.crop(scroll_x, scroll_x + width)
         row = self.rows[index]
-        text = format_range_row(row)
+        text = self._text(row)
         p = row.range.permissions
         style = _MARK_STYLE.get(row.mark) or (_WX_STYLE if p.writable and p.executable else None)
         base = self.rich_style
@@ -106,8 +175,21 @@ class RangeList(ScrollView, can_focus=True):
         strip = Strip([Segment(text.ljust(max(width + scroll_x, len(text))), base)])
         return strip.crop(scroll_x, scroll_x + width)
 
+    def _text(self, row: RangeRow) -> str:
+        text = format_range_row(row)
+        note = self.notes.get(row.range.start) if self.notes and row.mark != REMOVED else None
+        return text + note if note else text
+
     def export_text(self) -> str:
-        return "\n".join(format_range_row(row) for row in self.rows) + "\n"
+        if self._lines is None:
+            return "\n".join(self._text(row) for row in self.rows) + "\n"
+        return (
+            "\n".join(
+                self._text(self.rows[i]) if i >= 0 else format_heading(self.headings[-i - 1])
+                for i in self._lines
+            )
+            + "\n"
+        )
 
     # -- moving ----------------------------------------------------------------------------
 
@@ -120,12 +202,15 @@ class RangeList(ScrollView, can_focus=True):
         if index == self.cursor and not force:
             return
         self.cursor = index
+        line = self._line_of(index)
+        if line > 0 and self._lines is not None and self._lines[line - 1] < 0:
+            line -= 1  # the heading above the region's first row stays in view with it
         height = max(self.size.height, 1)
         top = int(self.scroll_offset.y)
-        if index < top:
-            self.scroll_to(y=index, animate=False, immediate=True)
-        elif index >= top + height:
-            self.scroll_to(y=index - height + 1, animate=False, immediate=True)
+        if line < top:
+            self.scroll_to(y=line, animate=False, immediate=True)
+        elif self._line_of(index) >= top + height:
+            self.scroll_to(y=self._line_of(index) - height + 1, animate=False, immediate=True)
         self.refresh()
         self.post_message(self.Highlighted(self, self.rows[index]))
 
@@ -145,4 +230,4 @@ class RangeList(ScrollView, can_focus=True):
         self._move(self.cursor, force=True)
 
     def on_click(self, event: events.Click) -> None:
-        self._move(int(self.scroll_offset.y) + event.y, force=True)
+        self._move(self._row_at_line(int(self.scroll_offset.y) + event.y), force=True)

@@ -110,6 +110,32 @@ def _attributes(entry: PageTableEntry) -> tuple[str, ...]:
 _ATTRIBUTE_BITS = _G | _PWT | _PCD | _PS | _PAT_LARGE
 """The entry bits (with the level) that decide :func:`_attributes`."""
 
+_SET_RANGE = tuple(
+    getattr(Range, name).__set__
+    for name in ("start", "end", "phys", "page_size", "permissions", "attributes")
+)
+
+
+def _range(
+    start: int,
+    end: int,
+    phys: int,
+    page_size: int,
+    permissions: Permissions,
+    attributes: tuple[str, ...],
+) -> Range:
+    """``Range(...)`` by setting its slots: the same record (no ``__post_init__``), three
+    times cheaper than the frozen dataclass's ``__init__`` (Linux's map has 65,000 ranges)."""
+    made: Range = object.__new__(Range)
+    start_, end_, phys_, size_, permissions_, attributes_ = _SET_RANGE
+    start_(made, start)
+    end_(made, end)
+    phys_(made, phys)
+    size_(made, page_size)
+    permissions_(made, permissions)
+    attributes_(made, attributes)
+    return made
+
 
 def coalesce_ranges(leaves: Iterable[Leaf]) -> list[Range]:
     """Merge leaves (in ascending VA order) into ranges, ptdump style.
@@ -148,12 +174,12 @@ def coalesce_ranges(leaves: Iterable[Leaf]) -> list[Range]:
             next_pa += size
             continue
         if perms is not None:
-            ranges.append(Range(start, end, phys, size, perms, attrs))
+            ranges.append(_range(start, end, phys, size, perms, attrs))
         start, end, phys, size = va, leaf.end, leaf.pa, leaf.size
         next_pa = phys + (end - start)
         perms, attrs = lp, la
     if perms is not None:
-        ranges.append(Range(start, end, phys, size, perms, attrs))
+        ranges.append(_range(start, end, phys, size, perms, attrs))
     return ranges
 
 
