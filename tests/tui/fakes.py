@@ -537,6 +537,7 @@ class SmpMemoryTarget(MemoryTarget):
 def smp_session(count: int = 4, **options) -> Session:
     session = Session(SmpMemoryTarget(count, **options))
     session._symbols = capture_symbols()
+    return session
 
 
 def capture_regions():
