@@ -9,14 +9,21 @@ CPU at a handler's entry. The report itself is one built from literal values
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+
+import pytest
 from textual.widgets import TabbedContent
 
+from kinspect.inspector import api
 from kinspect.inspector.fault import ExceptionContext, FaultReport, exception_at_stop
+from kinspect.inspector.targets.qemu_log import last_delivery, parse_qemu_log
 from kinspect.inspector.x86.exceptions import PageFaultCause, decode_error_code
 from kinspect.tui.app import make_app
 from kinspect.tui.panes.fault import FaultPane
 from kinspect.tui.widgets.fault import NONE, FaultView
 from kinspect.tui.widgets.text import render_plain
+from tests.integration.conftest import demo_kernel  # noqa: F401
 
 from .conftest import run
 from .fakes import memory_session
@@ -156,3 +163,66 @@ def test_a_handler_whose_frame_cannot_be_read_is_said_in_the_pane_without_switch
             assert "not in the capture" in text
 
     run(go())
+
+
+@pytest.mark.integration
+def test_catch_14_in_the_tui_on_the_demo_kernels_write_to_a_read_only_page(demo_kernel):  # noqa: F811
+    """``fault=pf-write-ro``: ``:catch 14`` in the TUI, the fault pane shown with the #PF
+    explained; RIP, CR2 and the error code are QEMU's (its ``-d int`` log) and nm's."""
+    nm = {
+        parts[2]: int(parts[0], 16)
+        for parts in (
+            line.split()
+            for line in subprocess.run(
+                ["nm", demo_kernel], capture_output=True, text=True, check=True
+            ).stdout.splitlines()
+        )
+        if len(parts) == 3
+    }
+    with api.launch_demo(append="fault=pf-write-ro", exception_log=True, stopped=True) as qemu:
+        session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+        session.break_insert("pic_init")  # the IDT is loaded by then
+        session.resume()
+        session.wait_for_stop(90.0)
+        for bp in session.breakpoints():
+            session.break_delete(bp.number)
+
+        async def go():
+            app = make_app(session, resume_on_exit=False)  # the CPU stays at the handler
+            async with app.run_test(size=SIZE) as pilot:
+                view = app.query_one(FaultView)
+                for _ in range(3000):
+                    await pilot.pause(0.02)
+                    if app.stops == 1 and not app.link.pending:
+                        break
+                assert app.stops == 1, app.errors
+                assert view.text == NONE
+                app.run_command("catch 14")
+                for _ in range(6000):  # 120 s: TCG under load
+                    await pilot.pause(0.02)
+                    if "write to a read-only page" in view.text:
+                        break
+                assert "write to a read-only page" in view.text, (app.errors, view.text)
+                await pilot.pause()
+                assert app.query_one(TabbedContent).active == FaultPane.NAME
+                assert "write to a read-only page" in body(app)
+                cli = []  # the CLI's text at the same stop, asked in the thread that owns it
+                app.submit("fault", lambda owned: str(owned.fault()), cli.append)
+                await app.wait_idle(60)
+                await pilot.pause()
+                assert cli == [view.text], app.errors
+                serial = qemu.wait_for_serial("kinspect-demo: fault=pf-write-ro:", timeout=10)
+                assert "EXCEPTION" not in serial  # stopped before the handler ran
+                return view.text
+
+        try:
+            text = asyncio.run(asyncio.wait_for(go(), 200))  # the waits are 60 s and 120 s
+            logged = last_delivery(parse_qemu_log(qemu.int_log_text()))
+            assert (logged.vector, logged.error_code) == (14, 0x3)
+            assert logged.rip == nm["fault_pf_write_ro_insn"]
+            assert logged.cr2 == nm["fault_demo_readonly"]
+            assert text.splitlines()[0].startswith("#PF")
+            assert f"RIP {logged.cs:#06x}:{logged.rip:#018x}" in text
+            assert f"CR2 {logged.cr2:#018x}" in text
+        finally:
+            session.close(resume=False)
