@@ -1,7 +1,7 @@
 """The ``:`` command line: the TUI's own commands in one table, the panes', then the registry's.
 
-A verb is looked up in :data:`COMMANDS` (run control, breakpoints, export,
-screens), then in the panes' ``COMMANDS`` (``vtop``, ``ptov``, ``mem``, ``phys``,
+A verb is looked up in :data:`COMMANDS` (run control, breakpoints, catchpoints,
+export, screens), then in the panes' ``COMMANDS`` (``vtop``, ``ptov``, ``mem``, ``phys``,
 ``efi``: the pane shown, or the first pane that answers the verb; they show
 their answer in the pane), then in the command registry
 (:mod:`kinspect.inspector.commands`): ``pt``, ``gdt``, ``bt``, ``efi-map``...
@@ -20,6 +20,8 @@ from textual.app import SystemCommand
 
 from kinspect.inspector.commands import CommandResult, registry
 from kinspect.inspector.errors import InspectorError
+from kinspect.inspector.fault import Catchpoint
+from kinspect.inspector.numbers import parse_number
 from kinspect.inspector.session import Session
 
 from .panes import PANES
@@ -58,6 +60,30 @@ def _cpu(app: KinspectApp, argument: str) -> None:
         app.report_failure(InspectorError("cpu needs a CPU number (cpus lists them)"))
 
 
+def _catch(app: KinspectApp, argument: str) -> None:
+    """``catch VECTOR|all``: catchpoints on the IDT's handlers, then continue.
+
+    The stop at the handler's entry is shown like any other; the fault pane
+    explains it and is shown at once. (The registry's ``catch`` would wait for
+    the stop in the owner thread; here the app waits, as for ``continue``.)
+    """
+    text = argument.strip()
+    vector: int | None = None
+    if text.lower() != "all":
+        try:
+            vector = parse_number(text)
+        except ValueError:
+            app.report_failure(InspectorError(f"{text!r} is not a vector (0..255, or 'all')"))
+            return
+
+    def done(catchpoints: list[Catchpoint]) -> None:
+        for catchpoint in catchpoints:
+            app.notify(str(catchpoint))
+        app.action_resume()
+
+    app.submit("catch", lambda session: session.catch(vector), done)
+
+
 def _aliases(command: TuiCommand, *names: str) -> dict[str, TuiCommand]:
     return dict.fromkeys(names, command)
 
@@ -81,6 +107,7 @@ COMMANDS: Mapping[str, TuiCommand] = {
     "svg": TuiCommand(lambda app, arg: app.action_export_svg()),
     "help": TuiCommand(lambda app, arg: app.action_help()),
     "remap": TuiCommand(lambda app, arg: app.action_remap()),
+    "catch": TuiCommand(_catch, "a vector (14, 0xe) or 'all'"),
 }
 
 

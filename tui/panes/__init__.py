@@ -10,6 +10,7 @@ from __future__ import annotations
 from .base import Pane
 from .descriptors import DescriptorsPane
 from .efi import EfiPane
+from .fault import FaultPane
 from .memory import MemoryPane
 from .ranges import RangesPane
 from .registers import RegistersPane
@@ -27,4 +28,5 @@ PANES: tuple[type[Pane], ...] = (
     StackPane,
     DescriptorsPane,
     EfiPane,
+    FaultPane,
 )
