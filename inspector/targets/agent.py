@@ -34,6 +34,7 @@ from kinspect.protocols.transports import Transport, TransportError, open_transp
 
 from ..efi.runtime import EfiTime
 from ..errors import AgentError, FaultError, ProtocolError, TargetError, TargetLost
+from ..x86.descriptors import SEGMENT_REGISTERS
 from ..x86.paging import Permissions, Range
 from .base import (
     REMAPS_READ_ONLY,
@@ -68,22 +69,9 @@ RANGE_FLAGS = {"W": 1, "U": 2, "X": 4, "G": 8, "PWT": 16, "PCD": 32, "PAT": 64}
 
 #: Registers named as GdbTarget names them (what Session and the CLI expect).
 _GDB_NAMES = (
-    "rbp",
-    "rsp",
-    "rip",
-    "rflags",
-    "cs",
-    "ss",
-    "ds",
-    "es",
-    "fs",
-    "gs",
-    "cr0",
-    "cr2",
-    "cr3",
-    "cr4",
-    "cr8",
-    "efer",
+    *("rbp", "rsp", "rip", "rflags"),
+    *(name.lower() for name in SEGMENT_REGISTERS),
+    *("cr0", "cr2", "cr3", "cr4", "cr8", "efer"),
 )
 
 

@@ -26,6 +26,8 @@ from ..errors import (
     TargetError,
     TargetLost,
 )
+from ..x86.control import GENERAL_REGISTERS
+from ..x86.descriptors import SEGMENT_REGISTERS
 from ..x86.paging import check_canonical
 from .base import Breakpoint, Capability, CpuThread, StopRecord, SystemRegisters, Target
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
@@ -36,39 +38,12 @@ __all__ = ["DIRECT_MAP_SYMBOLS", "GdbTarget", "decode_break_table", "decode_cpu_
 DIRECT_MAP_SYMBOLS = ("direct_map_base", "page_offset_base")
 
 _REGISTER_NAMES = (
-    "rax",
-    "rbx",
-    "rcx",
-    "rdx",
-    "rsi",
-    "rdi",
-    "rbp",
-    "rsp",
-    "r8",
-    "r9",
-    "r10",
-    "r11",
-    "r12",
-    "r13",
-    "r14",
-    "r15",
+    *GENERAL_REGISTERS,
     "rip",
     "eflags",
-    "cs",
-    "ss",
-    "ds",
-    "es",
-    "fs",
-    "gs",
-    "fs_base",
-    "gs_base",
-    "k_gs_base",
-    "cr0",
-    "cr2",
-    "cr3",
-    "cr4",
-    "cr8",
-    "efer",
+    *(name.lower() for name in SEGMENT_REGISTERS),
+    *("fs_base", "gs_base", "k_gs_base"),
+    *("cr0", "cr2", "cr3", "cr4", "cr8", "efer"),
 )
 
 CONNECT_TIMEOUT = 10.0

@@ -20,6 +20,7 @@ from kinspect.inspector.x86.flags import BitField, fields_mask, format_flags
 
 __all__ = [
     "CR0_FIELDS",
+    "GENERAL_REGISTERS",
     "CR3_FIELDS",
     "CR3_PCID_FIELDS",
     "CR4_FIELDS",
@@ -36,6 +37,12 @@ __all__ = [
     "decode_register",
     "decode_rflags",
 ]
+
+#: The sixteen general-purpose registers, in the order gdb and the SDM list them.
+GENERAL_REGISTERS = (
+    *("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp"),
+    *("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"),
+)
 
 _U64 = (1 << 64) - 1
 

@@ -13,6 +13,8 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from kinspect.inspector.formatting import format_register
+from kinspect.inspector.x86.control import GENERAL_REGISTERS
+from kinspect.inspector.x86.descriptors import SEGMENT_REGISTERS
 
 from ..link import RegisterSnapshot
 from .text import render_plain
@@ -20,35 +22,11 @@ from .text import render_plain
 __all__ = ["RegistersView"]
 
 GENERAL = (
-    "rax",
-    "rbx",
-    "rcx",
-    "rdx",
-    "rsi",
-    "rdi",
-    "rbp",
-    "rsp",
-    "r8",
-    "r9",
-    "r10",
-    "r11",
-    "r12",
-    "r13",
-    "r14",
-    "r15",
+    *GENERAL_REGISTERS,
     "rip",
     "rflags",
-    "cs",
-    "ss",
-    "ds",
-    "es",
-    "fs",
-    "gs",
-    "fs_base",
-    "gs_base",
-    "k_gs_base",
-    "cr2",
-    "cr8",
+    *(name.lower() for name in SEGMENT_REGISTERS),
+    *("fs_base", "gs_base", "k_gs_base", "cr2", "cr8"),
 )
 CHANGED_STYLE = "bold black on yellow"
 
