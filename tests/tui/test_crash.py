@@ -20,7 +20,7 @@ from kinspect.inspector import api
 from kinspect.inspector.fault import TripleFaultReport
 from kinspect.inspector.targets.qemu_log import exception_chain, parse_qemu_log
 from kinspect.tui.app import make_app
-from kinspect.tui.screens.crash import FROZEN, CrashScreen
+from kinspect.tui.screens.crash import FROZEN, CrashScreen, log_beside
 from tests.integration.conftest import demo_kernel  # noqa: F401
 
 from .conftest import run
@@ -47,6 +47,16 @@ REPORT = TripleFaultReport(
 def test_the_report_is_built_from_qemus_own_log():
     assert [d.vector for d in REPORT.chain.deliveries] == [6, 14, 8]
     assert REPORT.chain.final == 14
+
+
+def test_the_log_is_looked_for_beside_a_socket_path_only():
+    assert log_beside("/tmp/kinspect-qemu-ab12/gdb.sock") == Path(
+        "/tmp/kinspect-qemu-ab12/qemu-int.log"
+    )
+    assert log_beside("unix:/tmp/q/gdb.sock") == Path("/tmp/q/qemu-int.log")
+    assert log_beside("127.0.0.1:1234") is None
+    assert log_beside("| qemu-system-x86_64 -gdb stdio") is None
+    assert log_beside(None) is None
 
 
 async def settle(app, pilot):
