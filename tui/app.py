@@ -40,6 +40,7 @@ from .panes import PANES, Pane
 from .panes.ranges import RangesPane
 from .remap_controller import RemapController
 from .screens.breakpoints import BreakpointsScreen
+from .screens.crash import FROZEN, stopped
 from .screens.help import HelpScreen
 from .screens.remap import RemapScreen
 from .stops import cpu_mode, describe_stop
@@ -131,6 +132,7 @@ class KinspectApp(App[None]):
         self.cpus: list[CpuState] = []  # every CPU as read at the last stop
         self.remaps: RemapController = RemapController(self)
         self.breakpoints: BreakpointsController = BreakpointsController(self)
+        self.frozen = False  # QEMU paused on a triple fault: the kernel cannot run again
 
     def _make_link(self, session: Session) -> Link:
         return Link(
@@ -269,6 +271,7 @@ class KinspectApp(App[None]):
         for pane in sorted(self.panes, key=lambda pane: pane.STOP_ORDER):
             self.deliver(pane, StopSeen(stop))
         self.breakpoints.stopped()
+        self.frozen = stopped(self, record)
 
     def _read_cpus(self) -> None:
         """Every CPU's state for the status line, once per stop (a register read per CPU);
@@ -427,6 +430,10 @@ class KinspectApp(App[None]):
     # -- global keys ----------------------------------------------------------------------------
 
     def action_resume(self) -> None:
+        if self.frozen:
+            self.report_failure(InspectorError(FROZEN))
+            return
+
         def done(_: None) -> None:
             status = self.query_one(StatusLine)
             status.state = "running"
@@ -440,6 +447,9 @@ class KinspectApp(App[None]):
         self.submit("stop", lambda session: session.stop(), watch=True, while_running="run")
 
     def action_step(self) -> None:
+        if self.frozen:
+            self.report_failure(InspectorError(FROZEN))
+            return
         self.submit("step", lambda session: session.step_instruction(), watch=True)
 
     def set_breakpoint(self, location: str) -> None:

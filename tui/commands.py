@@ -25,6 +25,7 @@ from kinspect.inspector.numbers import parse_number
 from kinspect.inspector.session import Session
 
 from .panes import PANES
+from .screens.crash import open_crash
 from .screens.output import OutputScreen
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ COMMANDS: Mapping[str, TuiCommand] = {
     "help": TuiCommand(lambda app, arg: app.action_help()),
     "remap": TuiCommand(lambda app, arg: app.action_remap()),
     "catch": TuiCommand(_catch, "a vector (14, 0xe) or 'all'"),
+    "triple": TuiCommand(lambda app, arg: open_crash(app, arg or None)),
 }
 
 
