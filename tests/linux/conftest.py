@@ -1,4 +1,7 @@
-"""A stock Debian Linux guest under QEMU (TCG, KASLR and PTI on), one boot per test module.
+"""A stock Debian Linux guest under QEMU (TCG, KASLR and PTI on), one boot shared by the modules
+that use ``linux_guest`` (kallsyms, ORC, tasks: none changes what the others read, and
+test_tasks, which loads two modules, runs last); test_guest boots its own on two CPUs and
+test_la57_cli its own with 5-level paging.
 
 The guest's files come from ``make linux-guest`` (scripts/fetch-linux.sh); a test that
 finds them missing fails and says so. ``linux_guest`` is running when a test gets it: a
@@ -31,7 +34,7 @@ def _files() -> linux.GuestFiles:
         pytest.fail(str(exc))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def linux_guest():
     """The booted guest (:class:`~kinspect.inspector.linux.guest.LinuxGuest`)."""
     guest = linux.launch_linux(files=_files(), timeout=LINUX_BOOT_TIMEOUT)
@@ -58,9 +61,9 @@ def read_guest_file(guest: linux.LinuxGuest, path: str, *, timeout: float = 120.
     return gzip.decompress(base64.b64decode(result.output)).decode()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def proc_kallsyms(linux_guest) -> str:
-    """The guest's /proc/kallsyms, read once per module through its shell."""
+    """The guest's /proc/kallsyms, read once through its shell."""
     return read_guest_file(linux_guest, "/proc/kallsyms")
 
 
