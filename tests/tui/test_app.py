@@ -161,6 +161,36 @@ def test_vtop_from_the_input_box_shows_the_sessions_walk(session, truth):
     run(go())
 
 
+def test_a_reload_keeps_the_walk_asked_for_and_a_cursor_move_replaces_it(session, truth):
+    # A stop reloads the ranges and puts the cursor back on its row; that walk must not
+    # replace the vtop the user typed meanwhile (seen in CI under load), but the user's
+    # own next move must.
+    address = 0xFFFFFFFF81C00A10
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            app.action_tab("ranges")
+            app.run_command(f"vtop {address:#x}")
+            app.action_refresh()  # the reload's highlight is queued after the vtop
+            await app.wait_idle()
+            await pilot.pause()
+            await app.wait_idle()
+            await pilot.pause()
+            walk = app.query_one("#range-walk", WalkView)
+            assert walk.translation.va == address and f"vtop {address:#x}" in walk.plain
+            ranges = app.query_one(RangeList)
+            ranges.focus()
+            await pilot.press("down")
+            await app.wait_idle()
+            await pilot.pause()
+            row = ranges.rows[ranges.cursor].range.start
+            assert walk.translation.va == row and "(range start)" in walk.plain
+
+    run(go())
+
+
 def test_ptov_lists_every_alias(session, truth):
     pa = truth.translate(0xFFFFFFFF81000000).pa
 

@@ -215,12 +215,15 @@ class RangesPane(WalkingPane):
     def _range_highlighted(self, event: RangeList.Highlighted) -> None:
         if event.row is not None:
             r = event.row.range
-            self.show_walk(r.start, title=f"walk of {r.start:#x} (range start)")
+            self.show_walk(
+                r.start, title=f"walk of {r.start:#x} (range start)", automatic=not event.user
+            )
 
     # -- ptov -----------------------------------------------------------------------------
 
     def command_ptov(self, text: str) -> None:
         resolve = self.kinspect.resolve
+        self.pinned = True  # from now: a reload's cursor must not replace the answer
 
         def work(session: Session) -> tuple[int, list[int]]:
             pa = resolve(session, text)
@@ -241,6 +244,7 @@ class RangesPane(WalkingPane):
             if len(aliases) > 200:
                 lines.append(f"  ... and {len(aliases) - 200} more")
         self.kinspect.show_pane(self.NAME)
+        self.pinned = True
         self.walk_view.show_text("\n".join(lines))
 
     def export_text(self) -> str:

@@ -24,27 +24,50 @@ class WalkingPane(Pane):
     class Walked(Message, bubble=False):
         """The walk of ``va``; ``title`` heads it, the symbol of ``va`` ends it."""
 
-        def __init__(self, va: int, translation: Any, title: str, *, show: bool = False) -> None:
+        def __init__(
+            self,
+            va: int,
+            translation: Any,
+            title: str,
+            *,
+            show: bool = False,
+            automatic: bool = False,
+        ) -> None:
             super().__init__()
             self.va = va
             self.translation = translation
             self.title = title
             self.show = show  # asked for (vtop): show the pane
+            self.automatic = automatic  # a cursor placed by a reload, not by the user
+
+    #: The walk view shows what the user asked for (vtop, ptov): a reload's cursor does not
+    #: replace it; the user's next cursor move does.
+    pinned = False
 
     @property
     def walk_view(self) -> WalkView:
         return self.query_one(f"#{self.WALK_VIEW}", WalkView)
 
-    def show_walk(self, va: int, *, title: str = "") -> None:
-        """The walk of ``va`` (a view: skipped while the kernel runs)."""
+    def show_walk(self, va: int, *, title: str = "", automatic: bool = False) -> None:
+        """The walk of ``va`` (a view: skipped while the kernel runs).
+
+        ``automatic``: the cursor was placed by a reload; an asked-for result stays.
+        """
+        if automatic and self.pinned:
+            return
+        if not automatic:
+            self.pinned = False
         self.read(
             "walk",
             lambda session: session.translate(va),
-            lambda translation: self.Walked(va, translation, title),
+            lambda translation: self.Walked(va, translation, title, automatic=automatic),
         )
 
     def on_walking_pane_walked(self, message: Walked) -> None:
+        if message.automatic and self.pinned:
+            return  # asked for while this walk was on its way
         if message.show:
+            self.pinned = True
             self.kinspect.show_pane(self.NAME)
         name = self.kinspect.symbolize(message.va)
         self.walk_view.show_walk(
@@ -54,6 +77,7 @@ class WalkingPane(Pane):
     def command_vtop(self, text: str) -> None:
         """Translate an address or symbol; the walk goes to this pane's walk view."""
         resolve = self.kinspect.resolve
+        self.pinned = True  # from now: a reload's cursor must not replace the answer
 
         def work(session: Session) -> tuple[int, Any]:
             va = resolve(session, text)

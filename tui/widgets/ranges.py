@@ -59,12 +59,18 @@ class RangeList(ScrollView, can_focus=True):
     ]
 
     class Highlighted(Message):
-        """The cursor moved to ``row`` (None when the list is empty)."""
+        """The cursor moved to ``row`` (None when the list is empty).
 
-        def __init__(self, range_list: RangeList, row: RangeRow | None) -> None:
+        ``user``: moved by the user, not placed by new rows (a reload, a filter).
+        """
+
+        def __init__(
+            self, range_list: RangeList, row: RangeRow | None, *, user: bool = True
+        ) -> None:
             super().__init__()
             self.range_list = range_list
             self.row = row
+            self.user = user
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -98,7 +104,7 @@ class RangeList(ScrollView, can_focus=True):
         if keep is not None:
             index = self.index_of(keep)
         self.virtual_size = Size(110, self._line_count)
-        self._move(index, force=True)
+        self._move(index, force=True, user=False)
         self.refresh()
 
     def _layout(self, region_of: Callable[[int], str | None] | None) -> None:
@@ -193,10 +199,10 @@ class RangeList(ScrollView, can_focus=True):
 
     # -- moving ----------------------------------------------------------------------------
 
-    def _move(self, index: int, *, force: bool = False) -> None:
+    def _move(self, index: int, *, force: bool = False, user: bool = True) -> None:
         if not self.rows:
             self.cursor = 0
-            self.post_message(self.Highlighted(self, None))
+            self.post_message(self.Highlighted(self, None, user=user))
             return
         index = max(0, min(index, len(self.rows) - 1))
         if index == self.cursor and not force:
@@ -212,7 +218,7 @@ class RangeList(ScrollView, can_focus=True):
         elif self._line_of(index) >= top + height:
             self.scroll_to(y=self._line_of(index) - height + 1, animate=False, immediate=True)
         self.refresh()
-        self.post_message(self.Highlighted(self, self.rows[index]))
+        self.post_message(self.Highlighted(self, self.rows[index], user=user))
 
     def move_to(self, address: int) -> None:
         self._move(self.index_of(address), force=True)
