@@ -27,7 +27,6 @@ from .commands import (
     run_command,
 )
 from .errors import InspectorError
-from .formatting import format_json
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -97,21 +96,20 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             result = run_command(command, context)
         except UsageError as exc:
             parser.error(str(exc))
+        # printed before the session closes: a result makes its text or document when
+        # asked (only the one printed), from what the session read
+        return _print(result, args, out)
     finally:
         if session is not None:
             session.close(resume=not args.no_resume)
-    return _print(result, args, out)
 
 
 def _print(result: CommandResult, args: argparse.Namespace, out: TextIO) -> int:
     """The document (``--json``) or the text on ``out``; an error line on stderr."""
     if args.json:
-        document = result.document
-        if document is not None:
-            out.write(format_json(document))
+        result.write_json(out)
         return result.status
-    if result.text is not None:
-        print(result.text, file=out)
+    result.write_text(out)
     if result.error:
         print(f"kinspect: error: {result.error}", file=sys.stderr)
     return result.status

@@ -9,19 +9,22 @@ at run time (the decoders take :func:`format_size` from :mod:`.numbers`).
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 from .numbers import format_size
 
 if TYPE_CHECKING:
     from kinspect.inspector.x86.control import DecodedRegister
-    from kinspect.inspector.x86.paging import Range, Translation
+    from kinspect.inspector.x86.paging import CompactRange, Leaf, Range, Translation
 
 __all__ = [
     "HEX_ROW",
     "JSON_VERSION",
+    "JsonRows",
     "format_hex_rows",
     "format_hexdump",
     "format_json",
@@ -31,6 +34,8 @@ __all__ = [
     "format_size",
     "format_translation",
     "json_document",
+    "json_template",
+    "write_json",
 ]
 
 #: The version of the command line's JSON shapes (docs/json.md): the envelope's ``kinspect``.
@@ -203,3 +208,217 @@ def _indent_compact(compact: str) -> str:
     out[placed] = inserted
     out[own] = text
     return out.tobytes().decode("ascii")
+
+
+# -- the direct writer: whole documents with large lists, written a run of rows at a time ----
+
+T = TypeVar("T")
+
+#: Rows a :class:`JsonRows` encodes per chunk written (a chunk is one string, one write).
+ROWS_PER_CHUNK = 4096
+
+
+class JsonRows(Generic[T]):
+    """A list of a ``--json`` document, kept as its records until it is written.
+
+    ``encode(records, depth)`` gives the text of each item, indented for
+    ``depth`` (``indent=1``; ``None``: compact), exactly as ``json.dumps``
+    writes ``[to_dict(r) for r in records]`` inside its brackets (joined by
+    ``,`` and a newline). :func:`write_json` writes them :data:`ROWS_PER_CHUNK`
+    at a time, so neither the dicts nor the whole text of half a million
+    leaves (OVMF's map) are ever held; :meth:`plain` is the list of dicts
+    (``CommandResult.body``).
+    """
+
+    __slots__ = ("encode", "records", "to_dict")
+
+    def __init__(
+        self,
+        records: Sequence[T],
+        to_dict: Callable[[T], Any],
+        encode: Callable[[Sequence[T], int | None], list[str]],
+    ) -> None:
+        self.records = records
+        self.to_dict = to_dict
+        self.encode = encode
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def plain(self) -> list[Any]:
+        return [self.to_dict(record) for record in self.records]
+
+    def chunks(self, depth: int | None) -> Iterator[str]:
+        records = self.records
+        for start in range(0, len(records), ROWS_PER_CHUNK):
+            yield ",\n".join(self.encode(records[start : start + ROWS_PER_CHUNK], depth))
+
+
+def write_json(document: Mapping[str, Any], out: TextIO) -> None:
+    """:func:`format_json` of ``document`` written on ``out``, its :class:`JsonRows` (at any
+    depth of dicts) a chunk at a time: the same bytes as ``json.dumps(plain, indent=1)``
+    and a newline, ``plain`` being the document with each JsonRows as its list of dicts."""
+    if not _has_rows(document):
+        out.write(format_json(document))
+        return
+    with gc_paused():
+        for chunk in _encode_rows_document(document, 0):
+            out.write(chunk)
+    out.write("\n")
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold off Python's cycle collector while rows are encoded (two tuples a row, no cycle).
+
+    With the walk's records alive (two million objects for OVMF's map) each
+    collection the rows' tuples trigger traverses all of them: writing the
+    leaves took four times longer with the collector on.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _has_rows(value: Any) -> bool:
+    if isinstance(value, JsonRows):
+        return True
+    if isinstance(value, Mapping):
+        return any(_has_rows(v) for v in value.values())
+    return False
+
+
+def _encode_rows_document(value: Any, depth: int) -> Iterator[str]:
+    """``json.dumps(value, indent=1)`` at ``depth``, in pieces; JsonRows in chunks."""
+    if isinstance(value, JsonRows):
+        if not len(value):
+            yield "[]"
+            return
+        inner = " " * (depth + 1)
+        yield "[\n"
+        first = True
+        for chunk in value.chunks(depth + 1):
+            yield chunk if first else ",\n" + chunk
+            first = False
+        yield f"\n{inner[:-1]}]"
+    elif isinstance(value, Mapping) and value and _has_rows(value):
+        inner = " " * (depth + 1)
+        yield "{\n"
+        for index, (key, item) in enumerate(value.items()):
+            yield f"{',' if index else ''}{chr(10) if index else ''}{inner}{json.dumps(key)}: "
+            yield from _encode_rows_document(item, depth + 1)
+        yield f"\n{inner[:-1]}}}"
+    else:
+        yield json.dumps(value, indent=1).replace("\n", "\n" + " " * depth)
+
+
+_HOLE = "\x01"
+
+
+def json_template(example: Any, holes: Iterable[str], depth: int | None) -> str:
+    """A ``%`` template of ``json.dumps(example, indent=1)`` at ``depth`` (``None``: compact).
+
+    ``example`` is a record's ``to_dict()`` with some values replaced by
+    hole names (``"\\x01d"`` for an int written ``%d``, ``"\\x01s"`` for text
+    already encoded, written ``%s``): a row is then ``template % values``, one
+    C-level format instead of building its dicts. ``holes`` lists the hole
+    names, for the check that each is there once per use. Literal ``%`` are
+    doubled.
+    """
+    if depth is None:
+        text = json.dumps(example, separators=(",", ":"))
+    else:
+        text = " " * depth + json.dumps(example, indent=1).replace("\n", "\n" + " " * depth)
+    text = text.replace("%", "%%")
+    for hole in set(holes):
+        marker = json.dumps(hole)
+        if marker not in text:
+            raise ValueError(f"hole {hole!r} not in the example")
+        text = text.replace(marker, "%" + hole[1:])
+    return text
+
+
+def json_list_text(values: Sequence[int], depth: int | None) -> str:
+    """``json.dumps(list(values), indent=1)`` for a list of ints that starts a line's value at
+    ``depth`` (the key's depth): the text a ``%s`` hole takes."""
+    if depth is None:
+        return json.dumps(list(values), separators=(",", ":"))
+    return json.dumps(list(values), indent=1).replace("\n", "\n" + " " * depth)
+
+
+_D, _S = _HOLE + "d", _HOLE + "s"
+
+
+def encode_range_rows(
+    rows: Sequence[tuple[Range | CompactRange, str | None]], depth: int | None
+) -> list[str]:
+    """``pt``'s ranges with their regions, as JSON (:class:`JsonRows`): each item is
+    ``{**row.to_dict(), "region": name}``. One template per permissions, attributes and
+    region (a few dozen in a whole Linux map); the numbers go in its holes."""
+    templates: dict[tuple[int, tuple[str, ...], str | None, bool], str] = {}
+    out = []
+    append = out.append
+    for row, name in rows:
+        pieces = getattr(row, "pieces", None)
+        r: Range = row.range if pieces is not None else row  # type: ignore[union-attr,assignment]
+        key = (id(r.permissions), r.attributes, name, pieces is not None)
+        template = templates.get(key)
+        if template is None:
+            example = {**row.to_dict(), "region": name}
+            for hole in ("start", "end", "size", "phys", "page_size", "pieces", "mapped"):
+                if hole in example:
+                    example[hole] = _D
+            template = templates[key] = json_template(example, [_D], depth)
+        if pieces is None:
+            append(template % (r.start, r.end, r.end - r.start, r.phys, r.page_size))
+        else:
+            c: CompactRange = row  # type: ignore[assignment]
+            append(
+                template % (r.start, r.end, r.end - r.start, r.phys, r.page_size, pieces, c.mapped)
+            )
+    return out
+
+
+def encode_leaf_rows(leaves: Sequence[Leaf], depth: int | None) -> list[str]:
+    """Leaves as JSON (:class:`JsonRows`, ``--json-lines``): each ``leaf.to_dict()``.
+
+    What an entry's dict says besides its raw value and address (its level,
+    flags, page size, protection key, available and reserved bits) follows
+    from the entry's other bits, its level and its reserved mask: one
+    template per such kind of leaf (an identity map has a handful), filled
+    with VA, PA, the raw entry, its address and the table path.
+    """
+    templates: dict[tuple[int, int, int, int, int, int], str] = {}
+    paths: dict[tuple[int, ...], str] = {}
+    path_depth = None if depth is None else depth + 1
+    out = []
+    append = out.append
+    for leaf in leaves:
+        entry = leaf.entry
+        raw = entry.raw
+        address = entry.address
+        key = (
+            raw ^ address,
+            entry.level,
+            entry.reserved,
+            leaf.size,
+            leaf.level,
+            id(leaf.permissions),
+        )
+        template = templates.get(key)
+        if template is None:
+            example = leaf.to_dict()
+            example["va"] = example["pa"] = _D
+            example["entry"]["raw"] = example["entry"]["address"] = _D
+            example["table_path"] = _S
+            template = templates[key] = json_template(example, [_D, _S], depth)
+        path = leaf.table_path
+        path_text = paths.get(path)
+        if path_text is None:
+            path_text = paths[path] = json_list_text(path, path_depth)
+        append(template % (leaf.va, leaf.pa, raw, address, path_text))
+    return out

@@ -28,10 +28,10 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TextIO
 
 from ..errors import InspectorError
-from ..formatting import json_document
+from ..formatting import json_document, write_json
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -97,7 +97,10 @@ class Needs(enum.Enum):
     AGENT_ALONE = "agent alone"
 
 
-@dataclass(frozen=True, slots=True)
+Body = Mapping[str, Any] | None
+Text = str | None
+
+
 class CommandResult:
     """What a command found: the JSON keys after the envelope, the text, the exit status.
 
@@ -106,21 +109,103 @@ class CommandResult:
     does not translate); ``error``, when set, is the one line that says why
     (the CLI prints it on stderr after the text; ``--json`` prints only the
     document).
+
+    ``body`` and ``text`` may each be given as a function that makes it,
+    called once, when first asked: the CLI asks for one of the two (a whole
+    Linux map's document costs as much as its text). ``json_body`` (a
+    function too) is the body as the CLI writes it, where that differs in
+    form only: its long lists as :class:`~kinspect.inspector.formatting.JsonRows`,
+    written a run of rows at a time. ``text_parts`` gives the text in pieces
+    that join to ``text``, for the CLI to print as they come (half a million
+    leaves are never one string).
     """
 
-    command: str
-    target: str | None
-    body: Mapping[str, Any] | None
-    text: str | None
-    status: int = 0
-    error: str | None = None
+    __slots__ = (
+        "_body",
+        "_text",
+        "command",
+        "error",
+        "json_body",
+        "status",
+        "target",
+        "text_parts",
+    )
+
+    def __init__(
+        self,
+        command: str,
+        target: str | None,
+        body: Body | Callable[[], Body],
+        text: Text | Callable[[], Text],
+        status: int = 0,
+        error: str | None = None,
+        *,
+        json_body: Callable[[], Body] | None = None,
+        text_parts: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
+        self.command = command
+        self.target = target
+        self._body = body
+        self._text = text
+        self.status = status
+        self.error = error
+        self.json_body = json_body
+        self.text_parts = text_parts
+
+    @property
+    def body(self) -> Body:
+        if callable(self._body):
+            self._body = self._body()
+        return self._body
+
+    @property
+    def text(self) -> Text:
+        if callable(self._text):
+            self._text = self._text()
+        return self._text
 
     @property
     def document(self) -> dict[str, Any] | None:
         """The ``--json`` document: the envelope (docs/json.md), then ``body``."""
-        if self.body is None:
+        body = self.body
+        if body is None:
             return None
-        return json_document(self.command, self.target, self.body)
+        return json_document(self.command, self.target, body)
+
+    def write_json(self, out: TextIO) -> None:
+        """The ``--json`` document on ``out`` (nothing when there is none)."""
+        body = self.json_body() if self.json_body is not None else self.body
+        if body is not None:
+            write_json(json_document(self.command, self.target, body), out)
+
+    def write_text(self, out: TextIO) -> None:
+        """The text on ``out`` and a newline (nothing when there is none)."""
+        if self.text_parts is None or not callable(self._text):
+            text = self.text
+            if text is not None:
+                out.write(text + "\n")
+            return
+        for part in self.text_parts():
+            out.write(part)
+        out.write("\n")
+
+    def with_text(self, text: Text) -> CommandResult:
+        """The same result with another text."""
+        return CommandResult(
+            self.command,
+            self.target,
+            self._body,
+            text,
+            self.status,
+            self.error,
+            json_body=self.json_body,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CommandResult(command={self.command!r}, target={self.target!r}, "
+            f"status={self.status!r}, error={self.error!r})"
+        )
 
 
 def _ignore(text: str) -> None:
@@ -161,16 +246,27 @@ class Context:
 
     def result(
         self,
-        body: Mapping[str, Any] | None,
-        text: str | None,
+        body: Body | Callable[[], Body],
+        text: Text | Callable[[], Text],
         *,
         status: int = 0,
         error: str | None = None,
         command: str | None = None,
+        json_body: Callable[[], Body] | None = None,
+        text_parts: Callable[[], Iterable[str]] | None = None,
     ) -> CommandResult:
-        """A result of this command on this context's target."""
+        """A result of this command on this context's target (see :class:`CommandResult`)."""
         target = self.session.target.description if self.session is not None else None
-        return CommandResult(command or self.name, target, body, text, status, error)
+        return CommandResult(
+            command or self.name,
+            target,
+            body,
+            text,
+            status,
+            error,
+            json_body=json_body,
+            text_parts=text_parts,
+        )
 
 
 Arguments = Callable[[argparse.ArgumentParser], None]
@@ -608,9 +704,10 @@ class Registry:
             name=command.name,
         )
         result = run_command(command, context, keep_cpu=True)
+        text = result.text  # made here, in the caller's worker thread, not where it is shown
         if lines:
-            text = "\n".join([*lines, *([result.text] if result.text is not None else [])])
-            result = replace(result, text=text)
+            text = "\n".join([*lines, *([text] if text is not None else [])])
+            result = result.with_text(text)
         return result
 
 

@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InspectorError
 from ..formatting import format_hexdump, format_ranges
 from ..numbers import parse_number
-from ..session import Session
 from ..targets.base import Capability
-from ..x86.pat import decode_pat
 from . import AGENT_HELP, Command, CommandResult, Context, Needs, UsageError, add_actions
 
 if TYPE_CHECKING:
+    from ..session import Session
     from ..targets.agent import AgentTarget
 
 __all__ = ["COMMANDS"]
@@ -48,6 +47,8 @@ def _agent(session: Session) -> AgentTarget:
 
 
 def run_agent(context: Context) -> CommandResult:
+    from ..x86.pat import decode_pat
+
     session = context.need_session()
     target = _agent(session)
     action = context.args.agent_command
@@ -93,6 +94,8 @@ def _read(context: Context, session: Session, name: str) -> CommandResult:
 
 
 def _walk(context: Context, session: Session, target: AgentTarget, name: str) -> CommandResult:
+    from ..x86.pat import decode_pat
+
     session.stop()
     client = target.client
     sent, received = client.stats.bytes_sent, client.stats.bytes_received

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..cpus import format_cpus
 from . import Command, CommandResult, Context, apply_slide
 
 __all__ = ["COMMANDS"]
@@ -20,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cpus(context: Context) -> CommandResult:
+    from ..cpus import format_cpus
+
     apply_slide(context)
     session = context.need_session()
     cpus = session.cpus(detail=context.args.detail)

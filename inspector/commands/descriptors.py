@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from ..session import Session
+from typing import TYPE_CHECKING
+
 from . import Command, CommandResult, Context, apply_slide
+
+if TYPE_CHECKING:
+    from ..session import Session
 
 __all__ = ["COMMANDS"]
 

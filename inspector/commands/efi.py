@@ -9,9 +9,7 @@ remap efi-runtime`` moves them, at the new ones after.
 from __future__ import annotations
 
 import argparse
-import uuid
 
-from ..efi.runtime import EFI_GLOBAL_VARIABLE
 from ..formatting import format_hexdump
 from . import Command, CommandResult, Context, Needs
 
@@ -56,6 +54,10 @@ def run_efi_time(context: Context) -> CommandResult:
 
 
 def _vars_arguments(parser: argparse.ArgumentParser) -> None:
+    import uuid
+
+    from ..efi.runtime import EFI_GLOBAL_VARIABLE
+
     parser.add_argument("name", nargs="?", help="read this variable (default: list them all)")
     parser.add_argument(
         "--guid",

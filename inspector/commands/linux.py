@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InspectorError
-from ..linux.btf import format_layout
 from . import Command, CommandResult, Context
 
 __all__ = ["COMMANDS"]
@@ -33,6 +32,8 @@ def _type_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_type(context: Context) -> CommandResult:
     """A type's layout from the kernel's BTF: members, offsets, sizes, bitfields."""
+    from ..linux.btf import format_layout
+
     btf = context.need_session().btf()
     name = context.args.name
     found = btf.named(name, "struct", "union") or btf.named(name)

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..formatting import format_ranges, format_register, format_translation, json_document
+from ..formatting import (
+    JsonRows,
+    encode_leaf_rows,
+    encode_range_rows,
+    format_ranges,
+    format_register,
+    format_translation,
+    gc_paused,
+    json_document,
+)
 from ..numbers import format_size
-from ..session import Session
 from ..targets.base import Capability
-from ..x86.paging import AddressSpace, CompactRange, Range, coalesce_ranges
 from . import Command, CommandResult, Context, UsageError
 
+# The paging core and the session are imported by what runs: ``kinspect regs`` starts
+# without the walker (issue 16: cold start).
 if TYPE_CHECKING:
+    from ..session import Session
     from ..targets.agent import AgentTarget
+    from ..x86.paging import AddressSpace, CompactRange, Leaf, Range
 
 __all__ = ["COMMANDS", "pt_document", "regs_document", "render_pt", "render_regs"]
 
@@ -49,7 +60,7 @@ def render_regs(session: Session) -> str:
 
 def run_regs(context: Context) -> CommandResult:
     session = context.need_session()
-    return context.result(regs_document(session), render_regs(session))
+    return context.result(lambda: regs_document(session), lambda: render_regs(session))
 
 
 # -- pt --------------------------------------------------------------------------------------
@@ -84,6 +95,19 @@ def _region_names(session: Session, starts: Iterable[int]) -> list[str | None]:
 
 
 def pt_document(session: Session, *, leaves: bool = False, compact: bool = False) -> dict[str, Any]:
+    """``pt``'s document body (docs/json.md), every list as dicts."""
+    return _pt_body(session, leaves=leaves, compact=compact, plain=True)
+
+
+def pt_json_body(
+    session: Session, *, leaves: bool = False, compact: bool = False
+) -> dict[str, Any]:
+    """:func:`pt_document` as the CLI writes it: its ranges or leaves as
+    :class:`JsonRows`, encoded a run at a time (formatting.write_json)."""
+    return _pt_body(session, leaves=leaves, compact=compact, plain=False)
+
+
+def _pt_body(session: Session, *, leaves: bool, compact: bool, plain: bool) -> dict[str, Any]:
     space = session.address_space()
     control = session.control_registers()
     body: dict[str, Any] = {
@@ -93,18 +117,31 @@ def pt_document(session: Session, *, leaves: bool = False, compact: bool = False
         "truncated": space.truncated,
         "problems": [p.to_dict() for p in space.problems],
     }
+    rows: JsonRows[Any]
     if leaves:
-        body["leaves"] = [leaf.to_dict() for leaf in space.leaves]
+        rows = JsonRows(space.leaves, _leaf_dict, encode_leaf_rows)
+        body["leaves"] = rows.plain() if plain else rows
         return body
-    rows: Sequence[Range | CompactRange] = session.compact_ranges() if compact else session.ranges()
-    names = _region_names(session, (_start(r) for r in rows))
+    ranges: Sequence[Range | CompactRange] = (
+        session.compact_ranges() if compact else session.ranges()
+    )
+    names = _region_names(session, (_start(r) for r in ranges))
+    rows = JsonRows(list(zip(ranges, names, strict=True)), _range_dict, encode_range_rows)
     body["compact"] = compact
-    body["ranges"] = [{**r.to_dict(), "region": name} for r, name in zip(rows, names, strict=True)]
+    body["ranges"] = rows.plain() if plain else rows
     return body
 
 
+def _leaf_dict(leaf: Leaf) -> dict[str, Any]:
+    return leaf.to_dict()
+
+
+def _range_dict(row: tuple[Range | CompactRange, str | None]) -> dict[str, Any]:
+    return {**row[0].to_dict(), "region": row[1]}
+
+
 def _start(row: Range | CompactRange) -> int:
-    start: int = row.range.start if isinstance(row, CompactRange) else row.start
+    start: int = row.range.start if hasattr(row, "pieces") else row.start  # type: ignore[union-attr]
     return start
 
 
@@ -113,6 +150,8 @@ def format_ranges_with_regions(
 ) -> str:
     """:func:`format_ranges` with ptdump's heading (``---[ direct map ]---``) where the
     region changes; a compact row ends with how many ranges it stands for."""
+    from ..x86.paging import CompactRange
+
     table = format_ranges([r.range if isinstance(r, CompactRange) else r for r in rows])
     header, *body = table.split("\n")
     lines = [header]
@@ -128,11 +167,28 @@ def format_ranges_with_regions(
 
 
 def render_pt(session: Session, *, leaves: bool = False, compact: bool = False) -> str:
+    """``pt``'s text."""
+    return "".join(pt_text_parts(session, leaves=leaves, compact=compact))
+
+
+#: Leaves per piece of ``pt --leaves``'s text (:func:`pt_text_parts`).
+LEAVES_PER_PART = 4096
+
+
+def pt_text_parts(
+    session: Session, *, leaves: bool = False, compact: bool = False
+) -> Iterator[str]:
+    """``pt``'s text in pieces that join to :func:`render_pt`: with ``--leaves`` a run of
+    leaves at a time, so the CLI prints half a million of them without holding the text."""
     space = session.address_space()
     control = session.control_registers()
-    lines = [f"CR3={control['CR3'].value:#x}  {control.paging}"]
+    yield f"CR3={control['CR3'].value:#x}  {control.paging}"
+    lines = []
     if leaves:
-        lines.extend(str(leaf) for leaf in space.leaves)
+        all_leaves = space.leaves
+        for start in range(0, len(all_leaves), LEAVES_PER_PART):
+            run = all_leaves[start : start + LEAVES_PER_PART]
+            yield "\n" + "\n".join([str(leaf) for leaf in run])
         lines.append(f"{len(space.leaves)} leaves in {len(session.ranges())} ranges")
     else:
         rows: list[Range] | list[CompactRange] = (
@@ -155,10 +211,12 @@ def render_pt(session: Session, *, leaves: bool = False, compact: bool = False) 
         lines.append(
             "the walk stopped early (entry budget exhausted): the tables loop or are garbage"
         )
-    return "\n".join(lines)
+    yield "\n" + "\n".join(lines)
 
 
 def _space_document(space: AddressSpace, *, leaves: bool) -> dict[str, Any]:
+    from ..x86.paging import coalesce_ranges
+
     body: dict[str, Any] = {
         "pgd": space.cr3,
         "leaf_count": len(space.leaves),
@@ -173,6 +231,8 @@ def _space_document(space: AddressSpace, *, leaves: bool) -> dict[str, Any]:
 
 
 def _space_text(title: str, space: AddressSpace, *, leaves: bool) -> list[str]:
+    from ..x86.paging import coalesce_ranges
+
     lines = [title]
     if leaves:
         lines.extend(str(leaf) for leaf in space.leaves)
@@ -186,22 +246,29 @@ def _space_text(title: str, space: AddressSpace, *, leaves: bool) -> list[str]:
 def run_pt_task(context: Context, session: Session, pid: int, *, leaves: bool) -> CommandResult:
     """``pt --task PID``: the task's own tables, both copies under PTI."""
     task, space, user = session.task_address_spaces(pid)
-    body: dict[str, Any] = {
-        "task": {"pid": task.pid, "comm": task.comm, "address": task.address},
-        "paging": space.mode.to_dict(),
-        "kernel_copy": _space_document(space, leaves=leaves),
-        "user_copy": _space_document(user, leaves=leaves) if user else None,
-    }
-    title = f"task {task.pid} ({task.comm}): mm->pgd at physical {space.cr3:#x}  {space.mode}"
-    lines = _space_text(title + (" (PTI: the kernel's copy)" if user else ""), space, leaves=leaves)
-    if user is not None:
-        lines.append("")
-        lines += _space_text(
-            f"PTI: the user-space copy at physical {user.cr3:#x} (CR3 in user mode)",
-            user,
-            leaves=leaves,
-        )
-    return context.result(body, "\n".join(lines))
+
+    def body() -> dict[str, Any]:
+        return {
+            "task": {"pid": task.pid, "comm": task.comm, "address": task.address},
+            "paging": space.mode.to_dict(),
+            "kernel_copy": _space_document(space, leaves=leaves),
+            "user_copy": _space_document(user, leaves=leaves) if user else None,
+        }
+
+    def text() -> str:
+        title = f"task {task.pid} ({task.comm}): mm->pgd at physical {space.cr3:#x}  {space.mode}"
+        title += " (PTI: the kernel's copy)" if user else ""
+        lines = _space_text(title, space, leaves=leaves)
+        if user is not None:
+            lines.append("")
+            lines += _space_text(
+                f"PTI: the user-space copy at physical {user.cr3:#x} (CR3 in user mode)",
+                user,
+                leaves=leaves,
+            )
+        return "\n".join(lines)
+
+    return context.result(body, text)
 
 
 def run_pt(context: Context) -> CommandResult:
@@ -220,9 +287,12 @@ def run_pt(context: Context) -> CommandResult:
         done = _pt_by_agent_walk(context, session, session.target.agent())
         if done is not None:
             return done
+    # Made when asked for: the CLI writes the document or prints the text, never both.
     return context.result(
-        pt_document(session, leaves=leaves, compact=compact),
-        render_pt(session, leaves=leaves, compact=compact),
+        lambda: pt_document(session, leaves=leaves, compact=compact),
+        lambda: render_pt(session, leaves=leaves, compact=compact),
+        json_body=lambda: pt_json_body(session, leaves=leaves, compact=compact),
+        text_parts=lambda: pt_text_parts(session, leaves=leaves, compact=compact),
     )
 
 
@@ -238,14 +308,13 @@ def _pt_json_lines(context: Context, session: Session) -> CommandResult:
     context.emit(json.dumps(head, separators=(",", ":")))
     count = 0
     problems = []
-    for item in session.walk_leaves():
-        if isinstance(item, list):
-            count += len(item)
-            context.emit(
-                "\n".join(json.dumps(leaf.to_dict(), separators=(",", ":")) for leaf in item)
-            )
-        else:
-            problems.append(item)
+    with gc_paused():
+        for item in session.walk_leaves():
+            if isinstance(item, list):
+                count += len(item)
+                context.emit("\n".join(encode_leaf_rows(item, None)))
+            else:
+                problems.append(item)
     end = {
         "leaf_count": count,
         "truncated": any(p.kind == "truncated" for p in problems),

@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..efi.runtime import EFI_VA_BASE
 from ..errors import InspectorError
 from ..numbers import parse_size
-from ..remap.flags import DEFAULT_FLAGS, FLAGS_HELP, parse_flags, wants_pat
-from ..remap.journal import Journal, default_journal_path
-from ..remap.plan import LEVEL_OF_SIZE, Plan
-from ..remap.request import RemapRequest, plan_request
-from ..session import Session
 from . import Command, CommandResult, Context, Needs, UsageError, add_actions, connect
+
+# The planner, the journal and the firmware's constants are imported when a remap runs or
+# its arguments are built: other commands start without them (issue 16: cold start).
+if TYPE_CHECKING:
+    from ..remap.journal import Journal
+    from ..remap.plan import Plan
+    from ..remap.request import RemapRequest
+    from ..session import Session
 
 __all__ = ["COMMANDS"]
 
 
 def _page_size(text: str) -> int:
+    from ..remap.plan import LEVEL_OF_SIZE
+
     size = parse_size(text)
     if size not in LEVEL_OF_SIZE:
         raise argparse.ArgumentTypeError("page size must be 4k, 2m, 1g (or 512g for unmap)")
@@ -33,6 +37,10 @@ def _page_size(text: str) -> int:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
+    from ..efi.runtime import EFI_VA_BASE
+    from ..remap.flags import DEFAULT_FLAGS, FLAGS_HELP
+    from ..remap.journal import default_journal_path
+
     actions = add_actions(parser, "remap_command")
     apply_opts = argparse.ArgumentParser(add_help=False)
     apply_opts.add_argument("--plan", action="store_true", help="show the plan, change nothing")
@@ -121,6 +129,9 @@ def request_of(
 ) -> RemapRequest:
     """The :class:`RemapRequest` the command line's arguments ask for (``pat``: IA32_PAT,
     for caching names)."""
+    from ..remap.flags import parse_flags
+    from ..remap.request import RemapRequest
+
     action = args.remap_command
     if action == "higher-half":
         return RemapRequest(action)
@@ -138,6 +149,8 @@ def request_of(
 
 
 def run_remap(context: Context) -> CommandResult:
+    from ..remap.journal import Journal
+
     args = context.args
     name = f"remap {args.remap_command}"
     if args.remap_command == "journal":
@@ -225,6 +238,8 @@ def _change(
     after the change.
     """
     from ..remap.apply import UNFORCEABLE
+    from ..remap.flags import wants_pat
+    from ..remap.request import plan_request
 
     args = context.args
     journal: Journal = remapper.journal
