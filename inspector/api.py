@@ -28,6 +28,8 @@ from .targets.gdb import GdbTarget
 from .targets.qemu import QemuInstance, launch_qemu
 
 if TYPE_CHECKING:
+    from kinspect.protocols.gdbmi import MiSession
+
     from .remap.apply import Remapper
 
 __all__ = [
@@ -66,6 +68,7 @@ def attach(
     physical: str | None = None,
     timeout: float = 10.0,
     kallsyms: str | Path | None = None,
+    gdb: str | MiSession = "gdb",
 ) -> Session:
     """Attach to a GDB remote stub (``host:port`` or a unix socket path).
 
@@ -77,7 +80,8 @@ def attach(
     the direct map when ``phys_base`` is given or the stub is not QEMU's).
     Without ``elf``, a Linux kernel is recognized on first use and its symbols read
     from its own kallsyms tables (``session.kernel()``), or from ``kallsyms``, a
-    /proc/kallsyms copy or System.map.
+    /proc/kallsyms copy or System.map. ``gdb``: the gdb to run, or one already
+    started (a :class:`~kinspect.protocols.gdbmi.MiSession`, which the target then owns).
     """
     if physical is None:
         physical = "direct-map" if phys_base is not None else "auto"
@@ -87,6 +91,7 @@ def attach(
         phys_base=phys_base,
         physical=physical,
         timeout=timeout,
+        gdb=gdb,
     )
     return Session(
         target, elf=str(elf) if elf else None, kallsyms=str(kallsyms) if kallsyms else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from .commands import (
     CommandResult,
@@ -33,9 +33,12 @@ __all__ = ["build_parser", "main", "run"]
 DESCRIPTION = "Inspect a live x86_64 kernel: control registers, page tables."
 
 
-def build_parser(commands: Registry | None = None) -> argparse.ArgumentParser:
-    """The whole command line, built from the registry (every command, plugins too)."""
-    return (commands or registry()).build_parser(prog="kinspect", description=DESCRIPTION)
+def build_parser(commands: Registry | None = None, **options: Any) -> argparse.ArgumentParser:
+    """The whole command line, built from the registry (every command, plugins too;
+    ``options``: :meth:`Registry.build_parser`'s)."""
+    return (commands or registry()).build_parser(
+        prog="kinspect", description=DESCRIPTION, **options
+    )
 
 
 def _interactive() -> bool:
@@ -62,12 +65,13 @@ def _warn_problems(commands: Registry) -> None:
 
 
 def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
-    commands = registry()
+    commands = registry(plugins=False)  # looked for when the command is not a built-in one
     words = list(sys.argv[1:] if argv is None else argv)
     if "-h" in words or "--help" in words:
+        commands.discover_plugins()
         commands.load_plugins()  # the help lists every command: say which plugins failed first
         _warn_problems(commands)
-    parser, args = commands.parse(lambda: build_parser(commands), words)
+    parser, args = commands.parse(lambda **options: build_parser(commands, **options), words)
     _warn_problems(commands)
     command = commands.get(args.command)
     assert command is not None  # argparse accepts only registered names

@@ -21,7 +21,6 @@ from .errors import (
     TargetLost,
 )
 from .numbers import resolve_address
-from .symbols import SymbolicAddress, SymbolTable
 from .targets.base import (
     REMAPS_NEED_AGENT,
     Breakpoint,
@@ -31,7 +30,6 @@ from .targets.base import (
     Target,
     UefiCalls,
 )
-from .unwind import MAX_DEPTH, Backtrace, unwind
 from .x86.control import (
     DecodedRegister,
     PagingMode,
@@ -42,26 +40,9 @@ from .x86.control import (
     decode_paging_mode,
     decode_rflags,
 )
-from .x86.paging import (
-    AddressSpace,
-    CompactRange,
-    Leaf,
-    PageTableEntry,
-    Range,
-    Translation,
-    WalkProblem,
-    check_canonical,
-    coalesce_ranges,
-    collect_address_space,
-    compact_ranges,
-    decode_table,
-    find_aliases,
-    translate,
-    walk_page_tables,
-)
 
 # Each of these is imported by the method that needs it: `kinspect regs` starts without
-# them (issue 16: cold start).
+# them (issue 16: cold start), the paging core (and what it imports) included.
 if TYPE_CHECKING:
     from .cpus import CpuState, PerCpuArea
     from .efi.memmap import (
@@ -83,8 +64,19 @@ if TYPE_CHECKING:
     from .linux.percpu import LinuxSystemRegisters
     from .linux.tasks import Task, TaskList
     from .remap.service import Remaps
+    from .symbols import SymbolicAddress, SymbolTable
     from .tables import InterruptTable, MappingLookup, TaskState
+    from .unwind import Backtrace
     from .x86.descriptors import DescriptorTable
+    from .x86.paging import (
+        AddressSpace,
+        CompactRange,
+        Leaf,
+        PageTableEntry,
+        Range,
+        Translation,
+        WalkProblem,
+    )
 
 __all__ = ["ControlState", "Session"]
 
@@ -415,6 +407,8 @@ class Session:
         else a Linux kernel's own kallsyms (or the ``kallsyms`` file); None otherwise."""
         if self._symbols is None:
             if self.elf:
+                from .symbols import SymbolTable
+
                 self._symbols = SymbolTable.from_elf(self.elf)
             elif (found := self._recognize()) is not None:
                 self._symbols = found[1]
@@ -462,6 +456,7 @@ class Session:
         """A stub without physical reads of its own reads through the direct map: find its
         base (a guess from GS checked by a walk, confirmed from page_offset_base later)."""
         from .linux.layout import check_direct_map, direct_map_candidates
+        from .x86.paging import translate
 
         if not self.target.direct_map_wanted():
             return
@@ -502,6 +497,8 @@ class Session:
     def compact_ranges(self) -> list[CompactRange]:
         """The ranges merged ptdump's way (whatever their physical addresses), never
         across a region boundary."""
+        from .x86.paging import compact_ranges
+
         regions = self.regions()
         merged: list[CompactRange] = compact_ranges(
             self.ranges(), regions.boundaries() if regions else ()
@@ -622,6 +619,8 @@ class Session:
 
     def address_space(self) -> AddressSpace:
         """Every leaf of the current page tables (walked once per stop)."""
+        from .x86.paging import collect_address_space
+
         cpu = self.cpu
         if cpu not in self._space:
             cr3, mode = self._walk_inputs()
@@ -636,6 +635,8 @@ class Session:
         map of half a million leaves never sits in memory whole. The walk of
         :meth:`address_space` when it is already done.
         """
+        from .x86.paging import Leaf, walk_page_tables
+
         space = self._space.get(self.cpu)
         if space is not None:
             yield list(space.leaves)
@@ -659,12 +660,16 @@ class Session:
             yield run
 
     def ranges(self) -> list[Range]:
+        from .x86.paging import coalesce_ranges
+
         cpu = self.cpu
         if cpu not in self._ranges:
             self._ranges[cpu] = coalesce_ranges(self.address_space().leaves)
         return self._ranges[cpu]
 
     def translate(self, virtual: int) -> Translation:
+        from .x86.paging import translate
+
         cr3, mode = self._walk_inputs()
         self._find_direct_map(cr3, mode)
         return translate(self._read_table, cr3, mode, virtual)
@@ -675,6 +680,8 @@ class Session:
         For tools that drill down one table at a time (the TUI's tree): the
         root is ``page_table(root_table(), paging_mode().levels)``.
         """
+        from .x86.paging import decode_table
+
         mode = self.paging_mode()
         data = self._read_table(address & ~(TABLE_SIZE - 1), TABLE_SIZE)
         return decode_table(data, level, maxphyaddr=mode.maxphyaddr, nxe=mode.nxe)
@@ -686,6 +693,8 @@ class Session:
 
     def aliases(self, physical: int) -> list[int]:
         """Every virtual address that maps ``physical``, ascending."""
+        from .x86.paging import find_aliases
+
         if physical < 0 or physical >= 1 << 52:
             raise FaultError(physical, "not a physical address (must be below 2^52)")
         return [va for va, _leaf in find_aliases(self.address_space().leaves, physical)]
@@ -806,6 +815,7 @@ class Session:
     def _module_symbol(self, address: int) -> SymbolicAddress | None:
         """``name [module]`` for an address inside a loaded module (its own kallsyms)."""
         from .linux.modules import read_module_symbols
+        from .symbols import SymbolicAddress
 
         try:
             modules = self.modules()
@@ -935,8 +945,11 @@ class Session:
                 return moved
         return None
 
-    def backtrace(self, *, max_depth: int = MAX_DEPTH) -> Backtrace:
-        """The stack frames of the stopped CPU, innermost first (never raises on bad stacks)."""
+    def backtrace(self, *, max_depth: int | None = None) -> Backtrace:
+        """The stack frames of the stopped CPU, innermost first (never raises on bad stacks);
+        at most ``max_depth`` (default: the unwinder's ``MAX_DEPTH``)."""
+        from .unwind import MAX_DEPTH, unwind
+
         regs = self.registers()
         symbols = self.symbols
         try:
@@ -951,7 +964,7 @@ class Session:
             mapping=self.mapping(),
             idt_handlers=handlers,
             orc=self.orc(),
-            max_depth=max_depth,
+            max_depth=MAX_DEPTH if max_depth is None else max_depth,
         )
 
     # -- Linux: types and tasks (inspector/linux/btf.py, tasks.py) ----------------
@@ -996,6 +1009,7 @@ class Session:
         """Task ``pid``'s page tables from its ``mm->pgd``: the kernel's copy, and under
         PTI the user-space copy (None without PTI)."""
         from .linux.tasks import find_task, pti_user_copy
+        from .x86.paging import collect_address_space
 
         task = find_task(self.tasks(), pid)
         if task.pgd_physical is None:
@@ -1012,6 +1026,7 @@ class Session:
         """Translate ``virtual`` through task ``pid``'s own tables (its ``mm->pgd``: the
         kernel's copy under PTI, which maps user space too)."""
         from .linux.tasks import find_task
+        from .x86.paging import translate
 
         task = find_task(self.tasks(), pid)
         if task.pgd_physical is None:
@@ -1024,6 +1039,8 @@ class Session:
     def task_aliases(self, physical: int) -> list[tuple[int, Task | None]]:
         """Every virtual address that maps ``physical`` in any task: the kernel half once
         (shared by all, owner None), then each user task's lower half, with its task."""
+        from .x86.paging import collect_address_space, find_aliases
+
         if physical < 0 or physical >= 1 << 52:
             raise FaultError(physical, "not a physical address (must be below 2^52)")
         found: list[tuple[int, Task | None]] = [
@@ -1041,10 +1058,11 @@ class Session:
             ]
         return found
 
-    def task_backtrace(self, pid: int, *, max_depth: int = MAX_DEPTH) -> Backtrace:
+    def task_backtrace(self, pid: int, *, max_depth: int | None = None) -> Backtrace:
         """The stack of task ``pid``: from the CPU's registers when it is running, else
         from its saved context (``thread.sp``'s ``inactive_task_frame``)."""
         from .linux.tasks import find_task, saved_context
+        from .unwind import MAX_DEPTH, unwind
 
         task = find_task(self.tasks(), pid)
         if task.current_on:
@@ -1057,7 +1075,7 @@ class Session:
             symbols=symbols,
             mapping=self.mapping(),
             orc=self.orc(),
-            max_depth=max_depth,
+            max_depth=MAX_DEPTH if max_depth is None else max_depth,
             return_address=True,
         )
 
@@ -1088,6 +1106,8 @@ class Session:
         return explain_triple_fault(self, qemu_log)
 
     def _check_canonical(self, address: int) -> None:
+        from .x86.paging import check_canonical
+
         regs = self.registers()
         if "cr4" in regs and "efer" in regs and "cr0" in regs:
             mode = self.paging_mode()

@@ -72,9 +72,10 @@ def ovmf_target() -> CaptureTarget:
 
 
 @contextlib.contextmanager
-def cli_on(target: Target) -> Iterator[Session]:
-    """``cli.run`` attaches to ``target`` (whatever ``--target`` says) while this lasts."""
-    session = Session(target)
+def cli_on(target: Target | Session) -> Iterator[Session]:
+    """``cli.run`` attaches to ``target`` (whatever ``--target`` says) while this lasts: a
+    new session on it, or this session again (what it read stays: a capture never runs)."""
+    session = target if isinstance(target, Session) else Session(target)
     original = cli.connect
 
     def connect(args: object, **kwargs: object) -> Session:

@@ -25,15 +25,16 @@ import math
 import shlex
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TextIO
 
 from ..errors import InspectorError
 from ..formatting import json_document, write_json
 
 if TYPE_CHECKING:
+    from kinspect.protocols.gdbmi import MiSession
+
     from ..session import Session
     from ..symbols import SymbolTable
 
@@ -59,6 +60,16 @@ __all__ = [
 #: The entry-point group third-party commands register in (pyproject.toml:
 #: ``[project.entry-points."kinspect.commands"]``).
 ENTRY_POINT_GROUP = "kinspect.commands"
+
+
+def entry_points(*, group: str) -> Iterable[EntryPoint]:
+    """The installed entry points of ``group`` (importlib.metadata, imported only when
+    plugins are looked for: it costs a cold start 25 ms)."""
+    from importlib.metadata import entry_points as installed
+
+    found: Iterable[EntryPoint] = installed(group=group)
+    return found
+
 
 #: The modules of ``kinspect.inspector.commands`` that hold the built-in commands, in help order.
 BUILTIN_FAMILIES = (
@@ -324,6 +335,32 @@ class _RaisingParser(argparse.ArgumentParser):
         raise _HelpShown(self.format_help())
 
 
+class _NotParsed(Exception):
+    pass
+
+
+class _FirstPassParser(argparse.ArgumentParser):
+    """The try at a built-in command (:meth:`Registry.parse`): while ``trying``, an error
+    or a help raises :class:`_NotParsed` instead of printing and exiting."""
+
+    trying = True
+
+    def error(self, message: str) -> NoReturn:
+        if self.trying:
+            raise _NotParsed(message)
+        super().error(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if self.trying:
+            raise _NotParsed(message)
+        super().exit(status, message)
+
+    def print_help(self, file: Any = None) -> None:
+        if self.trying:
+            raise _NotParsed("help")
+        super().print_help(file)
+
+
 def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """The options every command takes, before or after the command's name.
 
@@ -471,10 +508,38 @@ def connect(
     on_console: Callable[[bytes], None] | None = console_to_stderr,
 ) -> Session:
     """A session on what the global options name (``--target``, ``--agent``, both)."""
-    from .. import api
-
     target = getattr(args, "target", None)
     agent = getattr(args, "agent", None)
+    gdb = _start_gdb() if target and not agent else None
+    try:
+        return _attach(args, target, agent, needs, on_console, gdb)
+    except BaseException:
+        if gdb is not None:
+            gdb.close()  # the target closes it when it was made; closing twice is harmless
+        raise
+
+
+def _start_gdb() -> MiSession | None:
+    """gdb, started before the session's modules are imported: its own start (40 ms or
+    more) then overlaps theirs. None when it cannot start (the target says why)."""
+    from kinspect.protocols.gdbmi import MiClosed, MiSession
+
+    try:
+        return MiSession()
+    except MiClosed:
+        return None
+
+
+def _attach(
+    args: argparse.Namespace,
+    target: str | None,
+    agent: str | None,
+    needs: Needs,
+    on_console: Callable[[bytes], None] | None,
+    gdb: MiSession | None,
+) -> Session:
+    from .. import api
+
     timeout = getattr(args, "timeout", None) or 10.0
     elf = getattr(args, "elf", None)
     kallsyms = getattr(args, "kallsyms", None)
@@ -491,7 +556,14 @@ def connect(
         )
     if not target:
         raise UsageError("give --target (a gdb stub) or --agent (the in-kernel agent)")
-    return api.attach(target, elf=elf, phys_base=phys_base, timeout=timeout, kallsyms=kallsyms)
+    return api.attach(
+        target,
+        elf=elf,
+        phys_base=phys_base,
+        timeout=timeout,
+        kallsyms=kallsyms,
+        gdb=gdb or "gdb",
+    )
 
 
 def check_needs(command: Command, args: argparse.Namespace) -> Needs:
@@ -536,6 +608,10 @@ class Registry:
     commands: dict[str, Command] = field(default_factory=dict)
     pending: dict[str, EntryPoint] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: :meth:`discover_plugins` ran (it runs once)
+    discovered: bool = False
+    #: plugins are looked for when first needed: a name not registered (:meth:`get`)
+    deferred: bool = False
 
     def add(self, command: Command) -> None:
         if command.name in self.commands:
@@ -543,7 +619,9 @@ class Registry:
         self.commands[command.name] = command
 
     def get(self, name: str) -> Command | None:
-        """The command ``name``, its plugin imported first if need be."""
+        """The command ``name``, its plugin found and imported first if need be."""
+        if name not in self.commands and self.deferred:
+            self.discover_plugins()
         if name not in self.commands and name in self.pending:
             self.load_plugin(name)
         return self.commands.get(name)
@@ -563,7 +641,10 @@ class Registry:
                 self.add(replace(command, family=command.family or family))
 
     def discover_plugins(self) -> None:
-        """Note the ``kinspect.commands`` entry points (imports nothing)."""
+        """Note the ``kinspect.commands`` entry points (imports nothing), once."""
+        if self.discovered:
+            return
+        self.discovered = True
         for entry in entry_points(group=ENTRY_POINT_GROUP):
             if entry.name in self.commands or entry.name in self.pending:
                 self.problems.append(
@@ -603,9 +684,22 @@ class Registry:
 
     # -- parsing
 
-    def add_parsers(self, sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-        """One subparser per command on ``sub`` (from ``add_subparsers``)."""
+    def add_parsers(
+        self,
+        sub: Any,
+        parents: list[argparse.ArgumentParser],
+        only: Container[str] | None = None,
+    ) -> None:
+        """One subparser per command on ``sub`` (from ``add_subparsers``).
+
+        ``only``: the commands whose arguments are built; the others get a
+        parser that knows their name and help line only (a command line names
+        one command: building every command's arguments cost a cold start 20 ms).
+        """
         for command in self:
+            if only is not None and command.name not in only:
+                sub.add_parser(command.name, help=command.help, add_help=False)
+                continue
             parser = sub.add_parser(command.name, parents=parents, help=command.help)
             token = _building_parents.set(tuple(parents))
             try:
@@ -617,14 +711,24 @@ class Registry:
             parser.add_argument("plugin_arguments", nargs=argparse.REMAINDER)
 
     def parse(
-        self, parser_of: Callable[[], argparse.ArgumentParser], argv: list[str]
+        self, parser_of: Callable[..., argparse.ArgumentParser], argv: list[str]
     ) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
         """Parse ``argv``; when it names a plugin not loaded yet, load it and parse again.
 
-        A plugin that does not load is an :class:`InspectorError` (its problem line).
+        ``parser_of(**options)`` builds the parser (:meth:`build_parser`'s options). A
+        built-in command is parsed first with its own arguments only and without looking
+        for plugins; anything else (help, a plugin, a mistake) is parsed with every
+        command and plugin known. A plugin that does not load is an
+        :class:`InspectorError` (its problem line).
         """
         if "-h" in argv or "--help" in argv:
+            self.discover_plugins()
             self.load_plugins()  # the help lists every command
+        elif not self.discovered and any(word in self.commands for word in argv):
+            parsed = self._parse_builtin(parser_of, argv)
+            if parsed is not None:
+                return parsed
+        self.discover_plugins()
         parser = parser_of()
         args = parser.parse_args(argv)
         if args.command in self.pending:
@@ -640,13 +744,31 @@ class Registry:
             args = parser.parse_args(argv)
         return parser, args
 
+    def _parse_builtin(
+        self, parser_of: Callable[..., argparse.ArgumentParser], argv: list[str]
+    ) -> tuple[argparse.ArgumentParser, argparse.Namespace] | None:
+        """``argv`` parsed as a built-in command with only its arguments built; None when
+        it does not parse so (the full parse then says why, or finds the plugin)."""
+        parser = parser_of(only=frozenset(argv), parser_class=_FirstPassParser)
+        try:
+            args = parser.parse_args(argv)
+        except _NotParsed:
+            return None
+        if args.command not in self.commands:
+            return None
+        assert isinstance(parser, _FirstPassParser)
+        parser.trying = False  # from now on its errors are the user's: print them and exit
+        return parser, args
+
     def build_parser(
         self,
         prog: str = "kinspect",
         description: str | None = None,
         parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+        only: Container[str] | None = None,
     ) -> argparse.ArgumentParser:
-        """The whole command line: the global options, then one subcommand per command."""
+        """The whole command line: the global options, then one subcommand per command
+        (``only``: with the arguments of these commands only, :meth:`add_parsers`)."""
         parser = parser_class(
             prog=prog,
             description=description,
@@ -654,7 +776,7 @@ class Registry:
         )
         sub = parser.add_subparsers(dest="command", metavar="COMMAND")
         sub.required = True
-        self.add_parsers(sub, [_common(parser_class, suppress=True)])
+        self.add_parsers(sub, [_common(parser_class, suppress=True)], only)
         return parser
 
     # -- running
@@ -727,14 +849,19 @@ def _commands_of(loaded: object) -> list[Command]:
 _DEFAULT: Registry | None = None
 
 
-def registry() -> Registry:
-    """The registry of this process: the built-in commands, then the plugins found (once)."""
+def registry(*, plugins: bool = True) -> Registry:
+    """The registry of this process: the built-in commands, then the plugins found (once).
+
+    ``plugins`` False: not looked for yet (the command line looks when its command is
+    not a built-in one: :meth:`Registry.parse`).
+    """
     global _DEFAULT
     if _DEFAULT is None:
-        made = Registry()
+        made = Registry(deferred=True)
         made.load_builtins()
-        made.discover_plugins()
         _DEFAULT = made
+    if plugins:
+        _DEFAULT.discover_plugins()
     return _DEFAULT
 
 

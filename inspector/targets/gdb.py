@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from kinspect.protocols.gdbmi import MiClosed, MiError, MiResult, MiSession, MiTimeout, mi_quote
-from kinspect.protocols.probe import probe
 
 from ..errors import (
     FaultError,
@@ -28,7 +27,6 @@ from ..errors import (
 )
 from ..x86.control import GENERAL_REGISTERS
 from ..x86.descriptors import SEGMENT_REGISTERS
-from ..x86.paging import check_canonical
 from .base import Breakpoint, Capability, CpuThread, StopRecord, SystemRegisters, Target
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
@@ -65,11 +63,13 @@ class GdbTarget(Target):
         phys_base: int | None = None,
         physical: str = "auto",
         timeout: float = 10.0,
-        gdb: str = "gdb",
+        gdb: str | MiSession = "gdb",
     ) -> None:
         """``physical`` says how physical memory is read: ``"qemu"`` (the
         stub's physical mode), ``"direct-map"`` (through the kernel's direct
-        map) or ``"auto"`` (QEMU's mode when the stub has it)."""
+        map) or ``"auto"`` (QEMU's mode when the stub has it). ``gdb``: the
+        gdb to run, or one already started (the command line starts it first,
+        so that gdb's own start overlaps the imports of the rest)."""
         if physical not in ("auto", "qemu", "direct-map"):
             raise TargetError(f"unknown physical-memory method {physical!r}")
         self.physical = physical
@@ -88,7 +88,7 @@ class GdbTarget(Target):
         self._cpu = 0
         self._followed: object = None
         try:
-            self._mi = MiSession(gdb)
+            self._mi = gdb if isinstance(gdb, MiSession) else MiSession(gdb)
         except MiClosed as exc:
             raise TargetError(str(exc)) from exc
         try:
@@ -163,6 +163,8 @@ class GdbTarget(Target):
     def _look_first(self, endpoint: str) -> None:
         """One short look at a socket before gdb's own connect (which waits far longer):
         a stub held by another debugger, or the agent's line given as a stub, is said at once."""
+        from kinspect.protocols.probe import probe  # the agent's wire format: only here
+
         seen = probe(endpoint, timeout=QUICK_LOOK)
         if seen is None or seen.kind in ("gdb", "other"):
             return  # gdb's connect says what is wrong, if anything
@@ -335,6 +337,8 @@ class GdbTarget(Target):
         return bytes(out)
 
     def read_virtual(self, address: int, size: int) -> bytes:
+        from ..x86.paging import check_canonical  # imported by the first read, not at start
+
         check_canonical(address, 5)  # the widest mode; the session checks the one in use
         self._require_stopped()
         if self._phys_mode:

@@ -62,3 +62,72 @@ def test_the_command_line_starts_without_the_heavy_libraries():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+#: What ``kinspect regs`` must not import (issue 16, cold start): the TUI, numpy, the
+#: paging core, the unwinder and symbol tables, the plugins' metadata scan, and every command
+#: family's own analyses.
+NOT_FOR_REGS = (
+    "textual",
+    "numpy",
+    "elftools",
+    "importlib.metadata",
+    "kinspect.inspector.x86.paging",
+    "kinspect.inspector.unwind",
+    "kinspect.inspector.symbols",
+    "kinspect.inspector.dwarf",
+    "kinspect.inspector.fault",
+    "kinspect.inspector.tables",
+    "kinspect.inspector.cpus",
+    "kinspect.inspector.efi.runtime",
+    "kinspect.inspector.remap.plan",
+    "kinspect.inspector.linux.btf",
+    "kinspect.inspector.linux.kernel",
+    "kinspect.protocols.agent_wire",
+)
+
+
+def test_regs_runs_without_the_heavy_modules():
+    """``kinspect regs`` through the command line's own code (cli.run: the registry, the
+    parser, the command, the output), on a target that needs no gdb: nothing of
+    NOT_FOR_REGS is imported; ``pt`` then imports the paging core when it runs."""
+    code = (
+        "import io, sys\n"
+        "from kinspect.inspector import cli\n"
+        "from tests.capture_target import CaptureTarget, cli_on\n"
+        "registers = {'cr0': 0x80050033, 'cr3': 0x1000, 'cr4': 0x6F0, 'efer': 0xD01}\n"
+        "out = io.StringIO()\n"
+        "with cli_on(CaptureTarget({}, registers, 'none')):\n"
+        "    assert cli.run(['--target', 'x', 'regs'], out=out) == 0\n"
+        "    assert cli.run(['--target', 'x', '--json', 'regs'], out=out) == 0\n"
+        "assert 'CR0=0x80050033' in out.getvalue()\n"
+        f"print(sorted(m for m in {NOT_FOR_REGS!r} if m in sys.modules))\n"
+        "with cli_on(CaptureTarget({}, registers, 'none')):\n"
+        "    cli.run(['--target', 'x', 'pt'], out=io.StringIO())\n"
+        "print('kinspect.inspector.x86.paging' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+def test_a_builtin_command_parses_with_its_own_arguments_only():
+    """The registry builds the named command's arguments and looks for no plugin; a plugin's
+    name, help or a mistake take the full parser (tests/unit/test_commands.py)."""
+    code = (
+        "import sys\n"
+        "from kinspect.inspector import cli\n"
+        "from kinspect.inspector.commands import registry\n"
+        "commands = registry(plugins=False)\n"
+        "parser, args = commands.parse(lambda **o: cli.build_parser(commands, **o),"
+        " ['--target', 'x', 'vtop', '0x1000'])\n"
+        "print(args.command, args.address, commands.discovered,"
+        " 'importlib.metadata' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["vtop", "0x1000", "False", "False"]
