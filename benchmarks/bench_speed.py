@@ -144,3 +144,159 @@ def test_cli_whole_process_beside_qemu(benchmark, capsys, qemu, words, reference
         f"demo kernel, kinspect {' '.join(words)}: {ours:.3f} s (median, whole process) |"
         f" QEMU {reference} over QMP {theirs:.3f} s | ratio {ours / theirs:.1f}",
     )
+
+
+# -- the command line's own part (speed-cli): JSON, memory, cold start ------------------------
+
+
+def cli_seconds(session, *words: str, rounds: int = 5) -> float:
+    """``cli.run`` on ``session`` (walked already: what is timed is the command and its
+    output), the output thrown away; the median of ``rounds``."""
+    from kinspect.inspector import cli
+    from tests.capture_target import cli_on
+
+    def run() -> None:
+        with cli_on(session), open(os.devnull, "w") as out:
+            assert cli.run(["--target", "capture", *words], out=out) == 0
+
+    return median_seconds(run, rounds)
+
+
+@pytest.mark.parametrize("capture", ["linux", "ovmf"])
+def test_cli_json_beside_text_on_captures(benchmark, capsys, capture):
+    """Target 2 through the CLI's code (cli.run), the walk done once before: ``--json pt``
+    beside ``pt``, and ``--json pt --leaves`` beside ``pt --leaves``."""
+    from kinspect.inspector.session import Session
+    from tests.capture_target import linux_target, ovmf_target
+
+    session = Session(linux_target() if capture == "linux" else ovmf_target())
+    session.ranges()
+    rounds = 3 if capture == "linux" else 1
+    benchmark.pedantic(cli_seconds, (session, "--json", "pt"), rounds=rounds)
+    for words in (("pt",), ("pt", "--leaves")):
+        text = cli_seconds(session, *words, rounds=rounds)
+        json_ = cli_seconds(session, "--json", *words, rounds=rounds)
+        report(
+            capsys,
+            f"{capture} capture, kinspect --json {' '.join(words)}: {json_:.3f} s | text"
+            f" {text:.3f} s | ratio {json_ / text:.2f} (target 1.3)",
+        )
+
+
+PEAK_CODE = """
+import os, resource, sys, time
+from kinspect.inspector import cli
+from tests.capture_target import cli_on, linux_target, ovmf_target
+target = linux_target() if sys.argv[1] == "linux" else ovmf_target()
+started = time.perf_counter()
+with cli_on(target), open(os.devnull, "w") as out:
+    status = cli.run(["--target", "capture", *sys.argv[2:]], out=out)
+seconds = time.perf_counter() - started
+print(status, seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ("pt",),
+        ("--json", "pt"),
+        ("pt", "--leaves"),
+        ("--json", "pt", "--leaves"),
+        ("pt", "--leaves", "--json-lines"),
+    ],
+    ids=["pt", "json-pt", "pt-leaves", "json-pt-leaves", "json-lines"],
+)
+def test_cli_peak_memory_on_ovmf_capture(benchmark, capsys, words):
+    """Target 6: each command in a process of its own on OVMF's map (524,799 leaves), its
+    peak RSS (the captured pages and Python included) and its time (walk included)."""
+    result = benchmark.pedantic(
+        subprocess.run,
+        ([sys.executable, "-c", PEAK_CODE, "ovmf", *words],),
+        {
+            "capture_output": True,
+            "text": True,
+            "timeout": 600,
+            "env": CLI_ENV,
+            "cwd": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        },
+        rounds=1,
+    )
+    assert result.returncode == 0, result.stderr
+    status, seconds, peak = result.stdout.split()
+    assert status == "0"
+    report(
+        capsys,
+        f"OVMF capture, kinspect {' '.join(words)} in process: {float(seconds):.2f} s,"
+        f" peak {int(peak) / 2**20:.0f} MB | target 200 MB | ratio {int(peak) / 200e6:.2f}",
+    )
+
+
+def best_of(command: list[str], rounds: int, env: dict[str, str] | None = None) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        subprocess.run(command, capture_output=True, timeout=60, env=env or CLI_ENV, check=True)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+IMPORTS_CODE = (
+    "from kinspect.inspector import cli\n"
+    "from kinspect.inspector.commands import registry\n"
+    "commands = registry(plugins=False)\n"
+    "commands.parse(lambda **o: cli.build_parser(commands, **o), ['--target', 'x', 'regs'])\n"
+    "from kinspect.inspector import api\n"
+)
+
+
+def test_cold_start_breakdown(benchmark, capsys, qemu):
+    """Target 5: ``kinspect regs`` as a whole process, and where its time goes: Python's
+    start, our imports (registry, parser, session), gdb's own start (to its first MI
+    answer), the handshake (gdb's settings, the stub's connect, QEMU's questions), the
+    command, closing. The best of several runs each (the floor, not the noise)."""
+    from kinspect.inspector.commands import paging
+    from kinspect.inspector.targets.gdb import GdbTarget
+    from kinspect.protocols.gdbmi import MiSession
+
+    rounds = 7
+    python = best_of([sys.executable, "-c", "pass"], rounds)
+    imports = best_of([sys.executable, "-c", IMPORTS_CODE], rounds) - python
+    regs = [sys.executable, "-m", "kinspect.inspector.cli", "--target", qemu.gdb_endpoint, "regs"]
+    whole = benchmark.pedantic(best_of, (regs, rounds), rounds=1)
+    spawn, handshake, command, close = [], [], [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        mi = MiSession()
+        mi.command("-gdb-set pagination off")
+        spawned = time.perf_counter()
+        target = GdbTarget(qemu.gdb_endpoint, gdb=mi)
+        attached = time.perf_counter()
+        from kinspect.inspector.session import Session
+
+        session = Session(target)
+        paging.render_regs(session)
+        paging.regs_document(session)
+        done = time.perf_counter()
+        session.close()
+        closed = time.perf_counter()
+        spawn.append(spawned - started)
+        handshake.append(attached - spawned)
+        command.append(done - attached)
+        close.append(closed - done)
+    ms = {
+        "python start": python,
+        "our imports": imports,
+        "gdb start": min(spawn),
+        "handshake": min(handshake),
+        "command": min(command),
+        "close": min(close),
+    }
+    ours = python + imports + min(command)
+    parts = ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in ms.items())
+    report(
+        capsys,
+        f"demo kernel, kinspect regs whole process {whole * 1000:.0f} ms (best of {rounds});"
+        f" {parts}; ours (Python, imports, command) {ours * 1000:.0f} ms | target 150 ms |"
+        f" ratio {ours / 0.150:.2f}",
+    )

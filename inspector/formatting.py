@@ -360,7 +360,7 @@ def encode_range_rows(
     ``{**row.to_dict(), "region": name}``. One template per permissions, attributes and
     region (a few dozen in a whole Linux map); the numbers go in its holes."""
     templates: dict[tuple[int, tuple[str, ...], str | None, bool], str] = {}
-    out = []
+    out: list[str] = []
     append = out.append
     for row, name in rows:
         pieces = getattr(row, "pieces", None)
@@ -395,7 +395,7 @@ def encode_leaf_rows(leaves: Sequence[Leaf], depth: int | None) -> list[str]:
     templates: dict[tuple[int, int, int, int, int, int], str] = {}
     paths: dict[tuple[int, ...], str] = {}
     path_depth = None if depth is None else depth + 1
-    out = []
+    out: list[str] = []
     append = out.append
     for leaf in leaves:
         entry = leaf.entry
