@@ -359,27 +359,37 @@ def encode_range_rows(
     """``pt``'s ranges with their regions, as JSON (:class:`JsonRows`): each item is
     ``{**row.to_dict(), "region": name}``. One template per permissions, attributes and
     region (a few dozen in a whole Linux map); the numbers go in its holes."""
-    templates: dict[tuple[int, tuple[str, ...], str | None, bool], str] = {}
+    templates: dict[tuple[int, tuple[str, ...], str | None], str] = {}
     out: list[str] = []
     append = out.append
-    for row, name in rows:
-        pieces = getattr(row, "pieces", None)
-        r: Range = row.range if pieces is not None else row  # type: ignore[union-attr,assignment]
-        key = (id(r.permissions), r.attributes, name, pieces is not None)
+
+    def template_of(row: Range | CompactRange, name: str | None) -> str:
+        example = {**row.to_dict(), "region": name}
+        for hole in ("start", "end", "size", "phys", "page_size", "pieces", "mapped"):
+            if hole in example:
+                example[hole] = _D
+        return json_template(example, [_D], depth)
+
+    if rows and hasattr(rows[0][0], "pieces"):  # compact ranges (one kind per list)
+        compact: Sequence[tuple[CompactRange, str | None]] = rows  # type: ignore[assignment]
+        for c, name in compact:
+            r = c.range
+            key = (id(r.permissions), r.attributes, name)
+            template = templates.get(key)
+            if template is None:
+                template = templates[key] = template_of(c, name)
+            append(
+                template
+                % (r.start, r.end, r.end - r.start, r.phys, r.page_size, c.pieces, c.mapped)
+            )
+        return out
+    exact: Sequence[tuple[Range, str | None]] = rows  # type: ignore[assignment]
+    for r, name in exact:
+        key = (id(r.permissions), r.attributes, name)
         template = templates.get(key)
         if template is None:
-            example = {**row.to_dict(), "region": name}
-            for hole in ("start", "end", "size", "phys", "page_size", "pieces", "mapped"):
-                if hole in example:
-                    example[hole] = _D
-            template = templates[key] = json_template(example, [_D], depth)
-        if pieces is None:
-            append(template % (r.start, r.end, r.end - r.start, r.phys, r.page_size))
-        else:
-            c: CompactRange = row  # type: ignore[assignment]
-            append(
-                template % (r.start, r.end, r.end - r.start, r.phys, r.page_size, pieces, c.mapped)
-            )
+            template = templates[key] = template_of(r, name)
+        append(template % (r.start, r.end, r.end - r.start, r.phys, r.page_size))
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..formatting import (
@@ -87,11 +87,14 @@ def _pt_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _region_names(session: Session, starts: Iterable[int]) -> list[str | None]:
+def _region_names(
+    session: Session,
+    rows: Sequence[Range] | Sequence[CompactRange] | Sequence[Range | CompactRange],
+) -> list[str | None]:
     regions = session.regions()
     if regions is None:
-        return [None for _ in starts]
-    return [regions.name_of(start) for start in starts]
+        return [None] * len(rows)
+    return [regions.name_of(_start(row)) for row in rows]
 
 
 def pt_document(session: Session, *, leaves: bool = False, compact: bool = False) -> dict[str, Any]:
@@ -125,7 +128,7 @@ def _pt_body(session: Session, *, leaves: bool, compact: bool, plain: bool) -> d
     ranges: Sequence[Range | CompactRange] = (
         session.compact_ranges() if compact else session.ranges()
     )
-    names = _region_names(session, (_start(r) for r in ranges))
+    names = _region_names(session, ranges)
     rows = JsonRows(list(zip(ranges, names, strict=True)), _range_dict, encode_range_rows)
     body["compact"] = compact
     body["ranges"] = rows.plain() if plain else rows
@@ -194,7 +197,7 @@ def pt_text_parts(
         rows: list[Range] | list[CompactRange] = (
             session.compact_ranges() if compact else session.ranges()
         )
-        names = _region_names(session, (_start(r) for r in rows))
+        names = _region_names(session, rows)
         lines.append(format_ranges_with_regions(rows, names))
         if compact:
             lines.append(
