@@ -67,6 +67,7 @@ BUILTIN_FAMILIES = (
     "paging",
     "descriptors",
     "stack",
+    "code",
     "faults",
     "efi",
     "agent",
