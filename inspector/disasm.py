@@ -134,10 +134,12 @@ class Disassembly:
             (i for i, insn in enumerate(self.instructions) if insn.address == self.at), None
         )
 
-    def lines(self) -> list[str]:
+    def lines(self, mark: int | None = -1) -> list[str]:
+        """One line per instruction; ``=>`` marks ``mark`` (default ``at``; None: nothing)."""
+        mark = self.at if mark == -1 else mark
         names = self.symbols or (None,) * len(self.instructions)
         out = [
-            format_instruction(insn, symbol=name, mark="=>" if insn.address == self.at else "")
+            format_instruction(insn, symbol=name, mark="=>" if insn.address == mark else "")
             for insn, name in zip(self.instructions, names, strict=True)
         ]
         if self.unreadable is not None:
