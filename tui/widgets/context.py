@@ -3,8 +3,8 @@
 :func:`render_context` lays the four sections out for the room there is:
 at 160 columns and 40 lines or more, the registers across the top, the code
 and the stack side by side, the frames below; narrower, the sections stack
-vertically and each gets lines by priority (code, then registers, stack,
-frames), cut where its share ends.
+vertically and each gets lines by priority (code, then a few lines of
+registers, the stack, the frames), cut where its share ends.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ REGISTERS = (
     *(name for name in GENERAL_REGISTERS if name not in ("rsp", "rbp")),
     *("rflags", "cs", "ss", "fs_base", "gs_base", "cr2", "cr3"),
 )
-CELL = 26  # "rax 0x0000000000000000" and a gap
+CELL = 28  # "    rax 0x0000000000000000" and a gap
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +178,13 @@ def render_context(data: ContextData, width: int, height: int) -> list[Text]:
         room = height - 4  # four headers
         want_code = len(data.disassembly.instructions) + 1 if data.disassembly else 1
         code_room, reg_room, stack_room, frame_room = _shares(
-            [min(want_code, max(room // 2, 5)), len(registers), len(stack), len(frames)], room
+            [
+                min(want_code, max(room // 2, 5)),
+                min(len(registers), max(2, room // 5)),  # RIP, RSP, RBP come first
+                len(stack),
+                len(frames),
+            ],
+            room,
         )
         sections = [
             ("code", _code_lines(data, width, code_room), code_room),
