@@ -339,3 +339,38 @@ def test_render_context_gives_each_section_its_share_and_never_overflows():
         plain = [line.plain for line in lines]
         assert any(line.startswith("=>") for line in plain), (width, height)
         assert plain[-1] == "cannot unwind: no frames here" or height < 24
+
+
+def test_the_cli_commands_print_the_same_records_and_refuse_bad_input_in_one_line():
+    import pytest
+
+    from kinspect.inspector.commands import UsageError, registry
+    from kinspect.inspector.errors import InspectorError
+
+    session, truth = code_session(), code_session()
+    result = registry().execute(session, "disasm")
+    assert result.text == str(disassemble(truth, RIP))  # 8 before RIP, 16 from it
+    assert result.document["disassembly"]["at"] == RIP
+    assert result.document["command"] == "disasm"
+    result = registry().execute(session, "disasm callee -n 3")
+    assert result.text.splitlines()[0].startswith(f"=> {CALLEE:#018x} <callee>:")
+    assert len(result.text.splitlines()) == 3
+    result = registry().execute(session, "telescope rsp -n 4")
+    assert result.text == str(telescope(truth, RSP, 4))
+    slots = result.document["telescope"]["slots"]
+    assert [s["value"] for s in slots[:2]] == [RIP + 5, HEAP] and slots[2]["string"] == "kinspec"
+    unreadable = registry().execute(session, "telescope 0xffffffff82a04000")
+    assert unreadable.status == 1 and unreadable.text is None
+    assert unreadable.error == "0xffffffff82a04000: not readable (not in the capture)"
+    nothing = registry().execute(code_session(MemoryTarget()), "disasm")
+    assert nothing.status == 1
+    assert nothing.error == f"{RIP:#x}: cannot read the code here: not in the capture"
+    for line, error in (
+        ("disasm -n 0", UsageError),
+        ("disasm -b -1", UsageError),
+        ("disasm no_such_symbol", InspectorError),
+        ("telescope 0x3", InspectorError),
+    ):
+        with pytest.raises(error) as caught:
+            registry().execute(session, line)
+        assert "\n" not in str(caught.value) and str(caught.value)
