@@ -374,3 +374,25 @@ def test_the_cli_commands_print_the_same_records_and_refuse_bad_input_in_one_lin
         with pytest.raises(error) as caught:
             registry().execute(session, line)
         assert "\n" not in str(caught.value) and str(caught.value)
+
+
+def test_disasm_with_options_on_the_command_line_is_the_clis_text_in_a_screen():
+    from kinspect.tui.screens.output import OutputScreen
+
+    session, truth = code_session(), code_session()
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            app.run_command("disasm -n 3 callee")
+            await settle(app, pilot)
+            assert isinstance(app.screen, OutputScreen)
+            expected = str(disassemble(truth, CALLEE, before=0, after=3))
+            assert expected in "\n".join(str(s.content) for s in app.screen.query("Static"))
+            await pilot.press("escape")
+            app.run_command("disasm -n zero")
+            await settle(app, pilot)
+            assert app.errors == ["argument -n/--count: 'zero' is not a number"]
+
+    run(go())

@@ -6,12 +6,14 @@ from textual import on
 from textual.app import ComposeResult
 from textual.message import Message
 
+from kinspect.inspector.commands import CommandResult, registry
 from kinspect.inspector.context import disassemble
 from kinspect.inspector.disasm import Disassembly
 from kinspect.inspector.errors import InspectorError
 from kinspect.inspector.session import Session
 
 from ..messages import StopSeen
+from ..screens.output import OutputScreen
 from ..widgets.disasm import DisasmView
 from .base import Pane
 
@@ -134,9 +136,7 @@ class DisasmPane(Pane):
         """``disasm``: back to RIP; ``disasm ADDR|SYM|REG``: the code there; with options
         (``disasm -n 5 ADDR``) the registry's command, its text in a screen."""
         if argument.startswith("-") or " -" in argument:
-            from ..commands import run_registered
-
-            run_registered(self.kinspect, f"disasm {argument}")
+            self._registered(f"disasm {argument}")
             return
         self.kinspect.action_tab(self.NAME)
         if not argument:
@@ -151,6 +151,19 @@ class DisasmPane(Pane):
             self.Resolved,
             while_running="fail",
         )
+
+    def _registered(self, line: str) -> None:
+        """The registry's ``disasm`` with options, its text in a screen (as the ``:`` line
+        runs a registry command: tui/commands.py, which imports the panes)."""
+        app = self.kinspect
+
+        def done(result: CommandResult) -> None:
+            if result.text:
+                app.push_screen(OutputScreen(line, result.text))
+            if result.error:
+                app.report_failure(InspectorError(result.error))
+
+        app.submit("disasm", lambda session: registry().execute(session, line), done)
 
     def on_disasm_pane_resolved(self, message: Resolved) -> None:
         self.go(message.address)
