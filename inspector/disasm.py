@@ -25,9 +25,9 @@ from typing import Any
 from .errors import InspectorError
 
 __all__ = [
-    "MAX_INSTRUCTION",
     "Disassembly",
     "Instruction",
+    "MAX_INSTRUCTION",
     "decode_around",
     "decode_instructions",
     "format_instruction",
