@@ -78,6 +78,7 @@ BUILTIN_FAMILIES = (
     "paging",
     "descriptors",
     "stack",
+    "code",
     "faults",
     "efi",
     "agent",

@@ -183,3 +183,38 @@ def test_second_attach_uses_the_cache(attached):
     # the budget is 2 s on an idle machine; this bound only catches a search gone wild
     assert figures["first"] < 30 and figures["cached"] < figures["first"]
     assert "from kallsyms in memory" in str(cached) and "(cached)" in str(cached)
+
+
+def test_disasm_and_telescope_name_what_proc_kallsyms_names(attached, guest_says, linux_guest):
+    """kinspect disasm at RIP of the stopped Debian kernel: every named call or jump
+    target is the /proc/kallsyms address of that name (plus its offset); the telescope at
+    RSP names each slot's region (Linux's, as ptdump does) and its values are the qwords
+    QEMU's monitor reads there."""
+    from kinspect.inspector.context import disassemble, telescope
+
+    session, _, _, _ = attached
+    by_name = guest_says["by_name"]
+    rip = session.registers()["rip"]
+    listing = disassemble(session, rip, before=8, after=64)
+    assert listing.instructions and listing.index is not None
+    named = [i for i in listing.instructions if i.target is not None and i.target_name]
+    assert named  # 64 instructions from RIP: calls and jumps to check
+    for insn in named:
+        name, _, offset = insn.target_name.partition("+")
+        assert insn.target in {a + int(offset or "0", 16) for a in by_name[name]}, insn
+    own, _, offset = (listing.symbols[listing.index] or "").partition("+")
+    assert rip in {a + int(offset or "0", 16) for a in by_name[own]}
+
+    rsp = session.registers()["rsp"]
+    found = telescope(session, rsp, 8)
+    monitor = linux_guest.monitor(f"x /8gx {rsp:#x}")
+    words = [int(w, 16) for line in monitor.splitlines() for w in line.split()[1:]]
+    assert [s.value for s in found.slots] == words
+    text = [s for s in found.slots if s.symbol]
+    assert text  # the idle stack holds return addresses
+    for slot in text:
+        name, _, offset = slot.symbol.partition("+")
+        assert slot.value in {a + int(offset or "0", 16) for a in by_name[name]}
+    names = {region.name for region in session.regions()}
+    mapped = [slot for slot in found.slots if slot.mapping]
+    assert mapped and all(slot.mapping.split(" 0x")[0] in names for slot in mapped), mapped

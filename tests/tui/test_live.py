@@ -763,3 +763,93 @@ def test_the_cpu_selector_on_the_two_cpu_demo_kernel(demo_kernel):  # noqa: F811
         session.close()
     finally:
         own.stop()
+
+
+def test_disassembly_and_telescope_at_a_breakpoint_against_objdump_and_qemu(qemu, demo_kernel):  # noqa: F811
+    """At demo_level2+0x11 (its call of demo_level3): the disasm view's marked line is
+    objdump's instruction at RIP, the telescope's slots are the qwords QEMU's monitor reads
+    at RSP, and a hex window at the top of the boot stack stops at the guard page, which
+    the monitor cannot read either."""
+    from kinspect.tui.widgets.disasm import DisasmView
+    from kinspect.tui.widgets.memory import HexView
+    from kinspect.tui.widgets.telescope import TelescopeView
+    from tests.unit.test_disasm import _objdump, normalize
+
+    call = nm_address(demo_kernel, "demo_level2") + 0x11
+    top = nm_address(demo_kernel, "boot_stack_top")
+    length, spelled = _objdump(demo_kernel)[call]
+    assert "<demo_level3>" in spelled  # the place this test means
+    session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=(200, 50)) as pilot:
+            await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
+            status = app.query_one(StatusLine)
+            app.run_command(f"break {call:#x}")
+            await until(pilot, lambda: not app.link.pending, what="the breakpoint")
+            await pilot.press("c")
+            await until(
+                pilot,
+                lambda: status.state == "stopped" and app.stops > 1 and not app.link.pending,
+                what="the breakpoint's stop",
+            )
+            rsp = app.query_one(RegistersView).snapshot.values["rsp"]
+            assert app.query_one(RegistersView).snapshot.values["rip"] == call
+
+            await pilot.press("d")
+            view = app.query_one(DisasmView)
+            await until(
+                pilot,
+                lambda: view.listing is not None and view.rip == call and not app.link.pending,
+                what="the disassembly",
+            )
+            marked = [line for line in view.export_text().splitlines() if line.startswith("=>")]
+            assert len(marked) == 1 and f"{call:#018x} <demo_level2+0x11>" in marked[0]
+            insn = view.listing.instructions[view.listing.index]
+            assert insn.address == call and insn.size == length
+            assert normalize(f"{insn.mnemonic} {insn.operands}") == normalize(spelled)
+            assert insn.target_name == "demo_level3"
+
+            await pilot.press("4")
+            scope = app.query_one(TelescopeView)
+            await until(
+                pilot,
+                lambda: (
+                    scope.telescope is not None
+                    and scope.telescope.address == rsp
+                    and not app.link.pending
+                ),
+                what="the telescope",
+            )
+            slots = scope.telescope.slots[:8]
+            monitor = qemu.monitor(f"x /8gx {rsp:#x}")
+            words = [int(w, 16) for line in monitor.splitlines() for w in line.split()[1:]]
+            assert [s.value for s in slots] == words
+            assert slots[0].registers == ("rsp", "rbp")  # mov rbp, rsp ran: both point here
+            returns = [s for s in slots if s.symbol and s.symbol.startswith("demo_level1+")]
+            assert returns and returns[0].mapping.endswith(" x")  # the return, in code
+
+            app.run_command(f"mem {top - 0x50:#x}")
+            hexview = app.query_one(HexView)
+            await until(
+                pilot,
+                lambda: hexview.address == top - 0x50 and not app.link.pending,
+                what="the hex window",
+            )
+            lines = hexview.plain.splitlines()
+            assert lines[-1].startswith(f"{top:#x}: not readable (")  # the page's start
+            assert len(lines) == 1 + 5 + 1
+            monitor = qemu.monitor(f"x /10gx {top - 0x50:#x}")
+            words = [w for line in monitor.splitlines() for w in line.split()[1:]]
+            dumped = b"".join(bytes.fromhex(row[20:67].replace(" ", "")) for row in lines[1:6])
+            assert [int.from_bytes(dumped[i : i + 8], "little") for i in range(0, 80, 8)] == [
+                int(w, 16) for w in words
+            ]
+            assert "Cannot access memory" in qemu.monitor(f"x /1gx {top:#x}")
+            assert app.errors == []
+
+    try:
+        run(go())
+    finally:
+        session.close()

@@ -8,7 +8,9 @@ commands, the help screen's list of views and the command palette from it.
 from __future__ import annotations
 
 from .base import Pane
+from .context import ContextPane
 from .descriptors import DescriptorsPane
+from .disasm import DisasmPane
 from .efi import EfiPane
 from .fault import FaultPane
 from .memory import MemoryPane
@@ -29,4 +31,6 @@ PANES: tuple[type[Pane], ...] = (
     DescriptorsPane,
     EfiPane,
     FaultPane,
+    ContextPane,
+    DisasmPane,
 )

@@ -53,7 +53,9 @@ class HexView(Static, can_focus=True):
         symbolize: Callable[[int], str | None] | None = None,
         *,
         title: str = "",
+        unreadable: str = "",
     ) -> None:
+        """``unreadable``: a line after the rows, where reading stopped and why."""
         self.address, self.space = address, space
         text = Text()
         head = f"{space} memory at {address:#x}" + (f" ({title})" if title else "")
@@ -65,6 +67,9 @@ class HexView(Static, can_focus=True):
                 text.append("  " + names, style="cyan")
             text.append("\n")
             lines.append(row + ("  " + names if names else ""))
+        if unreadable:
+            text.append(unreadable + "\n", style="yellow")
+            lines.append(unreadable)
         self.plain = "\n".join(lines)
         self.update(text)
 
