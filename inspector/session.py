@@ -988,7 +988,7 @@ class Session:
                 elf = ELFFile(stream)
                 if not elf.has_dwarf_info():
                     raise InspectorError(f"{path} has no DWARF (built without -g?)")
-                dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
+                dwarf = elf.get_dwarf_info()  # relocated: a .o or .ko has relocations
                 return decode_dwarf_types(dwarf, origin=f"the DWARF of {path}")
         except OSError as exc:
             raise InspectorError(f"cannot read {path}: {exc.strerror or exc}") from exc

@@ -1,6 +1,6 @@
 """Linux as it ships, with no files: ``kernel`` says what kinspect recognized, ``type``
-prints a layout from the kernel's BTF (or the DWARF of ``--elf``), ``tasks`` lists every task, ``modules`` the
-loaded modules."""
+prints a layout from the kernel's BTF (or the DWARF of ``--elf``), ``tasks`` lists every
+task, ``modules`` the loaded modules."""
 
 from __future__ import annotations
 

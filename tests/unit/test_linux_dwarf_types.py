@@ -193,3 +193,44 @@ def test_the_kernels_btf_first_then_dwarf_then_one_line_why_neither():
         choose_types(no_btf, no_dwarf)
     assert "\n" not in str(error.value)
     assert str(error.value).endswith("; and vmlinux has no DWARF (built without -g?)")
+
+
+BITS_C = """
+struct bits {
+    unsigned long long p:1, rw:1, frame:40, nx:1;
+    unsigned char level:3, leaf:1;
+    short s:9;
+    int m[2][3];
+    union { int a; struct { char b:4, c:4; }; };
+};
+struct bits v;
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("pahole") is None or shutil.which("gcc") is None,
+    reason="pahole (apt dwarves) or gcc is not installed",
+)
+@pytest.mark.parametrize("version", [2, 3, 4, 5])
+def test_bitfields_of_every_dwarf_version_equal_paholes(tmp_path, version):
+    """gcc writes DW_AT_bit_offset (from the storage unit's top) up to DWARF 4 and
+    DW_AT_data_bit_offset in DWARF 5: both must land on pahole's bits."""
+    from elftools.elf.elffile import ELFFile
+
+    source = tmp_path / "bits.c"
+    source.write_text(BITS_C)
+    obj = tmp_path / "bits.o"
+    subprocess.run(
+        ["gcc", "-c", "-g", f"-gdwarf-{version}", "-O0", str(source), "-o", str(obj)],
+        check=True,
+        timeout=60,
+    )
+    with open(obj, "rb") as stream:
+        btf = decode_dwarf_types(ELFFile(stream).get_dwarf_info())  # a .o: relocated
+    rows, size = pahole(str(obj), "bits")
+    assert sorted(flatten(btf, btf.struct("bits"))) == sorted(rows)
+    assert btf.sizeof(btf.struct("bits").id) == size
+    assert btf.declaration(btf.field("bits", "m").type, "m") == "int m[2][3]"
+    assert btf.offset("bits", "m[1]") == 8 + 12
+    frame = btf.field("bits", "frame")
+    assert (frame.offset, frame.bit_offset, frame.bitfield_size) == (0, 2, 40)
