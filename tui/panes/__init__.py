@@ -16,6 +16,7 @@ from .ranges import RangesPane
 from .registers import RegistersPane
 from .stack import StackPane
 from .tables import TablesPane
+from .tasks import TasksPane
 
 __all__ = ["PANES", "Pane"]
 
@@ -29,4 +30,5 @@ PANES: tuple[type[Pane], ...] = (
     DescriptorsPane,
     EfiPane,
     FaultPane,
+    TasksPane,
 )
