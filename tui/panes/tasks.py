@@ -11,9 +11,9 @@ Linux's region headings; under PTI the user-space copy below the kernel's,
 labelled. Read when the tab is shown and again at each stop while it is (the
 selected task's stack and tables too).
 
-Its tab is hidden until the kernel is recognized as Linux (asked at each stop
-until it is: :meth:`Session.kernel`, which the range map's regions have read
-already) or its key shows it. On a kernel that is not Linux (the demo kernel),
+Its tab is hidden until the kernel is recognized as Linux (asked at the first
+stop: :meth:`Session.kernel`, which the range map's regions have read already)
+or its key shows it. On a kernel that is not Linux (the demo kernel),
 or without the kernel's types, the view is one line saying why: no error is
 reported for it.
 """
@@ -319,6 +319,7 @@ class TasksPane(Pane):
         super().__init__()
         self.selected: int | None = None  # the pid whose stack and tables are shown
         self.linux = False  # recognized as Linux: the tab is shown
+        self.asked = False  # whether the kernel is Linux (asked at the first stop)
 
     def compose(self) -> ComposeResult:
         yield TasksView(id="tasks-view")
@@ -333,8 +334,11 @@ class TasksPane(Pane):
         return next(node for node in self.ancestors if isinstance(node, TabbedContent))
 
     def on_stop_seen(self, message: StopSeen) -> None:
-        # Pane.on_stop_seen runs as well (Textual calls the handler of each class)
-        if not self.linux:
+        # Pane.on_stop_seen runs as well (Textual calls the handler of each class).
+        # Asked at the first stop only: not a job more at every stop of a kernel that
+        # is not Linux (T shows the tab there, saying why it is empty).
+        if not self.asked:
+            self.asked = True
             self.read("linux?", is_linux, self.Recognized)
 
     def on_tasks_pane_recognized(self, message: Recognized) -> None:
