@@ -970,22 +970,49 @@ class Session:
     # -- Linux: types and tasks (inspector/linux/btf.py, tasks.py) ----------------
 
     def btf(self) -> Btf:
-        """The kernel's BTF, read from its memory once (and cached on disk as kallsyms is)."""
+        """The kernel's types: its BTF, read from its memory once (and cached on disk as
+        kallsyms is); where it has none (or it cannot be read), the DWARF of ``--elf``."""
+        from .linux.dwarf_types import choose_types
+
+        if self._btf is None:
+            self._btf = choose_types(self._kernel_btf, self._dwarf_types if self.elf else None)
+        return self._btf
+
+    def _kernel_btf(self) -> Btf:
         from .linux.btf import decode_btf
         from .linux.kernel import read_btf_bytes
 
-        if self._btf is None:
-            kernel = self.kernel()
-            symbols = self.symbols
-            if symbols is None:
-                raise InspectorError("no kernel symbols: cannot find the kernel's BTF")
-            self._btf = decode_btf(read_btf_bytes(self.read_virtual, symbols.lookup, kernel))
-        return self._btf
+        kernel = self.kernel()
+        symbols = self.symbols
+        if symbols is None:
+            raise InspectorError("no kernel symbols: cannot find the kernel's BTF")
+        return decode_btf(read_btf_bytes(self.read_virtual, symbols.lookup, kernel))
+
+    def _dwarf_types(self) -> Btf:
+        """The types in the DWARF of the ``--elf`` file (read whole, once)."""
+        from elftools.common.exceptions import DWARFError, ELFError
+        from elftools.elf.elffile import ELFFile
+
+        from .linux.dwarf_types import decode_dwarf_types
+
+        path = str(self.elf)
+        try:
+            with open(path, "rb") as stream:
+                elf = ELFFile(stream)
+                if not elf.has_dwarf_info():
+                    raise InspectorError(f"{path} has no DWARF (built without -g?)")
+                dwarf = elf.get_dwarf_info()  # relocated: a .o or .ko has relocations
+                return decode_dwarf_types(dwarf, origin=f"the DWARF of {path}")
+        except OSError as exc:
+            raise InspectorError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        except (ELFError, DWARFError) as exc:
+            raise InspectorError(f"cannot read the DWARF of {path}: {exc}") from exc
 
     def tasks(self) -> TaskList:
         """Every task on ``init_task.tasks``, and each CPU's current task (read per call)."""
         from .linux.tasks import read_tasks
 
+        self.kernel()  # not Linux: say so, not which struct the types lack
         btf = self.btf()
         symbols = self.symbols
         assert symbols is not None  # btf() needs them
@@ -1000,6 +1027,7 @@ class Session:
         """The loaded modules (the kernel's ``modules`` list), newest first."""
         from .linux.modules import read_modules
 
+        self.kernel()  # not Linux: say so, not which struct the types lack
         btf = self.btf()
         symbols = self.symbols
         assert symbols is not None  # btf() needs them

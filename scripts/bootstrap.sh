@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what kinspect needs on a fresh Debian 12 machine, then keep quiet.
 #   system: qemu-system-x86, gdb, gcc, binutils, make, tmux, python3-venv,
-#           ovmf and gnu-efi for the UEFI demo kernel (apt)
+#           ovmf and gnu-efi for the UEFI demo kernel, dwarves (pahole) (apt)
 #   python: a venv in .venv with kinspect and its test tools (pip)
 #   `bootstrap.sh fuzz` (make fuzz) also: clang, for libFuzzer and its sanitizers
 # Idempotent: a second run with everything present takes well under a second.
@@ -16,6 +16,7 @@ command -v ld >/dev/null || need+=(binutils)
 command -v objcopy >/dev/null || need+=(binutils)
 command -v make >/dev/null || need+=(make)
 command -v tmux >/dev/null || need+=(tmux)  # the TUI's real-terminal test
+command -v pahole >/dev/null || need+=(dwarves)  # the oracle of the DWARF types test
 command -v python3 >/dev/null || need+=(python3)
 # the UEFI demo kernel (issue 7): firmware, and gnu-efi's crt0 and linker script
 [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)

@@ -1,6 +1,6 @@
 """Linux as it ships, with no files: ``kernel`` says what kinspect recognized, ``type``
-prints a layout from the kernel's BTF, ``tasks`` lists every task, ``modules`` the
-loaded modules."""
+prints a layout from the kernel's BTF (or the DWARF of ``--elf``), ``tasks`` lists every
+task, ``modules`` the loaded modules."""
 
 from __future__ import annotations
 
@@ -31,14 +31,15 @@ def _type_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_type(context: Context) -> CommandResult:
-    """A type's layout from the kernel's BTF: members, offsets, sizes, bitfields."""
+    """A type's layout from the kernel's BTF (else the DWARF of ``--elf``): members,
+    offsets, sizes, bitfields."""
     from ..linux.btf import format_layout
 
     btf = context.need_session().btf()
     name = context.args.name
     found = btf.named(name, "struct", "union") or btf.named(name)
     if found is None:
-        raise InspectorError(f"the kernel's BTF has no type {name!r}")
+        raise InspectorError(f"{btf.origin} has no type {name!r}")
     return context.result({"type": btf.to_dict(found)}, format_layout(btf, found))
 
 
@@ -63,7 +64,8 @@ COMMANDS = [
     ),
     Command(
         "type",
-        "a struct's layout from the kernel's own BTF, as pahole prints it",
+        "a struct's layout from the kernel's own BTF (without BTF: the DWARF of --elf), "
+        "as pahole prints it",
         run_type,
         _type_arguments,
     ),

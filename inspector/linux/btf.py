@@ -91,10 +91,16 @@ class FieldLocation:
 
 
 class Btf:
-    """Decoded BTF: types by id and by name."""
+    """Decoded BTF: types by id and by name.
 
-    def __init__(self, types: list[BtfType]) -> None:
+    The DWARF of an ELF (``--elf vmlinux``) decodes into the same records
+    (:mod:`.dwarf_types`, as pahole turns DWARF into the kernel's BTF), so
+    ``origin`` says in messages where the types came from.
+    """
+
+    def __init__(self, types: list[BtfType], *, origin: str = "the kernel's BTF") -> None:
         self.types = types
+        self.origin = origin
         self._by_name: dict[str, list[int]] = {}
         for btf_type in types:
             if btf_type.name:
@@ -105,7 +111,9 @@ class Btf:
 
     def __getitem__(self, type_id: int) -> BtfType:
         if not 0 <= type_id < len(self.types):
-            raise InspectorError(f"BTF has no type id {type_id} (it has {len(self.types)})")
+            raise InspectorError(
+                f"{self.origin} has no type id {type_id} (it has {len(self.types)})"
+            )
         return self.types[type_id]
 
     def named(self, name: str, *kinds: str) -> BtfType | None:
@@ -123,7 +131,7 @@ class Btf:
         """The struct or union ``name``, or an InspectorError that says BTF lacks it."""
         found = self.named(name, "struct", "union")
         if found is None:
-            raise InspectorError(f"the kernel's BTF has no struct {name}")
+            raise InspectorError(f"{self.origin} has no struct {name}")
         return found
 
     def strip(self, type_id: int) -> BtfType:
@@ -174,7 +182,7 @@ class Btf:
             found = self._member(current, name)
             if found is None:
                 raise InspectorError(
-                    f"the kernel's BTF has no {struct_name}.{path} "
+                    f"{self.origin} has no {struct_name}.{path} "
                     f"({self.type_name(current.id)} has no member {name!r})"
                 )
             bits += found[0]
@@ -219,21 +227,22 @@ class Btf:
         """``type name`` as C declares it: ``char comm[16]``, ``struct mm_struct * mm``."""
         suffix = ""
         prefix = ""
+        #: qualifiers of what comes next in the chain: the pointer below them (``* const``)
+        #: or the base type (``const char``)
+        pending: list[str] = []
         for _ in range(64):
             btf_type = self[type_id]
             kind = btf_type.kind
             if kind == "ptr":
-                prefix = "*" + prefix
+                qualifiers = "".join(f" {q}" for q in pending)
+                prefix = f"*{qualifiers} {prefix}" if qualifiers else "*" + prefix
+                pending = []
             elif kind == "array":
                 if prefix:  # a pointer to an array: C's (*name)[n]
                     name, prefix = f"({prefix}{name})", ""
                 suffix += f"[{btf_type.nelems}]"
             elif kind in ("const", "volatile", "restrict"):
-                if prefix:
-                    prefix = f"{prefix} {kind} "
-                else:
-                    base = self.declaration(btf_type.ref, name)
-                    return f"{kind} {base}"
+                pending.append(kind)
             elif kind == "type_tag":
                 pass
             elif kind == "func_proto":
@@ -241,7 +250,7 @@ class Btf:
                 inner = f"({prefix}{name}{suffix})" if prefix else f"{name}{suffix}"
                 return f"{self.type_name(btf_type.ref)} {inner}({params})"
             else:
-                base = _base_name(btf_type)
+                base = " ".join([*pending, _base_name(btf_type)])
                 pointer = f" {prefix}" if prefix else " "
                 return f"{base}{pointer}{name}{suffix}".rstrip()
             type_id = btf_type.ref

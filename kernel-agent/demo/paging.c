@@ -50,6 +50,7 @@ static uint64_t pt_pool[PT_POOL_PAGES][PT_ENTRIES] __aligned(PAGE_SIZE)
 static unsigned pt_pool_used;
 
 const uint64_t direct_map_base = DIRECT_MAP_BASE;
+struct demo_pte_view demo_pte_view = {.name = "pte"};
 unsigned paging_levels = 4;
 
 /* Page tables are in the kernel image: convert with the image offset. */
@@ -222,6 +223,10 @@ void paging_map_user_page(uint64_t va, uint64_t pa)
 	}
 	map_page(va, pa, PAGE_SIZE, PTE_P | PTE_US);
 	__asm__ volatile("invlpg (%0)" : : "r"(va) : "memory");
+	demo_pte_view.va = va;
+	demo_pte_view.raw = (pa & PTE_ADDR_MASK) | PTE_P | PTE_US;
+	demo_pte_view.level = 1;
+	demo_pte_view.leaf = 1;
 }
 
 /* For the boot option fault=seed-lowgdt: the low identity map goes (its entry 0 cleared). */

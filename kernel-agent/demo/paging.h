@@ -41,4 +41,27 @@ void paging_init(bool has_1g_pages);
 void paging_map_user_page(uint64_t va, uint64_t pa);
 void paging_drop_identity(void);
 
+/*
+ * The last entry paging_map_user_page wrote, as bitfields beside its raw value (an
+ * anonymous union holding an anonymous struct): nothing reads it; a debugger prints
+ * it (kinspect's `type demo_pte_view` reads its layout from this file's DWARF).
+ */
+struct demo_pte_view {
+	uint64_t va;
+	union {
+		uint64_t raw;
+		struct {
+			uint64_t p : 1, rw : 1, us : 1, pwt : 1, pcd : 1, a : 1, d : 1, ps : 1, g : 1;
+			uint64_t avl : 3;
+			uint64_t frame : 40;
+			uint64_t avl_high : 11;
+			uint64_t nx : 1;
+		};
+	};
+	uint8_t level : 3;
+	uint8_t leaf : 1;
+	char name[5];
+};
+extern struct demo_pte_view demo_pte_view;
+
 #endif

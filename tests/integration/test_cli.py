@@ -217,3 +217,34 @@ def test_the_tui_command_line_runs_the_same_commands(qemu, demo_kernel):
     assert failed.status == unmapped.returncode == 1
     assert failed.text + "\n" == unmapped.stdout
     assert unmapped.stderr == f"kinspect: error: {failed.error}\n"
+
+
+def test_type_reads_the_demo_kernels_dwarf_when_it_has_no_btf(qemu, demo_kernel):
+    """The demo kernel carries no BTF: ``type`` takes the layout from the DWARF of
+    ``--elf`` (checked against gdb's own ``ptype /o``); without ``--elf``, and ``tasks``
+    on a kernel that is not Linux, one line each."""
+    from tests.unit.test_linux_dwarf_types import gdb_ptype
+
+    where = ("--target", qemu.gdb_endpoint, "--elf", demo_kernel)
+    result = kinspect(*where, "--json", "type", "demo_pte_view")
+    assert result.returncode == 0, result.stderr
+    layout = json.loads(result.stdout)["type"]
+    members = {m["name"]: m for m in layout["members"]}
+    assert set(members) == {"va", "", "level", "leaf", "name"}
+    truth = gdb_ptype(demo_kernel, "demo_pte_view")
+    assert truth[-1] == ("(size)", 0, layout["size"])
+    checked = 0
+    for name, bit, size in truth[:-1]:
+        if name in members and name:
+            member = members[name]
+            assert member["offset"] * 8 + (member["bit_offset"] or 0) == bit, member
+            assert member["size"] == size
+            checked += 1
+    assert checked == 4  # va, level:3, leaf:1, name[5]
+    text = kinspect(*where, "type", "demo_pte_view")
+    assert "uint8_t leaf:1;" in text.stdout and "/*    16: 3    1 */" in text.stdout
+
+    assert_one_line_error(
+        kinspect("--target", qemu.gdb_endpoint, "type", "demo_pte_view"), contains="--elf"
+    )
+    assert_one_line_error(kinspect(*where, "tasks"), contains="Linux")

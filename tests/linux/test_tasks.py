@@ -88,20 +88,22 @@ def test_tasks_equal_the_guests_ps(guest):
     assert re.search(rf"^\s+{linux_guest.pids['nanosleep']}\s+.* S .*\bsleep$", text.stdout, re.M)
 
 
-def sched_text(linux_guest):
-    lines = linux_guest.shell("grep -E ' __sched_text_(start|end)$' /proc/kallsyms").output
+@pytest.fixture(scope="module")
+def sched_text(guest):
+    """Where .sched.text starts and ends, as the guest's /proc/kallsyms says (asked once)."""
+    lines = guest[0].shell("grep -E ' __sched_text_(start|end)$' /proc/kallsyms").output
     found = {line.split()[2]: int(line.split()[0], 16) for line in lines.splitlines()}
     return found["__sched_text_start"], found["__sched_text_end"]
 
 
 @pytest.mark.parametrize("sleeper", ["nanosleep", "pipe_read"])
-def test_bt_task_equals_proc_stack(guest, sleeper):
+def test_bt_task_equals_proc_stack(guest, sched_text, sleeper):
     linux_guest, _ = guest
     pid = linux_guest.pids[sleeper]
     stack = linux_guest.shell(f"cat /proc/{pid}/stack").output
     theirs = re.findall(r"^\[<[0-9a-f]+>\] (\S+)\+0x", stack, re.M)
     assert theirs, stack
-    start, end = sched_text(linux_guest)
+    start, end = sched_text
     result = kinspect(guest, "--json", "bt", "--task", str(pid))
     assert result.returncode == 0, result.stderr
     backtrace = json.loads(result.stdout)["backtrace"]
@@ -165,11 +167,19 @@ def pagemap(linux_guest, pid):
     return present
 
 
-def test_pt_task_maps_what_pagemap_says(guest):
+@pytest.fixture(scope="module")
+def sleeper_pages(guest):
+    """The nanosleep sleeper's present pages, as its /proc/PID/pagemap says (asked once:
+    it sleeps, they stay)."""
+    present = pagemap(guest[0], guest[0].pids["nanosleep"])
+    assert len(present) > 5, present
+    return present
+
+
+def test_pt_task_maps_what_pagemap_says(guest, sleeper_pages):
     linux_guest, _ = guest
     pid = linux_guest.pids["nanosleep"]
-    present = pagemap(linux_guest, pid)
-    assert len(present) > 5, present
+    present = sleeper_pages
     result = kinspect(guest, "--json", "pt", "--task", str(pid), "--leaves")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
@@ -205,6 +215,100 @@ def test_pt_task_maps_what_pagemap_says(guest):
     kthread = kinspect(guest, "pt", "--task", "2")
     assert kthread.returncode == 1
     assert "kernel thread" in kthread.stderr and "Traceback" not in kthread.stderr
+
+
+@pytest.mark.timeout(600)
+def test_the_tui_tasks_pane_shows_what_the_guest_says(
+    guest, sched_text, sleeper_pages, monkeypatch
+):
+    """The TUI on the guest (the module's boot): T lists init and the sleeper; Enter on
+    the sleeper (``:tasks PID``) shows its stack, the functions /proc/PID/stack lists,
+    and its address space from the root the list shows (PTI: the user copy above),
+    whose tables map every page /proc/PID/pagemap says is present, at that frame."""
+    import asyncio
+    import time
+
+    from textual.widgets import TabbedContent
+
+    from kinspect.inspector import api
+    from kinspect.tui.app import make_app
+    from kinspect.tui.panes.tasks import TasksView, TaskTable
+
+    linux_guest, cache = guest
+    sleeper = linux_guest.pids["nanosleep"]
+    start, end = sched_text
+    # asked before attaching (the shell needs the guest running); not init's: init is
+    # the shell that answers, in do_wait for cat while asked, in poll once idle
+    stack = linux_guest.shell(f"cat /proc/{sleeper}/stack").output
+    theirs = re.findall(r"^\[<[0-9a-f]+>\] (\S+)\+0x", stack, re.M)
+    assert theirs, stack
+    present = sleeper_pages
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))  # the kallsyms and BTF read already
+
+    async def until(app, pilot, predicate, what, timeout=240.0):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"waited {timeout:.0f} s for {what}: {app.errors}")
+            await pilot.pause(0.1)
+        await app.wait_idle(timeout)
+
+    def shown(app, pid):
+        detail = app.query_one(TasksView).detail
+        return detail is not None and detail.task.pid == pid
+
+    async def go():
+        app = make_app(api.attach(linux_guest.gdb_endpoint))
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(app, pilot, lambda: app.stops >= 1, "the first stop")
+            tabs = app.query_one(TabbedContent)
+            await until(app, pilot, lambda: tabs.get_tab("tasks").display, "the tab (Linux)")
+            await pilot.press("T")
+            table = app.query_one(TaskTable)
+            await until(app, pilot, lambda: table.row_count > 30, "the task list")
+            rows = {int(str(table.get_row_at(i)[0])): i for i in range(table.row_count)}
+            view = app.query_one(TasksView)
+            init = view.rows[rows[1]]
+            assert (init.comm, init.kernel_thread) == ("init", False)
+            assert [str(c) for c in table.get_row_at(rows[sleeper])][-1] == "sleep"
+            assert init.pgd_physical and init.pgd_physical % 8192 == 0  # PTI: two pages
+            started = time.monotonic()
+            # one walk of a whole address space (the budget of make test)
+            pid = sleeper
+            app.run_command(f"tasks {pid}")
+            await until(app, pilot, lambda: shown(app, pid), f"task {pid}")
+            detail = view.detail
+            assert detail.stack_error is None and detail.space_error is None
+            kernel = [f.symbol for f in detail.backtrace.frames if f.pc >> 63]
+            assert kernel[:2] == ["__schedule", "schedule"], str(detail.backtrace)
+            assert kernel[-1] == "entry_SYSCALL_64_after_hwframe"
+            assert detail.backtrace.stop == "outermost"  # into its user-space pt_regs
+            stack_text = str(app.query_one("#task-stack").render())
+            assert all(name in stack_text for name in kernel)
+            # /proc/PID/stack leaves out the scheduler's functions (.sched.text)
+            frames = [f for f in detail.backtrace.frames if f.pc >> 63]
+            ours = [f.symbol for f in frames if not start <= f.pc - 1 < end]
+            assert ours == theirs, str(detail.backtrace)
+            # the tables from the root the list shows; under PTI the user copy above
+            row = view.rows[rows[pid]]
+            kernel_copy, user_copy = detail.copies
+            assert kernel_copy.space.cr3 == row.pgd_physical
+            assert user_copy.space.cr3 == row.pgd_physical + 4096
+            assert "PTI: the user-space copy" in str(app.query_one("#task-space").render())
+            print(f"the sleeper's stack and tables: {time.monotonic() - started:.1f} s")
+            for copy in detail.copies:  # the sleeper's: every present page, at its frame
+                found = {}
+                for va in present:
+                    for leaf in copy.space.leaves:
+                        if leaf.va <= va < leaf.va + leaf.size:
+                            found[va] = leaf.pa + va - leaf.va
+                            break
+                assert found == present
+            assert app.errors == []
+
+    asyncio.run(asyncio.wait_for(go(), 600))
+    # the app let the guest run again: its shell answers
+    assert linux_guest.shell("echo alive").output.strip() == "alive"
 
 
 #: small modules of the kernel package without dependencies, loaded for the modules test

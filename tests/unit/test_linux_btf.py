@@ -184,3 +184,21 @@ def test_enum_values():
     btf = decode_btf(b.bytes())
     assert btf.enum_value("PIDTYPE_MAX") == -1
     assert btf.enum_value("NOPE") is None
+
+
+def test_declarations_put_each_qualifier_where_c_does():
+    # a pointer to const and a const pointer are different declarations: the qualifier
+    # after a pointer in the chain qualifies what it points to (const char *), before
+    # a pointer the pointer itself (char * const)
+    b = Builder()
+    char = b.int("char", 1, signed=True)
+    const_char = b.qualifier(10, "", char)
+    to_const = b.ptr(const_char)
+    ptr = b.ptr(char)
+    const_ptr = b.qualifier(10, "", ptr)
+    to_const_ptr = b.ptr(const_ptr)
+    btf = decode_btf(b.bytes())
+    assert btf.declaration(to_const, "s") == "const char *s"
+    assert btf.declaration(const_ptr, "s") == "char * const s"
+    assert btf.declaration(to_const_ptr, "argv") == "char * const *argv"
+    assert btf.declaration(const_char, "c") == "const char c"

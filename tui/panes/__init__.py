@@ -18,6 +18,7 @@ from .ranges import RangesPane
 from .registers import RegistersPane
 from .stack import StackPane
 from .tables import TablesPane
+from .tasks import TasksPane
 
 __all__ = ["PANES", "Pane"]
 
@@ -33,4 +34,5 @@ PANES: tuple[type[Pane], ...] = (
     FaultPane,
     ContextPane,
     DisasmPane,
+    TasksPane,
 )
