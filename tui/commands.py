@@ -24,6 +24,7 @@ from kinspect.inspector.fault import Catchpoint
 from kinspect.inspector.numbers import parse_number
 from kinspect.inspector.session import Session
 
+from .controllers import COMMANDS as CONTROLLER_COMMANDS
 from .panes import PANES
 from .screens.crash import open_crash
 from .screens.output import OutputScreen
@@ -110,6 +111,7 @@ COMMANDS: Mapping[str, TuiCommand] = {
     "remap": TuiCommand(lambda app, arg: app.action_remap()),
     "catch": TuiCommand(_catch, "a vector (14, 0xe) or 'all'"),
     "triple": TuiCommand(lambda app, arg: open_crash(app, arg or None)),
+    **{verb: TuiCommand(*entry) for verb, entry in CONTROLLER_COMMANDS.items()},
 }
 
 

@@ -66,11 +66,14 @@ BUILTIN_FAMILIES = (
     "cpus",
     "paging",
     "descriptors",
+    "memory",
     "stack",
+    "stepping",
     "faults",
     "efi",
     "agent",
     "remap",
+    "edit",
     "linux",
 )
 
