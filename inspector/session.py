@@ -31,6 +31,7 @@ from .targets.base import (
     SystemRegisters,
     Target,
     UefiCalls,
+    check_watch,
 )
 from .unwind import MAX_DEPTH, Backtrace, unwind
 from .x86.control import (
@@ -435,6 +436,10 @@ class Session:
         self.start_until(location)
         return self.arrive(f"until {location}", timeout)
 
+    def _require(self, capability: Capability) -> None:
+        """MissingCapability, with the target's own reason when it gives one."""
+        self.target.require(capability, self.target.missing_reasons.get(capability, ""))
+
     def arrive(self, what: str, timeout: float) -> StopRecord:
         """The stop that ends ``what``; stopped and TargetError when it takes too long."""
         record = self.wait_for_stop(timeout)
@@ -448,13 +453,11 @@ class Session:
     def watch(self, location: str, access: str = "w", length: int = 8) -> tuple[int, int]:
         """A hardware watchpoint on ``length`` bytes at ``location`` (``access``: w, r, rw);
         its number and address. It is listed with the breakpoints and deleted like them."""
-        from .targets.gdb import check_watch
-
         address = self.resolve(location)
         check_watch(address, length, access)
         self.stop()
         self._check_canonical(address)
-        self.target.require(Capability.WATCHPOINTS)
+        self._require(Capability.WATCHPOINTS)
         return self.target.watch_insert(address, length, access), address
 
     # -- changing the kernel (each change read back, and recorded: inspector/writes.py) ----
@@ -471,7 +474,7 @@ class Session:
         if not data:
             raise InspectorError("nothing to write")
         self.stop()
-        self.target.require(Capability.MEMORY_WRITES)
+        self._require(Capability.MEMORY_WRITES)
         read = self.read_physical if physical else self.read_virtual
         old = read(address, len(data))
         if physical:
@@ -512,7 +515,7 @@ class Session:
             raise InspectorError(f"no register {name!r} here (the target has: {known})")
         if not 0 <= value < 1 << 64:
             raise InspectorError(f"{value:#x} does not fit a 64-bit register")
-        self.target.require(Capability.REGISTER_WRITES)
+        self._require(Capability.REGISTER_WRITES)
         old = regs[name]
         self.target.set_register(name, value)
         self.invalidate()

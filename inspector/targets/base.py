@@ -45,6 +45,7 @@ __all__ = [
     "SystemRegisters",
     "Target",
     "UefiCalls",
+    "check_watch",
 ]
 
 #: Why a target without Capability.REMAPS cannot remap, and what to attach instead.
@@ -198,6 +199,22 @@ class Breakpoint:
         where = f"{self.address:#018x}" if self.address is not None else "-"
         state = "" if self.enabled else " (disabled)"
         return f"{self.number}: {self.kind} at {where} {self.location}, hit {self.hits}{state}"
+
+
+def check_watch(address: int, length: int, access: str) -> None:
+    """TargetError unless one x86 debug register can watch it: LEN 1, 2, 4 or 8 bytes,
+    the address aligned to LEN (SDM 18.2.5), access w, r or rw."""
+    if access not in ("w", "r", "rw"):
+        raise TargetError(f"watch access is w, r or rw, not {access!r}")
+    if length not in (1, 2, 4, 8):
+        raise TargetError(
+            f"a hardware watchpoint covers 1, 2, 4 or 8 bytes (one debug register), not {length}"
+        )
+    if address % length:
+        raise TargetError(
+            f"{address:#x} is not {length}-byte aligned: a debug register watches an aligned "
+            f"{length}-byte field (give a smaller length, or {address & ~(length - 1):#x})"
+        )
 
 
 class Target(ABC):

@@ -29,36 +29,27 @@ from ..errors import (
 from ..x86.control import GENERAL_REGISTERS
 from ..x86.descriptors import SEGMENT_REGISTERS
 from ..x86.paging import check_canonical
-from .base import Breakpoint, Capability, CpuThread, StopRecord, SystemRegisters, Target
+from .base import (
+    Breakpoint,
+    Capability,
+    CpuThread,
+    StopRecord,
+    SystemRegisters,
+    Target,
+    check_watch,
+)
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
 __all__ = [
     "DIRECT_MAP_SYMBOLS",
     "WATCH_TYPES",
     "GdbTarget",
-    "check_watch",
     "decode_break_table",
     "decode_cpu_threads",
 ]
 
 #: The C type gdb watches for each length a debug register covers (DR7's LEN: 1, 2, 4, 8).
 WATCH_TYPES = {1: "unsigned char", 2: "unsigned short", 4: "unsigned int", 8: "unsigned long"}
-
-
-def check_watch(address: int, length: int, access: str) -> None:
-    """TargetError unless one x86 debug register can watch it: LEN 1, 2, 4 or 8 bytes,
-    the address aligned to LEN (SDM 18.2.5), access w, r or rw."""
-    if access not in ("w", "r", "rw"):
-        raise TargetError(f"watch access is w, r or rw, not {access!r}")
-    if length not in WATCH_TYPES:
-        raise TargetError(
-            f"a hardware watchpoint covers 1, 2, 4 or 8 bytes (one debug register), not {length}"
-        )
-    if address % length:
-        raise TargetError(
-            f"{address:#x} is not {length}-byte aligned: a debug register watches an aligned "
-            f"{length}-byte field (give a smaller length, or {address & ~(length - 1):#x})"
-        )
 
 
 #: Variables that hold the base of a kernel's direct map of physical memory.

@@ -10,7 +10,7 @@ from kinspect.inspector.commands import registry
 from kinspect.inspector.commands.edit import encode_write, parse_value
 from kinspect.inspector.commands.stepping import parse_watch
 from kinspect.inspector.errors import FaultError, InspectorError, TargetError
-from kinspect.inspector.targets.gdb import check_watch
+from kinspect.inspector.targets.base import check_watch
 from kinspect.inspector.writes import WriteRecord, append_write, read_writes, writes_log
 from kinspect.tui.controllers.editing import parse_write
 from tests.tui.fakes import memory_session
