@@ -30,7 +30,9 @@ def describe_arrival(session: Session, record: StopRecord) -> tuple[dict[str, An
     reason = str(record.get("reason") or "stopped")
     body: dict[str, Any] = {"reason": reason, "cpu": session.cpu, "rip": rip, "where": None}
     text = reason.replace("-", " ")
-    if record.get("bkptno") is not None:
+    if reason == "breakpoint-hit" and record.get("disp") == "del":
+        text = "reached"  # until's temporary breakpoint
+    elif record.get("bkptno") is not None:
         text += f" {record['bkptno']}"
     value = record.get("value")
     if isinstance(value, Mapping) and ("old" in value or "new" in value):

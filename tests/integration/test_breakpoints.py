@@ -224,6 +224,12 @@ def test_until_and_a_watchpoint_stop_at_the_writing_instruction(session, demo_ke
     assert session.registers()["rip"] == nm["demo_level2"]
     assert session.breakpoints() == []  # the temporary breakpoint went with its stop
 
+    # an address the kernel never runs again (kernel_main's entry): stopped where it is
+    # after --wait, and the temporary breakpoint goes with that stop
+    with pytest.raises(TargetError, match=r"until kernel_main did not stop within 1 s"):
+        session.until("kernel_main", timeout=1.0)
+    assert session.state == "stopped" and session.breakpoints() == []
+
     with pytest.raises(TargetError, match="not 8-byte aligned"):
         session.watch(f"{nm['demo_state'] + 4:#x}", "w", 8)
     with pytest.raises(TargetError, match="1, 2, 4 or 8 bytes"):

@@ -325,7 +325,7 @@ class MemoryTarget(Target):
     def start_until(self, address: int) -> int:
         number = self._next_breakpoint
         self._next_breakpoint += 1
-        record = {"reason": "breakpoint-hit", "disp": "del", "bkptno": str(number)}
+        record = {"reason": "breakpoint-hit", "disp": "del", "bkptno": str(number)}  # gdb's tbreak
         self._start(f"until {address:#x}", address, record)
         return number
 

@@ -69,7 +69,7 @@ def test_n_steps_over_and_f_finishes_and_the_views_follow():
             await stopped_again(app, pilot, stops)
             assert target.started == ["next", "finish"]
             assert rip(app) == MemoryTarget.FINISH_TO
-            assert app.query_one(StatusLine).reason.startswith("function finished at ")
+            assert app.query_one(StatusLine).reason.startswith("finished at ")
             stops = app.stops
             app.run_command("nexti")
             await stopped_again(app, pilot, stops)
@@ -116,6 +116,7 @@ def test_until_runs_to_the_address_and_its_breakpoint_is_temporary():
             await stopped_again(app, pilot, stops)
             assert target.started == [f"until {where:#x}"]
             assert rip(app) == where
+            assert app.query_one(StatusLine).reason == "reached at asm_exc_divide_error"
             assert target.armed == {}  # nothing left armed
             app.run_command("until")
             await settle(app, pilot)

@@ -131,3 +131,26 @@ def test_session_write_memory_reads_back_and_refuses_unmapped(tmp_path, monkeypa
     with pytest.raises(FaultError):
         session.write_memory(DIRECT + 0x1001000, b"\x01")  # not in the capture: unreadable
     assert len(list(read_writes(tmp_path / "w.log"))) == 1
+
+
+def test_the_status_line_says_how_a_step_or_a_watchpoint_stopped():
+    from kinspect.tui.stops import describe_stop
+
+    def name(address: int) -> str:
+        return {0x1000: "here"}.get(address, "")
+
+    frame = {"frame": {"addr": "0x1000"}}
+    assert describe_stop({"reason": "breakpoint-hit", "disp": "del", **frame}, name) == (
+        "reached at here"
+    )
+    assert describe_stop({"reason": "breakpoint-hit", "bkptno": "2", **frame}, name) == (
+        "breakpoint 2 at here"
+    )
+    assert describe_stop({"reason": "function-finished", **frame}, name) == "finished at here"
+    assert describe_stop({"reason": "end-stepping-range", **frame}, name) == "stepped at here"
+    written = {"reason": "watchpoint-trigger", "wpt": {"number": "3", "exp": "x"}, **frame}
+    assert describe_stop(written, name) == "watchpoint 3 at here"
+    read = {"reason": "read-watchpoint-trigger", "hw-rwpt": {"number": "4"}, **frame}
+    assert describe_stop(read, name) == "read watchpoint 4 at here"
+    both = {"reason": "access-watchpoint-trigger", "hw-awpt": {"number": "5"}, **frame}
+    assert describe_stop(both, name) == "access watchpoint 5 at here"
