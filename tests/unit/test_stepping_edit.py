@@ -154,3 +154,41 @@ def test_the_status_line_says_how_a_step_or_a_watchpoint_stopped():
     assert describe_stop(read, name) == "read watchpoint 4 at here"
     both = {"reason": "access-watchpoint-trigger", "hw-awpt": {"number": "5"}, **frame}
     assert describe_stop(both, name) == "access watchpoint 5 at here"
+
+
+def test_a_stub_that_refuses_a_watchpoint_is_said_in_one_line():
+    from kinspect.inspector.targets.gdb import GdbTarget
+    from kinspect.protocols.gdbmi import MiError
+
+    target = GdbTarget.__new__(GdbTarget)  # no gdb: only how a refusal is worded
+
+    def refuse(command, timeout=None):
+        raise MiError(
+            command,
+            "Could not insert hardware watchpoint 5.\nCould not insert hardware breakpoints:\n"
+            "You may have requested too many hardware breakpoints/watchpoints.\n",
+        )
+
+    target._call = refuse
+    with pytest.raises(TargetError, match=r"^the stub refused a hardware watchpoint") as error:
+        target._run("-exec-continue")
+    assert "\n" not in str(error.value) and "watchpoint 5" in str(error.value)
+
+
+def test_a_watchpoint_gdb_would_emulate_in_software_is_refused_and_deleted():
+    from types import SimpleNamespace
+
+    from kinspect.inspector.targets.base import Breakpoint
+    from kinspect.inspector.targets.gdb import GdbTarget
+
+    target = GdbTarget.__new__(GdbTarget)
+    sent = []
+    target._require_stopped = lambda: None
+    target._checked = lambda command, timeout=None: (
+        sent.append(command) or SimpleNamespace(payload={"wpt": {"number": "7", "exp": "x"}})
+    )
+    target._call = lambda command, timeout=None: sent.append(command)
+    target.breakpoints = lambda: [Breakpoint(7, None, "x", 0, True, "watchpoint")]
+    with pytest.raises(TargetError, match="only emulate this watchpoint in software"):
+        target.watch_insert(0x1000, 4, "rw")
+    assert sent == ['-break-watch -a "*(unsigned int *) 0x1000"', "-break-delete 7"]
