@@ -7,6 +7,7 @@ the TUI shows comes from the same call here, so the two cannot disagree.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -29,6 +30,7 @@ from .targets.base import (
     SystemRegisters,
     Target,
     UefiCalls,
+    check_watch,
 )
 from .x86.control import (
     DecodedRegister,
@@ -386,6 +388,150 @@ class Session:
         self.invalidate()
         return self._with_cpu(self.target.step_instruction())
 
+    # -- stepping as debuggers do: start_* returns with the kernel running; the others wait
+
+    def start_next(self, *, line: bool = True) -> None:
+        """Step over calls (``next``: one source line; ``line`` False: ``nexti``); returns
+        with the kernel running: :meth:`wait_for_stop` gives the stop."""
+        self.stop()
+        self.invalidate()
+        self.target.start_next(line=line)
+
+    def start_finish(self) -> None:
+        """Run until the current function returns to its caller (gdb's ``finish``)."""
+        self.stop()
+        self.invalidate()
+        self.target.start_finish()
+
+    def start_until(self, location: str) -> int:
+        """Run until ``location`` (a symbol or address: a temporary breakpoint there, which
+        goes at the next stop, wherever it is); the address."""
+        address = self.resolve(location)
+        self.stop()
+        self._check_canonical(address)
+        self.invalidate()
+        self.target.start_until(address)
+        return address
+
+    def next(self, *, line: bool = True, timeout: float = 30.0) -> StopRecord:
+        """Step over one source line (``line`` False: one instruction); the stop record."""
+        self.start_next(line=line)
+        return self.arrive("next" if line else "nexti", timeout)
+
+    def finish(self, *, timeout: float = 30.0) -> StopRecord:
+        """Run to the caller's return address; the stop record."""
+        self.start_finish()
+        return self.arrive("finish", timeout)
+
+    def until(self, location: str, *, timeout: float = 60.0) -> StopRecord:
+        """Run until ``location``; the stop record (another breakpoint may stop it first)."""
+        self.start_until(location)
+        return self.arrive(f"until {location}", timeout)
+
+    def _require(self, capability: Capability) -> None:
+        """MissingCapability, with the target's own reason when it gives one."""
+        self.target.require(capability, self.target.missing_reasons.get(capability, ""))
+
+    def arrive(self, what: str, timeout: float) -> StopRecord:
+        """The stop that ends ``what``; stopped and TargetError when it takes too long."""
+        record = self.wait_for_stop(timeout)
+        if record is None:
+            self.stop()
+            rip = self.registers().get("rip")
+            where = f" at {rip:#x}" if rip is not None else ""
+            raise TargetError(f"{what} did not stop within {timeout:g} s: interrupted{where}")
+        return record
+
+    def watch(self, location: str, access: str = "w", length: int = 8) -> tuple[int, int]:
+        """A hardware watchpoint on ``length`` bytes at ``location`` (``access``: w, r, rw);
+        its number and address. It is listed with the breakpoints and deleted like them."""
+        address = self.resolve(location)
+        check_watch(address, length, access)
+        self.stop()
+        self._check_canonical(address)
+        self._require(Capability.WATCHPOINTS)
+        return self.target.watch_insert(address, length, access), address
+
+    # -- changing the kernel (each change read back, and recorded: inspector/writes.py) ----
+
+    def write_memory(self, address: int, data: bytes, *, physical: bool = False) -> bytes:
+        """Write ``data`` at ``address`` (virtual, or ``physical``); the bytes it replaced.
+
+        Nothing is written where the old bytes cannot all be read (FaultError names the
+        first unreadable address); the new ones are read back and the change appended to
+        the writes log (``kinspect writes``).
+        """
+        from .writes import WriteRecord, append_write
+
+        if not data:
+            raise InspectorError("nothing to write")
+        self.stop()
+        self._require(Capability.MEMORY_WRITES)
+        read = self.read_physical if physical else self.read_virtual
+        old = read(address, len(data))
+        if physical:
+            self.target.write_physical(address, data)
+        else:
+            self.target.write_virtual(address, data)
+        self.invalidate()
+        back = read(address, len(data))
+        append_write(
+            WriteRecord(
+                time.time(),
+                self.target.description,
+                self.cpu,
+                "physical" if physical else "virtual",
+                address,
+                old.hex(),
+                back.hex(),
+            )
+        )
+        if back != data:
+            raise TargetError(
+                f"wrote {data.hex()} at {address:#x} but read back {back.hex()} "
+                "(read-only or device memory?)"
+            )
+        return old
+
+    def set_register(self, name: str, value: int) -> int:
+        """Set register ``name`` of the selected CPU; its old value (read back, recorded)."""
+        from .writes import WriteRecord, append_write
+
+        name = name.strip().lstrip("$").lower()
+        if name == "eflags":
+            name = "rflags"
+        self.stop()
+        regs = self.registers()
+        if name not in regs:
+            known = ", ".join(sorted(regs))
+            raise InspectorError(f"no register {name!r} here (the target has: {known})")
+        if not 0 <= value < 1 << 64:
+            raise InspectorError(f"{value:#x} does not fit a 64-bit register")
+        self._require(Capability.REGISTER_WRITES)
+        old = regs[name]
+        self.target.set_register(name, value)
+        self.invalidate()
+        back = self.registers().get(name)
+        append_write(
+            WriteRecord(
+                time.time(),
+                self.target.description,
+                self.cpu,
+                "register",
+                name,
+                f"{old:#x}",
+                f"{back:#x}" if back is not None else "?",
+            )
+        )
+        if back != value:
+            raise TargetError(
+                f"set {name} to {value:#x} but it reads {back:#x} (the CPU or the stub "
+                "refused the value)"
+                if back is not None
+                else f"set {name}, but it cannot be read back"
+            )
+        return old
+
     def break_insert(self, location: str) -> tuple[int, int]:
         """A breakpoint at a symbol or address (user text); its number and address."""
         address = self.resolve(location)
@@ -593,6 +739,34 @@ class Session:
         if self.target.direct_map_wanted():
             self._find_direct_map(*self._walk_inputs())
         return self.target.read_physical(address, size)
+
+    def read_partial(
+        self, address: int, size: int, *, physical: bool = False
+    ) -> tuple[bytes, FaultError | None]:
+        """What can be read from ``size`` bytes at ``address``: the readable start, and
+        None or the FaultError of the first unreadable byte.
+
+        Memory is readable page by page, so after a failed read the pages are read one
+        by one and the first that fails is named at its first byte, not where a
+        debugger's bisection of a larger read happened to stop.
+        """
+        read = self.read_physical if physical else self.read_virtual
+        try:
+            return read(address, size), None
+        except FaultError as whole:
+            if not physical:
+                self._check_canonical(address)  # nothing at all to read: say why
+            first_error = whole
+        out = bytearray()
+        at = address
+        while at < address + size:
+            chunk = min(address + size - at, TABLE_SIZE - (at & (TABLE_SIZE - 1)))
+            try:
+                out += read(at, chunk)
+            except FaultError as exc:
+                return bytes(out), FaultError(at, exc.reason)
+            at += chunk
+        return bytes(out), first_error if len(out) < size else None
 
     def _read_table(self, address: int, size: int) -> bytes:
         """read_physical for the walkers: whole table pages, cached per stop."""

@@ -34,6 +34,7 @@ from kinspect.inspector.session import Session
 
 from .breakpoints_controller import BreakpointsController
 from .commands import palette, run_command
+from .controllers.stepping import SteppingController
 from .link import Job, Link, RegisterSnapshot, take_register_snapshot
 from .messages import Stop, StopSeen
 from .panes import PANES, Pane
@@ -63,6 +64,9 @@ def _key_bindings() -> list[BindingType]:
         Binding("c", "resume", "Continue", priority=True),
         Binding("p", "interrupt", "Stop", priority=True),
         Binding("s", "step", "Step", priority=True),
+        # not priority: a list with an active search takes n (next match) first
+        Binding("n", "next", "Next (step over)", show=False),
+        Binding("f", "finish", "Finish", show=False),
         Binding("b", "prompt('break ')", "Break", priority=True),
         Binding("B", "breakpoints", "Breakpoints", show=False, priority=True),
         Binding("v", "prompt('vtop ')", "vtop", priority=True),
@@ -97,7 +101,7 @@ class KinspectApp(App[None]):
     # a text box has the focus or another screen is on top, so they type there.
     _PRIORITY = frozenset(
         b.action.split("(")[0] for b in BINDINGS if isinstance(b, Binding) and b.priority
-    )
+    ) | {"next", "finish"}  # run control: never from under another screen
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in self._PRIORITY:
@@ -451,6 +455,12 @@ class KinspectApp(App[None]):
             self.report_failure(InspectorError(FROZEN))
             return
         self.submit("step", lambda session: session.step_instruction(), watch=True)
+
+    def action_next(self) -> None:
+        SteppingController(self).next(line=True)
+
+    def action_finish(self) -> None:
+        SteppingController(self).finish()
 
     def set_breakpoint(self, location: str) -> None:
         def done(result: tuple[int, int]) -> None:

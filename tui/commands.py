@@ -24,6 +24,7 @@ from kinspect.inspector.fault import Catchpoint
 from kinspect.inspector.numbers import parse_number
 from kinspect.inspector.session import Session
 
+from .controllers import COMMANDS as CONTROLLER_COMMANDS
 from .panes import PANES
 from .screens.crash import open_crash
 from .screens.output import OutputScreen
@@ -110,6 +111,7 @@ COMMANDS: Mapping[str, TuiCommand] = {
     "remap": TuiCommand(lambda app, arg: app.action_remap()),
     "catch": TuiCommand(_catch, "a vector (14, 0xe) or 'all'"),
     "triple": TuiCommand(lambda app, arg: open_crash(app, arg or None)),
+    **{verb: TuiCommand(*entry) for verb, entry in CONTROLLER_COMMANDS.items()},
 }
 
 
@@ -164,12 +166,17 @@ def palette(app: KinspectApp) -> Iterator[SystemCommand]:
     yield SystemCommand("Continue", "Let the kernel run (c)", app.action_resume)
     yield SystemCommand("Stop", "Interrupt the kernel (p)", app.action_interrupt)
     yield SystemCommand("Single step", "Execute one instruction (s)", app.action_step)
+    yield SystemCommand("Next", "Step over one source line, calls included (n)", app.action_next)
+    yield SystemCommand("Finish", "Run until the function returns (f)", app.action_finish)
     for title, help_text, prefix in (
         ("Breakpoint", "Break on a symbol or address (b)", "break "),
         ("vtop", "Translate a virtual address (v)", "vtop "),
         ("ptov", "Virtual aliases of a physical address (o)", "ptov "),
         ("Memory", "Hex view at an address (g)", "mem "),
         ("CPU", "Read another CPU: every view reads again ([ ])", "cpu "),
+        ("Until", "Run to an address (a temporary breakpoint)", "until "),
+        ("Watch", "A hardware watchpoint: ADDR [r|w|rw] [LEN]", "watch "),
+        ("Write", "Write memory (asks first): ADDR HEX... or ADDR --u64 VALUE", "write "),
     ):
         yield SystemCommand(title, help_text, lambda p=prefix: app.action_prompt(p))
     yield SystemCommand(

@@ -19,8 +19,16 @@ def describe_stop(record: Mapping[str, Any], symbolize: Callable[[int], str | No
             where = symbolize(int(addr, 16)) or addr
         except ValueError:
             where = addr
-    if reason == "breakpoint-hit":
+    watchpoint = record.get("wpt") or record.get("hw-rwpt") or record.get("hw-awpt")
+    if reason == "breakpoint-hit" and record.get("disp") == "del":
+        text = "reached"  # until's temporary breakpoint
+    elif reason == "breakpoint-hit":
         text = f"breakpoint {record.get('bkptno', '?')}"
+    elif reason.endswith("watchpoint-trigger") and isinstance(watchpoint, Mapping):
+        kind = {"read": "read ", "access": "access "}.get(reason.split("-")[0], "")
+        text = f"{kind}watchpoint {watchpoint.get('number', '?')}"
+    elif reason == "function-finished":
+        text = "finished"
     elif reason == "signal-received":
         signal = record.get("signal-name", "signal")
         text = "interrupted" if signal in ("SIGINT", "0") else f"signal {signal}"

@@ -77,12 +77,15 @@ BUILTIN_FAMILIES = (
     "cpus",
     "paging",
     "descriptors",
+    "memory",
     "stack",
     "code",
+    "stepping",
     "faults",
     "efi",
     "agent",
     "remap",
+    "edit",
     "linux",
 )
 

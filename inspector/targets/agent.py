@@ -169,6 +169,17 @@ class AgentTarget(Target):
         if self.info.get("readonly"):  # no mutating methods compiled in: no remaps
             self.capabilities = type(self).capabilities - {Capability.REMAPS}
             self.missing_reasons = {Capability.REMAPS: REMAPS_READ_ONLY}
+        methods = self.info.get("methods")
+        if isinstance(methods, list) and "write_phys" in methods and not self.info.get("readonly"):
+            # an agent built with AGENT_ENABLE_MEMORY_WRITES (the demo kernel's is not)
+            self.capabilities = self.capabilities | {Capability.MEMORY_WRITES}
+        else:
+            self.missing_reasons = {
+                **self.missing_reasons,
+                Capability.MEMORY_WRITES: "this agent has no write_phys method (the host "
+                "kernel builds it with -DAGENT_ENABLE_MEMORY_WRITES to have one): write "
+                "through a gdb stub (--target)",
+            }
         self.max_read = int(self.info.get("max_read", 1024))
         #: what the last walk_ranges took: leaves, problems (entries skipped), requests
         self.walk_stats: dict[str, int] = {}
@@ -271,6 +282,34 @@ class AgentTarget(Target):
 
     def read_virtual(self, address: int, size: int) -> bytes:
         return self._read("read_virt", address, size)
+
+    def write_physical(self, address: int, data: bytes) -> None:
+        """``write_phys``, ``max_read`` bytes a request (Capability.MEMORY_WRITES)."""
+        if not self.has(Capability.MEMORY_WRITES):
+            raise self.missing(
+                Capability.MEMORY_WRITES, self.missing_reasons.get(Capability.MEMORY_WRITES, "")
+            )
+        if address < 0 or address + len(data) > 1 << 52:
+            raise FaultError(address, "physical address out of range (above 2^52)")
+        for at in range(0, len(data), self.max_read):
+            self._call("write_phys", address + at, data[at : at + self.max_read])
+
+    def write_virtual(self, address: int, data: bytes) -> None:
+        """Each page's part through ``translate`` then ``write_phys``; nothing is written
+        unless every page translates."""
+        pieces: list[tuple[int, bytes]] = []
+        at = 0
+        while at < len(data):
+            va = address + at
+            size = min(len(data) - at, 4096 - (va & 0xFFF))
+            try:
+                found = self.translate(va)
+            except AgentError as exc:
+                raise FaultError(va, f"cannot write virtual memory ({exc})") from exc
+            pieces.append((found.pa, data[at : at + size]))
+            at += size
+        for pa, piece in pieces:
+            self.write_physical(pa, piece)
 
     # -- registers -----------------------------------------------------------------
 
@@ -499,7 +538,14 @@ class AgentAssistedTarget(Target):
         # The stub's reads and run control, the agent's system registers, and remaps when
         # the agent's line can be opened again by name. The agent's own requests and its UEFI
         # calls are not offered: it answers only while the kernel runs, and the stub stops it.
-        from_stub = {Capability.PHYSICAL_READS, Capability.RUN_CONTROL, Capability.BREAKPOINTS}
+        from_stub = {
+            Capability.PHYSICAL_READS,
+            Capability.RUN_CONTROL,
+            Capability.BREAKPOINTS,
+            Capability.WATCHPOINTS,
+            Capability.MEMORY_WRITES,
+            Capability.REGISTER_WRITES,
+        }
         readonly = bool(self.agent_info.get("readonly"))
         self.capabilities = frozenset(
             (self.stub.capabilities & from_stub)
@@ -549,6 +595,27 @@ class AgentAssistedTarget(Target):
 
     def break_delete(self, number: int) -> None:
         self.stub.break_delete(number)
+
+    def start_next(self, *, line: bool) -> None:
+        self.stub.start_next(line=line)
+
+    def start_finish(self) -> None:
+        self.stub.start_finish()
+
+    def start_until(self, address: int) -> int:
+        return self.stub.start_until(address)
+
+    def watch_insert(self, address: int, length: int, access: str) -> int:
+        return self.stub.watch_insert(address, length, access)
+
+    def write_virtual(self, address: int, data: bytes) -> None:
+        self.stub.write_virtual(address, data)
+
+    def write_physical(self, address: int, data: bytes) -> None:
+        self.stub.write_physical(address, data)
+
+    def set_register(self, name: str, value: int) -> None:
+        self.stub.set_register(name, value)
 
     @property
     def maxphyaddr(self) -> int | None:

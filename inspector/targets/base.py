@@ -45,6 +45,7 @@ __all__ = [
     "SystemRegisters",
     "Target",
     "UefiCalls",
+    "check_watch",
 ]
 
 #: Why a target without Capability.REMAPS cannot remap, and what to attach instead.
@@ -82,6 +83,12 @@ class Capability(enum.Enum):
     UEFI_CALLS = "call the UEFI runtime services"
     #: ``open_remaps()``: change mappings, the stack and descriptor tables through the agent
     REMAPS = "remap"
+    #: ``watch_insert``: hardware watchpoints (a gdb stub's Z2/Z3/Z4: the CPU's debug registers)
+    WATCHPOINTS = "set hardware watchpoints"
+    #: ``write_virtual``, ``write_physical``: change memory (a stub, the agent's ``write_phys``)
+    MEMORY_WRITES = "write memory"
+    #: ``set_register``: change a register of the stopped CPU (a gdb stub)
+    REGISTER_WRITES = "set registers"
 
 
 class UefiCalls(Protocol):
@@ -192,6 +199,22 @@ class Breakpoint:
         where = f"{self.address:#018x}" if self.address is not None else "-"
         state = "" if self.enabled else " (disabled)"
         return f"{self.number}: {self.kind} at {where} {self.location}, hit {self.hits}{state}"
+
+
+def check_watch(address: int, length: int, access: str) -> None:
+    """TargetError unless one x86 debug register can watch it: LEN 1, 2, 4 or 8 bytes,
+    the address aligned to LEN (SDM 18.2.5), access w, r or rw."""
+    if access not in ("w", "r", "rw"):
+        raise TargetError(f"watch access is w, r or rw, not {access!r}")
+    if length not in (1, 2, 4, 8):
+        raise TargetError(
+            f"a hardware watchpoint covers 1, 2, 4 or 8 bytes (one debug register), not {length}"
+        )
+    if address % length:
+        raise TargetError(
+            f"{address:#x} is not {length}-byte aligned: a debug register watches an aligned "
+            f"{length}-byte field (give a smaller length, or {address & ~(length - 1):#x})"
+        )
 
 
 class Target(ABC):
@@ -340,6 +363,42 @@ class Target(ABC):
     def break_delete(self, number: int) -> None:
         """Delete breakpoint ``number``; TargetError when there is none by that number."""
         raise self.missing(Capability.BREAKPOINTS)
+
+    # Stepping as debuggers do: each starts the kernel and returns; the stop comes later
+    # (``wait_for_stop``), so a face can interrupt one that never gets there.
+
+    def start_next(self, *, line: bool) -> None:
+        """Step over calls: one source line (gdb's ``next``: needs the ELF's line table) or,
+        ``line`` False, one instruction (``nexti``); Capability.RUN_CONTROL."""
+        raise self.missing(Capability.RUN_CONTROL)
+
+    def start_finish(self) -> None:
+        """Run until the selected frame returns to its caller (gdb's ``finish``)."""
+        raise self.missing(Capability.RUN_CONTROL)
+
+    def start_until(self, address: int) -> int:
+        """Run until ``address`` (a temporary breakpoint there, then continue); its number."""
+        raise self.missing(Capability.BREAKPOINTS)
+
+    def watch_insert(self, address: int, length: int, access: str) -> int:
+        """A hardware watchpoint on ``length`` bytes at ``address`` (``access``: ``"w"``,
+        ``"r"`` or ``"rw"``), listed with the breakpoints (Capability.WATCHPOINTS); its number."""
+        raise self.missing(Capability.WATCHPOINTS)
+
+    # -- changing the kernel: memory and registers -----------------------------------------
+
+    def write_virtual(self, address: int, data: bytes) -> None:
+        """Write ``data`` at a virtual address (Capability.MEMORY_WRITES)."""
+        raise self.missing(Capability.MEMORY_WRITES)
+
+    def write_physical(self, address: int, data: bytes) -> None:
+        """Write ``data`` at a physical address (Capability.MEMORY_WRITES)."""
+        raise self.missing(Capability.MEMORY_WRITES)
+
+    def set_register(self, name: str, value: int) -> None:
+        """Set register ``name`` (lower case, as :meth:`registers` names it) of the selected
+        CPU (Capability.REGISTER_WRITES)."""
+        raise self.missing(Capability.REGISTER_WRITES)
 
     # -- what only the in-kernel agent offers ---------------------------------------------
 

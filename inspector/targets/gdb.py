@@ -27,10 +27,28 @@ from ..errors import (
 )
 from ..x86.control import GENERAL_REGISTERS
 from ..x86.descriptors import SEGMENT_REGISTERS
-from .base import Breakpoint, Capability, CpuThread, StopRecord, SystemRegisters, Target
+from .base import (
+    Breakpoint,
+    Capability,
+    CpuThread,
+    StopRecord,
+    SystemRegisters,
+    Target,
+    check_watch,
+)
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
-__all__ = ["DIRECT_MAP_SYMBOLS", "GdbTarget", "decode_break_table", "decode_cpu_threads"]
+__all__ = [
+    "DIRECT_MAP_SYMBOLS",
+    "WATCH_TYPES",
+    "GdbTarget",
+    "decode_break_table",
+    "decode_cpu_threads",
+]
+
+#: The C type gdb watches for each length a debug register covers (DR7's LEN: 1, 2, 4, 8).
+WATCH_TYPES = {1: "unsigned char", 2: "unsigned short", 4: "unsigned int", 8: "unsigned long"}
+
 
 #: Variables that hold the base of a kernel's direct map of physical memory.
 DIRECT_MAP_SYMBOLS = ("direct_map_base", "page_offset_base")
@@ -87,6 +105,8 @@ class GdbTarget(Target):
         self._cpu_threads: dict[int, str] = {}
         self._cpu = 0
         self._followed: object = None
+        #: the temporary breakpoints ``until`` set: gone at the next stop, whoever stopped
+        self._temporary: set[int] = set()
         self._gdb_endpoint = self._endpoint_for_gdb(endpoint)
         if not self._gdb_endpoint.startswith("|"):
             self._look_first(self._gdb_endpoint)  # before gdb starts: "in use" within a second
@@ -151,7 +171,14 @@ class GdbTarget(Target):
         if self.is_qemu:  # kgdb's threads are the kernel's tasks: many, and no CPU
             self._learn_cpus()
         # Physical reads: QEMU's mode, or the direct map (its base found on first use).
-        offered = {Capability.PHYSICAL_READS, Capability.RUN_CONTROL, Capability.BREAKPOINTS}
+        offered = {
+            Capability.PHYSICAL_READS,
+            Capability.RUN_CONTROL,
+            Capability.BREAKPOINTS,
+            Capability.WATCHPOINTS,
+            Capability.MEMORY_WRITES,
+            Capability.REGISTER_WRITES,
+        }
         if self.is_qemu:
             offered.add(Capability.SYSTEM_REGISTERS)
         self.capabilities = frozenset(offered)
@@ -493,25 +520,160 @@ class GdbTarget(Target):
             return self._mi.last_stop or {}
         self._checked("-exec-interrupt")
         try:
-            return self._mi.wait_for_stop(timeout or self.timeout)
+            record = self._mi.wait_for_stop(timeout or self.timeout)
         except MiTimeout as exc:
             raise TargetError(f"the target did not stop within {exc.timeout:g} s") from exc
         except MiClosed as exc:
             raise TargetLost(f"lost the connection to gdb: {exc}") from exc
+        self._drop_temporary()
+        return record
 
     def resume(self) -> None:
         if self.state == "running":
             return
         self._set_phys_mode(False)
-        self._checked("-exec-continue")
+        self._run("-exec-continue")
+
+    def _run(self, command: str) -> None:
+        """Start the kernel with ``command``; a watchpoint or breakpoint the stub refuses
+        (gdb inserts them only now) is said in one line."""
+        try:
+            self._call(command)
+        except MiError as exc:
+            self._raise_if_gone(exc)
+            text = " ".join(exc.message.split())
+            if "Could not insert hardware" in text or "hardware watchpoint" in text.lower():
+                raise TargetError(
+                    f"the stub refused a hardware watchpoint or breakpoint ({text}): "
+                    "delete one (breakpoints lists them; x86 has 4 debug registers)"
+                ) from exc
+            raise TargetError(text) from exc
 
     def wait_for_stop(self, timeout: float) -> StopRecord:
         try:
-            return self._mi.wait_for_stop(timeout)
+            record = self._mi.wait_for_stop(timeout)
         except MiTimeout as exc:
             raise TargetError(f"the target did not stop within {exc.timeout:g} s") from exc
         except MiClosed as exc:
             raise TargetLost(f"lost the connection to gdb: {exc}") from exc
+        self._drop_temporary()
+        return record
+
+    def _drop_temporary(self) -> None:
+        """The kernel stopped: an ``until`` that stopped elsewhere is over (its breakpoint
+        goes; gdb deleted the one that was hit, and answers ^done for it)."""
+        while self._temporary:
+            number = self._temporary.pop()
+            try:
+                self._call(f"-break-delete {number}")
+            except MiError:
+                pass
+
+    # -- stepping as debuggers do (each starts the kernel; the stop comes later) ----------
+
+    def start_next(self, *, line: bool) -> None:
+        self._require_stopped()
+        self._set_phys_mode(False)
+        try:
+            self._run("-exec-next" if line else "-exec-next-instruction")
+        except TargetError as exc:
+            if line and "bounds of current function" in str(exc):
+                raise TargetError(
+                    "next steps over a source line: gdb needs the kernel's ELF with line "
+                    "info here (--elf), and none covers RIP; nexti steps over one instruction"
+                ) from exc
+            raise
+
+    def start_finish(self) -> None:
+        self._require_stopped()
+        self._set_phys_mode(False)
+        self._run("-exec-finish")
+
+    def start_until(self, address: int) -> int:
+        self._require_stopped()
+        self._set_phys_mode(False)
+        payload = self._checked(f"-break-insert -t *{address:#x}").payload
+        number = int(payload["bkpt"]["number"])
+        self._temporary.add(number)
+        self._run("-exec-continue")
+        return number
+
+    def watch_insert(self, address: int, length: int, access: str) -> int:
+        """``-break-watch`` on ``*(TYPE *) ADDRESS``, TYPE of ``length`` bytes; a watchpoint
+        gdb would emulate by single-stepping (software) is refused, not kept."""
+        check_watch(address, length, access)
+        self._require_stopped()
+        flag = {"w": "", "r": "-r ", "rw": "-a "}[access]
+        expression = f"*({WATCH_TYPES[length]} *) {address:#x}"
+        payload = self._checked(f"-break-watch {flag}{mi_quote(expression)}").payload
+        found = next((payload[k] for k in ("wpt", "hw-rwpt", "hw-awpt") if k in payload), None)
+        if not isinstance(found, Mapping):
+            raise ProtocolError(f"gdb's -break-watch answer has no watchpoint: {payload!r}")
+        number = int(found["number"])
+        kind = next((b.kind for b in self.breakpoints() if b.number == number), "")
+        if not kind.startswith(("hw ", "read ", "acc ")):
+            self._call(f"-break-delete {number}")
+            raise TargetError(
+                f"gdb would only emulate this watchpoint in software ({kind or 'unknown'}): "
+                "the stub offers no hardware watchpoints"
+            )
+        return number
+
+    # -- changing the kernel ---------------------------------------------------------------
+
+    def _write(self, address: int, data: bytes, what: str) -> None:
+        for at in range(0, len(data), READ_CHUNK):
+            chunk = data[at : at + READ_CHUNK]
+            try:
+                self._call(f"-data-write-memory-bytes {address + at:#x} {chunk.hex()}")
+            except MiError as exc:
+                self._raise_if_gone(exc)
+                raise FaultError(
+                    address + at, f"cannot write {what} memory ({exc.message})"
+                ) from exc
+
+    def write_virtual(self, address: int, data: bytes) -> None:
+        from ..x86.paging import check_canonical
+
+        check_canonical(address, 5)
+        self._require_stopped()
+        if self._phys_mode:
+            self._set_phys_mode(False)
+        self._write(address, data, "virtual")
+
+    def write_physical(self, address: int, data: bytes) -> None:
+        if address < 0 or address + len(data) > 1 << 52:
+            raise FaultError(address, "physical address out of range (above 2^52)")
+        self._require_stopped()
+        limit = self._physical_limit()
+        if limit is not None and address + len(data) > limit:
+            raise FaultError(address, "physical address past the end of RAM")
+        if self.physical == "qemu":
+            self._set_phys_mode(True)
+            try:
+                self._write(address, data, "physical")
+            finally:
+                self._set_phys_mode(False)
+            return
+        self._write(self._direct_map_base() + address, data, "physical (through the direct map)")
+
+    def set_register(self, name: str, value: int) -> None:
+        self._require_stopped()
+        self._sync_cpu()
+        self.registers()  # learns the names
+        gdb_name = "eflags" if name == "rflags" else name
+        if self._register_numbers is None or gdb_name not in self._register_numbers:
+            raise TargetError(f"this stub has no register {name!r}")
+        if self._phys_mode:
+            self._set_phys_mode(False)
+        try:
+            self._checked(f"-data-evaluate-expression {mi_quote(f'${gdb_name} = {value:#x}')}")
+        except TargetError as exc:
+            if "Invalid cast" not in str(exc):
+                raise
+            # gdb types CR0, CR4, EFER... as flag structs, assigned from a long only
+            expression = f"${gdb_name} = (long) {value:#x}"
+            self._checked(f"-data-evaluate-expression {mi_quote(expression)}")
 
     @property
     def last_stop(self) -> StopRecord:

@@ -619,3 +619,39 @@ def test_a_kernel_stopped_by_a_debugger_is_said_instead_of_a_stall(qemu, demo_ke
         _qemu_runs(qemu)
     target = AgentTarget(f"unix:{qemu.serial_socket}", timeout=5)  # it answers again
     target.close()
+
+
+def monitor_bytes(qemu, command: str) -> bytes:
+    """The bytes of a monitor ``x /Nxb`` or ``xp /Nxb`` (up to a "Cannot access")."""
+    out = bytearray()
+    for line in qemu.monitor(command).splitlines():
+        if "Cannot access" in line:
+            break
+        if ":" in line:
+            out += bytes(int(v, 16) for v in line.split(":", 1)[1].split())
+    return bytes(out)
+
+
+def test_mem_and_phys_through_the_agent_equal_qemus_monitor(agent_spec, qemu, demo_kernel):
+    """``mem``/``phys`` through the agent alone (no stub): the monitor's x and xp bytes,
+    and into the stack's guard page the first unreadable byte named exactly."""
+    from kinspect.inspector.commands import registry
+
+    session = api.attach_agent(agent_spec, elf=demo_kernel, timeout=5)
+    try:
+        session.stop()
+        result = registry().execute(session, "mem demo_level3 64")
+        address = session.resolve("demo_level3")
+        assert bytes.fromhex(result.body["data"]) == monitor_bytes(qemu, f"x /64xb {address:#x}")
+        cr3 = session.registers()["cr3"] & ~0xFFF
+        result = registry().execute(session, f"phys {cr3:#x} 0x100")
+        assert bytes.fromhex(result.body["data"]) == monitor_bytes(qemu, f"xp /256xb {cr3:#x}")
+        assert result.body["source"] == "the in-kernel agent"
+        rsp = session.registers()["rsp"]
+        low = next(r for r in session.ranges() if r.start <= rsp < r.end).start
+        result = registry().execute(session, f"mem {low - 0x20:#x} 0x40")
+        assert monitor_bytes(qemu, f"x /32xb {low - 0x20:#x}") == b""  # the monitor cannot
+        assert result.status == 1 and result.body["unreadable"] == low - 0x20
+        assert result.body["data"] == ""
+    finally:
+        session.close()

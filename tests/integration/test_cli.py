@@ -248,3 +248,40 @@ def test_type_reads_the_demo_kernels_dwarf_when_it_has_no_btf(qemu, demo_kernel)
         kinspect("--target", qemu.gdb_endpoint, "type", "demo_pte_view"), contains="--elf"
     )
     assert_one_line_error(kinspect(*where, "tasks"), contains="Linux")
+
+
+def test_mem_phys_write_and_writes_as_a_user_runs_them(qemu, demo_kernel, tmp_path):
+    """``mem``/``phys`` equal QEMU's monitor ``x``/``xp``; past the end of RAM, what was
+    readable and one line naming the first unreadable address (exit 1); ``write`` with
+    nobody to ask writes nothing; ``--yes`` writes, and ``writes`` lists it."""
+    env = {**os.environ, "KINSPECT_WRITES_LOG": str(tmp_path / "writes.log")}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "kinspect.inspector.cli", "--target", qemu.gdb_endpoint,
+             "--elf", demo_kernel, "--no-resume", *args],
+            capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    doc = json.loads(run("--json", "mem", "demo_state", "32").stdout)
+    shown = qemu.monitor(f"x /32xb {doc['address']:#x}")
+    monitor = bytes(int(v, 16) for line in shown.splitlines() for v in line.split(":")[1].split())
+    assert bytes.fromhex(doc["data"]) == monitor and doc["unreadable"] is None
+    ram = 128 << 20  # launch_demo's -m 128M: the last 16 bytes, then past the end
+    result = run("phys", f"{ram - 16:#x}", "32")
+    assert result.returncode == 1 and result.stdout.startswith(f"{ram - 16:#018x}: ")
+    assert len(result.stdout.splitlines()) == 1
+    assert_one_line_error(result, contains=f"{ram:#x} is unreadable")
+    stack = run("--json", "regs")
+    rsp = json.loads(stack.stdout)["general"]["rsp"]
+    target = rsp - 0x800
+    assert_one_line_error(run("write", hex(target), "aa", "bb"), contains="nothing written")
+    result = run("write", hex(target), "--u16", "0xbbaa", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert qemu.monitor(f"x /2xb {target:#x}").split(":")[1].split() == ["0xaa", "0xbb"]
+    listed = json.loads(run("--json", "writes").stdout)["writes"]
+    assert [(w["kind"], w["where"], w["new"]) for w in listed] == [("virtual", target, "aabb")]
+    subprocess.run(
+        [sys.executable, "-m", "kinspect.inspector.cli", "--target", qemu.gdb_endpoint, "regs"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip  # let the kernel run again

@@ -124,8 +124,14 @@ class MemoryTarget(Target):
             Capability.SYSTEM_REGISTERS,
             Capability.RUN_CONTROL,
             Capability.BREAKPOINTS,
+            Capability.WATCHPOINTS,
+            Capability.MEMORY_WRITES,
+            Capability.REGISTER_WRITES,
         }
     )
+
+    #: where the simulated ``next`` and ``finish`` land: RIP moves by these
+    NEXT_LINE, NEXT_INSTRUCTION, FINISH_TO = 0x11, 0x5, 0xFFFFFFFF81234567
 
     def __init__(self, *, wx: bool = False) -> None:
         """``wx``: make the first 2 MiB of kernel text writable (a W+X mapping to find)."""
@@ -136,6 +142,9 @@ class MemoryTarget(Target):
         self.armed: dict[int, int] = {}  # breakpoint number -> address
         self.hits: dict[int, int] = {}
         self._next_breakpoint = 1
+        self.watches: dict[int, tuple[int, int, str]] = {}  # number -> address, length, access
+        self.pending: dict | None = None  # the stop a next/finish/until started will report
+        self.started: list[str] = []  # what was started: "next", "nexti", "finish", "until 0x.."
         self.on_resume: Callable[[MemoryTarget], None] | None = None
         self.fail: BaseException | None = None  # raised by the next read
         self.closed = False
@@ -239,6 +248,10 @@ class MemoryTarget(Target):
             return self.last_stop
         if self._state == "exited":
             raise TargetLost("the target has gone away")
+        if self.pending is not None:
+            record, self.pending = self.pending, None
+            self._stopped(record)
+            return self.last_stop
         if self.armed:
             number = min(self.armed)
             self.hits[number] += 1
@@ -273,16 +286,75 @@ class MemoryTarget(Target):
         """As gdb lists them without --elf: the location is what was asked, ``*0x...``."""
         if self._state == "exited":
             raise TargetLost("the target has gone away")
-        return [
+        listed = [
             Breakpoint(n, address, f"*{address:#x}", self.hits[n], True)
-            for n, address in sorted(self.armed.items())
+            for n, address in self.armed.items()
         ]
+        kinds = {"w": "hw watchpoint", "r": "read watchpoint", "rw": "acc watchpoint"}
+        listed += [
+            Breakpoint(n, None, f"*(unsigned long *) {address:#x}", self.hits[n], True, kinds[a])
+            for n, (address, _length, a) in self.watches.items()
+        ]
+        return sorted(listed, key=lambda b: b.number)
 
     def break_delete(self, number: int) -> None:
         self._check()
+        if number in self.watches:
+            del self.watches[number]
+            return
         if number not in self.armed:
             raise TargetError(f"no breakpoint number {number}")
         del self.armed[number]
+
+    def _start(self, what: str, rip: int, record: dict) -> None:
+        self._check()
+        self.started.append(what)
+        self.regs["rip"] = rip
+        self.pending = {**record, "frame": {"addr": f"{rip:#x}"}}
+        self._state = "running"
+
+    def start_next(self, *, line: bool) -> None:
+        step = self.NEXT_LINE if line else self.NEXT_INSTRUCTION
+        self._start(
+            "next" if line else "nexti", self.regs["rip"] + step, {"reason": "end-stepping-range"}
+        )
+
+    def start_finish(self) -> None:
+        self._start("finish", self.FINISH_TO, {"reason": "function-finished"})
+
+    def start_until(self, address: int) -> int:
+        number = self._next_breakpoint
+        self._next_breakpoint += 1
+        record = {"reason": "breakpoint-hit", "disp": "del", "bkptno": str(number)}  # gdb's tbreak
+        self._start(f"until {address:#x}", address, record)
+        return number
+
+    def watch_insert(self, address: int, length: int, access: str) -> int:
+        self._check()
+        number = self._next_breakpoint
+        self._next_breakpoint += 1
+        self.watches[number] = (address, length, access)
+        self.hits[number] = 0
+        return number
+
+    def write_physical(self, address: int, data: bytes) -> None:
+        self._check()
+        for at in range(len(data)):
+            page = bytearray(self.pages[(address + at) & ~0xFFF])
+            page[(address + at) & 0xFFF] = data[at]
+            self.pages[(address + at) & ~0xFFF] = bytes(page)
+
+    def write_virtual(self, address: int, data: bytes) -> None:
+        self._check()
+        for at in range(len(data)):
+            t = translate(self.read_physical, self.regs["cr3"], MODE, address + at)
+            if not t.ok:
+                raise FaultError(address + at, t.fault or "not mapped")
+            self.write_physical(t.pa, data[at : at + 1])
+
+    def set_register(self, name: str, value: int) -> None:
+        self._check()
+        self.regs[name] = value
 
     def _stopped(self, record: dict) -> None:
         self._state = "stopped"

@@ -779,6 +779,37 @@ def test_disassembly_and_telescope_at_a_breakpoint_against_objdump_and_qemu(qemu
     top = nm_address(demo_kernel, "boot_stack_top")
     length, spelled = _objdump(demo_kernel)[call]
     assert "<demo_level3>" in spelled  # the place this test means
+
+
+def test_until_next_finish_and_a_watchpoint_from_the_keys_on_the_demo_kernel(qemu, demo_kernel):  # noqa: F811
+    """`:until`, `n`, `f` and `:watch` then `c` on the demo kernel: each stop where objdump
+    says it must be (the return address after demo_work's call; right after a store to
+    demo_state), told on the status line, the watchpoint's hit in the breakpoints list."""
+    import re
+
+    from textual.widgets import DataTable
+
+    from kinspect.tui.screens.breakpoints import BreakpointsScreen
+
+    level1, work = nm_address(demo_kernel, "demo_level1"), nm_address(demo_kernel, "demo_work")
+    code = [
+        (int(m.group(1), 16), m.group(2))
+        for m in re.finditer(
+            r"^([0-9a-f]{16}):\s+(.*)$",
+            subprocess.run(
+                ["objdump", "-d", "--no-show-raw-insn", demo_kernel],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout,
+            re.MULTILINE,
+        )
+    ]
+    following = {code[i][0]: code[i + 1][0] for i in range(len(code) - 1)}
+    returns = {following[a] for a, t in code if t.startswith("call") and "<demo_level1>" in t}
+    stores = {
+        following[a] for a, t in code if re.search(r",0x[0-9a-f]+\(%rip\)\s+# \w+ <demo_state>", t)
+    }
     session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
 
     async def go():
@@ -853,3 +884,44 @@ def test_disassembly_and_telescope_at_a_breakpoint_against_objdump_and_qemu(qemu
         run(go())
     finally:
         session.close()
+
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
+            regs = app.query_one(RegistersView)
+            status = app.query_one(StatusLine)
+
+            async def stop_after(action, what):
+                stops = app.stops
+                await action()
+                await until(pilot, lambda: app.stops > stops and not app.link.pending, what=what)
+                return regs.snapshot.values["rip"]
+
+            async def command(text):
+                app.run_command(text)
+
+            rip = await stop_after(lambda: command("until demo_level1"), "until")
+            assert rip == level1 and status.reason == "reached at demo_level1"
+            rip = await stop_after(lambda: pilot.press("n"), "next")
+            assert level1 < rip < work and status.reason.startswith("stepped at demo_level1+")
+            rip = await stop_after(lambda: pilot.press("f"), "finish")
+            assert rip in returns and status.reason.startswith("finished at demo_work+")
+
+            app.run_command("watch demo_state w 8")
+            await until(pilot, lambda: not app.link.pending, what="the watchpoint")
+            rip = await stop_after(lambda: pilot.press("c"), "the watchpoint's hit")
+            assert rip in stores, (hex(rip), sorted(map(hex, stores)))
+            assert re.fullmatch(r"watchpoint \d+ at demo_level\d\+0x[0-9a-f]+", status.reason)
+            await pilot.press("B")
+            await until(
+                pilot,
+                lambda: isinstance(app.screen, BreakpointsScreen) and app.screen.loaded,
+                what="the list",
+            )
+            table = app.screen.query_one("#breakpoint-table", DataTable)
+            row = [str(c) for c in table.get_row_at(0)]
+            assert row[2] == "1" and row[4].startswith("hw watchpoint: ")
+            await pilot.press("d")
+            await until(pilot, lambda: table.row_count == 0, what="the deletion")
+            assert app.errors == []
+
+    run(go())

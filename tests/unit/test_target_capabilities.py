@@ -156,11 +156,14 @@ def test_require_and_has():
 METHODS = {
     Capability.PHYSICAL_READS: ("read_physical",),
     Capability.SYSTEM_REGISTERS: ("system_registers",),
-    Capability.RUN_CONTROL: ("step_instruction", "wait_for_stop"),
-    Capability.BREAKPOINTS: ("break_insert", "breakpoints", "break_delete"),
+    Capability.RUN_CONTROL: ("step_instruction", "wait_for_stop", "start_next", "start_finish"),
+    Capability.BREAKPOINTS: ("break_insert", "breakpoints", "break_delete", "start_until"),
     Capability.AGENT: ("agent",),
     Capability.UEFI_CALLS: ("uefi",),
     Capability.REMAPS: ("open_remaps",),
+    Capability.WATCHPOINTS: ("watch_insert",),
+    Capability.MEMORY_WRITES: ("write_virtual", "write_physical"),
+    Capability.REGISTER_WRITES: ("set_register",),
 }
 
 
@@ -189,6 +192,9 @@ def test_a_gdb_stub_may_declare_everything_a_stub_does():
             Capability.SYSTEM_REGISTERS,
             Capability.RUN_CONTROL,
             Capability.BREAKPOINTS,
+            Capability.WATCHPOINTS,
+            Capability.MEMORY_WRITES,
+            Capability.REGISTER_WRITES,
         },
     )
 
