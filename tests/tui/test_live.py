@@ -779,37 +779,6 @@ def test_disassembly_and_telescope_at_a_breakpoint_against_objdump_and_qemu(qemu
     top = nm_address(demo_kernel, "boot_stack_top")
     length, spelled = _objdump(demo_kernel)[call]
     assert "<demo_level3>" in spelled  # the place this test means
-
-
-def test_until_next_finish_and_a_watchpoint_from_the_keys_on_the_demo_kernel(qemu, demo_kernel):  # noqa: F811
-    """`:until`, `n`, `f` and `:watch` then `c` on the demo kernel: each stop where objdump
-    says it must be (the return address after demo_work's call; right after a store to
-    demo_state), told on the status line, the watchpoint's hit in the breakpoints list."""
-    import re
-
-    from textual.widgets import DataTable
-
-    from kinspect.tui.screens.breakpoints import BreakpointsScreen
-
-    level1, work = nm_address(demo_kernel, "demo_level1"), nm_address(demo_kernel, "demo_work")
-    code = [
-        (int(m.group(1), 16), m.group(2))
-        for m in re.finditer(
-            r"^([0-9a-f]{16}):\s+(.*)$",
-            subprocess.run(
-                ["objdump", "-d", "--no-show-raw-insn", demo_kernel],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout,
-            re.MULTILINE,
-        )
-    ]
-    following = {code[i][0]: code[i + 1][0] for i in range(len(code) - 1)}
-    returns = {following[a] for a, t in code if t.startswith("call") and "<demo_level1>" in t}
-    stores = {
-        following[a] for a, t in code if re.search(r",0x[0-9a-f]+\(%rip\)\s+# \w+ <demo_state>", t)
-    }
     session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
 
     async def go():
@@ -885,6 +854,40 @@ def test_until_next_finish_and_a_watchpoint_from_the_keys_on_the_demo_kernel(qem
     finally:
         session.close()
 
+
+def test_until_next_finish_and_a_watchpoint_from_the_keys_on_the_demo_kernel(qemu, demo_kernel):  # noqa: F811
+    """`:until`, `n`, `f` and `:watch` then `c` on the demo kernel: each stop where objdump
+    says it must be (the return address after demo_work's call; right after a store to
+    demo_state), told on the status line, the watchpoint's hit in the breakpoints list."""
+    import re
+
+    from textual.widgets import DataTable
+
+    from kinspect.tui.screens.breakpoints import BreakpointsScreen
+
+    level1, work = nm_address(demo_kernel, "demo_level1"), nm_address(demo_kernel, "demo_work")
+    code = [
+        (int(m.group(1), 16), m.group(2))
+        for m in re.finditer(
+            r"^([0-9a-f]{16}):\s+(.*)$",
+            subprocess.run(
+                ["objdump", "-d", "--no-show-raw-insn", demo_kernel],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout,
+            re.MULTILINE,
+        )
+    ]
+    following = {code[i][0]: code[i + 1][0] for i in range(len(code) - 1)}
+    returns = {following[a] for a, t in code if t.startswith("call") and "<demo_level1>" in t}
+    stores = {
+        following[a] for a, t in code if re.search(r",0x[0-9a-f]+\(%rip\)\s+# \w+ <demo_state>", t)
+    }
+    session = api.attach(qemu.gdb_endpoint, elf=demo_kernel)
+
+    async def go():
+        app = make_app(session)
         async with app.run_test(size=(160, 48)) as pilot:
             await until(pilot, lambda: app.stops == 1 and not app.link.pending, what="attach")
             regs = app.query_one(RegistersView)
