@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -138,3 +139,57 @@ class FakeStub:
             if base <= address and address + length <= base + len(data):
                 return data[address - base : address - base + length]
         return None
+
+
+# -- a relay: QEMU's stub with its extensions hidden, on gdb's stdin/stdout ----------------------
+
+#: What QEMU's stub has and a plain stub (kgdb, OpenOCD, a probe's server) does not: its
+#: physical-memory mode and its monitor. The relay answers these itself: "unsupported".
+HIDDEN = (b"qqemu.", b"Qqemu.", b"qRcmd,")
+
+
+def relay(socket_path: str) -> None:
+    """Pass gdb's packets (on stdin/stdout: ``target remote | python fake_stub.py relay
+    SOCKET``) to the stub at ``socket_path`` and back, answering :data:`HIDDEN` ones with
+    the empty reply; what the stub says is passed on untouched (its PacketSize too)."""
+    import select
+
+    stub = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stub.connect(socket_path)
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    pending = b""
+    while True:
+        ready, _, _ = select.select([stdin, stub], [], [])
+        if stub in ready:
+            data = stub.recv(1 << 16)
+            if not data:
+                return
+            os.write(stdout, data)
+        if stdin in ready:
+            data = os.read(stdin, 1 << 16)
+            if not data:
+                return
+            pending += data
+            forward = b""
+            while pending:
+                if pending[:1] != b"$":  # acks, ^C: as they are
+                    cut = pending.find(b"$")
+                    cut = len(pending) if cut < 0 else cut
+                    forward, pending = forward + pending[:cut], pending[cut:]
+                    continue
+                end = pending.find(b"#")
+                if end < 0 or len(pending) < end + 3:
+                    break  # the rest of the packet is still on its way
+                packet, pending = pending[: end + 3], pending[end + 3 :]
+                if packet[1:].startswith(HIDDEN):
+                    os.write(stdout, b"+$#00")
+                else:
+                    forward += packet
+            if forward:
+                stub.sendall(forward)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "relay":
+        sys.exit("usage: fake_stub.py relay GDB_SOCKET")
+    relay(sys.argv[2])
