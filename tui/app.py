@@ -478,6 +478,7 @@ class KinspectApp(App[None]):
     @on(RemapScreen.PreviewRequested)
     @on(RemapScreen.ApplyRequested)
     @on(RemapScreen.UndoRequested)
+    @on(RemapScreen.KeepRequested)
     @on(RemapScreen.JournalRequested)
     def _remap_request(self, request: Message) -> None:
         self.remaps.handle(request)

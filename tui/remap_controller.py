@@ -48,6 +48,8 @@ class RemapController:
             self.apply(request.plan)
         elif isinstance(request, RemapScreen.UndoRequested):
             self.undo(request.seqs)
+        elif isinstance(request, RemapScreen.KeepRequested):
+            self.keep(request.seqs)
         elif isinstance(request, RemapScreen.JournalRequested):
             self.journal()
 
@@ -150,6 +152,25 @@ class RemapController:
             self.app.action_refresh()
 
         self.app.submit("remap undo", work, done, failed=failed)
+
+    def keep(self, seqs: list[int]) -> None:
+        """Close ``seqs`` without undoing: the changes stay (``remap journal --keep``)."""
+
+        def work(session: Session) -> list[Any]:
+            journal = session.remapper().journal
+            chosen = [s for s in journal.open_steps() if s.seq in seqs]
+            if chosen:
+                journal.keep(chosen)
+            return chosen
+
+        def done(kept: list[Any]) -> None:
+            text = "\n".join(f"kept: #{s.seq} {s.method} {s.description}" for s in kept)
+            if (screen := self.screen) is not None:
+                screen.show_result(text or "nothing to keep")
+            self.app.notify(text or "nothing to keep")
+            self.journal()
+
+        self.app.submit("remap keep", work, done)
 
     def journal(self) -> None:
         def work(session: Session) -> tuple[str, list[Any]]:

@@ -59,7 +59,7 @@ _REGISTER_NAMES = (
 
 CONNECT_TIMEOUT = 10.0
 #: How long the look before connecting waits for a stub to answer (in use: it never does).
-QUICK_LOOK = 1.0
+QUICK_LOOK = 0.5
 #: The first CPU's QOM path on QEMU's pc and q35 machines (query-cpus-fast names it so).
 QEMU_CPU_PATH = "/machine/unattached/device[0]"
 #: The most one ``-data-read-memory-bytes`` asks for (gdb cuts it into packets).
@@ -102,6 +102,9 @@ class GdbTarget(Target):
         self._cpu_threads: dict[int, str] = {}
         self._cpu = 0
         self._followed: object = None
+        self._gdb_endpoint = self._endpoint_for_gdb(endpoint)
+        if not self._gdb_endpoint.startswith("|"):
+            self._look_first(self._gdb_endpoint)  # before gdb starts: "in use" within a second
         try:
             self._mi = MiSession(gdb)
         except MiClosed as exc:
@@ -133,14 +136,7 @@ class GdbTarget(Target):
             self._checked(f"-file-exec-and-symbols {mi_quote(self.elf)}")
         else:
             self._checked("-gdb-set architecture i386:x86-64")
-        endpoint = self.endpoint
-        if endpoint.startswith("unix:"):
-            endpoint = endpoint[len("unix:") :]
-        piped = endpoint.startswith("|")  # "| command": gdb talks to a program's stdio
-        if not endpoint or (not piped and any(c.isspace() for c in endpoint)) or "\n" in endpoint:
-            raise TargetError(f"bad target {self.endpoint!r}: give host:port or a socket path")
-        if not piped:
-            self._look_first(endpoint)
+        endpoint = self._gdb_endpoint
         try:
             self._mi.command(f"-target-select remote {endpoint}", timeout=CONNECT_TIMEOUT)
         except MiError as exc:
@@ -174,6 +170,15 @@ class GdbTarget(Target):
         if self.is_qemu:
             offered.add(Capability.SYSTEM_REGISTERS)
         self.capabilities = frozenset(offered)
+
+    @staticmethod
+    def _endpoint_for_gdb(spec: str) -> str:
+        """``spec`` as gdb's ``target remote`` takes it; a clear error for a bad one."""
+        endpoint = spec[len("unix:") :] if spec.startswith("unix:") else spec
+        piped = endpoint.startswith("|")  # "| command": gdb talks to a program's stdio
+        if not endpoint or (not piped and any(c.isspace() for c in endpoint)) or "\n" in endpoint:
+            raise TargetError(f"bad target {spec!r}: give host:port or a socket path")
+        return endpoint
 
     def _look_first(self, endpoint: str) -> None:
         """One short look at a socket before gdb's own connect (which waits far longer):

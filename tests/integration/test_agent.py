@@ -24,6 +24,7 @@ from kinspect.inspector.targets.agent import AgentTarget
 from kinspect.inspector.targets.qemu_text import decode_info_registers, decode_info_tlb
 from kinspect.protocols.agent_client import AgentClient
 from kinspect.protocols.transports import SocketTransport, open_transport
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -135,8 +136,10 @@ def test_memory_matches_gdb(agent, qemu, demo_kernel):
     assert big == theirs_big
     agent.resume()
     # Running again: the timer moves demo_ticks.
-    time.sleep(0.1)
-    assert agent.read_virtual(places["ticks"][0], 8) != ours["ticks"]
+    wait_until(
+        lambda: agent.read_virtual(places["ticks"][0], 8) != ours["ticks"],
+        what="demo_ticks moves once resumed",
+    )
 
 
 def test_unmapped_and_unreadable_addresses_are_errors_not_crashes(agent, qemu, demo_kernel):
@@ -557,7 +560,7 @@ def test_a_second_target_while_one_holds_the_stub_says_in_use_at_once(qemu, demo
         assert done.returncode != 0
         assert "in use by another client" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
-        # In process: the look takes 1 s of silence (gdb's own connect waited 10-12 s).
+        # In process: the look takes 0.5 s of silence, before gdb starts (gdb waited 10-12 s).
         t0 = time.monotonic()
         with pytest.raises(TargetError, match="in use by another client") as error:
             GdbTarget(qemu.gdb_endpoint)

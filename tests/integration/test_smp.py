@@ -21,6 +21,7 @@ from kinspect.inspector import api
 from kinspect.protocols.agent_client import AgentClient, AgentRemoteError
 from kinspect.protocols.transports import open_transport
 from tests.integration.conftest import demo_kernel  # noqa: F401
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -115,15 +116,6 @@ def _u64(client, address: int) -> int:
     return int.from_bytes(client.call("read_virt", address, 8), "little")
 
 
-def _wait(predicate, timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never happened within {timeout:g} s: {what}")
-
-
 @pytest.fixture
 def agent_on(request, demo_kernel):  # noqa: F811
     """A two-CPU demo kernel (``request.param``: its command line) and a client on its agent."""
@@ -157,11 +149,11 @@ def test_an_unmap_reaches_the_other_cpus_tlb(agent_on):
     assert {"cpus_online", "hold_others", "tlb_shootdown", "flush_tlb"} <= set(hello["hooks"])
     page = symbols["ap_probe_page"]
     before = _probe(client, symbols, 1)
-    _wait(lambda: _probe(client, symbols, 1)[0] > before[0], what="the AP reads its page")
+    wait_until(lambda: _probe(client, symbols, 1)[0] > before[0], what="the AP reads its page")
 
     client.call("unmap", page, PAGE, PAGE)
     reads, faults = _probe(client, symbols, 1)
-    _wait(lambda: _probe(client, symbols, 1)[1] > faults, what="the AP faults on the page")
+    wait_until(lambda: _probe(client, symbols, 1)[1] > faults, what="the AP faults on the page")
     after = _probe(client, symbols, 1)
     time.sleep(0.3)
     assert _probe(client, symbols, 1)[0] == after[0]  # no read has worked since
@@ -184,7 +176,7 @@ def test_without_a_shootdown_the_agent_refuses_and_the_stale_tlb_shows_why(agent
     assert refused.value.code == 9 and "no-shootdown" in str(refused.value)
     # forced, the change is made on the tables and flushed on this CPU only
     before = _probe(client, symbols, 1)
-    _wait(lambda: _probe(client, symbols, 1)[0] > before[0], what="the AP reads its page")
+    wait_until(lambda: _probe(client, symbols, 1)[0] > before[0], what="the AP reads its page")
     client.call("unmap", page, PAGE, PAGE, True)
     qemu.monitor("stop")
     try:
@@ -192,7 +184,7 @@ def test_without_a_shootdown_the_agent_refuses_and_the_stale_tlb_shows_why(agent
     finally:
         qemu.monitor("cont")
     reads, faults = _probe(client, symbols, 1)
-    _wait(lambda: _probe(client, symbols, 1)[0] > reads, what="a stale read on the AP")
+    wait_until(lambda: _probe(client, symbols, 1)[0] > reads, what="a stale read on the AP")
     assert _probe(client, symbols, 1)[1] == faults == 0  # through its stale TLB entry
 
 

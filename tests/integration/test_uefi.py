@@ -6,13 +6,13 @@ One OVMF boot for the module: the firmware alone takes 5-6 s under TCG.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 from kinspect.inspector import api
 from kinspect.inspector.efi.memmap import decode_memory_map
 from kinspect.inspector.targets.qemu_text import decode_info_tlb
+from tests.waiting import wait_until
 
 from .test_paging_vs_qemu import gva2gpa, tlb_flags
 
@@ -103,8 +103,7 @@ def test_timer_ticks_after_exit_boot_services(uefi_qemu, demo_kernel):
             s.close()
 
     first = ticks()
-    time.sleep(0.5)
-    assert ticks() > first
+    wait_until(lambda: ticks() > first, what="demo_ticks moves: the kernel runs again")
 
 
 def test_efi_map_command(uefi_qemu, demo_kernel):

@@ -384,6 +384,18 @@ def test_applying_efi_runtime_shows_what_the_firmware_answered_then_undo_is_refu
             await pilot.pause()
             assert remapper.undone == [11, 10]
             assert [s.seq for s in screen.steps] == list(range(1, 10))
+            # Keep (F4): the highlighted step closes without undoing; the journal says so
+            journal.focus()
+            await pilot.press("up")  # #9, the call: it stays, as it must
+            assert journal.highlighted == 7
+            await pilot.press("f4")
+            await app.wait_idle(30)
+            await pilot.pause()
+            assert "kept: #8 " in str(screen.query_one("#remap-result", Static).render())
+            assert [s.seq for s in screen.steps] == [1, 2, 3, 4, 5, 6, 7, 9]
+            assert remapper.undone == [11, 10]  # nothing undone by keeping
+            reread = type(remapper.journal).open(remapper.journal.path)
+            assert [s.seq for s in reread.open_steps(all_kernels=True)] == [1, 2, 3, 4, 5, 6, 7, 9]
 
     run(go())
 

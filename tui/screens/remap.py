@@ -2,7 +2,7 @@
 efi-runtime, the plan, the journal.
 
 The screen only presents and asks: it posts what the user wants
-(:class:`RemapScreen.PreviewRequested`, ``ApplyRequested``, ``UndoRequested``,
+(:class:`RemapScreen.PreviewRequested`, ``ApplyRequested``, ``UndoRequested``, ``KeepRequested``,
 ``JournalRequested``) and the app runs it in the thread that owns the session
 (``Session.remapper()``, the same Remapper the CLI's ``kinspect remap`` uses),
 then hands the results back with :meth:`RemapScreen.show_plan`,
@@ -207,6 +207,7 @@ class RemapScreen(Screen[None]):
         Binding("escape", "close", "Back"),
         Binding("f2", "apply", "Apply plan"),
         Binding("f3", "undo", "Undo step"),
+        Binding("f4", "keep", "Keep step"),
         Binding("f5", "journal", "Reload journal"),
     ]
 
@@ -230,6 +231,13 @@ class RemapScreen(Screen[None]):
             super().__init__()
             self.seqs = seqs
 
+    class KeepRequested(Message):
+        """Keep these journal steps (their ``seq``): close them without undoing."""
+
+        def __init__(self, seqs: list[int]) -> None:
+            super().__init__()
+            self.seqs = seqs
+
     class JournalRequested(Message):
         pass
 
@@ -240,7 +248,7 @@ class RemapScreen(Screen[None]):
         self.steps: list[Any] = []  # the journal's open steps, as shown
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if self.unavailable and action in ("apply", "undo", "journal"):
+        if self.unavailable and action in ("apply", "undo", "keep", "journal"):
             return False  # nothing to apply without an agent
         return True
 
@@ -274,6 +282,7 @@ class RemapScreen(Screen[None]):
                 with Horizontal(classes="remap-buttons"):
                     yield Button("Undo step", id="undo-one")
                     yield Button("Undo all", id="undo-all")
+                    yield Button("Keep step", id="keep-one")
         with Horizontal(id="remap-bottom"):
             with VerticalScroll(classes="remap-out"):
                 yield Static("no plan yet: fill a form, Preview", id="remap-plan")
@@ -368,6 +377,8 @@ class RemapScreen(Screen[None]):
             self.action_undo()
         elif button == "undo-all":
             self.post_message(self.UndoRequested(None))
+        elif button == "keep-one":
+            self.action_keep()
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
@@ -385,14 +396,23 @@ class RemapScreen(Screen[None]):
         self.query_one("#remap-result", Static).update("applying...")
         self.post_message(self.ApplyRequested(plan))
 
-    def action_undo(self) -> None:
+    def _highlighted_step(self, verb: str) -> int | None:
+        """The ``seq`` of the journal's highlighted step (a warning when there is none)."""
         journal = self.query_one("#remap-journal", OptionList)
         if journal.highlighted is None or not self.steps:
-            self.notify("no open step to undo", severity="warning")
-            return
+            self.notify(f"no open step to {verb}", severity="warning")
+            return None
         option = journal.get_option_at_index(journal.highlighted)
-        if option.id is not None:
-            self.post_message(self.UndoRequested([int(option.id)]))
+        return int(option.id) if option.id is not None else None
+
+    def action_undo(self) -> None:
+        if (seq := self._highlighted_step("undo")) is not None:
+            self.post_message(self.UndoRequested([seq]))
+
+    def action_keep(self) -> None:
+        """Keep the highlighted step: the change stays, the journal no longer offers its undo."""
+        if (seq := self._highlighted_step("keep")) is not None:
+            self.post_message(self.KeepRequested([seq]))
 
     def action_journal(self) -> None:
         self.post_message(self.JournalRequested())
