@@ -13,9 +13,9 @@ memory from ``wait4``) beside QEMU's own ``info mem`` and ``info tlb`` over QMP
 inside an attached session, fresh and after a stop where nothing changed; and
 the plain-stub path (QEMU's stub behind tests/fake_stub.py's relay, which hides
 its physical mode and monitor, as kgdb or a probe's server has neither) beside
-QEMU's stub, for ``pt --leaves`` and for the first kallsyms decode (an empty
-symbol cache). Each figure goes to the summary table (benchmarks/summary.py);
-a benchmark, never a timed assertion.
+QEMU's stub, for ``pt --leaves``, and for the first kallsyms decode (an empty
+symbol cache) also in process, without the relay. Each figure goes to the
+summary table (benchmarks/summary.py); a benchmark, never a timed assertion.
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ import pytest
 from benchmarks import summary
 from kinspect.inspector import api
 from kinspect.inspector.formatting import format_json, format_ranges, json_document
+from kinspect.inspector.session import Session
+from kinspect.inspector.targets.gdb import GdbTarget
 from kinspect.inspector.x86.control import decode_paging_mode
 from kinspect.inspector.x86.paging import coalesce_ranges, collect_address_space
+from tests.linux.test_guest import PlainStub
 from tests.qemu_view import capture_reader
 from tests.unit import test_ovmf_capture as ovmf_capture
 from tests.unit.test_x86_linux_capture import load_pages as load_linux_pages
@@ -231,26 +234,49 @@ def plain_stub(guest) -> str:
     return f"| {sys.executable} {RELAY} relay {guest.gdb_endpoint}"
 
 
-def test_plain_stub_beside_qemus(benchmark, capsys, linux):
-    """`pt --leaves` through the plain stub and through QEMU's; then the first kallsyms
-    decode (`kernel` with an empty symbol cache) through each."""
+def test_plain_stub_beside_qemus(benchmark, capsys, monkeypatch, linux):
+    """`pt --leaves` through the plain stub and through QEMU's, whole processes; then the
+    first kallsyms decode (an empty symbol cache) in process, through QEMU's stub with its
+    extensions unused (tests/linux's PlainStub: no relay) and through QEMU's, and as a
+    whole `kernel` process through the relay."""
     benchmark.pedantic(
         run_cli, ("--target", plain_stub(linux), "pt", "--leaves"), rounds=3, warmup_rounds=1
     )
     plain = benchmark.stats.stats.median
     qemu, _ = cli_median("--target", linux.gdb_endpoint, "pt", "--leaves")
     summary.record("4.stub", plain, qemu, note="relay process included")
-    decode = {}
-    for name, target in (("plain", plain_stub(linux)), ("qemu", linux.gdb_endpoint)):
-        times = []
-        for _ in range(2):
-            with tempfile.TemporaryDirectory() as cache:
-                env = {**CLI_ENV, "XDG_CACHE_HOME": cache}
-                times.append(run_cli("--target", target, "kernel", env=env)[1])
-        decode[name] = statistics.median(times)
-    summary.record("4.kallsyms", decode["plain"], decode["qemu"], note="whole `kernel` process")
+
+    def decode(target) -> float:
+        with tempfile.TemporaryDirectory() as cache:
+            monkeypatch.setenv("XDG_CACHE_HOME", cache)
+            session = Session(target)
+            try:
+                session.stop()
+                session.ranges()
+                started = time.perf_counter()
+                session.kernel()
+                return time.perf_counter() - started
+            finally:
+                session.close()
+
+    endpoint = linux.gdb_endpoint
+    plain_decode = statistics.median(
+        decode(PlainStub(endpoint, physical="direct-map")) for _ in range(3)
+    )
+    qemu_decode = statistics.median(decode(GdbTarget(endpoint)) for _ in range(3))
+    with tempfile.TemporaryDirectory() as cache:
+        relayed = run_cli(
+            "--target", plain_stub(linux), "kernel", env={**CLI_ENV, "XDG_CACHE_HOME": cache}
+        )[1]
+    summary.record(
+        "4.kallsyms",
+        plain_decode,
+        qemu_decode,
+        note=f"in process; `kernel` through the relay: {relayed:.1f} s",
+    )
     report(
         capsys,
         f"Linux guest, pt --leaves: plain stub {plain:.3f} s | QEMU's stub {qemu:.3f} s; first"
-        f" kallsyms decode (`kernel`): plain {decode['plain']:.3f} s | QEMU {decode['qemu']:.3f} s",
+        f" kallsyms decode in process: plain {plain_decode:.3f} s | QEMU {qemu_decode:.3f} s;"
+        f" `kernel` through the relay {relayed:.1f} s",
     )

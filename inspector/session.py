@@ -625,9 +625,9 @@ class Session:
         for level in range(mode.levels, 0, -1):
             wanted = [page for page in frontier if page not in self._tables]
             read = self.target.read_physical_many([(page, TABLE_SIZE) for page in wanted])
-            for page, data in zip(wanted, read, strict=True):
-                if isinstance(data, bytes) and len(data) == TABLE_SIZE:
-                    self._tables[page] = data
+            for page, got in zip(wanted, read, strict=True):
+                if isinstance(got, bytes) and len(got) == TABLE_SIZE:
+                    self._tables[page] = got
             if level == 1:
                 return
             below: set[int] = set()

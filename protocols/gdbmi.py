@@ -239,10 +239,10 @@ class MiSession:
             waiting = commands[flight[order[0]][0]]
             for record in self._read_available(deadline, waiting, timeout):
                 kind = record.get("type")
-                token = record.get("token")
-                if kind == "result" and token in flight:
-                    index, console = flight.pop(token)
-                    order.remove(token)
+                done = record.get("token")
+                if kind == "result" and done in flight:
+                    index, console = flight.pop(done)
+                    order.remove(done)
                     results[index] = self._result(commands[index], record, console)
                     deadline = time.monotonic() + timeout
                 elif kind in ("console", "target") and isinstance(record.get("payload"), str):
