@@ -17,6 +17,8 @@ import statistics
 import threading
 import time
 
+import pytest
+
 from kinspect.inspector import api
 from kinspect.tui.app import make_app
 
@@ -85,6 +87,7 @@ def test_stop_to_registers_on_screen(benchmark, qemu, demo_kernel):
         session.close()
 
 
+@pytest.mark.timeout(600)
 def test_ranges_first_screen_and_scroll(benchmark, capsys):
     """The Linux capture's 65,775 ranges in the TUI (in memory, no target I/O): from the
     walk's end (the ranges pane handed the walk's result) to the end of the next screen
