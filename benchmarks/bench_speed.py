@@ -128,8 +128,11 @@ LONG = pytest.mark.timeout(1200)
 PEAK: list[tuple[float, str]] = []
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[str, float, float]:
-    """``kinspect ARGS`` as a process: (its output, seconds, peak resident MB)."""
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, where: str = "Linux"
+) -> tuple[str, float, float]:
+    """``kinspect ARGS`` as a process (on ``where``, for the memory figure's note): (its
+    output, seconds, peak resident MB of the kinspect process)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(
@@ -149,17 +152,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[str, float, 
         err.seek(0)
         assert process.returncode == 0, err.read().decode(errors="replace")
         megabytes = usage.ru_maxrss / 1024
-        words = " ".join(a for a in args if not a.startswith(("/", "|")))
-        PEAK.append((megabytes, words))
+        words = " ".join(a for a in args if not a.startswith(("/", "|", "--target")))
+        PEAK.append((megabytes, f"{where}: {words}"))
         summary.record("6.memory", *max(PEAK)[:1], note=f"`{max(PEAK)[1]}`")
         return out.read().decode(), seconds, megabytes
 
 
 def cli_median(
-    *args: str, rounds: int = 3, env: dict[str, str] | None = None
+    *args: str, rounds: int = 3, env: dict[str, str] | None = None, where: str = "Linux"
 ) -> tuple[float, float]:
     """Median seconds and peak MB of ``rounds`` runs."""
-    runs = [run_cli(*args, env=env) for _ in range(rounds)]
+    runs = [run_cli(*args, env=env, where=where) for _ in range(rounds)]
     return statistics.median(r[1] for r in runs), max(r[2] for r in runs)
 
 

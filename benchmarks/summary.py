@@ -85,6 +85,7 @@ def table() -> list[str]:
     """The summary: one line per target (met, not met, or not measured and why)."""
     head = ("target", "kinspect", "reference", "ratio", "bound", "met")
     rows = []
+    met_count = 0
     for key, target in TARGETS.items():
         figure = _FIGURES.get(key)
         if figure is None:
@@ -99,6 +100,7 @@ def table() -> list[str]:
         else:
             bound = f"<= {target.bound:g} x ({target.reference})"
             met = ratio <= target.bound
+        met_count += met
         rows.append(
             (
                 f"{key} {target.what}",
@@ -114,9 +116,8 @@ def table() -> list[str]:
     for row in [head, *rows]:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         lines.append("  ".join([*cells, row[-1]]))
-    met = sum(1 for line in lines[1:] if line.rstrip().split("  ")[-1].startswith("yes"))
     return [
         "issue 16: each target, measured in this run",
         *lines,
-        f"{met} of {len(TARGETS)} targets met",
+        f"{met_count} of {len(TARGETS)} targets met",
     ]
