@@ -35,7 +35,7 @@ unit: deps
 integration: kernel linux-guest
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/linux
 
-bench: kernel
+bench: kernel linux-guest
 	$(PY) -m pytest -q -p no:cacheprovider -o python_files="bench_*.py" benchmarks --benchmark-only --benchmark-columns=min,median,mean,max,rounds
 
 # libFuzzer (clang, ASan, UBSan) over the agent's frame decoder, msgpack decoder and

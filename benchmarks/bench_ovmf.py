@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from benchmarks import summary
+from benchmarks.bench_speed import cli_median, qmp_seconds, run_cli
 from kinspect.inspector import api
 from kinspect.inspector.x86.control import decode_paging_mode
 from kinspect.inspector.x86.paging import coalesce_ranges, collect_address_space
@@ -60,6 +62,7 @@ def test_coalesce_ovmf_capture(benchmark, captured, capsys):
     )
 
 
+@pytest.mark.timeout(600)
 def test_walk_ovmf_live(benchmark, ovmf, capsys):  # noqa: F811
     """Registers, every table page through the gdb stub, walk; then coalesce, timed apart."""
     session = api.attach(ovmf.gdb_endpoint, timeout=60.0)
@@ -87,4 +90,24 @@ def test_walk_ovmf_live(benchmark, ovmf, capsys):  # noqa: F811
         f"OVMF live (gdb stub, OVMF booted in {ovmf.boot_seconds:.1f} s): walk + coalesce"
         f" {benchmark.stats.stats.median:.3f} s (median), of which coalesce {coalesce:.3f} s;"
         f" {len(space.leaves)} leaves, {len(ranges)} ranges",
+    )
+
+
+@pytest.mark.timeout(1200)  # a benchmark's time is its figure, never a failure
+def test_ovmf_cli_beside_qemu(benchmark, ovmf, capsys):  # noqa: F811
+    """`pt` and `--json pt --leaves` as whole processes (issue 16's target 8), beside QEMU's
+    `info mem` and `info tlb` over QMP in the same run."""
+    target = ("--target", ovmf.gdb_endpoint)
+    run_cli(*target, "regs", where="OVMF")  # bytecode compiled once, as installed
+    benchmark.pedantic(run_cli, (*target, "pt"), {"where": "OVMF"}, rounds=3)
+    pt = benchmark.stats.stats.median
+    summary.record("8.pt", pt)
+    info_mem = qmp_seconds(ovmf, "info mem")
+    leaves, peak = cli_median(*target, "--json", "pt", "--leaves", rounds=1, where="OVMF")
+    info_tlb = qmp_seconds(ovmf, "info tlb", rounds=1)
+    summary.record("8.leaves", leaves, info_tlb)
+    report(
+        capsys,
+        f"OVMF, whole process: pt {pt:.3f} s (info mem over QMP {info_mem:.3f} s);"
+        f" --json pt --leaves {leaves:.1f} s, {peak:.0f} MB peak (info tlb {info_tlb:.2f} s)",
     )

@@ -15,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import statistics
 import threading
+import time
+
+import pytest
 
 from kinspect.inspector import api
 from kinspect.tui.app import make_app
@@ -78,7 +81,76 @@ def test_stop_to_registers_on_screen(benchmark, qemu, demo_kernel):
                 f"\nstop -> {view} on screen: median {medians[view]:.1f} ms,"
                 f" max {max(ms):.1f} ms over {len(ms)} stops"
             )
-        assert medians["registers"] < 100 and medians["stack"] < 100, medians  # the issue's bound
+        # the issue's bound is 100 ms: said, not asserted (a benchmark, never a timed test)
+        met = medians["registers"] < 100 and medians["stack"] < 100
+        print(f"stop -> screen within 100 ms (median): {'yes' if met else 'NO'}")
     finally:
         running.close()
         session.close()
+
+
+@pytest.mark.timeout(600)
+def test_ranges_first_screen_and_scroll(benchmark, capsys):
+    """The Linux capture's 65,775 ranges in the TUI (in memory: no target I/O): from the
+    walk's end (the ranges pane handed the walk's result) to the end of the next screen
+    refresh; the slowest of 60 scroll steps (j, k, PageDown, End, Home; key to idle); and
+    five single steps (``s``: a stop where no table changed), each from the pane's reload
+    at the stop to the refreshed screen (the re-walk included)."""
+    from benchmarks import summary
+    from kinspect.tui.panes.ranges import RangesPane
+    from tests.tui.fakes import memory_session
+
+    drawn: list[float] = []  # walk's end (or reload) to the screen, per read
+    loads: list[float] = []
+    steps: list[float] = []
+    original_read, original_load = RangesPane.on_ranges_pane_read, RangesPane.load
+
+    def timed_read(pane, message):
+        started = time.perf_counter()
+        original_read(pane, message)
+        since = loads[-1] if len(drawn) else started  # the first: from the walk's end
+        pane.app.call_after_refresh(lambda: drawn.append(time.perf_counter() - since))
+
+    def timed_load(pane):
+        loads.append(time.perf_counter())
+        original_load(pane)
+
+    async def scenario() -> None:
+        app = make_app(memory_session())
+        async with app.run_test(size=(160, 48)) as pilot:
+            await app.wait_idle(60)
+            await pilot.pause()
+            await pilot.press("2")
+            await pilot.pause()
+            for key in ["j"] * 20 + ["pagedown"] * 20 + ["end", "home"] + ["k"] * 18:
+                started = time.perf_counter()
+                await pilot.press(key)
+                await pilot.pause()
+                steps.append(time.perf_counter() - started)
+            for _ in range(5):
+                before = len(drawn)
+                await pilot.press("s")
+                for _ in range(3000):
+                    await pilot.pause(0.01)
+                    if len(drawn) > before:
+                        break
+            assert app.errors == []
+
+    RangesPane.on_ranges_pane_read, RangesPane.load = timed_read, timed_load
+    try:
+        benchmark.pedantic(lambda: asyncio.run(asyncio.wait_for(scenario(), 300)), rounds=1)
+    finally:
+        RangesPane.on_ranges_pane_read, RangesPane.load = original_read, original_load
+    assert len(drawn) >= 6 and steps
+    first, refresh = drawn[0], statistics.median(drawn[1:])
+    summary.record("7.first", first * 1000, note="Linux capture; OVMF not measured")
+    summary.record(
+        "7.scroll", max(steps) * 1000, note=f"median {statistics.median(steps) * 1000:.0f} ms"
+    )
+    summary.record("3.tui", refresh * 1000, note="Linux capture in memory: no I/O")
+    with capsys.disabled():
+        print(
+            f"\nTUI, Linux capture: first ranges screen {first * 1000:.0f} ms after the walk;"
+            f" scroll steps median {statistics.median(steps) * 1000:.0f} ms,"
+            f" max {max(steps) * 1000:.0f} ms; refresh after a step {refresh * 1000:.0f} ms"
+        )

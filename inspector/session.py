@@ -780,6 +780,39 @@ class Session:
             return data[offset : offset + size]
         return self.target.read_physical(address, size)
 
+    def _prefetch_tables(self, cr3: int, mode: PagingMode) -> None:
+        """Read the tables a walk will ask for, a level at a time, each level's pages in one
+        batch (``read_physical_many``: through a gdb stub, contiguous pages in one
+        command and the commands pipelined) instead of a round trip per page.
+
+        Entries are followed as the walk follows them: present and not a leaf (PS at
+        the PDPT and PD). A page that cannot be read is left for the walk, which
+        says why; an entry the walk refuses (reserved bits) costs one needless read.
+        """
+        import numpy as np
+
+        mask = ((1 << mode.maxphyaddr) - 1) & ~(TABLE_SIZE - 1)
+        frontier = [cr3 & mask]
+        for level in range(mode.levels, 0, -1):
+            wanted = [page for page in frontier if page not in self._tables]
+            read = self.target.read_physical_many([(page, TABLE_SIZE) for page in wanted])
+            for page, got in zip(wanted, read, strict=True):
+                if isinstance(got, bytes) and len(got) == TABLE_SIZE:
+                    self._tables[page] = got
+            if level == 1:
+                return
+            below: set[int] = set()
+            for page in frontier:
+                data = self._tables.get(page)
+                if data is None:
+                    continue
+                raws = np.frombuffer(data, dtype="<u8")
+                tables = (raws & 1) != 0
+                if level <= 3:
+                    tables &= (raws & 0x80) == 0  # PS: a leaf
+                below.update((raws[tables] & mask).tolist())
+            frontier = sorted(below)
+
     def _walk_inputs(self) -> tuple[int, PagingMode]:
         state = self.control_registers()
         mode = state.paging
@@ -799,6 +832,7 @@ class Session:
         if cpu not in self._space:
             cr3, mode = self._walk_inputs()
             self._find_direct_map(cr3, mode)
+            self._prefetch_tables(cr3, mode)
             self._space[cpu] = collect_address_space(self._read_table, cr3, mode)
         return self._space[cpu]
 
@@ -818,6 +852,7 @@ class Session:
             return
         cr3, mode = self._walk_inputs()
         self._find_direct_map(cr3, mode)
+        self._prefetch_tables(cr3, mode)
         run: list[Leaf] = []
         for item in walk_page_tables(self._read_table, cr3, mode):
             if isinstance(item, Leaf):

@@ -5,6 +5,13 @@ silence after every reply. We write with ``read_response=False``, wait on the
 pipe ourselves with ``select`` and read until the result record that carries
 our token arrives, so a command costs what gdb and the stub cost, not 200 ms.
 
+Memory is the bulk of what gdb prints: a 4 KiB read is 8 KiB of hex, which
+pygdbmi's parser walks a character at a time (0.5 ms, as long as gdb and
+QEMU's stub take to fetch it). We read gdb's output ourselves, parse the
+``-data-read-memory-bytes`` results with one regular expression and hand
+every other record to pygdbmi. :meth:`MiSession.pipeline` keeps several
+commands in flight, so gdb never waits for us between two of them.
+
 This module is the ground floor: it imports nothing of kinspect's and raises
 its own errors (:class:`MiError`, :class:`MiTimeout`, :class:`MiClosed`),
 which the inspector wraps.
@@ -12,6 +19,8 @@ which the inspector wraps.
 
 from __future__ import annotations
 
+import os
+import re
 import select
 import shutil
 import subprocess
@@ -20,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pygdbmi import gdbmiparser
 from pygdbmi.gdbcontroller import GdbController
 
 __all__ = [
@@ -29,9 +39,19 @@ __all__ = [
     "MiSession",
     "MiTimeout",
     "mi_quote",
+    "parse_record",
 ]
 
 DEFAULT_TIMEOUT = 10.0
+#: How many commands :meth:`MiSession.pipeline` keeps in flight: enough that gdb always
+#: has the next one, few enough that neither pipe fills while the other waits.
+PIPELINE_WINDOW = 32
+
+_MEMORY_RESULT = re.compile(r"(\d*)\^done,memory=\[(.*)\]")
+_MEMORY_BLOCK = re.compile(
+    r'\{begin="(0x[0-9a-f]+)",offset="(0x[0-9a-f]+)",end="(0x[0-9a-f]+)",contents="([0-9a-f]*)"\}'
+)
+_BLOCK_TEXT = '{{begin="{}",offset="{}",end="{}",contents="{}"}}'
 
 
 class MiError(Exception):
@@ -69,6 +89,30 @@ class MiResult:
         return "".join(self.console)
 
 
+def parse_record(line: str) -> dict[str, Any]:
+    """One line of gdb's MI output as pygdbmi parses it (``type``, ``message``,
+    ``payload``, ``token``), the result of ``-data-read-memory-bytes`` without
+    pygdbmi's character-by-character parser."""
+    memory = _MEMORY_RESULT.fullmatch(line)
+    if memory is not None:
+        found = _MEMORY_BLOCK.findall(memory.group(2))
+        # only when the blocks are all there is (any other shape goes to pygdbmi)
+        if ",".join(_BLOCK_TEXT.format(*b) for b in found) == memory.group(2):
+            token = memory.group(1)
+            return {
+                "type": "result",
+                "message": "done",
+                "payload": {
+                    "memory": [
+                        {"begin": b, "offset": o, "end": e, "contents": c} for b, o, e, c in found
+                    ]
+                },
+                "token": int(token) if token else None,
+            }
+    record: dict[str, Any] = gdbmiparser.parse_response(line)
+    return record
+
+
 def mi_quote(text: str) -> str:
     """Quote an argument for an MI command line (a C string)."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -101,6 +145,8 @@ class MiSession:
         if process.stderr is not None:
             self._fds.append(process.stderr.fileno())
         self._next_token = 1
+        #: the end of gdb's output that is not a whole line yet, per descriptor
+        self._partial: dict[int, list[bytes]] = {}
         self._on_async = on_async
         self.state = "unknown"  # "running" | "stopped" | "unknown" | "exited"
         self.last_stop: dict[str, Any] | None = None
@@ -150,41 +196,75 @@ class MiSession:
         result arrives in ``timeout`` seconds and :class:`MiClosed` when gdb
         exits.
         """
+        (result,) = self.pipeline([command], timeout=timeout)
+        if isinstance(result, MiError):
+            raise result
+        return result
+
+    def pipeline(
+        self,
+        commands: Sequence[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        window: int = PIPELINE_WINDOW,
+    ) -> list[MiResult | MiError]:
+        """Run ``commands`` in order, up to ``window`` of them in flight; each one's
+        result, or its :class:`MiError` (an ``^error`` does not stop the others).
+
+        gdb runs commands one after the other, so this saves the turn-around
+        between two of them, not gdb's own work. :class:`MiTimeout` when a
+        result takes more than ``timeout`` seconds after the one before;
+        :class:`MiClosed` when gdb exits.
+        """
         if not self.alive:
             raise MiClosed("gdb has exited")
-        token = self._next_token
-        self._next_token += 1
-        try:
-            self._controller.io_manager.write(f"{token}{command}", read_response=False)
-        except (OSError, ValueError) as exc:
-            raise MiClosed(f"cannot write to gdb: {exc}") from exc
-        console: list[str] = []
+        results: list[MiResult | MiError | None] = [None] * len(commands)
+        flight: dict[int, tuple[int, list[str]]] = {}  # token -> (index, console lines)
+        order: list[int] = []  # tokens in flight, oldest first
+        sent = 0
         deadline = time.monotonic() + timeout
-        while True:
-            records = self._read_available(deadline, command, timeout)
-            for index, record in enumerate(records):
+        while sent < len(commands) or flight:
+            while sent < len(commands) and len(flight) < max(1, window):
+                token = self._next_token
+                self._next_token += 1
+                try:
+                    self._controller.io_manager.write(
+                        f"{token}{commands[sent]}", read_response=False
+                    )
+                except (OSError, ValueError) as exc:
+                    raise MiClosed(f"cannot write to gdb: {exc}") from exc
+                flight[token] = (sent, [])
+                order.append(token)
+                sent += 1
+            waiting = commands[flight[order[0]][0]]
+            for record in self._read_available(deadline, waiting, timeout):
                 kind = record.get("type")
-                if kind == "result" and record.get("token") == token:
-                    message = record.get("message") or ""
-                    payload = record.get("payload")
-                    if message == "running":
-                        self.state = "running"
-                    # Async records gdb printed after the result arrive in the same
-                    # read (``*running``, and ``*stopped`` when the target stops at
-                    # once): dropping them would lose the stop for good.
-                    for later in records[index + 1 :]:
-                        if later.get("type") == "notify":
-                            self._handle_async(later)
-                    if message == "error":
-                        text = payload.get("msg", "") if isinstance(payload, dict) else ""
-                        raise MiError(command, text or "gdb reported an error")
-                    return MiResult(message, payload, console)
-                if kind in ("console", "target") and isinstance(record.get("payload"), str):
-                    console.append(record["payload"])
+                done = record.get("token")
+                if kind == "result" and done in flight:
+                    index, console = flight.pop(done)
+                    order.remove(done)
+                    results[index] = self._result(commands[index], record, console)
+                    deadline = time.monotonic() + timeout
+                elif kind in ("console", "target") and isinstance(record.get("payload"), str):
+                    if order:  # gdb prints a command's output before its result
+                        flight[order[0]][1].append(record["payload"])
                 elif kind == "notify":
                     self._handle_async(record)
                 elif kind == "output" and record.get("stream") == "stderr":
                     self.stderr.append(str(record.get("payload")))
+        return [r for r in results if r is not None]
+
+    def _result(
+        self, command: str, record: dict[str, Any], console: list[str]
+    ) -> MiResult | MiError:
+        message = record.get("message") or ""
+        payload = record.get("payload")
+        if message == "running":
+            self.state = "running"
+        if message == "error":
+            text = payload.get("msg", "") if isinstance(payload, dict) else ""
+            return MiError(command, text or "gdb reported an error")
+        return MiResult(message, payload, console)
 
     def console(self, text: str, *, timeout: float = DEFAULT_TIMEOUT) -> str:
         """Run a CLI command through MI and return what it printed."""
@@ -223,12 +303,37 @@ class MiSession:
             self._on_async(record)
 
     def _read_ready(self) -> list[dict[str, Any]]:
-        try:
-            return self._controller.io_manager.get_gdb_response(
-                timeout_sec=0, raise_error_on_timeout=False
-            )
-        except (OSError, ValueError) as exc:
-            raise MiClosed(f"cannot read from gdb: {exc}") from exc
+        """Every complete line gdb has printed so far, parsed (pygdbmi's records, with
+        ``stream``); a line cut in the middle waits for the rest."""
+        records: list[dict[str, Any]] = []
+        for fd in self._fds:
+            pending = self._partial.setdefault(fd, [])
+            lines: list[bytes] = []
+            while True:
+                try:
+                    data = os.read(fd, 1 << 20)
+                except BlockingIOError:
+                    break
+                except (OSError, ValueError) as exc:
+                    raise MiClosed(f"cannot read from gdb: {exc}") from exc
+                if not data:
+                    break
+                if b"\n" not in data:  # a long line (a big read) arrives in many pieces
+                    pending.append(data)
+                    continue
+                pending.append(data)
+                *whole, rest = b"".join(pending).split(b"\n")
+                lines += whole
+                pending[:] = [rest] if rest else []
+            stream = "stdout" if fd == self._fds[0] else "stderr"
+            for raw in lines:
+                line = raw.decode(errors="replace").rstrip("\r")
+                if not line or gdbmiparser.response_is_finished(line):
+                    continue
+                record = parse_record(line)
+                record["stream"] = stream
+                records.append(record)
+        return records
 
     def _read_available(self, deadline: float, what: str, timeout: float) -> list[dict[str, Any]]:
         """Block until gdb prints something (or the deadline), then parse it."""

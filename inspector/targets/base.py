@@ -20,12 +20,12 @@ from __future__ import annotations
 import enum
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import MissingCapability, TargetError
+from ..errors import FaultError, MissingCapability, TargetError
 
 if TYPE_CHECKING:
     from ..efi.runtime import EfiTime
@@ -249,6 +249,19 @@ class Target(ABC):
     def read_physical(self, address: int, size: int) -> bytes:
         """Read guest physical memory (Capability.PHYSICAL_READS). Raises FaultError past RAM."""
         raise self.missing(Capability.PHYSICAL_READS)
+
+    def read_physical_many(self, requests: Sequence[tuple[int, int]]) -> list[bytes | FaultError]:
+        """Several physical reads, ``(address, size)`` each: each one's bytes, or the
+        FaultError that ended it (at the exact address that failed). A target that can
+        batches them (GdbTarget: one request per contiguous run, several in flight); here
+        they are read one after the other."""
+        found: list[bytes | FaultError] = []
+        for address, size in requests:
+            try:
+                found.append(self.read_physical(address, size))
+            except FaultError as exc:
+                found.append(exc)
+        return found
 
     @property
     def physical_source(self) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kinspect.protocols.gdbmi import MiClosed, MiError, MiResult, MiSession, MiTimeout, mi_quote
@@ -44,6 +44,12 @@ __all__ = [
     "GdbTarget",
     "decode_break_table",
     "decode_cpu_threads",
+    "decode_memory_blocks",
+    "join_blocks",
+    "plan_runs",
+    "readable_prefix",
+    "slice_blocks",
+    "trusted_blocks",
 ]
 
 #: The C type gdb watches for each length a debug register covers (DR7's LEN: 1, 2, 4, 8).
@@ -67,7 +73,10 @@ CONNECT_TIMEOUT = 10.0
 QUICK_LOOK = 0.5
 #: The first CPU's QOM path on QEMU's pc and q35 machines (query-cpus-fast names it so).
 QEMU_CPU_PATH = "/machine/unattached/device[0]"
+#: The most one ``-data-read-memory-bytes`` asks for (gdb cuts it into packets).
 READ_CHUNK = 64 * 1024
+#: The smallest packet a refused read halves gdb's packets down to.
+MIN_PACKET = 64
 
 
 class GdbTarget(Target):
@@ -101,6 +110,7 @@ class GdbTarget(Target):
         self._ram_size: int | None = None
         self._maxphyaddr: int | None = None  # 0: asked, not known
         self._closed = False
+        self._packet_size: int | None = None  # gdb's, asked when first needed
         #: CPU index -> gdb thread id (QEMU's stub shows one thread per vCPU)
         self._cpu_threads: dict[int, str] = {}
         self._cpu = 0
@@ -347,26 +357,124 @@ class GdbTarget(Target):
     # -- memory ------------------------------------------------------------------
 
     def _read(self, address: int, size: int, what: str) -> bytes:
+        (found,) = self._read_many([(address, size)], what)
+        if isinstance(found, FaultError):
+            raise found
+        return found
+
+    def _read_many(
+        self, requests: Sequence[tuple[int, int]], what: str
+    ) -> list[bytes | FaultError]:
+        """Each ``(address, size)`` read as gdb sees memory now (virtual, or physical in
+        QEMU's mode), in few commands: contiguous requests are one run (at most
+        READ_CHUNK bytes a command), and the runs' commands are pipelined. gdb itself
+        cuts each command into packets as large as the stub's ``PacketSize`` allows. A
+        request that its run did not give whole is read again alone (:meth:`_read_alone`)."""
+        runs = plan_runs(requests, READ_CHUNK)
+        results = self._pipeline([f"-data-read-memory-bytes {a:#x} {n}" for a, n, _ in runs])
+        held: dict[int, list[tuple[int, bytes]]] = {}  # request -> blocks of its runs
+        for (_start, _size, members), result in zip(runs, results, strict=True):
+            blocks = [] if isinstance(result, MiError) else decode_memory_blocks(result.payload)
+            for index in members:
+                held.setdefault(index, []).extend(blocks)
+        found: list[bytes | FaultError | None] = [None] * len(requests)
+        for index, blocks in held.items():
+            address, size = requests[index]
+            found[index] = slice_blocks(trusted_blocks(join_blocks(blocks), runs), address, size)
+        for index, got in enumerate(found):
+            if got is None:
+                found[index] = self._read_alone(*requests[index], what)
+        return [got for got in found if got is not None]
+
+    def _pipeline(self, commands: list[str]) -> list[MiResult | MiError]:
+        try:
+            results = self._mi.pipeline(commands, timeout=self.timeout)
+        except MiTimeout as exc:
+            raise TargetLost(
+                f"the target did not answer within {exc.timeout:g} s ({self.endpoint})"
+            ) from exc
+        except MiClosed as exc:
+            raise TargetLost(f"lost the connection to gdb: {exc}") from exc
+        for result in results:
+            if isinstance(result, MiError):
+                self._raise_if_gone(result)
+        return results
+
+    def _read_alone(self, address: int, size: int, what: str) -> bytes | FaultError:
+        """One request its batch did not give whole, in READ_CHUNK commands: its bytes, or
+        a FaultError at the first byte that cannot be read. When that byte reads alone,
+        the stub refused the packet, not the memory: gdb's packets are halved (down to
+        MIN_PACKET bytes) and the read is tried again.
+
+        gdb's answer around a hole may hold one byte too many (gdb 13's
+        ``read_whatever_is_readable`` keeps the unreadable byte its search ended on),
+        (never read: garbage), so the last byte before the hole is read again alone."""
         out = bytearray()
         while len(out) < size:
-            chunk = min(READ_CHUNK, size - len(out))
             start = address + len(out)
-            try:
-                result = self._call(f"-data-read-memory-bytes {start:#x} {chunk}")
-            except MiError as exc:
-                self._raise_if_gone(exc)
-                raise FaultError(start, f"cannot read {what} memory ({exc.message})") from exc
-            blocks = result.payload.get("memory", []) if isinstance(result.payload, dict) else []
-            data = bytearray()
-            for block in blocks:
-                begin = int(block["begin"], 16) + int(block.get("offset", "0"), 16)
-                if begin != start + len(data):
-                    break
-                data += bytes.fromhex(block["contents"])
-            if len(data) < chunk:
-                raise FaultError(start + len(data), f"cannot read {what} memory (not mapped)")
-            out += data[:chunk]
+            chunk = min(READ_CHUNK, size - len(out))
+            (result,) = self._pipeline([f"-data-read-memory-bytes {start:#x} {chunk}"])
+            blocks = [] if isinstance(result, MiError) else decode_memory_blocks(result.payload)
+            got = readable_prefix(blocks, start, chunk)
+            if len(got) < chunk and got:  # that last byte may not have been read at all
+                got = got[:-1] + self._read_byte(start + len(got) - 1)
+            out += got
+            if len(got) == chunk:
+                continue
+            failing = start + len(got)
+            if self._read_byte(failing) and self._shrink_packets():
+                continue
+            reason = f"{result.message}" if isinstance(result, MiError) else "not mapped"
+            return FaultError(failing, f"cannot read {what} memory ({reason})")
         return bytes(out)
+
+    def _read_byte(self, address: int) -> bytes:
+        """The byte at ``address``, or b"" when it cannot be read."""
+        (result,) = self._pipeline([f"-data-read-memory-bytes {address:#x} 1"])
+        if isinstance(result, MiError):
+            return b""
+        return readable_prefix(decode_memory_blocks(result.payload), address, 1)
+
+    @property
+    def packet_size(self) -> int:
+        """The largest packet gdb sends this stub (what its ``qSupported`` reply's
+        ``PacketSize`` allows, halved after the stub refused a read): a memory read
+        packet carries half of it in hex. Asked of gdb once."""
+        if self._packet_size is None:
+            text = self._console("show remote memory-read-packet-size")
+            match = re.search(r"limited to (\d+) bytes", text)
+            self._packet_size = int(match.group(1)) if match else 0
+        return self._packet_size
+
+    def _shrink_packets(self) -> bool:
+        """Halve gdb's packet size for memory reads; False at the floor (nothing left)."""
+        current = self.packet_size
+        if current <= MIN_PACKET:
+            return False
+        self._packet_size = max(MIN_PACKET, current // 2)
+        self._console(f"set remote memory-read-packet-size {self._packet_size}")
+        return True
+
+    def read_physical_many(self, requests: Sequence[tuple[int, int]]) -> list[bytes | FaultError]:
+        found: list[bytes | FaultError | None] = [None] * len(requests)
+        wanted: list[tuple[int, int]] = []
+        where: list[int] = []
+        offset = 0
+        for index, (address, size) in enumerate(requests):
+            try:
+                self._check_physical(address, size)
+            except FaultError as exc:
+                found[index] = exc
+                continue
+            if not wanted:  # the first valid request sets the mode (and finds the base)
+                offset = self._enter_physical()
+            wanted.append((offset + address, size))
+            where.append(index)
+        if wanted:
+            what = "physical" if self.physical == "qemu" else "physical (through the direct map)"
+            for index, got in zip(where, self._read_many(wanted, what), strict=True):
+                found[index] = got  # a fault names the address read, as read_physical's do
+        return [got for got in found if got is not None]
 
     def read_virtual(self, address: int, size: int) -> bytes:
         from ..x86.paging import check_canonical  # imported by the first read, not at start
@@ -378,6 +486,13 @@ class GdbTarget(Target):
         return self._read(address, size, "virtual")
 
     def read_physical(self, address: int, size: int) -> bytes:
+        self._check_physical(address, size)
+        offset = self._enter_physical()
+        if self.physical == "qemu":
+            return self._read(address, size, "physical")
+        return self._read(offset + address, size, "physical (through the direct map)")
+
+    def _check_physical(self, address: int, size: int) -> None:
         if address < 0 or size < 0 or address + size > 1 << 52:
             raise FaultError(address, "physical address out of range (above 2^52)")
         self._require_stopped()
@@ -388,13 +503,17 @@ class GdbTarget(Target):
                 f"physical address past the end of RAM ({(self._ram_size or 0) // (1 << 20)} MiB): "
                 "QEMU would answer zeros",
             )
+
+    def _enter_physical(self) -> int:
+        """Set the stub up for physical reads; the offset to add to a physical address
+        (0 in QEMU's mode, the direct map's base otherwise)."""
         if self.physical == "qemu":
             self._set_phys_mode(True)
-            return self._read(address, size, "physical")
+            return 0
         base = self._direct_map_base()
         if self._phys_mode:
             self._set_phys_mode(False)
-        return self._read(base + address, size, "physical (through the direct map)")
+        return base
 
     def _physical_limit(self) -> int | None:
         """Where RAM ends in the physical address space, as far as we know.
@@ -838,3 +957,87 @@ def _where(row: Mapping[str, Any]) -> str:
         if row.get(key):
             return str(row[key])
     return ""
+
+
+# -- reads in runs: pure helpers of GdbTarget._read_many --------------------------------------
+
+
+def plan_runs(requests: Sequence[tuple[int, int]], limit: int) -> list[tuple[int, int, list[int]]]:
+    """The commands that read ``requests``: ``(start, size, indices of the requests it
+    holds)``, in address order. Requests that touch or overlap are one run up to
+    ``limit`` bytes; a request larger than ``limit`` is cut into runs of its own (its
+    index in each)."""
+    runs: list[tuple[int, int, list[int]]] = []
+    for index in sorted(range(len(requests)), key=lambda i: requests[i]):
+        address, size = requests[index]
+        end = address + size
+        if runs:
+            start, length, members = runs[-1]
+            if start <= address <= start + length and max(end, start + length) - start <= limit:
+                runs[-1] = (start, max(end, start + length) - start, [*members, index])
+                continue
+        first = True
+        while first or address < end:
+            first = False
+            piece = min(limit, end - address)
+            runs.append((address, piece, [index]))
+            address += piece
+    return runs
+
+
+def decode_memory_blocks(payload: Any) -> list[tuple[int, bytes]]:
+    """``(address, bytes)`` of each block of a ``-data-read-memory-bytes`` answer (gdb
+    gives the parts it could read, around the holes), neighbours joined."""
+    blocks = payload.get("memory", []) if isinstance(payload, Mapping) else []
+    found: list[tuple[int, bytes]] = []
+    for block in blocks if isinstance(blocks, list) else []:
+        try:
+            begin = int(block["begin"], 16) + int(block.get("offset", "0"), 16)
+            found.append((begin, bytes.fromhex(block["contents"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return join_blocks(found)
+
+
+def join_blocks(blocks: Sequence[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """Blocks in address order, the ones that touch made one."""
+    joined: list[tuple[int, bytearray]] = []
+    for begin, data in sorted(blocks, key=lambda block: block[0]):
+        if joined and joined[-1][0] + len(joined[-1][1]) == begin:
+            joined[-1][1].extend(data)
+        else:
+            joined.append((begin, bytearray(data)))
+    return [(begin, bytes(data)) for begin, data in joined]
+
+
+def trusted_blocks(
+    blocks: Sequence[tuple[int, bytes]], runs: Sequence[tuple[int, int, object]]
+) -> list[tuple[int, bytes]]:
+    """The blocks less the byte on each side of a hole: gdb 13 may give one byte of
+    the hole with the block beside it (see GdbTarget._read_alone). A block edge that is
+    a run's edge is no hole's."""
+    edges = {start for start, _, _ in runs} | {start + size for start, size, _ in runs}
+    found = []
+    for begin, data in blocks:
+        end = begin + len(data)
+        if begin not in edges:
+            begin, data = begin + 1, data[1:]
+        if end not in edges:
+            data = data[:-1]
+        if data:
+            found.append((begin, data))
+    return found
+
+
+def readable_prefix(blocks: Sequence[tuple[int, bytes]], address: int, size: int) -> bytes:
+    """What of ``[address, address + size)`` the blocks hold from its first byte on."""
+    for begin, data in blocks:
+        if begin <= address < begin + len(data):
+            return data[address - begin : address - begin + size]
+    return b""
+
+
+def slice_blocks(blocks: Sequence[tuple[int, bytes]], address: int, size: int) -> bytes | None:
+    """``[address, address + size)`` when one block holds it whole; None otherwise."""
+    got = readable_prefix(blocks, address, size)
+    return got if len(got) == size else None

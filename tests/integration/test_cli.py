@@ -177,18 +177,23 @@ def test_qemu_exiting_mid_walk_is_one_line_error(demo_kernel):
     instance = api.launch_demo()
     try:
         session = api.attach(instance.gdb_endpoint, elf=demo_kernel)
-        original = session.target.read_physical
+        original, batch = session.target.read_physical, session.target.read_physical_many
         calls = 0
 
-        def dying_read(address: int, size: int) -> bytes:
-            nonlocal calls
-            calls += 1
-            if calls == 3:
-                os.kill(instance.pid, 9)
-                instance.process.wait(5)
-            return original(address, size)
+        def dying(read):
+            def read_then_die(*args):
+                nonlocal calls
+                calls += 1
+                if calls == 3:
+                    os.kill(instance.pid, 9)
+                    instance.process.wait(5)
+                return read(*args)
 
-        session.target.read_physical = dying_read
+            return read_then_die
+
+        # the walk reads a level of tables a batch (read_physical_many), then single pages
+        session.target.read_physical = dying(original)
+        session.target.read_physical_many = dying(batch)
         with pytest.raises(api.TargetError) as excinfo:
             session.address_space()
         assert "\n" not in str(excinfo.value)

@@ -14,11 +14,13 @@ import pytest
 
 from kinspect.inspector import api
 from kinspect.inspector.commands import registry
+from kinspect.inspector.errors import FaultError
 from kinspect.inspector.linux import guest as linux
 from kinspect.inspector.session import Session
 from kinspect.inspector.targets.base import Capability
 from kinspect.inspector.targets.gdb import GdbTarget
 from kinspect.inspector.targets.qemu_text import decode_info_tlb
+from kinspect.inspector.x86.paging import walk_tables
 from tests.qemu_view import tlb_flags
 
 from .conftest import LINUX_BOOT_TIMEOUT, _files, read_guest_file
@@ -241,3 +243,36 @@ def test_pt_compact_fits_500_rows_under_region_headings(plain):
         assert by_start[kernel.text] == "kernel text/data"
         assert by_start[kernel.page_offset_base] == "direct map"
         assert REGIONS <= {r["region"] for r in doc["ranges"]} <= ALL_REGIONS
+
+
+def _qemu_physical(guest, address: int, size: int) -> bytes:
+    """``size`` bytes at physical ``address`` as QEMU's monitor reads them (``xp``)."""
+    text = guest.monitor(f"xp /{size // 8}gx {address:#x}")
+    words = [int(w, 16) for line in text.splitlines() for w in line.split(":", 1)[1].split()]
+    return b"".join(w.to_bytes(8, "little") for w in words)
+
+
+def test_plain_stub_batched_reads_are_qemus_own_and_stop_at_the_end_of_ram(plain, linux_guest):
+    """The walk's tables read in one batch (runs of contiguous pages, pipelined) are what
+    QEMU's monitor reads at the same physical addresses, and one by one the same; a batch
+    that runs off the end of the direct map (QEMU's ``info mem`` says where) fails at its
+    first unmapped byte, and only the requests that reach it fail."""
+    session, _ = plain
+    mode = session.paging_mode()
+    tables = sorted({t for _, t in walk_tables(session.read_physical, session.root_table(), mode)})
+    assert len(tables) > 100
+    batch = session.target.read_physical_many([(t, 4096) for t in tables])
+    assert batch == [session.target.read_physical(t, 4096) for t in tables]
+    for table in tables[:: max(1, len(tables) // 12)] + [tables[-1]]:
+        assert batch[tables.index(table)] == _qemu_physical(linux_guest, table, 4096), hex(table)
+
+    base = session.kernel().page_offset_base
+    spans = [line.split()[0].split("-") for line in linux_guest.monitor("info mem").splitlines()]
+    ends = [int(end, 16) for start, end in spans if base <= int(start, 16) < base + (1 << 40)]
+    top = max(ends) - base  # where the direct map ends: the end of RAM
+    below, across, past = session.target.read_physical_many(
+        [(top - 0x3000, 0x1000), (top - 0x2000, 0x4000), (top, 0x1000)]
+    )
+    assert below == _qemu_physical(linux_guest, top - 0x3000, 0x1000)
+    assert isinstance(across, FaultError) and across.address == base + top
+    assert isinstance(past, FaultError) and past.address == base + top
