@@ -8,7 +8,7 @@ the TUI shows comes from the same call here, so the two cannot disagree.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,16 +48,17 @@ from .x86.paging import (
     Leaf,
     PageTableEntry,
     Range,
+    RangeList,
     Translation,
+    WalkCache,
     WalkProblem,
     check_canonical,
     coalesce_ranges,
     collect_address_space,
     compact_ranges,
     decode_table,
-    find_aliases,
+    find_alias_addresses,
     translate,
-    walk_page_tables,
 )
 
 # Each of these is imported by the method that needs it: `kinspect regs` starts without
@@ -89,6 +90,8 @@ if TYPE_CHECKING:
 __all__ = ["ControlState", "Session"]
 
 TABLE_SIZE = 4096
+PREFETCH_PAGES = 64
+"""Adjacent table pages read in one request at most (256 KiB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +137,11 @@ class Session:
         # per CPU (its index): each has its own registers and CR3; table pages are physical
         self._registers: dict[int, Mapping[str, int]] = {}
         self._space: dict[int, AddressSpace] = {}
-        self._ranges: dict[int, list[Range]] = {}
+        self._ranges: dict[int, RangeList] = {}
         self._tables: dict[int, bytes] = {}
+        #: the decoded tables of earlier walks, kept across stops: a re-walk reads the
+        #: tables again (in bulk) and decodes only those whose bytes changed
+        self._walk_cache = WalkCache()
         self._remapper: Remaps | None = None
         #: Where the kernel keeps the UEFI memory map, and the map itself: neither changes
         #: once boot services are gone, so both are kept across stops (the mappings are
@@ -212,7 +218,7 @@ class Session:
         """The map walked again now, forgotten afterwards (the kernel runs on)."""
         self.invalidate()
         try:
-            return self.ranges()
+            return list(self.ranges())
         finally:
             self.invalidate()
 
@@ -457,6 +463,7 @@ class Session:
             self._space.clear()
             self._ranges.clear()
             self._tables.clear()
+            self._walk_cache = WalkCache()
 
     def _find_direct_map(self, cr3: int, mode: PagingMode) -> None:
         """A stub without physical reads of its own reads through the direct map: find its
@@ -609,6 +616,39 @@ class Session:
             return data[offset : offset + size]
         return self.target.read_physical(address, size)
 
+    def _prefetch_tables(self, pages: Iterable[int]) -> None:
+        """Read table pages ahead of the walk, neighbours in one read (a run of adjacent
+        pages is one request to the target instead of one each); a run that cannot be
+        read is left to the walk, which reads (and reports) page by page."""
+        wanted = sorted({p for p in pages if p not in self._tables})
+        runs: list[list[int]] = []
+        for page in wanted:
+            if runs and page == runs[-1][-1] + TABLE_SIZE and len(runs[-1]) < PREFETCH_PAGES:
+                runs[-1].append(page)
+            else:
+                runs.append([page])
+        for run in runs:
+            if len(run) < 2:
+                continue  # one read either way: the walk makes it if it needs the page
+            try:
+                data = self.target.read_physical(run[0], len(run) * TABLE_SIZE)
+            except FaultError:
+                continue
+            if len(data) != len(run) * TABLE_SIZE:
+                continue
+            for n, page in enumerate(run):
+                self._tables[page] = data[n * TABLE_SIZE : (n + 1) * TABLE_SIZE]
+
+    def _walk(self, cr3: int, mode: PagingMode) -> AddressSpace:
+        """A whole walk from ``cr3``, through the session's table cache (see
+        :class:`~inspector.x86.paging.WalkCache`): the tables the last walk from the same
+        root read are read again first, in bulk, then each level's new tables in bulk."""
+        cache = self._walk_cache
+        self._prefetch_tables(cache.pages(cr3))
+        return collect_address_space(
+            self._read_table, cr3, mode, cache=cache, prefetch=self._prefetch_tables
+        )
+
     def _walk_inputs(self) -> tuple[int, PagingMode]:
         state = self.control_registers()
         mode = state.paging
@@ -626,39 +666,29 @@ class Session:
         if cpu not in self._space:
             cr3, mode = self._walk_inputs()
             self._find_direct_map(cr3, mode)
-            self._space[cpu] = collect_address_space(self._read_table, cr3, mode)
+            self._space[cpu] = self._walk(cr3, mode)
         return self._space[cpu]
 
     def walk_leaves(self) -> Iterator[list[Leaf] | WalkProblem]:
         """The walk as it goes: runs of leaves and the problems between them, in VA order.
 
-        For output that streams (``pt --json-lines``): nothing is kept, so a
-        map of half a million leaves never sits in memory whole. The walk of
-        :meth:`address_space` when it is already done.
+        For output that streams (``pt --json-lines``): the records are made a run
+        at a time from the walk's arrays (:meth:`address_space`), so half a million
+        leaf records never sit in memory together.
         """
-        space = self._space.get(self.cpu)
-        if space is not None:
-            yield list(space.leaves)
-            yield from space.problems
-            return
-        cr3, mode = self._walk_inputs()
-        self._find_direct_map(cr3, mode)
-        run: list[Leaf] = []
-        for item in walk_page_tables(self._read_table, cr3, mode):
-            if isinstance(item, Leaf):
-                run.append(item)
-                if len(run) >= 8192:
-                    yield run
-                    run = []
-            else:
-                if run:
-                    yield run
-                    run = []
-                yield item
-        if run:
-            yield run
+        space = self.address_space()
+        leaves = space.leaves
+        done = 0
+        for problem in space.problems:
+            upto = leaves.arrays.count_below(problem.va)
+            if upto > done:
+                yield from leaves.chunks(done, upto)
+                done = upto
+            yield problem
+        yield from leaves.chunks(done)
 
-    def ranges(self) -> list[Range]:
+    def ranges(self) -> RangeList:
+        """The leaves merged ptdump style (a list of :class:`Range`, made as it is read)."""
         cpu = self.cpu
         if cpu not in self._ranges:
             self._ranges[cpu] = coalesce_ranges(self.address_space().leaves)
@@ -688,7 +718,7 @@ class Session:
         """Every virtual address that maps ``physical``, ascending."""
         if physical < 0 or physical >= 1 << 52:
             raise FaultError(physical, "not a physical address (must be below 2^52)")
-        return [va for va, _leaf in find_aliases(self.address_space().leaves, physical)]
+        return find_alias_addresses(self.address_space().leaves, physical)
 
     def _efi_kept(self) -> dict[str, int]:
         """Where the kernel keeps the UEFI memory map and attributes table, and their sizes
@@ -1003,9 +1033,9 @@ class Session:
                 f"task {pid} ({task.comm}) is a kernel thread: it has no mm of its own"
             )
         _, mode = self._walk_inputs()
-        space = collect_address_space(self._read_table, task.pgd_physical, mode)
+        space = self._walk(task.pgd_physical, mode)
         user_at = pti_user_copy(self._read_table(task.pgd_physical, 4096), task.pgd_physical)
-        user = collect_address_space(self._read_table, user_at, mode) if user_at else None
+        user = self._walk(user_at, mode) if user_at else None
         return task, space, user
 
     def task_translate(self, pid: int, virtual: int) -> Translation:
@@ -1028,16 +1058,16 @@ class Session:
             raise FaultError(physical, "not a physical address (must be below 2^52)")
         found: list[tuple[int, Task | None]] = [
             (va, None)
-            for va, _leaf in find_aliases(self.address_space().leaves, physical)
+            for va in find_alias_addresses(self.address_space().leaves, physical)
             if va >> 63
         ]
         _, mode = self._walk_inputs()
         for task in self.tasks().tasks:
             if task.pgd_physical is None:
                 continue
-            space = collect_address_space(self._read_table, task.pgd_physical, mode)
+            space = self._walk(task.pgd_physical, mode)
             found += [
-                (va, task) for va, _leaf in find_aliases(space.leaves, physical) if not va >> 63
+                (va, task) for va in find_alias_addresses(space.leaves, physical) if not va >> 63
             ]
         return found
 

@@ -135,7 +135,7 @@ def render_pt(session: Session, *, leaves: bool = False, compact: bool = False) 
         lines.extend(str(leaf) for leaf in space.leaves)
         lines.append(f"{len(space.leaves)} leaves in {len(session.ranges())} ranges")
     else:
-        rows: list[Range] | list[CompactRange] = (
+        rows: Sequence[Range] | list[CompactRange] = (
             session.compact_ranges() if compact else session.ranges()
         )
         names = _region_names(session, (_start(r) for r in rows))
