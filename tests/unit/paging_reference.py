@@ -1,4 +1,4 @@
-"""The walker and the coalescer as they were before issue 16 (entry by entry): an oracle.
+"""The walk, coalesce, ptov and compact as they were before issue 16: an oracle.
 
 The array walk (inspector/x86/paging/walk.py) must give exactly what this
 walk gives, leaf for leaf and problem for problem, on any table tree: the
@@ -37,7 +37,14 @@ from kinspect.inspector.x86.paging.entry import (
     _reserved_mask,
     decode_entry,
 )
-from kinspect.inspector.x86.paging.ranges import _ATTRIBUTE_BITS, _attributes, _range
+from kinspect.inspector.x86.paging.ranges import (
+    _ATTRIBUTE_BITS,
+    COMPACT_MAX_GAP,
+    CompactRange,
+    _attributes,
+    _range,
+    _spanning,
+)
 from kinspect.inspector.x86.paging.walk import _leaf
 
 
@@ -371,3 +378,55 @@ def reference_coalesce(leaves: Iterable[Leaf]) -> list[Range]:
     if perms is not None:
         ranges.append(_range(start, end, phys, size, perms, attrs))
     return ranges
+
+
+def reference_aliases(leaves: Iterable[Leaf], pa: int) -> list[tuple[int, Leaf]]:
+    """Every virtual address that maps physical address ``pa``, with its leaf, by VA.
+
+    This is ``ptov``: a page can be mapped many times (direct map, kernel
+    text, vmalloc, espfix), and each mapping is an answer.
+    """
+    found = [
+        (leaf.va + (pa - leaf.pa), leaf)
+        for leaf in leaves
+        if isinstance(leaf, Leaf) and leaf.pa <= pa < leaf.pa + leaf.size
+    ]
+    found.sort(key=lambda pair: pair[0])
+    return found
+
+
+def reference_compact(
+    ranges: Iterable[Range], breaks: Iterable[int] = (), *, max_gap: int = COMPACT_MAX_GAP
+) -> list[CompactRange]:
+    """Merge ranges (ascending) that share permissions, attributes and page size.
+
+    Physical contiguity does not matter, nor an unmapped hole up to ``max_gap``
+    bytes (guard pages, espfix's stride of 64 KiB); a wider hole separates. A
+    merged range never spans an address in ``breaks`` (region boundaries: a range
+    starting at or past one is not merged with a range before it).
+    """
+    stops = sorted(set(breaks))
+    merged: list[CompactRange] = []
+    first: Range | None = None
+    last_end = pieces = mapped = 0
+    limit = 1 << 64  # the next break after the current run's start
+    for r in ranges:
+        if (
+            first is not None
+            and r.start < limit
+            and r.start - last_end <= max_gap
+            and r.page_size == first.page_size
+            and r.permissions == first.permissions
+            and r.attributes == first.attributes
+        ):
+            last_end = r.end
+            pieces += 1
+            mapped += r.size
+            continue
+        if first is not None:
+            merged.append(CompactRange(_spanning(first, last_end), pieces, mapped))
+        first, last_end, pieces, mapped = r, r.end, 1, r.size
+        limit = next((b for b in stops if b > r.start), 1 << 64)
+    if first is not None:
+        merged.append(CompactRange(_spanning(first, last_end), pieces, mapped))
+    return merged
