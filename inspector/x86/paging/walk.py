@@ -314,7 +314,6 @@ class LeafArrays:
         """How many leaves start below ``va`` (a canonical address)."""
         import numpy as np
 
-
         return int(np.searchsorted(self.va, np.uint64(va)))
 
     def _path(self, va: int, level: int) -> tuple[int, ...]:
@@ -387,7 +386,6 @@ class LeafArrays:
     def from_leaves(cls, leaves: Iterable[object]) -> LeafArrays:
         """Arrays of leaf records (anything else in ``leaves``, a problem, is skipped)."""
         import numpy as np
-
 
         rows = [
             (
