@@ -205,9 +205,6 @@ class WalkProblem:
         }
 
 
-LEAF_SIZES_BY_LEVEL = (0, 1 << 12, 1 << 21, 1 << 30, 0, 0)
-"""Leaf sizes indexed by level (0 where a level has no leaves)."""
-
 _CODE_PERMISSIONS = tuple(_PERMISSIONS[(c & 1, c >> 1 & 1, c >> 2 & 1)] for c in range(8))
 """:class:`Permissions` by rights code (W=1, U=2, X=4, :attr:`LeafArrays.rights`)."""
 
@@ -299,7 +296,8 @@ class LeafArrays:
         self.level = level
         self.rights = rights
 
-        self.size: U64 = np.array(LEAF_SIZES_BY_LEVEL, dtype=np.uint64)[level]
+        # 4 KiB << 9 per level above 1: 12, 21, 30 bits
+        self.size: U64 = np.uint64(1) << (level * np.uint8(9) + np.uint8(3)).astype(np.uint64)
         self._root = root
         self._levels = levels
         self._entries: dict[int, PageTableEntry] = {}
@@ -922,12 +920,24 @@ class _Walker:
         elif len(vas) == 1 and offsets[0] == 0 and keeps[0] == 7 and adds[0] == 0:
             node.full = _Full(vas[0], pas[0], raws[0], levels[0], codes[0], problems)
         else:
-            va = np.concatenate(vas)
-            va += np.repeat(np.array(offsets, dtype=np.uint64), counts)
-            code = np.concatenate(codes)
-            if any(keep != 7 for keep in keeps) or any(adds):
-                code &= np.repeat(np.array(keeps, dtype=np.uint8), counts)
-                code |= np.repeat(np.array(adds, dtype=np.uint8), counts)
+            narrow = any(keep != 7 for keep in keeps) or any(adds)
+            if len(vas) * 64 > node.leaves:  # many small pieces: offsets repeated, at once
+                va = np.concatenate(vas)
+                va += np.repeat(np.array(offsets, dtype=np.uint64), counts)
+                code = np.concatenate(codes)
+                if narrow:
+                    code &= np.repeat(np.array(keeps, dtype=np.uint8), counts)
+                    code |= np.repeat(np.array(adds, dtype=np.uint8), counts)
+            else:  # few large pieces (OVMF's PDs): each offset where it is
+                va = np.concatenate(
+                    [v + np.uint64(o) if o else v for v, o in zip(vas, offsets, strict=True)]
+                )
+                if narrow:
+                    codes = [
+                        (c & np.uint8(k)) | np.uint8(a) if k != 7 or a else c
+                        for c, k, a in zip(codes, keeps, adds, strict=True)
+                    ]
+                code = np.concatenate(codes)
             node.full = _Full(
                 va,
                 np.concatenate(pas),
