@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,13 +76,17 @@ if TYPE_CHECKING:
         Leaf,
         PageTableEntry,
         Range,
+        RangeList,
         Translation,
+        WalkCache,
         WalkProblem,
     )
 
 __all__ = ["ControlState", "Session"]
 
 TABLE_SIZE = 4096
+PREFETCH_PAGES = 64
+"""Adjacent table pages read in one request at most (256 KiB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +132,11 @@ class Session:
         # per CPU (its index): each has its own registers and CR3; table pages are physical
         self._registers: dict[int, Mapping[str, int]] = {}
         self._space: dict[int, AddressSpace] = {}
-        self._ranges: dict[int, list[Range]] = {}
+        self._ranges: dict[int, RangeList] = {}
         self._tables: dict[int, bytes] = {}
+        #: the decoded tables of earlier walks, kept across stops: a re-walk reads the
+        #: tables again (in bulk) and decodes only those whose bytes changed
+        self._walk_cache: WalkCache | None = None  # made by the first walk (numpy)
         self._remapper: Remaps | None = None
         #: Where the kernel keeps the UEFI memory map, and the map itself: neither changes
         #: once boot services are gone, so both are kept across stops (the mappings are
@@ -206,7 +213,7 @@ class Session:
         """The map walked again now, forgotten afterwards (the kernel runs on)."""
         self.invalidate()
         try:
-            return self.ranges()
+            return list(self.ranges())
         finally:
             self.invalidate()
 
@@ -597,6 +604,7 @@ class Session:
             self._space.clear()
             self._ranges.clear()
             self._tables.clear()
+            self._walk_cache = None
 
     def _find_direct_map(self, cr3: int, mode: PagingMode) -> None:
         """A stub without physical reads of its own reads through the direct map: find its
@@ -780,38 +788,41 @@ class Session:
             return data[offset : offset + size]
         return self.target.read_physical(address, size)
 
-    def _prefetch_tables(self, cr3: int, mode: PagingMode) -> None:
-        """Read the tables a walk will ask for, a level at a time, each level's pages in one
-        batch (``read_physical_many``: through a gdb stub, contiguous pages in one
-        command and the commands pipelined) instead of a round trip per page.
+    def _prefetch_tables(self, pages: Iterable[int]) -> None:
+        """Read table pages ahead of the walk, in one batch: neighbours as one request (a
+        run of adjacent pages, at most PREFETCH_PAGES), the requests through
+        ``read_physical_many`` (a gdb stub: several in flight) instead of a round trip
+        per page. A run that cannot be read whole is left to the walk, which reads (and
+        reports) page by page."""
+        wanted = sorted({p for p in pages if p not in self._tables})
+        runs: list[list[int]] = []
+        for page in wanted:
+            if runs and page == runs[-1][-1] + TABLE_SIZE and len(runs[-1]) < PREFETCH_PAGES:
+                runs[-1].append(page)
+            else:
+                runs.append([page])
+        if not runs:
+            return
+        found = self.target.read_physical_many([(run[0], len(run) * TABLE_SIZE) for run in runs])
+        for run, data in zip(runs, found, strict=True):
+            if not isinstance(data, bytes) or len(data) != len(run) * TABLE_SIZE:
+                continue
+            for n, page in enumerate(run):
+                self._tables[page] = data[n * TABLE_SIZE : (n + 1) * TABLE_SIZE]
 
-        Entries are followed as the walk follows them: present and not a leaf (PS at
-        the PDPT and PD). A page that cannot be read is left for the walk, which
-        says why; an entry the walk refuses (reserved bits) costs one needless read.
-        """
-        import numpy as np
+    def _walk(self, cr3: int, mode: PagingMode) -> AddressSpace:
+        """A whole walk from ``cr3``, through the session's table cache (see
+        :class:`~inspector.x86.paging.WalkCache`): the tables the last walk from the same
+        root read are read again first, in bulk, then each level's new tables in bulk."""
+        from .x86.paging import WalkCache, collect_address_space
 
-        mask = ((1 << mode.maxphyaddr) - 1) & ~(TABLE_SIZE - 1)
-        frontier = [cr3 & mask]
-        for level in range(mode.levels, 0, -1):
-            wanted = [page for page in frontier if page not in self._tables]
-            read = self.target.read_physical_many([(page, TABLE_SIZE) for page in wanted])
-            for page, got in zip(wanted, read, strict=True):
-                if isinstance(got, bytes) and len(got) == TABLE_SIZE:
-                    self._tables[page] = got
-            if level == 1:
-                return
-            below: set[int] = set()
-            for page in frontier:
-                data = self._tables.get(page)
-                if data is None:
-                    continue
-                raws = np.frombuffer(data, dtype="<u8")
-                tables = (raws & 1) != 0
-                if level <= 3:
-                    tables &= (raws & 0x80) == 0  # PS: a leaf
-                below.update((raws[tables] & mask).tolist())
-            frontier = sorted(below)
+        if self._walk_cache is None:
+            self._walk_cache = WalkCache()
+        cache = self._walk_cache
+        self._prefetch_tables(cache.pages(cr3))
+        return collect_address_space(
+            self._read_table, cr3, mode, cache=cache, prefetch=self._prefetch_tables
+        )
 
     def _walk_inputs(self) -> tuple[int, PagingMode]:
         state = self.control_registers()
@@ -826,49 +837,34 @@ class Session:
 
     def address_space(self) -> AddressSpace:
         """Every leaf of the current page tables (walked once per stop)."""
-        from .x86.paging import collect_address_space
 
         cpu = self.cpu
         if cpu not in self._space:
             cr3, mode = self._walk_inputs()
             self._find_direct_map(cr3, mode)
-            self._prefetch_tables(cr3, mode)
-            self._space[cpu] = collect_address_space(self._read_table, cr3, mode)
+            self._space[cpu] = self._walk(cr3, mode)
         return self._space[cpu]
 
     def walk_leaves(self) -> Iterator[list[Leaf] | WalkProblem]:
         """The walk as it goes: runs of leaves and the problems between them, in VA order.
 
-        For output that streams (``pt --json-lines``): nothing is kept, so a
-        map of half a million leaves never sits in memory whole. The walk of
-        :meth:`address_space` when it is already done.
+        For output that streams (``pt --json-lines``): the records are made a run
+        at a time from the walk's arrays (:meth:`address_space`), so half a million
+        leaf records never sit in memory together.
         """
-        from .x86.paging import Leaf, walk_page_tables
+        space = self.address_space()
+        leaves = space.leaves
+        done = 0
+        for problem in space.problems:
+            upto = leaves.arrays.count_below(problem.va)
+            if upto > done:
+                yield from leaves.chunks(done, upto)
+                done = upto
+            yield problem
+        yield from leaves.chunks(done)
 
-        space = self._space.get(self.cpu)
-        if space is not None:
-            yield list(space.leaves)
-            yield from space.problems
-            return
-        cr3, mode = self._walk_inputs()
-        self._find_direct_map(cr3, mode)
-        self._prefetch_tables(cr3, mode)
-        run: list[Leaf] = []
-        for item in walk_page_tables(self._read_table, cr3, mode):
-            if isinstance(item, Leaf):
-                run.append(item)
-                if len(run) >= 8192:
-                    yield run
-                    run = []
-            else:
-                if run:
-                    yield run
-                    run = []
-                yield item
-        if run:
-            yield run
-
-    def ranges(self) -> list[Range]:
+    def ranges(self) -> RangeList:
+        """The leaves merged ptdump style (a list of :class:`Range`, made as it is read)."""
         from .x86.paging import coalesce_ranges
 
         cpu = self.cpu
@@ -902,11 +898,11 @@ class Session:
 
     def aliases(self, physical: int) -> list[int]:
         """Every virtual address that maps ``physical``, ascending."""
-        from .x86.paging import find_aliases
+        from .x86.paging import find_alias_addresses
 
         if physical < 0 or physical >= 1 << 52:
             raise FaultError(physical, "not a physical address (must be below 2^52)")
-        return [va for va, _leaf in find_aliases(self.address_space().leaves, physical)]
+        return find_alias_addresses(self.address_space().leaves, physical)
 
     def _efi_kept(self) -> dict[str, int]:
         """Where the kernel keeps the UEFI memory map and attributes table, and their sizes
@@ -1246,7 +1242,6 @@ class Session:
         """Task ``pid``'s page tables from its ``mm->pgd``: the kernel's copy, and under
         PTI the user-space copy (None without PTI)."""
         from .linux.tasks import find_task, pti_user_copy
-        from .x86.paging import collect_address_space
 
         task = find_task(self.tasks(), pid)
         if task.pgd_physical is None:
@@ -1254,9 +1249,9 @@ class Session:
                 f"task {pid} ({task.comm}) is a kernel thread: it has no mm of its own"
             )
         _, mode = self._walk_inputs()
-        space = collect_address_space(self._read_table, task.pgd_physical, mode)
+        space = self._walk(task.pgd_physical, mode)
         user_at = pti_user_copy(self._read_table(task.pgd_physical, 4096), task.pgd_physical)
-        user = collect_address_space(self._read_table, user_at, mode) if user_at else None
+        user = self._walk(user_at, mode) if user_at else None
         return task, space, user
 
     def task_translate(self, pid: int, virtual: int) -> Translation:
@@ -1276,22 +1271,22 @@ class Session:
     def task_aliases(self, physical: int) -> list[tuple[int, Task | None]]:
         """Every virtual address that maps ``physical`` in any task: the kernel half once
         (shared by all, owner None), then each user task's lower half, with its task."""
-        from .x86.paging import collect_address_space, find_aliases
+        from .x86.paging import find_alias_addresses
 
         if physical < 0 or physical >= 1 << 52:
             raise FaultError(physical, "not a physical address (must be below 2^52)")
         found: list[tuple[int, Task | None]] = [
             (va, None)
-            for va, _leaf in find_aliases(self.address_space().leaves, physical)
+            for va in find_alias_addresses(self.address_space().leaves, physical)
             if va >> 63
         ]
         _, mode = self._walk_inputs()
         for task in self.tasks().tasks:
             if task.pgd_physical is None:
                 continue
-            space = collect_address_space(self._read_table, task.pgd_physical, mode)
+            space = self._walk(task.pgd_physical, mode)
             found += [
-                (va, task) for va, _leaf in find_aliases(space.leaves, physical) if not va >> 63
+                (va, task) for va in find_alias_addresses(space.leaves, physical) if not va >> 63
             ]
         return found
 

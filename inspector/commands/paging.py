@@ -194,7 +194,7 @@ def pt_text_parts(
             yield "\n" + "\n".join([str(leaf) for leaf in run])
         lines.append(f"{len(space.leaves)} leaves in {len(session.ranges())} ranges")
     else:
-        rows: list[Range] | list[CompactRange] = (
+        rows: Sequence[Range] | list[CompactRange] = (
             session.compact_ranges() if compact else session.ranges()
         )
         names = _region_names(session, rows)

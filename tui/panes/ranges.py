@@ -53,7 +53,7 @@ def read_ranges(
     session: Session,
 ) -> tuple[list[Range], int, list[CompactRange], RegionMap | None]:
     return (
-        session.ranges(),
+        list(session.ranges()),
         len(session.address_space().problems),
         session.compact_ranges(),
         session.regions(),

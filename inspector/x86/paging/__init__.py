@@ -9,8 +9,10 @@ chapter 4 (4.5, Tables 4-15 to 4-20): levels 5=PML5, 4=PML4, 3=PDPT, 2=PD,
 One module a job: :mod:`.entry` decodes entries and their bits,
 :mod:`.address` knows virtual addresses (the canonical check for either
 mode, the index at each level), :mod:`.walk` walks whole trees (every leaf,
-every table), :mod:`.ranges` merges leaves ptdump style and :mod:`.translate`
-follows one address down. Everything public is here too.
+every table; table pages decoded as arrays, leaves kept as arrays and made
+into records when asked for), :mod:`.ranges` merges leaves ptdump style (on
+the arrays) and :mod:`.translate` follows one address down. Everything
+public is here too.
 """
 
 from kinspect.inspector.x86.paging.address import (
@@ -39,14 +41,19 @@ from kinspect.inspector.x86.paging.entry import (
 from kinspect.inspector.x86.paging.ranges import (
     CompactRange,
     Range,
+    RangeList,
     coalesce_ranges,
     compact_ranges,
+    find_alias_addresses,
     find_aliases,
 )
 from kinspect.inspector.x86.paging.translate import Translation, WalkStep, translate
 from kinspect.inspector.x86.paging.walk import (
     AddressSpace,
     Leaf,
+    LeafArrays,
+    LeafSequence,
+    WalkCache,
     WalkProblem,
     collect_address_space,
     walk_page_tables,
@@ -63,11 +70,15 @@ __all__ = [
     "AddressSpace",
     "CompactRange",
     "Leaf",
+    "LeafArrays",
+    "LeafSequence",
     "PageTableEntry",
     "Permissions",
     "Range",
+    "RangeList",
     "ReadPhysical",
     "Translation",
+    "WalkCache",
     "WalkProblem",
     "WalkStep",
     "canonicalize",
@@ -78,6 +89,7 @@ __all__ = [
     "decode_entry",
     "decode_table",
     "entry_span",
+    "find_alias_addresses",
     "find_aliases",
     "format_size",
     "higher_half",
