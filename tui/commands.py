@@ -104,8 +104,8 @@ COMMANDS: Mapping[str, TuiCommand] = {
     "cpu": TuiCommand(_cpu, "a CPU number (cpus lists them)"),
     "refresh": TuiCommand(lambda app, arg: app.action_refresh()),
     "reconnect": TuiCommand(lambda app, arg: app.action_reconnect()),
-    "export": TuiCommand(lambda app, arg: app.action_export_text()),
-    "svg": TuiCommand(lambda app, arg: app.action_export_svg()),
+    "export": TuiCommand(lambda app, arg: app.action_export_text(arg)),
+    "svg": TuiCommand(lambda app, arg: app.action_export_svg(arg)),
     "help": TuiCommand(lambda app, arg: app.action_help()),
     "remap": TuiCommand(lambda app, arg: app.action_remap()),
     "catch": TuiCommand(_catch, "a vector (14, 0xe) or 'all'"),
@@ -168,7 +168,7 @@ def palette(app: KinspectApp) -> Iterator[SystemCommand]:
         ("Breakpoint", "Break on a symbol or address (b)", "break "),
         ("vtop", "Translate a virtual address (v)", "vtop "),
         ("ptov", "Virtual aliases of a physical address (o)", "ptov "),
-        ("Memory", "Hex view at an address (g)", "mem "),
+        ("Memory", "Hex view at an address (m)", "mem "),
         ("CPU", "Read another CPU: every view reads again ([ ])", "cpu "),
     ):
         yield SystemCommand(title, help_text, lambda p=prefix: app.action_prompt(p))

@@ -42,6 +42,7 @@ __all__ = [
     "format_efi_row",
     "format_mapped_at",
     "format_range_row",
+    "format_range_row_fitted",
 ]
 
 ADDED, REMOVED, CHANGED = "+", "-", "~"
@@ -177,6 +178,30 @@ def filter_rows(
 def format_range_row(row: RangeRow) -> str:
     """The ptdump columns, as ``format_ranges`` prints them, after a mark column."""
     return f"{row.mark or ' '} {format_range_row_text(row.range)}"
+
+
+def format_range_row_fitted(row: RangeRow, width: int) -> str:
+    """The row in ``width`` columns, the columns collapsing by priority.
+
+    The whole row when it fits; else the flags' padding goes, then the end
+    address, then the size; the mark, the start, the physical address and
+    the permissions stay to the last (an 80-column terminal shows them).
+    """
+    full = format_range_row(row)
+    if len(full) <= width:
+        return full
+    r = row.range
+    mark = row.mark or " "
+    flags = " ".join(r.flags_text().split())
+    size = format_size(r.size)
+    for text in (
+        f"{mark} {r.start:#018x}-{r.end:#018x} {size:>6} {r.phys:#018x} {flags}",
+        f"{mark} {r.start:#018x} {size:>6} {r.phys:#018x} {flags}",
+        f"{mark} {r.start:#018x} {r.phys:#018x} {flags}",
+    ):
+        if len(text) <= width:
+            return text
+    return text
 
 
 # -- the UEFI memory map (the EFI view) ------------------------------------------------------

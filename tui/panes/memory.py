@@ -20,7 +20,7 @@ class MemoryPane(Pane):
     KEY = "4"
     KEY_HELP = "Mem"
     HELP = "16 bytes a row; qwords that point into a symbol are named on the right"
-    PALETTE = ("Memory view", "The hex view; g or mem ADDR / phys PADDR chooses where (4)")
+    PALETTE = ("Memory view", "The hex view; m or mem ADDR / phys PADDR chooses where (4)")
     FOCUS = "#hex"
     STOP_ORDER = 40
     COMMANDS = {"mem": "command_virtual", "x": "command_virtual", "phys": "command_physical"}

@@ -26,7 +26,16 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ..model import ADDED, CHANGED, REMOVED, RangeRow, format_range_row
+from ..model import (
+    ADDED,
+    CHANGED,
+    REMOVED,
+    RangeFilter,
+    RangeRow,
+    format_range_row,
+    format_range_row_fitted,
+)
+from .listnav import ListNav
 
 __all__ = ["RangeList"]
 
@@ -45,9 +54,16 @@ def format_heading(name: str) -> str:
     return f"---[ {name} ]---"
 
 
-class RangeList(ScrollView, can_focus=True):
-    """Rows of :class:`RangeRow`; the cursor row is the selected range."""
+class RangeList(ScrollView, ListNav, can_focus=True):
+    """Rows of :class:`RangeRow`; the cursor row is the selected range.
 
+    Narrower than a whole row, the columns collapse by priority
+    (:func:`~kinspect.tui.model.format_range_row_fitted`): the end address
+    goes first, then the size; the start, the physical address and the
+    permissions stay.
+    """
+
+    NAV_WHAT = "the range map"
     BINDINGS = [
         Binding("up", "cursor(-1)", "Up", show=False),
         Binding("down", "cursor(1)", "Down", show=False),
@@ -72,8 +88,13 @@ class RangeList(ScrollView, can_focus=True):
             self.row = row
             self.user = user
 
+    class SearchRequested(Message):
+        """``/`` in the list: the pane's search box takes it (it previews as you type)."""
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        #: Search text to what the filter matches (a symbol or a register to its address).
+        self.resolve_text: Callable[[str], str] = lambda text: text
         self.rows: Sequence[RangeRow] = ()
         self.cursor = 0
         self.headings: list[str] = []
@@ -170,7 +191,7 @@ class RangeList(ScrollView, can_focus=True):
             strip = Strip([Segment(text.ljust(width + scroll_x), self.rich_style + _HEADING_STYLE)])
             return strip.crop(scroll_x, scroll_x + width)
         row = self.rows[index]
-        text = self._text(row)
+        text = self._text(row, width)
         p = row.range.permissions
         style = _MARK_STYLE.get(row.mark) or (_WX_STYLE if p.writable and p.executable else None)
         base = self.rich_style
@@ -181,8 +202,8 @@ class RangeList(ScrollView, can_focus=True):
         strip = Strip([Segment(text.ljust(max(width + scroll_x, len(text))), base)])
         return strip.crop(scroll_x, scroll_x + width)
 
-    def _text(self, row: RangeRow) -> str:
-        text = format_range_row(row)
+    def _text(self, row: RangeRow, width: int | None = None) -> str:
+        text = format_range_row(row) if width is None else format_range_row_fitted(row, width)
         note = self.notes.get(row.range.start) if self.notes and row.mark != REMOVED else None
         return text + note if note else text
 
@@ -234,6 +255,27 @@ class RangeList(ScrollView, can_focus=True):
 
     def action_select(self) -> None:
         self._move(self.cursor, force=True)
+
+    # -- the shared list keys (ListNav) -------------------------------------------------------
+
+    def nav_count(self) -> int:
+        return len(self.rows)
+
+    def nav_index(self) -> int:
+        return self.cursor
+
+    def nav_go(self, index: int) -> None:
+        self._move(index, force=True)
+
+    def nav_text(self, index: int) -> str:
+        return format_range_row(self.rows[index])
+
+    def nav_matcher(self, text: str) -> Callable[[int], bool]:
+        flt = RangeFilter(text=self.resolve_text(text))
+        return lambda index: flt.matches(self.rows[index])
+
+    def action_nav_search(self) -> None:
+        self.post_message(self.SearchRequested())
 
     def on_click(self, event: events.Click) -> None:
         self._move(self._row_at_line(int(self.scroll_offset.y) + event.y), force=True)
