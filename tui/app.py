@@ -104,6 +104,8 @@ class KinspectApp(App[None]):
     # (its j k g G /, and n N while it has a search: ListNav.claims) steps aside
     # for it, so an app key on n (step over) works everywhere but in a search.
 
+    _priority_by_action: dict[str, set[str]] | None = None  # made on first use
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         keys = self._priority_keys().get(action)
         if keys is not None:
@@ -133,7 +135,6 @@ class KinspectApp(App[None]):
         resume_on_exit: bool = True,
         export_dir: str | Path | None = None,
     ) -> None:
-        self._priority_by_action: dict[str, set[str]] | None = None
         super().__init__()
         self.session = session
         self._connect = connect
@@ -556,7 +557,7 @@ class KinspectApp(App[None]):
 
     @on(PromptInput.Cancelled, "#command")
     def _command_cancelled(self, event: PromptInput.Cancelled) -> None:
-        event.input.value = ""
+        event.prompt.value = ""
         self.action_unfocus()
 
     def action_help(self) -> None:

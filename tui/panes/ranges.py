@@ -16,6 +16,8 @@ matched): each shown row keeps its region's heading above it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -282,9 +284,7 @@ class RangesPane(WalkingPane):
         box = self.query_one("#range-search", Input)
         if box.value:
             box.value = ""
-            self.range_filter = RangeFilter(
-                **{name: self.query_one(f"#f-{name}", Checkbox).value for name, _ in FLAGS}
-            )
+            self.range_filter = replace(self.range_filter, text="")
             self._apply_filter()
 
     @on(RangeList.Highlighted)

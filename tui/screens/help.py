@@ -98,11 +98,12 @@ def key_name(key: str) -> str:
 
 
 def _own_bindings(cls: type, skip: Iterable[type] = ()) -> list[Binding]:
-    """The bindings kinspect's own classes declare for ``cls`` (not Textual's defaults)."""
+    """The bindings ``cls`` and its bases declare, less Textual's own (its widgets' arrows,
+    the app's ctrl+q): ours, a plugin's, a subclass's."""
     skipped = set(skip)
     found: list[Binding] = []
     for base in reversed(cls.__mro__):
-        if base in skipped or not base.__module__.startswith("kinspect."):
+        if base in skipped or base.__module__.partition(".")[0] in ("textual", "builtins"):
             continue
         found.extend(b for b in base.__dict__.get("BINDINGS", ()) if isinstance(b, Binding))
     return found

@@ -179,6 +179,9 @@ class TextNav(ListNav):
     def nav_go(self, index: int) -> None:
         self.scroll_to(y=index, animate=False, immediate=True)
 
+    def action_nav_last(self) -> None:
+        self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
+
     def nav_text(self, index: int) -> str:
         lines = self.nav_lines()
         return lines[index] if 0 <= index < len(lines) else ""

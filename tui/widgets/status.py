@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
@@ -70,7 +72,7 @@ class StatusLine(Widget):
 
     def line(self, width: int | None = None) -> Text:
         """The line in ``width`` columns (None: all of it). What gives way, in order: the
-        target's description (cut short), the CPUs' states, the busy note, the paging
+        target's description (cut in the middle), the CPUs' states, the busy note, the paging
         mode's bits, the stop's reason (cut short); the run state, the CPU mode and paging
         mode and the link's health stay to the last."""
         state = Text(f" {self.state.upper()} ", _STATE_STYLE.get(self.state, "reverse"))
@@ -100,8 +102,15 @@ class StatusLine(Widget):
             return full
         # the target's description is the first to give way: cut to what is left
         rest = join(state, reason, cpus(selector), mode, health, busy).cell_len
-        if width - rest >= 12:
-            target.truncate(width - rest, overflow="ellipsis")
+        if width - rest >= 16:
+            # the paths' folders go first (gdb.sock), then the middle: the kind of target
+            # and its end, "(QEMU)", stay
+            room = width - rest - 2
+            described = re.sub(r"/(?:[^\s/]+/)+", "…/", self.target)
+            if len(described) > room:
+                head = room // 2
+                described = described[:head] + "…" + described[len(described) - (room - head - 1) :]
+            target = Text(f"  {described}")
             return join(state, reason, cpus(selector), target, mode, health, busy)
         short_mode = Text(f"  | {self.mode.split(' [')[0]}", "cyan") if self.mode else Text()
         short = cpus(short_selector)
