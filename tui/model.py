@@ -183,25 +183,21 @@ def format_range_row(row: RangeRow) -> str:
 def format_range_row_fitted(row: RangeRow, width: int) -> str:
     """The row in ``width`` columns, the columns collapsing by priority.
 
-    The whole row when it fits; else the flags' padding goes, then the end
-    address, then the size; the mark, the start, the physical address and
-    the permissions stay to the last (an 80-column terminal shows them).
+    The whole row when it fits; else the end address goes, then the size;
+    the mark, the start, the physical address and the flags (permissions
+    first) stay to the last: an 80-column terminal shows them. Every row of
+    a list collapses alike (the flags keep their columns), so the columns
+    stay aligned.
     """
     full = format_range_row(row)
     if len(full) <= width:
         return full
     r = row.range
     mark = row.mark or " "
-    flags = " ".join(r.flags_text().split())
-    size = format_size(r.size)
-    for text in (
-        f"{mark} {r.start:#018x}-{r.end:#018x} {size:>6} {r.phys:#018x} {flags}",
-        f"{mark} {r.start:#018x} {size:>6} {r.phys:#018x} {flags}",
-        f"{mark} {r.start:#018x} {r.phys:#018x} {flags}",
-    ):
-        if len(text) <= width:
-            return text
-    return text
+    flags = r.flags_text()
+    if width >= 80:
+        return f"{mark} {r.start:#018x} {format_size(r.size):>6} {r.phys:#018x} {flags}"
+    return f"{mark} {r.start:#018x} {r.phys:#018x} {flags}"
 
 
 # -- the UEFI memory map (the EFI view) ------------------------------------------------------

@@ -155,7 +155,9 @@ class RangesPane(WalkingPane):
                     yield WalkView(id="range-walk")
 
     def on_mount(self) -> None:
-        self.query_one(RangeList).resolve_text = self.search_text
+        view = self.query_one(RangeList)
+        view.resolve_text = self.search_text
+        view.open_search = self.action_search
 
     # -- reading -------------------------------------------------------------------------
 
@@ -252,11 +254,6 @@ class RangesPane(WalkingPane):
         self._before_search = view.current.range.start if view.current else None
         self.query_one("#range-search", PromptInput).open()
 
-    @on(RangeList.SearchRequested)
-    def _search_requested(self, event: RangeList.SearchRequested) -> None:
-        event.stop()
-        self.action_search()
-
     @on(Input.Submitted, "#range-search")
     def _search_submitted(self, event: Input.Submitted) -> None:
         """Enter: the whole map again, the cursor on the first match, n / N from there."""
@@ -321,7 +318,7 @@ class RangesPane(WalkingPane):
                 lines.append(f"  {va:#018x}" + (f"  {name}" if name else ""))
             if len(aliases) > 200:
                 lines.append(f"  ... and {len(aliases) - 200} more")
-        self.kinspect.show_pane(self.NAME)
+        self.kinspect.action_tab(self.NAME)  # shown, its list focused (not a hidden one)
         self.pinned = True
         self.walk_view.show_text("\n".join(lines))
 

@@ -74,7 +74,7 @@ class WalkingPane(Pane):
             return  # asked for while this walk was on its way
         if message.show:
             self.pinned = True
-            self.kinspect.show_pane(self.NAME)
+            self.kinspect.action_tab(self.NAME)  # shown, its list focused (not a hidden one)
         name = self.kinspect.symbolize(message.va)
         self.walk_view.show_walk(
             message.translation,

@@ -39,6 +39,9 @@ from .listnav import ListNav
 
 __all__ = ["RangeList"]
 
+FULL_ROW = 100  # the columns of a whole row (mark, start-end, size, physical, flags)
+NARROWEST_ROW = 73  # mark, start, physical, flags
+
 _MARK_STYLE = {
     ADDED: Style(color="green", bold=True),
     REMOVED: Style(color="red", strike=True),
@@ -88,13 +91,13 @@ class RangeList(ScrollView, ListNav, can_focus=True):
             self.row = row
             self.user = user
 
-    class SearchRequested(Message):
-        """``/`` in the list: the pane's search box takes it (it previews as you type)."""
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         #: Search text to what the filter matches (a symbol or a register to its address).
         self.resolve_text: Callable[[str], str] = lambda text: text
+        #: ``/``: the pane's search box, opened now (not by a message: the keys typed
+        #: right after it must land in the box); None: the shared prompt.
+        self.open_search: Callable[[], None] | None = None
         self.rows: Sequence[RangeRow] = ()
         self.cursor = 0
         self.headings: list[str] = []
@@ -124,7 +127,7 @@ class RangeList(ScrollView, ListNav, can_focus=True):
         index = 0
         if keep is not None:
             index = self.index_of(keep)
-        self.virtual_size = Size(110, self._line_count)
+        self.virtual_size = Size(self._virtual_width(), self._line_count)
         self._move(index, force=True, user=False)
         self.refresh()
 
@@ -146,6 +149,14 @@ class RangeList(ScrollView, ListNav, can_focus=True):
             self._lines = lines
         else:
             self._line_of_row = []
+
+    def _virtual_width(self) -> int:
+        """Wide enough for a whole row (and a compact row's note) where they are shown whole;
+        narrower, the rows collapse to fit (no sideways scrolling for what is left out)."""
+        return 110 if self.size.width >= FULL_ROW else NARROWEST_ROW
+
+    def on_resize(self) -> None:
+        self.virtual_size = Size(self._virtual_width(), self._line_count)
 
     @property
     def _line_count(self) -> int:
@@ -275,7 +286,10 @@ class RangeList(ScrollView, ListNav, can_focus=True):
         return lambda index: flt.matches(self.rows[index])
 
     def action_nav_search(self) -> None:
-        self.post_message(self.SearchRequested())
+        if self.open_search is None:
+            super().action_nav_search()
+        else:
+            self.open_search()
 
     def on_click(self, event: events.Click) -> None:
         self._move(self._row_at_line(int(self.scroll_offset.y) + event.y), force=True)
