@@ -70,6 +70,9 @@ class ListNav(Widget):
     SEARCH_KEYS: ClassVar[frozenset[str]] = frozenset({"n", "N"})
     #: What the prompt says it searches.
     NAV_WHAT: ClassVar[str] = "this list"
+    #: ``/`` is the list's own; False: an app key on ``/`` takes it (the range map's
+    #: search box, opened by a priority key so that the keys typed after it land there).
+    OWN_SLASH: ClassVar[bool] = True
 
     search: str = ""  # the active search ("" none)
 
@@ -100,6 +103,8 @@ class ListNav(Widget):
             return bool(self.search)
         if key == "escape":
             return bool(self.search)
+        if key == "slash":
+            return self.OWN_SLASH
         return any(b.key == key for b in ListNav.BINDINGS if isinstance(b, Binding))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

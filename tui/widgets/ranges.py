@@ -67,6 +67,7 @@ class RangeList(ScrollView, ListNav, can_focus=True):
     """
 
     NAV_WHAT = "the range map"
+    OWN_SLASH = False  # the app's / opens the pane's box at once, before the next key
     BINDINGS = [
         Binding("up", "cursor(-1)", "Up", show=False),
         Binding("down", "cursor(1)", "Down", show=False),
