@@ -137,7 +137,7 @@ def test_each_view_shows_its_key_columns(qemu, demo_kernel, size):  # noqa: F811
         tmux.wait_for("no UEFI memory map")
 
         tmux.keys("1")
-        tmux.wait_for("rip", "CR0=")
+        tmux.wait_for("General registers", "rip = ")  # rip symbolized: content
         tmux.keys("q")
         tmux.wait_for("KINSPECT-EXIT=0")
     finally:
