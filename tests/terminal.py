@@ -41,5 +41,16 @@ class Tmux:
         missing = [text for text in texts if text not in screen]
         raise AssertionError(f"{missing!r} never appeared; the screen:\n{screen}")
 
+    def wait_without(self, text: str, timeout: float = 30.0) -> str:
+        """The screen once ``text`` is gone from it (a placeholder replaced by what was typed)."""
+        deadline = time.monotonic() + timeout
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if text not in screen:
+                return screen
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never went away; the screen:\n{screen}")
+
     def close(self) -> None:
         self._run("kill-server")

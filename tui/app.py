@@ -13,13 +13,14 @@ the session (:class:`~kinspect.tui.link.Link`).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.message import Message
@@ -30,6 +31,7 @@ from textual.worker import Worker, WorkerState
 
 from kinspect.inspector.cpus import CpuState
 from kinspect.inspector.errors import InspectorError, TargetLost
+from kinspect.inspector.numbers import maybe_number
 from kinspect.inspector.session import Session
 
 from .breakpoints_controller import BreakpointsController
@@ -42,12 +44,14 @@ from .panes.ranges import RangesPane
 from .remap_controller import RemapController
 from .screens.breakpoints import BreakpointsScreen
 from .screens.crash import FROZEN, stopped
-from .screens.help import HelpScreen
+from .screens.help import HelpScreen, key_sections
 from .screens.remap import RemapScreen
 from .stops import cpu_mode, describe_stop
+from .widgets.listnav import ListNav
+from .widgets.prompt import PromptInput
 from .widgets.status import StatusLine
 
-__all__ = ["KinspectApp", "cpu_mode", "describe_stop", "make_app"]
+__all__ = ["KinspectApp", "cpu_mode", "default_export_dir", "describe_stop", "make_app"]
 
 
 def _key_bindings() -> list[BindingType]:
@@ -71,7 +75,7 @@ def _key_bindings() -> list[BindingType]:
         Binding("B", "breakpoints", "Breakpoints", show=False, priority=True),
         Binding("v", "prompt('vtop ')", "vtop", priority=True),
         Binding("o", "prompt('ptov ')", "ptov", priority=True),
-        Binding("g", "prompt('mem ')", "Memory", priority=True),
+        Binding("m", "prompt('mem ')", "Memory", priority=True),
         Binding("colon", "prompt('')", "Command", show=False, priority=True),
         Binding("left_square_bracket", "cpu(-1)", "Previous CPU", show=False, priority=True),
         Binding("right_square_bracket", "cpu(1)", "Next CPU", show=False, priority=True),
@@ -82,7 +86,7 @@ def _key_bindings() -> list[BindingType]:
         Binding("e", "export_text", "Export", show=False, priority=True),
         Binding("E", "export_svg", "SVG", show=False, priority=True),
         Binding("question_mark,f1", "help", "Help", priority=True),
-        Binding("escape", "unfocus", "Leave input", show=False),
+        Binding("escape", "unfocus", "Back to the list", show=False),
     ]
 
 
@@ -99,15 +103,35 @@ class KinspectApp(App[None]):
     # tmux send-keys), "b" must have moved the focus to the command box before
     # the "d" of "demo_level3" is forwarded. check_action turns them off while
     # a text box has the focus or another screen is on top, so they type there.
-    _PRIORITY = frozenset(
-        b.action.split("(")[0] for b in BINDINGS if isinstance(b, Binding) and b.priority
-    ) | {"next", "finish"}  # run control: never from under another screen
+    #
+    # A list's own keys come first: a priority key that the focused list takes
+    # (its j k g G /, and n N while it has a search: ListNav.claims) steps aside
+    # for it, so an app key on n (step over) works everywhere but in a search.
+
+    _priority_by_action: dict[str, set[str]] | None = None  # made on first use
+    #: run control that is not a priority key: never from under another screen or a text box
+    _RUN_CONTROL = frozenset({"next", "finish"})
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in self._PRIORITY:
+        keys = self._priority_keys().get(action)
+        if keys is not None or action in self._RUN_CONTROL:
             if isinstance(self.focused, Input) or len(self.screen_stack) > 1:
                 return False
+            focused = self.focused
+            if keys and isinstance(focused, ListNav) and any(focused.claims(key) for key in keys):
+                return False
         return True
+
+    def _priority_keys(self) -> dict[str, set[str]]:
+        """The keys of each priority binding, by action name (the bindings as they are now)."""
+        if self._priority_by_action is None:
+            found: dict[str, set[str]] = {}
+            for key, bindings in self._bindings.key_to_bindings.items():
+                for binding in bindings:
+                    if binding.priority:
+                        found.setdefault(binding.action.split("(")[0], set()).add(key)
+            self._priority_by_action = found
+        return self._priority_by_action
 
     def __init__(
         self,
@@ -121,7 +145,7 @@ class KinspectApp(App[None]):
         self.session = session
         self._connect = connect
         self.resume_on_exit = resume_on_exit
-        self.export_dir = Path(export_dir) if export_dir else Path.cwd()
+        self.export_dir = Path(export_dir) if export_dir else default_export_dir()
         self.link = self._make_link(session)
         self._queued: deque[str] = deque()  # names of the jobs in the owner's queue, in order
         self.errors: list[str] = []  # every failure reported, for tests and the log
@@ -155,7 +179,7 @@ class KinspectApp(App[None]):
         with TabbedContent(initial=PANES[0].NAME, id="tabs"):
             for pane in PANES:
                 yield pane()
-        yield Input(
+        yield PromptInput(
             placeholder=": vtop ADDR | ptov PADDR | mem ADDR | phys PADDR | break SYM|ADDR"
             " | continue | stop | step | help",
             id="command",
@@ -171,7 +195,14 @@ class KinspectApp(App[None]):
     def active_pane(self) -> Pane:
         return self.query_one(f"#{self.query_one(TabbedContent).active}", Pane)
 
+    #: Narrower than this, lists go above their detail and the filter boxes give way to keys.
+    NARROW = 100
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.set_class(event.size.width < self.NARROW, "-narrow")
+
     def on_mount(self) -> None:
+        self.set_class(self.size.width < self.NARROW, "-narrow")
         self.query_one(StatusLine).target = self.session.target.description
         self._own_target()
         self._attach_target()
@@ -359,7 +390,13 @@ class KinspectApp(App[None]):
             self.notify("reconnected")
             self._on_stop(record, snapshot)
 
-        self.submit("reconnect", work, done, while_running="run")
+        def failed(error: BaseException) -> None:
+            status = self.query_one(StatusLine)
+            status.state = "exited"  # not CONNECTING: nothing is being connected any more
+            status.health = "not connected: R tries again"
+            self.report_failure(error)
+
+        self.submit("reconnect", work, done, failed=failed, while_running="run")
 
     # -- the one failure handler --------------------------------------------------------------
 
@@ -391,6 +428,18 @@ class KinspectApp(App[None]):
         if name in self._values and name not in ("cs", "ds", "es", "fs", "gs", "ss"):
             return self._values[name]
         return session.resolve(text)
+
+    def lookup(self, text: str) -> int | None:
+        """An address from text without asking the target: a number, a register of the last
+        stop, a symbol; None for anything else (the range search matches it as text)."""
+        number = maybe_number(text)
+        if number is not None:
+            return number
+        name = text.strip().lstrip("$").lower()
+        if name in self._values and name not in ("cs", "ds", "es", "fs", "gs", "ss"):
+            return self._values[name]
+        symbols = self._symbols
+        return symbols.lookup(text.strip()) if symbols is not None else None
 
     def symbolize(self, address: int) -> str | None:
         """``name+0x12`` when ``address`` falls inside a symbol (loaded in the owner thread)."""
@@ -494,10 +543,10 @@ class KinspectApp(App[None]):
         self.remaps.handle(request)
 
     def action_prompt(self, prefix: str) -> None:
-        command = self.query_one("#command", Input)
+        command = self.query_one("#command", PromptInput)
         command.value = prefix
         command.cursor_position = len(prefix)
-        self.set_focus(command)  # now, not later: keys already queued must land in it
+        command.open()  # now, not later: keys already queued must land in it
 
     def action_tab(self, name: str) -> None:
         self.show_pane(name)
@@ -515,18 +564,25 @@ class KinspectApp(App[None]):
             event.pane.shown()
 
     def action_unfocus(self) -> None:
-        self.set_focus(None)
+        """Esc: back to the shown view's list (never nothing focused: the arrows must work)."""
+        focus = self.active_pane.FOCUS
+        self.set_focus(self.active_pane.query_one(focus) if focus else None)
+
+    @on(PromptInput.Cancelled, "#command")
+    def _command_cancelled(self, event: PromptInput.Cancelled) -> None:
+        event.prompt.value = ""
+        self.action_unfocus()
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.BINDINGS, [(p.KEY, p.TITLE, p.HELP) for p in PANES]))
+        self.push_screen(HelpScreen(key_sections(self), [(p.KEY, p.TITLE, p.HELP) for p in PANES]))
 
     @on(Input.Submitted, "#command")
     def _command_submitted(self, event: Input.Submitted) -> None:
         text = event.value.strip()
         event.input.value = ""
+        self.action_unfocus()
         if text:
             self.run_command(text)
-        self.set_focus(None)
 
     def run_command(self, text: str) -> None:
         """One command line (:mod:`kinspect.tui.commands`)."""
@@ -536,9 +592,24 @@ class KinspectApp(App[None]):
         status = self.query_one(StatusLine).export_text()
         return f"{status}\n\n{self.active_pane.export_text()}"
 
-    def action_export_text(self) -> None:
+    def _export_path(self, directory: str, suffix: str) -> Path | None:
+        """Where an export goes: ``directory`` if given (and it becomes the directory of the
+        exports that follow), else the export directory; made if missing. None: reported."""
+        if directory:
+            self.export_dir = Path(directory).expanduser()
+        folder = self.export_dir.resolve()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.report_failure(InspectorError(f"cannot make {folder}: {exc.strerror}"))
+            return None
         active = self.query_one(TabbedContent).active
-        path = self.export_dir / f"kinspect-{active}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+        return folder / f"kinspect-{active}-{time.strftime('%Y%m%d-%H%M%S')}.{suffix}"
+
+    def action_export_text(self, directory: str = "") -> None:
+        path = self._export_path(directory, "txt")
+        if path is None:
+            return
         try:
             path.write_text(self.current_view_text())
         except OSError as exc:
@@ -546,19 +617,28 @@ class KinspectApp(App[None]):
             return
         self.notify(f"saved {path}")
 
-    def action_export_svg(self) -> None:
-        active = self.query_one(TabbedContent).active
-        name = f"kinspect-{active}-{time.strftime('%Y%m%d-%H%M%S')}.svg"
-        try:
-            path = self.save_screenshot(name, str(self.export_dir))
-        except OSError as exc:
-            self.report_failure(InspectorError(f"cannot write {name}: {exc.strerror}"))
+    def action_export_svg(self, directory: str = "") -> None:
+        path = self._export_path(directory, "svg")
+        if path is None:
             return
-        self.notify(f"saved {path}")
+        try:
+            saved = self.save_screenshot(path.name, str(path.parent))
+        except OSError as exc:
+            self.report_failure(InspectorError(f"cannot write {path}: {exc.strerror}"))
+            return
+        self.notify(f"saved {Path(saved).resolve()}")
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield from palette(self)
+
+
+def default_export_dir() -> Path:
+    """The user's state directory (``$XDG_STATE_HOME/kinspect/exports``, by default
+    ``~/.local/state/kinspect/exports``): never the directory kinspect was started in."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
+    return base / "kinspect" / "exports"
 
 
 def make_app(

@@ -8,6 +8,8 @@ only when the command runs.
 
 from __future__ import annotations
 
+import argparse
+
 from kinspect.inspector.commands import Command, CommandResult, Context, Needs, UsageError, connect
 from kinspect.inspector.session import Session
 
@@ -26,14 +28,29 @@ def run_tui(context: Context) -> CommandResult:
     from kinspect.tui.app import make_app
 
     session = attach()
-    make_app(session, connect=attach, resume_on_exit=not args.no_resume).run()
+    make_app(
+        session,
+        connect=attach,
+        resume_on_exit=not args.no_resume,
+        export_dir=getattr(args, "export_dir", None),
+    ).run()
     return context.result(None, None)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--export-dir",
+        metavar="DIR",
+        help="where e / E (and :export, :svg) save the view; default "
+        "$XDG_STATE_HOME/kinspect/exports (~/.local/state/kinspect/exports)",
+    )
 
 
 COMMAND = Command(
     "tui",
     "the live TUI on a target (Textual)",
     run_tui,
+    arguments=add_arguments,
     needs=Needs.NOTHING,
     family="tui",
     on_line=False,

@@ -42,6 +42,7 @@ __all__ = [
     "format_efi_row",
     "format_mapped_at",
     "format_range_row",
+    "format_range_row_fitted",
 ]
 
 ADDED, REMOVED, CHANGED = "+", "-", "~"
@@ -177,6 +178,26 @@ def filter_rows(
 def format_range_row(row: RangeRow) -> str:
     """The ptdump columns, as ``format_ranges`` prints them, after a mark column."""
     return f"{row.mark or ' '} {format_range_row_text(row.range)}"
+
+
+def format_range_row_fitted(row: RangeRow, width: int) -> str:
+    """The row in ``width`` columns, the columns collapsing by priority.
+
+    The whole row when it fits; else the end address goes, then the size;
+    the mark, the start, the physical address and the flags (permissions
+    first) stay to the last: an 80-column terminal shows them. Every row of
+    a list collapses alike (the flags keep their columns), so the columns
+    stay aligned.
+    """
+    full = format_range_row(row)
+    if len(full) <= width:
+        return full
+    r = row.range
+    mark = row.mark or " "
+    flags = r.flags_text()
+    if width >= 80:
+        return f"{mark} {r.start:#018x} {format_size(r.size):>6} {r.phys:#018x} {flags}"
+    return f"{mark} {r.start:#018x} {r.phys:#018x} {flags}"
 
 
 # -- the UEFI memory map (the EFI view) ------------------------------------------------------

@@ -38,7 +38,7 @@ class MemoryPane(Pane):
     )
     PALETTE = (
         "Memory view",
-        "The stack telescope at RSP; mem ADDR / phys PADDR for hex; t switches (4)",
+        "The stack telescope at RSP; m or mem ADDR / phys PADDR for hex; t switches (4)",
     )
     FOCUS = "#telescope"
     STOP_ORDER = 40

@@ -16,6 +16,8 @@ matched): each shown row keeps its region's heading above it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -29,6 +31,7 @@ from kinspect.inspector.session import Session
 from kinspect.inspector.x86.paging import CompactRange, Range
 
 from ..model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
+from ..widgets.prompt import PromptInput
 from ..widgets.ranges import RangeList
 from ..widgets.walk import WalkView
 from .walking import WalkingPane
@@ -43,6 +46,16 @@ FLAGS = (
     ("wx", "W+X"),
     ("changed", "changed"),
 )
+
+#: The key that switches each filter (in the pane; a shifted letter: no app key is one).
+FLAG_KEYS = {
+    "user": "U",
+    "kernel": "K",
+    "writable": "W",
+    "executable": "X",
+    "wx": "exclamation_mark",
+    "changed": "C",
+}
 
 
 #: Compact by default above this many exact ranges, on a kernel whose regions are known.
@@ -72,8 +85,9 @@ class RangesPane(WalkingPane):
     KEY_HELP = "Ranges"
     HELP = (
         "coalesced mappings (ptdump); + added, - removed, ~ changed since the last "
-        "stop; magenta = writable and executable; filters combine (AND); the search takes "
-        "text or an address"
+        "stop; magenta = writable and executable; filters combine (AND), U K W X ! C switch "
+        "them; / searches (text, an address, a symbol or a register): the rows narrow as you "
+        "type, Enter jumps to the first match in the whole map, n / N to the next and previous"
     )
     PALETTE = ("Range map", "The coalesced mappings, marked against the previous stop (2)")
     FOCUS = "#range-list"
@@ -82,7 +96,13 @@ class RangesPane(WalkingPane):
     GLOBAL_KEYS = (("slash", "search", "Search"),)
     COMMANDS = {**WalkingPane.COMMANDS, "ptov": "command_ptov"}
     NEEDS_ARGUMENT = {**WalkingPane.NEEDS_ARGUMENT, "ptov": "an address or a symbol"}
-    BINDINGS = [Binding("z", "toggle_compact", "Compact/exact", show=False)]
+    BINDINGS = [
+        Binding("z", "toggle_compact", "Compact/exact", show=False),
+        *(
+            Binding(key, f"toggle_filter('{name}')", f"Filter: {label}", show=False)
+            for (name, label), key in zip(FLAGS, FLAG_KEYS.values(), strict=True)
+        ),
+    ]
 
     class Read(Message, bubble=False):
         def __init__(
@@ -120,18 +140,24 @@ class RangesPane(WalkingPane):
         self._exact_rows: list[RangeRow] = []
         self._merged_rows: list[RangeRow] = []
         self._notes: dict[int, str] = {}
+        self._before_search: int | None = None  # the cursor's address when / was pressed
 
     def compose(self) -> ComposeResult:
         with Vertical():
             with Horizontal(id="range-filters"):
                 for name, label in FLAGS:
                     yield Checkbox(label, id=f"f-{name}")
-                yield Input(placeholder="search: text or address", id="range-search")
+                yield PromptInput(placeholder="/ search: text, address, symbol", id="range-search")
             yield Static("no ranges yet", id="range-summary")
             with Horizontal(classes="split"):
                 yield RangeList(id="range-list")
                 with VerticalScroll(classes="walk-pane"):
                     yield WalkView(id="range-walk")
+
+    def on_mount(self) -> None:
+        view = self.query_one(RangeList)
+        view.resolve_text = self.search_text
+        view.open_search = self.action_search
 
     # -- reading -------------------------------------------------------------------------
 
@@ -179,9 +205,19 @@ class RangesPane(WalkingPane):
 
         self.range_filter = RangeFilter(
             **{name: flag(name) for name, _ in FLAGS},
-            text=self.query_one("#range-search", Input).value.strip(),
+            text=self.search_text(self.query_one("#range-search", Input).value.strip()),
         )
         self._apply_filter()
+
+    def search_text(self, text: str) -> str:
+        """What the filter matches for ``text``: a symbol or a register becomes its address,
+        as every other input takes them; anything else is matched as typed."""
+        address = self.kinspect.lookup(text) if text else None
+        return f"{address:#x}" if address is not None else text
+
+    def action_toggle_filter(self, name: str) -> None:
+        box = self.query_one(f"#f-{name}", Checkbox)
+        box.value = not box.value
 
     def _apply_filter(self) -> None:
         view = self.query_one(RangeList)
@@ -200,16 +236,53 @@ class RangesPane(WalkingPane):
             mode = "exact (z: compact) | "
         else:
             mode = ""  # the exact map of a kernel without regions, as before compact mode
+        flt = self.range_filter
+        on = [label for name, label in FLAGS if getattr(flt, name)]
+        filters = f"filters {' '.join(on)} | " if on else ""
         self.query_one("#range-summary", Static).update(
-            f"{mode}{len(self.shown_rows)} of {len(self.rows)} rows shown"
+            f"{filters}{mode}{len(self.shown_rows)} of {len(self.rows)} rows shown"
             f" | {len(self.ranges)} ranges"
             f" | W+X {self._wx} | changed since last stop {self._marks}"
             f" | walk problems {self._problems}"
         )
 
+    # -- search: a preview while typing, a jump on Enter -------------------------------
+
     def action_search(self) -> None:
         self.kinspect.action_tab(self.NAME)
-        self.kinspect.set_focus(self.query_one("#range-search", Input))
+        view = self.query_one(RangeList)
+        self._before_search = view.current.range.start if view.current else None
+        self.query_one("#range-search", PromptInput).open()
+
+    @on(Input.Submitted, "#range-search")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        """Enter: the whole map again, the cursor on the first match, n / N from there."""
+        event.stop()
+        text = event.value.strip()
+        view = self.query_one(RangeList)
+        self._clear_search_box()
+        view.focus()
+        if text:
+            view.search_for(text)
+        else:
+            view.action_nav_clear()
+
+    @on(PromptInput.Cancelled, "#range-search")
+    def _search_cancelled(self, event: PromptInput.Cancelled) -> None:
+        """Esc: the whole map again, the cursor where it was before /, the list focused."""
+        event.stop()
+        view = self.query_one(RangeList)
+        self._clear_search_box()
+        if self._before_search is not None:
+            view.move_to(self._before_search)
+        view.focus()
+
+    def _clear_search_box(self) -> None:
+        box = self.query_one("#range-search", Input)
+        if box.value:
+            box.value = ""
+            self.range_filter = replace(self.range_filter, text="")
+            self._apply_filter()
 
     @on(RangeList.Highlighted)
     def _range_highlighted(self, event: RangeList.Highlighted) -> None:
@@ -218,6 +291,8 @@ class RangesPane(WalkingPane):
             self.show_walk(
                 r.start, title=f"walk of {r.start:#x} (range start)", automatic=not event.user
             )
+        elif not self.pinned:  # no row: the walk of a row that is gone must not stay
+            self.walk_view.show_text("no range matches: no walk to show", style="dim")
 
     # -- ptov -----------------------------------------------------------------------------
 
@@ -243,7 +318,7 @@ class RangesPane(WalkingPane):
                 lines.append(f"  {va:#018x}" + (f"  {name}" if name else ""))
             if len(aliases) > 200:
                 lines.append(f"  ... and {len(aliases) - 200} more")
-        self.kinspect.show_pane(self.NAME)
+        self.kinspect.action_tab(self.NAME)  # shown, its list focused (not a hidden one)
         self.pinned = True
         self.walk_view.show_text("\n".join(lines))
 

@@ -13,7 +13,7 @@ from textual.widgets.tree import TreeNode
 
 from kinspect.inspector.x86.paging import PageTableEntry
 
-from ..widgets.tables import TableSpot, TableTree
+from ..widgets.tables import TableSpot, TableTree, describe_spot
 from ..widgets.walk import WalkView
 from .walking import WalkingPane
 
@@ -25,7 +25,10 @@ class TablesPane(WalkingPane):
     TITLE = "Tables [3]"
     KEY = "3"
     KEY_HELP = "Tables"
-    HELP = "PML4 -> PDPT -> PD -> PT; Enter or Space expands (one table read each)"
+    HELP = (
+        "PML4 -> PDPT -> PD -> PT; Enter or Space expands (one table read each); a table "
+        "entry shows the table it points to and its flags, a page's entry its walk"
+    )
     PALETTE = ("Page tables", "The paging structures as a tree, read as it opens (3)")
     FOCUS = "#table-tree"
     STOP_ORDER = 30
@@ -86,7 +89,11 @@ class TablesPane(WalkingPane):
 
     @on(TableTree.EntryHighlighted)
     def _entry_highlighted(self, event: TableTree.EntryHighlighted) -> None:
-        self.show_walk(event.spot.va, title=f"walk of {event.spot.va:#x}")
+        spot = event.spot
+        # a table entry: what it points to and its flags first; its first address's walk
+        # below, which may stop in the table it points to (not an error: nothing mapped yet)
+        about = describe_spot(spot) if spot.table is not None else ""
+        self.show_walk(spot.va, title=f"walk of {spot.va:#x}", about=about)
 
     def export_text(self) -> str:
         return self.query_one(TableTree).export_text() + "\n" + self.walk_view.export_text()

@@ -32,6 +32,7 @@ class WalkingPane(Pane):
             *,
             show: bool = False,
             automatic: bool = False,
+            about: str = "",
         ) -> None:
             super().__init__()
             self.va = va
@@ -39,6 +40,7 @@ class WalkingPane(Pane):
             self.title = title
             self.show = show  # asked for (vtop): show the pane
             self.automatic = automatic  # a cursor placed by a reload, not by the user
+            self.about = about  # what was selected, when it is not a page (a table entry)
 
     #: The walk view shows what the user asked for (vtop, ptov): a reload's cursor does not
     #: replace it; the user's next cursor move does.
@@ -48,7 +50,9 @@ class WalkingPane(Pane):
     def walk_view(self) -> WalkView:
         return self.query_one(f"#{self.WALK_VIEW}", WalkView)
 
-    def show_walk(self, va: int, *, title: str = "", automatic: bool = False) -> None:
+    def show_walk(
+        self, va: int, *, title: str = "", automatic: bool = False, about: str = ""
+    ) -> None:
         """The walk of ``va`` (a view: skipped while the kernel runs).
 
         ``automatic``: the cursor was placed by a reload; an asked-for result stays.
@@ -60,7 +64,9 @@ class WalkingPane(Pane):
         self.read(
             "walk",
             lambda session: session.translate(va),
-            lambda translation: self.Walked(va, translation, title, automatic=automatic),
+            lambda translation: self.Walked(
+                va, translation, title, automatic=automatic, about=about
+            ),
         )
 
     def on_walking_pane_walked(self, message: Walked) -> None:
@@ -68,10 +74,13 @@ class WalkingPane(Pane):
             return  # asked for while this walk was on its way
         if message.show:
             self.pinned = True
-            self.kinspect.show_pane(self.NAME)
+            self.kinspect.action_tab(self.NAME)  # shown, its list focused (not a hidden one)
         name = self.kinspect.symbolize(message.va)
         self.walk_view.show_walk(
-            message.translation, title=message.title, extra=f"symbol: {name}" if name else ""
+            message.translation,
+            title=message.title,
+            extra=f"symbol: {name}" if name else "",
+            about=message.about,
         )
 
     def command_vtop(self, text: str) -> None:

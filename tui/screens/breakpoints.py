@@ -22,6 +22,8 @@ from textual.widgets import DataTable, Static
 
 from kinspect.inspector.targets.base import Breakpoint
 
+from ..widgets.listnav import NavTable
+
 __all__ = ["BreakpointsScreen", "breakpoint_row"]
 
 COLUMNS = ("Num", "Enb", "Hits", "Address", "Where")
@@ -77,7 +79,7 @@ class BreakpointsScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="breakpoints-body"):
             yield Static(Text("Breakpoints", style="bold"), id="breakpoints-title")
-            table: DataTable[str] = DataTable(id="breakpoint-table", cursor_type="row")
+            table = NavTable(id="breakpoint-table", cursor_type="row")
             table.add_columns(*COLUMNS)
             yield table
             yield Static("reading...", id="breakpoints-summary")

@@ -41,6 +41,8 @@ from textual.widgets.option_list import Option
 
 from kinspect.inspector.remap.efi import IRREVERSIBLE, SVAM
 
+from ..widgets.listnav import NavOptionList
+
 __all__ = ["CHECKBOXES", "FORMS", "RemapScreen", "format_plan", "format_reports"]
 
 #: Why a step cannot be undone, by method (the methods are ``IRREVERSIBLE``'s).
@@ -205,6 +207,8 @@ class RemapScreen(Screen[None]):
 
     BINDINGS = [
         Binding("escape", "close", "Back"),
+        Binding("ctrl+pagedown,f7", "form(1)", "Next form"),
+        Binding("ctrl+pageup,f6", "form(-1)", "Previous form"),
         Binding("f2", "apply", "Apply plan"),
         Binding("f3", "undo", "Undo step"),
         Binding("f4", "keep", "Keep step"),
@@ -261,7 +265,10 @@ class RemapScreen(Screen[None]):
             with Vertical(id="remap-forms-pane"):
                 with TabbedContent(initial="form-map", id="remap-forms"):
                     for action, fields in FORMS.items():
-                        with TabPane(action, id=f"form-{action}"):
+                        with (
+                            TabPane(action, id=f"form-{action}"),
+                            VerticalScroll(classes="remap-form"),
+                        ):
                             if action in ABOUT:
                                 yield Static(ABOUT[action], classes="remap-about")
                             for name, label, placeholder, default in fields:
@@ -278,7 +285,7 @@ class RemapScreen(Screen[None]):
                             yield Button("Preview", id=f"preview-{action}", variant="primary")
             with Vertical(id="remap-journal-pane"):
                 yield Label("journal: open steps", id="remap-journal-title")
-                yield OptionList(id="remap-journal")
+                yield NavOptionList(id="remap-journal")
                 with Horizontal(classes="remap-buttons"):
                     yield Button("Undo step", id="undo-one")
                     yield Button("Undo all", id="undo-all")
@@ -413,6 +420,19 @@ class RemapScreen(Screen[None]):
         """Keep the highlighted step: the change stays, the journal no longer offers its undo."""
         if (seq := self._highlighted_step("keep")) is not None:
             self.post_message(self.KeepRequested([seq]))
+
+    def action_form(self, step: int) -> None:
+        """The next (1) or previous (-1) form, its first field focused."""
+        forms = self.query_one("#remap-forms", TabbedContent)
+        names = list(FORMS)
+        at = names.index(forms.active.removeprefix("form-")) if forms.active else 0
+        action = names[(at + step) % len(names)]
+        forms.active = f"form-{action}"
+        fields = FORMS[action]
+        if fields:
+            self.set_focus(self.query_one(f"#{action}-{fields[0][0]}", Input))
+        else:
+            self.set_focus(self.query_one(f"#preview-{action}", Button))
 
     def action_journal(self) -> None:
         self.post_message(self.JournalRequested())

@@ -11,13 +11,19 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from .listnav import TextNav
+
 __all__ = ["DescriptorsView"]
 
 ORDER = ("GDT", "LDT", "IDT", "TSS")
 
 
-class DescriptorsView(VerticalScroll):
-    """Each table's text, or why it could not be read (a stub without GDTR, say)."""
+class DescriptorsView(VerticalScroll, TextNav):
+    """Each table's text, or why it could not be read (a stub without GDTR, say).
+
+    One screen line per line of text (no wrapping), so ``/`` and ``n`` scroll to a match."""
+
+    NAV_WHAT = "the descriptor tables"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -36,8 +42,13 @@ class DescriptorsView(VerticalScroll):
             else:
                 parts.append(Text(errors.get(name, "not read"), style="red"))
             parts.append(Text(""))
+        for part in parts:
+            part.no_wrap = True
         self.query_one("#descriptors-body", Static).update(Group(*parts))
         self._plain = "\n".join(p.plain for p in parts)
+
+    def nav_lines(self) -> list[str]:
+        return self.export_text().splitlines()
 
     def export_text(self) -> str:
         return getattr(self, "_plain", "no descriptor tables yet") + "\n"

@@ -37,6 +37,7 @@ from ..model import (
     format_efi_row,
     format_mapped_at,
 )
+from .listnav import NavTable
 
 __all__ = ["EfiMapView"]
 
@@ -76,7 +77,7 @@ class EfiMapView(Vertical):
             yield Checkbox("mapping changed", id="efi-changed")
         yield Static("no UEFI memory map yet", id="efi-summary")
         with Vertical(id="efi-body"):
-            table: DataTable[Text] = DataTable(id="efi-table", cursor_type="row")
+            table = NavTable(id="efi-table", cursor_type="row")
             table.add_columns(*COLUMNS)
             yield table
             with Horizontal(id="efi-bottom"):

@@ -9,13 +9,17 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from .listnav import TextNav
+
 __all__ = ["FaultView"]
 
 NONE = "no exception: the CPU is not stopped at an IDT handler's entry (:catch 14 stops at one)"
 
 
-class FaultView(VerticalScroll):
+class FaultView(VerticalScroll, TextNav):
     """``str(FaultReport)``, or one line saying why there is none at this stop."""
+
+    NAV_WHAT = "the fault report"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -36,7 +40,11 @@ class FaultView(VerticalScroll):
         else:
             self.text = NONE
             body = Text(NONE, style="dim")
+        body.no_wrap = True  # one screen line per line: / and n scroll to a match
         self.query_one("#fault-body", Static).update(body)
+
+    def nav_lines(self) -> list[str]:
+        return self.text.splitlines()
 
     def export_text(self) -> str:
         return self.text + "\n"

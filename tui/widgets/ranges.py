@@ -26,9 +26,21 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ..model import ADDED, CHANGED, REMOVED, RangeRow, format_range_row
+from ..model import (
+    ADDED,
+    CHANGED,
+    REMOVED,
+    RangeFilter,
+    RangeRow,
+    format_range_row,
+    format_range_row_fitted,
+)
+from .listnav import ListNav
 
 __all__ = ["RangeList"]
+
+FULL_ROW = 100  # the columns of a whole row (mark, start-end, size, physical, flags)
+NARROWEST_ROW = 73  # mark, start, physical, flags
 
 _MARK_STYLE = {
     ADDED: Style(color="green", bold=True),
@@ -45,9 +57,17 @@ def format_heading(name: str) -> str:
     return f"---[ {name} ]---"
 
 
-class RangeList(ScrollView, can_focus=True):
-    """Rows of :class:`RangeRow`; the cursor row is the selected range."""
+class RangeList(ScrollView, ListNav, can_focus=True):
+    """Rows of :class:`RangeRow`; the cursor row is the selected range.
 
+    Narrower than a whole row, the columns collapse by priority
+    (:func:`~kinspect.tui.model.format_range_row_fitted`): the end address
+    goes first, then the size; the start, the physical address and the
+    permissions stay.
+    """
+
+    NAV_WHAT = "the range map"
+    OWN_SLASH = False  # the app's / opens the pane's box at once, before the next key
     BINDINGS = [
         Binding("up", "cursor(-1)", "Up", show=False),
         Binding("down", "cursor(1)", "Down", show=False),
@@ -74,6 +94,11 @@ class RangeList(ScrollView, can_focus=True):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        #: Search text to what the filter matches (a symbol or a register to its address).
+        self.resolve_text: Callable[[str], str] = lambda text: text
+        #: ``/``: the pane's search box, opened now (not by a message: the keys typed
+        #: right after it must land in the box); None: the shared prompt.
+        self.open_search: Callable[[], None] | None = None
         self.rows: Sequence[RangeRow] = ()
         self.cursor = 0
         self.headings: list[str] = []
@@ -103,7 +128,7 @@ class RangeList(ScrollView, can_focus=True):
         index = 0
         if keep is not None:
             index = self.index_of(keep)
-        self.virtual_size = Size(110, self._line_count)
+        self.virtual_size = Size(self._virtual_width(), self._line_count)
         self._move(index, force=True, user=False)
         self.refresh()
 
@@ -125,6 +150,14 @@ class RangeList(ScrollView, can_focus=True):
             self._lines = lines
         else:
             self._line_of_row = []
+
+    def _virtual_width(self) -> int:
+        """Wide enough for a whole row (and a compact row's note) where they are shown whole;
+        narrower, the rows collapse to fit (no sideways scrolling for what is left out)."""
+        return 110 if self.size.width >= FULL_ROW else NARROWEST_ROW
+
+    def on_resize(self) -> None:
+        self.virtual_size = Size(self._virtual_width(), self._line_count)
 
     @property
     def _line_count(self) -> int:
@@ -170,7 +203,7 @@ class RangeList(ScrollView, can_focus=True):
             strip = Strip([Segment(text.ljust(width + scroll_x), self.rich_style + _HEADING_STYLE)])
             return strip.crop(scroll_x, scroll_x + width)
         row = self.rows[index]
-        text = self._text(row)
+        text = self._text(row, width)
         p = row.range.permissions
         style = _MARK_STYLE.get(row.mark) or (_WX_STYLE if p.writable and p.executable else None)
         base = self.rich_style
@@ -181,8 +214,8 @@ class RangeList(ScrollView, can_focus=True):
         strip = Strip([Segment(text.ljust(max(width + scroll_x, len(text))), base)])
         return strip.crop(scroll_x, scroll_x + width)
 
-    def _text(self, row: RangeRow) -> str:
-        text = format_range_row(row)
+    def _text(self, row: RangeRow, width: int | None = None) -> str:
+        text = format_range_row(row) if width is None else format_range_row_fitted(row, width)
         note = self.notes.get(row.range.start) if self.notes and row.mark != REMOVED else None
         return text + note if note else text
 
@@ -234,6 +267,30 @@ class RangeList(ScrollView, can_focus=True):
 
     def action_select(self) -> None:
         self._move(self.cursor, force=True)
+
+    # -- the shared list keys (ListNav) -------------------------------------------------------
+
+    def nav_count(self) -> int:
+        return len(self.rows)
+
+    def nav_index(self) -> int:
+        return self.cursor
+
+    def nav_go(self, index: int) -> None:
+        self._move(index, force=True)
+
+    def nav_text(self, index: int) -> str:
+        return format_range_row(self.rows[index])
+
+    def nav_matcher(self, text: str) -> Callable[[int], bool]:
+        flt = RangeFilter(text=self.resolve_text(text))
+        return lambda index: flt.matches(self.rows[index])
+
+    def action_nav_search(self) -> None:
+        if self.open_search is None:
+            super().action_nav_search()
+        else:
+            self.open_search()
 
     def on_click(self, event: events.Click) -> None:
         self._move(self._row_at_line(int(self.scroll_offset.y) + event.y), force=True)

@@ -13,6 +13,8 @@ from textual.widgets.option_list import Option
 
 from kinspect.inspector.unwind import Backtrace, Frame
 
+from .listnav import NavOptionList
+
 __all__ = ["StackView", "source_excerpt"]
 
 CONTEXT = 8
@@ -48,7 +50,7 @@ class StackView(Horizontal):
         self.backtrace: Backtrace | None = None
 
     def compose(self) -> ComposeResult:
-        yield OptionList(id="frames")
+        yield NavOptionList(id="frames")
         with VerticalScroll(classes="walk-pane"):
             yield Static("select a frame to see its source", id="source")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
@@ -66,24 +68,64 @@ class StatusLine(Widget):
     cpus: reactive[tuple[tuple[int, str], ...]] = reactive(())  # (index, state), read at a stop
 
     def render(self) -> Text:
-        text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(f" {self.state.upper()} ", _STATE_STYLE.get(self.state, "reverse"))
-        if self.reason:
-            text.append(f" {self.reason}", "bold")
-        selector = format_cpus(self.cpu, self.cpus, self.stop_cpu, states=self.state == "stopped")
-        if selector:
-            text.append("  ")
-            text.append_text(selector)
-        text.append(f"  {self.target}")
-        if self.mode:
-            text.append(f"  | {self.mode}", "cyan")
+        return self.line(self.size.width or None)
+
+    def line(self, width: int | None = None) -> Text:
+        """The line in ``width`` columns (None: all of it). What gives way, in order: the
+        target's description (cut in the middle), the CPUs' states, the busy note, the paging
+        mode's bits, the stop's reason (cut short); the run state, the CPU mode and paging
+        mode and the link's health stay to the last."""
+        state = Text(f" {self.state.upper()} ", _STATE_STYLE.get(self.state, "reverse"))
+        reason = Text(f" {self.reason}", "bold") if self.reason else Text()
+        stopped = self.state == "stopped"
+        selector = format_cpus(self.cpu, self.cpus, self.stop_cpu, states=stopped)
+        short_selector = format_cpus(self.cpu, self.cpus, self.stop_cpu, states=False)
+        target = Text(f"  {self.target}")
+        mode = Text(f"  | {self.mode}", "cyan") if self.mode else Text()
         if self.health != "ok":
-            text.append(f"  | {self.health}", "bold red")
+            health = Text(f"  | {self.health}", "bold red")
         else:
-            text.append("  | link ok", "green")
-        if self.busy:
-            text.append(f"  | reading {self.busy}...", "italic")
-        return text
+            health = Text("  | link ok", "green")
+        busy = Text(f"  | reading {self.busy}...", "italic") if self.busy else Text()
+
+        def cpus(selector: Text) -> Text:
+            return Text("  ").append_text(selector) if selector else Text()
+
+        def join(*parts: Text) -> Text:
+            text = Text(no_wrap=True, overflow="ellipsis")
+            for part in parts:
+                text.append_text(part)
+            return text
+
+        full = join(state, reason, cpus(selector), target, mode, health, busy)
+        if width is None or full.cell_len <= width:
+            return full
+        # the target's description is the first to give way: cut to what is left
+        rest = join(state, reason, cpus(selector), mode, health, busy).cell_len
+        if width - rest >= 16:
+            # the paths' folders go first (gdb.sock), then the middle: the kind of target
+            # and its end, "(QEMU)", stay
+            room = width - rest - 2
+            described = re.sub(r"/(?:[^\s/]+/)+", "…/", self.target)
+            if len(described) > room:
+                head = room // 2
+                described = described[:head] + "…" + described[len(described) - (room - head - 1) :]
+            target = Text(f"  {described}")
+            return join(state, reason, cpus(selector), target, mode, health, busy)
+        short_mode = Text(f"  | {self.mode.split(' [')[0]}", "cyan") if self.mode else Text()
+        short = cpus(short_selector)
+        for parts in (
+            (state, reason, short, mode, health, busy),
+            (state, reason, short, mode, health),
+            (state, reason, short, short_mode, health),
+        ):
+            line = join(*parts)
+            if line.cell_len <= width:
+                return line
+        # last, the stop's reason is cut short: the state, the modes and the link stay
+        keep = join(state, short, short_mode, health).cell_len
+        reason.truncate(max(width - keep, 0), overflow="ellipsis")
+        return join(state, reason, short, short_mode, health)
 
     def export_text(self) -> str:
-        return self.render().plain
+        return self.line().plain

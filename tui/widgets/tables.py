@@ -14,7 +14,9 @@ from textual.widgets.tree import TreeNode
 from kinspect.inspector.formatting import format_size
 from kinspect.inspector.x86.paging import LEVEL_NAMES, LEVEL_SHIFT, PageTableEntry, canonicalize
 
-__all__ = ["TableTree", "TableSpot"]
+from .listnav import ListNav
+
+__all__ = ["TableSpot", "TableTree", "describe_spot"]
 
 
 @dataclass(slots=True)
@@ -35,8 +37,33 @@ class TableSpot:
     loaded: bool = False
 
 
-class TableTree(Tree[TableSpot]):
+def describe_spot(spot: TableSpot) -> str:
+    """What a non-leaf entry is: the table it points to, its flags, what it covers.
+
+    (Its first address need not be mapped yet: its walk would only fault.)"""
+    entry = spot.entry
+    assert entry is not None and spot.table is not None
+    name = LEVEL_NAMES[entry.level]
+    child = LEVEL_NAMES[spot.level]
+    covers = 1 << LEVEL_SHIFT[entry.level]
+    end = spot.va + covers - 1  # canonical: an entry never spans the hole
+    lines = [
+        f"{name}[{spot.index}]: a table entry, not a page",
+        f"  entry      {entry.raw:#018x}",
+        f"  flags      {entry.describe()}",
+        f"  points to  the {child} at {spot.table:#x}",
+        f"  covers     {spot.va:#018x}-{end:#018x} ({format_size(covers)})",
+    ]
+    if entry.reserved:
+        lines.append(f"  RESERVED   {entry.reserved:#x}")
+    lines.append("Enter or Space opens it (one table read); a page's entry shows its walk")
+    return "\n".join(lines)
+
+
+class TableTree(Tree[TableSpot], ListNav):
     """Lazy: a node's table is asked for (``Load``) only when the node is expanded."""
+
+    NAV_WHAT = "the open tables"
 
     class Load(Message):
         """The app should read ``spot.table`` and call :meth:`TableTree.fill`."""
@@ -125,6 +152,23 @@ class TableTree(Tree[TableSpot]):
         spot = event.node.data
         if spot is not None and spot.entry is not None:
             self.post_message(self.EntryHighlighted(self, spot))
+
+    # -- the shared list keys (ListNav): the lines of the open tables -------------------------
+
+    def nav_count(self) -> int:
+        return self.last_line + 1
+
+    def nav_index(self) -> int:
+        return max(self.cursor_line, 0)
+
+    def nav_go(self, index: int) -> None:
+        self.cursor_line = index
+        self.scroll_to_line(index, animate=False)
+
+    def nav_text(self, index: int) -> str:
+        node = self.get_node_at_line(index)
+        label = node.label if node is not None else ""
+        return label.plain if isinstance(label, Text) else str(label)
 
     def export_text(self) -> str:
         lines: list[str] = []

@@ -22,9 +22,15 @@ class WalkView(Static):
         self.translation: Translation | None = None
         self.plain = ""
 
-    def show_walk(self, t: Translation, *, title: str = "", extra: str = "") -> None:
+    def show_walk(
+        self, t: Translation, *, title: str = "", extra: str = "", about: str = ""
+    ) -> None:
+        """``about``: what was selected when it is not a page (a table entry): said first,
+        and a walk that stops below it is what it is, not an error."""
         self.translation = t
         parts: list[Text] = []
+        if about:
+            parts.append(Text(about, style="bold"))
         if title:
             parts.append(Text(title, style="bold underline"))
         parts.append(Text(f"{t.va:#x}", style="bold"))
@@ -44,6 +50,8 @@ class WalkView(Static):
             parts.append(line)
         if t.ok:
             parts.append(Text(f"=> {t}", style="bold green"))
+        elif about:
+            parts.append(Text(f"its first address is not mapped below it: {t.fault}", style="dim"))
         else:
             parts.append(Text(f"fault: {t.fault}", style="bold red"))
         if extra:
