@@ -162,8 +162,8 @@ def test_the_disassembly_marks_rip_names_targets_and_acts_on_the_cursor_line():
             await settle(app, pilot)
             assert view.listing.at == RIP and view.note == ""
             assert app.focused is view
-            await pilot.press("escape")  # nothing to go back to: Esc leaves the view
-            assert app.focused is None
+            await pilot.press("escape")  # nothing to go back to: Esc stays in the view's list
+            assert app.focused is view
 
             # Enter on a line that does not branch is one line
             await pilot.press("d", "j", "enter")

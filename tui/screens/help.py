@@ -90,6 +90,7 @@ _NAMES = {
     "home": "Home",
     "end": "End",
     "tab": "Tab",
+    "backspace": "Backspace",
 }
 
 
