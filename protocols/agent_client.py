@@ -290,9 +290,10 @@ class AgentClient:
                 continue
             for event in self._events(min(wait_until, budget) - now):
                 if isinstance(event, Damaged):
-                    if damaged_id(event.prefix) is None:
-                        continue  # not a message: text after damage
-                    # One of ours came damaged: ask for it again at once.
+                    named = damaged_id(event.prefix)
+                    if named is not None and named[1] and named[0] != request_id:
+                        continue  # a damaged frame of an earlier request's
+                    # One of ours came damaged (its first bytes too, perhaps): again, at once.
                     self.stats.retries += 1
                     self.stats.naks_sent += 1
                     self._saw_damage()

@@ -484,6 +484,26 @@ static void kv(struct mp_writer *w, const char *key, uint64_t value)
 	mp_write_uint(w, value);
 }
 
+/* The link's and the methods' counters since the agent started (make soak checks them). */
+static int m_link_stats(struct agent *a, struct params *p, struct mp_writer *w,
+			struct failure *f)
+{
+	int status = params_done(p, f);
+
+	if (status != AGENT_OK)
+		return status;
+	mp_write_map(w, 8);
+	kv(w, "requests", a->requests);
+	kv(w, "replayed", a->replayed);
+	kv(w, "naks_sent", a->naks_sent);
+	kv(w, "naks_received", a->naks_received);
+	kv(w, "chunks_sent", a->chunks_sent);
+	kv(w, "dropped", a->decoder.dropped);
+	kv(w, "stops", a->stops);
+	kv(w, "remaps", a->remaps);
+	return AGENT_OK;
+}
+
 static int m_regs(struct agent *a, struct params *p, struct mp_writer *w, struct failure *f)
 {
 	struct agent_cpu cpu = { 0 };
@@ -1446,6 +1466,7 @@ static const struct method methods[] = {
 	{ "read_virt", m_read_virt, false },
 	{ "translate", m_translate, false },
 	{ "walk", m_walk, false },
+	{ "link_stats", m_link_stats, false },
 	{ "stop", m_stop, true },
 	{ "resume", m_resume, true },
 #ifndef AGENT_READONLY
@@ -1470,7 +1491,8 @@ static const struct method methods[] = {
 };
 
 static const char *const method_names[] = {
-	"hello", "regs", "read_phys", "read_virt", "translate", "walk", "stop", "resume",
+	"hello", "regs", "read_phys", "read_virt", "translate", "walk", "link_stats", "stop",
+	"resume",
 #ifndef AGENT_READONLY
 	"map", "unmap", "protect", "set_entries", "move_stack", "load_descriptors", "switch_cr3",
 #endif
@@ -1569,7 +1591,6 @@ static void send_nak(struct agent *a, uint32_t id, bool known)
 /*
  * A damaged frame from the host: ask for it again at once, naming its id when
  * its first bytes survived ([type, id, ...]), else the id expected next.
- * Candidates that do not start like a message (text after damage) get none.
  */
 static void handle_damaged(void *ctx, const uint8_t *prefix, size_t len)
 {
@@ -1577,10 +1598,11 @@ static void handle_damaged(void *ctx, const uint8_t *prefix, size_t len)
 	struct mp_reader r;
 	struct mp_item item;
 
-	if (len == 0 || prefix[0] < 0x92 || prefix[0] > 0x95)
+	if (len == 0)
 		return;
 	mp_reader_init(&r, prefix, len);
-	if (mp_read(&r, &item) && item.type == MP_ARRAY && mp_read(&r, &item) &&
+	if (prefix[0] >= 0x92 && prefix[0] <= 0x95 && mp_read(&r, &item) && item.type == MP_ARRAY &&
+	    mp_read(&r, &item) &&
 	    item.type == MP_UINT && item.v.u <= 4 && mp_read(&r, &item) && item.type == MP_UINT &&
 	    item.v.u <= 0xffffffffULL) {
 		send_nak(a, (uint32_t)item.v.u, true);
@@ -1712,6 +1734,7 @@ static void handle_frame(void *ctx, const uint8_t *body, size_t len)
 	a->expected_id = id + 1;
 	/* The request whose reply was sent last, again (its reply was lost): the same reply. */
 	if (a->last_valid && a->last_id == id) {
+		a->replayed++;
 		send_part(a, 0, AGENT_CHUNK_FIRST);
 		return;
 	}
@@ -1734,6 +1757,7 @@ static void handle_frame(void *ctx, const uint8_t *body, size_t len)
 		if (kept) {
 			for (size_t i = 0; i < kept->len; i++)
 				a->tx_buf[i] = kept->reply[i];
+			a->replayed++;
 			send_reply(a, id, kept->len);
 			return;
 		}
@@ -1799,7 +1823,7 @@ int agent_init(struct agent *agent, const struct agent_ops *ops, void *ctx)
 	agent->last_valid = false;
 	agent->last_chunk = false;
 	agent->last_id = agent->expected_id = 0;
-	agent->naks_sent = agent->naks_received = agent->chunks_sent = 0;
+	agent->naks_sent = agent->naks_received = agent->chunks_sent = agent->replayed = 0;
 	agent_frame_decoder_init(&agent->decoder, agent->rx_buf, AGENT_MAX_REQUEST, handle_frame,
 				 console_byte, agent);
 	agent->decoder.on_damaged = handle_damaged;

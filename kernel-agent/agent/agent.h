@@ -232,7 +232,7 @@ struct agent {
 	bool last_chunk; /* the last frame sent for last_id was a chunk: */
 	uint32_t last_offset, last_size; /* ... of these bytes */
 	uint32_t expected_id; /* the id after the last request: what a NAK names when unsure */
-	uint32_t naks_sent, naks_received, chunks_sent;
+	uint32_t naks_sent, naks_received, chunks_sent, replayed;
 	uint8_t chunk_buf[AGENT_CHUNK_MAX + 32];
 	uint8_t nak_buf[24];
 
