@@ -1571,7 +1571,7 @@ static void send_reply(struct agent *a, uint32_t id, size_t len)
 	a->last_valid = true;
 	a->last_id = id;
 	a->last_len = (uint32_t)len;
-	send_part(a, 0, AGENT_CHUNK_FIRST);
+	send_part(a, 0, a->first_chunk);
 }
 
 /* [2, id, known]: the frame that came was damaged; id is its own when known. */
@@ -1643,6 +1643,9 @@ static void handle_link(struct agent *a, uint8_t type, struct mp_reader *r)
 	}
 	if (size.v.u > AGENT_CHUNK_MAX)
 		size.v.u = AGENT_CHUNK_MAX;
+	/* The host's chunk size says how noisy the line is: first chunks no larger. */
+	if (size.v.u >= 16)
+		a->first_chunk = size.v.u < AGENT_CHUNK_FIRST ? (uint32_t)size.v.u : AGENT_CHUNK_FIRST;
 	send_part(a, (uint32_t)offset.v.u, (uint32_t)size.v.u);
 }
 
@@ -1735,7 +1738,7 @@ static void handle_frame(void *ctx, const uint8_t *body, size_t len)
 	/* The request whose reply was sent last, again (its reply was lost): the same reply. */
 	if (a->last_valid && a->last_id == id) {
 		a->replayed++;
-		send_part(a, 0, AGENT_CHUNK_FIRST);
+		send_part(a, 0, a->first_chunk);
 		return;
 	}
 	if (!mp_read(&r, &item) || item.type != MP_STR)
@@ -1820,6 +1823,7 @@ int agent_init(struct agent *agent, const struct agent_ops *ops, void *ctx)
 		agent->replay[i].used = false;
 	agent_efi_init(agent);
 	agent->link = 1;
+	agent->first_chunk = AGENT_CHUNK_FIRST;
 	agent->last_valid = false;
 	agent->last_chunk = false;
 	agent->last_id = agent->expected_id = 0;

@@ -231,6 +231,7 @@ struct agent {
 	uint32_t last_len;
 	bool last_chunk; /* the last frame sent for last_id was a chunk: */
 	uint32_t last_offset, last_size; /* ... of these bytes */
+	uint32_t first_chunk; /* a reply's first chunk: AGENT_CHUNK_FIRST, less when the host asks less */
 	uint32_t expected_id; /* the id after the last request: what a NAK names when unsure */
 	uint32_t naks_sent, naks_received, chunks_sent, replayed;
 	uint8_t chunk_buf[AGENT_CHUNK_MAX + 32];
