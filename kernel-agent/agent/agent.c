@@ -1618,14 +1618,14 @@ static struct agent_replay *replay_find(struct agent *a, uint32_t id);
  * (ACK: it came, send the next): the part of reply id at offset. A reply this
  * agent no longer has is answered with a NAK naming it (send the request again).
  */
-static void handle_link(struct agent *a, uint8_t type, struct mp_reader *r)
+static bool handle_link(struct agent *a, uint8_t type, struct mp_reader *r)
 {
 	struct mp_item id, offset, size;
 
 	if (!mp_read(r, &id) || id.type != MP_UINT || id.v.u > 0xffffffffULL ||
 	    !mp_read(r, &offset) || offset.type != MP_UINT || offset.v.u > 0xffffffffULL ||
-	    !mp_read(r, &size) || size.type != MP_UINT)
-		return; /* not even an id: nothing to answer */
+	    !mp_read(r, &size) || size.type != MP_UINT || r->pos != r->len)
+		return false; /* malformed: answered as any malformed frame is */
 	if (type == 2)
 		a->naks_received++;
 	if (!a->last_valid || a->last_id != (uint32_t)id.v.u) {
@@ -1633,7 +1633,7 @@ static void handle_link(struct agent *a, uint8_t type, struct mp_reader *r)
 
 		if (!kept) {
 			send_nak(a, (uint32_t)id.v.u, true);
-			return;
+			return true;
 		}
 		for (size_t i = 0; i < kept->len; i++)
 			a->tx_buf[i] = kept->reply[i];
@@ -1647,6 +1647,7 @@ static void handle_link(struct agent *a, uint8_t type, struct mp_reader *r)
 	if (size.v.u >= 16)
 		a->first_chunk = size.v.u < AGENT_CHUNK_FIRST ? (uint32_t)size.v.u : AGENT_CHUNK_FIRST;
 	send_part(a, (uint32_t)offset.v.u, (uint32_t)size.v.u);
+	return true;
 }
 
 static void reply_error(struct agent *a, struct mp_writer *w, uint32_t id, int status,
@@ -1724,10 +1725,8 @@ static void handle_frame(void *ctx, const uint8_t *body, size_t len)
 
 	if (!mp_read(&r, &item) || item.type != MP_UINT)
 		goto malformed;
-	if ((item.v.u == 2 || item.v.u == 3) && count == 4) {
-		handle_link(a, (uint8_t)item.v.u, &r);
+	if ((item.v.u == 2 || item.v.u == 3) && count == 4 && handle_link(a, (uint8_t)item.v.u, &r))
 		return;
-	}
 	if (count != 4 || item.v.u != 0)
 		goto malformed;
 	if (!mp_read(&r, &item) || item.type != MP_UINT || item.v.u > 0xffffffffULL)
