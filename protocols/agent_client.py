@@ -371,6 +371,36 @@ class AgentClient:
         )
         self.chunk_size = best
 
+    def _receive(self, request_id: int, timeout: float) -> Reply | None:
+        """The reply to ``request_id`` that arrives within ``timeout`` (chunks pulled and
+        joined), or None: for callers that send a frame of their own and wait for its
+        answer (a retry with an id they chose)."""
+        deadline = time.monotonic() + timeout
+        received = bytearray()
+        total: int | None = None
+        while (left := deadline - time.monotonic()) > 0:
+            for event in self._events(left):
+                if isinstance(event, Damaged | Nak) or event.id != request_id:
+                    if not isinstance(event, Damaged | Nak):
+                        self.stats.stale_replies += 1
+                    if total is not None:  # ask for the chunk again
+                        ack = encode_ack(request_id, len(received), self._chunk(total, received))
+                        self._send(encode_frame(ack))
+                    continue
+                if isinstance(event, Reply):
+                    return event
+                if event.offset != len(received):
+                    continue
+                total = event.total
+                received += event.data
+                self.stats.chunks += 1
+                if len(received) >= total:
+                    return self._whole(bytes(received))
+                ack = encode_ack(request_id, len(received), self._chunk(total, received))
+                self._send(encode_frame(ack))
+                deadline = time.monotonic() + timeout
+        return None
+
     def _chunk_max(self) -> int:
         chunk_max = self.info.get("chunk_max", CHUNK_START)
         return chunk_max if isinstance(chunk_max, int) and chunk_max >= CHUNK_MIN else CHUNK_START
