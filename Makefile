@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 KERNEL  := kernel-agent/build/demo-kernel.elf
 
-.PHONY: all deps kernel linux-guest demo demo-uefi test unit integration bench lint fuzz clean
+.PHONY: all deps kernel linux-guest demo demo-uefi test unit integration bench soak lint fuzz clean
 
 all: kernel
 
@@ -37,6 +37,12 @@ integration: kernel linux-guest
 
 bench: kernel linux-guest
 	$(PY) -m pytest -q -p no:cacheprovider -o python_files="bench_*.py" benchmarks --benchmark-only --benchmark-columns=min,median,mean,max,rounds
+
+# 10,000 mixed requests (reads, walks, stop, journaled protect toggles) over a line that
+# drops 1%, corrupts 1% and duplicates 0.5% of bytes: no reply lost, none applied twice,
+# the journal equal to the tables at the end (benchmarks/soak_agent.py; not in make test).
+soak: kernel
+	$(PY) -m benchmarks.soak_agent
 
 # libFuzzer (clang, ASan, UBSan) over the agent's frame decoder, msgpack decoder and
 # request dispatcher, each for FUZZ_SECONDS on one core (kernel-agent/fuzz/; one harness

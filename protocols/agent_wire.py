@@ -12,6 +12,14 @@ The messages are msgpack-RPC shaped (see ``AGENT_PROTOCOL.md``)::
     request  [0, id, method, params]
     reply    [1, id, error, result]      error: nil or [code, message, (address)]
 
+and the link's own (link version 2): a NAK asks for a damaged frame again at
+once, and a long reply comes in chunks, each acknowledged::
+
+    NAK      [2, id, known]              agent -> host: a request came damaged
+    NAK      [2, id, offset, size]       host -> agent: that reply's frame came damaged
+    ACK      [3, id, offset, size]       host -> agent: chunk intact, send the next
+    chunk    [4, id, offset, total, bin] agent -> host
+
 This module imports nothing of kinspect's and raises :class:`WireError`.
 """
 
@@ -31,20 +39,33 @@ __all__ = [
     "MSG_REPLY",
     "MSG_REQUEST",
     "PROTOCOL_VERSION",
+    "LINK_VERSION",
+    "MSG_ACK",
+    "MSG_CHUNK",
+    "MSG_NAK",
+    "Chunk",
     "ConsoleText",
+    "Damaged",
     "ErrorCode",
     "Frame",
     "FrameDecoder",
+    "Nak",
     "Reply",
     "Request",
     "WireError",
     "cobs_decode",
+    "cobs_decode_prefix",
     "cobs_encode",
     "crc32",
+    "damaged_id",
+    "decode_incoming",
     "decode_message",
     "decode_reply",
     "decode_request",
+    "encode_ack",
+    "encode_chunk",
     "encode_frame",
+    "encode_nak",
     "encode_reply",
     "encode_request",
     "error_code",
@@ -53,10 +74,17 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+#: The link layer this side speaks: 2 adds NAKs and chunked replies (AGENT_PROTOCOL.md, 2).
+LINK_VERSION = 2
 #: The largest frame body plus CRC (decoded bytes) this side accepts.
 DEFAULT_MAX_FRAME = 4608
 MSG_REQUEST = 0
 MSG_REPLY = 1
+MSG_NAK = 2
+MSG_ACK = 3
+MSG_CHUNK = 4
+#: Decoded bytes of a damaged candidate kept for :func:`damaged_id`.
+DAMAGED_PREFIX = 16
 
 
 class ErrorCode(IntEnum):
@@ -144,6 +172,28 @@ def cobs_decode(data: bytes) -> bytes:
     return bytes(out)
 
 
+def cobs_decode_prefix(data: bytes, limit: int = DAMAGED_PREFIX) -> bytes:
+    """What COBS decodes to up to the first damage (at most ``limit`` bytes): the
+    start of a damaged frame, whose first bytes name its id more often than not."""
+    out = bytearray()
+    i = 0
+    n = len(data)
+    while i < n and len(out) < limit:
+        code = data[i]
+        if code == 0:
+            break
+        block = data[i + 1 : min(i + code, n)]
+        zero = block.find(0)
+        if zero >= 0:
+            out += block[:zero]
+            break
+        out += block
+        i += code
+        if code != 0xFF and i < n:
+            out.append(0)
+    return bytes(out[:limit])
+
+
 def max_encoded_size(payload: int) -> int:
     """COBS output size bound for ``payload`` bytes (without the two delimiters)."""
     return payload + payload // 254 + 1
@@ -177,6 +227,13 @@ class Frame:
 
 
 @dataclass(frozen=True, slots=True)
+class Damaged:
+    """A candidate that failed COBS or its CRC: ``prefix`` is its first decoded bytes."""
+
+    prefix: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ConsoleText:
     """Bytes that arrived outside any frame: the kernel's console output."""
 
@@ -195,16 +252,18 @@ class FrameDecoder:
     the largest frame cannot be one: its bytes go out as console text.
     """
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, *, report_damage: bool = False) -> None:
         self.max_frame = max_frame
+        #: also yield a :class:`Damaged` event for each damaged candidate (for a NAK)
+        self.report_damage = report_damage
         self._limit = max_encoded_size(max_frame)
         self._in_frame = False
         self._buffer = bytearray()
         #: damaged candidates dropped so far
         self.dropped = 0
 
-    def feed(self, data: bytes) -> list[Frame | ConsoleText]:
-        events: list[Frame | ConsoleText] = []
+    def feed(self, data: bytes) -> list[Frame | ConsoleText | Damaged]:
+        events: list[Frame | ConsoleText | Damaged] = []
         text = bytearray()
         i = 0
         n = len(data)
@@ -242,6 +301,11 @@ class FrameDecoder:
                 body = unframe(candidate, self.max_frame)
             except WireError:
                 self.dropped += 1
+                if self.report_damage:
+                    if text:
+                        events.append(ConsoleText(bytes(text)))
+                        text.clear()
+                    events.append(Damaged(cobs_decode_prefix(candidate)))
                 continue  # the closing zero opens the next candidate
             if text:
                 events.append(ConsoleText(bytes(text)))
@@ -332,3 +396,86 @@ def decode_reply(body: bytes) -> Reply:
         raise WireError("reply error must be [code, message] or [code, message, address]")
     address = error[2] if len(error) == 3 else None
     return Reply(request_id, (error[0], error[1], address), result)
+
+
+# -- the link (version 2): NAKs and chunks ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Nak:
+    """The agent got a damaged frame: ``id`` is its id when ``known``, else the one it expects."""
+
+    id: int
+    known: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """``data`` is the reply body's bytes at ``offset`` of ``total``."""
+
+    id: int
+    offset: int
+    total: int
+    data: bytes
+
+
+def encode_nak(request_id: int, offset: int = 0, size: int = 0) -> bytes:
+    """Host to agent: the frame of reply ``request_id`` at ``offset`` came damaged."""
+    return _pack([MSG_NAK, request_id, offset, size])
+
+
+def encode_ack(request_id: int, offset: int, size: int) -> bytes:
+    """Host to agent: the chunk before ``offset`` came intact; send at most ``size`` more."""
+    return _pack([MSG_ACK, request_id, offset, size])
+
+
+def encode_chunk(request_id: int, offset: int, total: int, data: bytes) -> bytes:
+    """Agent to host (what the agent sends; used by tests and fakes)."""
+    return _pack([MSG_CHUNK, request_id, offset, total, data])
+
+
+def damaged_id(prefix: bytes) -> tuple[int, bool] | None:
+    """The ``[type, id`` a damaged frame's first bytes show, as (id, True); None when
+    they do not start like a message (text after damage)."""
+    if not prefix or not 0x92 <= prefix[0] <= 0x95:
+        return None
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(prefix[1:])
+    try:
+        kind, request_id = unpacker.unpack(), unpacker.unpack()
+    except Exception:  # truncated or garbage: msgpack raises several kinds
+        return (0, False)
+    if (
+        isinstance(kind, int)
+        and 0 <= kind <= MSG_CHUNK
+        and isinstance(request_id, int)
+        and 0 <= request_id <= 0xFFFFFFFF
+    ):
+        return (request_id, True)
+    return (0, False)
+
+
+def decode_incoming(body: bytes) -> Reply | Nak | Chunk:
+    """What the agent sends: a reply, a NAK or a chunk; WireError otherwise."""
+    try:
+        message = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise WireError(f"not a msgpack message: {exc}") from exc
+    if isinstance(message, list) and message and message[0] == MSG_NAK and len(message) == 3:
+        request_id, known = message[1], message[2]
+        if isinstance(request_id, int) and 0 <= request_id <= 0xFFFFFFFF:
+            return Nak(request_id, bool(known))
+        raise WireError("NAK id is not a 32-bit unsigned integer")
+    if isinstance(message, list) and message and message[0] == MSG_CHUNK and len(message) == 5:
+        _, request_id, offset, total, data = message
+        if (
+            isinstance(request_id, int)
+            and isinstance(offset, int)
+            and isinstance(total, int)
+            and isinstance(data, bytes)
+            and 0 <= offset <= total
+            and offset + len(data) <= total
+        ):
+            return Chunk(request_id, offset, total, data)
+        raise WireError("chunk is not [4, id, offset, total, bin] within its total")
+    return decode_reply(body)

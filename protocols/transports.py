@@ -10,6 +10,7 @@ descriptor. :func:`open_transport` picks one from a spec string.
 from __future__ import annotations
 
 import os
+import random
 import select
 import socket
 import stat
@@ -20,6 +21,7 @@ from abc import ABC, abstractmethod
 
 __all__ = [
     "FdTransport",
+    "LossyTransport",
     "PacedTransport",
     "SerialTransport",
     "SocketTransport",
@@ -41,6 +43,8 @@ class Transport(ABC):
     """A bidirectional byte stream."""
 
     description: str = "transport"
+    #: the line's speed in bits per second when it has one (a UART, a paced line)
+    baud: int | None = None
 
     @abstractmethod
     def write(self, data: bytes) -> None:
@@ -201,6 +205,7 @@ class SerialTransport(Transport):
         except (serial.SerialException, ValueError) as exc:
             raise TransportError(f"cannot open serial port {url}: {exc}") from exc
         self.description = f"serial:{url}@{baudrate}"
+        self.baud = baudrate
 
     def write(self, data: bytes) -> None:
         try:
@@ -242,6 +247,7 @@ class PacedTransport(Transport):
     def __init__(self, inner: Transport, baud: int = 115200) -> None:
         self.inner = inner
         self.byte_time = 10.0 / baud
+        self.baud = baud
         self.description = f"{inner.description} paced to {baud} baud"
         self._rx_free_at = 0.0
         self._pending = b""
@@ -269,6 +275,64 @@ class PacedTransport(Transport):
 
     def close(self) -> None:
         self.inner.close()
+
+
+class LossyTransport(PacedTransport):
+    """A paced line that damages bytes, for tests and benchmarks of the link's recovery.
+
+    Each byte, in each direction, is dropped with probability ``drop``, replaced by
+    another value with ``corrupt``, or sent twice with ``duplicate``. Each direction
+    draws from its own generator seeded from ``seed``, so a run damages the same bytes
+    of the same stream every time. ``damage`` counts what was done.
+    """
+
+    def __init__(
+        self,
+        inner: Transport,
+        baud: int = 115200,
+        *,
+        drop: float = 0.0,
+        corrupt: float = 0.0,
+        duplicate: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(inner, baud)
+        if not all(0.0 <= rate < 1.0 for rate in (drop, corrupt, duplicate)):
+            raise TransportError("damage rates must be fractions between 0 and 1")
+        self.drop, self.corrupt, self.duplicate = drop, corrupt, duplicate
+        self._up = random.Random(f"{seed}/up")
+        self._down = random.Random(f"{seed}/down")
+        self.damage = {"dropped": 0, "corrupted": 0, "duplicated": 0}
+        self.description = (
+            f"{self.description}, dropping {drop:.2%}, corrupting {corrupt:.2%}, "
+            f"duplicating {duplicate:.2%} of bytes (seed {seed})"
+        )
+
+    def _damage(self, data: bytes, rng: random.Random) -> bytes:
+        if not data or not (self.drop or self.corrupt or self.duplicate):
+            return data
+        out = bytearray()
+        corrupt_at = self.drop + self.corrupt
+        duplicate_at = corrupt_at + self.duplicate
+        for byte in data:
+            roll = rng.random()
+            if roll < self.drop:
+                self.damage["dropped"] += 1
+            elif roll < corrupt_at:
+                out.append(byte ^ rng.randrange(1, 256))
+                self.damage["corrupted"] += 1
+            elif roll < duplicate_at:
+                out += bytes((byte, byte))
+                self.damage["duplicated"] += 1
+            else:
+                out.append(byte)
+        return bytes(out)
+
+    def write(self, data: bytes) -> None:
+        super().write(self._damage(data, self._up))
+
+    def read(self, timeout: float) -> bytes:
+        return self._damage(super().read(timeout), self._down)
 
 
 def open_transport(spec: str, *, baudrate: int = 115200, timeout: float = 5.0) -> Transport:

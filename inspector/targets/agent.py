@@ -147,7 +147,10 @@ class AgentTarget(Target):
             raise TargetError(str(exc)) from exc
         self.spec = spec if isinstance(spec, str) else transport.description
         self.client = AgentClient(
-            transport, timeout=timeout, retries=retries, on_console=on_console
+            transport,
+            timeout=timeout,
+            retries=retries,
+            on_console=on_console,
         )
         self._closed = False
         self._maxphyaddr: int | None = None
@@ -192,11 +195,11 @@ class AgentTarget(Target):
         """The handshake, with a quick first look: a line where nothing at all comes back
         within :data:`QUICK_LOOK` is explained at once, not after every retry."""
         try:
-            return self.client.call("hello", timeout=min(timeout, QUICK_LOOK), retries=0)
+            return self.client.hello(timeout=min(timeout, QUICK_LOOK), retries=0)
         except AgentTimeout:
             pass
         except (AgentRemoteError, AgentProtocolError, AgentClientError):
-            return self._call("hello")  # the same error again, in the target's words
+            return self._handshake()  # the same error again, in the target's words
         seen = bytes(self.client.console)
         if looks_like_gdb(seen):
             raise TargetError(
@@ -204,8 +207,12 @@ class AgentTarget(Target):
                 "give it to --target; --agent takes the kernel's serial line"
             )
         if self.client.stats.bytes_received:
-            return self._call("hello")  # the line is alive (console text, damaged frames)
+            return self._handshake()  # the line is alive (console text, damaged frames)
         raise TargetError(self._silence())
+
+    def _handshake(self) -> Any:
+        """``hello`` with the whole timeout and its retries, errors in the target's words."""
+        return self._call("hello", handshake=True)
 
     def _silence(self) -> str:
         """Why nothing came back: QEMU's status when its QMP socket is beside the line's."""
@@ -222,10 +229,12 @@ class AgentTarget(Target):
             "a time), or the kernel is not running its agent"
         )
 
-    def _call(self, method: str, *params: Any) -> Any:
+    def _call(self, method: str, *params: Any, handshake: bool = False) -> Any:
         if self._closed:
             raise TargetLost("the agent connection is closed")
         try:
+            if handshake:
+                return self.client.hello()
             return self.client.call(method, *params)
         except AgentRemoteError as exc:
             if exc.code == ErrorCode.FAULT and exc.address is not None:

@@ -416,11 +416,16 @@ static void write_hooks(const struct agent *a, struct mp_writer *w)
 static int m_hello(struct agent *a, struct params *p, struct mp_writer *w, struct failure *f)
 {
 	struct paging pg;
-	int status = params_done(p, f);
+	uint64_t link = 1;
+	int status = param_uint(p, &link, true, f);
 	struct failure ignored;
 
+	if (status == AGENT_OK)
+		status = params_done(p, f);
 	if (status != AGENT_OK)
 		return status;
+	/* The host's link version: 2 (or more) for NAKs and chunks, none or 1 for whole replies. */
+	a->link = link >= AGENT_LINK_VERSION ? AGENT_LINK_VERSION : 1;
 	int levels = paging_setup(a, &pg, &ignored) == AGENT_OK ? pg.levels : 0;
 	unsigned n = 0;
 
@@ -429,9 +434,13 @@ static int m_hello(struct agent *a, struct params *p, struct mp_writer *w, struc
 	/* A new session: forget the replies kept for the previous one's retries. */
 	for (unsigned i = 0; i < AGENT_REPLAY_SLOTS; i++)
 		a->replay[i].used = false;
-	mp_write_map(w, 14);
+	mp_write_map(w, 16);
 	mp_write_cstr(w, "protocol");
 	mp_write_uint(w, AGENT_PROTOCOL_VERSION);
+	mp_write_cstr(w, "link");
+	mp_write_uint(w, AGENT_LINK_VERSION);
+	mp_write_cstr(w, "chunk_max");
+	mp_write_uint(w, AGENT_CHUNK_MAX);
 	mp_write_cstr(w, "agent");
 	mp_write_cstr(w, AGENT_VERSION);
 	mp_write_cstr(w, "methods");
@@ -473,6 +482,26 @@ static void kv(struct mp_writer *w, const char *key, uint64_t value)
 {
 	mp_write_cstr(w, key);
 	mp_write_uint(w, value);
+}
+
+/* The link's and the methods' counters since the agent started (make soak checks them). */
+static int m_link_stats(struct agent *a, struct params *p, struct mp_writer *w,
+			struct failure *f)
+{
+	int status = params_done(p, f);
+
+	if (status != AGENT_OK)
+		return status;
+	mp_write_map(w, 8);
+	kv(w, "requests", a->requests);
+	kv(w, "replayed", a->replayed);
+	kv(w, "naks_sent", a->naks_sent);
+	kv(w, "naks_received", a->naks_received);
+	kv(w, "chunks_sent", a->chunks_sent);
+	kv(w, "dropped", a->decoder.dropped);
+	kv(w, "stops", a->stops);
+	kv(w, "remaps", a->remaps);
+	return AGENT_OK;
 }
 
 static int m_regs(struct agent *a, struct params *p, struct mp_writer *w, struct failure *f)
@@ -1437,6 +1466,7 @@ static const struct method methods[] = {
 	{ "read_virt", m_read_virt, false },
 	{ "translate", m_translate, false },
 	{ "walk", m_walk, false },
+	{ "link_stats", m_link_stats, false },
 	{ "stop", m_stop, true },
 	{ "resume", m_resume, true },
 #ifndef AGENT_READONLY
@@ -1461,7 +1491,8 @@ static const struct method methods[] = {
 };
 
 static const char *const method_names[] = {
-	"hello", "regs", "read_phys", "read_virt", "translate", "walk", "stop", "resume",
+	"hello", "regs", "read_phys", "read_virt", "translate", "walk", "link_stats", "stop",
+	"resume",
 #ifndef AGENT_READONLY
 	"map", "unmap", "protect", "set_entries", "move_stack", "load_descriptors", "switch_cr3",
 #endif
@@ -1495,6 +1526,128 @@ static bool str_eq(const uint8_t *s, uint32_t len, const char *c)
 static void send_body(struct agent *a, size_t len)
 {
 	agent_frame_write(a->tx_buf, len, a->ops->tx, a->ctx);
+}
+
+/*
+ * One frame of the reply kept in tx_buf (the last request's): the whole reply
+ * when it is small or the host speaks link 1, else the chunk of at most size
+ * bytes at offset, [4, id, offset, total, bin].
+ */
+static void send_part(struct agent *a, uint32_t offset, uint32_t size)
+{
+	struct mp_writer w;
+	uint32_t total = a->last_len;
+
+	if (a->link < 2 || total <= AGENT_CHUNK_FIRST) {
+		a->last_chunk = false;
+		send_body(a, total);
+		return;
+	}
+	if (offset > total)
+		offset = total;
+	if (size == 0 || size > AGENT_CHUNK_MAX)
+		size = size ? AGENT_CHUNK_MAX : AGENT_CHUNK_FIRST;
+	if (size > total - offset)
+		size = total - offset;
+	mp_writer_init(&w, a->chunk_buf, sizeof(a->chunk_buf) - 4);
+	mp_write_array(&w, 5);
+	mp_write_uint(&w, 4);
+	mp_write_uint(&w, a->last_id);
+	mp_write_uint(&w, offset);
+	mp_write_uint(&w, total);
+	mp_write_bin(&w, a->tx_buf + offset, size);
+	if (w.overflow)
+		return; /* cannot happen: chunk_buf holds AGENT_CHUNK_MAX and the header */
+	a->last_chunk = true;
+	a->last_offset = offset;
+	a->last_size = size;
+	a->chunks_sent++;
+	agent_frame_write(a->chunk_buf, w.len, a->ops->tx, a->ctx);
+}
+
+/* The reply now in tx_buf (len bytes) answers id: kept for NAKs, its first frame sent. */
+static void send_reply(struct agent *a, uint32_t id, size_t len)
+{
+	a->last_valid = true;
+	a->last_id = id;
+	a->last_len = (uint32_t)len;
+	send_part(a, 0, a->first_chunk);
+}
+
+/* [2, id, known]: the frame that came was damaged; id is its own when known. */
+static void send_nak(struct agent *a, uint32_t id, bool known)
+{
+	struct mp_writer w;
+
+	mp_writer_init(&w, a->nak_buf, sizeof(a->nak_buf) - 4);
+	mp_write_array(&w, 3);
+	mp_write_uint(&w, 2);
+	mp_write_uint(&w, id);
+	mp_write_bool(&w, known);
+	a->naks_sent++;
+	agent_frame_write(a->nak_buf, w.len, a->ops->tx, a->ctx);
+}
+
+/*
+ * A damaged frame from the host: ask for it again at once, naming its id when
+ * its first bytes survived ([type, id, ...]), else the id expected next.
+ */
+static void handle_damaged(void *ctx, const uint8_t *prefix, size_t len)
+{
+	struct agent *a = ctx;
+	struct mp_reader r;
+	struct mp_item item;
+
+	if (len == 0)
+		return;
+	mp_reader_init(&r, prefix, len);
+	if (prefix[0] >= 0x92 && prefix[0] <= 0x95 && mp_read(&r, &item) && item.type == MP_ARRAY &&
+	    mp_read(&r, &item) &&
+	    item.type == MP_UINT && item.v.u <= 4 && mp_read(&r, &item) && item.type == MP_UINT &&
+	    item.v.u <= 0xffffffffULL) {
+		send_nak(a, (uint32_t)item.v.u, true);
+		return;
+	}
+	send_nak(a, a->expected_id, false);
+}
+
+static struct agent_replay *replay_find(struct agent *a, uint32_t id);
+
+/*
+ * [2, id, offset, size] (NAK: that frame came damaged) or [3, id, offset, size]
+ * (ACK: it came, send the next): the part of reply id at offset. A reply this
+ * agent no longer has is answered with a NAK naming it (send the request again).
+ */
+static bool handle_link(struct agent *a, uint8_t type, struct mp_reader *r)
+{
+	struct mp_item id, offset, size;
+
+	if (!mp_read(r, &id) || id.type != MP_UINT || id.v.u > 0xffffffffULL ||
+	    !mp_read(r, &offset) || offset.type != MP_UINT || offset.v.u > 0xffffffffULL ||
+	    !mp_read(r, &size) || size.type != MP_UINT || r->pos != r->len)
+		return false; /* malformed: answered as any malformed frame is */
+	if (type == 2)
+		a->naks_received++;
+	if (!a->last_valid || a->last_id != (uint32_t)id.v.u) {
+		struct agent_replay *kept = replay_find(a, (uint32_t)id.v.u);
+
+		if (!kept) {
+			send_nak(a, (uint32_t)id.v.u, true);
+			return true;
+		}
+		for (size_t i = 0; i < kept->len; i++)
+			a->tx_buf[i] = kept->reply[i];
+		a->last_valid = true;
+		a->last_id = kept->id;
+		a->last_len = kept->len;
+	}
+	if (size.v.u > AGENT_CHUNK_MAX)
+		size.v.u = AGENT_CHUNK_MAX;
+	/* The host's chunk size says how noisy the line is: first chunks no larger. */
+	if (size.v.u >= 16)
+		a->first_chunk = size.v.u < AGENT_CHUNK_FIRST ? (uint32_t)size.v.u : AGENT_CHUNK_FIRST;
+	send_part(a, (uint32_t)offset.v.u, (uint32_t)size.v.u);
+	return true;
 }
 
 static void reply_error(struct agent *a, struct mp_writer *w, uint32_t id, int status,
@@ -1564,16 +1717,29 @@ static void handle_frame(void *ctx, const uint8_t *body, size_t len)
 	int status = AGENT_E_MALFORMED;
 	const struct method *m = NULL;
 
-	a->requests++;
 	mp_reader_init(&r, body, len);
 	f.message = "not a [0, id, method, params] request";
-	if (!mp_read(&r, &item) || item.type != MP_ARRAY || item.v.n != 4)
-		goto error;
-	if (!mp_read(&r, &item) || item.type != MP_UINT || item.v.u != 0)
-		goto error;
+	if (!mp_read(&r, &item) || item.type != MP_ARRAY)
+		goto malformed;
+	uint32_t count = item.v.n;
+
+	if (!mp_read(&r, &item) || item.type != MP_UINT)
+		goto malformed;
+	if ((item.v.u == 2 || item.v.u == 3) && count == 4 && handle_link(a, (uint8_t)item.v.u, &r))
+		return;
+	if (count != 4 || item.v.u != 0)
+		goto malformed;
 	if (!mp_read(&r, &item) || item.type != MP_UINT || item.v.u > 0xffffffffULL)
-		goto error;
+		goto malformed;
 	id = (uint32_t)item.v.u;
+	a->requests++;
+	a->expected_id = id + 1;
+	/* The request whose reply was sent last, again (its reply was lost): the same reply. */
+	if (a->last_valid && a->last_id == id) {
+		a->replayed++;
+		send_part(a, 0, a->first_chunk);
+		return;
+	}
 	if (!mp_read(&r, &item) || item.type != MP_STR)
 		goto error;
 	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
@@ -1593,7 +1759,8 @@ static void handle_frame(void *ctx, const uint8_t *body, size_t len)
 		if (kept) {
 			for (size_t i = 0; i < kept->len; i++)
 				a->tx_buf[i] = kept->reply[i];
-			send_body(a, kept->len);
+			a->replayed++;
+			send_reply(a, id, kept->len);
 			return;
 		}
 	}
@@ -1615,13 +1782,15 @@ static void handle_frame(void *ctx, const uint8_t *body, size_t len)
 		goto error;
 	if (m->mutating)
 		replay_store(a, id, w.len);
-	send_body(a, w.len);
+	send_reply(a, id, w.len);
 	return;
+malformed:
+	a->requests++;
 error:
 	reply_error(a, &w, id, status, &f);
 	if (m && m->mutating)
 		replay_store(a, id, w.len);
-	send_body(a, w.len);
+	send_reply(a, id, w.len);
 }
 
 static void console_byte(void *ctx, uint8_t byte)
@@ -1652,8 +1821,15 @@ int agent_init(struct agent *agent, const struct agent_ops *ops, void *ctx)
 	for (unsigned i = 0; i < AGENT_REPLAY_SLOTS; i++)
 		agent->replay[i].used = false;
 	agent_efi_init(agent);
+	agent->link = 1;
+	agent->first_chunk = AGENT_CHUNK_FIRST;
+	agent->last_valid = false;
+	agent->last_chunk = false;
+	agent->last_id = agent->expected_id = 0;
+	agent->naks_sent = agent->naks_received = agent->chunks_sent = agent->replayed = 0;
 	agent_frame_decoder_init(&agent->decoder, agent->rx_buf, AGENT_MAX_REQUEST, handle_frame,
 				 console_byte, agent);
+	agent->decoder.on_damaged = handle_damaged;
 	return AGENT_OK;
 }
 

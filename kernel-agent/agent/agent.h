@@ -22,6 +22,16 @@
 
 #define AGENT_VERSION "0.1.0"
 #define AGENT_PROTOCOL_VERSION 1
+/*
+ * The link layer (AGENT_PROTOCOL.md, section 2): 1 is requests and whole
+ * replies, retried on silence; 2 adds NAKs (a damaged frame is asked for
+ * again at once) and chunked replies. A host asks for 2 with "hello [2]".
+ */
+#define AGENT_LINK_VERSION 2
+/* With link 2, a reply body longer than this goes in chunks; the first holds this much. */
+#define AGENT_CHUNK_FIRST 128
+/* The most a chunk holds (a host asks for less on a noisy line). */
+#define AGENT_CHUNK_MAX 1024
 /* Largest read_phys/read_virt a request may ask for (fits one reply frame). */
 #define AGENT_MAX_READ 4096
 /* Mutating requests whose replies are kept for retries. */
@@ -213,6 +223,19 @@ struct agent {
 	} edits[AGENT_EDIT_MAX], intents[AGENT_EDIT_LEAVES];
 	unsigned edit_count, intent_count;
 	uint32_t remaps; /* remap requests applied */
+
+	/* The link (AGENT_PROTOCOL.md, section 2): the last reply, kept for NAKs and chunks. */
+	uint8_t link; /* what the host asked for in hello: 1 or 2 */
+	bool last_valid; /* tx_buf holds the reply to last_id (last_len bytes) */
+	uint32_t last_id;
+	uint32_t last_len;
+	bool last_chunk; /* the last frame sent for last_id was a chunk: */
+	uint32_t last_offset, last_size; /* ... of these bytes */
+	uint32_t first_chunk; /* a reply's first chunk: AGENT_CHUNK_FIRST, less when the host asks less */
+	uint32_t expected_id; /* the id after the last request: what a NAK names when unsure */
+	uint32_t naks_sent, naks_received, chunks_sent, replayed;
+	uint8_t chunk_buf[AGENT_CHUNK_MAX + 32];
+	uint8_t nak_buf[24];
 
 	/* UEFI runtime services (agent_efi.c); buffers the firmware reads and writes. */
 	bool efi_virtual; /* SetVirtualAddressMap succeeded: efi_map holds the VAs */

@@ -136,26 +136,57 @@ void agent_frame_decoder_init(struct agent_frame_decoder *d, uint8_t *buf, size_
 	d->dropped = 0;
 	d->on_frame = on_frame;
 	d->on_text = on_text;
+	d->on_damaged = NULL;
 	d->ctx = ctx;
+}
+
+size_t agent_cobs_decode_prefix(const uint8_t *in, size_t len, uint8_t *out, size_t cap)
+{
+	size_t i = 0, o = 0;
+
+	while (i < len && o < cap) {
+		uint8_t code = in[i];
+
+		if (code == 0)
+			break;
+		for (size_t k = 1; k < code && i + k < len && o < cap; k++) {
+			if (in[i + k] == 0)
+				return o;
+			out[o++] = in[i + k];
+		}
+		i += code;
+		if (code != 0xff && i < len && o < cap)
+			out[o++] = 0;
+	}
+	return o;
 }
 
 static bool frame_close(struct agent_frame_decoder *d)
 {
+	uint8_t prefix[AGENT_DAMAGED_PREFIX];
+	size_t prefix_len = 0;
+
+	if (d->on_damaged)
+		prefix_len = agent_cobs_decode_prefix(d->buf, d->len, prefix, sizeof(prefix));
 	long n = agent_cobs_decode(d->buf, d->len, d->buf);
 
 	d->len = 0;
 	if (n < 5 || (size_t)n > d->max_frame)
-		return false;
+		goto damaged;
 	size_t body = (size_t)n - 4;
 	const uint8_t *c = d->buf + body;
 	uint32_t crc = (uint32_t)c[0] | (uint32_t)c[1] << 8 | (uint32_t)c[2] << 16 |
 		       (uint32_t)c[3] << 24;
 
 	if (agent_crc32(0, d->buf, body) != crc)
-		return false;
+		goto damaged;
 	d->in_frame = false;
 	d->on_frame(d->ctx, d->buf, body);
 	return true;
+damaged:
+	if (d->on_damaged)
+		d->on_damaged(d->ctx, prefix, prefix_len);
+	return false;
 }
 
 void agent_frame_decoder_feed(struct agent_frame_decoder *d, uint8_t byte)

@@ -43,11 +43,20 @@ struct agent_frame_decoder {
 	uint32_t dropped; /* damaged candidates */
 	agent_frame_fn on_frame;
 	agent_text_fn on_text;
+	/* Optional: a damaged candidate's first decoded bytes (up to 16), for a NAK. */
+	agent_frame_fn on_damaged;
 	void *ctx;
 };
 
 void agent_frame_decoder_init(struct agent_frame_decoder *d, uint8_t *buf, size_t max_frame,
 			      agent_frame_fn on_frame, agent_text_fn on_text, void *ctx);
 void agent_frame_decoder_feed(struct agent_frame_decoder *d, uint8_t byte);
+/*
+ * Decodes COBS as far as it goes before damage (a zero code, a block past the
+ * end: its bytes up to the end are kept), at most cap bytes; returns the count.
+ */
+size_t agent_cobs_decode_prefix(const uint8_t *in, size_t len, uint8_t *out, size_t cap);
+/* How many decoded bytes of a damaged candidate on_damaged gets. */
+#define AGENT_DAMAGED_PREFIX 16
 
 #endif

@@ -21,7 +21,9 @@
  *	6: booted through UEFI (the fake firmware)	7: the rest is raw line bytes, not requests
  * Each request of 1..508 bytes is framed (COBS, CRC) and fed a byte at a
  * time; the harness checks that it got exactly one reply frame, and that the
- * reply is one msgpack [1, id, error, result] with the request's id.
+ * reply is one msgpack [1, id, error, result] with the request's id (or, link
+ * 2, a chunk of it or a NAK). After each request an ACK for part of its reply
+ * ([3, id, offset, size]) must get one frame too: the NAK and chunk paths.
  */
 #define main host_agent_main
 #include "../tests/host_agent.c"
@@ -310,11 +312,29 @@ static void on_reply(void *ctx, const uint8_t *body, size_t len)
 		fprintf(stderr, "\n");
 	}
 	mp_reader_init(&r, body, len);
-	CHECK(mp_read(&r, &item) && item.type == MP_ARRAY && item.v.n == 4);
-	CHECK(mp_read(&r, &item) && item.type == MP_UINT && item.v.u == 1);
+	CHECK(mp_read(&r, &item) && item.type == MP_ARRAY);
+	uint32_t n = item.v.n;
+
 	CHECK(mp_read(&r, &item) && item.type == MP_UINT);
-	CHECK(!expect_id || item.v.u == expected_id);
-	CHECK(mp_skip(&r) && mp_skip(&r) && r.pos == len);
+	/* A reply [1, id, error, result], a NAK [2, id, known], a chunk [4, id, off, total, bin]. */
+	CHECK((item.v.u == 1 && n == 4) || (item.v.u == 2 && n == 3) || (item.v.u == 4 && n == 5));
+	uint64_t type = item.v.u;
+
+	CHECK(mp_read(&r, &item) && item.type == MP_UINT);
+	CHECK(!expect_id || type == 2 || item.v.u == expected_id);
+	if (type == 4) {
+		struct mp_item offset, total, data;
+
+		CHECK(mp_read(&r, &offset) && offset.type == MP_UINT);
+		CHECK(mp_read(&r, &total) && total.type == MP_UINT);
+		CHECK(mp_read(&r, &data) && data.type == MP_BIN && r.pos == len);
+		CHECK(offset.v.u + data.v.bytes.len <= total.v.u && total.v.u <= AGENT_MAX_FRAME);
+		CHECK(data.v.bytes.len <= AGENT_CHUNK_MAX);
+		return;
+	}
+	for (uint32_t i = 2; i < n; i++)
+		CHECK(mp_skip(&r));
+	CHECK(r.pos == len);
 }
 
 static void on_reply_text(void *ctx, uint8_t byte)
@@ -352,7 +372,37 @@ static bool request_id(const uint8_t *body, size_t len, uint64_t *id)
 	return true;
 }
 
+static void send_frame(struct agent *a, const uint8_t *body, size_t len);
+
+/* After each request, an ACK for the reply's middle: one frame back (a chunk, the whole
+ * reply, or a NAK when the agent keeps no reply by that id). */
+static void send_ack(struct agent *a, uint64_t id, uint64_t offset, uint64_t size)
+{
+	uint8_t body[32];
+	struct mp_writer w;
+
+	mp_writer_init(&w, body, sizeof(body));
+	mp_write_array(&w, 4);
+	mp_write_uint(&w, 3);
+	mp_write_uint(&w, id);
+	mp_write_uint(&w, offset);
+	mp_write_uint(&w, size);
+	bool had = expect_id;
+
+	expect_id = false;
+	send_frame(a, body, w.len);
+	expect_id = had;
+}
+
 static void send_request(struct agent *a, const uint8_t *body, size_t len)
+{
+	expect_id = request_id(body, len, &expected_id);
+	send_frame(a, body, len);
+	if (len && len <= AGENT_MAX_REQUEST - 4 && expect_id)
+		send_ack(a, expected_id, (len * 7) % 600, 16 + len % 2000);
+}
+
+static void send_frame(struct agent *a, const uint8_t *body, size_t len)
 {
 	static uint8_t frame[AGENT_MAX_REQUEST + 4];
 	static uint8_t line[AGENT_COBS_MAX(AGENT_MAX_REQUEST) + 2];
@@ -369,7 +419,6 @@ static void send_request(struct agent *a, const uint8_t *body, size_t len)
 	n = agent_cobs_encode(frame, len + 4, line + 1, sizeof(line) - 2);
 	CHECK(n > 0);
 	line[n + 1] = 0;
-	expect_id = request_id(body, len, &expected_id);
 	reply_count = 0;
 	for (size_t i = 0; i < n + 2; i++)
 		CHECK(agent_feed(a, line[i]) == AGENT_OK);

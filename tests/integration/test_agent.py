@@ -23,7 +23,7 @@ from kinspect.inspector.errors import FaultError
 from kinspect.inspector.targets.agent import AgentTarget
 from kinspect.inspector.targets.qemu_text import decode_info_registers, decode_info_tlb
 from kinspect.protocols.agent_client import AgentClient
-from kinspect.protocols.transports import SocketTransport, open_transport
+from kinspect.protocols.transports import LossyTransport, SocketTransport, open_transport
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -303,6 +303,115 @@ def test_retried_stop_is_not_applied_twice(relay):
     assert client.call("hello")["stopped"] is True
     assert client.call("resume") == stops  # the agent counted one stop, not two
     assert client.call("hello")["stopped"] is False
+
+
+def test_a_damaged_reply_is_asked_for_again_at_once(relay):
+    """Link 2: one lost byte in a reply costs a NAK and one resent frame, not a timeout."""
+    client = AgentClient(relay.transport(), timeout=5.0, retries=1)
+    assert client.hello()["link"] == 2 and client.link == 2
+    expected = client.call("read_phys", 0x100000, 64)
+    relay.damage_down = 1
+    started = time.monotonic()
+    assert client.call("read_phys", 0x100000, 64) == expected
+    assert relay.damaged == 1 and client.dropped_frames == 1
+    assert client.stats.naks_sent == 1 and client.stats.timeouts == 0
+    print(f"one damaged reply recovered in {time.monotonic() - started:.3f} s (timeout 5 s)")
+
+
+def test_a_damaged_request_is_nakd_by_the_agent(relay):
+    client = AgentClient(relay.transport(), timeout=5.0, retries=1)
+    client.hello()
+    expected = client.call("read_phys", 0x100000, 64)
+    relay.damage_up = 1
+    assert client.call("read_phys", 0x100000, 64) == expected
+    assert relay.damaged == 1
+    assert client.stats.naks_received == 1 and client.stats.resends == 1
+    assert client.stats.timeouts == 0
+
+
+def test_one_damaged_chunk_is_all_that_is_sent_again(relay):
+    """A 4 KiB read comes in chunks; a byte lost in one costs that chunk alone."""
+    client = AgentClient(relay.transport(), timeout=5.0, retries=1)
+    client.hello()
+    clean = client.call("read_phys", 0x100000, 4096)
+    chunks = client.stats.chunks
+    assert chunks >= 2  # chunked: more than one frame for one reply
+    before = client.stats.bytes_received
+    client.call("read_phys", 0x100000, 4096)
+    clean_bytes = client.stats.bytes_received - before
+    before = client.stats.bytes_received
+    relay.damage_down = 1  # the first piece of the reply that crosses the relay
+    assert client.call("read_phys", 0x100000, 4096) == clean
+    assert relay.damaged == 1 and client.stats.naks_sent == 1
+    assert client.stats.timeouts == 0
+    # What was sent again is one chunk (the first, 128 bytes), not the 4 KiB reply.
+    assert client.stats.bytes_received - before - clean_bytes < 200
+
+
+LOSSY = {"drop": 0.005, "corrupt": 0.005, "duplicate": 0.002}
+
+
+def end_the_console_line(qemu):
+    """Bytes of damaged frames that reached the kernel as console input end their line
+    here, so that the next test's console text starts a line of its own."""
+    with SocketTransport.connect_unix(str(qemu.serial_socket)) as line:
+        line.write(b"\r")
+        line.read(0.2)
+
+
+def lossy_link(qemu, seed: int) -> LossyTransport:
+    return LossyTransport(
+        SocketTransport.connect_unix(str(qemu.serial_socket)), 115200, seed=seed, **LOSSY
+    )
+
+
+def test_the_map_is_right_over_a_lossy_line(qemu, agent_spec):
+    """1% of bytes damaged each way (seeded): the same map, the same 4 KiB, every time."""
+    agent = AgentTarget(agent_spec, timeout=5)
+    try:
+        agent.stop()
+        ranges = agent.walk_ranges()
+        page = agent.read_physical(0x100000, 4096)
+        agent.resume()
+    finally:
+        agent.close()  # QEMU's serial socket takes one client at a time
+    for seed in (1, 2, 3):
+        link = lossy_link(qemu, seed)
+        target = AgentTarget(link, timeout=5)
+        try:
+            target.stop()
+            assert target.walk_ranges() == ranges
+            assert target.read_physical(0x100000, 4096) == page
+            target.resume()
+            stats = target.client.stats
+            assert sum(link.damage.values()) > 0
+            # The damage was recovered by NAKs and resent chunks, not by waiting alone.
+            assert stats.naks_sent + stats.naks_received > 0
+            assert stats.chunks_resent > 0
+        finally:
+            target.close()
+    end_the_console_line(qemu)
+
+
+def test_a_stop_over_a_lossy_line_is_applied_once(qemu):
+    """Mutating requests whose frames are damaged or lost: each applied exactly once
+    (the agent's stop counter goes up by one per stop, whatever was resent)."""
+    link = lossy_link(qemu, 7)
+    client = AgentClient(link, timeout=5.0, retries=3)
+    try:
+        client.hello()
+        before = client.call("resume")
+        agent_before = client.call("link_stats")
+        for n in range(1, 21):
+            assert client.call("stop") == before + n
+            assert client.call("resume") == before + n
+        assert client.stats.retries > 0  # something was lost and asked for again
+        agent_after = client.call("link_stats")
+        assert agent_after["stops"] - agent_before["stops"] == 20
+        print(f"agent: {agent_after}, client: {client.stats}")
+    finally:
+        client.close()
+    end_the_console_line(qemu)
 
 
 def test_console_text_interleaved_with_frames(agent_spec):
