@@ -396,3 +396,26 @@ def test_disasm_with_options_on_the_command_line_is_the_clis_text_in_a_screen():
             assert app.errors == ["argument -n/--count: 'zero' is not a number"]
 
     run(go())
+
+
+def test_list_keys_in_the_disassembly():
+    """j k g G / n N Esc in the disassembly, as in every list (tui/widgets/listnav.py)."""
+    from .test_navigation import check_list_keys
+
+    session = code_session()
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            await pilot.press("d")
+            await settle(app, pilot)
+            view = app.query_one(DisasmView)
+            assert app.focused is view
+            texts = [view.nav_text(i) for i in range(view.nav_count())]
+            rows = [i for i in range(view.nav_count()) if not view.get_option_at_index(i).disabled]
+            matches = [i for i in rows if "nop" in texts[i]]
+            assert len(matches) > 2, texts
+            await check_list_keys(pilot, view, lambda: view.highlighted, "nop", matches)
+
+    run(go())

@@ -423,3 +423,29 @@ def test_a_refused_efi_runtime_plan_cannot_be_applied(tmp_path):
             assert app.errors == []
 
     run(go())
+
+
+def test_list_keys_in_the_remap_journal(tmp_path):
+    """j k g G / n N Esc in the journal's list of open steps, as in every list."""
+    from .test_navigation import check_list_keys
+
+    session = uefi_remap_session(tmp_path / "journal.jsonl")
+
+    async def go():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await remap_screen(app, pilot)
+            await preview(app, pilot, screen, "efi-runtime")
+            await pilot.press("f2")
+            await app.wait_idle(30)
+            await pilot.pause()
+            prompts = journal_prompts(screen)
+            assert len(prompts) == 11
+            journal = screen.query_one("#remap-journal")
+            journal.focus()
+            await pilot.pause()
+            matches = [i for i, text in enumerate(prompts) if " unmap" in text]
+            assert len(matches) >= 2, prompts
+            await check_list_keys(pilot, journal, lambda: journal.highlighted, "unmap", matches)
+
+    run(go())

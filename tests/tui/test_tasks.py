@@ -207,3 +207,37 @@ def test_a_kernel_that_is_not_linux_is_one_line_and_no_error():
             assert app.current_view_text().endswith(f"no tasks: {reason}\n")
 
     run(go())
+
+
+def test_list_keys_in_the_tasks():
+    """j k g G / n N Esc in the task list, as in every list (tui/widgets/listnav.py)."""
+    from kinspect.tui.widgets.listnav import SearchPrompt
+
+    from .test_navigation import type_search
+
+    async def go():
+        app = make_app(tasks_session())
+        async with app.run_test(size=SIZE) as pilot:
+            await started(app, pilot)
+            await pilot.press("T")
+            await settle(app, pilot, lambda: app.query_one(TaskTable).row_count)
+            table = app.query_one(TaskTable)
+            assert app.focused is table and table.row_count == 3
+            await pilot.press("G")
+            assert table.cursor_row == 2
+            await pilot.press("g", "j")
+            assert table.cursor_row == 1
+            await pilot.press("k")
+            assert table.cursor_row == 0
+            await pilot.press("slash")
+            assert isinstance(app.screen, SearchPrompt)
+            await type_search(pilot, "kthreadd")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.focused is table and table.cursor_row == 1
+            await pilot.press("n")  # one match: n stays on it
+            assert table.cursor_row == 1
+            await pilot.press("escape")
+            assert table.search == "" and app.focused is table
+
+    run(go())

@@ -26,7 +26,6 @@ from typing import Any
 from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static, TabbedContent
@@ -40,6 +39,7 @@ from kinspect.inspector.x86.paging import AddressSpace, CompactRange, coalesce_r
 from kinspect.inspector.x86.paging.ranges import compact_ranges
 
 from ..messages import StopSeen
+from ..widgets.listnav import NavTable
 from .base import Pane
 
 __all__ = ["AddressSpaceCopy", "TaskDetail", "TasksPane", "read_task_detail", "read_tasks"]
@@ -156,11 +156,10 @@ def format_address_space(detail: TaskDetail) -> str:
     return "\n\n".join(parts)
 
 
-class TaskTable(DataTable[str]):
-    BINDINGS = [
-        Binding("j", "cursor_down", "Down", show=False),
-        Binding("k", "cursor_up", "Up", show=False),
-    ]
+class TaskTable(NavTable):
+    """The tasks, one a row, with the keys every list has (j k g G / n N Esc)."""
+
+    NAV_WHAT = "the tasks"
 
 
 class TasksView(Vertical):

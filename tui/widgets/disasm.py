@@ -8,10 +8,11 @@ from rich.text import Text
 from textual.actions import SkipAction
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
 from kinspect.inspector.disasm import Disassembly, Instruction
+
+from .listnav import NavOptionList
 
 __all__ = ["DisasmView", "instruction_line"]
 
@@ -43,8 +44,9 @@ def instruction_line(
     return line
 
 
-class DisasmView(OptionList):
+class DisasmView(NavOptionList):
     """Instructions as options (the cursor is the highlighted one); the keys ask the pane.
+    The keys every list has (j k g G / n N) come from :class:`NavOptionList`.
 
     Attributes down (:meth:`show`), messages up (:class:`Act`): the pane runs
     ``until``, ``break``, follows a target or goes back.
@@ -58,8 +60,6 @@ class DisasmView(OptionList):
     """
 
     BINDINGS = [
-        Binding("j", "cursor_down", "Down", show=False),
-        Binding("k", "cursor_up", "Up", show=False),
         Binding("u,f4", "act('until')", "Run to line", show=False),
         Binding("f2,space", "act('break')", "Break on line", show=False),
         Binding("enter", "act('follow')", "Follow target", show=False),
@@ -173,7 +173,12 @@ class DisasmView(OptionList):
             raise SkipAction()
         self.post_message(self.Act(what, insn.address, insn.target))
 
+    NAV_WHAT = "the disassembly"
+
     def action_back(self) -> None:
+        if self.search:  # Esc ends a search first, as in every list
+            self.action_nav_clear()
+            return
         if not self.can_go_back:
             raise SkipAction()  # Esc then leaves the view (the app's unfocus)
         self.post_message(self.Back())
