@@ -46,17 +46,7 @@ def symbolizer(session: Session) -> Symbolize:
     symbols = session.symbols
     if symbols is None:
         return lambda address: None
-
-    def symbolize(address: int) -> str | None:
-        found = symbols.symbolize(address)
-        if found is None:
-            return None
-        symbol, offset = found
-        if symbol.size == 0 and offset > 0x100:
-            return None
-        return f"{symbol.name}+{offset:#x}" if offset else symbol.name
-
-    return symbolize
+    return symbols.name_of
 
 
 def describe_mapping(session: Session) -> tuple[Callable[[int], str | None], Callable[[int], bool]]:

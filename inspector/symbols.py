@@ -330,6 +330,17 @@ class SymbolTable:
         symbol = self._by_name.get(name)
         return None if symbol is None else symbol.address + self.slide
 
+    def name_of(self, address: int) -> str | None:
+        """``name+0x12`` for an address inside a symbol, None elsewhere (an unsized label
+        further than 0x100 away names nothing): what every view writes beside an address."""
+        found = self.symbolize(address)
+        if found is None:
+            return None
+        symbol, offset = found
+        if symbol.size == 0 and offset > 0x100:
+            return None
+        return f"{symbol.name}+{offset:#x}" if offset else symbol.name
+
     def symbolize(self, address: int) -> tuple[Symbol, int] | None:
         """The symbol containing ``address`` and the offset into it.
 

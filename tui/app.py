@@ -444,15 +444,7 @@ class KinspectApp(App[None]):
     def symbolize(self, address: int) -> str | None:
         """``name+0x12`` when ``address`` falls inside a symbol (loaded in the owner thread)."""
         symbols = self._symbols
-        if symbols is None:
-            return None
-        found = symbols.symbolize(address)
-        if found is None:
-            return None
-        symbol, offset = found
-        if symbol.size == 0 and offset > 0x100:
-            return None
-        return f"{symbol.name}+{offset:#x}" if offset else symbol.name
+        return symbols.name_of(address) if symbols is not None else None
 
     # the range map's state, as tests and the benchmark read it
     @property
