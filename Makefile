@@ -27,7 +27,7 @@ demo-uefi: kernel
 
 # The whole suite: unit tests and QEMU integration tests.
 test: kernel linux-guest
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30
 
 unit: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
