@@ -69,7 +69,9 @@ def _register_lines(data: ContextData, width: int) -> list[Text]:
     lines = []
     for i in range(0, len(names), columns):
         line = Text(no_wrap=True, overflow="crop")
-        for name in names[i : i + columns]:
+        for n, name in enumerate(names[i : i + columns]):
+            if n:
+                line.append(" ")  # the gap CELL counts: fs_base's name fills its 7
             line.append(f"{name:>7} ", style="bold")
             line.append(
                 f"{values[name]:#018x}",
