@@ -25,7 +25,7 @@ from .x86.descriptors import (
     decode_idt,
     decode_tss64,
 )
-from .x86.paging import Range
+from .x86.paging import Range, RangeList
 
 __all__ = [
     "IdtEntry",
@@ -44,8 +44,11 @@ MappingLookup = Callable[[int], "str | None"]
 
 
 def mapping_lookup(ranges: Sequence[Range]) -> MappingLookup:
-    """``address -> "start-end RW NX"`` for the mapped range holding it, or None."""
-    starts = [r.start for r in ranges]
+    """``address -> "start-end RW NX"`` for the mapped range holding it, or None.
+
+    The walk's ranges (a :class:`RangeList`) give their starts as an array: only the
+    ranges looked up become records (a Linux map has 65,000)."""
+    starts = ranges.start.tolist() if isinstance(ranges, RangeList) else [r.start for r in ranges]
 
     def lookup(address: int) -> str | None:
         index = bisect.bisect_right(starts, address) - 1

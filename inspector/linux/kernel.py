@@ -15,6 +15,7 @@ and checked against the kernel's ``kallsyms_relative_base`` and count when used.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import hashlib
 import json
@@ -125,8 +126,11 @@ class LinuxKernel:
 
 def kernel_image(ranges: Sequence[Range]) -> tuple[int, list[tuple[int, int]]]:
     """``_text`` (the first executable mapping in the kernel window) and the image's
-    non-executable mappings (its data), from the page tables' ranges."""
-    window = [r for r in ranges if KERNEL_MAP_START <= r.start < KERNEL_MAP_END]
+    non-executable mappings (its data), from the page tables' ranges (in VA order: the
+    window is found by bisection, so only its ranges are looked at)."""
+    first = bisect.bisect_left(ranges, KERNEL_MAP_START, key=lambda r: r.start)
+    stop = bisect.bisect_left(ranges, KERNEL_MAP_END, lo=first, key=lambda r: r.start)
+    window = ranges[first:stop]
     text = [r for r in window if r.permissions.executable]
     if not text:
         raise InspectorError(
