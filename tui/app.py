@@ -16,7 +16,7 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -448,15 +448,15 @@ class KinspectApp(App[None]):
 
     # the range map's state, as tests and the benchmark read it
     @property
-    def ranges(self) -> list[Any]:
+    def ranges(self) -> Sequence[Any]:
         return self.query_one(RangesPane).ranges
 
     @property
-    def rows(self) -> list[Any]:
+    def rows(self) -> Sequence[Any]:
         return self.query_one(RangesPane).rows
 
     @property
-    def shown_rows(self) -> list[Any]:
+    def shown_rows(self) -> Sequence[Any]:
         return self.query_one(RangesPane).shown_rows
 
     @property

@@ -1,7 +1,18 @@
 """Range marks and filters, on literal ranges and on the real capture."""
 
-from kinspect.inspector.x86.paging import Permissions, Range
-from kinspect.tui.model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
+from dataclasses import replace
+
+from kinspect.inspector.x86.paging import Permissions, Range, RangeList
+from kinspect.tui.model import (
+    RangeFilter,
+    RangeRow,
+    RangeRows,
+    RangeTable,
+    RowTexts,
+    diff_ranges,
+    filter_rows,
+    format_range_row,
+)
 
 RW_X = Permissions(True, False, True)
 RO_X = Permissions(False, False, True)
@@ -62,6 +73,99 @@ def test_capture_partitions(truth):
     user = filter_rows(rows, RangeFilter(user=True))
     kernel = filter_rows(rows, RangeFilter(kernel=True))
     assert len(user) + len(kernel) == len(rows) > 60000
+
+
+# -- the range map's rows as arrays (RangeTable, RangeRows): what the list functions give --
+
+
+def as_arrays(ranges):
+    return RangeList.from_ranges(ranges)
+
+
+def changed_map(ranges):
+    """The capture's ranges with frames moved, permissions changed, some gone, one new."""
+    new = list(ranges)
+    for i in range(0, len(new), 997):
+        new[i] = replace(new[i], phys=new[i].phys + 0x1000)
+    for i in range(5, len(new), 2003):
+        new[i] = replace(new[i], permissions=RO_X)
+    del new[100:130]
+    del new[-3:]
+    gap = next(i for i in range(1, len(new)) if new[i].start - new[i - 1].end >= 0x2000)
+    new.insert(gap, r(new[gap - 1].end, new[gap - 1].end + 0x1000))
+    return new
+
+
+def texts_of(rows):
+    return [format_range_row(row).lower() for row in rows]
+
+
+def test_range_table_marks_the_capture_as_diff_ranges_does(truth):
+    old = list(truth.ranges())
+    new = changed_map(old)
+    for before, after in ((old, new), (new, old), (new, new[::2]), ([], new), (new, [])):
+        table = RangeTable.marked(RangeTable.marked(None, as_arrays(before)), as_arrays(after))
+        rows = RangeRows(table)
+        want = diff_ranges(before, after)
+        assert rows == want and list(rows) == want
+        assert table.changed == sum(1 for row in want if row.mark)
+        if want:
+            assert {row.mark for row in want} - {""}
+            assert [b.decode().rstrip("\n") for b in table.texts()] == texts_of(want)
+
+
+def test_range_table_filters_and_searches_the_capture_as_filter_rows_does(truth):
+    old = list(truth.ranges())
+    new = changed_map(old)
+    rows = RangeRows(RangeTable.marked(RangeTable.marked(None, as_arrays(old)), as_arrays(new)))
+    plain = diff_ranges(old, new)
+    filters = [
+        RangeFilter(user=True),
+        RangeFilter(kernel=True, writable=True),
+        RangeFilter(executable=True),
+        RangeFilter(wx=True),
+        RangeFilter(changed=True),
+        RangeFilter(changed=True, text="glb"),
+        RangeFilter(text="PMD"),
+        RangeFilter(text="usr rw"),
+        RangeFilter(text="~ 0xffff"),
+        RangeFilter(text="  2m"),
+        RangeFilter(text=f"{new[7000].start + 5:#x}"),
+        RangeFilter(text="no such text"),
+        RangeFilter(),
+    ]
+    for flt in filters:
+        want = filter_rows(plain, flt, RowTexts(plain))
+        shown = filter_rows(rows, flt)
+        assert shown == want, flt
+        narrower = shown.filter(RangeFilter(kernel=True))
+        assert narrower == filter_rows(want, RangeFilter(kernel=True)), flt
+    for address in (0, new[300].start, new[300].end - 1, new[-1].end, (1 << 64) - 1):
+        index = rows.index_of(address)
+        assert rows[index].range.end > address or index == len(rows) - 1
+
+
+def test_unchanged_ranges_give_the_same_table_and_marks_are_cleared_at_the_next_stop(truth):
+    arrays = truth.ranges()
+    first = RangeTable.marked(None, arrays)
+    assert RangeTable.marked(first, arrays) is first  # the walk's very arrays: nothing to do
+    changed = RangeTable.marked(first, as_arrays(changed_map(list(arrays))))
+    again = RangeTable.marked(changed, changed.walked)
+    assert again is not changed and not again.changed and len(again) == len(changed.walked)
+    small = [r(0x1000, 0x2000), r(0x3000, 0x4000)]
+    plain = RangeTable.marked(None, small)
+    assert RangeTable.marked(plain, list(small)) is plain  # equal lists (the compact map)
+
+
+def test_range_texts_of_a_range_that_ends_at_the_top_of_the_address_space():
+    top = [
+        Range(0xFFFFFFFFFFE00000, 1 << 64, 0x200000, 0x200000, RW_X, ("G",)),
+        Range(0xFFFFFFFF81000000, 0xFFFFFFFF81000000 + 0x1000 * 300001, 0, 4096, RO_X, ()),
+    ]
+    top.sort(key=lambda x: x.start)
+    table = RangeTable.marked(None, as_arrays(top))
+    assert [b.decode().rstrip("\n") for b in table.texts()] == texts_of([RangeRow(x) for x in top])
+    assert RangeRows(table).filter(RangeFilter(text=f"{(1 << 64) - 1:#x}"))[0].range == top[1]
 
 
 # -- the EFI view's rows ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ matched): each shown row keeps its region's heading above it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from textual import on
@@ -30,7 +31,7 @@ from kinspect.inspector.linux.layout import RegionMap
 from kinspect.inspector.session import Session
 from kinspect.inspector.x86.paging import CompactRange, Range
 
-from ..model import RangeFilter, RangeRow, RowTexts, diff_ranges, filter_rows
+from ..model import RangeFilter, RangeRow, RangeRows, RangeTable
 from ..widgets.prompt import PromptInput
 from ..widgets.ranges import RangeList
 from ..widgets.walk import WalkView
@@ -64,13 +65,24 @@ COMPACT_ABOVE = 4096
 
 def read_ranges(
     session: Session,
-) -> tuple[list[Range], int, list[CompactRange], RegionMap | None]:
-    return (
-        list(session.ranges()),
-        len(session.address_space().problems),
-        session.compact_ranges(),
-        session.regions(),
-    )
+    last: tuple[Sequence[Range], list[CompactRange], RegionMap | None] | None = None,
+) -> tuple[Sequence[Range], int, list[CompactRange], RegionMap | None]:
+    """The walk's ranges as the walk keeps them (arrays: the same object again when no
+    table changed since the last walk), its problems, the compact map, the regions.
+
+    ``last``: the ranges, compact map and regions read before; the same ranges under the
+    same regions have the same compact map (it is made from them alone).
+    """
+    ranges = session.ranges()
+    problems = len(session.address_space().problems)
+    regions = session.regions()
+    if last is not None and ranges is last[0] and _same_regions(regions, last[2]):
+        return ranges, problems, last[1], regions
+    return ranges, problems, session.compact_ranges(), regions
+
+
+def _same_regions(a: RegionMap | None, b: RegionMap | None) -> bool:
+    return (a.regions if a is not None else None) == (b.regions if b is not None else None)
 
 
 def _pieces(row: CompactRange) -> str:
@@ -107,7 +119,7 @@ class RangesPane(WalkingPane):
     class Read(Message, bubble=False):
         def __init__(
             self,
-            ranges: list[Range],
+            ranges: Sequence[Range],
             problems: int,
             compact: list[CompactRange] | None = None,
             regions: RegionMap | None = None,
@@ -126,19 +138,17 @@ class RangesPane(WalkingPane):
 
     def __init__(self) -> None:
         super().__init__()
-        self.ranges: list[Range] = []
-        self.rows: list[RangeRow] = []
-        self.shown_rows: list[RangeRow] = []
+        self.ranges: Sequence[Range] = []
+        self.rows: Sequence[RangeRow] = []
+        self.shown_rows: Sequence[RangeRow] = []
         self.range_filter = RangeFilter()
-        self._previous: list[Range] | None = None
-        self._previous_compact: list[Range] | None = None
-        self._row_texts = RowTexts([])
         self._wx = self._marks = self._problems = 0
         self.regions: RegionMap | None = None
         self.compact: bool | None = None  # None: not chosen yet (the default by the map's size)
         self.compact_rows: list[CompactRange] = []
-        self._exact_rows: list[RangeRow] = []
-        self._merged_rows: list[RangeRow] = []
+        # Each mode's rows at the last stop, marked against the stop before (None: none yet)
+        self._exact: RangeTable | None = None
+        self._merged: RangeTable | None = None
         self._notes: dict[int, str] = {}
         self._before_search: int | None = None  # the cursor's address when / was pressed
 
@@ -162,20 +172,30 @@ class RangesPane(WalkingPane):
     # -- reading -------------------------------------------------------------------------
 
     def load(self) -> None:
-        self.read("ranges", read_ranges, lambda result: self.Read(*result))
+        last = (self.ranges, self.compact_rows, self.regions) if self._exact else None
+        self.read(
+            "ranges", lambda session: read_ranges(session, last), lambda result: self.Read(*result)
+        )
 
     def on_ranges_pane_read(self, message: Read) -> None:
         ranges = message.ranges
+        exact = RangeTable.marked(self._exact, ranges)
+        merged = RangeTable.marked(self._merged, [row.range for row in message.compact])
+        regions = message.regions
+        if (
+            exact is self._exact
+            and merged is self._merged
+            and message.problems == self._problems
+            and _same_regions(regions, self.regions)
+        ):
+            return  # the same map, nothing marked before or now: the screen stays as it is
         self.ranges = ranges
-        self.regions = message.regions
+        self.regions = regions
         self.compact_rows = message.compact
-        merged = [row.range for row in message.compact]
-        self._exact_rows = diff_ranges(self._previous, ranges)
-        self._merged_rows = diff_ranges(self._previous_compact, merged)
-        self._previous, self._previous_compact = ranges, merged
+        self._exact, self._merged = exact, merged
         self._notes = {row.range.start: _pieces(row) for row in message.compact if row.pieces > 1}
         self._problems = message.problems
-        self._wx = sum(1 for r in ranges if r.permissions.writable and r.permissions.executable)
+        self._wx = exact.count_wx()
         if self.compact is None and self.regions is not None and len(ranges) > COMPACT_ABOVE:
             self.compact = True
         self._show_mode()
@@ -185,9 +205,11 @@ class RangesPane(WalkingPane):
         return bool(self.compact)
 
     def _show_mode(self) -> None:
-        self.rows = self._merged_rows if self.compact_shown else self._exact_rows
-        self._row_texts = RowTexts(self.rows)
-        self._marks = sum(1 for row in self.rows if row.mark)
+        table = self._merged if self.compact_shown else self._exact
+        if table is None:
+            return
+        self.rows = RangeRows(table)
+        self._marks = table.changed
         self._apply_filter()
 
     def action_toggle_compact(self) -> None:
@@ -222,13 +244,11 @@ class RangesPane(WalkingPane):
     def _apply_filter(self) -> None:
         view = self.query_one(RangeList)
         keep = view.current.range.start if view.current else None
-        self.shown_rows = filter_rows(self.rows, self.range_filter, self._row_texts)
+        rows = self.rows
+        self.shown_rows = rows.filter(self.range_filter) if isinstance(rows, RangeRows) else rows
         compact = self.compact_shown
         view.set_rows(
-            self.shown_rows,
-            keep=keep,
-            region_of=self.regions.name_of if self.regions is not None else None,
-            notes=self._notes if compact else None,
+            self.shown_rows, keep=keep, regions=self.regions, notes=self._notes if compact else None
         )
         if compact:
             mode = "compact (z: exact) | "

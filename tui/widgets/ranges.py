@@ -17,14 +17,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+
+from kinspect.inspector.linux.layout import RegionMap
 
 from ..model import (
     ADDED,
@@ -32,6 +36,7 @@ from ..model import (
     REMOVED,
     RangeFilter,
     RangeRow,
+    RangeRows,
     format_range_row,
     format_range_row_fitted,
 )
@@ -50,6 +55,19 @@ _MARK_STYLE = {
 _WX_STYLE = Style(color="magenta", bold=True)
 _CURSOR = Style(reverse=True)
 _HEADING_STYLE = Style(color="cyan", bold=True)
+
+
+_LAST_ADDRESS = (1 << 64) - 1
+
+
+def _bounds(rows: Sequence[RangeRow]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """Each row's start and last byte, as arrays (the rows' own when they keep arrays)."""
+    if isinstance(rows, RangeRows):
+        return rows.starts, rows.lasts
+    return (
+        np.array([row.range.start for row in rows], dtype=np.uint64),
+        np.array([row.range.end - 1 for row in rows], dtype=np.uint64),
+    )
 
 
 def format_heading(name: str) -> str:
@@ -104,8 +122,10 @@ class RangeList(ScrollView, ListNav, can_focus=True):
         self.headings: list[str] = []
         self.notes: Mapping[int, str] = {}
         # Screen lines: a row's index, or -(k + 1) for headings[k]; None: one line a row.
-        self._lines: list[int] | None = None
-        self._line_of_row: list[int] = []
+        self._lines: npt.NDArray[np.int64] | None = None
+        self._line_of_row: npt.NDArray[np.int64] | None = None
+        self._starts, self._lasts = _bounds(())
+        self._frame_style: Style | None = None
 
     # -- attributes down --------------------------------------------------------------
 
@@ -114,17 +134,18 @@ class RangeList(ScrollView, ListNav, can_focus=True):
         rows: Sequence[RangeRow],
         *,
         keep: int | None = None,
-        region_of: Callable[[int], str | None] | None = None,
+        regions: RegionMap | None = None,
         notes: Mapping[int, str] | None = None,
     ) -> None:
         """Show ``rows``; keep the cursor on the range starting at ``keep`` if present.
 
-        ``region_of``: the region of an address (a heading where it changes);
+        ``regions``: where a heading goes (where the region changes);
         ``notes``: text after a row, by its range's start (a compact row's pieces).
         """
         self.rows = rows
         self.notes = notes or {}
-        self._layout(region_of)
+        self._starts, self._lasts = _bounds(rows)
+        self._layout(regions)
         index = 0
         if keep is not None:
             index = self.index_of(keep)
@@ -132,24 +153,29 @@ class RangeList(ScrollView, ListNav, can_focus=True):
         self._move(index, force=True, user=False)
         self.refresh()
 
-    def _layout(self, region_of: Callable[[int], str | None] | None) -> None:
-        self.headings, self._lines, self._line_of_row = [], None, []
-        if region_of is None:
+    def _layout(self, regions: RegionMap | None) -> None:
+        """The screen lines: a heading before the first row of each region, as
+        ``format_ranges_with_regions`` puts them (the region of every row at once)."""
+        self.headings, self._lines, self._line_of_row = [], None, None
+        if regions is None or not len(self.rows):
             return
-        lines: list[int] = []
-        current: str | None = None
-        for index, row in enumerate(self.rows):
-            name = region_of(row.range.start)
-            if name != current and name is not None:
-                self.headings.append(name)
-                lines.append(-len(self.headings))
-            current = name
-            self._line_of_row.append(len(lines))
-            lines.append(index)
-        if self.headings:
-            self._lines = lines
-        else:
-            self._line_of_row = []
+        names = sorted({region.name for region in regions})
+        name_code = np.array([names.index(region.name) for region in regions], dtype=np.int64)
+        firsts = np.array([region.start for region in regions], dtype=np.uint64)
+        lasts = np.array([region.end - 1 for region in regions], dtype=np.uint64)
+        starts = self._starts
+        at = np.searchsorted(firsts, starts, "right") - 1
+        inside = (at >= 0) & (starts <= lasts[np.maximum(at, 0)])
+        code = np.where(inside, name_code[np.maximum(at, 0)], -1)
+        heading = (code >= 0) & (code != np.concatenate(([-1], code[:-1])))
+        if not heading.any():
+            return
+        self.headings = [names[c] for c in code[heading].tolist()]
+        line_of_row = np.arange(len(code)) + np.cumsum(heading)
+        lines = np.empty(len(code) + len(self.headings), dtype=np.int64)
+        lines[line_of_row] = np.arange(len(code))
+        lines[line_of_row[heading] - 1] = -np.arange(1, len(self.headings) + 1)
+        self._lines, self._line_of_row = lines, line_of_row
 
     def _virtual_width(self) -> int:
         """Wide enough for a whole row (and a compact row's note) where they are shown whole;
@@ -164,26 +190,23 @@ class RangeList(ScrollView, ListNav, can_focus=True):
         return len(self.rows) if self._lines is None else len(self._lines)
 
     def _line_of(self, index: int) -> int:
-        return index if self._lines is None else self._line_of_row[index]
+        return index if self._line_of_row is None else int(self._line_of_row[index])
 
     def _row_at_line(self, line: int) -> int:
         """The row on screen line ``line`` (for a heading: the row under it)."""
         if self._lines is None:
             return line
         line = max(0, min(line, len(self._lines) - 1))
-        item = self._lines[line]
+        item = int(self._lines[line])
         return item if item >= 0 else self._row_at_line(line + 1)
 
     def index_of(self, address: int) -> int:
         """The row whose range contains (or first follows) ``address``."""
-        lo, hi = 0, len(self.rows)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.rows[mid].range.end <= address:
-                lo = mid + 1
-            else:
-                hi = mid
-        return min(lo, max(len(self.rows) - 1, 0))
+        if not len(self.rows):
+            return 0
+        address = min(max(address, 0), _LAST_ADDRESS)
+        at = int(np.searchsorted(self._lasts, np.uint64(address)))
+        return min(at, len(self.rows) - 1)
 
     @property
     def current(self) -> RangeRow | None:
@@ -191,22 +214,30 @@ class RangeList(ScrollView, ListNav, can_focus=True):
 
     # -- drawing ---------------------------------------------------------------------------
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        self._frame_style = self.rich_style  # once a refresh: it walks the ancestors' styles
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._frame_style = None
+
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         line = y + scroll_y
         width = self.size.width
+        plain = self._frame_style or self.rich_style
         if line >= self._line_count:
-            return Strip.blank(width, self.rich_style)
-        index = line if self._lines is None else self._lines[line]
+            return Strip.blank(width, plain)
+        index = line if self._lines is None else int(self._lines[line])
         if index < 0:
             text = format_heading(self.headings[-index - 1])
-            strip = Strip([Segment(text.ljust(width + scroll_x), self.rich_style + _HEADING_STYLE)])
+            strip = Strip([Segment(text.ljust(width + scroll_x), plain + _HEADING_STYLE)])
             return strip.crop(scroll_x, scroll_x + width)
         row = self.rows[index]
         text = self._text(row, width)
         p = row.range.permissions
         style = _MARK_STYLE.get(row.mark) or (_WX_STYLE if p.writable and p.executable else None)
-        base = self.rich_style
+        base = plain
         if style is not None:
             base = base + style
         if index == self.cursor:
@@ -225,7 +256,7 @@ class RangeList(ScrollView, ListNav, can_focus=True):
         return (
             "\n".join(
                 self._text(self.rows[i]) if i >= 0 else format_heading(self.headings[-i - 1])
-                for i in self._lines
+                for i in self._lines.tolist()
             )
             + "\n"
         )
@@ -242,7 +273,7 @@ class RangeList(ScrollView, ListNav, can_focus=True):
             return
         self.cursor = index
         line = self._line_of(index)
-        if line > 0 and self._lines is not None and self._lines[line - 1] < 0:
+        if line > 0 and self._lines is not None and int(self._lines[line - 1]) < 0:
             line -= 1  # the heading above the region's first row stays in view with it
         height = max(self.size.height, 1)
         top = int(self.scroll_offset.y)
@@ -285,6 +316,19 @@ class RangeList(ScrollView, ListNav, can_focus=True):
     def nav_matcher(self, text: str) -> Callable[[int], bool]:
         flt = RangeFilter(text=self.resolve_text(text))
         return lambda index: flt.matches(self.rows[index])
+
+    def _find(self, matches: Any, start: int, direction: int, *, wrap: bool) -> int | None:
+        """The next match of the active search from ``start`` (as ListNav finds it), found
+        among the rows' arrays at once when they are :class:`RangeRows`."""
+        if not isinstance(self.rows, RangeRows):
+            return super()._find(matches, start, direction, wrap=wrap)
+        hits = np.flatnonzero(self.rows.keep(RangeFilter(text=self.resolve_text(self.search))))
+        ahead = hits[hits >= start] if direction > 0 else hits[hits <= start][::-1]
+        if len(ahead):
+            return int(ahead[0])
+        if wrap and len(hits):
+            return int(hits[0] if direction > 0 else hits[-1])
+        return None
 
     def action_nav_search(self) -> None:
         if self.open_search is None:
