@@ -44,6 +44,7 @@ __all__ = [
     "RangeRow",
     "RangeRows",
     "RangeTable",
+    "RangeTexts",
     "RowTexts",
     "attribute_entries_in",
     "diff_ranges",
@@ -57,6 +58,7 @@ __all__ = [
     "format_mapped_at",
     "format_range_row",
     "format_range_row_fitted",
+    "range_texts",
 ]
 
 ADDED, REMOVED, CHANGED = "+", "-", "~"
@@ -224,6 +226,8 @@ U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
 Bools = npt.NDArray[np.bool_]
 Ints = npt.NDArray[np.int64]
+RangeTexts = npt.NDArray[np.uint8]
+"""Rows of text as bytes, one row a range, padded with newlines (:func:`range_texts`)."""
 
 _MARKS = ("", ADDED, REMOVED, CHANGED)
 """The marks by code (:attr:`RangeTable.marks`)."""
@@ -279,7 +283,7 @@ def _text_matrix(lines: Sequence[bytes]) -> U8:
     return np.frombuffer(data, dtype=np.uint8).reshape(len(lines), width)
 
 
-def _range_texts(ranges: Sequence[Range]) -> U8:
+def range_texts(ranges: Sequence[Range]) -> RangeTexts:
     """Each range's ptdump columns (``format_range_row`` of inspector.formatting), lower
     case, one row of bytes each, padded with newlines.
 
@@ -401,14 +405,24 @@ class RangeTable:
         self._found: tuple[str, Bools] | None = None
 
     @classmethod
-    def marked(cls, previous: RangeTable | None, ranges: Sequence[Range]) -> RangeTable:
+    def marked(
+        cls, previous: RangeTable | None, ranges: Sequence[Range], texts: RangeTexts | None = None
+    ) -> RangeTable:
         """``ranges`` marked against the ranges ``previous`` was made for, as
         :func:`diff_ranges` marks them (nothing marked without ``previous``).
 
         Unchanged ranges (the walk's very arrays, which a walk gives again when no
         table changed, or equal ranges) with nothing marked before give ``previous``
-        itself: nothing to do at such a stop.
+        itself: nothing to do at such a stop. ``texts``: :func:`range_texts` of
+        ``ranges``, when it was made already (away from the UI thread).
         """
+        table = cls._marked(previous, ranges)
+        if texts is not None and table.ranges is ranges and table._range_texts is None:
+            table._range_texts = texts
+        return table
+
+    @classmethod
+    def _marked(cls, previous: RangeTable | None, ranges: Sequence[Range]) -> RangeTable:
         if previous is None:
             return cls(ranges)
         old = previous.walked
@@ -517,9 +531,9 @@ class RangeTable:
         """Each row's lower-cased text, as :func:`format_range_row` (mark first)."""
         if self._texts is None:
             if self._range_texts is None:
-                self._range_texts = _range_texts(self.ranges)
+                self._range_texts = range_texts(self.ranges)
             mine = self._range_texts
-            gone = _range_texts(self.removed)
+            gone = range_texts(self.removed)
             width = max(mine.shape[1], gone.shape[1]) + 2
             out = np.full((len(self), width), _NEWLINE, dtype=np.uint8)
             out[:, 0] = _MARK_CHARS[self.marks]

@@ -31,7 +31,7 @@ from kinspect.inspector.linux.layout import RegionMap
 from kinspect.inspector.session import Session
 from kinspect.inspector.x86.paging import CompactRange, Range
 
-from ..model import RangeFilter, RangeRow, RangeRows, RangeTable
+from ..model import RangeFilter, RangeRow, RangeRows, RangeTable, RangeTexts, range_texts
 from ..widgets.prompt import PromptInput
 from ..widgets.ranges import RangeList
 from ..widgets.walk import WalkView
@@ -66,9 +66,11 @@ COMPACT_ABOVE = 4096
 def read_ranges(
     session: Session,
     last: tuple[Sequence[Range], list[CompactRange], RegionMap | None] | None = None,
-) -> tuple[Sequence[Range], int, list[CompactRange], RegionMap | None]:
+) -> tuple[Sequence[Range], int, list[CompactRange], RegionMap | None, RangeTexts | None]:
     """The walk's ranges as the walk keeps them (arrays: the same object again when no
-    table changed since the last walk), its problems, the compact map, the regions.
+    table changed since the last walk), its problems, the compact map, the regions, and
+    the ranges' text for the search when they are new (made here, in the owner thread,
+    not in the UI thread at the first key of a search).
 
     ``last``: the ranges, compact map and regions read before; the same ranges under the
     same regions have the same compact map (it is made from them alone).
@@ -77,8 +79,8 @@ def read_ranges(
     problems = len(session.address_space().problems)
     regions = session.regions()
     if last is not None and ranges is last[0] and _same_regions(regions, last[2]):
-        return ranges, problems, last[1], regions
-    return ranges, problems, session.compact_ranges(), regions
+        return ranges, problems, last[1], regions, None
+    return ranges, problems, session.compact_ranges(), regions, range_texts(ranges)
 
 
 def _same_regions(a: RegionMap | None, b: RegionMap | None) -> bool:
@@ -123,12 +125,14 @@ class RangesPane(WalkingPane):
             problems: int,
             compact: list[CompactRange] | None = None,
             regions: RegionMap | None = None,
+            texts: RangeTexts | None = None,
         ) -> None:
             super().__init__()
             self.ranges = ranges
             self.problems = problems
             self.compact = compact if compact is not None else []
             self.regions = regions
+            self.texts = texts  # the ranges' text (range_texts), when they are new
 
     class Aliases(Message, bubble=False):
         def __init__(self, pa: int, aliases: list[int]) -> None:
@@ -179,7 +183,7 @@ class RangesPane(WalkingPane):
 
     def on_ranges_pane_read(self, message: Read) -> None:
         ranges = message.ranges
-        exact = RangeTable.marked(self._exact, ranges)
+        exact = RangeTable.marked(self._exact, ranges, message.texts)
         merged = RangeTable.marked(self._merged, [row.range for row in message.compact])
         regions = message.regions
         if (
@@ -263,7 +267,8 @@ class RangesPane(WalkingPane):
             f"{filters}{mode}{len(self.shown_rows)} of {len(self.rows)} rows shown"
             f" | {len(self.ranges)} ranges"
             f" | W+X {self._wx} | changed since last stop {self._marks}"
-            f" | walk problems {self._problems}"
+            f" | walk problems {self._problems}",
+            layout=False,  # one line (app.tcss): no layout of the whole screen at each key
         )
 
     # -- search: a preview while typing, a jump on Enter -------------------------------
