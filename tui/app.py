@@ -13,6 +13,7 @@ the session (:class:`~kinspect.tui.link.Link`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from collections import deque
@@ -209,6 +210,7 @@ class KinspectApp(App[None]):
 
     def on_unmount(self) -> None:
         self.link.close()
+        gc.unfreeze()  # the app is going: what the first stop froze can be collected again
         self.link.finished.wait(10)
 
     # -- the link: the owner thread and its jobs ----------------------------------------------
@@ -302,6 +304,14 @@ class KinspectApp(App[None]):
                 status.mode = cpu_mode(snapshot.values, snapshot.control)
             self._values = snapshot.values
         self.stops += 1
+        if self.stops == 1:
+            # What the app is made of (widgets, styles, modules: ~100,000 objects) lives as
+            # long as the app: kept out of the collector's full passes, which took 100-200 ms
+            # each on a loaded machine, a stall in the middle of scrolling (issue 16); back
+            # in them when the app goes (on_unmount). Collected first, once: garbage frozen
+            # would never be freed.
+            gc.collect()
+            gc.freeze()
         stop = Stop(self.stops, record, snapshot, self.link.stop_seen_at)
         for pane in sorted(self.panes, key=lambda pane: pane.STOP_ORDER):
             self.deliver(pane, StopSeen(stop))
