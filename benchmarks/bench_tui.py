@@ -100,17 +100,18 @@ _CHARS = {"slash": "/", "enter": "\r"}
 
 async def _timed_keys(pilot, keys, moved, walked, times) -> None:
     """Each key sent as the terminal would send it, timed to the refreshes that show its
-    effect: ``moved`` and ``walked`` get the time of each screen refresh after the list's
-    cursor was placed and after a walk was shown beside it (every key here moves the
-    cursor; ``/`` opens the search box: timed to the refresh that shows it). ``times``
-    gets (key, to the list drawn, to the walk drawn). The app is left idle before the
-    next key (not timed)."""
+    effect: ``moved`` gets (wall time, process CPU time) of each screen refresh after the
+    list's cursor was placed, ``walked`` the time of each refresh after a walk was shown
+    beside it (every key here moves the cursor; ``/`` opens the search box: timed to the
+    refresh that shows it). ``times`` gets (key, to the list drawn, to the walk drawn, CPU
+    time of the process to the list drawn: what the step costs on a machine that is not
+    loaded). The app is left idle before the next key (not timed)."""
     from textual import events
 
     app = pilot.app
     for key in keys:
         moves, walks = len(moved), len(walked)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         app._driver.send_message(events.Key(key, _CHARS.get(key, key if len(key) == 1 else None)))
         if key == "slash":
             drawn: list[float] = []
@@ -118,7 +119,8 @@ async def _timed_keys(pilot, keys, moved, walked, times) -> None:
             app.call_after_refresh(lambda drawn=drawn: drawn.append(time.perf_counter()))
             while not drawn:
                 await asyncio.sleep(0.0005)
-            times.append((key, drawn[0] - started, drawn[0] - started))
+            spent = time.process_time() - cpu
+            times.append((key, drawn[0] - started, drawn[0] - started, spent))
         else:
             for _ in range(20000):
                 if len(walked) > walks and len(moved) > moves:
@@ -126,7 +128,8 @@ async def _timed_keys(pilot, keys, moved, walked, times) -> None:
                 await asyncio.sleep(0.0005)
             else:
                 raise RuntimeError(f"no walk drawn after {key!r}: {app.errors}")
-            times.append((key, moved[moves] - started, walked[walks] - started))
+            listed, listed_cpu = moved[moves]
+            times.append((key, listed - started, walked[walks] - started, listed_cpu - cpu))
         await pilot.pause()
 
 
@@ -144,10 +147,10 @@ def ovmf_session():
     return Session(target)
 
 
-async def _ovmf_first_screen(drawn, moved, walked) -> list[tuple[str, float, float]]:
+async def _ovmf_first_screen(drawn, moved, walked) -> list[tuple[str, float, float, float]]:
     """The OVMF map in the ranges view: the first screen (into ``drawn``), then a few keys."""
     app = make_app(ovmf_session())
-    times: list[tuple[str, float, float]] = []
+    times: list[tuple[str, float, float, float]] = []
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.press("2")
         await app.wait_idle(120)
@@ -178,10 +181,10 @@ def test_ranges_first_screen_and_scroll(benchmark, capsys):
     drawn: list[float] = []  # walk's end (or reload) to the screen, per read
     first_read: list[bool | None] = [True]  # True until an app's first read
     loads: list[float] = []
-    moved: list[float] = []  # when the screen showing each cursor placement was drawn
+    moved: list[tuple[float, float]] = []  # when each cursor placement was drawn (wall, CPU)
     walked: list[float] = []  # when the screen showing each walk beside the list was drawn
-    steps: list[tuple[str, float, float]] = []
-    searches: list[tuple[str, float, float]] = []
+    steps: list[tuple[str, float, float, float]] = []
+    searches: list[tuple[str, float, float, float]] = []
     original_read, original_load = RangesPane.on_ranges_pane_read, RangesPane.load
     original_walked = WalkingPane.on_walking_pane_walked
     original_move = RangeList._move
@@ -213,7 +216,9 @@ def test_ranges_first_screen_and_scroll(benchmark, capsys):
 
     def timed_move(view, index, **kwargs):
         original_move(view, index, **kwargs)
-        view.app.call_after_refresh(lambda: moved.append(time.perf_counter()))
+        view.app.call_after_refresh(
+            lambda: moved.append((time.perf_counter(), time.process_time()))
+        )
 
     def timed_walked(pane, message):
         original_walked(pane, message)
@@ -255,11 +260,12 @@ def test_ranges_first_screen_and_scroll(benchmark, capsys):
     assert len(drawn) >= 6 and steps and searches
     assert shown[0] and shown[linux_reads], "the first walk ended before the view was shown"
     first, refresh = drawn[0], statistics.median(drawn[1:])
-    scroll = [listed for _, listed, _ in steps]
-    search = [listed for _, listed, _ in searches]
-    beside = [walk for _, _, walk in steps + searches]
+    scroll = [listed for _, listed, _, _ in steps]
+    search = [listed for _, listed, _, _ in searches]
+    beside = [walk for _, _, walk, _ in steps + searches]
+    cpu = [spent for _, _, _, spent in steps + searches]
     slowest = max(steps + searches, key=lambda step: step[1])
-    ovmf_keys = max(listed for _, listed, _ in ovmf_steps)
+    ovmf_keys = max(listed for _, listed, _, _ in ovmf_steps)
     summary.record(
         "7.first",
         max(first, ovmf_first) * 1000,
@@ -270,8 +276,10 @@ def test_ranges_first_screen_and_scroll(benchmark, capsys):
         "7.scroll",
         slowest[1] * 1000,
         note=f"{slowest[0]!r}; scroll median {statistics.median(scroll) * 1000:.0f} ms,"
-        f" search median {statistics.median(search) * 1000:.0f} ms; the walk beside:"
-        f" median {statistics.median(beside) * 1000:.0f} ms, max {max(beside) * 1000:.0f} ms",
+        f" search median {statistics.median(search) * 1000:.0f} ms; CPU to the list drawn:"
+        f" median {statistics.median(cpu) * 1000:.0f} ms, max {max(cpu) * 1000:.0f} ms; the"
+        f" walk beside: median {statistics.median(beside) * 1000:.0f} ms,"
+        f" max {max(beside) * 1000:.0f} ms",
     )
     stops = len(drawn) - 1  # the reads at the steps: the last ones of the Linux app
     job = statistics.median(jobs[linux_jobs - stops : linux_jobs])
@@ -286,21 +294,28 @@ def test_ranges_first_screen_and_scroll(benchmark, capsys):
     benchmark.extra_info.update(
         first_ms=round(first * 1000, 1),
         refresh_ms=[round(t * 1000, 1) for t in drawn[1:]],
-        steps_ms=[(key, round(a * 1000, 1), round(b * 1000, 1)) for key, a, b in steps + searches],
+        steps_ms=[
+            (key, round(a * 1000, 1), round(b * 1000, 1), round(c * 1000, 1))
+            for key, a, b, c in steps + searches
+        ],
     )
 
     def over(timed):
-        slow = [f"{key}:{a * 1000:.0f}/{b * 1000:.0f}" for key, a, b in timed if a > 0.05]
+        slow = [
+            f"{k}:{a * 1000:.0f}/{b * 1000:.0f}/{c * 1000:.0f}" for k, a, b, c in timed if a > 0.05
+        ]
         return " ".join(slow) or "none"
 
-    ovmf_keys_text = " ".join(f"{k}:{a * 1000:.0f}/{b * 1000:.0f}" for k, a, b in ovmf_steps)
+    ovmf_keys_text = " ".join(f"{k}:{a * 1000:.0f}/{b * 1000:.0f}" for k, a, b, _ in ovmf_steps)
     with capsys.disabled():
         print(
             f"\nTUI, Linux capture: first ranges screen {first * 1000:.0f} ms after the walk;"
             f" key to list drawn: scroll median {statistics.median(scroll) * 1000:.0f} ms,"
             f" max {max(scroll) * 1000:.0f} ms, search median"
             f" {statistics.median(search) * 1000:.0f} ms, max {max(search) * 1000:.0f} ms"
-            f" (over 50 ms, list/walk: {over(steps + searches)}); key to the walk beside drawn:"
+            f" (over 50 ms, list/walk/CPU: {over(steps + searches)}); CPU to the list drawn:"
+            f" median {statistics.median(cpu) * 1000:.0f} ms, max {max(cpu) * 1000:.0f} ms;"
+            " key to the walk beside drawn:"
             f" median {statistics.median(beside) * 1000:.0f} ms, max {max(beside) * 1000:.0f} ms;"
             f" refresh after a step {refresh * 1000:.0f} ms"
             f" ({' '.join(f'{t * 1000:.0f}' for t in drawn[1:])}; the ranges job"
