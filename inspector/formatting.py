@@ -451,9 +451,9 @@ def format_range_lines(
         yield table.write(numbers[kind], columns, "\n")
 
 
-def format_leaf_lines(arrays: LeafArrays) -> Iterator[str]:
-    """``str(leaf)`` of each leaf of a walk's arrays, a line each (each ends with a
-    newline), a run of lines at a time."""
+def format_leaf_lines(arrays: LeafArrays, start: int = 0, stop: int | None = None) -> Iterator[str]:
+    """``str(leaf)`` of each leaf ``start:stop`` of a walk's arrays, a line each (each
+    ends with a newline), a run of lines at a time."""
     import numpy as np
 
     from .columns import RowTable, hex18, hex_plain, kinds_of, marked_template
@@ -465,8 +465,8 @@ def format_leaf_lines(arrays: LeafArrays) -> Iterator[str]:
         leaf = replace(arrays.records(row, row + 1)[0], va=_SAMPLE_VA, pa=_SAMPLE_PA)
         return marked_template(str(leaf), marks)
 
-    count = len(arrays)
-    for a in range(0, count, ROWS_PER_CHUNK):
+    count = len(arrays) if stop is None else min(stop, len(arrays))
+    for a in range(start, count, ROWS_PER_CHUNK):
         b = min(count, a + ROWS_PER_CHUNK)
         bits, level, rights = arrays.entry_bits(a, b), arrays.level[a:b], arrays.rights[a:b]
         firsts, kind = kinds_of(bits, level, rights)
