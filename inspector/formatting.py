@@ -400,14 +400,14 @@ def format_range_lines(
     if regions is None:
         headings, shown = [""], np.zeros(count, dtype=np.intp)
     else:
-        names, region = regions
-        region = np.asarray(region, dtype=np.intp)
+        names, index = regions
+        # each range's name as the index of its first place in names
+        first = {name: i for i, name in reversed(list(enumerate(names)))}
+        canonical = np.array([first[name] for name in names], dtype=np.intp)
+        region = canonical[np.asarray(index, dtype=np.intp)]
         named = np.array([name is not None for name in names], dtype=bool)
-        before = np.empty_like(region)
-        before[:1] = -1
-        before[1:] = region[:-1]
-        same = np.array([[a == b for b in names] for a in names], dtype=bool)
-        changed = ~same[region, np.maximum(before, 0)] | (before < 0)
+        changed = np.ones(count, dtype=bool)  # the first range: no region before it
+        changed[1:] = region[1:] != region[:-1]
         shown = np.where(changed & named[region], region + 1, 0)
         headings = ["", *(f"{format_region_heading(n)}\n" if n else "" for n in names)]
     table = RowTable(("heading", "start", "end", "phys"))
