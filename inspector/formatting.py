@@ -402,8 +402,8 @@ def format_range_lines(
     else:
         names, index = regions
         # each range's name as the index of its first place in names
-        first = {name: i for i, name in reversed(list(enumerate(names)))}
-        canonical = np.array([first[name] for name in names], dtype=np.intp)
+        place = {name: i for i, name in reversed(list(enumerate(names)))}
+        canonical = np.array([place[name] for name in names], dtype=np.intp)
         region = canonical[np.asarray(index, dtype=np.intp)]
         named = np.array([name is not None for name in names], dtype=bool)
         changed = np.ones(count, dtype=bool)  # the first range: no region before it
@@ -469,10 +469,11 @@ def format_leaf_lines(arrays: LeafArrays, start: int = 0, stop: int | None = Non
     for a in range(start, count, ROWS_PER_CHUNK):
         b = min(count, a + ROWS_PER_CHUNK)
         bits, level, rights = arrays.entry_bits(a, b), arrays.level[a:b], arrays.rights[a:b]
-        firsts, kind = kinds_of(bits, level, rights)
+        size = arrays.size[a:b]
+        firsts, kind = kinds_of(bits, level, rights, size)
         numbers = np.empty(len(firsts), dtype=np.intp)
         for k, i in enumerate(firsts.tolist()):
-            key = (int(bits[i]), int(level[i]), int(rights[i]))
+            key = (int(bits[i]), int(level[i]), int(rights[i]), int(size[i]))
             numbers[k] = table.kind(key, template, a + i)
         columns = {"va": hex18(arrays.va[a:b]), "pa": hex_plain(arrays.pa[a:b])}
         yield table.write(numbers[kind], columns, "\n")
@@ -759,7 +760,7 @@ class _LeafJson:
             table = self.tables[depth] = RowTable(_LEAF_HOLES)
         pa = arrays.pa[a:b]
         numbers = {"va": arrays.va[a:b], "pa": pa, "raw": arrays.raw[a:b], "address": pa}
-        keys = [arrays.entry_bits(a, b), arrays.level[a:b], arrays.rights[a:b]]
+        keys = [arrays.entry_bits(a, b), arrays.level[a:b], arrays.rights[a:b], arrays.size[a:b]]
         join = ",\n" if depth is not None else "\n"
         text = _encode_leaves(
             numbers,
