@@ -359,9 +359,13 @@ def json_template(example: Any, holes: Iterable[str], depth: int | None) -> str:
 def json_list_text(values: Sequence[int], depth: int | None) -> str:
     """``json.dumps(list(values), indent=1)`` for a list of ints that starts a line's value at
     ``depth`` (the key's depth): the text a ``%s`` hole takes."""
+    numbers = [str(int(v)) for v in values]  # what json.dumps writes of an int
     if depth is None:
-        return json.dumps(list(values), separators=(",", ":"))
-    return json.dumps(list(values), indent=1).replace("\n", "\n" + " " * depth)
+        return f"[{','.join(numbers)}]"
+    if not numbers:
+        return "[]"
+    inner = " " * (depth + 1)
+    return f"[\n{inner}" + f",\n{inner}".join(numbers) + f"\n{inner[:-1]}]"
 
 
 # -- many rows at once, from the walk's arrays (issue 16) ----------------------------------

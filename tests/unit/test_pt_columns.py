@@ -232,3 +232,12 @@ def test_the_ranges_starting_in_a_window(space, bounds):
     low, high = sorted(bounds)
     for a, b in ((low, high), (0, 1 << 64), (high, low)):
         assert ranges.starting_in(a, b) == [r for r in ranges if a <= r.start < b]
+
+
+@given(st.lists(st.integers(0, (1 << 64) - 1), max_size=6), st.sampled_from([None, 0, 1, 4]))
+def test_a_table_path_is_written_as_json_dumps_writes_it(path, depth):
+    if depth is None:
+        expected = json.dumps(path, separators=(",", ":"))
+    else:
+        expected = json.dumps(path, indent=1).replace("\n", "\n" + " " * depth)
+    assert formatting.json_list_text(tuple(path), depth) == expected
