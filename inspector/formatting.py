@@ -504,7 +504,7 @@ def _json_template(example: dict[str, Any], holes: Sequence[str], depth: int | N
 _ITEMS = "\x02"
 """Between the items of a list of texts written as one (no JSON text holds it raw)."""
 
-_RANGE_HOLES = ("start", "end", "size", "phys", "page_size")
+_RANGE_HOLES = ("start", "end", "size", "phys")  # the page size: one of three, in the kind
 _COMPACT_HOLES = (*_RANGE_HOLES, "pieces", "mapped")
 
 
@@ -569,7 +569,6 @@ def encode_range_rows(
         "end": column(r.end for r in records),
         "size": column(r.end - r.start for r in records),
         "phys": column(r.phys for r in records),
-        "page_size": column(r.page_size for r in records),
     }
     if compact:
         numbers["pieces"] = column(row.pieces for row, _ in rows)  # type: ignore[union-attr]
@@ -577,7 +576,7 @@ def encode_range_rows(
     kinds: dict[tuple[Any, ...], int] = {}
     key = np.array(
         [
-            kinds.setdefault((r.permissions, r.attributes, name), len(kinds))
+            kinds.setdefault((r.permissions, r.attributes, r.page_size, name), len(kinds))
             for r, (_, name) in zip(records, rows, strict=True)
         ],
         dtype=np.intp,
@@ -619,9 +618,8 @@ def range_json_rows(
             "end": end,
             "size": size,
             "phys": ranges.phys[a:b],
-            "page_size": page_size,
         }
-        keys = [ranges.rights[a:b], ranges.attributes[a:b], region[a:b]]
+        keys = [ranges.rights[a:b], ranges.attributes[a:b], page_size, region[a:b]]
 
         def sample(i: int) -> tuple[Range | CompactRange, str | None]:
             return ranges[a + i], names[region[a + i]]
