@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import FaultError, InspectorError, TargetError
 from ..symbols import SymbolTable
-from ..x86.paging import Range, RangeList
+from ..x86.paging import Range
 from .kallsyms import (
     KERNEL_MAP_END,
     KERNEL_MAP_START,
@@ -126,10 +126,7 @@ class LinuxKernel:
 def kernel_image(ranges: Sequence[Range]) -> tuple[int, list[tuple[int, int]]]:
     """``_text`` (the first executable mapping in the kernel window) and the image's
     non-executable mappings (its data), from the page tables' ranges."""
-    if isinstance(ranges, RangeList):  # a walk's: the window's records only
-        window = ranges.starting_in(KERNEL_MAP_START, KERNEL_MAP_END)
-    else:
-        window = [r for r in ranges if KERNEL_MAP_START <= r.start < KERNEL_MAP_END]
+    window = [r for r in ranges if KERNEL_MAP_START <= r.start < KERNEL_MAP_END]
     text = [r for r in window if r.permissions.executable]
     if not text:
         raise InspectorError(

@@ -223,17 +223,6 @@ def test_ovmf_leaves_as_the_records_write_them(ovmf):
             assert table.text(first, end, depth) == join.join(expected)
 
 
-@settings(max_examples=30, deadline=None)
-@given(space=tables(), bounds=st.lists(st.integers(0, 1 << 64), min_size=2, max_size=2))
-def test_the_ranges_starting_in_a_window(space, bounds):
-    """What kernel recognition asks of 65,000 ranges (the kernel's window), without
-    making the records of the others."""
-    ranges = coalesce_ranges(space.leaves)
-    low, high = sorted(bounds)
-    for a, b in ((low, high), (0, 1 << 64), (high, low)):
-        assert ranges.starting_in(a, b) == [r for r in ranges if a <= r.start < b]
-
-
 @given(st.lists(st.integers(0, (1 << 64) - 1), max_size=6), st.sampled_from([None, 0, 1, 4]))
 def test_a_table_path_is_written_as_json_dumps_writes_it(path, depth):
     if depth is None:

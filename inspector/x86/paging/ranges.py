@@ -224,21 +224,6 @@ class RangeList(Sequence[Range]):
             )
         ]
 
-    def starting_in(self, low: int, high: int) -> list[Range]:
-        """The ranges whose start is in ``[low, high)``, as records, without making the
-        others (a walk's starts ascend; found by bisection then)."""
-        import numpy as np
-
-        start = self.start
-        if len(start) > 1 and not bool(np.all(start[1:] > start[:-1])):
-            return [r for r in self if low <= r.start < high]
-        low, high = max(low, 0), min(high, 1 << 64)
-        if low >= high:
-            return []
-        first = int(np.searchsorted(start, np.uint64(low)))
-        stop = len(start) if high == 1 << 64 else int(np.searchsorted(start, np.uint64(high)))
-        return self.records(first, stop) if stop > first else []
-
     def ends(self) -> list[int]:
         """Each range's end (exclusive), as Python integers (the last may be 2**64)."""
         return [
