@@ -5,6 +5,9 @@ same facts the same way. Layouts follow the tools readers already know:
 Linux's ``/sys/kernel/debug/page_tables`` (ptdump) for ranges, the SDM's
 register figures for registers. No I/O here, and no import of the decoders
 at run time (the decoders take :func:`format_size` from :mod:`.numbers`).
+``pt``'s long outputs are written from the walk's arrays, a run of rows at a
+time, from templates these same functions make (:mod:`.columns`, numpy,
+imported when such rows are written).
 """
 
 from __future__ import annotations
