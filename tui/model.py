@@ -31,8 +31,8 @@ from kinspect.inspector.efi.memmap import (
     MemoryMap,
     format_attributes,
 )
+from kinspect.inspector.formatting import format_range_lines, format_size
 from kinspect.inspector.formatting import format_range_row as format_range_row_text
-from kinspect.inspector.formatting import format_size
 from kinspect.inspector.numbers import maybe_number
 from kinspect.inspector.x86.paging import Range
 from kinspect.inspector.x86.paging import RangeList as RangeArrays
@@ -227,16 +227,12 @@ U8 = npt.NDArray[np.uint8]
 Bools = npt.NDArray[np.bool_]
 Ints = npt.NDArray[np.int64]
 RangeTexts = npt.NDArray[np.uint8]
-"""Rows of text as bytes, one row a range, padded with newlines (:func:`range_texts`)."""
+"""Rows of text as bytes, one row a range, zero bytes where a row ends (:func:`range_texts`)."""
 
 _MARKS = ("", ADDED, REMOVED, CHANGED)
 """The marks by code (:attr:`RangeTable.marks`)."""
 _MARK_CODE = {mark: code for code, mark in enumerate(_MARKS)}
 _MARK_CHARS = np.frombuffer(b" +-~", dtype=np.uint8)  # the mark column's character by code
-_NEWLINE = ord("\n")  # pads a row's text: a search (one line of input) never matches it
-#: A byte's two hex digits, as the two bytes of one uint16 (in memory order).
-_HEX_PAIRS = np.frombuffer(b"".join(b"%02x" % byte for byte in range(256)), dtype=np.uint16)
-_HEX_PREFIX = np.frombuffer(b"0x", dtype=np.uint16)[0]
 _LAST_ADDRESS = (1 << 64) - 1
 _BLOCK = 256  # ranges made into records together, when one of them is looked at
 
@@ -269,65 +265,24 @@ def _comparable(old: Sequence[Range], new: Sequence[Range]) -> bool:
     )
 
 
-def _hex_columns(values: U64) -> U8:
-    """``f"{value:#018x}"`` of each value, one row of 18 bytes each."""
-    out = np.empty((len(values), 9), dtype=np.uint16)
-    out[:, 0] = _HEX_PREFIX
-    out[:, 1:] = _HEX_PAIRS[values.astype(">u8").view(np.uint8).reshape(len(values), 8)]
-    return out.view(np.uint8)
-
-
 def _text_matrix(lines: Sequence[bytes]) -> U8:
     width = max(map(len, lines), default=0) + 1
-    data = b"".join(line.ljust(width, b"\n") for line in lines)
+    data = b"".join(line.ljust(width, b"\0") for line in lines)
     return np.frombuffer(data, dtype=np.uint8).reshape(len(lines), width)
 
 
 def range_texts(ranges: Sequence[Range]) -> RangeTexts:
     """Each range's ptdump columns (``format_range_row`` of inspector.formatting), lower
-    case, one row of bytes each, padded with newlines.
+    case, one row of bytes each (zero bytes where a row ends early).
 
-    The walk's arrays are formatted as arrays: the addresses as hex digits at once, the
-    size and the flag columns by the formatter itself, once for each distinct value. A
-    range that ends at 2**64 (19 hex digits) is formatted alone.
-    """
+    The walk's arrays are written by ``format_range_lines``, the same text from the
+    arrays a run of rows at a time (no record made per row)."""
     if not isinstance(ranges, RangeArrays) or not len(ranges):
         return _text_matrix([format_range_row_text(r).lower().encode() for r in ranges])
-    n = len(ranges)
-    start, last, _ = _range_arrays(ranges)
-    end = last + np.uint64(1)
-    sizes, size_code = np.unique(end - start, return_inverse=True)
-    middles = [f" {format_size(int(size)):>6}  ".lower().encode() for size in sizes]
-    key = (
-        ranges.page_size
-        | ranges.rights.astype(np.uint64)
-        | ranges.attributes.astype(np.uint64) << np.uint64(3)
-    )
-    _, first, flag_code = np.unique(key, return_index=True, return_inverse=True)
-    tails = [b" " + ranges[int(i)].flags_text().lower().encode() for i in first]
-    size_code, flag_code = size_code.ravel(), flag_code.ravel()
-    middle_len = np.array([len(m) for m in middles])[size_code]
-    tail_len = np.array([len(t) for t in tails])[flag_code]
-    wrapped = np.flatnonzero(last == np.uint64(_LAST_ADDRESS))
-    odd = [format_range_row_text(ranges[int(i)]).lower().encode() for i in wrapped]
-    width = max(int((37 + middle_len + 18 + tail_len).max()), *map(len, odd), 0) + 1
-    out = np.full((n, width), _NEWLINE, dtype=np.uint8)
-    out[:, 0:18] = _hex_columns(start)
-    out[:, 18] = ord("-")
-    out[:, 19:37] = _hex_columns(end)
-    phys = _hex_columns(ranges.phys)
-    middle_table, tail_table = _text_matrix(middles), _text_matrix(tails)
-    for m in np.unique(middle_len).tolist():
-        rows = np.flatnonzero(middle_len == m)
-        out[rows, 37 : 37 + m] = middle_table[size_code[rows], :m]
-        out[rows, 37 + m : 55 + m] = phys[rows]
-        for t in np.unique(tail_len[rows]).tolist():
-            some = rows[tail_len[rows] == t]
-            out[some, 55 + m : 55 + m + t] = tail_table[flag_code[some], :t]
-    for i, line in zip(wrapped.tolist(), odd, strict=True):
-        out[i] = _NEWLINE
-        out[i, : len(line)] = np.frombuffer(line, dtype=np.uint8)
-    return out
+    rows = "".join(format_range_lines(ranges)).lower().encode().split(b"\n")
+    rows.pop()  # after the last newline
+    texts = np.array(rows)
+    return texts.view(np.uint8).reshape(len(rows), texts.dtype.itemsize)
 
 
 Values = TypeVar("Values", bound=np.generic)
@@ -535,7 +490,7 @@ class RangeTable:
             mine = self._range_texts
             gone = range_texts(self.removed)
             width = max(mine.shape[1], gone.shape[1]) + 2
-            out = np.full((len(self), width), _NEWLINE, dtype=np.uint8)
+            out = np.zeros((len(self), width), dtype=np.uint8)
             out[:, 0] = _MARK_CHARS[self.marks]
             out[:, 1] = ord(" ")
             if self.order is None:
