@@ -479,7 +479,7 @@ class RangeTable:
 
     def count_wx(self) -> int:
         """Walked ranges both writable and executable (removed rows are not counted)."""
-        rights = self.rights if self.order is None else self.rights[self.order >= 0]
+        rights = _range_arrays(self.walked)[2]
         return int(np.count_nonzero((rights & 5) == 5))
 
     def texts(self) -> npt.NDArray[np.bytes_]:

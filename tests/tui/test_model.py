@@ -109,6 +109,10 @@ def test_range_table_marks_the_capture_as_diff_ranges_does(truth):
         want = diff_ranges(before, after)
         assert rows == want and list(rows) == want
         assert table.changed == sum(1 for row in want if row.mark)
+        wx = sum(1 for x in after if x.permissions.writable and x.permissions.executable)
+        assert table.count_wx() == wx
+        plain = RangeTable.marked(RangeTable.marked(None, before), after)  # lists: diff_ranges
+        assert RangeRows(plain) == want and plain.count_wx() == wx
         if want:
             assert {row.mark for row in want} - {""}
             assert [b.decode().rstrip("\n") for b in table.texts()] == texts_of(want)
