@@ -68,7 +68,7 @@ def test_a_stop_in_the_same_read_as_the_result_is_not_lost(mi, monkeypatch):
         {"type": "notify", "message": "running", "payload": {"thread-id": "all"}},
         {"type": "notify", "message": "stopped", "payload": {"reason": "breakpoint-hit"}},
     ]
-    monkeypatch.setattr(mi._controller.io_manager, "write", lambda *a, **k: None)
+    monkeypatch.setattr(mi, "_write", lambda *a, **k: None)
     monkeypatch.setattr(mi, "_read_available", lambda *a: batch)
     assert mi.command("-exec-continue").message == "running"
     assert mi.state == "stopped"
