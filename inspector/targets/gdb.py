@@ -71,6 +71,8 @@ _REGISTER_NAMES = (
 CONNECT_TIMEOUT = 10.0
 #: How long the look before connecting waits for a stub to answer (in use: it never does).
 QUICK_LOOK = 0.5
+#: Whether the stub is QEMU's (it answers with its physical-memory mode, 0 or 1).
+_QEMU_QUESTION = "maintenance packet qqemu.PhyMemMode"
 #: The first CPU's QOM path on QEMU's pc and q35 machines (query-cpus-fast names it so).
 QEMU_CPU_PATH = "/machine/unattached/device[0]"
 #: The most one ``-data-read-memory-bytes`` asks for (gdb cuts it into packets).
@@ -133,7 +135,10 @@ class GdbTarget(Target):
     # -- connection ----------------------------------------------------------
 
     def _connect(self) -> None:
-        for setting in (
+        """gdb's settings, the connect and the first question to the stub in one pipelined
+        batch (gdb runs them in order; nothing waits between two of them), then, on QEMU's
+        stub, its RAM size and CPUs in another."""
+        settings = [
             "-gdb-set mi-async on",
             "-gdb-set pagination off",
             "-gdb-set confirm off",
@@ -143,43 +148,61 @@ class GdbTarget(Target):
             "-gdb-set tcp connect-timeout 3",
             "-gdb-set tcp auto-retry off",
             "-gdb-set remotetimeout 5",
-        ):
-            self._checked(setting)
+        ]
         if self.elf:
             if not os.path.isfile(self.elf):
                 raise TargetError(f"ELF file {self.elf} does not exist")
-            self._checked(f"-file-exec-and-symbols {mi_quote(self.elf)}")
+            settings.append(f"-file-exec-and-symbols {mi_quote(self.elf)}")
         else:
-            self._checked("-gdb-set architecture i386:x86-64")
+            settings.append("-gdb-set architecture i386:x86-64")
         endpoint = self._gdb_endpoint
         try:
-            self._mi.command(f"-target-select remote {endpoint}", timeout=CONNECT_TIMEOUT)
-        except MiError as exc:
-            raise TargetError(f"cannot attach to {self.endpoint}: {exc.message}") from exc
+            *done, attached, qemu = self._mi.pipeline(
+                [
+                    *settings,
+                    f"-target-select remote {endpoint}",
+                    f"-interpreter-exec console {mi_quote(_QEMU_QUESTION)}",
+                ],
+                timeout=CONNECT_TIMEOUT,
+            )
         except MiTimeout as exc:
             raise TargetError(
                 f"cannot attach to {self.endpoint}: no answer within {CONNECT_TIMEOUT:g} s"
             ) from exc
         except MiClosed as exc:
             raise TargetLost(f"cannot attach to {self.endpoint}: gdb exited ({exc})") from exc
+        for result in done:
+            if isinstance(result, MiError):
+                raise TargetError(result.message)
+        if isinstance(attached, MiError):
+            raise TargetError(f"cannot attach to {self.endpoint}: {attached.message}")
         self._mi.state = "stopped"
         #: QEMU's stub: physical mode, and GDTR/IDTR/TR through its monitor
-        self.is_qemu = self._probe_qemu()
+        mode = "" if isinstance(qemu, MiError) else _packet_reply(qemu.text)
+        self.is_qemu = mode in ("0", "1")
         if self.physical == "qemu" and not self.is_qemu:
             raise TargetError("this stub has no physical-memory mode (it is not QEMU's)")
         if self.physical == "auto":
             self.physical = "qemu" if self.is_qemu else "direct-map"
         if self.is_qemu:
+            self._phys_mode = mode == "1"  # as another debugger left it
             self._set_phys_mode(False)
+            # kgdb's threads are the kernel's tasks (many, and no CPU): only QEMU's are asked
+            size, threads = self._pipeline(
+                [
+                    f"-interpreter-exec console {mi_quote('monitor info memory_size_summary')}",
+                    "-thread-info",
+                ]
+            )
             try:
-                self._ram_size = decode_memory_size_summary(
-                    self._console("monitor info memory_size_summary")
+                self._ram_size = (
+                    None if isinstance(size, MiError) else decode_memory_size_summary(size.text)
                 )
             except TargetError:
                 self._ram_size = None
+            if not isinstance(threads, MiError):
+                self._learn_cpus(threads.payload)
         self.description = f"gdb remote stub {self.endpoint}" + (" (QEMU)" if self.is_qemu else "")
-        if self.is_qemu:  # kgdb's threads are the kernel's tasks: many, and no CPU
-            self._learn_cpus()
         # Physical reads: QEMU's mode, or the direct map (its base found on first use).
         offered = {
             Capability.PHYSICAL_READS,
@@ -235,14 +258,11 @@ class GdbTarget(Target):
                 self._maxphyaddr = int(text)
         return self._maxphyaddr or None
 
-    def _learn_cpus(self) -> None:
-        """Which gdb thread is which CPU (QEMU names them ``CPU#N``), asked once: the
-        CPUs of a machine do not come and go. Other stubs' threads are tasks (kgdb) or
-        unnamed: those show one CPU, the one gdb has selected."""
-        try:
-            payload = self._checked("-thread-info").payload
-        except TargetError:
-            return
+    def _learn_cpus(self, payload: Any) -> None:
+        """Which gdb thread is which CPU (QEMU names them ``CPU#N``; ``payload``: the
+        ``-thread-info`` answer), asked once: the CPUs of a machine do not come and go.
+        Other stubs' threads are tasks (kgdb) or unnamed: those show one CPU, the one gdb
+        has selected."""
         threads = decode_cpu_threads(payload)
         self._cpu_threads = {cpu.index: thread for cpu, thread in threads}
         current = payload.get("current-thread-id") if isinstance(payload, Mapping) else None
@@ -293,10 +313,6 @@ class GdbTarget(Target):
             self._checked(f"-thread-select {thread}")
             self._cpu = index
 
-    def _probe_qemu(self) -> bool:
-        reply = self._packet("qqemu.PhyMemMode")
-        return reply in ("0", "1")
-
     @property
     def ram_size(self) -> int | None:
         return self._ram_size
@@ -342,9 +358,7 @@ class GdbTarget(Target):
 
     def _packet(self, packet: str) -> str:
         """Send a raw remote packet; return what the stub answered ('' if unsupported)."""
-        text = self._console(f"maintenance packet {packet}")
-        match = re.search(r'received: "(.*)"', text)
-        return match.group(1) if match else ""
+        return _packet_reply(self._console(f"maintenance packet {packet}"))
 
     def _set_phys_mode(self, on: bool) -> None:
         if self._phys_mode == on:
@@ -855,6 +869,12 @@ class GdbTarget(Target):
             pass
         finally:
             self._mi.close()
+
+
+def _packet_reply(text: str) -> str:
+    """The stub's reply in what ``maintenance packet`` printed ('' if unsupported)."""
+    match = re.search(r'received: "(.*)"', text)
+    return match.group(1) if match else ""
 
 
 _CPU_DETAILS = re.compile(r"CPU#(\d+)(?:\s*\[\s*(\w+)\s*\])?")
