@@ -75,6 +75,8 @@ QUICK_LOOK = 0.5
 _QEMU_QUESTION = "maintenance packet qqemu.PhyMemMode"
 #: The first CPU's QOM path on QEMU's pc and q35 machines (query-cpus-fast names it so).
 QEMU_CPU_PATH = "/machine/unattached/device[0]"
+#: The CPU's physical address width (MAXPHYADDR), from QEMU's own CPU object.
+_PHYS_BITS_QUESTION = f"monitor qom-get {QEMU_CPU_PATH} phys-bits"
 #: The most one ``-data-read-memory-bytes`` asks for (gdb cuts it into packets).
 READ_CHUNK = 64 * 1024
 #: The smallest packet a refused read halves gdb's packets down to.
@@ -157,11 +159,12 @@ class GdbTarget(Target):
             settings.append("-gdb-set architecture i386:x86-64")
         endpoint = self._gdb_endpoint
         try:
-            *done, attached, qemu = self._mi.pipeline(
+            *done, attached, qemu, names = self._mi.pipeline(
                 [
                     *settings,
                     f"-target-select remote {endpoint}",
                     f"-interpreter-exec console {mi_quote(_QEMU_QUESTION)}",
+                    "-data-list-register-names",  # the stub's registers: known once attached
                 ],
                 timeout=CONNECT_TIMEOUT,
             )
@@ -177,6 +180,8 @@ class GdbTarget(Target):
         if isinstance(attached, MiError):
             raise TargetError(f"cannot attach to {self.endpoint}: {attached.message}")
         self._mi.state = "stopped"
+        if not isinstance(names, MiError):
+            self._learn_register_numbers(names.payload)
         #: QEMU's stub: physical mode, and GDTR/IDTR/TR through its monitor
         mode = "" if isinstance(qemu, MiError) else _packet_reply(qemu.text)
         self.is_qemu = mode in ("0", "1")
@@ -188,12 +193,14 @@ class GdbTarget(Target):
             self._phys_mode = mode == "1"  # as another debugger left it
             self._set_phys_mode(False)
             # kgdb's threads are the kernel's tasks (many, and no CPU): only QEMU's are asked
-            size, threads = self._pipeline(
+            size, threads, bits = self._pipeline(
                 [
                     f"-interpreter-exec console {mi_quote('monitor info memory_size_summary')}",
                     "-thread-info",
+                    f"-interpreter-exec console {mi_quote(_PHYS_BITS_QUESTION)}",
                 ]
             )
+            self._learn_maxphyaddr("" if isinstance(bits, MiError) else bits.text)
             try:
                 self._ram_size = (
                     None if isinstance(size, MiError) else decode_memory_size_summary(size.text)
@@ -248,15 +255,18 @@ class GdbTarget(Target):
         """The CPU's physical address width from QEMU's own CPU object (its ``phys-bits``
         property, read with ``qom-get`` through the stub's monitor), asked once; None from
         a stub that is not QEMU's: 52 is assumed then (reserved bits 40-51 go unchecked)."""
-        if self._maxphyaddr is None and self.is_qemu:
-            self._maxphyaddr = 0
+        if self._maxphyaddr is None and self.is_qemu:  # asked when attaching: not again
             try:
-                text = self._console(f"monitor qom-get {QEMU_CPU_PATH} phys-bits").strip()
+                text = self._console(_PHYS_BITS_QUESTION)
             except TargetError:
                 text = ""
-            if text.isdigit() and 32 <= int(text) <= 52:
-                self._maxphyaddr = int(text)
+            self._learn_maxphyaddr(text)
         return self._maxphyaddr or None
+
+    def _learn_maxphyaddr(self, text: str) -> None:
+        """``phys-bits`` as QEMU's monitor printed it (0: not known)."""
+        text = text.strip()
+        self._maxphyaddr = int(text) if text.isdigit() and 32 <= int(text) <= 52 else 0
 
     def _learn_cpus(self, payload: Any) -> None:
         """Which gdb thread is which CPU (QEMU names them ``CPU#N``; ``payload``: the
@@ -599,9 +609,9 @@ class GdbTarget(Target):
     def registers(self) -> Mapping[str, int]:
         self._require_stopped()
         self._sync_cpu()
-        if self._register_numbers is None:
-            names = self._checked("-data-list-register-names").payload.get("register-names", [])
-            self._register_numbers = {name: i for i, name in enumerate(names) if name}
+        if self._register_numbers is None:  # asked when attaching: not again
+            self._learn_register_numbers(self._checked("-data-list-register-names").payload)
+        assert self._register_numbers is not None
         wanted = [self._register_numbers[n] for n in _REGISTER_NAMES if n in self._register_numbers]
         by_number = {v: k for k, v in self._register_numbers.items()}
         payload = self._checked(
@@ -618,6 +628,11 @@ class GdbTarget(Target):
             except ValueError:
                 continue
         return values
+
+    def _learn_register_numbers(self, payload: Any) -> None:
+        """The stub's register numbers by name (``-data-list-register-names``' answer)."""
+        names = payload.get("register-names", []) if isinstance(payload, Mapping) else []
+        self._register_numbers = {name: i for i, name in enumerate(names) if name}
 
     def system_registers(self) -> SystemRegisters:
         if not self.is_qemu:
