@@ -131,6 +131,7 @@ class GdbTarget(Target):
         try:
             self._connect()
         except BaseException:
+            self._mi.wait_on_close = True  # whatever gdb is doing, it is gone when this returns
             self._mi.close()
             raise
 
@@ -881,7 +882,8 @@ class GdbTarget(Target):
                 else:
                     self._call('-interpreter-exec console "disconnect"', timeout=3)
         except (InspectorError, MiError):
-            pass
+            # gdb may still hold the stub: wait for its exit (or end it) whoever started it
+            self._mi.wait_on_close = True
         finally:
             self._mi.close()
 
