@@ -10,14 +10,15 @@ usage errors. Never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import InspectorError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported when used: main starts gdb before anything else
+    import argparse
+
     from kinspect.protocols.gdbmi import MiSession
 
     from .commands import CommandResult, Needs, Registry

@@ -29,9 +29,8 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "MiClosed",
@@ -77,13 +76,15 @@ class MiClosed(Exception):
     """The gdb process is gone."""
 
 
-@dataclass(slots=True)
-class MiResult:
-    """The result record of one command plus the stream output it produced."""
+class MiResult(NamedTuple):
+    """The result record of one command plus the stream output it produced.
+
+    A named tuple, not a dataclass: the command line imports this module to start gdb
+    before anything else, and ``dataclasses`` (with ``inspect``) would come first."""
 
     message: str
     payload: Any
-    console: list[str] = field(default_factory=list)
+    console: list[str]
 
     @property
     def text(self) -> str:
