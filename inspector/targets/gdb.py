@@ -25,8 +25,7 @@ from ..errors import (
     TargetError,
     TargetLost,
 )
-from ..x86.control import GENERAL_REGISTERS
-from ..x86.descriptors import SEGMENT_REGISTERS
+from ..x86.control import GENERAL_REGISTERS, SEGMENT_REGISTERS
 from .base import (
     Breakpoint,
     Capability,

@@ -65,8 +65,8 @@ def test_the_command_line_starts_without_the_heavy_libraries():
 
 
 #: What ``kinspect regs`` must not import (issue 16, cold start): the TUI, numpy, the
-#: paging core, the unwinder and symbol tables, the plugins' metadata scan, and every command
-#: family's own analyses.
+#: paging core, the unwinder and symbol tables, the plugins' metadata scan, the agent's wire
+#: format, the descriptor decoders, and every command family's own analyses.
 NOT_FOR_REGS = (
     "textual",
     "numpy",
@@ -84,6 +84,8 @@ NOT_FOR_REGS = (
     "kinspect.inspector.linux.btf",
     "kinspect.inspector.linux.kernel",
     "kinspect.protocols.agent_wire",
+    "kinspect.inspector.x86.descriptors",  # the segment registers' names are in x86.control
+    "uuid",  # only the EFI commands' GUIDs
 )
 
 
