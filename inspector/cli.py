@@ -99,6 +99,8 @@ def run(
         needs = check_needs(command, args)
     except UsageError as exc:
         parser.error(str(exc))
+    if needs is Needs.NOTHING and gdb is not None:
+        gdb.close()  # the command attaches what it wants itself (the TUI), or nothing
     session = None if needs is Needs.NOTHING else connect(args, needs=needs, gdb=gdb)
     context = Context(
         args,
