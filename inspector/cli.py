@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for gdb's exit or for a last garbage collection once the target is detached."""
     whole_process = argv is None
     words = list(sys.argv[1:] if argv is None else argv)
-    gdb = _start_gdb(words) if whole_process else None
+    gdb = _start_gdb_first(words) if whole_process else None
     try:
         return run(words, gdb=gdb)
     except InspectorError as exc:
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.freeze()  # the objects left die with the process: no collection walks them
 
 
-def _start_gdb(words: Sequence[str]) -> MiSession | None:
+def _start_gdb_first(words: Sequence[str]) -> MiSession | None:
     """gdb, started at once when the command line names a gdb stub alone (``--target``
     without ``--agent``, no help asked); None otherwise, or when it cannot start (the
     session starts its own then, and says why)."""
