@@ -183,14 +183,15 @@ class GdbTarget(Target):
         if not isinstance(names, MiError):
             self._learn_register_numbers(names.payload)
         #: QEMU's stub: physical mode, and GDTR/IDTR/TR through its monitor
-        mode = "" if isinstance(qemu, MiError) else _packet_reply(qemu.text)
-        self.is_qemu = mode in ("0", "1")
+        #: what the stub answered the question of its physical-memory mode ("" if nothing)
+        self._qemu_mode = "" if isinstance(qemu, MiError) else _packet_reply(qemu.text)
+        self.is_qemu = self._probe_qemu()
         if self.physical == "qemu" and not self.is_qemu:
             raise TargetError("this stub has no physical-memory mode (it is not QEMU's)")
         if self.physical == "auto":
             self.physical = "qemu" if self.is_qemu else "direct-map"
         if self.is_qemu:
-            self._phys_mode = mode == "1"  # as another debugger left it
+            self._phys_mode = self._qemu_mode == "1"  # as another debugger left it
             self._set_phys_mode(False)
             # kgdb's threads are the kernel's tasks (many, and no CPU): only QEMU's are asked
             size, threads, bits = self._pipeline(
@@ -322,6 +323,11 @@ class GdbTarget(Target):
         if index != self._cpu:
             self._checked(f"-thread-select {thread}")
             self._cpu = index
+
+    def _probe_qemu(self) -> bool:
+        """Whether the stub is QEMU's: it answered the connect batch's question about its
+        physical-memory mode (0 or 1); other stubs do not know the packet."""
+        return self._qemu_mode in ("0", "1")
 
     @property
     def ram_size(self) -> int | None:
