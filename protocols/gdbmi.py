@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -148,10 +147,7 @@ class MiSession:
         extra_args: Sequence[str] = (),
         on_async: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        path = shutil.which(gdb)
-        if path is None:
-            raise MiClosed(f"{gdb!r} was not found on PATH; install gdb (apt-get install gdb)")
-        command = [path, *GDB_ARGS, *extra_args]
+        command = [gdb, *GDB_ARGS, *extra_args]  # found on PATH as the shell would
         try:
             process = subprocess.Popen(
                 command,
@@ -160,8 +156,12 @@ class MiSession:
                 stderr=subprocess.PIPE,
                 bufsize=0,
             )
+        except FileNotFoundError:
+            raise MiClosed(
+                f"{gdb!r} was not found on PATH; install gdb (apt-get install gdb)"
+            ) from None
         except OSError as exc:
-            raise MiClosed(f"cannot start {path}: {exc}") from exc
+            raise MiClosed(f"cannot start {gdb}: {exc}") from exc
         assert process.stdin is not None and process.stdout is not None
         assert process.stderr is not None
         self._process: subprocess.Popen[bytes] = process
