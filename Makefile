@@ -25,9 +25,11 @@ demo: kernel
 demo-uefi: kernel
 	$(PY) -m kinspect.inspector.cli demo --uefi --elf $(KERNEL)
 
-# The whole suite: unit tests and QEMU integration tests.
+# The whole suite: unit tests and QEMU integration tests, on one worker per core (at
+# most 4; pytest-xdist): the TUI's pilot tests are half the time and use one CPU each.
+# The Linux tests share one guest, so they stay on one worker (tests/linux/conftest.py).
 test: kernel linux-guest
-	$(PY) -m pytest -q -p no:cacheprovider --durations=30
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses=4 --dist loadgroup --durations=30
 
 unit: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

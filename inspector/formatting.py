@@ -5,6 +5,9 @@ same facts the same way. Layouts follow the tools readers already know:
 Linux's ``/sys/kernel/debug/page_tables`` (ptdump) for ranges, the SDM's
 register figures for registers. No I/O here, and no import of the decoders
 at run time (the decoders take :func:`format_size` from :mod:`.numbers`).
+``pt``'s long outputs are written from the walk's arrays, a run of rows at a
+time, from templates these same functions make (:mod:`.columns`, numpy,
+imported when such rows are written).
 """
 
 from __future__ import annotations
@@ -13,13 +16,21 @@ import gc
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 from .numbers import format_size
 
 if TYPE_CHECKING:
     from kinspect.inspector.x86.control import DecodedRegister
-    from kinspect.inspector.x86.paging import CompactRange, Leaf, Range, Translation
+    from kinspect.inspector.x86.paging import (
+        CompactRange,
+        Leaf,
+        LeafArrays,
+        Range,
+        RangeList,
+        Translation,
+    )
 
 __all__ = [
     "HEX_ROW",
@@ -54,6 +65,9 @@ def format_ranges(ranges: Iterable[Range]) -> str:
     effective rights over the whole walk; the others are the leaf's bits.
     """
     lines = [f"{'start-end':<37} {'size':>6}  {'physical':<18} flags"]
+    if hasattr(ranges, "counts"):  # a walk's RangeList: written from its arrays
+        lines.append("".join(format_range_lines(ranges)).removesuffix("\n"))  # type: ignore[arg-type]
+        return "\n".join(line for line in lines if line)
     lines.extend(format_range_row(r) for r in ranges)
     return "\n".join(lines)
 
@@ -230,17 +244,19 @@ class JsonRows(Generic[T]):
     (``CommandResult.body``).
     """
 
-    __slots__ = ("encode", "records", "to_dict")
+    __slots__ = ("chunk", "encode", "records", "to_dict")
 
     def __init__(
         self,
         records: Sequence[T],
         to_dict: Callable[[T], Any],
         encode: Callable[[Sequence[T], int | None], list[str]],
+        chunk: int | None = None,
     ) -> None:
         self.records = records
         self.to_dict = to_dict
         self.encode = encode
+        self.chunk = chunk
 
     def __len__(self) -> int:
         return len(self.records)
@@ -250,8 +266,9 @@ class JsonRows(Generic[T]):
 
     def chunks(self, depth: int | None) -> Iterator[str]:
         records = self.records
-        for start in range(0, len(records), ROWS_PER_CHUNK):
-            yield ",\n".join(self.encode(records[start : start + ROWS_PER_CHUNK], depth))
+        chunk = self.chunk or ROWS_PER_CHUNK
+        for start in range(0, len(records), chunk):
+            yield ",\n".join(self.encode(records[start : start + chunk], depth))
 
 
 def write_json(document: Mapping[str, Any], out: TextIO) -> None:
@@ -345,90 +362,428 @@ def json_template(example: Any, holes: Iterable[str], depth: int | None) -> str:
 def json_list_text(values: Sequence[int], depth: int | None) -> str:
     """``json.dumps(list(values), indent=1)`` for a list of ints that starts a line's value at
     ``depth`` (the key's depth): the text a ``%s`` hole takes."""
+    numbers = [str(int(v)) for v in values]  # what json.dumps writes of an int
     if depth is None:
-        return json.dumps(list(values), separators=(",", ":"))
-    return json.dumps(list(values), indent=1).replace("\n", "\n" + " " * depth)
+        return f"[{','.join(numbers)}]"
+    if not numbers:
+        return "[]"
+    inner = " " * (depth + 1)
+    return f"[\n{inner}" + f",\n{inner}".join(numbers) + f"\n{inner[:-1]}]"
 
 
-_D, _S = _HOLE + "d", _HOLE + "s"
+# -- many rows at once, from the walk's arrays (issue 16) ----------------------------------
+#
+# ``pt`` prints up to half a million rows. Each row's text is still made by the one
+# function above (format_range_row, str(leaf), a record's to_dict through json.dumps),
+# once per kind of row, on a sample with marked numbers (columns.marked_template); the
+# rows are that text with their own numbers written in, from the arrays, a run at a time
+# (kinspect.inspector.columns). No record is made per row.
+
+# The numbers of a kind's sample, marked in its text: any values do whose text is found
+# once (the end of a sample range is its start plus its size; phys stays below).
+_SAMPLE_START, _SAMPLE_PHYS = 0x7A7A7A7000, 0x3C3C3C000
+_SAMPLE_VA, _SAMPLE_PA = 0xA5A5A5A5A5000, 0xC3C3C3C3C000
+
+_U64_END = 1 << 64
+
+
+def format_region_heading(name: str) -> str:
+    """ptdump's line before the first range of a region: ``---[ direct map ]---``."""
+    return f"---[ {name} ]---"
+
+
+def format_range_lines(
+    ranges: RangeList, regions: tuple[Sequence[str | None], Any] | None = None
+) -> Iterator[str]:
+    """:func:`format_range_row` of each range, a line each (each line ends with a newline),
+    a run of lines at a time. ``regions`` (names, and each range's index in them) puts
+    ptdump's heading (:func:`format_region_heading`) before a range whose region is not
+    the one before it (none before the first), unless it is in none (a name of None)."""
+    import numpy as np
+
+    from .columns import RowTable, Template, hex18, kinds_of, marked_template, picked
+
+    count = len(ranges)
+    if regions is None:
+        headings, shown = [""], np.zeros(count, dtype=np.intp)
+    else:
+        names, index = regions
+        # each range's name as the index of its first place in names
+        place = {name: i for i, name in reversed(list(enumerate(names)))}
+        canonical = np.array([place[name] for name in names], dtype=np.intp)
+        region = canonical[np.asarray(index, dtype=np.intp)]
+        named = np.array([name is not None for name in names], dtype=bool)
+        changed = np.ones(count, dtype=bool)  # the first range: no region before it
+        changed[1:] = region[1:] != region[:-1]
+        shown = np.where(changed & named[region], region + 1, 0)
+        headings = ["", *(f"{format_region_heading(n)}\n" if n else "" for n in names)]
+    table = RowTable(("heading", "start", "end", "phys"))
+
+    def template(first: int, size: int) -> Template:
+        sample = replace(
+            ranges[first], start=_SAMPLE_START, end=_SAMPLE_START + size, phys=_SAMPLE_PHYS
+        )
+        marks = {
+            f"{_SAMPLE_START:#018x}": "start",
+            f"{_SAMPLE_START + size:#018x}": "end",
+            f"{_SAMPLE_PHYS:#018x}": "phys",
+        }
+        return marked_template(format_range_row(sample), marks).after("heading")
+
+    for a in range(0, count, ROWS_PER_CHUNK):
+        b = min(count, a + ROWS_PER_CHUNK)
+        start, page_size = ranges.start[a:b], ranges.page_size[a:b]
+        size = ranges.counts[a:b].astype(np.uint64) * page_size
+        end = start + size
+        whole = np.zeros(b - a, dtype=np.int64)  # rows ending at 2**64: no uint64 holds it
+        over = np.flatnonzero(end <= start)
+        whole[over] = over + 1
+        rights, attributes = ranges.rights[a:b], ranges.attributes[a:b]
+        firsts, kind = kinds_of(size, rights, attributes, page_size, whole)
+        numbers = np.empty(len(firsts), dtype=np.intp)
+        for k, i in enumerate(firsts.tolist()):
+            row = a + i
+            if whole[i]:
+                text = format_range_row(ranges[row])
+                numbers[k] = table.kind(("whole", row), Template, ("", text), ("heading",))
+            else:
+                key = (int(size[i]), int(rights[i]), int(attributes[i]), int(page_size[i]))
+                numbers[k] = table.kind(key, template, row, key[0])
+        columns = {
+            "heading": picked(headings, shown[a:b]),
+            "start": hex18(start),
+            "end": hex18(end),
+            "phys": hex18(ranges.phys[a:b]),
+        }
+        yield table.write(numbers[kind], columns, "\n")
+
+
+def format_leaf_lines(arrays: LeafArrays, start: int = 0, stop: int | None = None) -> Iterator[str]:
+    """``str(leaf)`` of each leaf ``start:stop`` of a walk's arrays, a line each (each
+    ends with a newline), a run of lines at a time."""
+    import numpy as np
+
+    from .columns import RowTable, hex18, hex_plain, kinds_of, marked_template
+
+    table = RowTable(("va", "pa"))
+    marks = {f"{_SAMPLE_VA:#018x}": "va", f"{_SAMPLE_PA:#x}": "pa"}
+
+    def template(row: int) -> Any:
+        leaf = replace(arrays.records(row, row + 1)[0], va=_SAMPLE_VA, pa=_SAMPLE_PA)
+        return marked_template(str(leaf), marks)
+
+    count = len(arrays) if stop is None else min(stop, len(arrays))
+    for a in range(start, count, ROWS_PER_CHUNK):
+        b = min(count, a + ROWS_PER_CHUNK)
+        bits, level, rights = arrays.entry_bits(a, b), arrays.level[a:b], arrays.rights[a:b]
+        size = arrays.size[a:b]
+        firsts, kind = kinds_of(bits, level, rights, size)
+        numbers = np.empty(len(firsts), dtype=np.intp)
+        for k, i in enumerate(firsts.tolist()):
+            key = (int(bits[i]), int(level[i]), int(rights[i]), int(size[i]))
+            numbers[k] = table.kind(key, template, a + i)
+        columns = {"va": hex18(arrays.va[a:b]), "pa": hex_plain(arrays.pa[a:b])}
+        yield table.write(numbers[kind], columns, "\n")
+
+
+def _json_at(value: Any, depth: int | None) -> str:
+    """``json.dumps(value, indent=1)`` as an item of a list at ``depth`` writes it (its
+    first line indented too); ``None``: compact."""
+    if depth is None:
+        return json.dumps(value, separators=(",", ":"))
+    return " " * depth + json.dumps(value, indent=1).replace("\n", "\n" + " " * depth)
+
+
+def _json_template(example: dict[str, Any], holes: Sequence[str], depth: int | None) -> Any:
+    """The template of ``_json_at(example, depth)`` whose values ``"\\x01" + hole`` are
+    the holes (a record's dict with its numbers marked)."""
+    from .columns import marked_template
+
+    return marked_template(
+        _json_at(example, depth), {json.dumps(_HOLE + hole): hole for hole in holes}
+    )
+
+
+_ITEMS = "\x02"
+"""Between the items of a list of texts written as one (no JSON text holds it raw)."""
+
+_RANGE_HOLES = ("start", "end", "size", "phys")  # the page size: one of three, in the kind
+_COMPACT_HOLES = (*_RANGE_HOLES, "pieces", "mapped")
+
+
+def _encode_ranges(
+    numbers: dict[str, Any],
+    keys: Sequence[Any],
+    sample: Callable[[int], tuple[Range | CompactRange, str | None]],
+    whole: Any,
+    depth: int | None,
+    table: Any,
+    join: str | None = None,
+) -> str:
+    """Ranges (or compact ranges) with their regions as JSON items at ``depth``, joined
+    as a list writes them (or by ``join``): ``numbers`` are the holes' columns, ``keys``
+    the columns that make a row's kind with its region, ``sample(i)`` row ``i``'s record
+    and region name, ``whole`` the rows (nonzero) written from their record alone (2**64
+    in them)."""
+    import numpy as np
+
+    from .columns import Template, decimal, kinds_of
+
+    holes = table.holes
+    firsts, kind = kinds_of(*keys, whole)
+    kinds = np.empty(len(firsts), dtype=np.intp)
+    for k, i in enumerate(firsts.tolist()):
+        record, name = sample(i)
+        example = {**record.to_dict(), "region": name}
+        if whole[i]:
+            text = _json_at(example, depth)
+            kinds[k] = table.kind(("whole", int(whole[i])), Template, (text,), ())
+            continue
+        key = (tuple(int(column[i]) for column in keys), name)
+        for hole in holes:
+            example[hole] = _HOLE + hole
+        kinds[k] = table.kind(key, _json_template, example, holes, depth)
+    columns = {hole: decimal(numbers[hole]) for hole in holes}
+    end = join or (",\n" if depth is not None else ",")
+    return str(table.write(kinds[kind], columns, end, last=False))
 
 
 def encode_range_rows(
     rows: Sequence[tuple[Range | CompactRange, str | None]], depth: int | None
 ) -> list[str]:
-    """``pt``'s ranges with their regions, as JSON (:class:`JsonRows`): each item is
-    ``{**row.to_dict(), "region": name}``. One template per permissions, attributes and
-    region (a few dozen in a whole Linux map); the numbers go in its holes."""
-    templates: dict[tuple[int, tuple[str, ...], str | None], str] = {}
-    out: list[str] = []
-    append = out.append
+    """``pt``'s ranges with their regions, as JSON (:class:`JsonRows`), from records: each
+    item is ``{**row.to_dict(), "region": name}`` (``depth`` None: compact)."""
+    import numpy as np
 
-    def template_of(row: Range | CompactRange, name: str | None) -> str:
-        example = {**row.to_dict(), "region": name}
-        for hole in ("start", "end", "size", "phys", "page_size", "pieces", "mapped"):
-            if hole in example:
-                example[hole] = _D
-        return json_template(example, [_D], depth)
+    from .columns import RowTable
 
-    if rows and hasattr(rows[0][0], "pieces"):  # compact ranges (one kind per list)
-        compact: Sequence[tuple[CompactRange, str | None]] = rows  # type: ignore[assignment]
-        for c, name in compact:
-            r = c.range
-            key = (id(r.permissions), r.attributes, name)
-            template = templates.get(key)
-            if template is None:
-                template = templates[key] = template_of(c, name)
-            append(
-                template
-                % (r.start, r.end, r.end - r.start, r.phys, r.page_size, c.pieces, c.mapped)
-            )
-        return out
-    exact: Sequence[tuple[Range, str | None]] = rows  # type: ignore[assignment]
-    for r, name in exact:
-        key = (id(r.permissions), r.attributes, name)
-        template = templates.get(key)
-        if template is None:
-            template = templates[key] = template_of(r, name)
-        append(template % (r.start, r.end, r.end - r.start, r.phys, r.page_size))
-    return out
+    if not rows:
+        return []
+    compact = hasattr(rows[0][0], "pieces")
+    records: list[Range] = [row.range if compact else row for row, _ in rows]  # type: ignore[union-attr,misc]
+    whole = np.array([r.end >= _U64_END for r in records], dtype=np.int64)
+    whole *= np.arange(1, len(rows) + 1)
+
+    def column(values: Iterable[int]) -> Any:
+        return np.array([v if v < _U64_END else 0 for v in values], dtype=np.uint64)
+
+    numbers = {
+        "start": column(r.start for r in records),
+        "end": column(r.end for r in records),
+        "size": column(r.end - r.start for r in records),
+        "phys": column(r.phys for r in records),
+    }
+    if compact:
+        numbers["pieces"] = column(row.pieces for row, _ in rows)  # type: ignore[union-attr]
+        numbers["mapped"] = column(row.mapped for row, _ in rows)  # type: ignore[union-attr]
+    kinds: dict[tuple[Any, ...], int] = {}
+    key = np.array(
+        [
+            kinds.setdefault((r.permissions, r.attributes, r.page_size, name), len(kinds))
+            for r, (_, name) in zip(records, rows, strict=True)
+        ],
+        dtype=np.intp,
+    )
+    table = RowTable(_COMPACT_HOLES if compact else _RANGE_HOLES)
+    text = _encode_ranges(numbers, [key], rows.__getitem__, whole, depth, table, _ITEMS)
+    return text.split(_ITEMS)
+
+
+def range_json_rows(
+    ranges: RangeList, regions: tuple[Sequence[str | None], Any] | None = None
+) -> JsonRows[int]:
+    """:func:`encode_range_rows` of a walk's ranges (arrays) and their regions (names, and
+    each range's index in them): a :class:`JsonRows` of the rows' numbers, written from
+    the arrays a run at a time."""
+    import numpy as np
+
+    from .columns import RowTable
+
+    names: Sequence[str | None] = [None]
+    region = np.zeros(len(ranges), dtype=np.intp)
+    if regions is not None:
+        names, region = regions[0], np.asarray(regions[1], dtype=np.intp)
+    table = RowTable(_RANGE_HOLES)
+
+    def to_dict(i: int) -> dict[str, Any]:
+        return {**ranges[i].to_dict(), "region": names[region[i]]}
+
+    def encode(rows: Sequence[int], depth: int | None) -> list[str]:
+        a, b = rows[0], rows[-1] + 1
+        start, page_size = ranges.start[a:b], ranges.page_size[a:b]
+        size = ranges.counts[a:b].astype(np.uint64) * page_size
+        end = start + size
+        whole = np.zeros(b - a, dtype=np.int64)
+        over = np.flatnonzero(end <= start)
+        whole[over] = over + a + 1
+        numbers = {
+            "start": start,
+            "end": end,
+            "size": size,
+            "phys": ranges.phys[a:b],
+        }
+        keys = [ranges.rights[a:b], ranges.attributes[a:b], page_size, region[a:b]]
+
+        def sample(i: int) -> tuple[Range | CompactRange, str | None]:
+            return ranges[a + i], names[region[a + i]]
+
+        return [_encode_ranges(numbers, keys, sample, whole, depth, table)]
+
+    return JsonRows(range(len(ranges)), to_dict, encode)
+
+
+_LEAF_HOLES = ("va", "pa", "raw", "address", "table_path")
+
+
+def _encode_leaves(
+    numbers: dict[str, Any],
+    kind_keys: Sequence[Any],
+    sample: Callable[[int], Leaf],
+    paths: tuple[Sequence[tuple[int, ...]], Any],
+    depth: int | None,
+    table: Any,
+    texts: dict[tuple[int, ...], str],
+    end: str,
+    last: bool,
+) -> str:
+    """Leaves as JSON items at ``depth`` (``leaf.to_dict()``), each followed by ``end``
+    (but the last, unless ``last``):
+    ``numbers`` the columns of VA, PA, the entry and its address, ``kind_keys`` the
+    columns that make a leaf's kind, ``sample(i)`` leaf ``i`` as a record, ``paths`` the
+    table paths and each leaf's index in them (``texts``: their JSON, kept)."""
+    import numpy as np
+
+    from .columns import decimal, kinds_of, picked
+
+    firsts, kind = kinds_of(*kind_keys)
+    kinds = np.empty(len(firsts), dtype=np.intp)
+
+    def template(i: int) -> Any:
+        example = sample(i).to_dict()
+        example["va"], example["pa"] = _HOLE + "va", _HOLE + "pa"
+        example["entry"]["raw"] = _HOLE + "raw"
+        example["entry"]["address"] = _HOLE + "address"
+        example["table_path"] = _HOLE + "table_path"
+        return _json_template(example, _LEAF_HOLES, depth)
+
+    for k, i in enumerate(firsts.tolist()):
+        kinds[k] = table.kind(tuple(int(column[i]) for column in kind_keys), template, i)
+    path_depth = None if depth is None else depth + 1
+    path_texts = []
+    for path in paths[0]:
+        text = texts.get(path)
+        if text is None:
+            text = texts[path] = json_list_text(path, path_depth)
+        path_texts.append(text)
+    pa = decimal(numbers["pa"])
+    columns = {
+        "va": decimal(numbers["va"]),
+        "pa": pa,
+        "raw": decimal(numbers["raw"]),
+        "address": pa if numbers["address"] is numbers["pa"] else decimal(numbers["address"]),
+        "table_path": picked(path_texts, paths[1]),
+    }
+    return str(table.write(kinds[kind], columns, end, last=last))
 
 
 def encode_leaf_rows(leaves: Sequence[Leaf], depth: int | None) -> list[str]:
-    """Leaves as JSON (:class:`JsonRows`, ``--json-lines``): each ``leaf.to_dict()``.
+    """Leaves as JSON (:class:`JsonRows`, ``--json-lines``), from records: each
+    ``leaf.to_dict()`` (``depth`` None: compact). What an entry's dict says besides its
+    raw value and address follows from its other bits, its level and reserved mask, the
+    leaf's size, level and rights: one template per such kind (an identity map has a
+    handful)."""
+    import numpy as np
 
-    What an entry's dict says besides its raw value and address (its level,
-    flags, page size, protection key, available and reserved bits) follows
-    from the entry's other bits, its level and its reserved mask: one
-    template per such kind of leaf (an identity map has a handful), filled
-    with VA, PA, the raw entry, its address and the table path.
-    """
-    templates: dict[tuple[int, int, int, int, int, int], str] = {}
-    paths: dict[tuple[int, ...], str] = {}
-    path_depth = None if depth is None else depth + 1
-    out: list[str] = []
-    append = out.append
-    for leaf in leaves:
-        entry = leaf.entry
-        raw = entry.raw
-        address = entry.address
-        key = (
-            raw ^ address,
-            entry.level,
-            entry.reserved,
+    from .columns import RowTable
+
+    if not leaves:
+        return []
+    permissions: dict[Any, int] = {}
+    rows = [
+        (
+            leaf.va,
+            leaf.pa,
+            leaf.entry.raw,
+            leaf.entry.address,
+            leaf.entry.raw ^ leaf.entry.address,
+            leaf.entry.level,
+            leaf.entry.reserved,
             leaf.size,
             leaf.level,
-            id(leaf.permissions),
+            permissions.setdefault(leaf.permissions, len(permissions)),
         )
-        template = templates.get(key)
-        if template is None:
-            example = leaf.to_dict()
-            example["va"] = example["pa"] = _D
-            example["entry"]["raw"] = example["entry"]["address"] = _D
-            example["table_path"] = _S
-            template = templates[key] = json_template(example, [_D, _S], depth)
-        path = leaf.table_path
-        path_text = paths.get(path)
-        if path_text is None:
-            path_text = paths[path] = json_list_text(path, path_depth)
-        append(template % (leaf.va, leaf.pa, raw, address, path_text))
-    return out
+        for leaf in leaves
+    ]
+    columns = [np.array(c, dtype=np.uint64) for c in zip(*rows, strict=True)]
+    numbers = dict(zip(("va", "pa", "raw", "address"), columns[:4], strict=False))
+    path_list: dict[tuple[int, ...], int] = {}
+    index = np.array(
+        [path_list.setdefault(leaf.table_path, len(path_list)) for leaf in leaves], dtype=np.intp
+    )
+    text = _encode_leaves(
+        numbers,
+        columns[4:],
+        leaves.__getitem__,
+        (list(path_list), index),
+        depth,
+        RowTable(_LEAF_HOLES),
+        {},
+        _ITEMS,
+        False,
+    )
+    return text.split(_ITEMS)
+
+
+def leaf_json_rows(arrays: LeafArrays) -> JsonRows[int]:
+    """:func:`encode_leaf_rows` of a walk's leaves (arrays): a :class:`JsonRows` of the
+    leaves' numbers, written from the arrays a run at a time."""
+    table = _LeafJson(arrays)
+    return JsonRows(
+        range(len(arrays)),
+        lambda i: arrays.records(i, i + 1)[0].to_dict(),
+        lambda rows, depth: [table.text(rows[0], rows[-1] + 1, depth)],
+    )
+
+
+class _LeafJson:
+    """A walk's leaves as JSON items, a run at a time (templates and paths kept between
+    runs, per depth)."""
+
+    def __init__(self, arrays: LeafArrays) -> None:
+        self.arrays = arrays
+        self.tables: dict[int | None, Any] = {}
+        self.paths: dict[int | None, dict[tuple[int, ...], str]] = {}
+
+    def text(self, a: int, b: int, depth: int | None, end: str | None = None) -> str:
+        """Leaves ``a:b``, joined by ``,`` and a newline (``depth`` None: by a newline);
+        with ``end``, each followed by it instead."""
+        from .columns import RowTable
+
+        arrays = self.arrays
+        table = self.tables.get(depth)
+        if table is None:
+            table = self.tables[depth] = RowTable(_LEAF_HOLES)
+        pa = arrays.pa[a:b]
+        numbers = {"va": arrays.va[a:b], "pa": pa, "raw": arrays.raw[a:b], "address": pa}
+        keys = [arrays.entry_bits(a, b), arrays.level[a:b], arrays.rights[a:b], arrays.size[a:b]]
+        join = ",\n" if depth is not None else "\n"
+        text = _encode_leaves(
+            numbers,
+            keys,
+            lambda i: arrays.records(a + i, a + i + 1)[0],
+            arrays.table_paths(a, b),
+            depth,
+            table,
+            self.paths.setdefault(depth, {}),
+            end or join,
+            end is not None,
+        )
+        return text
+
+
+def leaf_json_lines(arrays: LeafArrays) -> Iterator[str]:
+    """``--json-lines``: each leaf's compact dict, a line each (each ends with a newline),
+    a run of lines at a time."""
+    table = _LeafJson(arrays)
+    for a in range(0, len(arrays), ROWS_PER_CHUNK):
+        yield table.text(a, min(len(arrays), a + ROWS_PER_CHUNK), None, "\n")

@@ -9,13 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 from ..formatting import (
     JsonRows,
-    encode_leaf_rows,
     encode_range_rows,
+    format_leaf_lines,
+    format_range_lines,
     format_ranges,
+    format_region_heading,
     format_register,
     format_translation,
-    gc_paused,
     json_document,
+    leaf_json_lines,
+    leaf_json_rows,
+    range_json_rows,
 )
 from ..numbers import format_size
 from ..targets.base import Capability
@@ -26,7 +30,7 @@ from . import Command, CommandResult, Context, UsageError
 if TYPE_CHECKING:
     from ..session import Session
     from ..targets.agent import AgentTarget
-    from ..x86.paging import AddressSpace, CompactRange, Leaf, Range
+    from ..x86.paging import AddressSpace, CompactRange, Range, RangeList
 
 __all__ = ["COMMANDS", "pt_document", "regs_document", "render_pt", "render_regs"]
 
@@ -97,46 +101,66 @@ def _region_names(
     return [regions.name_of(_start(row)) for row in rows]
 
 
+def _region_index(session: Session, ranges: RangeList) -> tuple[list[str | None], Any] | None:
+    """Each range's region (``RegionMap.name_of`` of its start) as an index into names: the
+    names of the stretches between region boundaries (None: no region there, nor below
+    the first boundary). None on a kernel not recognized as Linux."""
+    import numpy as np
+
+    regions = session.regions()
+    if regions is None:
+        return None
+    bounds = [b for b in regions.boundaries() if 0 <= b < 1 << 64]
+    names = [None, *(regions.name_of(b) for b in bounds)]
+    index = np.searchsorted(np.array(bounds, dtype=np.uint64), ranges.start, side="right")
+    return names, index
+
+
 def pt_document(session: Session, *, leaves: bool = False, compact: bool = False) -> dict[str, Any]:
     """``pt``'s document body (docs/json.md), every list as dicts."""
-    return _pt_body(session, leaves=leaves, compact=compact, plain=True)
+    body = _pt_head(session)
+    if leaves:
+        body["leaves"] = [leaf.to_dict() for leaf in session.address_space().leaves]
+        return body
+    ranges: Sequence[Range | CompactRange] = (
+        session.compact_ranges() if compact else session.ranges()
+    )
+    names = _region_names(session, ranges)
+    body["compact"] = compact
+    body["ranges"] = [{**r.to_dict(), "region": n} for r, n in zip(ranges, names, strict=True)]
+    return body
 
 
 def pt_json_body(
     session: Session, *, leaves: bool = False, compact: bool = False
 ) -> dict[str, Any]:
     """:func:`pt_document` as the CLI writes it: its ranges or leaves as
-    :class:`JsonRows`, encoded a run at a time (formatting.write_json)."""
-    return _pt_body(session, leaves=leaves, compact=compact, plain=False)
+    :class:`JsonRows`, written from the walk's arrays a run at a time (formatting)."""
+    body = _pt_head(session)
+    if leaves:
+        body["leaves"] = leaf_json_rows(session.address_space().arrays)
+        return body
+    body["compact"] = compact
+    if compact:
+        rows = session.compact_ranges()
+        pairs = list(zip(rows, _region_names(session, rows), strict=True))
+        body["ranges"] = JsonRows(pairs, _range_dict, encode_range_rows)
+    else:
+        ranges = session.ranges()
+        body["ranges"] = range_json_rows(ranges, _region_index(session, ranges))
+    return body
 
 
-def _pt_body(session: Session, *, leaves: bool, compact: bool, plain: bool) -> dict[str, Any]:
+def _pt_head(session: Session) -> dict[str, Any]:
     space = session.address_space()
     control = session.control_registers()
-    body: dict[str, Any] = {
+    return {
         "cr3": control["CR3"].value,
         "paging": control.paging.to_dict(),
         "leaf_count": len(space.leaves),
         "truncated": space.truncated,
         "problems": [p.to_dict() for p in space.problems],
     }
-    rows: JsonRows[Any]
-    if leaves:
-        rows = JsonRows(space.leaves, _leaf_dict, encode_leaf_rows)
-        body["leaves"] = rows.plain() if plain else rows
-        return body
-    ranges: Sequence[Range | CompactRange] = (
-        session.compact_ranges() if compact else session.ranges()
-    )
-    names = _region_names(session, ranges)
-    rows = JsonRows(list(zip(ranges, names, strict=True)), _range_dict, encode_range_rows)
-    body["compact"] = compact
-    body["ranges"] = rows.plain() if plain else rows
-    return body
-
-
-def _leaf_dict(leaf: Leaf) -> dict[str, Any]:
-    return leaf.to_dict()
 
 
 def _range_dict(row: tuple[Range | CompactRange, str | None]) -> dict[str, Any]:
@@ -161,7 +185,7 @@ def format_ranges_with_regions(
     current: str | None = None
     for row, line, name in zip(rows, body, names, strict=True):
         if name != current and name is not None:
-            lines.append(f"---[ {name} ]---")
+            lines.append(format_region_heading(name))
         current = name
         if isinstance(row, CompactRange) and row.pieces > 1:
             line += f"  ({row.pieces} ranges, {format_size(row.mapped)} mapped)"
@@ -174,38 +198,31 @@ def render_pt(session: Session, *, leaves: bool = False, compact: bool = False) 
     return "".join(pt_text_parts(session, leaves=leaves, compact=compact))
 
 
-#: Leaves per piece of ``pt --leaves``'s text (:func:`pt_text_parts`).
-LEAVES_PER_PART = 4096
-
-
 def pt_text_parts(
     session: Session, *, leaves: bool = False, compact: bool = False
 ) -> Iterator[str]:
-    """``pt``'s text in pieces that join to :func:`render_pt`: with ``--leaves`` a run of
-    leaves at a time, so the CLI prints half a million of them without holding the text."""
+    """``pt``'s text in pieces that join to :func:`render_pt`: its rows a run at a time,
+    written from the walk's arrays (formatting.format_range_lines, format_leaf_lines), so
+    the CLI prints half a million leaves without holding their text or their records."""
     space = session.address_space()
     control = session.control_registers()
-    yield f"CR3={control['CR3'].value:#x}  {control.paging}"
+    yield f"CR3={control['CR3'].value:#x}  {control.paging}\n"
     lines = []
     if leaves:
-        all_leaves = space.leaves
-        for start in range(0, len(all_leaves), LEAVES_PER_PART):
-            run = all_leaves[start : start + LEAVES_PER_PART]
-            yield "\n" + "\n".join([str(leaf) for leaf in run])
+        yield from format_leaf_lines(space.arrays)
         lines.append(f"{len(space.leaves)} leaves in {len(session.ranges())} ranges")
-    else:
-        rows: Sequence[Range] | list[CompactRange] = (
-            session.compact_ranges() if compact else session.ranges()
+    elif compact:
+        rows = session.compact_ranges()
+        lines.append(format_ranges_with_regions(rows, _region_names(session, rows)))
+        lines.append(
+            f"{len(space.leaves)} leaves in {len(session.ranges())} ranges, "
+            f"{len(rows)} rows compacted"
         )
-        names = _region_names(session, rows)
-        lines.append(format_ranges_with_regions(rows, names))
-        if compact:
-            lines.append(
-                f"{len(space.leaves)} leaves in {len(session.ranges())} ranges, "
-                f"{len(rows)} rows compacted"
-            )
-        else:
-            lines.append(f"{len(space.leaves)} leaves in {len(session.ranges())} ranges")
+    else:
+        ranges = session.ranges()
+        yield format_ranges([]) + "\n"  # the header
+        yield from format_range_lines(ranges, _region_index(session, ranges))
+        lines.append(f"{len(space.leaves)} leaves in {len(ranges)} ranges")
     source = session.physical_source
     if source is not None and "direct map" in source:
         lines.append(f"physical memory read through {source}")
@@ -214,7 +231,7 @@ def pt_text_parts(
         lines.append(
             "the walk stopped early (entry budget exhausted): the tables loop or are garbage"
         )
-    yield "\n" + "\n".join(lines)
+    yield "\n".join(lines)
 
 
 def _space_document(space: AddressSpace, *, leaves: bool) -> dict[str, Any]:
@@ -309,15 +326,11 @@ def _pt_json_lines(context: Context, session: Session) -> CommandResult:
     head = json_document(context.name, session.target.description, {"cr3": control["CR3"].value})
     head["paging"] = control.paging.to_dict()
     context.emit(json.dumps(head, separators=(",", ":")))
-    count = 0
-    problems = []
-    with gc_paused():
-        for item in session.walk_leaves():
-            if isinstance(item, list):
-                count += len(item)
-                context.emit("\n".join(encode_leaf_rows(item, None)))
-            else:
-                problems.append(item)
+    space = session.address_space()
+    for lines in leaf_json_lines(space.arrays):
+        context.emit(lines.removesuffix("\n"))
+    problems = space.problems
+    count = len(space.leaves)
     end = {
         "leaf_count": count,
         "truncated": any(p.kind == "truncated" for p in problems),

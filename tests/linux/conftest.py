@@ -75,3 +75,12 @@ def linux_session(linux_guest):
         yield s
     finally:
         s.close()
+        s.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``) every test of this folder runs on one
+    worker, so the session's Linux guest boots once."""
+    for item in items:
+        if "/tests/linux/" in str(item.path):
+            item.add_marker(pytest.mark.xdist_group("linux-guest"))

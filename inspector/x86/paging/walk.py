@@ -40,6 +40,7 @@ from kinspect.inspector.x86.paging.entry import (
     _PS,
     _U64,
     ENTRIES_PER_TABLE,
+    ENTRY_FIELDS,
     LEVEL_NAMES,
     LEVEL_SHIFT,
     PAGE_SIZE,
@@ -333,6 +334,36 @@ class LeafArrays:
             self._paths[key] = path
         return path
 
+    def entry_bits(self, start: int = 0, stop: int | None = None) -> U64:
+        """The leaf entries ``start:stop`` without their address field (bits 12 or 13 to
+        51): with the level and the rights, all a leaf's text and dict say besides its
+        numbers (VA, PA, the entry, its table path)."""
+        import numpy as np
+
+        cut = slice(start, stop)
+        large = np.uint64(_U64 & ~_ADDRESS_FIELD[True])
+        small = np.uint64(_U64 & ~_ADDRESS_FIELD[False])
+        bits: U64 = self.raw[cut] & np.where(self.level[cut] == 1, small, large)
+        return bits
+
+    def table_paths(
+        self, start: int = 0, stop: int | None = None
+    ) -> tuple[list[tuple[int, ...]], Any]:
+        """The table paths (:attr:`Leaf.table_path`) of the leaves ``start:stop``, each
+        once, and for each leaf the index of its own in that list (an array)."""
+        import numpy as np
+
+        cut = slice(start, stop)
+        level = self.level[cut]
+        if self._root is None:
+            return [()], np.zeros(len(level), dtype=np.intp)
+        va = self.va[cut] & np.uint64(_VA_MASK[self._levels])
+        shift = np.array(_TABLE_SHIFT, dtype=np.uint64)[level]
+        key = va >> shift | level.astype(np.uint64) << np.uint64(60)
+        _, first, index = np.unique(key, return_index=True, return_inverse=True)
+        paths = [self._path(int(va[i]), int(level[i])) for i in first.tolist()]
+        return paths, index.reshape(-1)
+
     def records(self, start: int = 0, stop: int | None = None) -> list[Leaf]:
         """The leaves ``start:stop`` as records (neighbours share their entry and path
         records: a leaf's table path is found again from its VA's indices)."""
@@ -415,6 +446,10 @@ class LeafArrays:
 
 
 _VA_MASK = {4: (1 << 48) - 1, 5: (1 << 57) - 1}
+_ADDRESS_FIELD = {
+    large: next(f.mask for f in ENTRY_FIELDS[large] if f.name == "ADDR") for large in (False, True)
+}
+"""The ADDR field of a 4 KiB leaf (bits 12-51) and of a larger one (13-51), by "is large"."""
 _TABLE_SHIFT = (0, 21, 30, 39)
 """By leaf level: the VA bits above those that index the leaf's own table."""
 
