@@ -10,25 +10,21 @@ usage errors. Never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from .commands import (
-    CommandResult,
-    Context,
-    Needs,
-    Registry,
-    UsageError,
-    check_needs,
-    connect,
-    registry,
-    run_command,
-)
 from .errors import InspectorError
 
-__all__ = ["build_parser", "main", "run"]
+if TYPE_CHECKING:  # imported when used: main starts gdb before anything else
+    import argparse
+
+    from kinspect.protocols.gdbmi import MiSession
+
+    from .commands import CommandResult, Needs, Registry
+    from .session import Session
+
+__all__ = ["build_parser", "connect", "main", "run"]
 
 DESCRIPTION = "Inspect a live x86_64 kernel: control registers, page tables."
 
@@ -36,6 +32,8 @@ DESCRIPTION = "Inspect a live x86_64 kernel: control registers, page tables."
 def build_parser(commands: Registry | None = None, **options: Any) -> argparse.ArgumentParser:
     """The whole command line, built from the registry (every command, plugins too;
     ``options``: :meth:`Registry.build_parser`'s)."""
+    from .commands import registry
+
     return (commands or registry()).build_parser(
         prog="kinspect", description=DESCRIPTION, **options
     )
@@ -64,7 +62,24 @@ def _warn_problems(commands: Registry) -> None:
     commands.problems.clear()
 
 
-def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+def connect(args: argparse.Namespace, *, needs: Needs, gdb: MiSession | None = None) -> Session:
+    """The session the command runs on (:func:`kinspect.inspector.commands.connect`)."""
+    from .commands import connect as attach
+
+    return attach(args, needs=needs, gdb=gdb)
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    out: TextIO = sys.stdout,
+    *,
+    gdb: MiSession | None = None,
+) -> int:
+    """Run one command line; its exit status. ``gdb``: one started for ``--target``
+    before the commands were imported (:func:`main`), for the session to take."""
+    # imported here, not with this module: main starts gdb first
+    from .commands import Context, Needs, UsageError, check_needs, registry, run_command
+
     commands = registry(plugins=False)  # looked for when the command is not a built-in one
     words = list(sys.argv[1:] if argv is None else argv)
     if "-h" in words or "--help" in words:
@@ -84,7 +99,9 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         needs = check_needs(command, args)
     except UsageError as exc:
         parser.error(str(exc))
-    session = None if needs is Needs.NOTHING else connect(args, needs=needs)
+    if needs is Needs.NOTHING and gdb is not None:
+        gdb.close()  # the command attaches what it wants itself (the TUI), or nothing
+    session = None if needs is Needs.NOTHING else connect(args, needs=needs, gdb=gdb)
     context = Context(
         args,
         session,
@@ -120,8 +137,15 @@ def _print(result: CommandResult, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``kinspect`` command. Without ``argv`` it is this process's whole life (the
+    console script, ``python -m``): gdb for ``--target`` starts before anything else
+    is imported, so that its own start (40 ms or more) overlaps ours, and nothing waits
+    for gdb's exit or for a last garbage collection once the target is detached."""
+    whole_process = argv is None
+    words = list(sys.argv[1:] if argv is None else argv)
+    gdb = _start_gdb_first(words) if whole_process else None
     try:
-        return run(argv)
+        return run(words, gdb=gdb)
     except InspectorError as exc:
         print(f"kinspect: error: {exc}", file=sys.stderr)
         return 1
@@ -130,6 +154,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    finally:
+        if gdb is not None:
+            gdb.close()  # if no session took it (closing twice is harmless)
+        if whole_process:
+            import gc
+
+            gc.freeze()  # the objects left die with the process: no collection walks them
+
+
+def _start_gdb_first(words: Sequence[str]) -> MiSession | None:
+    """gdb, started at once when the command line names a gdb stub alone (``--target``
+    without ``--agent``, no help asked); None otherwise, or when it cannot start (the
+    session starts its own then, and says why)."""
+
+    def given(option: str) -> bool:
+        return any(w == option or w.startswith(f"{option}=") for w in words)
+
+    if not given("--target") or given("--agent") or "-h" in words or "--help" in words:
+        return None
+    from kinspect.protocols.gdbmi import MiClosed, MiSession
+
+    try:
+        gdb = MiSession()
+    except MiClosed:
+        return None
+    gdb.wait_on_close = False  # this process ends once the target is detached
+    return gdb
 
 
 if __name__ == "__main__":

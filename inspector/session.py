@@ -8,7 +8,6 @@ the TUI shows comes from the same call here, so the two cannot disagree.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,6 +45,8 @@ from .x86.control import (
 # Each of these is imported by the method that needs it: `kinspect regs` starts without
 # them (issue 16: cold start), the paging core (and what it imports) included.
 if TYPE_CHECKING:
+    import uuid
+
     from .cpus import CpuState, PerCpuArea
     from .efi.memmap import (
         MemoryAttributesTable,

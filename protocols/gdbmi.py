@@ -1,9 +1,12 @@
 """A GDB/MI session that matches replies by token and never idles.
 
-pygdbmi parses MI records for us, but its ``write()`` waits for 200 ms of
-silence after every reply. We write with ``read_response=False``, wait on the
-pipe ourselves with ``select`` and read until the result record that carries
-our token arrives, so a command costs what gdb and the stub cost, not 200 ms.
+pygdbmi parses MI records for us, but its controller's ``write()`` waits for
+200 ms of silence after every reply. We start gdb and write to it ourselves,
+wait on the pipe with ``select`` and read until the result record that
+carries our token arrives, so a command costs what gdb and the stub cost, not
+200 ms. pygdbmi's parser (and the ``logging`` it imports) is loaded by the
+first session, after gdb has started: a command line starts gdb first, so
+that gdb's own start (40 ms or more) overlaps the rest of ours.
 
 Memory is the bulk of what gdb prints: a 4 KiB read is 8 KiB of hex, which
 pygdbmi's parser walks a character at a time (0.5 ms, as long as gdb and
@@ -22,17 +25,14 @@ from __future__ import annotations
 import os
 import re
 import select
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
-
-from pygdbmi import gdbmiparser
-from pygdbmi.gdbcontroller import GdbController
+from types import ModuleType
+from typing import Any, NamedTuple
 
 __all__ = [
+    "GDB_ARGS",
     "MiClosed",
     "MiError",
     "MiResult",
@@ -43,6 +43,11 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 10.0
+#: gdb in MI 3, without init files, and without its data directory: that leaves gdb's own
+#: Python API uninitialized (kinspect uses none of it: no pretty printers, frame filters or
+#: auto-loaded scripts) and its syscall tables unread. Loading gdb's Python module was a third
+#: of gdb's start (48 ms of CPU, 30 without); gdb warns about it on stderr, which is not shown.
+GDB_ARGS = ("--interpreter=mi3", "-nx", "--quiet", f"--data-directory={os.devnull}")
 #: How many commands :meth:`MiSession.pipeline` keeps in flight: enough that gdb always
 #: has the next one, few enough that neither pipe fills while the other waits.
 PIPELINE_WINDOW = 32
@@ -76,13 +81,15 @@ class MiClosed(Exception):
     """The gdb process is gone."""
 
 
-@dataclass(slots=True)
-class MiResult:
-    """The result record of one command plus the stream output it produced."""
+class MiResult(NamedTuple):
+    """The result record of one command plus the stream output it produced.
+
+    A named tuple, not a dataclass: the command line imports this module to start gdb
+    before anything else, and ``dataclasses`` (with ``inspect``) would come first."""
 
     message: str
     payload: Any
-    console: list[str] = field(default_factory=list)
+    console: list[str]
 
     @property
     def text(self) -> str:
@@ -109,8 +116,15 @@ def parse_record(line: str) -> dict[str, Any]:
                 },
                 "token": int(token) if token else None,
             }
-    record: dict[str, Any] = gdbmiparser.parse_response(line)
+    record: dict[str, Any] = _pygdbmi().parse_response(line)
     return record
+
+
+def _pygdbmi() -> ModuleType:
+    """pygdbmi's record parser, imported when first needed (not before gdb starts)."""
+    from pygdbmi import gdbmiparser
+
+    return gdbmiparser
 
 
 def mi_quote(text: str) -> str:
@@ -133,17 +147,32 @@ class MiSession:
         extra_args: Sequence[str] = (),
         on_async: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        path = shutil.which(gdb)
-        if path is None:
-            raise MiClosed(f"{gdb!r} was not found on PATH; install gdb (apt-get install gdb)")
-        command = [path, "--interpreter=mi3", "-nx", "--quiet", *extra_args]
-        self._controller = GdbController(command=command, time_to_check_for_additional_output_sec=0)
-        process = self._controller.gdb_process
-        assert process is not None and process.stdout is not None
+        command = [gdb, *GDB_ARGS, *extra_args]  # found on PATH as the shell would
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+            )
+        except FileNotFoundError:
+            raise MiClosed(
+                f"{gdb!r} was not found on PATH; install gdb (apt-get install gdb)"
+            ) from None
+        except OSError as exc:
+            raise MiClosed(f"cannot start {gdb}: {exc}") from exc
+        assert process.stdin is not None and process.stdout is not None
+        assert process.stderr is not None
         self._process: subprocess.Popen[bytes] = process
-        self._fds = [process.stdout.fileno()]
-        if process.stderr is not None:
-            self._fds.append(process.stderr.fileno())
+        self._stdin = process.stdin.fileno()
+        self._fds = [process.stdout.fileno(), process.stderr.fileno()]
+        for fd in (self._stdin, *self._fds):
+            os.set_blocking(fd, False)  # never wait on a pipe but in select, with a timeout
+        self._closed = False
+        #: wait for gdb to exit in :meth:`close` (the command line, about to exit, does not)
+        self.wait_on_close = True
+        _pygdbmi()  # imported while gdb starts, not once it has answered
         self._next_token = 1
         #: the end of gdb's output that is not a whole line yet, per descriptor
         self._partial: dict[int, list[bytes]] = {}
@@ -156,15 +185,23 @@ class MiSession:
 
     @property
     def alive(self) -> bool:
-        return self._process.poll() is None
+        return not self._closed and self._process.poll() is None
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop gdb: ask politely, then terminate, then kill. Never hangs."""
+        """Stop gdb: ask politely, then terminate, then kill. Never hangs.
+
+        With :attr:`wait_on_close` False, gdb is asked to exit and left to do so: its
+        teardown (10 ms or more) is its own; a process about to exit need not wait."""
+        if self._closed:
+            return
         if self._process.poll() is None:
             try:
-                self._controller.io_manager.write("-gdb-exit", read_response=False)
-            except Exception:  # noqa: BLE001 - the pipe may already be gone
+                self._write("-gdb-exit")
+            except MiClosed:  # the pipe may already be gone
                 pass
+            if not self.wait_on_close:
+                self._close_pipes()
+                return
             try:
                 self._process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -174,6 +211,10 @@ class MiSession:
                 except subprocess.TimeoutExpired:
                     self._process.kill()
                     self._process.wait(timeout=timeout)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        self._closed = True
         for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
             if stream is not None:
                 try:
@@ -227,12 +268,7 @@ class MiSession:
             while sent < len(commands) and len(flight) < max(1, window):
                 token = self._next_token
                 self._next_token += 1
-                try:
-                    self._controller.io_manager.write(
-                        f"{token}{commands[sent]}", read_response=False
-                    )
-                except (OSError, ValueError) as exc:
-                    raise MiClosed(f"cannot write to gdb: {exc}") from exc
+                self._write(f"{token}{commands[sent]}")
                 flight[token] = (sent, [])
                 order.append(token)
                 sent += 1
@@ -290,6 +326,24 @@ class MiSession:
 
     # -- internals ---------------------------------------------------------
 
+    def _write(self, line: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """One command line to gdb's input; :class:`MiTimeout` when gdb has not taken
+        it within ``timeout`` seconds (its input pipe stays full)."""
+        if self._closed:
+            raise MiClosed("the gdb session is closed")
+        data = f"{line}\n".encode()
+        deadline = time.monotonic() + timeout
+        try:
+            while data:
+                try:
+                    data = data[os.write(self._stdin, data) :]
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise MiTimeout(line, timeout) from None
+                    select.select([], [self._stdin], [], 0.1)
+        except (OSError, ValueError) as exc:
+            raise MiClosed(f"cannot write to gdb: {exc}") from exc
+
     def _handle_async(self, record: dict[str, Any]) -> None:
         message = record.get("message")
         if message == "stopped":
@@ -328,7 +382,7 @@ class MiSession:
             stream = "stdout" if fd == self._fds[0] else "stderr"
             for raw in lines:
                 line = raw.decode(errors="replace").rstrip("\r")
-                if not line or gdbmiparser.response_is_finished(line):
+                if not line or line.rstrip() == "(gdb)":  # the prompt after each answer
                     continue
                 record = parse_record(line)
                 record["stream"] = stream

@@ -13,6 +13,10 @@ reads for a short while:
 - ``"silent"``: the connection was accepted and nothing came back: the line is
   in use by another client, or what is behind it does not run (a stopped kernel).
 
+A stub answers its query at once: the agent's hello (and the agent's wire
+format, imported only then) follows only when no stub has answered within
+:data:`GDB_FIRST`, so a look at a free gdb stub costs one round trip.
+
 Imports nothing of kinspect's beyond the protocols package.
 """
 
@@ -22,13 +26,17 @@ import re
 import socket
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .agent_wire import Frame, FrameDecoder, encode_frame, encode_request
+if TYPE_CHECKING:
+    from .agent_wire import FrameDecoder
 
-__all__ = ["GDB_QUERY", "LineProbe", "hello_frame", "looks_like_gdb", "probe"]
+__all__ = ["GDB_FIRST", "GDB_QUERY", "LineProbe", "hello_frame", "looks_like_gdb", "probe"]
 
 #: A GDB acknowledgement and the "why did you stop" query: every stub answers it.
 GDB_QUERY = b"+$?#3f"
+#: How long a stub has to answer :data:`GDB_QUERY` before the agent's hello is sent too.
+GDB_FIRST = 0.05
 _GDB_PACKET = re.compile(rb"(^|[^$])\$[^$#]*#[0-9a-fA-F]{2}")
 
 
@@ -39,6 +47,8 @@ def looks_like_gdb(data: bytes) -> bool:
 
 def hello_frame() -> bytes:
     """The agent's hello with an id whose frame holds no 0x03 (a GDB stub's interrupt)."""
+    from .agent_wire import encode_frame, encode_request
+
     request_id = 0x6B696E73  # "kins"
     while True:
         frame = encode_frame(encode_request(request_id, "hello", ()))
@@ -90,17 +100,23 @@ def probe(endpoint: str, *, timeout: float = 1.0, send_gdb: bool = True) -> Line
     sock = _connect(endpoint, timeout)
     if sock is None:
         return None
-    decoder = FrameDecoder()
+    decoder: FrameDecoder | None = None
     seen = bytearray()
+    deadline = t0 + timeout
+    hello_at = min(t0 + GDB_FIRST, deadline) if send_gdb else t0
+    hello_sent = False
     try:
-        sock.sendall((GDB_QUERY if send_gdb else b"") + hello_frame())
-        deadline = t0 + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
+        if send_gdb:
+            sock.sendall(GDB_QUERY)
+        while (now := time.monotonic()) < deadline:
+            if not hello_sent and now >= hello_at:
+                sock.sendall(hello_frame())
+                hello_sent = True
+            sock.settimeout(max((deadline if hello_sent else hello_at) - now, 0.001))
             try:
                 data = sock.recv(4096)
             except (TimeoutError, BlockingIOError):
-                break
+                continue  # the hello is due, or the deadline has come
             except OSError:
                 break
             if not data:
@@ -108,6 +124,11 @@ def probe(endpoint: str, *, timeout: float = 1.0, send_gdb: bool = True) -> Line
             seen += data
             if looks_like_gdb(bytes(seen)):
                 return LineProbe("gdb", bytes(seen[:64]), time.monotonic() - t0)
+            if decoder is None:  # the agent's wire format: only for a line that is not a stub's
+                from .agent_wire import Frame, FrameDecoder
+
+                decoder = FrameDecoder()
+                data = bytes(seen)
             if any(isinstance(e, Frame) for e in decoder.feed(data)):
                 return LineProbe("agent", bytes(seen[:64]), time.monotonic() - t0)
     except OSError:

@@ -510,11 +510,20 @@ def connect(
     *,
     needs: Needs = Needs.TARGET,
     on_console: Callable[[bytes], None] | None = console_to_stderr,
+    gdb: MiSession | None = None,
 ) -> Session:
-    """A session on what the global options name (``--target``, ``--agent``, both)."""
+    """A session on what the global options name (``--target``, ``--agent``, both).
+
+    ``gdb``: one already started for ``--target`` (the command line starts it before its
+    own imports); the session's target takes it, or it is closed here."""
     target = getattr(args, "target", None)
     agent = getattr(args, "agent", None)
-    gdb = _start_gdb() if target and not agent else None
+    if not target or agent:
+        if gdb is not None:
+            gdb.close()  # only a stub alone is attached through the gdb started first
+        gdb = None
+    elif gdb is None:
+        gdb = _start_gdb()
     try:
         return _attach(args, target, agent, needs, on_console, gdb)
     except BaseException:

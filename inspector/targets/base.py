@@ -18,7 +18,6 @@ or takes its typed handle (:meth:`Target.agent`, :meth:`Target.uefi`,
 from __future__ import annotations
 
 import enum
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from typing import TYPE_CHECKING, Protocol
 from ..errors import FaultError, MissingCapability, TargetError
 
 if TYPE_CHECKING:
+    import uuid
+
     from ..efi.runtime import EfiTime
     from ..remap.journal import Journal
     from ..remap.service import Remaps

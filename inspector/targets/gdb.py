@@ -25,8 +25,7 @@ from ..errors import (
     TargetError,
     TargetLost,
 )
-from ..x86.control import GENERAL_REGISTERS
-from ..x86.descriptors import SEGMENT_REGISTERS
+from ..x86.control import GENERAL_REGISTERS, SEGMENT_REGISTERS
 from .base import (
     Breakpoint,
     Capability,
@@ -71,8 +70,12 @@ _REGISTER_NAMES = (
 CONNECT_TIMEOUT = 10.0
 #: How long the look before connecting waits for a stub to answer (in use: it never does).
 QUICK_LOOK = 0.5
+#: Whether the stub is QEMU's (it answers with its physical-memory mode, 0 or 1).
+_QEMU_QUESTION = "maintenance packet qqemu.PhyMemMode"
 #: The first CPU's QOM path on QEMU's pc and q35 machines (query-cpus-fast names it so).
 QEMU_CPU_PATH = "/machine/unattached/device[0]"
+#: The CPU's physical address width (MAXPHYADDR), from QEMU's own CPU object.
+_PHYS_BITS_QUESTION = f"monitor qom-get {QEMU_CPU_PATH} phys-bits"
 #: The most one ``-data-read-memory-bytes`` asks for (gdb cuts it into packets).
 READ_CHUNK = 64 * 1024
 #: The smallest packet a refused read halves gdb's packets down to.
@@ -127,13 +130,17 @@ class GdbTarget(Target):
         try:
             self._connect()
         except BaseException:
+            self._mi.wait_on_close = True  # whatever gdb is doing, it is gone when this returns
             self._mi.close()
             raise
 
     # -- connection ----------------------------------------------------------
 
     def _connect(self) -> None:
-        for setting in (
+        """gdb's settings, the connect and the first question to the stub in one pipelined
+        batch (gdb runs them in order; nothing waits between two of them), then, on QEMU's
+        stub, its RAM size and CPUs in another."""
+        settings = [
             "-gdb-set mi-async on",
             "-gdb-set pagination off",
             "-gdb-set confirm off",
@@ -143,43 +150,67 @@ class GdbTarget(Target):
             "-gdb-set tcp connect-timeout 3",
             "-gdb-set tcp auto-retry off",
             "-gdb-set remotetimeout 5",
-        ):
-            self._checked(setting)
+        ]
         if self.elf:
             if not os.path.isfile(self.elf):
                 raise TargetError(f"ELF file {self.elf} does not exist")
-            self._checked(f"-file-exec-and-symbols {mi_quote(self.elf)}")
+            settings.append(f"-file-exec-and-symbols {mi_quote(self.elf)}")
         else:
-            self._checked("-gdb-set architecture i386:x86-64")
+            settings.append("-gdb-set architecture i386:x86-64")
         endpoint = self._gdb_endpoint
         try:
-            self._mi.command(f"-target-select remote {endpoint}", timeout=CONNECT_TIMEOUT)
-        except MiError as exc:
-            raise TargetError(f"cannot attach to {self.endpoint}: {exc.message}") from exc
+            *done, attached, qemu, names = self._mi.pipeline(
+                [
+                    *settings,
+                    f"-target-select remote {endpoint}",
+                    f"-interpreter-exec console {mi_quote(_QEMU_QUESTION)}",
+                    "-data-list-register-names",  # the stub's registers: known once attached
+                ],
+                timeout=CONNECT_TIMEOUT,
+            )
         except MiTimeout as exc:
             raise TargetError(
                 f"cannot attach to {self.endpoint}: no answer within {CONNECT_TIMEOUT:g} s"
             ) from exc
         except MiClosed as exc:
             raise TargetLost(f"cannot attach to {self.endpoint}: gdb exited ({exc})") from exc
+        for result in done:
+            if isinstance(result, MiError):
+                raise TargetError(result.message)
+        if isinstance(attached, MiError):
+            raise TargetError(f"cannot attach to {self.endpoint}: {attached.message}")
         self._mi.state = "stopped"
+        if not isinstance(names, MiError):
+            self._learn_register_numbers(names.payload)
         #: QEMU's stub: physical mode, and GDTR/IDTR/TR through its monitor
+        #: what the stub answered the question of its physical-memory mode ("" if nothing)
+        self._qemu_mode = "" if isinstance(qemu, MiError) else _packet_reply(qemu.text)
         self.is_qemu = self._probe_qemu()
         if self.physical == "qemu" and not self.is_qemu:
             raise TargetError("this stub has no physical-memory mode (it is not QEMU's)")
         if self.physical == "auto":
             self.physical = "qemu" if self.is_qemu else "direct-map"
         if self.is_qemu:
+            self._phys_mode = self._qemu_mode == "1"  # as another debugger left it
             self._set_phys_mode(False)
+            # kgdb's threads are the kernel's tasks (many, and no CPU): only QEMU's are asked
+            size, threads, bits = self._pipeline(
+                [
+                    f"-interpreter-exec console {mi_quote('monitor info memory_size_summary')}",
+                    "-thread-info",
+                    f"-interpreter-exec console {mi_quote(_PHYS_BITS_QUESTION)}",
+                ]
+            )
+            self._learn_maxphyaddr("" if isinstance(bits, MiError) else bits.text)
             try:
-                self._ram_size = decode_memory_size_summary(
-                    self._console("monitor info memory_size_summary")
+                self._ram_size = (
+                    None if isinstance(size, MiError) else decode_memory_size_summary(size.text)
                 )
             except TargetError:
                 self._ram_size = None
+            if not isinstance(threads, MiError):
+                self._learn_cpus(threads.payload)
         self.description = f"gdb remote stub {self.endpoint}" + (" (QEMU)" if self.is_qemu else "")
-        if self.is_qemu:  # kgdb's threads are the kernel's tasks: many, and no CPU
-            self._learn_cpus()
         # Physical reads: QEMU's mode, or the direct map (its base found on first use).
         offered = {
             Capability.PHYSICAL_READS,
@@ -225,24 +256,24 @@ class GdbTarget(Target):
         """The CPU's physical address width from QEMU's own CPU object (its ``phys-bits``
         property, read with ``qom-get`` through the stub's monitor), asked once; None from
         a stub that is not QEMU's: 52 is assumed then (reserved bits 40-51 go unchecked)."""
-        if self._maxphyaddr is None and self.is_qemu:
-            self._maxphyaddr = 0
+        if self._maxphyaddr is None and self.is_qemu:  # asked when attaching: not again
             try:
-                text = self._console(f"monitor qom-get {QEMU_CPU_PATH} phys-bits").strip()
+                text = self._console(_PHYS_BITS_QUESTION)
             except TargetError:
                 text = ""
-            if text.isdigit() and 32 <= int(text) <= 52:
-                self._maxphyaddr = int(text)
+            self._learn_maxphyaddr(text)
         return self._maxphyaddr or None
 
-    def _learn_cpus(self) -> None:
-        """Which gdb thread is which CPU (QEMU names them ``CPU#N``), asked once: the
-        CPUs of a machine do not come and go. Other stubs' threads are tasks (kgdb) or
-        unnamed: those show one CPU, the one gdb has selected."""
-        try:
-            payload = self._checked("-thread-info").payload
-        except TargetError:
-            return
+    def _learn_maxphyaddr(self, text: str) -> None:
+        """``phys-bits`` as QEMU's monitor printed it (0: not known)."""
+        text = text.strip()
+        self._maxphyaddr = int(text) if text.isdigit() and 32 <= int(text) <= 52 else 0
+
+    def _learn_cpus(self, payload: Any) -> None:
+        """Which gdb thread is which CPU (QEMU names them ``CPU#N``; ``payload``: the
+        ``-thread-info`` answer), asked once: the CPUs of a machine do not come and go.
+        Other stubs' threads are tasks (kgdb) or unnamed: those show one CPU, the one gdb
+        has selected."""
         threads = decode_cpu_threads(payload)
         self._cpu_threads = {cpu.index: thread for cpu, thread in threads}
         current = payload.get("current-thread-id") if isinstance(payload, Mapping) else None
@@ -294,8 +325,9 @@ class GdbTarget(Target):
             self._cpu = index
 
     def _probe_qemu(self) -> bool:
-        reply = self._packet("qqemu.PhyMemMode")
-        return reply in ("0", "1")
+        """Whether the stub is QEMU's: it answered the connect batch's question about its
+        physical-memory mode (0 or 1); other stubs do not know the packet."""
+        return self._qemu_mode in ("0", "1")
 
     @property
     def ram_size(self) -> int | None:
@@ -342,9 +374,7 @@ class GdbTarget(Target):
 
     def _packet(self, packet: str) -> str:
         """Send a raw remote packet; return what the stub answered ('' if unsupported)."""
-        text = self._console(f"maintenance packet {packet}")
-        match = re.search(r'received: "(.*)"', text)
-        return match.group(1) if match else ""
+        return _packet_reply(self._console(f"maintenance packet {packet}"))
 
     def _set_phys_mode(self, on: bool) -> None:
         if self._phys_mode == on:
@@ -585,9 +615,9 @@ class GdbTarget(Target):
     def registers(self) -> Mapping[str, int]:
         self._require_stopped()
         self._sync_cpu()
-        if self._register_numbers is None:
-            names = self._checked("-data-list-register-names").payload.get("register-names", [])
-            self._register_numbers = {name: i for i, name in enumerate(names) if name}
+        if self._register_numbers is None:  # asked when attaching: not again
+            self._learn_register_numbers(self._checked("-data-list-register-names").payload)
+        assert self._register_numbers is not None
         wanted = [self._register_numbers[n] for n in _REGISTER_NAMES if n in self._register_numbers]
         by_number = {v: k for k, v in self._register_numbers.items()}
         payload = self._checked(
@@ -604,6 +634,11 @@ class GdbTarget(Target):
             except ValueError:
                 continue
         return values
+
+    def _learn_register_numbers(self, payload: Any) -> None:
+        """The stub's register numbers by name (``-data-list-register-names``' answer)."""
+        names = payload.get("register-names", []) if isinstance(payload, Mapping) else []
+        self._register_numbers = {name: i for i, name in enumerate(names) if name}
 
     def system_registers(self) -> SystemRegisters:
         if not self.is_qemu:
@@ -852,9 +887,16 @@ class GdbTarget(Target):
                 else:
                     self._call('-interpreter-exec console "disconnect"', timeout=3)
         except (InspectorError, MiError):
-            pass
+            # gdb may still hold the stub: wait for its exit (or end it) whoever started it
+            self._mi.wait_on_close = True
         finally:
             self._mi.close()
+
+
+def _packet_reply(text: str) -> str:
+    """The stub's reply in what ``maintenance packet`` printed ('' if unsupported)."""
+    match = re.search(r'received: "(.*)"', text)
+    return match.group(1) if match else ""
 
 
 _CPU_DETAILS = re.compile(r"CPU#(\d+)(?:\s*\[\s*(\w+)\s*\])?")

@@ -26,6 +26,7 @@ __all__ = [
     "CR4_FIELDS",
     "EFER_FIELDS",
     "RFLAGS_FIELDS",
+    "SEGMENT_REGISTERS",
     "DecodedRegister",
     "FieldValue",
     "PagingMode",
@@ -43,6 +44,9 @@ GENERAL_REGISTERS = (
     *("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp"),
     *("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"),
 )
+#: The segment registers by their SDM names (gdb reports them lower-case). Here, beside the
+#: general registers, so that reading registers does not import the descriptor decoders.
+SEGMENT_REGISTERS = ("CS", "SS", "DS", "ES", "FS", "GS")
 
 _U64 = (1 << 64) - 1
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kinspect.inspector.errors import DecodeError
+from kinspect.inspector.x86.control import SEGMENT_REGISTERS
 
 __all__ = [
     "EXCEPTION_VECTORS",
@@ -388,10 +389,6 @@ class DescriptorTable:
             "slots": [s.to_dict() for s in self.slots],
             "problems": [p.to_dict() for p in self.problems],
         }
-
-
-#: The segment registers by their SDM names (gdb reports them lower-case).
-SEGMENT_REGISTERS = ("CS", "SS", "DS", "ES", "FS", "GS")
 
 
 def decode_gdt(

@@ -68,8 +68,23 @@ def test_a_stop_in_the_same_read_as_the_result_is_not_lost(mi, monkeypatch):
         {"type": "notify", "message": "running", "payload": {"thread-id": "all"}},
         {"type": "notify", "message": "stopped", "payload": {"reason": "breakpoint-hit"}},
     ]
-    monkeypatch.setattr(mi._controller.io_manager, "write", lambda *a, **k: None)
+    monkeypatch.setattr(mi, "_write", lambda *a, **k: None)
     monkeypatch.setattr(mi, "_read_available", lambda *a: batch)
     assert mi.command("-exec-continue").message == "running"
     assert mi.state == "stopped"
     assert mi.wait_for_stop(0.1) == {"reason": "breakpoint-hit"}
+
+
+def test_close_without_waiting_leaves_gdb_to_exit_on_its_own():
+    """The command line's close (wait_on_close False) asks gdb to exit and returns: the
+    session is closed at once, twice is harmless, and gdb is gone soon after."""
+    session = MiSession()
+    session.command("-gdb-version")
+    process = session._process
+    session.wait_on_close = False
+    session.close()
+    session.close()
+    assert not session.alive
+    with pytest.raises(MiClosed):
+        session.command("-gdb-version", timeout=2)
+    assert process.wait(timeout=10) == 0

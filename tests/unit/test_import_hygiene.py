@@ -65,8 +65,8 @@ def test_the_command_line_starts_without_the_heavy_libraries():
 
 
 #: What ``kinspect regs`` must not import (issue 16, cold start): the TUI, numpy, the
-#: paging core, the unwinder and symbol tables, the plugins' metadata scan, and every command
-#: family's own analyses.
+#: paging core, the unwinder and symbol tables, the plugins' metadata scan, the agent's wire
+#: format, the descriptor decoders, and every command family's own analyses.
 NOT_FOR_REGS = (
     "textual",
     "numpy",
@@ -84,6 +84,8 @@ NOT_FOR_REGS = (
     "kinspect.inspector.linux.btf",
     "kinspect.inspector.linux.kernel",
     "kinspect.protocols.agent_wire",
+    "kinspect.inspector.x86.descriptors",  # the segment registers' names are in x86.control
+    "uuid",  # only the EFI commands' GUIDs
 )
 
 
@@ -131,3 +133,35 @@ def test_a_builtin_command_parses_with_its_own_arguments_only():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["vtop", "0x1000", "False", "False"]
+
+
+def test_regs_through_gdb_starts_gdb_first_and_imports_no_heavy_module():
+    """``kinspect regs`` as the process runs it (cli.main without argv) on a real gdb and a
+    GDB stub (tests/fake_stub.py, which has no control registers: regs then says so): gdb
+    starts before the commands are imported (its own start overlaps theirs), one gdb only,
+    and the attach imports nothing of NOT_FOR_REGS: the look at the line before gdb's
+    connect imports the agent's wire format only for a line that is no gdb stub."""
+    code = (
+        "import sys\n"
+        "from tests.fake_stub import FakeStub\n"
+        "from kinspect.protocols import gdbmi\n"
+        "started = []\n"
+        "start = gdbmi.MiSession.__init__\n"
+        "def spy(self, *args, **kwargs):\n"
+        "    started.append('kinspect.inspector.commands' in sys.modules)\n"
+        "    start(self, *args, **kwargs)\n"
+        "gdbmi.MiSession.__init__ = spy\n"
+        "stub = FakeStub({})\n"
+        "sys.argv = ['kinspect', '--target', stub.endpoint, 'regs']\n"
+        "from kinspect.inspector import cli\n"
+        "status = cli.main()\n"
+        f"print(status, started, sorted(m for m in {NOT_FOR_REGS!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "1 [False] []", result.stderr
+    assert result.stderr.strip() == (
+        "kinspect: error: the stub does not report cr0, cr3, cr4, efer; "
+        "kinspect needs the control registers to walk page tables"
+    )
