@@ -581,7 +581,7 @@ def test_agent_over_tcp_and_pty(demo_kernel, serial):
             assert len(session.target.walk_ranges()) == 10
             text = session.read_physical(0x100000, 4096)
             times = []
-            for _ in range(10):
+            for _ in range(20):
                 started = time.monotonic()
                 session.target.agent_registers()
                 times.append(time.monotonic() - started)
@@ -590,8 +590,12 @@ def test_agent_over_tcp_and_pty(demo_kernel, serial):
             session.close()
         theirs = gdb_snapshot(instance, demo_kernel, lambda s: s.read_physical(0x100000, 4096))
         assert text == theirs
-        # With TCP_NODELAY on both ends no reply waits for Nagle's ~40 ms.
-        assert per_request < 0.03, per_request
+        if serial == "tcp":
+            # With TCP_NODELAY on both ends no reply waits for Nagle's ~40 ms: even the
+            # best of 20 would. (A pty has no Nagle: its latency is only the machine's
+            # load, 36 ms at best once with two busy loops and four other jobs beside it.)
+            assert any("nodelay=on" in arg for arg in instance.command_line())
+            assert per_request < 0.035, per_request
     finally:
         instance.stop()
 
