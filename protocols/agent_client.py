@@ -81,6 +81,16 @@ CHUNK_COST = FRAME_OVERHEAD + 16 + 32
 REPLY_SIZES = {"hello": 1024, "regs": 512, "walk": DEFAULT_MAX_FRAME, "translate": 128}
 
 
+#: How many ids before the current one count as an earlier request's (a frame naming one
+#: is late, not ours); any other id a damaged frame or a NAK names is ours, damaged.
+EARLIER_IDS = 64
+
+
+def _earlier(other: int, current: int) -> bool:
+    """Whether ``other`` is the id of one of the requests sent just before ``current``."""
+    return 0 < (current - other) & 0xFFFFFFFF <= EARLIER_IDS
+
+
 class AgentClientError(Exception):
     """Base of the client's errors."""
 
@@ -291,8 +301,9 @@ class AgentClient:
             for event in self._events(min(wait_until, budget) - now):
                 if isinstance(event, Damaged):
                     named = damaged_id(event.prefix)
-                    if named is not None and named[1] and named[0] != request_id:
+                    if named is not None and named[1] and _earlier(named[0], request_id):
                         continue  # a damaged frame of an earlier request's
+                    # Ours, or its id is damaged too (an id we never sent): asked for again.
                     # One of ours came damaged (its first bytes too, perhaps): again, at once.
                     self.stats.retries += 1
                     self.stats.naks_sent += 1
@@ -307,9 +318,11 @@ class AgentClient:
                     continue
                 silences = 0  # the agent is there: a silence was a lost frame, not a slow agent
                 if isinstance(event, Nak):
-                    if event.known and event.id != request_id:
+                    if event.known and _earlier(event.id, request_id):
                         self.stats.stale_replies += 1
                         continue
+                    # Ours, or one naming an id we never sent (the id of our frame came
+                    # damaged to the agent): send it again.
                     # The agent got ours damaged (or lost the reply): send it again.
                     self.stats.naks_received += 1
                     self.stats.retries += 1
