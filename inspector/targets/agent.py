@@ -61,8 +61,11 @@ __all__ = [
     "decode_walk_range",
 ]
 
-#: How long the first hello waits before the silence is explained (in use, a stopped kernel).
-QUICK_LOOK = 1.0
+#: How long the first hello waits before the silence is explained (in use, a stopped kernel):
+#: as long as the gdb target's look. A live agent's first bytes come within milliseconds
+#: (the first chunk of its hello reply is 128 bytes: 11 ms at 115,200 baud), and any byte
+#: at all (console text, a damaged frame) sends the handshake on with its whole timeout.
+QUICK_LOOK = 0.5
 
 #: Bits of a walk range's flags (AGENT_PROTOCOL.md, "walk").
 RANGE_FLAGS = {"W": 1, "U": 2, "X": 4, "G": 8, "PWT": 16, "PCD": 32, "PAT": 64}
