@@ -300,7 +300,10 @@ class FrameDecoder:
     checked the same way, from its first byte and from its second (an opening
     delimiter changed into another value; its bytes were passed on as text
     already). So a lost or changed delimiter costs nothing, instead of a wait
-    for a zero that will not come (AGENT_PROTOCOL.md, section 1).
+    for a zero that will not come (AGENT_PROTOCOL.md, section 1). Text that
+    ends at a zero without making a frame, and whose bytes decode to a start
+    like a message's (an array of 2 to 5), is a damaged frame: counted, and
+    reported like a damaged candidate.
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, *, report_damage: bool = False) -> None:
@@ -319,6 +322,9 @@ class FrameDecoder:
         self._shadows = (_Blocks(0), _Blocks(1))
         #: damaged candidates dropped so far
         self.dropped = 0
+        #: bytes (zeros aside) fed since the last frame or damaged candidate: what a quiet
+        #: line leaves here is a damaged frame that lost a delimiter too (or console text)
+        self.loose = 0
 
     def _open(self) -> None:
         self._in_frame = True
@@ -340,6 +346,7 @@ class FrameDecoder:
             events.append(Frame(body))
             self._after_frame = True
             self._new_run()
+            self.loose = 0
 
         i = 0
         n = len(data)
@@ -351,6 +358,7 @@ class FrameDecoder:
                     continue
             zero = data.find(b"\x00", i)
             piece = data[i:] if zero < 0 else data[i:zero]
+            self.loose += len(piece)
             if not self._in_frame:
                 old_len = len(self._run)
                 found = None
@@ -373,8 +381,19 @@ class FrameDecoder:
                 if zero < 0:
                     break
                 i = zero + 1
+                prefix = cobs_decode_prefix(self._run) if self._run else b""
                 self._new_run()
                 self._open()
+                if prefix and 0x92 <= prefix[0] <= 0x95:
+                    # Text that starts as a message does (an array of 2 to 5) and is no
+                    # frame: a damaged frame that lost its opening delimiter too.
+                    self.dropped += 1
+                    self.loose = 0
+                    if self.report_damage:
+                        if text:
+                            events.append(ConsoleText(bytes(text)))
+                            text.clear()
+                        events.append(Damaged(prefix))
                 continue
             old_len = len(self._buffer)
             self._buffer += piece
@@ -404,6 +423,7 @@ class FrameDecoder:
                 continue  # two zeros in a row: still between delimiters
             # Not a frame at any block's end: damaged.
             self.dropped += 1
+            self.loose = 0
             if self.report_damage:
                 if text:
                     events.append(ConsoleText(bytes(text)))

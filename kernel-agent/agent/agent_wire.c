@@ -268,10 +268,22 @@ void agent_frame_decoder_feed(struct agent_frame_decoder *d, uint8_t byte)
 	}
 	if (!d->in_frame) {
 		if (byte == 0) {
+			uint8_t prefix[AGENT_DAMAGED_PREFIX];
+			size_t n = agent_cobs_decode_prefix(d->buf, d->len, prefix, sizeof(prefix));
+
 			d->in_frame = true;
 			d->len = 0;
 			check_reset(&d->check);
 			text_reset(d);
+			/*
+			 * Text that starts as a message does (an array of 2 to 5) and is no
+			 * frame: a damaged frame that lost its opening delimiter too.
+			 */
+			if (n && prefix[0] >= 0x92 && prefix[0] <= 0x95) {
+				d->dropped++;
+				if (d->on_damaged)
+					d->on_damaged(d->ctx, prefix, n);
+			}
 			return;
 		}
 		if (d->on_text)

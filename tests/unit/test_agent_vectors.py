@@ -199,7 +199,9 @@ def line_noise(draw):
     parts = []
     for _ in range(draw(st.integers(1, 6))):
         kinds = ["frame", "text", "garbage", "flip", "drop", "zeros"]
-        kind = draw(st.sampled_from([*kinds, "delimiter-lost", "delimiter-changed"]))
+        kind = draw(
+            st.sampled_from([*kinds, "delimiter-lost", "delimiter-changed", "opening-and-flip"])
+        )
         if kind == "text":
             parts.append(draw(st.binary(max_size=30)).replace(b"\x00", b""))
         elif kind == "garbage":
@@ -208,7 +210,10 @@ def line_noise(draw):
             parts.append(b"\x00" * draw(st.integers(1, 3)))
         else:
             frame = bytearray(encode_frame(draw(st.binary(min_size=1, max_size=300))))
-            if kind.startswith("delimiter"):
+            if kind == "opening-and-flip":  # damaged, and its opening delimiter lost
+                frame[draw(st.integers(2, len(frame) - 2))] ^= 1 << draw(st.integers(0, 7))
+                del frame[0]
+            elif kind.startswith("delimiter"):
                 i = draw(st.sampled_from([0, len(frame) - 1]))
                 if kind == "delimiter-lost":
                     del frame[i]

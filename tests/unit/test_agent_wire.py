@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from kinspect.protocols.agent_wire import (
     DEFAULT_MAX_FRAME,
     ConsoleText,
+    Damaged,
     Frame,
     FrameDecoder,
     WireError,
@@ -196,3 +197,17 @@ def test_a_frame_is_delivered_before_its_closing_delimiter():
     assert decoder.feed(wire[1:-1]) == [ConsoleText(wire[1:-1]), Frame(body)]
     assert decoder.feed(b"\x7f" + wire[1:-1]) == [ConsoleText(b"\x7f" + wire[1:-1]), Frame(body)]
     assert decoder.feed(b"\x00login: ") == [ConsoleText(b"login: ")]
+
+
+def test_a_damaged_frame_without_its_opening_delimiter_is_reported():
+    """Text that decodes to a message's start and ends at a zero without being a frame is
+    a damaged frame (both faults at once): reported for a NAK, not left to a wait."""
+    wire = bytearray(encode_frame(encode_request(7, "read_phys", (0x1000, 16))))
+    wire[6] ^= 0x10
+    decoder = FrameDecoder(report_damage=True)
+    events = decoder.feed(encode_frame(b"\x90") + bytes(wire[1:]))
+    assert [type(e) for e in events] == [Frame, ConsoleText, Damaged] and decoder.dropped == 1
+    assert decoder.feed(encode_frame(b"\x90") + b"ls\r\n\x00") == [
+        Frame(b"\x90"),
+        ConsoleText(b"ls\r\n"),  # text that ends at a zero stays text
+    ]
