@@ -381,7 +381,7 @@ class FrameDecoder:
                 if zero < 0:
                     break
                 i = zero + 1
-                prefix = cobs_decode_prefix(self._run) if self._run else b""
+                prefix = cobs_decode_prefix(bytes(self._run)) if self._run else b""
                 self._new_run()
                 self._open()
                 if prefix and 0x92 <= prefix[0] <= 0x95:
