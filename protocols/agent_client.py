@@ -79,12 +79,14 @@ CHUNK_START = 256
 #: A chunk's round trip beyond its data, in bytes of line time: its frame and the ACK (the
 #: agent's latency, as measured, is added).
 CHUNK_COST = FRAME_OVERHEAD + 16
-#: How long the line may stay quiet after bytes that made no frame (a damaged frame whose
-#: closing delimiter was lost too, so no zero will come to end it) before it is asked for
-#: again: the agent writes a frame in one go, so a quiet line in the middle of one is rare.
+#: How long the line may stay quiet while the decoder holds bytes that made no frame (a
+#: damaged frame whose closing delimiter was lost too, so no zero will come to end it)
+#: before it is asked for again: the agent writes a frame in one go, so a quiet line in the
+#: middle of one is rare (console text is not held: FrameDecoder.holding).
 IDLE_GAP = 0.03
-#: ... at least this many bytes' line time (a slow line's pieces come further apart).
-IDLE_BYTES = 8
+#: ... at least this many bytes' line time (a slow line's pieces come further apart), and
+#: at least the agent's latency as measured (a busy machine stalls longer).
+IDLE_BYTES = 64
 #: Bytes expected in a whole (link 1) reply, by method, when the caller does not say.
 REPLY_SIZES = {"hello": 1024, "regs": 512, "walk": DEFAULT_MAX_FRAME, "translate": 128}
 
@@ -244,6 +246,11 @@ class AgentClient:
         base = latency + 2 * self.wire_time(sent + expected + FRAME_OVERHEAD)
         return min(cap, base * (1 << min(silences, 3)))
 
+    def _idle_gap(self) -> float:
+        """How long a quiet line with a frame's bytes held means the frame's end was lost."""
+        latency = self._srtt + 4 * self._rttvar
+        return max(IDLE_GAP, self.wire_time(IDLE_BYTES), latency)
+
     def _expected(self, method: str, params: tuple[Any, ...]) -> int:
         """Bytes of the first frame of the reply: a chunk at most, when chunked."""
         if method in ("read_phys", "read_virt") and len(params) >= 2:
@@ -310,9 +317,9 @@ class AgentClient:
                 )
                 continue
             read_until = min(wait_until, budget)
-            idle = self.decoder.loose > 0 and not idle_asked
+            idle = not idle_asked and self.decoder.holding
             if idle:
-                read_until = min(read_until, now + max(IDLE_GAP, self.wire_time(IDLE_BYTES)))
+                read_until = min(read_until, now + self._idle_gap())
             arrived = self.stats.bytes_received
             events = self._events(read_until - now)
             if self.stats.bytes_received != arrived:

@@ -322,9 +322,17 @@ class FrameDecoder:
         self._shadows = (_Blocks(0), _Blocks(1))
         #: damaged candidates dropped so far
         self.dropped = 0
-        #: bytes (zeros aside) fed since the last frame or damaged candidate: what a quiet
-        #: line leaves here is a damaged frame that lost a delimiter too (or console text)
-        self.loose = 0
+
+    @property
+    def holding(self) -> bool:
+        """Whether bytes that may be a frame's are held without having made one: a
+        candidate's, or text that starts as a message does (an array of 2 to 5). When
+        the line goes quiet so, a damaged frame lost a delimiter too (console text is
+        ASCII: it is never held so)."""
+        if self._in_frame:
+            return bool(self._buffer)
+        prefix = cobs_decode_prefix(bytes(self._run[:8]), 1) if self._run else b""
+        return bool(prefix) and 0x92 <= prefix[0] <= 0x95
 
     def _open(self) -> None:
         self._in_frame = True
@@ -346,7 +354,6 @@ class FrameDecoder:
             events.append(Frame(body))
             self._after_frame = True
             self._new_run()
-            self.loose = 0
 
         i = 0
         n = len(data)
@@ -358,7 +365,6 @@ class FrameDecoder:
                     continue
             zero = data.find(b"\x00", i)
             piece = data[i:] if zero < 0 else data[i:zero]
-            self.loose += len(piece)
             if not self._in_frame:
                 old_len = len(self._run)
                 found = None
@@ -388,7 +394,6 @@ class FrameDecoder:
                     # Text that starts as a message does (an array of 2 to 5) and is no
                     # frame: a damaged frame that lost its opening delimiter too.
                     self.dropped += 1
-                    self.loose = 0
                     if self.report_damage:
                         if text:
                             events.append(ConsoleText(bytes(text)))
@@ -423,7 +428,6 @@ class FrameDecoder:
                 continue  # two zeros in a row: still between delimiters
             # Not a frame at any block's end: damaged.
             self.dropped += 1
-            self.loose = 0
             if self.report_damage:
                 if text:
                     events.append(ConsoleText(bytes(text)))
