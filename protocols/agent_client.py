@@ -257,7 +257,10 @@ class AgentClient:
             size = int(params[1]) if isinstance(params[1], int) else 512
         else:
             size = REPLY_SIZES.get(method, 512)
-        return min(size, CHUNK_FIRST) if self.link >= 2 else size
+        # hello [2] is answered in chunks by an agent that speaks link 2 (a whole reply from
+        # an older one keeps bytes coming, which holds off the silence).
+        chunked = self.link >= 2 or (method == "hello" and bool(params) and params[0] == 2)
+        return min(size, CHUNK_FIRST) if chunked else size
 
     def call(
         self,
@@ -324,6 +327,9 @@ class AgentClient:
             events = self._events(read_until - now)
             if self.stats.bytes_received != arrived:
                 idle_asked = False
+                # Bytes are coming: no silence yet (a long whole reply may take longer than
+                # the wait for its first chunk).
+                wait_until = max(wait_until, time.monotonic() + self._idle_gap())
             elif idle and time.monotonic() < min(wait_until, budget):
                 # Quiet after bytes that made no frame: a damaged frame that lost its
                 # closing delimiter too. Asked for again now, not after the whole wait.
