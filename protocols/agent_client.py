@@ -85,7 +85,7 @@ CHUNK_COST = FRAME_OVERHEAD + 16
 #: middle of one is rare (console text is not held: FrameDecoder.holding).
 IDLE_GAP = 0.03
 #: ... at least this many bytes' line time (a slow line's pieces come further apart), and
-#: at least the agent's latency as measured (a busy machine stalls longer).
+#: at least four times the deviation of the agent's latency (a busy machine stalls longer).
 IDLE_BYTES = 64
 #: Bytes expected in a whole (link 1) reply, by method, when the caller does not say.
 REPLY_SIZES = {"hello": 1024, "regs": 512, "walk": DEFAULT_MAX_FRAME, "translate": 128}
@@ -247,9 +247,10 @@ class AgentClient:
         return min(cap, base * (1 << min(silences, 3)))
 
     def _idle_gap(self) -> float:
-        """How long a quiet line with a frame's bytes held means the frame's end was lost."""
-        latency = self._srtt + 4 * self._rttvar
-        return max(IDLE_GAP, self.wire_time(IDLE_BYTES), latency)
+        """How long a quiet line with a frame's bytes held means the frame's end was lost:
+        a frame is written in one go, so only the latency's jitter (its deviation as
+        measured), not the latency itself, can part its bytes."""
+        return max(IDLE_GAP, self.wire_time(IDLE_BYTES), 4 * self._rttvar)
 
     def _expected(self, method: str, params: tuple[Any, ...]) -> int:
         """Bytes of the first frame of the reply: a chunk at most, when chunked."""
@@ -334,6 +335,7 @@ class AgentClient:
                 # Quiet after bytes that made no frame: a damaged frame that lost its
                 # closing delimiter too. Asked for again now, not after the whole wait.
                 idle_asked = True
+                self.decoder.discard()
                 events = [Damaged(b"")]
             for event in events:
                 if isinstance(event, Damaged):

@@ -334,6 +334,17 @@ class FrameDecoder:
         prefix = cobs_decode_prefix(bytes(self._run[:8]), 1) if self._run else b""
         return bool(prefix) and 0x92 <= prefix[0] <= 0x95
 
+    def discard(self) -> None:
+        """Drop what :attr:`holding` holds, as a damaged frame (its sender was asked for it
+        again): the zero that ends it later then ends an empty candidate, not a second
+        damaged one."""
+        if self.holding:
+            self.dropped += 1
+        if self._in_frame:
+            self._open()
+        else:
+            self._new_run()
+
     def _open(self) -> None:
         self._in_frame = True
         self._buffer.clear()
