@@ -151,7 +151,8 @@ def test_map_over_a_lossy_line_at_115200(benchmark, qemu):
             f"  {name:22} {len(times)}/{len(SEEDS)} right, worst {worst:.3f} s "
             f"({worst / clean_time:.1f}x clean), median "
             f"{sorted(times)[len(times) // 2] if times else float('nan'):.3f} s; "
-            f"NAKs {naks}, chunks resent {resent}, timeouts {timeouts}"
+            f"NAKs {naks}, chunks resent {resent}, timeouts {timeouts}; each seed: "
+            + ", ".join(f"{t:.3f}" for t in times)
             + (
                 f"; {len(errors)} clean error(s), the slowest after {max(e[0] for e in errors):.1f}"
                 f" s: {errors[0][1][:90]}"

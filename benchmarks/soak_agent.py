@@ -2,7 +2,15 @@
 corrupts 1% and duplicates 0.5% of bytes each way (115,200 baud, seeded). Every reply must
 arrive and be right, and every mutating request be applied once: the agent's stop counter
 moves by one per stop, and the remaps (protect toggles journaled through kinspect's
-Remapper) leave the journal agreeing with the kernel's tables, walked again at the end.
+Remapper) leave the journal agreeing with the kernel's tables, read at the end through
+QEMU's monitor (`xp`), not through the agent.
+
+The mix is dominated by small requests, as a session's are (at this damage nearly every
+frame of a few hundred bytes arrives damaged, and a 4 KiB reply crosses in 16-byte
+chunks, so a big request costs seconds): of each 100 requests, 1 whole-map walk and
+the rest small reads (8 to 64 bytes), translations, resume/stop pairs and `regs`; a
+journaled protect toggle every 250 requests (its two plans made once over a clean line:
+planning reads every page table, 40 KiB). The line stays paced at 115,200 baud.
 
     python -m benchmarks.soak_agent [--requests N] [--seed S]
 """
@@ -27,6 +35,9 @@ SCRATCH_PA = 0x200000
 PAGE = 0x1000
 RW, NX = 1 << 1, 1 << 63
 ACCESSED_DIRTY = (1 << 5) | (1 << 6)  # the CPU's to set
+#: A walk of the whole map every WALK_EVERY requests, a protect toggle every PROTECT_EVERY.
+WALK_EVERY = 100
+PROTECT_EVERY = 250
 
 
 def xp(qemu, pa: int) -> int:
@@ -49,11 +60,20 @@ def main() -> int:
         setup = Remapper(clean, Journal.open(journal_path))
         setup.apply(setup.plan_map(SCRATCH, SCRATCH_PA, PAGE, flags=RW | NX))
         expected = {False: clean.walk_ranges()}
-        setup.apply(setup.plan_protect(SCRATCH, PAGE, flags=NX))
+        # The two toggles, planned here: a plan reads every page table (40 KiB, minutes at
+        # this damage); applying one (journaled, checked by a walk) is what the soak repeats.
+        plans = {True: setup.plan_protect(SCRATCH, PAGE, flags=NX)}  # read-only
+        setup.apply(plans[True])
         expected[True] = clean.walk_ranges()
-        setup.apply(setup.plan_protect(SCRATCH, PAGE, flags=RW | NX))
+        plans[False] = setup.plan_protect(SCRATCH, PAGE, flags=RW | NX)  # writable again
+        setup.apply(plans[False])
         page = clean.read_physical(0x100000, 4096)
         regs_cr3 = clean.agent_registers()["cr3"]
+        # Addresses to translate: the start of each range and a page inside it.
+        translations = []
+        for r in expected[False]:
+            for va in (r.start, r.start + ((r.end - r.start) // 2 & ~(PAGE - 1))):
+                translations.append((va, clean.translate(va).pa))
         clean.resume()
         clean.close()
         link = LossyTransport(
@@ -69,36 +89,47 @@ def main() -> int:
         remapper = Remapper(target, Journal.open(journal_path))
         agent_before = client.call("link_stats")
         started = time.monotonic()
-        counts = {"read": 0, "walk": 0, "regs": 0, "stop": 0, "protect": 0}
+        kinds = ("read", "translate", "regs", "stop", "walk", "protect")
+        counts = dict.fromkeys(kinds, 0)
+        seconds = dict.fromkeys(kinds, 0.0)
         stops_sent = 0
         protected = False
         wrong = 0
         for n in range(args.requests):
+            began = time.monotonic()
             roll = rng.random()
-            if roll < 0.5:
-                counts["read"] += 1
-                offset = rng.randrange(0, 4096 - 256)
-                size = rng.choice((8, 64, 256))
-                if target.read_physical(0x100000 + offset, size) != page[offset : offset + size]:
-                    wrong += 1
-            elif roll < 0.6:
-                counts["walk"] += 1
+            if n % WALK_EVERY == WALK_EVERY // 2:
+                kind = "walk"
                 if target.walk_ranges() != expected[protected]:
                     wrong += 1
-            elif roll < 0.8:
-                counts["regs"] += 1
-                if target.agent_registers()["cr3"] != regs_cr3:
+            elif n % PROTECT_EVERY == PROTECT_EVERY // 2:
+                kind = "protect"
+                protected = not protected
+                for report in remapper.apply(plans[protected]):
+                    if report.problems:  # the walk after the step is not what was planned
+                        wrong += 1
+            elif roll < 0.65:
+                kind = "read"
+                offset = rng.randrange(0, 4096 - 64)
+                size = rng.choice((8, 16, 32, 64))
+                if target.read_physical(0x100000 + offset, size) != page[offset : offset + size]:
                     wrong += 1
-            elif roll < 0.97:
-                counts["stop"] += 1
+            elif roll < 0.85:
+                kind = "translate"
+                va, pa = translations[rng.randrange(len(translations))]
+                if target.translate(va).pa != pa:
+                    wrong += 1
+            elif roll < 0.95:
+                kind = "stop"  # two mutating requests: resume, then stop again
                 target.resume()
                 client.call("stop")
                 stops_sent += 1
             else:
-                counts["protect"] += 1
-                flags = NX if not protected else RW | NX  # read-only, then writable again
-                remapper.apply(remapper.plan_protect(SCRATCH, PAGE, flags=flags))
-                protected = not protected
+                kind = "regs"
+                if target.agent_registers()["cr3"] != regs_cr3:
+                    wrong += 1
+            counts[kind] += 1
+            seconds[kind] += time.monotonic() - began
             if n % 500 == 499:
                 print(f"  {n + 1} requests, {time.monotonic() - started:.0f} s", flush=True)
         elapsed = time.monotonic() - started
@@ -120,7 +151,18 @@ def main() -> int:
         target.resume()
         stops_applied = agent_after["stops"] - agent_before["stops"]
         print(f"soak: {args.requests} requests in {elapsed:.1f} s over {link.description}")
-        print(f"  mix: {counts}")
+        print(
+            "  mix: "
+            + ", ".join(
+                f"{kind} {counts[kind]} ({seconds[kind] / max(counts[kind], 1):.3f} s each)"
+                for kind in kinds
+            )
+        )
+        print(
+            f"  (of each {WALK_EVERY}: 1 walk of the whole map; the rest 65% reads of 8-64 "
+            f"bytes, 20% translations, 10% resume/stop pairs (mutating), 5% regs; a journaled "
+            f"protect toggle, planned once over a clean line, every {PROTECT_EVERY})"
+        )
         print(
             f"  client: {stats.requests} requests, NAKs sent {stats.naks_sent}, NAKs received "
             f"{stats.naks_received}, resends {stats.resends}, timeouts {stats.timeouts}, "

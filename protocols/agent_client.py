@@ -17,6 +17,7 @@ are kept in :attr:`AgentClient.console`. Imports nothing of kinspect's.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -75,10 +76,30 @@ CHUNK_FIRST = 128
 CHUNK_SIZES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 CHUNK_MIN = CHUNK_SIZES[0]
 CHUNK_START = 256
-#: A chunk's round trip beyond its data, in bytes of line time: its frame, the ACK, a poll.
-CHUNK_COST = FRAME_OVERHEAD + 16 + 32
+#: A chunk's round trip beyond its data, in bytes of line time: its frame and the ACK (the
+#: agent's latency, as measured, is added).
+CHUNK_COST = FRAME_OVERHEAD + 16
+#: How long the line may stay quiet while the decoder holds bytes that made no frame (a
+#: damaged frame whose closing delimiter was lost too, so no zero will come to end it)
+#: before it is asked for again: the agent writes a frame in one go, so a quiet line in the
+#: middle of one is rare (console text is not held: FrameDecoder.holding).
+IDLE_GAP = 0.03
+#: ... at least this many bytes' line time (a slow line's pieces come further apart), and
+#: at least four times the deviation of the agent's latency (a busy machine stalls longer).
+IDLE_BYTES = 64
 #: Bytes expected in a whole (link 1) reply, by method, when the caller does not say.
 REPLY_SIZES = {"hello": 1024, "regs": 512, "walk": DEFAULT_MAX_FRAME, "translate": 128}
+
+
+#: How many ids before the current one count as an earlier request's (a frame naming one
+#: is late, not ours); any other id a damaged frame or a NAK names is ours, damaged. Few:
+#: a damaged id is often one off in its last byte, and a late frame is the last request's.
+EARLIER_IDS = 2
+
+
+def _earlier(other: int, current: int) -> bool:
+    """Whether ``other`` is the id of one of the requests sent just before ``current``."""
+    return 0 < (current - other) & 0xFFFFFFFF <= EARLIER_IDS
 
 
 class AgentClientError(Exception):
@@ -155,6 +176,7 @@ class AgentClient:
         # What the line did lately: bytes received, and damaged frames among them.
         self._line_bytes = 0.0
         self._line_damage = 0.0
+        self._line_frames = 0.0
         # The agent's latency beyond line time: smoothed mean and deviation (RFC 6298).
         self._srtt = LATENCY / 2
         self._rttvar = LATENCY / 8
@@ -224,13 +246,22 @@ class AgentClient:
         base = latency + 2 * self.wire_time(sent + expected + FRAME_OVERHEAD)
         return min(cap, base * (1 << min(silences, 3)))
 
+    def _idle_gap(self) -> float:
+        """How long a quiet line with a frame's bytes held means the frame's end was lost:
+        a frame is written in one go, so only the latency's jitter (its deviation as
+        measured), not the latency itself, can part its bytes."""
+        return max(IDLE_GAP, self.wire_time(IDLE_BYTES), 4 * self._rttvar)
+
     def _expected(self, method: str, params: tuple[Any, ...]) -> int:
         """Bytes of the first frame of the reply: a chunk at most, when chunked."""
         if method in ("read_phys", "read_virt") and len(params) >= 2:
             size = int(params[1]) if isinstance(params[1], int) else 512
         else:
             size = REPLY_SIZES.get(method, 512)
-        return min(size, CHUNK_FIRST) if self.link >= 2 else size
+        # hello [2] is answered in chunks by an agent that speaks link 2 (a whole reply from
+        # an older one keeps bytes coming, which holds off the silence).
+        chunked = self.link >= 2 or (method == "hello" and bool(params) and params[0] == 2)
+        return min(size, CHUNK_FIRST) if chunked else size
 
     def call(
         self,
@@ -265,6 +296,7 @@ class AgentClient:
         total: int | None = None
         attempts = 1
         silences = 0
+        idle_asked = False  # a NAK for what the quiet line left in the decoder, once
         self._send(current)
         wait_until = time.monotonic() + self._wait(len(current), expected, silences, timeout)
         while True:
@@ -288,12 +320,30 @@ class AgentClient:
                     len(current), expected, silences, timeout
                 )
                 continue
-            for event in self._events(min(wait_until, budget) - now):
+            read_until = min(wait_until, budget)
+            idle = not idle_asked and self.decoder.holding
+            if idle:
+                read_until = min(read_until, now + self._idle_gap())
+            arrived = self.stats.bytes_received
+            events = self._events(read_until - now)
+            if self.stats.bytes_received != arrived:
+                idle_asked = False
+                # Bytes are coming: no silence yet (a long whole reply may take longer than
+                # the wait for its first chunk).
+                wait_until = max(wait_until, time.monotonic() + self._idle_gap())
+            elif idle and time.monotonic() < min(wait_until, budget):
+                # Quiet after bytes that made no frame: a damaged frame that lost its
+                # closing delimiter too. Asked for again now, not after the whole wait.
+                idle_asked = True
+                self.decoder.discard()
+                events = [Damaged(b"")]
+            for event in events:
                 if isinstance(event, Damaged):
                     named = damaged_id(event.prefix)
-                    if named is not None and named[1] and named[0] != request_id:
+                    if named is not None and named[1] and _earlier(named[0], request_id):
                         continue  # a damaged frame of an earlier request's
-                    # One of ours came damaged (its first bytes too, perhaps): again, at once.
+                    # Ours, or its id is damaged too (an id we never sent): asked for again
+                    # at once.
                     self.stats.retries += 1
                     self.stats.naks_sent += 1
                     self._saw_damage()
@@ -307,9 +357,11 @@ class AgentClient:
                     continue
                 silences = 0  # the agent is there: a silence was a lost frame, not a slow agent
                 if isinstance(event, Nak):
-                    if event.known and event.id != request_id:
+                    if event.known and _earlier(event.id, request_id):
                         self.stats.stale_replies += 1
                         continue
+                    # Ours, or one naming an id we never sent (the id of our frame came
+                    # damaged to the agent): send it again.
                     # The agent got ours damaged (or lost the reply): send it again.
                     self.stats.naks_received += 1
                     self.stats.retries += 1
@@ -356,19 +408,39 @@ class AgentClient:
 
     def _saw_damage(self) -> None:
         self._line_damage += 1
-        self._pick_chunk()
+        self._line_frames += 1
+        self._pick_chunk(damaged=True)
 
-    def _pick_chunk(self) -> None:
+    def byte_error_rate(self) -> float:
+        """The chance a byte arrives damaged, from the frames seen: a frame of n bytes
+        arrives whole with probability (1 - p)^n, so p = -ln(whole frames' share) / n
+        (counting damaged frames per byte would undercount: a frame is damaged once,
+        however many of its bytes are)."""
+        frames = self._line_frames + 1
+        share = min(0.95, (self._line_damage + 0.02) / frames)
+        mean = (self._line_bytes + 256) / frames
+        return min(0.5, -math.log1p(-share) / mean)
+
+    def _pick_chunk(self, *, damaged: bool = False) -> None:
         """The chunk size with the most data per byte of line time, damage counted: a
         chunk of n arrives whole with probability (1 - p)^(n + overhead)."""
         if self._line_bytes > 65536:  # forget slowly: the line may have changed
             self._line_bytes /= 2
             self._line_damage /= 2
-        p = min(0.5, (self._line_damage + 0.02) / (self._line_bytes + 256))
+            self._line_frames /= 2
+        p = self.byte_error_rate()
+        cost = CHUNK_COST + self._srtt * self.baud / 10  # the round trip's wait, in bytes
         best = max(
             (n for n in CHUNK_SIZES if n <= self._chunk_max()),
-            key=lambda n: n * (1 - p) ** (n + FRAME_OVERHEAD) / (n + CHUNK_COST),
+            key=lambda n: n * (1 - p) ** (n + FRAME_OVERHEAD) / (n + cost),
         )
+        # The estimate is slow to learn from a few frames: a damaged chunk halves the size
+        # at once, and an intact one at most doubles it (a chunk too large for the line is
+        # damaged nearly every time; one too small costs a little more line time).
+        if damaged:
+            best = min(best, max(CHUNK_MIN, self.chunk_size // 2))
+        else:
+            best = min(best, self.chunk_size * 2)
         self.chunk_size = best
 
     def _receive(self, request_id: int, timeout: float) -> Reply | None:
@@ -456,6 +528,7 @@ class AgentClient:
                 events.append(event)
             else:
                 assert isinstance(event, Frame)
+                self._line_frames += 1
                 try:
                     events.append(decode_incoming(event.body))
                 except WireError:

@@ -240,6 +240,48 @@ class ConsoleText:
     data: bytes
 
 
+class _Blocks:
+    """A frame assembled COBS block by block from ``start`` of a growing buffer: its
+    bytes decoded so far (a block's implied zero added when the next block begins) and
+    the CRC of all but their last four, so each block's end is checked at once."""
+
+    __slots__ = ("crc", "crc_len", "decoded", "next_code", "pending_zero", "start")
+
+    def __init__(self, start: int = 0) -> None:
+        self.start = start
+        self.next_code = start
+        self.decoded = bytearray()
+        self.pending_zero = False
+        self.crc = 0
+        self.crc_len = 0
+
+    def advance(self, buffer: bytearray, max_frame: int) -> int | None:
+        """Where in ``buffer`` the first block ends after which the bytes from ``start``
+        are a whole frame (COBS, size, CRC), or None (not yet, or never)."""
+        decoded = self.decoded
+        while self.next_code < len(buffer):
+            code = buffer[self.next_code]
+            end = self.next_code + code
+            if code == 0 or end > len(buffer):
+                return None  # the block's bytes are still coming
+            if self.pending_zero:
+                decoded.append(0)
+            decoded += buffer[self.next_code + 1 : end]
+            self.pending_zero = code != 0xFF
+            self.next_code = end
+            size = len(decoded)
+            if not 5 <= size <= max_frame:
+                continue
+            self.crc = zlib.crc32(memoryview(decoded)[self.crc_len : size - 4], self.crc)
+            self.crc_len = size - 4
+            if self.crc == int.from_bytes(decoded[size - 4 :], "little"):
+                return end
+        return None
+
+    def body(self) -> bytes:
+        return bytes(self.decoded[:-4])
+
+
 class FrameDecoder:
     """Split a byte stream into frames and console text.
 
@@ -250,6 +292,18 @@ class FrameDecoder:
     the opening of the next candidate, so a frame whose delimiters arrive
     intact is always found whatever came before it. A candidate longer than
     the largest frame cannot be one: its bytes go out as console text.
+
+    A frame is also found without the delimiter that should end it: a candidate
+    is checked at each COBS block's end as its bytes come, and is delivered as
+    soon as its CRC matches (a zero next is its closing delimiter). And without
+    the one that should open it: the text since the last frame or zero is
+    checked the same way, from its first byte and from its second (an opening
+    delimiter changed into another value; its bytes were passed on as text
+    already). So a lost or changed delimiter costs nothing, instead of a wait
+    for a zero that will not come (AGENT_PROTOCOL.md, section 1). Text that
+    ends at a zero without making a frame, and whose bytes decode to a start
+    like a message's (an array of 2 to 5), is a damaged frame: counted, and
+    reported like a damaged candidate.
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, *, report_damage: bool = False) -> None:
@@ -259,59 +313,137 @@ class FrameDecoder:
         self._limit = max_encoded_size(max_frame)
         self._in_frame = False
         self._buffer = bytearray()
+        self._blocks = _Blocks()
+        # A frame was delivered at its last block: a zero next is its closing delimiter.
+        self._after_frame = False
+        # Text since the last frame or zero, and the frames it may hold (its opening
+        # delimiter lost, or changed into the run's first byte).
+        self._run = bytearray()
+        self._shadows = (_Blocks(0), _Blocks(1))
         #: damaged candidates dropped so far
         self.dropped = 0
+
+    @property
+    def holding(self) -> bool:
+        """Whether bytes that may be a frame's are held without having made one: a
+        candidate's, or text that starts as a message does (an array of 2 to 5). When
+        the line goes quiet so, a damaged frame lost a delimiter too (console text is
+        ASCII: it is never held so)."""
+        if self._in_frame:
+            return bool(self._buffer)
+        prefix = cobs_decode_prefix(bytes(self._run[:8]), 1) if self._run else b""
+        return bool(prefix) and 0x92 <= prefix[0] <= 0x95
+
+    def discard(self) -> None:
+        """Drop what :attr:`holding` holds, as a damaged frame (its sender was asked for it
+        again): the zero that ends it later then ends an empty candidate, not a second
+        damaged one."""
+        if self.holding:
+            self.dropped += 1
+        if self._in_frame:
+            self._open()
+        else:
+            self._new_run()
+
+    def _open(self) -> None:
+        self._in_frame = True
+        self._buffer.clear()
+        self._blocks = _Blocks()
+
+    def _new_run(self) -> None:
+        self._run.clear()
+        self._shadows = (_Blocks(0), _Blocks(1))
 
     def feed(self, data: bytes) -> list[Frame | ConsoleText | Damaged]:
         events: list[Frame | ConsoleText | Damaged] = []
         text = bytearray()
+
+        def deliver(body: bytes) -> None:
+            if text:
+                events.append(ConsoleText(bytes(text)))
+                text.clear()
+            events.append(Frame(body))
+            self._after_frame = True
+            self._new_run()
+
         i = 0
         n = len(data)
         while i < n:
-            if not self._in_frame:
-                zero = data.find(b"\x00", i)
-                if zero < 0:
-                    text += data[i:]
-                    break
-                text += data[i:zero]
-                self._in_frame = True
-                self._buffer.clear()
-                i = zero + 1
-                continue
+            if self._after_frame:
+                self._after_frame = False
+                if data[i] == 0:
+                    i += 1  # the closing delimiter of the frame delivered at its last block
+                    continue
             zero = data.find(b"\x00", i)
-            chunk = data[i:] if zero < 0 else data[i:zero]
-            self._buffer += chunk
+            piece = data[i:] if zero < 0 else data[i:zero]
+            if not self._in_frame:
+                old_len = len(self._run)
+                found = None
+                if old_len <= self._limit:  # longer is no frame: console text alone
+                    self._run += piece
+                    for shadow in self._shadows:
+                        end = shadow.advance(self._run, self.max_frame)
+                        if end is not None:
+                            found = (shadow, end)
+                            break
+                if found is not None:
+                    # A frame whose opening delimiter was lost or changed. Its bytes went
+                    # out as text as they came, as the agent's decoder passes each byte on.
+                    shadow, end = found
+                    text += piece[: end - old_len]
+                    i += end - old_len
+                    deliver(shadow.body())
+                    continue
+                text += piece
+                if zero < 0:
+                    break
+                i = zero + 1
+                prefix = cobs_decode_prefix(bytes(self._run)) if self._run else b""
+                self._new_run()
+                self._open()
+                if prefix and 0x92 <= prefix[0] <= 0x95:
+                    # Text that starts as a message does (an array of 2 to 5) and is no
+                    # frame: a damaged frame that lost its opening delimiter too.
+                    self.dropped += 1
+                    if self.report_damage:
+                        if text:
+                            events.append(ConsoleText(bytes(text)))
+                            text.clear()
+                        events.append(Damaged(prefix))
+                continue
+            old_len = len(self._buffer)
+            self._buffer += piece
             if len(self._buffer) > self._limit:
                 # Too long for a frame: it was text after a lost delimiter.
                 text += self._buffer
                 self._buffer.clear()
                 self._in_frame = False
+                self._new_run()
                 if zero < 0:
                     break
                 i = zero  # this zero may open a frame
+                continue
+            end = self._blocks.advance(self._buffer, self.max_frame)
+            if end is not None:
+                # A whole frame at a block's end: delivered now, its closing zero or not.
+                self._in_frame = False
+                i += end - old_len
+                deliver(self._blocks.body())
                 continue
             if zero < 0:
                 break
             i = zero + 1
             candidate = bytes(self._buffer)
-            self._buffer.clear()
+            self._open()  # the closing zero opens the next candidate
             if not candidate:
                 continue  # two zeros in a row: still between delimiters
-            try:
-                body = unframe(candidate, self.max_frame)
-            except WireError:
-                self.dropped += 1
-                if self.report_damage:
-                    if text:
-                        events.append(ConsoleText(bytes(text)))
-                        text.clear()
-                    events.append(Damaged(cobs_decode_prefix(candidate)))
-                continue  # the closing zero opens the next candidate
-            if text:
-                events.append(ConsoleText(bytes(text)))
-                text.clear()
-            events.append(Frame(body))
-            self._in_frame = False
+            # Not a frame at any block's end: damaged.
+            self.dropped += 1
+            if self.report_damage:
+                if text:
+                    events.append(ConsoleText(bytes(text)))
+                    text.clear()
+                events.append(Damaged(cobs_decode_prefix(candidate)))
         if text:
             events.append(ConsoleText(bytes(text)))
         return events

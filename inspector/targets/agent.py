@@ -61,8 +61,14 @@ __all__ = [
     "decode_walk_range",
 ]
 
-#: How long the first hello waits before the silence is explained (in use, a stopped kernel).
-QUICK_LOOK = 1.0
+#: How long the first hello waits before the silence is explained (in use, a stopped kernel):
+#: as long as the gdb target's look. A live agent's first bytes come within milliseconds
+#: (the first chunk of its hello reply is 128 bytes: 11 ms at 115,200 baud), and any byte
+#: at all (console text, a damaged frame) sends the handshake on with its whole timeout.
+QUICK_LOOK = 0.5
+#: ... on a pty: QEMU's pty backend looks for a reader once a second and drops what the
+#: guest writes until it has seen one, so a live agent may say nothing for up to 1 s.
+PTY_LOOK = 1.5
 
 #: Bits of a walk range's flags (AGENT_PROTOCOL.md, "walk").
 RANGE_FLAGS = {"W": 1, "U": 2, "X": 4, "G": 8, "PWT": 16, "PCD": 32, "PAT": 64}
@@ -194,8 +200,10 @@ class AgentTarget(Target):
     def _hello(self, timeout: float) -> Any:
         """The handshake, with a quick first look: a line where nothing at all comes back
         within :data:`QUICK_LOOK` is explained at once, not after every retry."""
+        look = PTY_LOOK if self.client.transport.description.startswith("pty:") else QUICK_LOOK
+        self._look = min(timeout, look)
         try:
-            return self.client.hello(timeout=min(timeout, QUICK_LOOK), retries=0)
+            return self.client.hello(timeout=self._look, retries=0)
         except AgentTimeout:
             pass
         except (AgentRemoteError, AgentProtocolError, AgentClientError):
@@ -225,7 +233,7 @@ class AgentTarget(Target):
             )
         return (
             f"{self.spec} is in use by another client (the connection was accepted, but "
-            f"nothing answered within {QUICK_LOOK:g} s: QEMU gives a socket to one client at "
+            f"nothing answered within {self._look:g} s: QEMU gives a socket to one client at "
             "a time), or the kernel is not running its agent"
         )
 

@@ -125,6 +125,61 @@ void agent_frame_write(uint8_t *body, size_t len, agent_write_fn write, void *ct
 	write(ctx, &delimiter, 1);
 }
 
+static void check_reset(struct agent_frame_check *c)
+{
+	c->crc = 0;
+	c->n = 0;
+	c->left = 0;
+	c->pending_zero = false;
+	c->dead = false;
+}
+
+static void check_push(struct agent_frame_check *c, uint8_t byte)
+{
+	if (c->n >= 4)
+		c->crc = agent_crc32(c->crc, &c->tail[c->n % 4], 1);
+	c->tail[c->n % 4] = byte;
+	c->n++;
+}
+
+/*
+ * One more non-zero byte of an encoded frame: true when it ends a block after
+ * which the bytes decoded so far are a whole frame (size and CRC).
+ */
+static bool check_byte(struct agent_frame_check *c, uint8_t byte, size_t max_frame)
+{
+	if (c->dead)
+		return false;
+	if (c->left == 0) {
+		if (c->pending_zero)
+			check_push(c, 0);
+		c->left = (uint8_t)(byte - 1);
+		c->pending_zero = byte != 0xff;
+	} else {
+		check_push(c, byte);
+		c->left--;
+	}
+	if (c->n > max_frame) {
+		c->dead = true;
+		return false;
+	}
+	if (c->left || c->n < 5)
+		return false;
+	uint32_t crc = (uint32_t)c->tail[c->n % 4] | (uint32_t)c->tail[(c->n + 1) % 4] << 8 |
+		       (uint32_t)c->tail[(c->n + 2) % 4] << 16 |
+		       (uint32_t)c->tail[(c->n + 3) % 4] << 24;
+
+	return c->crc == crc;
+}
+
+static void text_reset(struct agent_frame_decoder *d)
+{
+	d->len = 0;
+	d->text_over = false;
+	check_reset(&d->shadow[0]);
+	check_reset(&d->shadow[1]);
+}
+
 void agent_frame_decoder_init(struct agent_frame_decoder *d, uint8_t *buf, size_t max_frame,
 			      agent_frame_fn on_frame, agent_text_fn on_text, void *ctx)
 {
@@ -133,6 +188,9 @@ void agent_frame_decoder_init(struct agent_frame_decoder *d, uint8_t *buf, size_
 	d->len = 0;
 	d->max_frame = max_frame;
 	d->in_frame = false;
+	d->after_frame = false;
+	check_reset(&d->check);
+	text_reset(d);
 	d->dropped = 0;
 	d->on_frame = on_frame;
 	d->on_text = on_text;
@@ -189,21 +247,67 @@ damaged:
 	return false;
 }
 
+/* The frame of the encoded bytes buf[from..len), checked whole: decoded in place, delivered. */
+static void deliver(struct agent_frame_decoder *d, size_t from)
+{
+	long n = agent_cobs_decode(d->buf + from, d->len - from, d->buf);
+
+	d->in_frame = false;
+	d->after_frame = true;
+	text_reset(d);
+	if (n >= 5)
+		d->on_frame(d->ctx, d->buf, (size_t)n - 4);
+}
+
 void agent_frame_decoder_feed(struct agent_frame_decoder *d, uint8_t byte)
 {
+	if (d->after_frame) {
+		d->after_frame = false;
+		if (byte == 0)
+			return; /* the closing delimiter of the frame delivered at its last block */
+	}
 	if (!d->in_frame) {
 		if (byte == 0) {
+			uint8_t prefix[AGENT_DAMAGED_PREFIX];
+			size_t n = agent_cobs_decode_prefix(d->buf, d->len, prefix, sizeof(prefix));
+
 			d->in_frame = true;
 			d->len = 0;
-		} else if (d->on_text) {
-			d->on_text(d->ctx, byte);
+			check_reset(&d->check);
+			text_reset(d);
+			/*
+			 * Text that starts as a message does (an array of 2 to 5) and is no
+			 * frame: a damaged frame that lost its opening delimiter too.
+			 */
+			if (n && prefix[0] >= 0x92 && prefix[0] <= 0x95) {
+				d->dropped++;
+				if (d->on_damaged)
+					d->on_damaged(d->ctx, prefix, n);
+			}
+			return;
 		}
+		if (d->on_text)
+			d->on_text(d->ctx, byte);
+		if (d->text_over || d->len == d->cap) {
+			d->text_over = true;
+			return;
+		}
+		d->buf[d->len++] = byte;
+		/* A frame whose opening delimiter was lost (or changed: from the second byte). */
+		if (check_byte(&d->shadow[0], byte, d->max_frame))
+			deliver(d, 0);
+		else if (d->len >= 2 && check_byte(&d->shadow[1], byte, d->max_frame))
+			deliver(d, 1);
 		return;
 	}
 	if (byte == 0) {
 		/* An empty or damaged candidate: this zero opens the next one. */
 		if (d->len && !frame_close(d))
 			d->dropped++;
+		if (!d->in_frame)
+			text_reset(d);
+		d->len = 0;
+		check_reset(&d->check);
 		return;
 	}
 	if (d->len == d->cap) {
@@ -213,9 +317,12 @@ void agent_frame_decoder_feed(struct agent_frame_decoder *d, uint8_t byte)
 				d->on_text(d->ctx, d->buf[i]);
 			d->on_text(d->ctx, byte);
 		}
-		d->len = 0;
 		d->in_frame = false;
+		text_reset(d);
 		return;
 	}
 	d->buf[d->len++] = byte;
+	/* A whole frame at a block's end: delivered now, its closing zero or not. */
+	if (check_byte(&d->check, byte, d->max_frame))
+		deliver(d, 0);
 }

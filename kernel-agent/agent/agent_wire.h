@@ -34,12 +34,36 @@ void agent_frame_write(uint8_t *body, size_t len, agent_write_fn write, void *ct
 typedef void (*agent_frame_fn)(void *ctx, const uint8_t *body, size_t len);
 typedef void (*agent_text_fn)(void *ctx, uint8_t byte);
 
+/*
+ * A frame assembled COBS block by block as its bytes come, without a buffer of
+ * its own: how many bytes it decoded to, the CRC of all but the last four, and
+ * those four. At each block's end the bytes so far are checked as a whole frame.
+ */
+struct agent_frame_check {
+	uint32_t crc; /* agent_crc32 of the decoded bytes before the last four */
+	uint8_t tail[4]; /* the last four decoded bytes, tail[n % 4] the oldest */
+	size_t n; /* bytes decoded (a block's implied zero counted when the next begins) */
+	uint8_t left; /* bytes left in the current block; 0: the next byte is a code */
+	bool pending_zero; /* the last block stands for a zero, if another follows */
+	bool dead; /* too long for a frame */
+};
+
 struct agent_frame_decoder {
 	uint8_t *buf; /* AGENT_COBS_MAX(max_frame) bytes, owned by the caller */
 	size_t cap;
 	size_t len;
 	size_t max_frame;
 	bool in_frame;
+	/*
+	 * A frame was delivered at its last block, before its closing delimiter: a
+	 * zero next is that delimiter. Outside a frame, buf holds the text since the
+	 * last frame or zero, and shadow[k] checks it from byte k for a frame whose
+	 * opening delimiter was lost (k = 0) or changed into another value (k = 1).
+	 */
+	bool after_frame;
+	bool text_over; /* the text run outgrew buf: no frame in it */
+	struct agent_frame_check check;
+	struct agent_frame_check shadow[2];
 	uint32_t dropped; /* damaged candidates */
 	agent_frame_fn on_frame;
 	agent_text_fn on_text;

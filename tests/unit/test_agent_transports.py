@@ -236,3 +236,73 @@ def test_client_refuses_a_request_larger_than_the_agent_takes():
         client.call("read_phys", "x" * 600)
     assert client.stats.bytes_sent == 0
     client.close()
+
+
+class ScriptedAgent(threading.Thread):
+    """Answers the first request with ``first(id)`` (bytes for the line), and anything after
+    it (a NAK, the request again) with the intact reply."""
+
+    def __init__(self, sock: socket.socket, first) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.first = sock, first
+        self.messages: list[list] = []
+        self.start()
+
+    def run(self):
+        import msgpack
+
+        decoder = FrameDecoder()
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            for event in decoder.feed(data):
+                if not hasattr(event, "body"):
+                    continue
+                message = msgpack.unpackb(event.body)
+                self.messages.append(message)
+                request_id = message[1]
+                reply = encode_frame(encode_reply(request_id, b"\x11" * 16))
+                self.sock.sendall(self.first(request_id) if len(self.messages) == 1 else reply)
+
+
+def _damaged(request_id: int) -> bytearray:
+    wire = bytearray(encode_frame(encode_reply(request_id, b"\x11" * 16)))
+    wire[len(wire) // 2] ^= 0x40
+    return wire
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        # damaged, and its closing delimiter lost: no zero will come to end it
+        lambda request_id: bytes(_damaged(request_id)[:-1]),
+        # damaged, and its opening delimiter lost: text until the closing zero
+        lambda request_id: bytes(_damaged(request_id)[1:]),
+        # its id damaged (an id the client never sent), and the rest with it
+        lambda request_id: bytes(_damaged(request_id + 1000)),
+        # a NAK for the request, its id damaged on the way
+        lambda request_id: encode_frame(msgpack_nak(request_id ^ 0x5A5A0000)),
+    ],
+    ids=["closing-lost", "opening-lost", "damaged-id", "nak-damaged-id"],
+)
+def test_a_damaged_frame_is_asked_for_again_without_a_wait(first):
+    """Whatever the damage hid (a delimiter, the id), one NAK or one resend and no wait."""
+    ours, theirs = socket.socketpair()
+    fake = ScriptedAgent(theirs, first)
+    client = AgentClient(SocketTransport(ours, "pair"), timeout=5.0, retries=1)
+    assert client.call("read_phys", 0x1000, 16) == b"\x11" * 16
+    stats = client.stats
+    assert stats.timeouts == 0, stats
+    assert stats.naks_sent + stats.resends == 1, stats
+    assert len(fake.messages) == 2
+    client.close()
+
+
+def msgpack_nak(request_id: int) -> bytes:
+    import msgpack
+
+    return msgpack.packb([2, request_id, True])

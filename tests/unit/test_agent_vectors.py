@@ -194,10 +194,14 @@ _FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(Hea
 
 @st.composite
 def line_noise(draw):
-    """Frames, text, garbage, zeros, and frames with a byte flipped or dropped."""
+    """Frames, text, garbage, zeros, and frames with a byte flipped or dropped, or a
+    delimiter lost or changed into another value."""
     parts = []
     for _ in range(draw(st.integers(1, 6))):
-        kind = draw(st.sampled_from(["frame", "text", "garbage", "flip", "drop", "zeros"]))
+        kinds = ["frame", "text", "garbage", "flip", "drop", "zeros"]
+        kind = draw(
+            st.sampled_from([*kinds, "delimiter-lost", "delimiter-changed", "opening-and-flip"])
+        )
         if kind == "text":
             parts.append(draw(st.binary(max_size=30)).replace(b"\x00", b""))
         elif kind == "garbage":
@@ -206,7 +210,16 @@ def line_noise(draw):
             parts.append(b"\x00" * draw(st.integers(1, 3)))
         else:
             frame = bytearray(encode_frame(draw(st.binary(min_size=1, max_size=300))))
-            if kind != "frame":
+            if kind == "opening-and-flip":  # damaged, and its opening delimiter lost
+                frame[draw(st.integers(2, len(frame) - 2))] ^= 1 << draw(st.integers(0, 7))
+                del frame[0]
+            elif kind.startswith("delimiter"):
+                i = draw(st.sampled_from([0, len(frame) - 1]))
+                if kind == "delimiter-lost":
+                    del frame[i]
+                else:
+                    frame[i] = draw(st.integers(1, 255))
+            elif kind != "frame":
                 i = draw(st.integers(1, len(frame) - 2))
                 if kind == "flip":
                     frame[i] ^= 1 << draw(st.integers(0, 7))

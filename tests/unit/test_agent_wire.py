@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from kinspect.protocols.agent_wire import (
     DEFAULT_MAX_FRAME,
     ConsoleText,
+    Damaged,
     Frame,
     FrameDecoder,
     WireError,
@@ -148,3 +149,65 @@ def test_messages_round_trip_and_reject():
         decode_reply(b"\x94\x01\x01\x92\x04\x05\xc0")  # error message is not a string
     with pytest.raises(WireError):
         encode_request(1 << 32, "hello")
+
+
+@st.composite
+def lost_delimiter_streams(draw):
+    """Frames whose opening or closing delimiter is dropped or changed into another
+    value (one of the two between a pair of frames at most), text between them."""
+    bodies_ = draw(st.lists(bodies, min_size=1, max_size=6))
+    stream = bytearray()
+    previous_damaged = False
+    for body in bodies_:
+        wire = bytearray(encode_frame(body))
+        choices = ["none", "drop-close", "change-close"]
+        if not previous_damaged:
+            choices += ["drop-open", "change-open"]
+        damage = draw(st.sampled_from(choices))
+        if damage in ("none", "drop-close", "change-close"):
+            stream += draw(text)  # text before a frame that keeps its opening delimiter
+        at = 0 if damage.endswith("open") else len(wire) - 1
+        if damage.startswith("drop"):
+            del wire[at]
+        elif damage.startswith("change"):
+            wire[at] = draw(st.integers(1, 255))
+        previous_damaged = damage.endswith("close")
+        stream += wire
+    return bytes(stream), bodies_
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@given(lost_delimiter_streams(), st.lists(st.integers(0, 10**6), max_size=10))
+def test_a_lost_or_changed_delimiter_loses_no_frame(case, cuts):
+    """The last frame too: a receiver never waits for a closing zero that will not come."""
+    stream, bodies_ = case
+    events = feed_in_pieces(FrameDecoder(), stream, cuts)
+    assert [e.body for e in events if isinstance(e, Frame)] == bodies_
+
+
+def test_a_frame_is_delivered_before_its_closing_delimiter():
+    body = encode_reply(5, b"x" * 300)
+    wire = encode_frame(body)
+    decoder = FrameDecoder()
+    assert decoder.feed(wire[:-1]) == [Frame(body)]  # the closing zero has not come
+    assert decoder.feed(wire[-1:] + b"login: ") == [ConsoleText(b"login: ")]
+    decoder = FrameDecoder()
+    decoder.feed(wire)
+    # A frame whose opening zero was lost, or changed (its bytes passed on as text first).
+    assert decoder.feed(wire[1:-1]) == [ConsoleText(wire[1:-1]), Frame(body)]
+    assert decoder.feed(b"\x7f" + wire[1:-1]) == [ConsoleText(b"\x7f" + wire[1:-1]), Frame(body)]
+    assert decoder.feed(b"\x00login: ") == [ConsoleText(b"login: ")]
+
+
+def test_a_damaged_frame_without_its_opening_delimiter_is_reported():
+    """Text that decodes to a message's start and ends at a zero without being a frame is
+    a damaged frame (both faults at once): reported for a NAK, not left to a wait."""
+    wire = bytearray(encode_frame(encode_request(7, "read_phys", (0x1000, 16))))
+    wire[6] ^= 0x10
+    decoder = FrameDecoder(report_damage=True)
+    events = decoder.feed(encode_frame(b"\x90") + bytes(wire[1:]))
+    assert [type(e) for e in events] == [Frame, ConsoleText, Damaged] and decoder.dropped == 1
+    assert decoder.feed(encode_frame(b"\x90") + b"ls\r\n\x00") == [
+        Frame(b"\x90"),
+        ConsoleText(b"ls\r\n"),  # text that ends at a zero stays text
+    ]
