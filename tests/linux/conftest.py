@@ -76,11 +76,3 @@ def linux_session(linux_guest):
     finally:
         s.close()
         s.close()
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``--dist loadgroup``) every test of this folder runs on one
-    worker, so the session's Linux guest boots once."""
-    for item in items:
-        if "/tests/linux/" in str(item.path):
-            item.add_marker(pytest.mark.xdist_group("linux-guest"))
