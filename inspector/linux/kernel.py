@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import FaultError, InspectorError, TargetError
 from ..symbols import SymbolTable
-from ..x86.paging import Range
+from ..x86.paging import Range, RangeList
 from .kallsyms import (
     KERNEL_MAP_END,
     KERNEL_MAP_START,
@@ -134,7 +134,15 @@ class LinuxKernel:
 def kernel_image(ranges: Sequence[Range]) -> tuple[int, list[tuple[int, int]]]:
     """``_text`` (the first executable mapping in the kernel window) and the image's
     non-executable mappings (its data), from the page tables' ranges."""
-    window = [r for r in ranges if KERNEL_MAP_START <= r.start < KERNEL_MAP_END]
+    if isinstance(ranges, RangeList):  # in address order: only the window's are made
+        import numpy as np
+
+        lo, hi = np.searchsorted(
+            ranges.start, np.array([KERNEL_MAP_START, KERNEL_MAP_END], np.uint64)
+        )
+        window = ranges[int(lo) : int(hi)]
+    else:
+        window = [r for r in ranges if KERNEL_MAP_START <= r.start < KERNEL_MAP_END]
     text = [r for r in window if r.permissions.executable]
     if not text:
         raise InspectorError(
