@@ -10,7 +10,9 @@ layout variables KASLR randomizes (``page_offset_base``, ``vmalloc_base``,
 
 Decoding kallsyms reads ~1.7 MB through the stub; the result is kept in the user's
 cache directory (``$XDG_CACHE_HOME/kinspect``), keyed by the banner and ``_text``,
-and checked against the kernel's ``kallsyms_relative_base`` and count when used.
+and checked against the kernel's ``kallsyms_relative_base`` and count when used. Its
+header holds the few symbols recognition and the region map need (KNOWN_SYMBOLS): the
+~100,000 others become a symbol table only when a command looks one up (``pt`` never).
 """
 
 from __future__ import annotations
