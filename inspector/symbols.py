@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,6 +247,38 @@ def _read_elf(path: str | None, reader: Any) -> Any:
         raise InspectorError(f"{path} is not a valid ELF file: {exc}") from exc
 
 
+class _Built:
+    """The symbols by name (the last of a name wins) and in address order."""
+
+    __slots__ = ("addresses", "by_name", "ordered")
+
+    def __init__(self, symbols: list[Symbol]) -> None:
+        self.by_name = {s.name: s for s in symbols}
+        kinds = {"notype": 0, "object": 1, "func": 2}  # the last of equals wins
+        self.ordered = sorted(symbols, key=lambda s: (s.address, kinds.get(s.kind, 3)))
+        self.addresses = [s.address for s in self.ordered]
+
+
+class _Index:
+    """A table's symbols, made on first use and shared by its slid copies; ``known``
+    answers a few names before then (None once the symbols are made)."""
+
+    def __init__(
+        self, build: Callable[[], list[Symbol]], known: Mapping[str, int | None] | None = None
+    ) -> None:
+        self._build: Callable[[], list[Symbol]] | None = build
+        self._built: _Built | None = None
+        self.known = known
+
+    def built(self) -> _Built:
+        if self._built is None:
+            assert self._build is not None
+            self._built = _Built(self._build())
+            self._build = None
+            self.known = None
+        return self._built
+
+
 class SymbolTable:
     """The symbols, line table and CFI of one ELF file, with a load slide."""
 
@@ -259,16 +291,22 @@ class SymbolTable:
         cfi_fdes: list[Fde] | None = None,
         path: str | None = None,
         _debug: _DebugInfo | None = None,
+        _index: _Index | None = None,
     ) -> None:
         self.slide = slide
         self.path = path
-        self._symbols = symbols
-        self._by_name = {s.name: s for s in symbols}
-        kinds = {"notype": 0, "object": 1, "func": 2}  # the last of equals wins
-        self._sorted = sorted(symbols, key=lambda s: (s.address, kinds.get(s.kind, 3)))
-        self._addresses = [s.address for s in self._sorted]
+        self._index = _index or _Index(lambda: symbols)
         self._debug = _debug or _DebugInfo(path, lines, cfi_fdes)
         self._cfi: CfiTable | None = None
+
+    @classmethod
+    def deferred(
+        cls, build: Callable[[], list[Symbol]], known: Mapping[str, int | None]
+    ) -> SymbolTable:
+        """A table whose symbols ``build`` makes on first use: until then ``lookup``
+        answers the names in ``known`` (unslid addresses, None for a name not there), so
+        that a command needing only those never pays for the ~100,000 others."""
+        return cls([], _index=_Index(build, known))
 
     @classmethod
     def from_elf(cls, path: str, *, slide: int = 0) -> SymbolTable:
@@ -307,7 +345,7 @@ class SymbolTable:
 
     def with_slide(self, slide: int) -> SymbolTable:
         """The same table loaded ``slide`` bytes away from its link address."""
-        return SymbolTable(self._symbols, slide=slide, path=self.path, _debug=self._debug)
+        return SymbolTable([], slide=slide, path=self.path, _debug=self._debug, _index=self._index)
 
     @property
     def _lines(self) -> LineTable | None:
@@ -319,7 +357,7 @@ class SymbolTable:
 
     def slide_for(self, name: str, runtime_address: int) -> int:
         """The slide that puts symbol ``name`` at ``runtime_address`` (KASLR: ``_text``)."""
-        symbol = self._by_name.get(name)
+        symbol = self._index.built().by_name.get(name)
         if symbol is None:
             raise InspectorError(f"no symbol {name!r} in {self.path or 'the ELF file'}")
         return runtime_address - symbol.address
@@ -327,7 +365,11 @@ class SymbolTable:
     # -- names ------------------------------------------------------------------------
 
     def lookup(self, name: str) -> int | None:
-        symbol = self._by_name.get(name)
+        known = self._index.known
+        if known is not None and name in known:
+            address = known[name]
+            return None if address is None else address + self.slide
+        symbol = self._index.built().by_name.get(name)
         return None if symbol is None else symbol.address + self.slide
 
     def name_of(self, address: int) -> str | None:
@@ -350,10 +392,11 @@ class SymbolTable:
         unsized label covers up to 64 KiB after it.
         """
         unslid = address - self.slide
-        index = bisect.bisect_right(self._addresses, unslid) - 1
+        built = self._index.built()
+        index = bisect.bisect_right(built.addresses, unslid) - 1
         label: tuple[Symbol, int] | None = None
         while index >= 0:
-            symbol = self._sorted[index]
+            symbol = built.ordered[index]
             offset = unslid - symbol.address
             if symbol.size == 0 and offset > 0x10000:
                 break
@@ -369,9 +412,10 @@ class SymbolTable:
     def names_at(self, address: int) -> list[str]:
         """Every symbol name at exactly run-time ``address`` (``boot_stack_top``, ...)."""
         unslid = address - self.slide
-        lo = bisect.bisect_left(self._addresses, unslid)
-        hi = bisect.bisect_right(self._addresses, unslid)
-        return sorted(s.name for s in self._sorted[lo:hi])
+        built = self._index.built()
+        lo = bisect.bisect_left(built.addresses, unslid)
+        hi = bisect.bisect_right(built.addresses, unslid)
+        return sorted(s.name for s in built.ordered[lo:hi])
 
     def format_address(self, address: int) -> str:
         found = self.symbolize(address)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, NamedTuple
@@ -47,7 +47,10 @@ __all__ = [
     "decode_names",
     "decode_offsets",
     "decode_tokens",
+    "deferred_symbol_table",
     "find_kallsyms",
+    "kallsyms_symbols",
+    "known_addresses",
     "parse_kallsyms_text",
     "read_layout",
     "symbol_table",
@@ -231,6 +234,33 @@ def symbol_table(entries: Iterable[KallsymsEntry]) -> SymbolTable:
     kallsyms has no sizes: each symbol reaches the next higher address, as the kernel's
     own ``kallsyms_lookup_size_offset`` assumes; text symbols are functions.
     """
+    return SymbolTable(kallsyms_symbols(entries))  # no path: lines and CFI come from an ELF
+
+
+def deferred_symbol_table(
+    entries: Callable[[], Iterable[KallsymsEntry]], known: Mapping[str, int | None]
+) -> SymbolTable:
+    """:func:`symbol_table` of what ``entries()`` gives, made on first use: until then
+    only the names of ``known`` (from :func:`known_addresses`) are answered."""
+    return SymbolTable.deferred(lambda: kallsyms_symbols(entries()), known)
+
+
+def known_addresses(
+    entries: Iterable[KallsymsEntry], names: Iterable[str]
+) -> dict[str, int | None]:
+    """The address :func:`symbol_table`'s ``lookup`` gives each of ``names`` (None for a
+    name not there), without making the table: of several symbols of one name, the one
+    last in address order (the last in ``entries`` among equal addresses)."""
+    wanted = set(names)
+    found: dict[str, int] = {}
+    for address, _, name in entries:
+        if name in wanted and (name not in found or address >= found[name]):
+            found[name] = address
+    return {name: found.get(name) for name in sorted(wanted)}
+
+
+def kallsyms_symbols(entries: Iterable[KallsymsEntry]) -> list[Symbol]:
+    """The symbols of ``entries`` in address order, each sized up to the next address."""
     ordered = list(entries)
     if any(b.address < a.address for a, b in pairwise(ordered)):
         ordered.sort(key=lambda e: e.address)
@@ -244,7 +274,7 @@ def symbol_table(entries: Iterable[KallsymsEntry]) -> SymbolTable:
         if index and ordered[index - 1].address != address:
             following = address
     symbols.reverse()
-    return SymbolTable(symbols)  # no path: SymbolTable reads lines and CFI from an ELF's
+    return symbols
 
 
 def _little_endian() -> bool:

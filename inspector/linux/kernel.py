@@ -10,7 +10,9 @@ layout variables KASLR randomizes (``page_offset_base``, ``vmalloc_base``,
 
 Decoding kallsyms reads ~1.7 MB through the stub; the result is kept in the user's
 cache directory (``$XDG_CACHE_HOME/kinspect``), keyed by the banner and ``_text``,
-and checked against the kernel's ``kallsyms_relative_base`` and count when used.
+and checked against the kernel's ``kallsyms_relative_base`` and count when used. Its
+header holds the few symbols recognition and the region map need (KNOWN_SYMBOLS): the
+~100,000 others become a symbol table only when a command looks one up (``pt`` never).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from __future__ import annotations
 import bisect
 import gzip
 import hashlib
+import io
 import json
 import os
 import struct
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +39,9 @@ from .kallsyms import (
     KERNEL_MAP_START,
     KallsymsEntry,
     KallsymsLayout,
+    deferred_symbol_table,
     find_kallsyms,
+    known_addresses,
     parse_kallsyms_text,
     symbol_table,
 )
@@ -55,8 +61,12 @@ LINK_TEXT = 0xFFFFFFFF81000000
 BANNER = b"Linux version "
 #: how far into the read-only data the banner is looked for before kallsyms
 BANNER_SEARCH = 64 * 1024
-CACHE_VERSION = 1
+#: 2: the header holds KNOWN_SYMBOLS' addresses (1 did not: older caches are rebuilt)
+CACHE_VERSION = 2
 LAYOUT_VARIABLES = ("page_offset_base", "vmalloc_base", "vmemmap_base")
+#: what recognition and the region map (layout.py) look up: kept in the cache's header,
+#: so that commands needing no other symbol (``pt``) never read the ~100,000 others
+KNOWN_SYMBOLS = ("_text", "_end", "linux_banner", *LAYOUT_VARIABLES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,20 +182,28 @@ def cache_directory() -> Path:
 
 def _cache_path(directory: Path, banner: str, text: int) -> Path:
     key = hashlib.sha256(f"{banner}\n{text:#x}".encode()).hexdigest()[:20]
-    return directory / f"kallsyms-{key}.txt.gz"
+    # the version in the name: a kinspect of another version keeps its own file
+    return directory / f"kallsyms-v{CACHE_VERSION}-{key}.txt.gz"
 
 
 def _load_cache(
     path: Path, read_virtual: ReadVirtual
-) -> tuple[KallsymsLayout, list[KallsymsEntry]] | None:
+) -> tuple[KallsymsLayout, dict[str, int | None], bytes] | None:
+    """The cache's layout and known addresses, when the kernel still holds the same tables
+    where it says, and its compressed bytes: the symbols are read from them on first use."""
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as stream:
+        raw = path.read_bytes()
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
             header = json.loads(stream.readline())
-            if header.get("version") != CACHE_VERSION:
-                return None
-            layout = KallsymsLayout.from_dict(header["layout"])
-            body = stream.read()
-    except (OSError, EOFError, ValueError, KeyError, TypeError):
+        if header.get("version") != CACHE_VERSION:
+            return None
+        layout = KallsymsLayout.from_dict(header["layout"])
+        known = header["known"]
+        if set(known) != set(KNOWN_SYMBOLS) or not all(
+            value is None or isinstance(value, int) for value in known.values()
+        ):
+            return None
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zlib.error):
         return None
     # the kernel must still hold the same tables where the cache says
     try:
@@ -195,19 +213,33 @@ def _load_cache(
         return None
     if (base, count) != (layout.relative_base, layout.count):
         return None
-    entries = [
-        KallsymsEntry(int(address, 16), kind, name)
-        for address, kind, name in (line.split(" ", 2) for line in body.splitlines())
-    ]
-    return (layout, entries) if len(entries) == layout.count else None
+    return layout, known, raw
 
 
-def _store_cache(path: Path, layout: KallsymsLayout, entries: Sequence[KallsymsEntry]) -> None:
+def _cache_entries(raw: bytes, count: int) -> list[KallsymsEntry] | None:
+    """The symbols of a cache file's bytes (None when damaged or not ``count`` of them)."""
+    try:
+        _, _, body = gzip.decompress(raw).decode("utf-8").partition("\n")
+        entries = [
+            KallsymsEntry(int(address, 16), kind, name)
+            for address, kind, name in (line.split(" ", 2) for line in body.splitlines())
+        ]
+    except (OSError, EOFError, ValueError, zlib.error):
+        return None
+    return entries if len(entries) == count else None
+
+
+def _store_cache(
+    path: Path,
+    layout: KallsymsLayout,
+    entries: Sequence[KallsymsEntry],
+    known: dict[str, int | None],
+) -> None:
     """Best effort: a cache that cannot be written is only a slower next attach."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + f".{os.getpid()}.partial")
-        header = json.dumps({"version": CACHE_VERSION, "layout": layout.to_dict()})
+        header = json.dumps({"version": CACHE_VERSION, "layout": layout.to_dict(), "known": known})
         body = "\n".join(f"{e.address:x} {e.type} {e.name}" for e in entries)
         with gzip.open(partial, "wt", encoding="utf-8", compresslevel=1) as stream:
             stream.write(header + "\n" + body + "\n")
@@ -252,24 +284,38 @@ def recognize_linux(
         except OSError as exc:
             raise InspectorError(f"cannot read {kallsyms_file}: {exc.strerror}") from exc
         entries = parse_kallsyms_text(text_file, source=kallsyms_file)
+        symbol_count = len(entries)
         table = symbol_table(entries)
         file_text = table.lookup("_text")
         if file_text is not None and file_text != text:
             table = table.with_slide(text - file_text)
     else:
         path = _cache_path(cache or cache_directory(), banner, text)
-        found = _load_cache(path, read_virtual) if use_cache else None
-        if found is not None:
-            cached = True
-        else:
+
+        def decode() -> tuple[KallsymsLayout, list[KallsymsEntry]]:
             try:
-                found = find_kallsyms(read_virtual, data)
+                layout, entries = find_kallsyms(read_virtual, data)
             except (FaultError, TargetError, struct.error) as exc:
                 raise InspectorError(f"cannot read the kernel's kallsyms: {exc}") from exc
             if use_cache:
-                _store_cache(path, *found)
-        layout, entries = found
-        table = symbol_table(entries)
+                _store_cache(path, layout, entries, known_addresses(entries, KNOWN_SYMBOLS))
+            return layout, entries
+
+        found = _load_cache(path, read_virtual) if use_cache else None
+        if found is not None:
+            cached = True
+            layout, known, raw = found
+            symbol_count = layout.count
+
+            def cached_entries() -> list[KallsymsEntry]:
+                # a damaged cache body is decoded from memory again (and rewritten)
+                return _cache_entries(raw, symbol_count) or decode()[1]
+
+            table = deferred_symbol_table(cached_entries, known)
+        else:
+            layout, entries = decode()
+            symbol_count = len(entries)
+            table = deferred_symbol_table(lambda: entries, known_addresses(entries, KNOWN_SYMBOLS))
 
     def variable(name: str) -> int | None:
         address = table.lookup(name)
@@ -298,7 +344,7 @@ def recognize_linux(
         vmemmap_base=variable("vmemmap_base"),
         symbols_from="file" if kallsyms_file is not None else "kallsyms",
         symbols_path=kallsyms_file,
-        symbol_count=len(entries),
+        symbol_count=symbol_count,
         kallsyms=layout,
         cached=cached,
         seconds=time.monotonic() - started,

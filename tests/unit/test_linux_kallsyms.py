@@ -438,3 +438,115 @@ def test_two_mappings_in_one_64k_block_are_read_apart():
     regions = [(start, hole[0]), (hole[1], start + len(image))]
     _, found = K.find_kallsyms(read, regions, stride=4096)
     assert found == entries
+
+
+# -- what recognition reads of the cache before a command looks a symbol up -----------------------
+
+
+def counting_symbols(monkeypatch):
+    """How many times the kallsyms symbols are made (patched into the kallsyms module)."""
+    made = []
+    original = K.kallsyms_symbols
+
+    def counted(entries):
+        made.append(1)
+        return original(entries)
+
+    monkeypatch.setattr(K, "kallsyms_symbols", counted)
+    return made
+
+
+def test_recognition_from_the_cache_makes_no_symbols_until_one_is_looked_up(tmp_path, monkeypatch):
+    from kinspect.inspector.linux.kernel import KNOWN_SYMBOLS
+
+    read_virtual, ranges, entries = built_kernel()
+    first, _ = recognize_linux(read_virtual, ranges, la57=False, cache=tmp_path)
+    expected = K.symbol_table(entries)
+    made = counting_symbols(monkeypatch)
+    kernel, table = recognize_linux(read_virtual, ranges, la57=False, cache=tmp_path)
+    assert kernel.cached and kernel.symbol_count == len(entries)
+    assert kernel.to_dict() | {"seconds": 0} == first.to_dict() | {
+        "seconds": 0,
+        "symbols": {**first.to_dict()["symbols"], "cached": True},
+    }
+    for name in KNOWN_SYMBOLS:
+        assert table.lookup(name) == expected.lookup(name)
+    assert table.with_slide(0x1000).lookup("_text") == expected.lookup("_text") + 0x1000
+    assert made == []  # pt's region map needs no more
+    assert table.lookup("f2999") == expected.lookup("f2999")
+    assert table.format_address(kernel.text + 0x41) == "asm_exc_page_fault+0x1"
+    slid = table.with_slide(0x1000)
+    assert slid.lookup("f1") == expected.lookup("f1") + 0x1000
+    assert slid.lookup("_end") is None and slid.names_at(kernel.text + 0x1000) == ["_text"]
+    assert made == [1]  # once, shared by the slid copies
+
+
+def test_known_addresses_are_what_the_table_would_say():
+    rng = random.Random(7)
+    names = ["_text", "_end", "dup", "page_offset_base", "absent"]
+    entries = [
+        K.KallsymsEntry(
+            BASE + rng.randrange(0, 0x1000, 0x10), "t", rng.choice(names[:4] + ["x", "y"])
+        )
+        for _ in range(500)
+    ]
+    known = K.known_addresses(entries, names)
+    table = K.symbol_table(entries)
+    assert known == {name: table.lookup(name) for name in names}
+    assert known["absent"] is None
+    deferred = K.deferred_symbol_table(lambda: entries, known)
+    assert [deferred.lookup(n) for n in names] == [table.lookup(n) for n in names]
+    assert deferred.lookup("x") == table.lookup("x")  # made now
+    assert [deferred.lookup(n) for n in names] == [table.lookup(n) for n in names]
+
+
+def rewrite_cache(directory, change):
+    (entry,) = directory.iterdir()
+    with gzip.open(entry, "rt") as stream:
+        header, body = stream.read().split("\n", 1)
+    header, body = change(json.loads(header), body)
+    with gzip.open(entry, "wt") as stream:
+        stream.write(json.dumps(header) + "\n" + body)
+
+
+def test_a_damaged_cache_body_is_decoded_again_when_a_symbol_is_needed(tmp_path):
+    read_virtual, ranges, entries = built_kernel()
+    recognize_linux(read_virtual, ranges, la57=False, cache=tmp_path)
+    rewrite_cache(tmp_path, lambda header, body: (header, body[: len(body) // 2]))
+    kernel, table = recognize_linux(read_virtual, ranges, la57=False, cache=tmp_path)
+    assert kernel.cached and kernel.page_offset_base == 0xFFFF888000000000
+    assert table.lookup("f2999") == K.symbol_table(entries).lookup("f2999")
+    again, table = recognize_linux(read_virtual, ranges, la57=False, cache=tmp_path)  # rewritten
+    assert again.cached and table.lookup("f2999") == K.symbol_table(entries).lookup("f2999")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda header: {**header, "version": 1},  # what kinspect wrote before the known names
+        lambda header: {k: v for k, v in header.items() if k != "known"},
+        lambda header: {**header, "known": {"_text": 1}},
+    ],
+)
+def test_a_cache_of_another_format_is_rebuilt(tmp_path, change):
+    read_virtual, ranges, entries = built_kernel()
+    recognize_linux(read_virtual, ranges, la57=False, cache=tmp_path)
+    rewrite_cache(tmp_path, lambda header, body: (change(header), body))
+    kernel, table = recognize_linux(read_virtual, ranges, la57=False, cache=tmp_path)
+    assert not kernel.cached and kernel.symbol_count == len(entries)
+    assert table.lookup("page_offset_base") == K.symbol_table(entries).lookup("page_offset_base")
+    assert recognize_linux(read_virtual, ranges, la57=False, cache=tmp_path)[0].cached
+
+
+def test_kernel_image_from_range_arrays_is_the_same():
+    from kinspect.inspector.linux.kernel import kernel_image
+    from kinspect.inspector.x86.paging import RangeList
+
+    _, ranges, _ = built_kernel()
+    user = Range(0x400000, 0x401000, 0x5000, 4096, Permissions(False, True, True), ())
+    modules = Range(
+        0xFFFFFFFFC0000000, 0xFFFFFFFFC0001000, 0x6000, 4096, Permissions(True, False, True), ()
+    )
+    every = [user, *ranges, modules]
+    assert kernel_image(RangeList.from_ranges(every)) == kernel_image(every)
+    assert kernel_image(every)[0] == ranges[0].start
