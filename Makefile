@@ -38,6 +38,7 @@ integration: kernel linux-guest
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/linux
 
 bench: kernel linux-guest
+	@bash scripts/bootstrap.sh bench
 	$(PY) -m pytest -q -p no:cacheprovider -o python_files="bench_*.py" benchmarks --benchmark-only --benchmark-columns=min,median,mean,max,rounds
 
 # 10,000 mixed requests (reads, walks, stop, journaled protect toggles) over a line that

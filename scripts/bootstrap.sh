@@ -4,6 +4,7 @@
 #           ovmf and gnu-efi for the UEFI demo kernel, dwarves (pahole) (apt)
 #   python: a venv in .venv with kinspect and its test tools (pip)
 #   `bootstrap.sh fuzz` (make fuzz) also: clang, for libFuzzer and its sanitizers
+#   `bootstrap.sh bench` (make bench) also: GNU time, for a command's own peak memory
 # Idempotent: a second run with everything present takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,9 @@ command -v python3 >/dev/null || need+=(python3)
 [ -f /usr/lib/crt0-efi-x86_64.o ] || need+=(gnu-efi)
 if [ "${1:-}" = fuzz ]; then
     command -v clang >/dev/null || need+=(clang)  # brings libFuzzer (libclang-rt)
+fi
+if [ "${1:-}" = bench ]; then
+    [ -x /usr/bin/time ] || need+=(time)  # benchmarks/bench_speed.py run_cli's peak memory
 fi
 if command -v python3 >/dev/null && [ ! -x .venv/bin/python ]; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
