@@ -13,7 +13,7 @@ import pytest
 from kinspect.inspector.errors import TargetError
 from kinspect.inspector.targets.agent import AgentTarget
 from kinspect.protocols.agent_client import AgentClient, AgentRemoteError, AgentTimeout
-from kinspect.protocols.agent_wire import FrameDecoder, decode_request, encode_frame, encode_reply
+from kinspect.protocols.agent_wire import decode_request, encode_frame, encode_reply
 from kinspect.protocols.transports import (
     FdTransport,
     PacedTransport,
@@ -22,6 +22,7 @@ from kinspect.protocols.transports import (
     TransportError,
     open_transport,
 )
+from tests.fake_agent_line import frame_bodies
 
 
 def echo_server(sock: socket.socket) -> threading.Thread:
@@ -132,37 +133,25 @@ class FakeAgent(threading.Thread):
         self.start()
 
     def run(self):
-        decoder = FrameDecoder()
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except OSError:
-                return
-            if not data:
-                return
-            for event in decoder.feed(data):
-                if not hasattr(event, "body"):
-                    continue
-                request = decode_request(event.body)
-                self.seen.append(request.id)
-                if self.silent:
-                    self.silent -= 1
-                    continue
-                if request.method == "hello":
-                    reply = encode_reply(
-                        request.id, {"protocol": 1, "agent": "fake", "max_read": 64}
-                    )
-                elif request.method == "read_phys":
-                    address, size = request.params
-                    reply = encode_reply(request.id, bytes(size))
-                else:
-                    reply = encode_reply(request.id, None, (2, "unknown method"))
-                # An old reply first (a stale id), console text, then the answer.
-                self.sock.sendall(
-                    encode_frame(encode_reply(request.id - 1, None))
-                    + self.console
-                    + encode_frame(reply)
-                )
+        for body in frame_bodies(self.sock):
+            request = decode_request(body)
+            self.seen.append(request.id)
+            if self.silent:
+                self.silent -= 1
+                continue
+            if request.method == "hello":
+                reply = encode_reply(request.id, {"protocol": 1, "agent": "fake", "max_read": 64})
+            elif request.method == "read_phys":
+                address, size = request.params
+                reply = encode_reply(request.id, bytes(size))
+            else:
+                reply = encode_reply(request.id, None, (2, "unknown method"))
+            # An old reply first (a stale id), console text, then the answer.
+            self.sock.sendall(
+                encode_frame(encode_reply(request.id - 1, None))
+                + self.console
+                + encode_frame(reply)
+            )
 
 
 def test_client_retries_with_the_same_id_and_skips_stale_replies():
@@ -251,22 +240,12 @@ class ScriptedAgent(threading.Thread):
     def run(self):
         import msgpack
 
-        decoder = FrameDecoder()
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except OSError:
-                return
-            if not data:
-                return
-            for event in decoder.feed(data):
-                if not hasattr(event, "body"):
-                    continue
-                message = msgpack.unpackb(event.body)
-                self.messages.append(message)
-                request_id = message[1]
-                reply = encode_frame(encode_reply(request_id, b"\x11" * 16))
-                self.sock.sendall(self.first(request_id) if len(self.messages) == 1 else reply)
+        for body in frame_bodies(self.sock):
+            message = msgpack.unpackb(body)
+            self.messages.append(message)
+            request_id = message[1]
+            reply = encode_frame(encode_reply(request_id, b"\x11" * 16))
+            self.sock.sendall(self.first(request_id) if len(self.messages) == 1 else reply)
 
 
 def _damaged(request_id: int) -> bytearray:

@@ -42,12 +42,12 @@ from kinspect.inspector.targets.gdb import GdbTarget
 from kinspect.protocols.agent_wire import (
     ERROR_NAMES,
     ErrorCode,
-    FrameDecoder,
     decode_request,
     encode_frame,
     encode_reply,
 )
 from kinspect.protocols.transports import SocketTransport
+from tests.fake_agent_line import frame_bodies
 from tests.tui.fakes import MemoryTarget
 
 PROTOCOL_DOC = Path(__file__).parents[2] / "protocols" / "AGENT_PROTOCOL.md"
@@ -286,32 +286,20 @@ class RegsAgent(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        decoder = FrameDecoder()
-        while True:
+        for body in frame_bodies(self.sock):
+            request = decode_request(body)
+            if request.method == "hello":
+                reply = encode_reply(request.id, {"protocol": 1, "agent": "regs", "max_read": 64})
+            elif request.method == "regs":
+                reply = encode_reply(request.id, self.REGS)
+            else:
+                reply = encode_reply(
+                    request.id, None, (int(ErrorCode.UNKNOWN_METHOD), "unknown method")
+                )
             try:
-                data = self.sock.recv(4096)
+                self.sock.sendall(encode_frame(reply))
             except OSError:
                 return
-            if not data:
-                return
-            for event in decoder.feed(data):
-                if not hasattr(event, "body"):
-                    continue
-                request = decode_request(event.body)
-                if request.method == "hello":
-                    reply = encode_reply(
-                        request.id, {"protocol": 1, "agent": "regs", "max_read": 64}
-                    )
-                elif request.method == "regs":
-                    reply = encode_reply(request.id, self.REGS)
-                else:
-                    reply = encode_reply(
-                        request.id, None, (int(ErrorCode.UNKNOWN_METHOD), "unknown method")
-                    )
-                try:
-                    self.sock.sendall(encode_frame(reply))
-                except OSError:
-                    return
 
 
 def agent_line() -> SocketTransport:
