@@ -8,7 +8,7 @@ the TUI shows comes from the same call here, so the two cannot disagree.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,13 +74,11 @@ if TYPE_CHECKING:
     from .x86.paging import (
         AddressSpace,
         CompactRange,
-        Leaf,
         PageTableEntry,
         Range,
         RangeList,
         Translation,
         WalkCache,
-        WalkProblem,
     )
 
 __all__ = ["ControlState", "Session"]
@@ -845,24 +843,6 @@ class Session:
             self._find_direct_map(cr3, mode)
             self._space[cpu] = self._walk(cr3, mode)
         return self._space[cpu]
-
-    def walk_leaves(self) -> Iterator[list[Leaf] | WalkProblem]:
-        """The walk as it goes: runs of leaves and the problems between them, in VA order.
-
-        For output that streams (``pt --json-lines``): the records are made a run
-        at a time from the walk's arrays (:meth:`address_space`), so half a million
-        leaf records never sit in memory together.
-        """
-        space = self.address_space()
-        leaves = space.leaves
-        done = 0
-        for problem in space.problems:
-            upto = leaves.arrays.count_below(problem.va)
-            if upto > done:
-                yield from leaves.chunks(done, upto)
-                done = upto
-            yield problem
-        yield from leaves.chunks(done)
 
     def ranges(self) -> RangeList:
         """The leaves merged ptdump style (a list of :class:`Range`, made as it is read)."""

@@ -309,12 +309,6 @@ class LeafArrays:
     def __len__(self) -> int:
         return len(self.va)
 
-    def count_below(self, va: int) -> int:
-        """How many leaves start below ``va`` (a canonical address)."""
-        import numpy as np
-
-        return int(np.searchsorted(self.va, np.uint64(va)))
-
     def _path(self, va: int, level: int) -> tuple[int, ...]:
         """The tables walked down to the leaf at ``va``: found again from the indices."""
         key = (va >> (LEVEL_SHIFT[level] + 9), level)
@@ -492,12 +486,6 @@ class LeafSequence(Sequence[Leaf]):
         n = len(self.arrays)
         for start in range(0, n, _CHUNK):
             yield from self.arrays.records(start, min(n, start + _CHUNK))
-
-    def chunks(self, start: int = 0, stop: int | None = None) -> Iterator[list[Leaf]]:
-        """The records ``start:stop`` in lists of a few thousand (for output that streams)."""
-        n = len(self.arrays) if stop is None else min(stop, len(self.arrays))
-        for first in range(start, n, _CHUNK):
-            yield self.arrays.records(first, min(n, first + _CHUNK))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, LeafSequence | tuple | list):
