@@ -173,11 +173,10 @@ def _start_gdb_first(words: Sequence[str]) -> MiSession | None:
 
     if not given("--target") or given("--agent") or "-h" in words or "--help" in words:
         return None
-    from kinspect.protocols.gdbmi import MiClosed, MiSession
+    from kinspect.protocols.gdbmi import start_gdb
 
-    try:
-        gdb = MiSession()
-    except MiClosed:
+    gdb = start_gdb()
+    if gdb is None:
         return None
     gdb.wait_on_close = False  # this process ends once the target is detached
     return gdb

@@ -40,6 +40,7 @@ __all__ = [
     "MiTimeout",
     "mi_quote",
     "parse_record",
+    "start_gdb",
 ]
 
 DEFAULT_TIMEOUT = 10.0
@@ -407,3 +408,12 @@ class MiSession:
                     raise MiClosed(f"gdb exited with status {self._process.returncode}")
             elif self._process.poll() is not None:
                 raise MiClosed(f"gdb exited with status {self._process.returncode}")
+
+
+def start_gdb() -> MiSession | None:
+    """gdb started now, for a target to take later; None when it cannot start (the
+    target then starts its own and says why)."""
+    try:
+        return MiSession()
+    except MiClosed:
+        return None

@@ -523,24 +523,15 @@ def connect(
             gdb.close()  # only a stub alone is attached through the gdb started first
         gdb = None
     elif gdb is None:
-        gdb = _start_gdb()
+        from kinspect.protocols.gdbmi import start_gdb
+
+        gdb = start_gdb()  # before the session's modules are imported: the starts overlap
     try:
         return _attach(args, target, agent, needs, on_console, gdb)
     except BaseException:
         if gdb is not None:
             gdb.close()  # the target closes it when it was made; closing twice is harmless
         raise
-
-
-def _start_gdb() -> MiSession | None:
-    """gdb, started before the session's modules are imported: its own start (40 ms or
-    more) then overlaps theirs. None when it cannot start (the target says why)."""
-    from kinspect.protocols.gdbmi import MiClosed, MiSession
-
-    try:
-        return MiSession()
-    except MiClosed:
-        return None
 
 
 def _attach(
