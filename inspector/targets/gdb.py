@@ -35,6 +35,7 @@ from .base import (
     Target,
     check_watch,
 )
+from .qemu_dump import MonitorDumps
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
 __all__ = [
@@ -114,6 +115,9 @@ class GdbTarget(Target):
         self._maxphyaddr: int | None = None  # 0: asked, not known
         self._closed = False
         self._packet_size: int | None = None  # gdb's, asked when first needed
+        #: QEMU's monitor as a bulk reader of physical memory (made on first use; False
+        #: once it failed or disagreed with the stub: not asked again)
+        self._dumps: MonitorDumps | bool | None = None
         #: CPU index -> gdb thread id (QEMU's stub shows one thread per vCPU)
         self._cpu_threads: dict[int, str] = {}
         self._cpu = 0
@@ -489,22 +493,60 @@ class GdbTarget(Target):
         found: list[bytes | FaultError | None] = [None] * len(requests)
         wanted: list[tuple[int, int]] = []
         where: list[int] = []
-        offset = 0
         for index, (address, size) in enumerate(requests):
             try:
                 self._check_physical(address, size)
             except FaultError as exc:
                 found[index] = exc
                 continue
-            if not wanted:  # the first valid request sets the mode (and finds the base)
-                offset = self._enter_physical()
-            wanted.append((offset + address, size))
+            wanted.append((address, size))
             where.append(index)
-        if wanted:
+        got: Sequence[bytes | FaultError] | None = self._dump_many(wanted) if wanted else None
+        if wanted and got is None:
+            offset = self._enter_physical()  # QEMU's mode, or the direct map's base found
             what = "physical" if self.physical == "qemu" else "physical (through the direct map)"
-            for index, got in zip(where, self._read_many(wanted, what), strict=True):
-                found[index] = got  # a fault names the address read, as read_physical's do
-        return [got for got in found if got is not None]
+            got = self._read_many([(offset + a, n) for a, n in wanted], what)
+        for index, one in zip(where, got or [], strict=True):
+            found[index] = one  # a fault names the address read, as read_physical's do
+        return [one for one in found if one is not None]
+
+    def _dump_many(self, requests: Sequence[tuple[int, int]]) -> list[bytes] | None:
+        """``requests`` through QEMU's monitor (:mod:`.qemu_dump`), or None: not QEMU's
+        stub, or that path does not work here (QEMU on another host or file system, or
+        not allowed to write our temporary directory). Its first answer is checked
+        against the stub's own physical read of one request: a disagreement (or any
+        failure) turns the path off for this session."""
+        if self.physical != "qemu" or self._dumps is False:
+            return None
+        fresh = self._dumps is None
+        if not isinstance(self._dumps, MonitorDumps):
+            self._dumps = MonitorDumps(self._monitor_batch, self._ram_size)
+        got = self._dumps.read_many(requests)
+        if got is not None and fresh:
+            index = min(range(len(requests)), key=lambda i: requests[i][1])
+            address, size = requests[index][0], min(requests[index][1], 4096)
+            self._set_phys_mode(True)
+            (theirs,) = self._read_many([(address, size)], "physical")
+            if theirs != got[index][:size]:
+                got = None
+        if got is None:
+            self._dumps.close()
+            self._dumps = False
+        return got
+
+    def _monitor_batch(self, lines: list[str]) -> list[str | None]:
+        """QEMU monitor command lines through the stub, pipelined: each one's output (None
+        for a command gdb refused)."""
+        results = self._pipeline(
+            [f"-interpreter-exec console {mi_quote('monitor ' + line)}" for line in lines]
+        )
+        return [None if isinstance(result, MiError) else result.text for result in results]
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        (found,) = self.read_physical_many([(address, size)])
+        if isinstance(found, FaultError):
+            raise found
+        return found
 
     def read_virtual(self, address: int, size: int) -> bytes:
         from ..x86.paging import check_canonical  # imported by the first read, not at start
@@ -514,13 +556,6 @@ class GdbTarget(Target):
         if self._phys_mode:
             self._set_phys_mode(False)
         return self._read(address, size, "virtual")
-
-    def read_physical(self, address: int, size: int) -> bytes:
-        self._check_physical(address, size)
-        offset = self._enter_physical()
-        if self.physical == "qemu":
-            return self._read(address, size, "physical")
-        return self._read(offset + address, size, "physical (through the direct map)")
 
     def _check_physical(self, address: int, size: int) -> None:
         if address < 0 or size < 0 or address + size > 1 << 52:
@@ -878,6 +913,8 @@ class GdbTarget(Target):
         if self._closed:
             return
         self._closed = True
+        if isinstance(self._dumps, MonitorDumps):
+            self._dumps.close()
         try:
             if self._mi.alive and self._mi.state != "exited":
                 if self._phys_mode:
