@@ -95,12 +95,15 @@ class GdbTarget(Target):
         physical: str = "auto",
         timeout: float = 10.0,
         gdb: str | MiSession = "gdb",
+        dumps: bool = True,
     ) -> None:
         """``physical`` says how physical memory is read: ``"qemu"`` (the
         stub's physical mode), ``"direct-map"`` (through the kernel's direct
         map) or ``"auto"`` (QEMU's mode when the stub has it). ``gdb``: the
         gdb to run, or one already started (the command line starts it first,
-        so that gdb's own start overlaps the imports of the rest)."""
+        so that gdb's own start overlaps the imports of the rest). ``dumps``: physical
+        reads in bulk through QEMU's monitor (:mod:`.qemu_dump`) when it can; False
+        reads through the stub's packets only."""
         if physical not in ("auto", "qemu", "direct-map"):
             raise TargetError(f"unknown physical-memory method {physical!r}")
         self.physical = physical
@@ -117,7 +120,7 @@ class GdbTarget(Target):
         self._packet_size: int | None = None  # gdb's, asked when first needed
         #: QEMU's monitor as a bulk reader of physical memory (made on first use; False
         #: once it failed or disagreed with the stub: not asked again)
-        self._dumps: MonitorDumps | bool | None = None
+        self._dumps: MonitorDumps | bool | None = None if dumps else False
         #: CPU index -> gdb thread id (QEMU's stub shows one thread per vCPU)
         self._cpu_threads: dict[int, str] = {}
         self._cpu = 0
