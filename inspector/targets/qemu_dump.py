@@ -22,8 +22,6 @@ q35, microvm): the bytes of a gap are read too, and outside RAM they could be a 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 
 __all__ = ["MERGE_GAP", "RAM_FLOOR", "SPAN_LIMIT", "MonitorDumps", "plan_spans"]
@@ -127,15 +125,19 @@ class MonitorDumps:
         return found
 
     def _make_directory(self) -> str | None:
+        import tempfile  # here, not at start: `regs` reads no physical memory
+
         directory = tempfile.mkdtemp(prefix="kinspect-pmem-")
         if any(c in directory for c in '"\\\n'):  # the monitor's string syntax: keep it plain
-            shutil.rmtree(directory, ignore_errors=True)
+            os.rmdir(directory)
             return None
         self._directory = directory
         return directory
 
     def close(self) -> None:
         if self._directory is not None:
+            import shutil
+
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
 
