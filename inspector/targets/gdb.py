@@ -251,8 +251,8 @@ class GdbTarget(Target):
         that is not gdb's ends at once for gdb, which then stops reading it. An attach
         that fails says the command's last words (:meth:`_pipe_said`); the file is
         unlinked once attached (the command writes on into it, gone when the command
-        ends). gdb runs the line
-        with the user's $SHELL: the redirection is made by /bin/sh, whatever that is."""
+        ends). gdb runs the line with the user's $SHELL: the redirection is made by
+        /bin/sh, whatever that shell is."""
         import shlex
         import tempfile
 
