@@ -256,9 +256,14 @@ class GdbTarget(Target):
         import shlex
         import tempfile
 
-        handle, self._pipe_log = tempfile.mkstemp(prefix="kinspect-stub-", suffix=".stderr")
-        os.close(handle)
-        line = f"exec 2>>{shlex.quote(self._pipe_log)}; {endpoint[1:].strip()}"
+        try:
+            handle, log = tempfile.mkstemp(prefix="kinspect-stub-", suffix=".stderr")
+        except OSError:  # nowhere to keep it: the command's words are lost, as before
+            log = os.devnull
+        else:
+            os.close(handle)
+            self._pipe_log = log
+        line = f"exec 2>>{shlex.quote(log)}; {endpoint[1:].strip()}"
         return f"| exec /bin/sh -c {shlex.quote(line)}"
 
     def _pipe_said(self) -> str:
