@@ -127,12 +127,17 @@ class GdbTarget(Target):
         self._followed: object = None
         #: the temporary breakpoints ``until`` set: gone at the next stop, whoever stopped
         self._temporary: set[int] = set()
+        #: where a piped stub command's stderr goes (see _quiet_pipe); None: no pipe
+        self._pipe_log: str | None = None
         self._gdb_endpoint = self._endpoint_for_gdb(endpoint)
-        if not self._gdb_endpoint.startswith("|"):
+        if self._gdb_endpoint.startswith("|"):
+            self._gdb_endpoint = self._quiet_pipe(self._gdb_endpoint)
+        else:
             self._look_first(self._gdb_endpoint)  # before gdb starts: "in use" within a second
         try:
             self._mi = gdb if isinstance(gdb, MiSession) else MiSession(gdb)
         except MiClosed as exc:
+            self._drop_pipe_log()
             raise TargetError(str(exc)) from exc
         try:
             self._connect()
@@ -140,6 +145,8 @@ class GdbTarget(Target):
             self._mi.wait_on_close = True  # whatever gdb is doing, it is gone when this returns
             self._mi.close()
             raise
+        finally:
+            self._drop_pipe_log()  # read if the attach failed; the command keeps it open
 
     # -- connection ----------------------------------------------------------
 
@@ -178,6 +185,7 @@ class GdbTarget(Target):
         except MiTimeout as exc:
             raise TargetError(
                 f"cannot attach to {self.endpoint}: no answer within {CONNECT_TIMEOUT:g} s"
+                + self._pipe_said()
             ) from exc
         except MiClosed as exc:
             raise TargetLost(f"cannot attach to {self.endpoint}: gdb exited ({exc})") from exc
@@ -185,7 +193,9 @@ class GdbTarget(Target):
             if isinstance(result, MiError):
                 raise TargetError(result.message)
         if isinstance(attached, MiError):
-            raise TargetError(f"cannot attach to {self.endpoint}: {attached.message}")
+            raise TargetError(
+                f"cannot attach to {self.endpoint}: {attached.message}" + self._pipe_said()
+            )
         self._mi.state = "stopped"
         if not isinstance(names, MiError):
             self._learn_register_numbers(names.payload)
@@ -239,6 +249,50 @@ class GdbTarget(Target):
         if not endpoint or (not piped and any(c.isspace() for c in endpoint)) or "\n" in endpoint:
             raise TargetError(f"bad target {spec!r}: give host:port or a socket path")
         return endpoint
+
+    def _quiet_pipe(self, endpoint: str) -> str:
+        """``| command`` for gdb with the command's stderr in a file of ours, not gdb's:
+        gdb reads a piped command's stderr after every byte the link carries (its
+        ``ser-base.c``'s ``generic_readchar``: a system call a byte), 0.55 s of a 0.61 s
+        walk of the Debian guest's tables through tests/fake_stub.py's relay; a stderr
+        that is not gdb's ends at once for gdb, which then stops reading it. An attach
+        that fails says the command's last words (:meth:`_pipe_said`); the file is
+        unlinked once attached (the command writes on into it, gone when the command
+        ends). gdb runs the line with the user's $SHELL: the redirection is made by
+        /bin/sh, whatever that shell is."""
+        import shlex
+        import tempfile
+
+        try:
+            handle, log = tempfile.mkstemp(prefix="kinspect-stub-", suffix=".stderr")
+        except OSError:  # nowhere to keep it: the command's words are lost, as before
+            log = os.devnull
+        else:
+            os.close(handle)
+            self._pipe_log = log
+        line = f"exec 2>>{shlex.quote(log)}; {endpoint[1:].strip()}"
+        return f"| exec /bin/sh -c {shlex.quote(line)}"
+
+    def _pipe_said(self) -> str:
+        """`` (the command said: LINE)``: the last line a piped stub command wrote on its
+        stderr; '' for none (or no pipe)."""
+        if self._pipe_log is None:
+            return ""
+        try:
+            with open(self._pipe_log, errors="replace") as log:
+                lines = log.read()[-4096:].splitlines()
+        except OSError:
+            return ""
+        said = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        return f" (the command said: {said})" if said else ""
+
+    def _drop_pipe_log(self) -> None:
+        if self._pipe_log is not None:
+            try:
+                os.unlink(self._pipe_log)
+            except OSError:
+                pass
+            self._pipe_log = None
 
     def _look_first(self, endpoint: str) -> None:
         """One short look at a socket before gdb's own connect (which waits far longer):
