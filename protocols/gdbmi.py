@@ -4,16 +4,19 @@ pygdbmi parses MI records for us, but its controller's ``write()`` waits for
 200 ms of silence after every reply. We start gdb and write to it ourselves,
 wait on the pipe with ``select`` and read until the result record that
 carries our token arrives, so a command costs what gdb and the stub cost, not
-200 ms. pygdbmi's parser (and the ``logging`` it imports) is loaded by the
-first session, after gdb has started: a command line starts gdb first, so
-that gdb's own start (40 ms or more) overlaps the rest of ours.
+200 ms.
 
-Memory is the bulk of what gdb prints: a 4 KiB read is 8 KiB of hex, which
-pygdbmi's parser walks a character at a time (0.5 ms, as long as gdb and
-QEMU's stub take to fetch it). We read gdb's output ourselves, parse the
-``-data-read-memory-bytes`` results with one regular expression and hand
-every other record to pygdbmi. :meth:`MiSession.pipeline` keeps several
-commands in flight, so gdb never waits for us between two of them.
+pygdbmi is the parser of record, but it walks a line a character at a time
+(a 4 KiB memory read is 8 KiB of hex: 0.5 ms, as long as gdb and QEMU's stub
+take to fetch it), and importing it (with the ``logging`` it imports) costs a
+command line 7 ms or more. So we read gdb's output ourselves, and the records
+every command sees, in the plain form gdb prints them (``^done``, registers,
+memory, ``*stopped``, ``=thread-...``, the stream records: quoted strings
+with simple escapes, tuples, lists of values, no repeated names), are read by
+:func:`_parse_plain`, which gives pygdbmi's own answer for them
+(tests/unit/test_gdbmi_records.py holds it to that). Any other shape goes to
+pygdbmi, imported then. :meth:`MiSession.pipeline` keeps several commands in
+flight, so gdb never waits for us between two of them.
 
 This module is the ground floor: it imports nothing of kinspect's and raises
 its own errors (:class:`MiError`, :class:`MiTimeout`, :class:`MiClosed`),
@@ -23,7 +26,6 @@ which the inspector wraps.
 from __future__ import annotations
 
 import os
-import re
 import select
 import subprocess
 import time
@@ -52,12 +54,6 @@ GDB_ARGS = ("--interpreter=mi3", "-nx", "--quiet", f"--data-directory={os.devnul
 #: How many commands :meth:`MiSession.pipeline` keeps in flight: enough that gdb always
 #: has the next one, few enough that neither pipe fills while the other waits.
 PIPELINE_WINDOW = 32
-
-_MEMORY_RESULT = re.compile(r"(\d*)\^done,memory=\[(.*)\]")
-_MEMORY_BLOCK = re.compile(
-    r'\{begin="(0x[0-9a-f]+)",offset="(0x[0-9a-f]+)",end="(0x[0-9a-f]+)",contents="([0-9a-f]*)"\}'
-)
-_BLOCK_TEXT = '{{begin="{}",offset="{}",end="{}",contents="{}"}}'
 
 
 class MiError(Exception):
@@ -99,30 +95,157 @@ class MiResult(NamedTuple):
 
 def parse_record(line: str) -> dict[str, Any]:
     """One line of gdb's MI output as pygdbmi parses it (``type``, ``message``,
-    ``payload``, ``token``), the result of ``-data-read-memory-bytes`` without
-    pygdbmi's character-by-character parser."""
-    memory = _MEMORY_RESULT.fullmatch(line)
-    if memory is not None:
-        found = _MEMORY_BLOCK.findall(memory.group(2))
-        # only when the blocks are all there is (any other shape goes to pygdbmi)
-        if ",".join(_BLOCK_TEXT.format(*b) for b in found) == memory.group(2):
-            token = memory.group(1)
-            return {
-                "type": "result",
-                "message": "done",
-                "payload": {
-                    "memory": [
-                        {"begin": b, "offset": o, "end": e, "contents": c} for b, o, e, c in found
-                    ]
-                },
-                "token": int(token) if token else None,
-            }
+    ``payload``, ``token``): a plain record (:func:`_parse_plain`: every command's
+    answers, memory reads too) without pygdbmi, any other line by pygdbmi."""
+    plain = _parse_plain(line)
+    if plain is not None:
+        return plain
     record: dict[str, Any] = _pygdbmi().parse_response(line)
     return record
 
 
+#: The escapes gdb writes in a C string, as pygdbmi reads them (gdbescapes.py); an octal
+#: escape (``\\303``, a byte of a non-ASCII character) is left to pygdbmi.
+_ESCAPES = {
+    "'": "'",
+    "\\": "\\",
+    "a": "\a",
+    "b": "\b",
+    "e": "\033",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    '"': '"',
+}
+#: What may start a line that pygdbmi reads as MI (a token's digits aside): any other
+#: line is gdb's or the program's own text, ``output`` to pygdbmi.
+_MI_START = "^*=~&@("
+_STREAMS = {"~": "console", "&": "log", "@": "target"}
+_RECORDS = {"^": "result", "*": "notify", "=": "notify"}
+
+
+class _NotPlain(Exception):
+    """A shape :func:`_parse_plain` leaves to pygdbmi."""
+
+
+def _parse_plain(line: str) -> dict[str, Any] | None:
+    """The record ``line`` holds, as pygdbmi gives it, when the line is in the plain form
+    gdb prints (or is no MI at all); None for anything else, which pygdbmi parses.
+
+    Plain: ``[TOKEN](^|*|=)CLASS[,RESULTS]`` where CLASS is letters, digits, ``-`` and
+    ``_``; results are ``NAME=VALUE`` with a name of the same characters, each name once
+    per tuple (pygdbmi folds repeats into a list); a value is a C string with simple
+    escapes, a tuple ``{...}`` of results, or a list ``[...]`` of values (a list of
+    results goes to pygdbmi); and the stream records ``~"..."``, ``&"..."``, ``@"..."``.
+    """
+    first = line[:1]
+    if first not in _MI_START and not first.isdecimal():
+        # pygdbmi's patterns all start with a token's digits or one of _MI_START
+        return {"type": "output", "message": None, "payload": line}
+    if "\n" in line:  # pygdbmi's patterns stop at a line break inside a record
+        return None
+    try:
+        stream = _STREAMS.get(first)
+        if stream is not None:
+            if line[1:2] != '"':
+                return None
+            text, end = _string(line, 1)
+            if end != len(line):
+                return None
+            return {"type": stream, "message": None, "payload": text}
+        at = 0
+        while line[at : at + 1].isdigit() and line[at].isascii():
+            at += 1
+        kind = _RECORDS.get(line[at : at + 1])
+        if kind is None:
+            return None
+        token = int(line[:at]) if at else None
+        comma = line.find(",", at + 1)
+        message = line[at + 1 :] if comma < 0 else line[at + 1 : comma]
+        if not _is_name(message):
+            return None
+        payload = None if comma < 0 else _results(line, comma + 1, "")[0]
+        return {"type": kind, "message": message, "payload": payload, "token": token}
+    except _NotPlain:
+        return None
+
+
+def _is_name(text: str) -> bool:
+    return text.isascii() and text.replace("-", "").replace("_", "").isalnum()
+
+
+def _string(line: str, at: int) -> tuple[str, int]:
+    """The C string whose opening quote is at ``at``, and the index after its closing one."""
+    start = at + 1
+    end = line.find('"', start)
+    if end < 0:
+        raise _NotPlain
+    if line.find("\\", start, end) < 0:
+        return line[start:end], end + 1
+    parts = []
+    while True:
+        slash = line.find("\\", start)
+        quote = line.find('"', start)
+        if quote < 0:
+            raise _NotPlain
+        if slash < 0 or quote < slash:
+            parts.append(line[start:quote])
+            return "".join(parts), quote + 1
+        escaped = _ESCAPES.get(line[slash + 1 : slash + 2])
+        if escaped is None:
+            raise _NotPlain
+        parts.append(line[start:slash])
+        parts.append(escaped)
+        start = slash + 2
+
+
+def _value(line: str, at: int) -> tuple[Any, int]:
+    """The value that starts at ``at``, and the index after it."""
+    first = line[at : at + 1]
+    if first == '"':
+        return _string(line, at)
+    if first == "{":
+        return _results(line, at + 1, "}")
+    if first != "[":
+        raise _NotPlain
+    items: list[Any] = []
+    at += 1
+    if line[at : at + 1] == "]":
+        return items, at + 1
+    while True:
+        item, at = _value(line, at)
+        items.append(item)
+        after = line[at : at + 1]
+        if after == "]":
+            return items, at + 1
+        if after != ",":
+            raise _NotPlain
+        at += 1
+
+
+def _results(line: str, at: int, close: str) -> tuple[dict[str, Any], int]:
+    """The results from ``at`` up to ``close`` (``}``, or ``""``: the end of the line), and
+    the index after it."""
+    results: dict[str, Any] = {}
+    if close and line[at : at + 1] == close:
+        return results, at + 1
+    while True:
+        equals = line.find("=", at)
+        name = line[at:equals]
+        if equals < 0 or not _is_name(name) or name in results:
+            raise _NotPlain
+        results[name], at = _value(line, equals + 1)
+        after = line[at : at + 1]
+        if after == close:
+            return results, at + len(close)
+        if after != ",":
+            raise _NotPlain
+        at += 1
+
+
 def _pygdbmi() -> ModuleType:
-    """pygdbmi's record parser, imported when first needed (not before gdb starts)."""
+    """pygdbmi's record parser, imported when a record first needs it."""
     from pygdbmi import gdbmiparser
 
     return gdbmiparser
@@ -173,7 +296,6 @@ class MiSession:
         self._closed = False
         #: wait for gdb to exit in :meth:`close` (the command line, about to exit, does not)
         self.wait_on_close = True
-        _pygdbmi()  # imported while gdb starts, not once it has answered
         self._next_token = 1
         #: the end of gdb's output that is not a whole line yet, per descriptor
         self._partial: dict[int, list[bytes]] = {}
