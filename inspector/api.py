@@ -25,12 +25,12 @@ from .errors import (
 from .session import ControlState, Session
 from .targets.base import Capability
 from .targets.gdb import GdbTarget
-from .targets.qemu import QemuInstance, launch_qemu
 
 if TYPE_CHECKING:
     from kinspect.protocols.gdbmi import MiSession
 
     from .remap.apply import Remapper
+    from .targets.qemu import QemuInstance, launch_qemu
 
 __all__ = [
     "DEMO_KERNEL",
@@ -53,6 +53,22 @@ __all__ = [
     "launch_qemu",
     "remapper",
 ]
+
+#: What this module gives from QEMU's launcher (:mod:`.targets.qemu`), imported when first
+#: asked for (:func:`__getattr__`): attaching to a stub, as every command does, needs none of it.
+_LAUNCHER = ("QemuInstance", "launch_qemu")
+
+
+def __getattr__(name: str) -> object:
+    """``api.QemuInstance`` and ``api.launch_qemu``, from QEMU's launcher on first use."""
+    if name not in _LAUNCHER:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .targets import qemu
+
+    value: object = getattr(qemu, name)
+    globals()[name] = value
+    return value
+
 
 #: Where ``make kernel`` puts the demo kernel.
 DEMO_KERNEL = Path(__file__).resolve().parent.parent / "kernel-agent" / "build" / "demo-kernel.elf"
@@ -194,6 +210,8 @@ def launch_demo(
     halted (``-S``), waiting for no line, so a debugger can set breakpoints first.
     ``smp`` CPUs: the demo kernel brings up each AP with a GDT, TSS and stacks of its own.
     """
+    from .targets.qemu import launch_qemu
+
     if uefi:
         if not DEMO_UEFI.is_file():
             raise TargetError(

@@ -16,7 +16,6 @@ import struct
 
 from ..errors import InspectorError
 from ..numbers import parse_number
-from ..writes import format_writes, read_writes, writes_log
 from . import Command, CommandResult, Context, Needs, apply_slide
 
 __all__ = ["COMMANDS", "TYPED", "encode_write", "parse_value"]
@@ -105,6 +104,8 @@ def _set_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_set(context: Context) -> CommandResult:
+    from ..writes import writes_log  # the writes log: imported by the commands that use it
+
     session = context.need_session()
     name = context.args.register.strip().lstrip("$").lower()
     value = parse_value(context.args.value)
@@ -137,6 +138,8 @@ def _write_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_write(context: Context) -> CommandResult:
+    from ..writes import writes_log
+
     apply_slide(context)
     session = context.need_session()
     args = context.args
@@ -165,6 +168,8 @@ def run_write(context: Context) -> CommandResult:
 
 
 def run_writes(context: Context) -> CommandResult:
+    from ..writes import format_writes, read_writes, writes_log
+
     path = writes_log()
     records = list(read_writes(path))
     body = {"log": str(path), "writes": [r.to_dict() for r in records]}

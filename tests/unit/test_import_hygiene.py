@@ -86,6 +86,10 @@ NOT_FOR_REGS = (
     "kinspect.protocols.agent_wire",
     "kinspect.inspector.x86.descriptors",  # the segment registers' names are in x86.control
     "uuid",  # only the EFI commands' GUIDs
+    "pygdbmi.gdbmiparser",  # gdb's plain records are read without it (protocols/gdbmi.py)
+    "logging",  # pygdbmi's
+    "kinspect.inspector.writes",  # only the commands that write, and `writes`
+    "kinspect.inspector.targets.qemu",  # QEMU's launcher: attaching needs none of it
 )
 
 
