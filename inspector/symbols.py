@@ -15,10 +15,12 @@ import bisect
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .dwarf import CfiTable, Fde, parse_cfi
 from .errors import DecodeError, InspectorError
+
+if TYPE_CHECKING:  # the DWARF decoder is imported when call-frame information is read
+    from .dwarf import CfiTable, Fde
 
 __all__ = ["LineTable", "SourceLine", "Symbol", "SymbolTable", "SymbolicAddress"]
 
@@ -177,6 +179,8 @@ def _open_elf(path: str) -> Any:
 
 def _read_fdes(path: str) -> list[Fde]:
     """``.eh_frame`` and ``.debug_frame`` of ``path``: every FDE of both."""
+    from .dwarf import parse_cfi
+
     fdes: list[Fde] = []
     elf = _open_elf(path)
     try:
@@ -445,6 +449,8 @@ class SymbolTable:
     @property
     def cfi(self) -> CfiTable:
         """``.eh_frame`` and ``.debug_frame`` merged, at the current slide."""
+        from .dwarf import CfiTable
+
         if self._cfi is None or self._cfi.slide != self.slide:
             self._cfi = CfiTable(self._fdes, slide=self.slide)
         return self._cfi

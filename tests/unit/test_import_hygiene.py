@@ -169,3 +169,20 @@ def test_regs_through_gdb_starts_gdb_first_and_imports_no_heavy_module():
         "kinspect: error: the stub does not report cr0, cr3, cr4, efer; "
         "kinspect needs the control registers to walk page tables"
     )
+
+
+def test_recognizing_linux_reads_no_dwarf():
+    """``pt`` on Linux recognizes the kernel for its region headings (kallsyms, the layout,
+    a symbol table): the DWARF decoder and pyelftools come only with call-frame
+    information, read from an ELF."""
+    code = (
+        "import sys\n"
+        "import kinspect.inspector.linux.kernel, kinspect.inspector.linux.layout\n"
+        "from kinspect.inspector.symbols import SymbolTable\n"
+        "print(sorted(m for m in ('kinspect.inspector.dwarf', 'elftools') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
