@@ -696,13 +696,14 @@ class Registry:
     ) -> None:
         """One subparser per command on ``sub`` (from ``add_subparsers``).
 
-        ``only``: the commands whose arguments are built; the others get a
-        parser that knows their name and help line only (a command line names
-        one command: building every command's arguments cost a cold start 20 ms).
+        ``only``: the commands that get a parser; the others none (a command line
+        names one command: building every command's arguments cost a cold start
+        20 ms, and a bare parser for each of the others 4 ms more, most of it
+        argparse asking gettext for its headings). A line naming no command of
+        ``only`` does not parse then: the full parser says why.
         """
         for command in self:
             if only is not None and command.name not in only:
-                sub.add_parser(command.name, help=command.help, add_help=False)
                 continue
             parser = sub.add_parser(command.name, parents=parents, help=command.help)
             token = _building_parents.set(tuple(parents))
