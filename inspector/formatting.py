@@ -13,7 +13,6 @@ imported when such rows are written).
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -166,6 +165,8 @@ def format_json(document: Mapping[str, Any]) -> str:
     times slower than the text. So a large document is encoded compactly in
     C and then indented with arrays (:func:`_indent_compact`).
     """
+    import json  # imported by what writes JSON: a command's text needs none
+
     compact = json.dumps(document, separators=(",", ":"))
     if len(compact) < _INDENT_BY_ARRAYS or "\\" in compact:
         return json.dumps(document, indent=1) + "\n"
@@ -311,6 +312,8 @@ def _has_rows(value: Any) -> bool:
 
 def _encode_rows_document(value: Any, depth: int) -> Iterator[str]:
     """``json.dumps(value, indent=1)`` at ``depth``, in pieces; JsonRows in chunks."""
+    import json
+
     if isinstance(value, JsonRows):
         if not len(value):
             yield "[]"
@@ -346,6 +349,8 @@ def json_template(example: Any, holes: Iterable[str], depth: int | None) -> str:
     names, for the check that each is there once per use. Literal ``%`` are
     doubled.
     """
+    import json
+
     if depth is None:
         text = json.dumps(example, separators=(",", ":"))
     else:
@@ -489,6 +494,8 @@ def format_leaf_lines(arrays: LeafArrays, start: int = 0, stop: int | None = Non
 def _json_at(value: Any, depth: int | None) -> str:
     """``json.dumps(value, indent=1)`` as an item of a list at ``depth`` writes it (its
     first line indented too); ``None``: compact."""
+    import json
+
     if depth is None:
         return json.dumps(value, separators=(",", ":"))
     return " " * depth + json.dumps(value, indent=1).replace("\n", "\n" + " " * depth)
@@ -497,6 +504,8 @@ def _json_at(value: Any, depth: int | None) -> str:
 def _json_template(example: dict[str, Any], holes: Sequence[str], depth: int | None) -> Any:
     """The template of ``_json_at(example, depth)`` whose values ``"\\x01" + hole`` are
     the holes (a record's dict with its numbers marked)."""
+    import json
+
     from .columns import marked_template
 
     return marked_template(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -322,6 +321,8 @@ def _pt_json_lines(context: Context, session: Session) -> CommandResult:
     Lines are emitted a run of leaves at a time, so neither the leaves nor
     the output are ever held whole (docs/json.md, "JSON Lines").
     """
+    import json  # only what writes JSON imports it
+
     control = session.control_registers()
     head = json_document(context.name, session.target.description, {"cr3": control["CR3"].value})
     head["paging"] = control.paging.to_dict()

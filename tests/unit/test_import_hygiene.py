@@ -93,6 +93,10 @@ NOT_FOR_REGS = (
 )
 
 
+#: ... and what a command printing text needs none of: the JSON encoder (``--json`` imports it).
+NOT_FOR_TEXT = (*NOT_FOR_REGS, "json")
+
+
 def test_regs_runs_without_the_heavy_modules():
     """``kinspect regs`` through the command line's own code (cli.run: the registry, the
     parser, the command, the output), on a target that needs no gdb: nothing of
@@ -143,7 +147,7 @@ def test_regs_through_gdb_starts_gdb_first_and_imports_no_heavy_module():
     """``kinspect regs`` as the process runs it (cli.main without argv) on a real gdb and a
     GDB stub (tests/fake_stub.py, which has no control registers: regs then says so): gdb
     starts before the commands are imported (its own start overlaps theirs), one gdb only,
-    and the attach imports nothing of NOT_FOR_REGS: the look at the line before gdb's
+    and the attach imports nothing of NOT_FOR_TEXT: the look at the line before gdb's
     connect imports the agent's wire format only for a line that is no gdb stub."""
     code = (
         "import sys\n"
@@ -159,7 +163,7 @@ def test_regs_through_gdb_starts_gdb_first_and_imports_no_heavy_module():
         "sys.argv = ['kinspect', '--target', stub.endpoint, 'regs']\n"
         "from kinspect.inspector import cli\n"
         "status = cli.main()\n"
-        f"print(status, started, sorted(m for m in {NOT_FOR_REGS!r} if m in sys.modules))\n"
+        f"print(status, started, sorted(m for m in {NOT_FOR_TEXT!r} if m in sys.modules))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
