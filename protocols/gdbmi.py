@@ -167,7 +167,7 @@ def _parse_plain(line: str) -> dict[str, Any] | None:
             return None
         payload = None if comma < 0 else _results(line, comma + 1, "")[0]
         return {"type": kind, "message": message, "payload": payload, "token": token}
-    except _NotPlain:
+    except (_NotPlain, RecursionError):  # pygdbmi says what it makes of it
         return None
 
 
