@@ -10,6 +10,7 @@ usage errors. Never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
@@ -142,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     is imported, so that its own start (40 ms or more) overlaps ours, and nothing waits
     for gdb's exit or for a last garbage collection once the target is detached."""
     whole_process = argv is None
+    if whole_process:
+        # numpy's OpenBLAS starts a thread per core at import, which spin for 70-90 ms of
+        # CPU that gdb and QEMU want (pt's import of numpy cost 160 ms of CPU, 90 without
+        # them): kinspect decodes arrays and never calls BLAS. A setting of the user's stays.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     words = list(sys.argv[1:] if argv is None else argv)
     gdb = _start_gdb_first(words) if whole_process else None
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -190,3 +191,29 @@ def test_recognizing_linux_reads_no_dwarf():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_command_line_starts_numpy_without_blas_threads():
+    """The kinspect process (cli.main without argv) has OpenBLAS start no thread pool when
+    numpy is imported (its threads spin for most of numpy's import CPU; kinspect calls no
+    BLAS); an OPENBLAS_NUM_THREADS the user set is kept; cli.run, which a program calls,
+    sets nothing."""
+    code = (
+        "import os, sys\n"
+        "from kinspect.inspector import cli\n"
+        "assert cli.run(['writes']) == 0\n"
+        "print(os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+        "sys.argv = ['kinspect', 'writes']\n"
+        "assert cli.main() == 0\n"
+        "print(os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+    )
+    for given, expected in ((None, ["None", "1"]), ("3", ["3", "3"])):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+        env["KINSPECT_WRITES_LOG"] = os.devnull
+        if given is not None:
+            env["OPENBLAS_NUM_THREADS"] = given
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split("\n")[1::2][:2] == expected, result.stdout
