@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kinspect.inspector import formatting
+from kinspect.inspector import columns, formatting
 from kinspect.inspector.columns import decimal, hex18, hex_plain, marked_template
 from kinspect.inspector.commands.paging import format_ranges_with_regions
 from kinspect.inspector.formatting import (
@@ -153,6 +153,19 @@ def test_rows_from_arrays_are_the_records_text(space, chunk, data):
         assert encode_leaf_rows(leaves, depth) == expected
         pairs = list(zip(records, row_names, strict=True))
         assert encode_range_rows(pairs, depth) == [formatting._json_at(d, depth) for d in dicts]
+
+
+@pytest.mark.parametrize("way", ["by runs", "dropping zeros"])
+def test_rows_written_either_way_are_the_records_text(way):
+    """RowTable writes a chunk run by run when its rows come in few runs of one shape, else
+    as one matrix whose zero bytes it drops: each way alone gives the same text."""
+    runs = (1 << 30, 1) if way == "by runs" else (0, 1 << 30)
+    with (
+        mock.patch.object(columns, "RUNS_AT_MOST", runs[0]),
+        mock.patch.object(columns, "ROWS_PER_RUN", runs[1]),
+    ):
+        test_rows_from_arrays_are_the_records_text()
+        test_a_range_to_the_end_of_the_address_space()
 
 
 def test_a_range_to_the_end_of_the_address_space():
