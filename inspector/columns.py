@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 Matrix: TypeAlias = npt.NDArray[np.uint8]
-"""Text of many rows: one row a line of bytes, zero bytes where it ends early (or where it
-starts late): a row's text is in one piece."""
+"""Text of many rows: one row a line of bytes, each row's text in one piece at its end (zero
+bytes before a text narrower than the widest)."""
 
 _DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _ZERO = ord("0")
@@ -89,8 +89,8 @@ def decimal(values: npt.NDArray[np.uint64]) -> Matrix:
         rest = high
     np.take(_QUADS, rest, out=quads[:, 0])
     text: Matrix = quads.view(np.uint8)[:, 4 * groups - width :]
-    digits = np.searchsorted(_TENS, values, side="right") + 1
-    if count and int(digits.min()) < width:  # leading zeros: not part of the text
+    if count and len(str(int(values.min()))) < width:  # leading zeros: not part of the text
+        digits = np.searchsorted(_TENS, values, side="right") + 1
         text &= _LEADING[digits, _WIDEST - width :]
     return text
 
@@ -101,11 +101,10 @@ def picked(texts: Sequence[str], index: npt.NDArray[np.intp]) -> Matrix:
 
 
 def _table(texts: Sequence[bytes]) -> Matrix:
-    """Texts as the rows of a matrix, zero-padded to the longest."""
-    table = np.zeros((len(texts), max((len(t) for t in texts), default=0)), dtype=np.uint8)
-    for row, text in enumerate(texts):
-        table[row, : len(text)] = np.frombuffer(text, dtype=np.uint8)
-    return table
+    """Texts as the rows of a :data:`Matrix`, zero bytes before the shorter."""
+    width = max((len(t) for t in texts), default=0)
+    rows = b"".join(text.rjust(width, b"\0") for text in texts)
+    return np.frombuffer(rows, dtype=np.uint8).reshape(len(texts), width)
 
 
 def kinds_of(*keys: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
@@ -116,6 +115,8 @@ def kinds_of(*keys: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.intp], npt.
     out among the first rows of each run only."""
     count = len(keys[0])
     starts = _run_starts(keys)
+    if len(starts) == 1:
+        return starts, np.zeros(count, dtype=np.intp)
     combined = np.zeros(len(starts), dtype=np.int64)
     for key in keys:
         values, inverse = np.unique(key[starts], return_inverse=True)
@@ -252,53 +253,57 @@ class RowTable:
         pieces, present = self._matrices()
         tail = end.encode()
         count = len(kinds)
-        texts: list[Matrix] = []  # each hole's column, its rows' texts where they start
-        firsts: list[npt.NDArray[np.intp]] = []
-        lengths: list[npt.NDArray[np.intp]] = []
+        texts: list[Matrix] = []  # each hole's column
+        firsts: list[npt.NDArray[np.intp]] = []  # where each row's text starts in it
         for j, hole in enumerate(self.holes):
             column = columns[hole]
-            has = present[kinds, j]
-            if not has.all():
+            if not present[:, j].all():  # some kinds lack this hole: its rows have no text
                 column = column.copy()
-                column[~has] = 0
-            nonzero = column != 0
+                column[~present[kinds, j]] = 0
             texts.append(column)
-            lengths.append(np.count_nonzero(nonzero, axis=1))
-            firsts.append(np.argmax(nonzero, axis=1) if column.shape[1] else lengths[-1])
-        starts = _run_starts([kinds, *firsts, *lengths])
+            width = column.shape[1]
+            if width:
+                nonzero = column != 0
+                first = np.argmax(nonzero, axis=1)
+                first[~nonzero[:, -1]] = width  # no text
+            else:
+                first = np.zeros(count, dtype=np.intp)
+            firsts.append(first)
+        starts = _run_starts([kinds, *firsts])
         if len(starts) > RUNS_AT_MOST + count // ROWS_PER_RUN:
             return self._write_dropping_zeros(kinds, texts, tail, last)
-        shapes = np.stack([kinds[starts], *(length[starts] for length in lengths)], axis=1)
-        places = np.stack([first[starts] for first in firsts], axis=1) if firsts else shapes
+        widths = [text.shape[1] for text in texts]
         bounds = [*starts.tolist(), count]
         runs = []
         size = 0
-        for r, (shape, place) in enumerate(zip(shapes.tolist(), places.tolist(), strict=True)):
-            frame, at = self._frame(tuple(shape), tail)
+        for r, shape in enumerate(np.stack([kinds[starts], *(f[starts] for f in firsts)], 1)):
+            kind, *places = shape.tolist()
+            lengths = [width - place for width, place in zip(widths, places, strict=True)]
+            frame, at = self._frame(kind, lengths, tail)
             rows = bounds[r + 1] - bounds[r]
-            runs.append((frame, at, place, size, rows))
+            runs.append((frame, zip(at, places, lengths, texts, strict=True), size, rows))
             size += rows * len(frame)
         out = np.empty(size, dtype=np.uint8)
-        for r, (frame, at, place, offset, rows) in enumerate(runs):
+        for r, (frame, holes, offset, rows) in enumerate(runs):
             block = out[offset : offset + rows * len(frame)].reshape(rows, len(frame))
             block[:] = frame
             a, b = bounds[r], bounds[r + 1]
-            for j, (where, length) in enumerate(zip(at, shapes[r, 1:].tolist(), strict=True)):
+            for where, place, length, text in holes:
                 if length:
-                    block[:, where : where + length] = texts[j][a:b, place[j] : place[j] + length]
+                    block[:, where : where + length] = text[a:b, place:]
         return out if last or not count else out[: len(out) - len(tail)]
 
-    def _frame(self, shape: tuple[int, ...], tail: bytes) -> tuple[Matrix, list[int]]:
-        """A row of the shape ``(kind, length of each hole)``: its pieces, zero bytes for
-        its holes, ``tail``; and where each hole starts."""
-        key: tuple[bytes | int, ...] = (tail, *shape)
+    def _frame(self, kind: int, lengths: list[int], tail: bytes) -> tuple[Matrix, list[int]]:
+        """A row of kind ``kind`` whose holes hold texts of ``lengths``: its pieces, zero
+        bytes for its holes, ``tail``; and where each hole starts."""
+        key = (tail, kind, *lengths)
         found = self._frames.get(key)
         if found is None:
-            gaps = self._gaps[shape[0]]
+            gaps = self._gaps[kind]
             parts: list[bytes] = []
             at = []
             size = 0
-            for piece, length in zip(gaps, shape[1:], strict=False):
+            for piece, length in zip(gaps, lengths, strict=False):
                 at.append(size + len(piece))
                 parts += (piece, bytes(length))
                 size += len(piece) + length
