@@ -35,6 +35,7 @@ from .base import (
     Target,
     check_watch,
 )
+from .qemu_dump import MonitorDumps
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
 __all__ = [
@@ -94,12 +95,15 @@ class GdbTarget(Target):
         physical: str = "auto",
         timeout: float = 10.0,
         gdb: str | MiSession = "gdb",
+        dumps: bool = True,
     ) -> None:
         """``physical`` says how physical memory is read: ``"qemu"`` (the
         stub's physical mode), ``"direct-map"`` (through the kernel's direct
         map) or ``"auto"`` (QEMU's mode when the stub has it). ``gdb``: the
         gdb to run, or one already started (the command line starts it first,
-        so that gdb's own start overlaps the imports of the rest)."""
+        so that gdb's own start overlaps the imports of the rest). ``dumps``: physical
+        reads in bulk through QEMU's monitor (:mod:`.qemu_dump`) when it can; False
+        reads through the stub's packets only."""
         if physical not in ("auto", "qemu", "direct-map"):
             raise TargetError(f"unknown physical-memory method {physical!r}")
         self.physical = physical
@@ -114,18 +118,26 @@ class GdbTarget(Target):
         self._maxphyaddr: int | None = None  # 0: asked, not known
         self._closed = False
         self._packet_size: int | None = None  # gdb's, asked when first needed
+        #: QEMU's monitor as a bulk reader of physical memory (made on first use; False
+        #: once it failed or disagreed with the stub: not asked again)
+        self._dumps: MonitorDumps | bool | None = None if dumps else False
         #: CPU index -> gdb thread id (QEMU's stub shows one thread per vCPU)
         self._cpu_threads: dict[int, str] = {}
         self._cpu = 0
         self._followed: object = None
         #: the temporary breakpoints ``until`` set: gone at the next stop, whoever stopped
         self._temporary: set[int] = set()
+        #: where a piped stub command's stderr goes (see _quiet_pipe); None: no pipe
+        self._pipe_log: str | None = None
         self._gdb_endpoint = self._endpoint_for_gdb(endpoint)
-        if not self._gdb_endpoint.startswith("|"):
+        if self._gdb_endpoint.startswith("|"):
+            self._gdb_endpoint = self._quiet_pipe(self._gdb_endpoint)
+        else:
             self._look_first(self._gdb_endpoint)  # before gdb starts: "in use" within a second
         try:
             self._mi = gdb if isinstance(gdb, MiSession) else MiSession(gdb)
         except MiClosed as exc:
+            self._drop_pipe_log()
             raise TargetError(str(exc)) from exc
         try:
             self._connect()
@@ -133,6 +145,8 @@ class GdbTarget(Target):
             self._mi.wait_on_close = True  # whatever gdb is doing, it is gone when this returns
             self._mi.close()
             raise
+        finally:
+            self._drop_pipe_log()  # read if the attach failed; the command keeps it open
 
     # -- connection ----------------------------------------------------------
 
@@ -171,6 +185,7 @@ class GdbTarget(Target):
         except MiTimeout as exc:
             raise TargetError(
                 f"cannot attach to {self.endpoint}: no answer within {CONNECT_TIMEOUT:g} s"
+                + self._pipe_said()
             ) from exc
         except MiClosed as exc:
             raise TargetLost(f"cannot attach to {self.endpoint}: gdb exited ({exc})") from exc
@@ -178,7 +193,9 @@ class GdbTarget(Target):
             if isinstance(result, MiError):
                 raise TargetError(result.message)
         if isinstance(attached, MiError):
-            raise TargetError(f"cannot attach to {self.endpoint}: {attached.message}")
+            raise TargetError(
+                f"cannot attach to {self.endpoint}: {attached.message}" + self._pipe_said()
+            )
         self._mi.state = "stopped"
         if not isinstance(names, MiError):
             self._learn_register_numbers(names.payload)
@@ -232,6 +249,50 @@ class GdbTarget(Target):
         if not endpoint or (not piped and any(c.isspace() for c in endpoint)) or "\n" in endpoint:
             raise TargetError(f"bad target {spec!r}: give host:port or a socket path")
         return endpoint
+
+    def _quiet_pipe(self, endpoint: str) -> str:
+        """``| command`` for gdb with the command's stderr in a file of ours, not gdb's:
+        gdb reads a piped command's stderr after every byte the link carries (its
+        ``ser-base.c``'s ``generic_readchar``: a system call a byte), 0.55 s of a 0.61 s
+        walk of the Debian guest's tables through tests/fake_stub.py's relay; a stderr
+        that is not gdb's ends at once for gdb, which then stops reading it. An attach
+        that fails says the command's last words (:meth:`_pipe_said`); the file is
+        unlinked once attached (the command writes on into it, gone when the command
+        ends). gdb runs the line with the user's $SHELL: the redirection is made by
+        /bin/sh, whatever that shell is."""
+        import shlex
+        import tempfile
+
+        try:
+            handle, log = tempfile.mkstemp(prefix="kinspect-stub-", suffix=".stderr")
+        except OSError:  # nowhere to keep it: the command's words are lost, as before
+            log = os.devnull
+        else:
+            os.close(handle)
+            self._pipe_log = log
+        line = f"exec 2>>{shlex.quote(log)}; {endpoint[1:].strip()}"
+        return f"| exec /bin/sh -c {shlex.quote(line)}"
+
+    def _pipe_said(self) -> str:
+        """`` (the command said: LINE)``: the last line a piped stub command wrote on its
+        stderr; '' for none (or no pipe)."""
+        if self._pipe_log is None:
+            return ""
+        try:
+            with open(self._pipe_log, errors="replace") as log:
+                lines = log.read()[-4096:].splitlines()
+        except OSError:
+            return ""
+        said = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        return f" (the command said: {said})" if said else ""
+
+    def _drop_pipe_log(self) -> None:
+        if self._pipe_log is not None:
+            try:
+                os.unlink(self._pipe_log)
+            except OSError:
+                pass
+            self._pipe_log = None
 
     def _look_first(self, endpoint: str) -> None:
         """One short look at a socket before gdb's own connect (which waits far longer):
@@ -489,22 +550,60 @@ class GdbTarget(Target):
         found: list[bytes | FaultError | None] = [None] * len(requests)
         wanted: list[tuple[int, int]] = []
         where: list[int] = []
-        offset = 0
         for index, (address, size) in enumerate(requests):
             try:
                 self._check_physical(address, size)
             except FaultError as exc:
                 found[index] = exc
                 continue
-            if not wanted:  # the first valid request sets the mode (and finds the base)
-                offset = self._enter_physical()
-            wanted.append((offset + address, size))
+            wanted.append((address, size))
             where.append(index)
-        if wanted:
+        got: Sequence[bytes | FaultError] | None = self._dump_many(wanted) if wanted else None
+        if wanted and got is None:
+            offset = self._enter_physical()  # QEMU's mode, or the direct map's base found
             what = "physical" if self.physical == "qemu" else "physical (through the direct map)"
-            for index, got in zip(where, self._read_many(wanted, what), strict=True):
-                found[index] = got  # a fault names the address read, as read_physical's do
-        return [got for got in found if got is not None]
+            got = self._read_many([(offset + a, n) for a, n in wanted], what)
+        for index, one in zip(where, got or [], strict=True):
+            found[index] = one  # a fault names the address read, as read_physical's do
+        return [one for one in found if one is not None]
+
+    def _dump_many(self, requests: Sequence[tuple[int, int]]) -> list[bytes] | None:
+        """``requests`` through QEMU's monitor (:mod:`.qemu_dump`), or None: not QEMU's
+        stub, or that path does not work here (QEMU on another host or file system, or
+        not allowed to write our temporary directory). Its first answer is checked
+        against the stub's own physical read of one request: a disagreement (or any
+        failure) turns the path off for this session."""
+        if self.physical != "qemu" or self._dumps is False:
+            return None
+        fresh = self._dumps is None
+        if not isinstance(self._dumps, MonitorDumps):
+            self._dumps = MonitorDumps(self._monitor_batch, self._ram_size)
+        got = self._dumps.read_many(requests)
+        if got is not None and fresh:
+            index = min(range(len(requests)), key=lambda i: requests[i][1])
+            address, size = requests[index][0], min(requests[index][1], 4096)
+            self._set_phys_mode(True)
+            (theirs,) = self._read_many([(address, size)], "physical")
+            if theirs != got[index][:size]:
+                got = None
+        if got is None:
+            self._dumps.close()
+            self._dumps = False
+        return got
+
+    def _monitor_batch(self, lines: list[str]) -> list[str | None]:
+        """QEMU monitor command lines through the stub, pipelined: each one's output (None
+        for a command gdb refused)."""
+        results = self._pipeline(
+            [f"-interpreter-exec console {mi_quote('monitor ' + line)}" for line in lines]
+        )
+        return [None if isinstance(result, MiError) else result.text for result in results]
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        (found,) = self.read_physical_many([(address, size)])
+        if isinstance(found, FaultError):
+            raise found
+        return found
 
     def read_virtual(self, address: int, size: int) -> bytes:
         from ..x86.paging import check_canonical  # imported by the first read, not at start
@@ -514,13 +613,6 @@ class GdbTarget(Target):
         if self._phys_mode:
             self._set_phys_mode(False)
         return self._read(address, size, "virtual")
-
-    def read_physical(self, address: int, size: int) -> bytes:
-        self._check_physical(address, size)
-        offset = self._enter_physical()
-        if self.physical == "qemu":
-            return self._read(address, size, "physical")
-        return self._read(offset + address, size, "physical (through the direct map)")
 
     def _check_physical(self, address: int, size: int) -> None:
         if address < 0 or size < 0 or address + size > 1 << 52:
@@ -878,6 +970,8 @@ class GdbTarget(Target):
         if self._closed:
             return
         self._closed = True
+        if isinstance(self._dumps, MonitorDumps):
+            self._dumps.close()
         try:
             if self._mi.alive and self._mi.state != "exited":
                 if self._phys_mode:

@@ -171,3 +171,36 @@ def test_unmapped_virtual_read_is_a_fault(session):
         session.read_virtual(0x0, 8)
     with pytest.raises(FaultError, match="non-canonical"):
         session.read_virtual(0x0000800000000000, 8)
+
+
+def test_bulk_physical_reads_through_the_monitor_match_qemus_own(qemu, demo_kernel, monkeypatch):
+    """Physical reads on QEMU go through its monitor's pmemsave (inspector/targets/
+    qemu_dump.py) in few commands; what they give is what QEMU's monitor prints (``xp``,
+    over QMP), neighbours a gap apart included, and the files are gone when it closes."""
+    import os
+
+    from kinspect.inspector import api
+    from kinspect.inspector.targets.qemu_dump import MonitorDumps
+
+    with api.attach(qemu.gdb_endpoint, elf=demo_kernel) as session:
+        cr3 = session.control_registers()["CR3"].value & ~0xFFF
+        requests = [(cr3, 4096), (cr3 + 0x3000, 64), (0x100000 + 8, 24), (cr3 + 0x9000, 4096)]
+        got = session.target.read_physical_many(requests)
+        dumps = session.target._dumps
+        assert isinstance(dumps, MonitorDumps), "the bulk path was turned off"
+        for (address, size), data in zip(requests, got, strict=True):
+            assert isinstance(data, bytes) and len(data) == size
+            for offset in range(0, size, 1024):  # a word every KiB, as QEMU prints it
+                text = qemu.monitor(f"xp /1gx {address + offset:#x}")
+                word = int(text.split(":")[1].split()[0], 16)
+                assert int.from_bytes(data[offset : offset + 8], "little") == word, hex(address)
+        directory = dumps._directory
+        assert directory is not None and os.listdir(directory) == []
+    assert not os.path.exists(directory)
+
+    # A QEMU that cannot write where we read (another host or file system): the stub's
+    # own physical reads, the same bytes, and the path is not tried again.
+    monkeypatch.setattr(MonitorDumps, "_make_directory", lambda self: "/nonexistent/ks")
+    with api.attach(qemu.gdb_endpoint, elf=demo_kernel) as other:
+        assert other.target.read_physical_many(requests) == got
+        assert other.target._dumps is False

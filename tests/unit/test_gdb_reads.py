@@ -5,10 +5,13 @@ level-by-level table prefetch against the Linux capture."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from pygdbmi import gdbmiparser
 
-from kinspect.inspector.errors import FaultError
+from kinspect.inspector.errors import FaultError, TargetError
 from kinspect.inspector.session import Session
 from kinspect.inspector.targets.gdb import (
     GdbTarget,
@@ -24,6 +27,7 @@ from tests.fake_stub import FakeStub
 from tests.qemu_view import capture_reader
 from tests.tui.fakes import CR3, MODE, MemoryTarget
 
+RELAY = Path(__file__).resolve().parent.parent / "fake_stub.py"
 BASE = 0xFFFF888000000000  # the direct map of the fake stub's memory
 PAGES = 48
 HOLE = 20  # page 20 is not mapped; page 30 is mapped only up to 0x800
@@ -194,6 +198,36 @@ def test_a_big_read_is_pipelined_in_chunks(target, monkeypatch):
     seen = _commands(target, monkeypatch)
     assert target.read_physical(0, HOLE * 4096) == DATA[: HOLE * 4096]
     assert [len(commands) for commands in seen] == [2]  # 80 KiB: two chunks, one pipeline
+
+
+# -- a stub behind a pipe (`| command`) ---------------------------------------------------------
+
+
+def test_a_piped_stub_reads_in_its_packets(stub):
+    """gdb reads a piped command's stderr after every byte of the link while it is gdb's: the
+    target gives gdb the command with its stderr in a file (see the next test); the
+    command still talks to gdb on its stdin and stdout."""
+    piped = GdbTarget(
+        f"| {sys.executable} {RELAY} relay {stub.endpoint}",
+        phys_base=BASE,
+        physical="direct-map",
+        timeout=20,
+    )
+    try:
+        assert not piped.is_qemu and piped.packet_size == 0x1000
+        stub.packets.clear()
+        assert piped.read_physical_many([(0, 3 * 4096), (HOLE * 4096, 8)])[0] == DATA[: 3 * 4096]
+        assert stub.reads[:6] == [(BASE + n * 0x800, 0x800) for n in range(6)]
+    finally:
+        piped.close()
+
+
+def test_a_piped_stub_that_fails_says_what_its_command_said():
+    """The command's stderr is kept apart from gdb's, so its last line ends the error."""
+    with pytest.raises(TargetError) as raised:
+        GdbTarget("| sh -c 'echo no stub on that line >&2; exit 3'", timeout=20)
+    assert str(raised.value).startswith("cannot attach to | sh -c")
+    assert str(raised.value).endswith("(the command said: no stub on that line)")
 
 
 # -- the session: a level of tables a batch --------------------------------------------------
