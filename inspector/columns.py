@@ -243,14 +243,14 @@ class RowTable:
     ) -> Matrix:
         """:meth:`write` as its UTF-8 bytes (one row of bytes, a file writes it as is).
 
-        A column's text in each of its rows is in one piece, zero bytes before
-        or after it. Neighbouring rows are mostly of one shape (their kind and
-        the length of each number: a run of pages), and a run of rows of one
-        shape is a matrix without a zero byte, written straight in place: its
-        pieces at once, then each column. Rows of many shapes are written as
-        one matrix whose zero bytes are then dropped (a pass over every byte).
+        Each row's text in a column ends at the column's last byte (:data:`Matrix`;
+        a ValueError if not). Neighbouring rows are mostly of one shape (their
+        kind and the length of each text: a run of pages), and a run of rows of
+        one shape is a matrix without a zero byte, written straight in place: its
+        pieces at once, then each column. Rows of many shapes are written as one
+        matrix whose zero bytes are then dropped (a pass over every byte).
         """
-        pieces, present = self._matrices()
+        _, present = self._matrices()
         tail = end.encode()
         count = len(kinds)
         texts: list[Matrix] = []  # each hole's column
@@ -265,7 +265,11 @@ class RowTable:
             if width:
                 nonzero = column != 0
                 first = np.argmax(nonzero, axis=1)
-                first[~nonzero[:, -1]] = width  # no text
+                empty = ~nonzero[:, -1]
+                if empty.any():
+                    if nonzero[empty].any():
+                        raise ValueError(f"the texts of {hole} do not end at its last column")
+                    first[empty] = width
             else:
                 first = np.zeros(count, dtype=np.intp)
             firsts.append(first)

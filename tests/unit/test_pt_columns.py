@@ -68,6 +68,16 @@ def test_a_mark_must_be_in_the_text_once():
             marked_template(text, {"12": "x"})
 
 
+def test_a_column_text_ends_at_its_last_byte():
+    table = columns.RowTable(("a",))
+    kind = table.kind("k", columns.Template, ("<", ">"), ("a",))
+    kinds = np.full(3, kind, dtype=np.intp)
+    right = np.array([[0, 0, 0], [0, 0, 49], [50, 51, 52]], dtype=np.uint8)
+    assert table.write(kinds, {"a": right}, "\n") == "<>\n<1>\n<234>\n"
+    with pytest.raises(ValueError, match="do not end at its last column"):
+        table.write(kinds, {"a": right[:, ::-1]}, "\n")
+
+
 # -- tables hypothesis builds ----------------------------------------------------------------
 
 
