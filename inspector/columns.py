@@ -41,12 +41,15 @@ bytes before a text narrower than the widest)."""
 
 _DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _ZERO = ord("0")
-_QUADS = np.frombuffer(b"".join(b"%04d" % i for i in range(10_000)), dtype=np.uint32)
-_WIDEST = 20  # digits of 2**64 - 1
-_TENS = np.array([10**k for k in range(1, _WIDEST)], dtype=np.uint64)
-# _LEADING[d]: keeps the last d bytes of 20, zeroes the others
-_LEADING = np.where(np.arange(_WIDEST) >= _WIDEST - np.arange(_WIDEST + 1)[:, None], 255, 0)
-_LEADING = _LEADING.astype(np.uint8)
+# 0000..9999; then the same without their leading zeros (0: none), then again (0: "0")
+_QUADS = np.frombuffer(
+    b"".join(b"%04d" % i for i in range(10_000))
+    + b"".join((b"%d" % i if i else b"").rjust(4, b"\0") for i in range(10_000))
+    + b"".join((b"%d" % i).rjust(4, b"\0") for i in range(10_000)),
+    dtype=np.uint32,
+)
+# _LEADING[d]: keeps the last d of 16 bytes, zeroes those before
+_LEADING = np.where(np.arange(16) >= 16 - np.arange(17)[:, None], 255, 0).astype(np.uint8)
 
 
 def hex18(values: npt.NDArray[np.uint64]) -> Matrix:
@@ -66,7 +69,7 @@ def hex_plain(values: npt.NDArray[np.uint64]) -> Matrix:
     shown = out[:, 2:] != _ZERO
     shown[:, -1] = True
     first = np.argmax(shown, axis=1)  # the first digit shown, from the 16
-    out[:, 2:] &= _LEADING[16 - first, _WIDEST - 16 :]
+    out[:, 2:] &= _LEADING[16 - first]
     rows = np.arange(len(values))
     out[:, :2] = 0
     out[rows, first] = _ZERO
@@ -77,23 +80,30 @@ def hex_plain(values: npt.NDArray[np.uint64]) -> Matrix:
 def decimal(values: npt.NDArray[np.uint64]) -> Matrix:
     """``str(value)`` of each value (zero bytes before it, as wide as the widest).
 
-    Four digits at a time from a table of ``"0000"`` to ``"9999"``: a division
-    by 10,000 per four digits, no per-value text (numpy's own ``astype("S20")``
-    took three quarters of ``--json pt --leaves``)."""
+    Four digits at a time from a table of ``"0000"`` to ``"9999"`` (a division
+    by 10,000 each, no per-value text: numpy's own ``astype("S20")`` took three
+    quarters of ``--json pt --leaves``). When the values are not all as wide, a
+    value's highest four digits come from the table's second part, without
+    leading zeros (its third part: the lowest four of a value below 10,000, so 0
+    is ``"0"``)."""
     count = len(values)
     width = len(str(int(values.max()))) if count else 1
     groups = (width + 3) // 4
     quads = np.empty((count, groups), dtype=np.uint32)
     rest = values.astype(np.uint64, copy=False)
+    every_digit = not count or len(str(int(values.min()))) == width
+    ten = np.uint64(10_000)
+    first = np.uint64(0 if every_digit else 2 * 10_000)
     for group in range(groups - 1, 0, -1):
-        high = rest // np.uint64(10_000)
-        np.take(_QUADS, rest - high * np.uint64(10_000), out=quads[:, group])
+        high = rest // ten
+        index = rest - high * ten
+        if not every_digit:
+            index += (high == 0) * first
+            first = np.uint64(10_000)
+        np.take(_QUADS, index, out=quads[:, group])
         rest = high
-    np.take(_QUADS, rest, out=quads[:, 0])
+    np.take(_QUADS, rest + first, out=quads[:, 0])
     text: Matrix = quads.view(np.uint8)[:, 4 * groups - width :]
-    if count and len(str(int(values.min()))) < width:  # leading zeros: not part of the text
-        digits = np.searchsorted(_TENS, values, side="right") + 1
-        text &= _LEADING[digits, _WIDEST - width :]
     return text
 
 
