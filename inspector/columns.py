@@ -274,7 +274,9 @@ class RowTable:
                 column[~present[kinds, j]] = 0
             texts.append(column)
             width = column.shape[1]
-            if width:
+            if width and column[:, 0].all():  # every row's text as wide as the column
+                first = np.zeros(count, dtype=np.intp)
+            elif width:
                 nonzero = column != 0
                 first = np.argmax(nonzero, axis=1)
                 empty = ~nonzero[:, -1]
