@@ -815,9 +815,11 @@ class _LeafJson:
         return text
 
 
-def leaf_json_lines(arrays: LeafArrays) -> Iterator[str]:
-    """``--json-lines``: each leaf's compact dict, a line each (each ends with a newline),
-    a run of lines at a time."""
+def leaf_json_lines(arrays: LeafArrays, *, last_newline: bool = True) -> Iterator[str]:
+    """``--json-lines``: each leaf's compact dict, a line each (each ends with a newline;
+    ``last_newline`` False: but the last of each run, for a writer that ends each with
+    its own, as ``print`` does), a run of lines at a time."""
     table = _LeafJson(arrays)
+    end = "\n" if last_newline else None
     for a in range(0, len(arrays), ROWS_PER_CHUNK):
-        yield table.text(a, min(len(arrays), a + ROWS_PER_CHUNK), None, "\n")
+        yield table.text(a, min(len(arrays), a + ROWS_PER_CHUNK), None, end)
