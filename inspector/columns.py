@@ -288,7 +288,9 @@ class RowTable:
                 first = np.zeros(count, dtype=np.intp)
             firsts.append(first)
         starts = _run_starts([kinds, *firsts])
-        if len(starts) > RUNS_AT_MOST + count // ROWS_PER_RUN:
+        pieces, _ = self._matrices()
+        width = sum(piece.shape[1] for piece in pieces) + sum(text.shape[1] for text in texts)
+        if len(starts) > RUNS_AT_MOST + count * width // BYTES_PER_RUN:
             return self._write_dropping_zeros(kinds, texts, tail, last)
         widths = [text.shape[1] for text in texts]
         bounds = [*starts.tolist(), count]
@@ -363,7 +365,7 @@ class RowTable:
 
 
 RUNS_AT_MOST = 8
-ROWS_PER_RUN = 32
-"""Rows written run by run when there are at most ``RUNS_AT_MOST + rows // ROWS_PER_RUN``
-runs of rows of one shape (a run costs a few numpy calls; the other way, a pass over
-every byte, about as much as 32 rows)."""
+BYTES_PER_RUN = 4096
+"""Rows written run by run when there are at most ``RUNS_AT_MOST + bytes // BYTES_PER_RUN``
+runs of rows of one shape, ``bytes`` the size of the matrix the other way writes (a run
+costs a few numpy calls, 5 to 10 us; the other way about 2 ns a byte of that matrix)."""

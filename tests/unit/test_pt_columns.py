@@ -172,7 +172,7 @@ def test_rows_written_either_way_are_the_records_text(way):
     runs = (1 << 30, 1) if way == "by runs" else (0, 1 << 30)
     with (
         mock.patch.object(columns, "RUNS_AT_MOST", runs[0]),
-        mock.patch.object(columns, "ROWS_PER_RUN", runs[1]),
+        mock.patch.object(columns, "BYTES_PER_RUN", runs[1]),
     ):
         test_rows_from_arrays_are_the_records_text()
         test_a_range_to_the_end_of_the_address_space()
