@@ -12,7 +12,9 @@ imported when such rows are written).
 
 from __future__ import annotations
 
+import codecs
 import gc
+import io
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -229,6 +231,9 @@ def _indent_compact(compact: str) -> str:
 
 T = TypeVar("T")
 
+Chunk = str | bytes | memoryview
+"""A piece of a document as :func:`write_json` writes it: text, or its UTF-8 bytes."""
+
 #: Rows a :class:`JsonRows` encodes per chunk written (a chunk is one string, one write).
 ROWS_PER_CHUNK = 4096
 
@@ -239,9 +244,10 @@ class JsonRows(Generic[T]):
     ``encode(records, depth)`` gives the text of each item, indented for
     ``depth`` (``indent=1``; ``None``: compact), exactly as ``json.dumps``
     writes ``[to_dict(r) for r in records]`` inside its brackets (joined by
-    ``,`` and a newline). :func:`write_json` writes them :data:`ROWS_PER_CHUNK`
-    at a time, so neither the dicts nor the whole text of half a million
-    leaves (OVMF's map) are ever held; :meth:`plain` is the list of dicts
+    ``,`` and a newline); or that text whole, as its bytes (one item).
+    :func:`write_json` writes them :data:`ROWS_PER_CHUNK` at a time, so neither
+    the dicts nor the whole text of half a million leaves (OVMF's map) are ever
+    held; :meth:`plain` is the list of dicts
     (``CommandResult.body``).
     """
 
@@ -251,7 +257,7 @@ class JsonRows(Generic[T]):
         self,
         records: Sequence[T],
         to_dict: Callable[[T], Any],
-        encode: Callable[[Sequence[T], int | None], list[str]],
+        encode: Callable[[Sequence[T], int | None], Sequence[Chunk]],
         chunk: int | None = None,
     ) -> None:
         self.records = records
@@ -265,11 +271,12 @@ class JsonRows(Generic[T]):
     def plain(self) -> list[Any]:
         return [self.to_dict(record) for record in self.records]
 
-    def chunks(self, depth: int | None) -> Iterator[str]:
+    def chunks(self, depth: int | None) -> Iterator[Chunk]:
         records = self.records
         chunk = self.chunk or ROWS_PER_CHUNK
         for start in range(0, len(records), chunk):
-            yield ",\n".join(self.encode(records[start : start + chunk], depth))
+            items = self.encode(records[start : start + chunk], depth)
+            yield items[0] if len(items) == 1 else ",\n".join(items)  # type: ignore[arg-type]
 
 
 def write_json(document: Mapping[str, Any], out: TextIO) -> None:
@@ -279,10 +286,31 @@ def write_json(document: Mapping[str, Any], out: TextIO) -> None:
     if not _has_rows(document):
         out.write(format_json(document))
         return
+    write = _chunk_writer(out)
     with gc_paused():
         for chunk in _encode_rows_document(document, 0):
-            out.write(chunk)
-    out.write("\n")
+            write(chunk)
+    write("\n")
+
+
+def _chunk_writer(out: TextIO) -> Callable[[Chunk], object]:
+    """``write`` of text and of UTF-8 bytes on ``out``: the bytes straight to its binary
+    buffer when it has one in UTF-8 (a file, a pipe, the terminal: no decoding the rows
+    only for the stream to encode them again), else decoded. Newlines are ``\\n``, as
+    on the streams the command line writes (no ``newline=`` translation)."""
+    if isinstance(out, io.TextIOWrapper) and codecs.lookup(out.encoding).name == "utf-8":
+        out.flush()
+        binary = out.buffer
+
+        def write_bytes(chunk: Chunk) -> object:
+            return binary.write(chunk.encode() if isinstance(chunk, str) else chunk)
+
+        return write_bytes
+
+    def write_text(chunk: Chunk) -> object:
+        return out.write(chunk if isinstance(chunk, str) else str(chunk, "utf-8"))
+
+    return write_text
 
 
 @contextmanager
@@ -310,7 +338,7 @@ def _has_rows(value: Any) -> bool:
     return False
 
 
-def _encode_rows_document(value: Any, depth: int) -> Iterator[str]:
+def _encode_rows_document(value: Any, depth: int) -> Iterator[Chunk]:
     """``json.dumps(value, indent=1)`` at ``depth``, in pieces; JsonRows in chunks."""
     import json
 
@@ -322,7 +350,9 @@ def _encode_rows_document(value: Any, depth: int) -> Iterator[str]:
         yield "[\n"
         first = True
         for chunk in value.chunks(depth + 1):
-            yield chunk if first else ",\n" + chunk
+            if not first:
+                yield ",\n"
+            yield chunk
             first = False
         yield f"\n{inner[:-1]}]"
     elif isinstance(value, Mapping) and value and _has_rows(value):
@@ -528,9 +558,9 @@ def _encode_ranges(
     depth: int | None,
     table: Any,
     join: str | None = None,
-) -> str:
+) -> memoryview:
     """Ranges (or compact ranges) with their regions as JSON items at ``depth``, joined
-    as a list writes them (or by ``join``): ``numbers`` are the holes' columns, ``keys``
+    as a list writes them (or by ``join``), as UTF-8: ``numbers`` are the holes' columns, ``keys``
     the columns that make a row's kind with its region, ``sample(i)`` row ``i``'s record
     and region name, ``whole`` the rows (nonzero) written from their record alone (2**64
     in them)."""
@@ -554,7 +584,7 @@ def _encode_ranges(
         kinds[k] = table.kind(key, _json_template, example, holes, depth)
     columns = {hole: decimal(numbers[hole]) for hole in holes}
     end = join or (",\n" if depth is not None else ",")
-    return str(table.write(kinds[kind], columns, end, last=False))
+    return memoryview(table.write_bytes(kinds[kind], columns, end, last=False))
 
 
 def encode_range_rows(
@@ -595,7 +625,7 @@ def encode_range_rows(
     )
     table = RowTable(_COMPACT_HOLES if compact else _RANGE_HOLES)
     text = _encode_ranges(numbers, [key], rows.__getitem__, whole, depth, table, _ITEMS)
-    return text.split(_ITEMS)
+    return str(text, "utf-8").split(_ITEMS)
 
 
 def range_json_rows(
@@ -617,7 +647,7 @@ def range_json_rows(
     def to_dict(i: int) -> dict[str, Any]:
         return {**ranges[i].to_dict(), "region": names[region[i]]}
 
-    def encode(rows: Sequence[int], depth: int | None) -> list[str]:
+    def encode(rows: Sequence[int], depth: int | None) -> list[Chunk]:
         a, b = rows[0], rows[-1] + 1
         start, page_size = ranges.start[a:b], ranges.page_size[a:b]
         size = ranges.counts[a:b].astype(np.uint64) * page_size
@@ -654,9 +684,9 @@ def _encode_leaves(
     texts: dict[tuple[int, ...], str],
     end: str,
     last: bool,
-) -> str:
-    """Leaves as JSON items at ``depth`` (``leaf.to_dict()``), each followed by ``end``
-    (but the last, unless ``last``):
+) -> memoryview:
+    """Leaves as JSON items at ``depth`` (``leaf.to_dict()``) in UTF-8, each followed by
+    ``end`` (but the last, unless ``last``):
     ``numbers`` the columns of VA, PA, the entry and its address, ``kind_keys`` the
     columns that make a leaf's kind, ``sample(i)`` leaf ``i`` as a record, ``paths`` the
     table paths and each leaf's index in them (``texts``: their JSON, kept)."""
@@ -692,7 +722,7 @@ def _encode_leaves(
         "address": pa if numbers["address"] is numbers["pa"] else decimal(numbers["address"]),
         "table_path": picked(path_texts, paths[1]),
     }
-    return str(table.write(kinds[kind], columns, end, last=last))
+    return memoryview(table.write_bytes(kinds[kind], columns, end, last=last))
 
 
 def encode_leaf_rows(leaves: Sequence[Leaf], depth: int | None) -> list[str]:
@@ -740,7 +770,7 @@ def encode_leaf_rows(leaves: Sequence[Leaf], depth: int | None) -> list[str]:
         _ITEMS,
         False,
     )
-    return text.split(_ITEMS)
+    return str(text, "utf-8").split(_ITEMS)
 
 
 def leaf_json_rows(arrays: LeafArrays) -> JsonRows[int]:
@@ -750,7 +780,7 @@ def leaf_json_rows(arrays: LeafArrays) -> JsonRows[int]:
     return JsonRows(
         range(len(arrays)),
         lambda i: arrays.records(i, i + 1)[0].to_dict(),
-        lambda rows, depth: [table.text(rows[0], rows[-1] + 1, depth)],
+        lambda rows, depth: [table.encode(rows[0], rows[-1] + 1, depth)],
     )
 
 
@@ -766,6 +796,10 @@ class _LeafJson:
     def text(self, a: int, b: int, depth: int | None, end: str | None = None) -> str:
         """Leaves ``a:b``, joined by ``,`` and a newline (``depth`` None: by a newline);
         with ``end``, each followed by it instead."""
+        return str(self.encode(a, b, depth, end), "utf-8")
+
+    def encode(self, a: int, b: int, depth: int | None, end: str | None = None) -> memoryview:
+        """:meth:`text` in UTF-8."""
         from .columns import RowTable
 
         arrays = self.arrays
@@ -790,9 +824,11 @@ class _LeafJson:
         return text
 
 
-def leaf_json_lines(arrays: LeafArrays) -> Iterator[str]:
-    """``--json-lines``: each leaf's compact dict, a line each (each ends with a newline),
-    a run of lines at a time."""
+def leaf_json_lines(arrays: LeafArrays, *, last_newline: bool = True) -> Iterator[str]:
+    """``--json-lines``: each leaf's compact dict, a line each (each ends with a newline;
+    ``last_newline`` False: but the last of each run, for a writer that ends each with
+    its own, as ``print`` does), a run of lines at a time."""
     table = _LeafJson(arrays)
+    end = "\n" if last_newline else None
     for a in range(0, len(arrays), ROWS_PER_CHUNK):
-        yield table.text(a, min(len(arrays), a + ROWS_PER_CHUNK), None, "\n")
+        yield table.text(a, min(len(arrays), a + ROWS_PER_CHUNK), None, end)

@@ -328,8 +328,8 @@ def _pt_json_lines(context: Context, session: Session) -> CommandResult:
     head["paging"] = control.paging.to_dict()
     context.emit(json.dumps(head, separators=(",", ":")))
     space = session.address_space()
-    for lines in leaf_json_lines(space.arrays):
-        context.emit(lines.removesuffix("\n"))
+    for lines in leaf_json_lines(space.arrays, last_newline=False):
+        context.emit(lines)
     problems = space.problems
     count = len(space.leaves)
     end = {

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kinspect.inspector import formatting
+from kinspect.inspector import columns, formatting
 from kinspect.inspector.columns import decimal, hex18, hex_plain, marked_template
 from kinspect.inspector.commands.paging import format_ranges_with_regions
 from kinspect.inspector.formatting import (
@@ -66,6 +66,16 @@ def test_a_mark_must_be_in_the_text_once():
     for text in ("a b", "12 12"):
         with pytest.raises(ValueError, match="not once"):
             marked_template(text, {"12": "x"})
+
+
+def test_a_column_text_ends_at_its_last_byte():
+    table = columns.RowTable(("a",))
+    kind = table.kind("k", columns.Template, ("<", ">"), ("a",))
+    kinds = np.full(3, kind, dtype=np.intp)
+    right = np.array([[0, 0, 0], [0, 0, 49], [50, 51, 52]], dtype=np.uint8)
+    assert table.write(kinds, {"a": right}, "\n") == "<>\n<1>\n<234>\n"
+    with pytest.raises(ValueError, match="do not end at its last column"):
+        table.write(kinds, {"a": right[:, ::-1]}, "\n")
 
 
 # -- tables hypothesis builds ----------------------------------------------------------------
@@ -153,6 +163,19 @@ def test_rows_from_arrays_are_the_records_text(space, chunk, data):
         assert encode_leaf_rows(leaves, depth) == expected
         pairs = list(zip(records, row_names, strict=True))
         assert encode_range_rows(pairs, depth) == [formatting._json_at(d, depth) for d in dicts]
+
+
+@pytest.mark.parametrize("way", ["by runs", "dropping zeros"])
+def test_rows_written_either_way_are_the_records_text(way):
+    """RowTable writes a chunk run by run when its rows come in few runs of one shape, else
+    as one matrix whose zero bytes it drops: each way alone gives the same text."""
+    runs = (1 << 30, 1) if way == "by runs" else (0, 1 << 30)
+    with (
+        mock.patch.object(columns, "RUNS_AT_MOST", runs[0]),
+        mock.patch.object(columns, "BYTES_PER_RUN", runs[1]),
+    ):
+        test_rows_from_arrays_are_the_records_text()
+        test_a_range_to_the_end_of_the_address_space()
 
 
 def test_a_range_to_the_end_of_the_address_space():
