@@ -172,7 +172,11 @@ def _parse_plain(line: str) -> dict[str, Any] | None:
 
 
 def _is_name(text: str) -> bool:
-    return text.isascii() and text.replace("-", "").replace("_", "").isalnum()
+    """A name as gdb writes them (``[A-Za-z_][A-Za-z0-9_-]*``); ``_`` alone is one too."""
+    if not text.isascii() or not (text[:1].isalpha() or text[:1] == "_"):
+        return False
+    rest = text.replace("-", "").replace("_", "")
+    return rest == "" or rest.isalnum()
 
 
 def _string(line: str, at: int) -> tuple[str, int]:
