@@ -35,7 +35,7 @@ from .base import (
     Target,
     check_watch,
 )
-from .qemu_dump import MonitorDumps
+from .qemu_dump import MonitorDumps, plan_spans
 from .qemu_text import decode_memory_size_summary, system_registers_from_info
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "decode_cpu_threads",
     "decode_memory_blocks",
     "join_blocks",
-    "plan_runs",
     "readable_prefix",
     "slice_blocks",
     "trusted_blocks",
@@ -461,7 +460,7 @@ class GdbTarget(Target):
         READ_CHUNK bytes a command), and the runs' commands are pipelined. gdb itself
         cuts each command into packets as large as the stub's ``PacketSize`` allows. A
         request that its run did not give whole is read again alone (:meth:`_read_alone`)."""
-        runs = plan_runs(requests, READ_CHUNK)
+        runs = plan_spans(requests, None, limit=READ_CHUNK)  # requests as asked, no gaps
         results = self._pipeline([f"-data-read-memory-bytes {a:#x} {n}" for a, n, _ in runs])
         held: dict[int, list[tuple[int, bytes]]] = {}  # request -> blocks of its runs
         for (_start, _size, members), result in zip(runs, results, strict=True):
@@ -1096,29 +1095,6 @@ def _where(row: Mapping[str, Any]) -> str:
 
 
 # -- reads in runs: pure helpers of GdbTarget._read_many --------------------------------------
-
-
-def plan_runs(requests: Sequence[tuple[int, int]], limit: int) -> list[tuple[int, int, list[int]]]:
-    """The commands that read ``requests``: ``(start, size, indices of the requests it
-    holds)``, in address order. Requests that touch or overlap are one run up to
-    ``limit`` bytes; a request larger than ``limit`` is cut into runs of its own (its
-    index in each)."""
-    runs: list[tuple[int, int, list[int]]] = []
-    for index in sorted(range(len(requests)), key=lambda i: requests[i]):
-        address, size = requests[index]
-        end = address + size
-        if runs:
-            start, length, members = runs[-1]
-            if start <= address <= start + length and max(end, start + length) - start <= limit:
-                runs[-1] = (start, max(end, start + length) - start, [*members, index])
-                continue
-        first = True
-        while first or address < end:
-            first = False
-            piece = min(limit, end - address)
-            runs.append((address, piece, [index]))
-            address += piece
-    return runs
 
 
 def decode_memory_blocks(payload: Any) -> list[tuple[int, bytes]]:

@@ -49,11 +49,13 @@ def plan_spans(
     gap: int = MERGE_GAP,
     limit: int = SPAN_LIMIT,
 ) -> list[tuple[int, int, list[int]]]:
-    """The dumps that read ``requests``: ``(start, size, indices of the requests it holds)``
-    in address order. Requests that touch or overlap are one span up to ``limit`` bytes;
-    requests up to ``gap`` apart are one span too when the whole span is plain RAM
-    (:data:`RAM_FLOOR` up to ``min(ram_size, RAM_CEILING)``; no merging across gaps when
-    the RAM size is not known). A request larger than ``limit`` is cut into spans of its own."""
+    """The reads that cover ``requests`` (this module's dumps; the gdb target's commands,
+    with no ``ram_size``): ``(start, size, indices of the requests it holds)`` in address
+    order. Requests that touch or overlap are one span up to ``limit`` bytes; requests up
+    to ``gap`` apart are one span too when the whole span is plain RAM (:data:`RAM_FLOOR`
+    up to ``min(ram_size, RAM_CEILING)``; no merging across gaps when the RAM size is not
+    known). A request larger than ``limit`` is cut into spans of its own (its index in
+    each)."""
     ceiling = min(ram_size, RAM_CEILING) if ram_size else 0
     spans: list[tuple[int, int, list[int]]] = []
     for index in sorted(range(len(requests)), key=lambda i: requests[i]):

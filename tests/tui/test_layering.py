@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from tests.fresh_python import fresh_python
 
 
 def test_the_cli_loads_the_tui_only_for_tui_and_demo():
@@ -12,10 +11,7 @@ def test_the_cli_loads_the_tui_only_for_tui_and_demo():
         " print(sorted(m for m in sys.modules"
         " if m == 'kinspect.tui' or m.startswith('kinspect.tui.')))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=60)
     assert result.stdout.strip() == "[]"
 
 
@@ -25,8 +21,5 @@ def test_the_tuis_pure_parts_load_no_textual():
         "import sys, kinspect.tui.stops, kinspect.tui.link, kinspect.tui.model;"
         " print('textual' in sys.modules)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=60)
     assert result.stdout.strip() == "False"

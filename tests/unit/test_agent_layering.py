@@ -3,18 +3,14 @@ ours, the framing imports no transport, nothing headless loads Textual."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+
+from tests.fresh_python import fresh_python
 
 
 def loaded_after(imports: str) -> set[str]:
     code = f"import sys, {imports}; print(' '.join(sorted(sys.modules)))"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=60)
     return set(result.stdout.split())
 
 

@@ -17,10 +17,10 @@ from kinspect.inspector.targets.gdb import (
     GdbTarget,
     decode_memory_blocks,
     join_blocks,
-    plan_runs,
     readable_prefix,
     slice_blocks,
 )
+from kinspect.inspector.targets.qemu_dump import plan_spans
 from kinspect.inspector.x86.paging import collect_address_space
 from kinspect.protocols.gdbmi import parse_record
 from tests.fake_stub import FakeStub
@@ -54,18 +54,21 @@ def page(n: int) -> bytes:
 
 def test_runs_join_what_touches_up_to_the_limit_and_cut_what_is_larger():
     requests = [(0x3000, 0x1000), (0x1000, 0x1000), (0x2000, 0x1000), (0x9000, 0x10), (0x2800, 8)]
-    assert plan_runs(requests, 0x10000) == [(0x1000, 0x3000, [1, 2, 4, 0]), (0x9000, 0x10, [3])]
-    assert plan_runs(requests, 0x2000) == [
+    assert plan_spans(requests, None, limit=0x10000) == [
+        (0x1000, 0x3000, [1, 2, 4, 0]),
+        (0x9000, 0x10, [3]),
+    ]
+    assert plan_spans(requests, None, limit=0x2000) == [
         (0x1000, 0x2000, [1, 2, 4]),
         (0x3000, 0x1000, [0]),
         (0x9000, 0x10, [3]),
     ]
-    assert plan_runs([(0, 0x2800)], 0x1000) == [
+    assert plan_spans([(0, 0x2800)], None, limit=0x1000) == [
         (0, 0x1000, [0]),
         (0x1000, 0x1000, [0]),
         (0x2000, 0x800, [0]),
     ]
-    assert plan_runs([(5, 0)], 0x1000) == [(5, 0, [0])]
+    assert plan_spans([(5, 0)], None, limit=0x1000) == [(5, 0, [0])]
 
 
 def test_blocks_around_a_hole():

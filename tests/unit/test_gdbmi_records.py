@@ -9,8 +9,6 @@ its answer is pygdbmi's; whatever it declines, pygdbmi parses."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from hypothesis import strategies as st
 from pygdbmi import gdbmiparser
 
 from kinspect.protocols.gdbmi import _parse_plain, parse_record
+from tests.fresh_python import fresh_python
 
 RECORDS = Path(__file__).resolve().parent.parent / "fixtures" / "gdb-mi" / "records.txt"
 
@@ -238,8 +237,5 @@ def test_the_fast_path_imports_neither_pygdbmi_nor_logging():
         "parse_record('^done,stack=[frame={level=\"0\"}]')\n"
         "print('pygdbmi.gdbmiparser' in sys.modules)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=60)
     assert result.stdout.split("\n")[:2] == ["[]", "True"]

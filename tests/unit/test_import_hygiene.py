@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.fresh_python import fresh_python
+
 HEADLESS = [
     "kinspect.inspector.api",
     "kinspect.inspector.cli",
@@ -25,10 +27,7 @@ HEADLESS = [
 @pytest.mark.parametrize("module", HEADLESS)
 def test_headless_module_does_not_import_textual(module):
     code = f"import sys, {module}; print('textual' in sys.modules)"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=60)
     assert result.stdout.strip() == "False"
 
 
@@ -38,10 +37,7 @@ def test_protocols_import_nothing_of_ours():
         "print(sorted(m for m in sys.modules"
         " if m.startswith(('kinspect.inspector', 'kinspect.tui'))))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=60)
     assert result.stdout.strip() == "[]"
 
 
@@ -58,10 +54,7 @@ def test_the_command_line_starts_without_the_heavy_libraries():
         " 'kinspect.inspector.linux.kernel', 'kinspect.inspector.tables')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=60)
     assert result.stdout.strip() == "[]"
 
 
@@ -117,10 +110,7 @@ def test_regs_runs_without_the_heavy_modules():
         "    cli.run(['--target', 'x', 'pt'], out=io.StringIO())\n"
         "print('kinspect.inspector.x86.paging' in sys.modules)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=60)
     assert result.stdout.split("\n")[:2] == ["[]", "True"]
 
 
@@ -137,10 +127,7 @@ def test_a_builtin_command_parses_with_its_own_arguments_only():
         "print(args.command, args.address, commands.discovered,"
         " 'importlib.metadata' in sys.modules)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=60)
     assert result.stdout.split() == ["vtop", "0x1000", "False", "False"]
 
 
@@ -186,10 +173,7 @@ def test_recognizing_linux_reads_no_dwarf():
         "from kinspect.inspector.symbols import SymbolTable\n"
         "print(sorted(m for m in ('kinspect.inspector.dwarf', 'elftools') if m in sys.modules))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=60)
     assert result.stdout.strip() == "[]"
 
 

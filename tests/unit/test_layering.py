@@ -13,9 +13,9 @@ since they never run.
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.fresh_python import fresh_python
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {
@@ -37,10 +37,7 @@ def loaded_after_importing_all(package: str) -> set[str]:
         "    importlib.import_module(info.name)\n"
         "print(' '.join(sorted(sys.modules)))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=120)
     return set(result.stdout.split())
 
 

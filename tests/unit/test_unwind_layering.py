@@ -3,10 +3,9 @@ them loads no transport, no gdb driver, no session and no TUI toolkit."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+
+from tests.fresh_python import fresh_python
 
 FORBIDDEN = (
     "kinspect.protocols",
@@ -28,8 +27,5 @@ def test_pure_layers_load_no_target(module):
         f"import sys, {module}; "
         f"print(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r})))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=60)
     assert result.stdout.strip() == "[]"

@@ -5,11 +5,10 @@ without a cycle. (tests/unit/test_layering.py reads the same rule from the sourc
 from __future__ import annotations
 
 import pkgutil
-import subprocess
-import sys
 
 import kinspect.inspector.x86
 import kinspect.inspector.x86.paging
+from tests.fresh_python import fresh_python
 
 ALLOWED = ("kinspect.inspector.x86",)
 ALLOWED_EXACT = {
@@ -45,10 +44,7 @@ def test_x86_imports_only_x86_and_errors():
         "    importlib.import_module(name)\n"
         "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('kinspect'))))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, timeout=60)
     loaded = set(result.stdout.split())
     outside = {m for m in loaded if m not in ALLOWED_EXACT and not m.startswith(ALLOWED)}
     assert outside == set()
