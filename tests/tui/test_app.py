@@ -6,6 +6,8 @@ same bytes (the ``truth`` fixture), so the app cannot drift from the core.
 
 from __future__ import annotations
 
+import html
+import re
 import struct
 
 from kinspect.inspector.errors import TargetLost
@@ -123,6 +125,17 @@ def test_moving_in_the_range_list_shows_each_range_walk(session, truth):
             start = truth.ranges()[3].start
             walk = app.query_one("#range-walk", WalkView).translation
             assert same_walk(walk, truth.translate(start))
+
+            # on screen, not only in the widget: a walk of the same shape as the one before
+            # is painted without a layout of the screen (WalkView._show)
+            def last_step(address: int) -> str:
+                step = truth.translate(address).steps[-1]
+                return f"{step.level_name}[{step.index}] at {step.entry_address:#x}"
+
+            svg = app.export_screenshot()
+            screen = html.unescape(re.sub(r"<[^>]+>", "", svg)).replace("\xa0", " ")
+            assert last_step(start) in screen
+            assert last_step(truth.ranges()[2].start) not in screen
             await pilot.press("end")
             await app.wait_idle()
             await pilot.pause()

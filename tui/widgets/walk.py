@@ -21,6 +21,7 @@ class WalkView(Static):
         super().__init__("select a range or an entry to see its walk", *args, **kwargs)
         self.translation: Translation | None = None
         self.plain = ""
+        self._shape: tuple[int, int] | None = None  # (lines, widest line) on screen now
 
     def show_walk(
         self, t: Translation, *, title: str = "", extra: str = "", about: str = ""
@@ -57,12 +58,22 @@ class WalkView(Static):
         if extra:
             parts.append(Text(extra))
         self.plain = "\n".join(p.plain for p in parts)
-        self.update(Group(*parts))
+        self._show(Group(*parts))
 
     def show_text(self, text: str, *, style: str = "") -> None:
         self.translation = None
         self.plain = text
-        self.update(Text(text, style=style))
+        self._show(Text(text, style=style))
+
+    def _show(self, content: Group | Text) -> None:
+        """``content`` on screen; the whole screen is laid out again only when its shape
+        (lines, widest line) differs from what is shown: a cursor move in the range map
+        shows a walk as long and as wide as the last one, and a layout of the screen at
+        every key cost more than the rest of the key together."""
+        lines = self.plain.split("\n")
+        shape = (len(lines), max(map(len, lines)))
+        self.update(content, layout=shape != self._shape)
+        self._shape = shape
 
     def export_text(self) -> str:
         return self.plain + "\n"
