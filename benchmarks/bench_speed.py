@@ -3,7 +3,7 @@
 In process, from the captured tables (no target): walk plus coalesce of the
 Linux capture (tests/fixtures, 109 table pages, 74,251 leaves; target 20 ms)
 and of OVMF's 1 TiB identity map (1028 pages, 524,799 leaves; target 150
-ms), and ``pt``'s JSON beside its text for the Linux capture's 65,775 ranges.
+ms), and the CLI's ``--json pt`` beside its ``pt`` on both (cli.run, after the walk).
 
 On the stock Debian guest (``make linux-guest``; the Linux tests' boot), as a
 user runs it: the CLI as a whole process (Python and gdb start included, with
@@ -33,7 +33,6 @@ import pytest
 
 from benchmarks import summary
 from kinspect.inspector import api
-from kinspect.inspector.formatting import format_json, format_ranges, json_document
 from kinspect.inspector.session import Session
 from kinspect.inspector.targets.gdb import GdbTarget
 from kinspect.inspector.x86.control import decode_paging_mode
@@ -92,24 +91,6 @@ def test_walk_and_coalesce_capture(benchmark, request, capsys, capture, key, lea
     median = benchmark.stats.stats.median
     summary.record(key, median * 1000)
     report(capsys, f"{capture}: walk + coalesce {median * 1000:.0f} ms (median)")
-
-
-def test_pt_json_beside_text(benchmark, capsys, linux_capture):
-    """What ``pt`` and ``--json pt`` do after the walk: the text, or the document written."""
-    _space, ranges = walk_and_coalesce(*linux_capture)
-
-    def as_json() -> str:
-        body = {"ranges": [r.to_dict() for r in ranges]}
-        return format_json(json_document("pt", None, body))
-
-    text = median_seconds(lambda: format_ranges(ranges))
-    benchmark.pedantic(as_json, rounds=5)
-    json_seconds = benchmark.stats.stats.median
-    report(
-        capsys,
-        f"Linux capture, {len(ranges)} ranges, in process: --json {json_seconds:.3f} s | text"
-        f" {text:.3f} s | ratio {json_seconds / text:.2f}",
-    )
 
 
 # -- the CLI as a whole process ---------------------------------------------------------------
