@@ -262,7 +262,7 @@ class RowTable:
         pieces at once, then each column. Rows of many shapes are written as one
         matrix whose zero bytes are then dropped (a pass over every byte).
         """
-        _, present = self._matrices()
+        pieces, present = self._matrices()
         tail = end.encode()
         count = len(kinds)
         texts: list[Matrix] = []  # each hole's column
@@ -288,7 +288,6 @@ class RowTable:
                 first = np.zeros(count, dtype=np.intp)
             firsts.append(first)
         starts = _run_starts([kinds, *firsts])
-        pieces, _ = self._matrices()
         width = sum(piece.shape[1] for piece in pieces) + sum(text.shape[1] for text in texts)
         if len(starts) > RUNS_AT_MOST + count * width // BYTES_PER_RUN:
             return self._write_dropping_zeros(kinds, texts, tail, last)

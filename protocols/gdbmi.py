@@ -40,6 +40,7 @@ __all__ = [
     "MiResult",
     "MiSession",
     "MiTimeout",
+    "console_command",
     "mi_quote",
     "parse_record",
     "start_gdb",
@@ -261,6 +262,12 @@ def mi_quote(text: str) -> str:
     return f'"{escaped}"'
 
 
+def console_command(text: str) -> str:
+    """The MI command line that runs gdb's CLI command ``text`` (its output comes back as
+    console records)."""
+    return f"-interpreter-exec console {mi_quote(text)}"
+
+
 class MiSession:
     """One gdb process driven through GDB/MI 3.
 
@@ -431,7 +438,7 @@ class MiSession:
 
     def console(self, text: str, *, timeout: float = DEFAULT_TIMEOUT) -> str:
         """Run a CLI command through MI and return what it printed."""
-        return self.command(f"-interpreter-exec console {mi_quote(text)}", timeout=timeout).text
+        return self.command(console_command(text), timeout=timeout).text
 
     def wait_for_stop(self, timeout: float) -> dict[str, Any]:
         """Wait for a ``*stopped`` record; return its payload."""

@@ -15,7 +15,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kinspect.protocols.gdbmi import MiClosed, MiError, MiResult, MiSession, MiTimeout, mi_quote
+from kinspect.protocols.gdbmi import (
+    MiClosed,
+    MiError,
+    MiResult,
+    MiSession,
+    MiTimeout,
+    console_command,
+    mi_quote,
+)
 
 from ..errors import (
     FaultError,
@@ -176,7 +184,7 @@ class GdbTarget(Target):
                 [
                     *settings,
                     f"-target-select remote {endpoint}",
-                    f"-interpreter-exec console {mi_quote(_QEMU_QUESTION)}",
+                    console_command(_QEMU_QUESTION),
                     "-data-list-register-names",  # the stub's registers: known once attached
                 ],
                 timeout=CONNECT_TIMEOUT,
@@ -212,9 +220,9 @@ class GdbTarget(Target):
             # kgdb's threads are the kernel's tasks (many, and no CPU): only QEMU's are asked
             size, threads, bits = self._pipeline(
                 [
-                    f"-interpreter-exec console {mi_quote('monitor info memory_size_summary')}",
+                    console_command("monitor info memory_size_summary"),
                     "-thread-info",
-                    f"-interpreter-exec console {mi_quote(_PHYS_BITS_QUESTION)}",
+                    console_command(_PHYS_BITS_QUESTION),
                 ]
             )
             self._learn_maxphyaddr("" if isinstance(bits, MiError) else bits.text)
@@ -427,7 +435,7 @@ class GdbTarget(Target):
 
     def _console(self, text: str, timeout: float | None = None) -> str:
         try:
-            return self._call(f"-interpreter-exec console {mi_quote(text)}", timeout).text
+            return self._call(console_command(text), timeout).text
         except MiError as exc:
             self._raise_if_gone(exc)
             raise TargetError(f"{text}: {exc.message}") from exc
@@ -593,9 +601,7 @@ class GdbTarget(Target):
     def _monitor_batch(self, lines: list[str]) -> list[str | None]:
         """QEMU monitor command lines through the stub, pipelined: each one's output (None
         for a command gdb refused)."""
-        results = self._pipeline(
-            [f"-interpreter-exec console {mi_quote('monitor ' + line)}" for line in lines]
-        )
+        results = self._pipeline([console_command(f"monitor {line}") for line in lines])
         return [None if isinstance(result, MiError) else result.text for result in results]
 
     def read_physical(self, address: int, size: int) -> bytes:
@@ -978,7 +984,7 @@ class GdbTarget(Target):
                 if resume:
                     self._call("-target-detach", timeout=3)
                 else:
-                    self._call('-interpreter-exec console "disconnect"', timeout=3)
+                    self._call(console_command("disconnect"), timeout=3)
         except (InspectorError, MiError):
             # gdb may still hold the stub: wait for its exit (or end it) whoever started it
             self._mi.wait_on_close = True
