@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import gzip
 import shutil
+import time
 
 import pytest
 
@@ -67,10 +68,33 @@ def proc_kallsyms(linux_guest) -> str:
     return read_guest_file(linux_guest, "/proc/kallsyms")
 
 
+#: Stops tried before a test gives up on finding the guest with the kernel's tables loaded.
+KERNEL_STOP_TRIES = 100
+#: CR3's bit that selects PTI's user copy of the page tables (PTI_USER_PGTABLE_BIT).
+PTI_USER_BIT = 1 << 12
+
+
+def stopped_in_kernel(session: api.Session) -> api.Session:
+    """``session`` stopped with the kernel's own page tables in CR3. Under PTI a stop in
+    user space (the shell's last command may still be running) has the user copy loaded
+    (CR3 bit 12), which maps only the kernel's entry code: kinspect recognizes no kernel in
+    that stop (it tries again at the next). So the guest runs a moment and is stopped
+    again until CR3 holds the kernel's copy; a test fails if it never does."""
+    for _ in range(KERNEL_STOP_TRIES):
+        if not session.control_registers()["CR3"].value & PTI_USER_BIT:
+            return session
+        session.resume()
+        time.sleep(0.02)
+        session.stop()
+    session.close()
+    pytest.fail(f"the guest was in user space at each of {KERNEL_STOP_TRIES} stops")
+
+
 @pytest.fixture
 def linux_session(linux_guest):
-    """A session on the guest's gdb stub: the guest is stopped until the test ends."""
-    s = api.attach(linux_guest.gdb_endpoint)
+    """A session on the guest's gdb stub, stopped in the kernel (:func:`stopped_in_kernel`):
+    the guest is stopped until the test ends."""
+    s = stopped_in_kernel(api.attach(linux_guest.gdb_endpoint))
     try:
         yield s
     finally:

@@ -17,6 +17,8 @@ from kinspect.inspector import api
 from kinspect.inspector.linux.kallsyms import find_kallsyms
 from kinspect.inspector.linux.kernel import LINK_TEXT, kernel_image
 
+from .conftest import stopped_in_kernel
+
 pytestmark = pytest.mark.integration
 
 
@@ -43,13 +45,13 @@ def attached(linux_guest, guest_says, tmp_path_factory):
     session = None
     try:
         figures = {}
-        session = api.attach(linux_guest.gdb_endpoint)
+        session = stopped_in_kernel(api.attach(linux_guest.gdb_endpoint))
         session.ranges()  # the page walk is timed apart from kallsyms
         started = time.monotonic()
         first = session.kernel()
         figures["first"] = time.monotonic() - started
         session.close()
-        session = api.attach(linux_guest.gdb_endpoint)
+        session = stopped_in_kernel(api.attach(linux_guest.gdb_endpoint))
         session.ranges()
         started = time.monotonic()
         cached = session.kernel()
