@@ -274,7 +274,9 @@ def recognize_linux(
             f"no 'Linux version' banner at the start of the kernel's data "
             f"({data[0][0]:#x}): not a Linux kernel"
             if data
-            else "the kernel image has no data mappings: not a Linux kernel"
+            else "the kernel image has no data mappings: not a Linux kernel, or one stopped in "
+            "user space under PTI (its tables map only the entry code; kinspect looks again "
+            "at the next stop)"
         )
     layout: KallsymsLayout | None = None
     cached = False
